@@ -1,0 +1,185 @@
+package policy
+
+import (
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/policy/pkttest"
+)
+
+func TestConntrackBound(t *testing.T) {
+	for _, max := range []int{1, 7, 100, 1000, 5000} {
+		e := newTestEngine(t, Config{MaxFlows: max})
+		for i := range 10 * max {
+			// Alternate new inbound and outbound flows.
+			var v Verdict
+			if i%2 == 0 {
+				v = e.Inbound(syn(ap(ipA, uint16(i/2)), ap(ipB, 8080)))
+			} else {
+				v = e.Outbound(syn(ap(ipB, uint16(i/2)), ap(ipD, 80)))
+			}
+			if v != Accept {
+				t.Fatalf("flow %d: %v", i, v)
+			}
+			if i%97 == 0 {
+				e.clk.advance(time.Millisecond)
+			}
+		}
+		if n := e.Flows(); n > max || n < max/2 {
+			t.Errorf("MaxFlows %d: Flows = %d after %d flows", max, n, 10*max)
+		}
+		if ev := e.Counters().Evictions; ev < uint64(9*max) {
+			t.Errorf("MaxFlows %d: %d evictions", max, ev)
+		}
+	}
+}
+
+// TestEvictionPrefersIdle: a flow that keeps sending survives a flood of
+// new flows much larger than the table far more often than not.
+func TestEvictionPrefersIdle(t *testing.T) {
+	e := newTestEngine(t, Config{MaxFlows: 4096})
+	live := ack(ap(ipB, 1), ap(ipD, 80))
+	e.Outbound(live)
+	lost := 0
+	for i := range 40000 {
+		e.clk.advance(time.Microsecond)
+		e.Outbound(syn(ap(ipB, uint16(2+i%60000)), ap(ipD, uint16(81+i/60000))))
+		if i%100 == 0 {
+			e.Outbound(live)
+			if e.Inbound(ack(ap(ipD, 80), ap(ipB, 1))) != Accept {
+				lost++
+			}
+		}
+	}
+	if lost > 4 {
+		t.Errorf("the busy flow was evicted %d times out of 400", lost)
+	}
+}
+
+func TestExpiry(t *testing.T) {
+	e := newTestEngine(t, Config{UDPTimeout: time.Minute, ICMPTimeout: 30 * time.Second})
+	run(t, e, []step{
+		{"udp", out, pkttest.UDP(ap(ipB, 1), ap(ipD, 2), nil), Accept},
+		{"ping", out, pkttest.ICMPEcho(ipB, ipD, 1, 1, false), Accept},
+		{"tcp", out, syn(ap(ipB, 1), ap(ipD, 2)), Accept},
+	})
+	now := func() time.Time { return e.clk.epoch.Add(time.Duration(e.clk.now())) }
+	e.clk.advance(29 * time.Second)
+	if n := e.ExpireFlows(now()); n != 0 {
+		t.Errorf("after 29s: expired %d", n)
+	}
+	e.clk.advance(2 * time.Second)
+	run(t, e, []step{{"late echo reply", in, pkttest.ICMPEcho(ipD, ipB, 1, 1, true), DropNoPolicy}})
+	if n := e.ExpireFlows(now()); n != 0 { // the lazy path removed the echo flow
+		t.Errorf("after 31s: expired %d, want 0", n)
+	}
+	run(t, e, []step{{"udp reply", in, pkttest.UDP(ap(ipD, 2), ap(ipB, 1), nil), Accept}}) // refreshes
+	e.clk.advance(59 * time.Second)
+	if n := e.ExpireFlows(now()); n != 0 {
+		t.Errorf("after 90s: expired %d, want 0", n)
+	}
+	e.clk.advance(2 * time.Second)
+	if n := e.ExpireFlows(now()); n != 1 {
+		t.Errorf("after 92s: expired %d, want 1 (udp)", n)
+	}
+	if n := e.Flows(); n != 1 {
+		t.Errorf("Flows = %d, want 1 (tcp)", n)
+	}
+}
+
+// TestSharedClock runs an engine on the real coarse clock.
+func TestSharedClock(t *testing.T) {
+	e := NewEngine(Config{})
+	e.SetTable(testTable(testRules))
+	if v := e.Outbound(pkttest.UDP(ap(ipB, 1), ap(ipD, 2), nil)); v != Accept {
+		t.Fatal(v)
+	}
+	if n := e.ExpireFlows(time.Now()); n != 0 {
+		t.Errorf("expired %d right away", n)
+	}
+	if n := e.ExpireFlows(time.Now().Add(2 * time.Minute)); n != 1 {
+		t.Errorf("expired %d after 2 minutes, want 1", n)
+	}
+	t0 := sharedClock.now()
+	deadline := time.Now().Add(5 * time.Second)
+	for sharedClock.now() == t0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond) // polling for the ticker, not synchronising
+	}
+	if sharedClock.now() == t0 {
+		t.Error("coarse clock does not advance")
+	}
+}
+
+// TestConcurrent hammers one engine from several goroutines while the
+// table changes; run with -race.
+func TestConcurrent(t *testing.T) {
+	e := NewEngine(Config{MaxFlows: 512})
+	e.SetTable(testTable(testRules))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := make([]byte, 1500)
+			pkts := [][]byte{
+				syn(ap(ipA, uint16(g)), ap(ipB, 8080)),
+				ack(ap(ipB, 8080), ap(ipA, uint16(g))),
+				pkttest.UDP(ap(ipB, uint16(g)), ap(ipD, 9), nil),
+				pkttest.ICMPEcho(ipA, ipB, uint16(g), 1, false),
+				syn(ap(ipC, uint16(g)), ap(ipB, 9000)),
+			}
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				p := pkts[i%len(pkts)]
+				if i%2 == 0 {
+					p = syn(ap(ipA, uint16(i)), ap(ipB, 8080)) // new flows too
+				}
+				v := e.Inbound(p)
+				if v.Reject() {
+					e.Reject(p, out)
+				}
+				e.Outbound(p)
+			}
+		}()
+	}
+	for i := range 200 {
+		rules := testRules
+		if i%2 == 1 {
+			rules = without(testRules, 0)
+		}
+		e.SetTable(testTable(rules))
+		e.Counters()
+		e.Flows()
+		e.ExpireFlows(time.Now())
+	}
+	close(stop)
+	wg.Wait()
+	if e.Flows() > 512 {
+		t.Errorf("Flows = %d", e.Flows())
+	}
+}
+
+func TestTableBasics(t *testing.T) {
+	tab := testTable(append(testRules, testRules[0], Rule{Source: "bad name"}))
+	if tab.Rules() != len(testRules) {
+		t.Errorf("Rules() = %d, want %d", tab.Rules(), len(testRules))
+	}
+	if !tab.IsLocalSubnet(ipY) || tab.IsLocalSubnet(ipA) || tab.IsLocalSubnet(ipB6) {
+		t.Error("IsLocalSubnet")
+	}
+	if !tab.Allowed(ipA, ipB, ProtoTCP, 8080) || tab.Allowed(ipB, ipA, ProtoTCP, 8080) ||
+		!tab.Allowed(ipA6, ipB, ProtoICMP, 0) || !tab.Allowed(netip.AddrFrom16(ipA.As16()), ipB, ProtoUDP, 53) {
+		t.Error("Allowed")
+	}
+	empty := NewEngine(Config{})
+	if empty.Table().Rules() != 0 || empty.Inbound(syn(ap(ipA, 1), ap(ipB, 8080))) != DropUnknownDestination {
+		t.Error("a new engine must deny everything")
+	}
+}

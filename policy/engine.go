@@ -1,0 +1,432 @@
+package policy
+
+import (
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config tunes an Engine. Zero fields take the defaults of DefaultConfig.
+// It is read by NewEngine only.
+type Config struct {
+	MaxFlows         int           // conntrack bound (entries); default 1<<20
+	TCPTimeout       time.Duration // idle timeout of an established tcp flow; default 1h
+	TCPClosing       time.Duration // idle timeout after a FIN or RST; default 10s
+	UDPTimeout       time.Duration // default 60s
+	ICMPTimeout      time.Duration // default 30s
+	RejectsPerSecond int           // rejects per source IP and second (burst the same); default 50, negative: never reject
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		MaxFlows:         1 << 20,
+		TCPTimeout:       time.Hour,
+		TCPClosing:       10 * time.Second,
+		UDPTimeout:       60 * time.Second,
+		ICMPTimeout:      30 * time.Second,
+		RejectsPerSecond: 50,
+	}
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.MaxFlows <= 0 {
+		c.MaxFlows = d.MaxFlows
+	}
+	if c.TCPTimeout <= 0 {
+		c.TCPTimeout = d.TCPTimeout
+	}
+	if c.TCPClosing <= 0 {
+		c.TCPClosing = d.TCPClosing
+	}
+	if c.UDPTimeout <= 0 {
+		c.UDPTimeout = d.UDPTimeout
+	}
+	if c.ICMPTimeout <= 0 {
+		c.ICMPTimeout = d.ICMPTimeout
+	}
+	if c.RejectsPerSecond == 0 {
+		c.RejectsPerSecond = d.RejectsPerSecond
+	}
+	return c
+}
+
+// Engine gives the verdict for every packet of the data path and keeps the
+// connection-tracking state that lets replies of allowed flows pass.
+//
+// Concurrency: every method is safe for concurrent use. Outbound, Inbound
+// and Reject are meant for the packet goroutines (the TUN reader and one
+// receive goroutine per peer): they do not allocate, block only on short
+// per-shard locks, and do not retain the packet slices. SetTable, Counters,
+// Flows and ExpireFlows may be called from any goroutine at any time.
+type Engine struct {
+	snap   atomic.Pointer[snapshot]
+	ct     *conntrack
+	frags  fragCache
+	rl     *rateLimiter
+	clk    *clock
+	stats  [statStripes]statStripe
+	setMu  sync.Mutex // serialises SetTable
+	genSeq uint32     // guarded by setMu
+
+	rejectsSent, rejectsLimited atomic.Uint64
+}
+
+// snapshot pairs a table with the generation it was installed at.
+type snapshot struct {
+	t   *Table
+	gen uint32
+}
+
+const statStripes = 16
+
+// statStripe spreads the verdict counters over cache lines; packets pick a
+// stripe by their addresses, so one flow always hits the same one.
+type statStripe struct {
+	n [numVerdicts]atomic.Uint64
+	_ [128 - 8*numVerdicts%128]byte
+}
+
+// NewEngine returns an engine with an empty table (everything denied
+// between containers) until SetTable installs one.
+func NewEngine(cfg Config) *Engine {
+	cfg = cfg.withDefaults()
+	e := &Engine{
+		ct:  newConntrack(&cfg, rand.Uint64()),
+		rl:  newRateLimiter(cfg.RejectsPerSecond, rand.Uint64()),
+		clk: sharedClock,
+	}
+	e.frags.seed = rand.Uint64()
+	e.snap.Store(&snapshot{t: Compile(TableConfig{})})
+	return e
+}
+
+// SetTable installs t atomically (nil installs an empty table). Each call
+// starts a new generation: tracked flows survive, and each is checked
+// against the new table on its next packet and cut (DropRevoked) if the
+// table no longer allows it.
+func (e *Engine) SetTable(t *Table) {
+	if t == nil {
+		t = Compile(TableConfig{})
+	}
+	e.setMu.Lock()
+	defer e.setMu.Unlock()
+	e.genSeq++
+	e.snap.Store(&snapshot{t: t, gen: e.genSeq})
+}
+
+// Table returns the installed table.
+func (e *Engine) Table() *Table { return e.snap.Load().t }
+
+// Flows returns the number of tracked flows (expired ones included until
+// they are removed).
+func (e *Engine) Flows() int { return e.ct.len() }
+
+// ExpireFlows removes flows idle for longer than their timeout at now and
+// returns how many it removed. The packet path also drops expired flows
+// lazily; calling this periodically (say every 10 s) returns their memory.
+func (e *Engine) ExpireFlows(now time.Time) int { return e.ct.expire(e.clk.at(now)) }
+
+// Counters returns a snapshot of the counters.
+func (e *Engine) Counters() Counters {
+	var c Counters
+	for i := range e.stats {
+		for v := range c.Verdicts {
+			c.Verdicts[v] += e.stats[i].n[v].Load()
+		}
+	}
+	c.RejectsSent = e.rejectsSent.Load()
+	c.RejectsLimited = e.rejectsLimited.Load()
+	c.Evictions = e.ct.evictions.Load()
+	return c
+}
+
+func (e *Engine) count(p *packet, v Verdict) Verdict {
+	e.stats[(p.src[15]^p.dst[15])%statStripes].n[v].Add(1)
+	return v
+}
+
+// Outbound judges a packet read from the TUN, i.e. leaving a local
+// container: Accept (hand it to WireGuard), AcceptLocal (destination is a
+// container on this cell: write it back into the TUN) or a drop.
+// pkt is borrowed for the duration of the call.
+func (e *Engine) Outbound(pkt []byte) Verdict {
+	var p packet
+	if !parse(pkt, &p) {
+		return e.count(&p, DropMalformed)
+	}
+	return e.count(&p, e.outbound(&p, e.snap.Load(), e.clk.now()))
+}
+
+// Inbound judges a decrypted packet from a peer cell, whose destination
+// should be a local container. pkt is borrowed for the duration of the call.
+func (e *Engine) Inbound(pkt []byte) Verdict {
+	var p packet
+	if !parse(pkt, &p) {
+		return e.count(&p, DropMalformed)
+	}
+	return e.count(&p, e.inbound(&p, e.snap.Load(), e.clk.now()))
+}
+
+// fast accepts a packet of a flow tracked and verified at the current
+// generation whose local side(s) are as the direction requires: the source
+// for outbound, the destination for inbound and hairpin. It reports false
+// when the full logic must decide.
+func (e *Engine) fast(p *packet, s *snapshot, now int64, srcLocal, dstLocal bool) bool {
+	var k flowKey
+	srcIsA := k.set(&p.src, &p.dst, p.sport, p.dport, p.proto)
+	sh := e.ct.shard(&k)
+	sh.mu.Lock()
+	ent, ok := e.ct.getLocked(sh, &k, now)
+	ok = ok && ent.gen == s.gen && ent.flags&flRevoked == 0 &&
+		(!srcLocal || ent.local(srcIsA)) && (!dstLocal || ent.local(!srcIsA))
+	if ok {
+		touchLocked(sh, &k, ent, p, now)
+	}
+	sh.mu.Unlock()
+	return ok
+}
+
+// touchLocked refreshes the entry's last-seen time and TCP state. With the
+// coarse clock most packets of a busy flow find nothing to write.
+func touchLocked(sh *ctShard, k *flowKey, ent flowEntry, p *packet, now int64) {
+	f := ent.flags
+	if p.proto == ProtoTCP {
+		switch {
+		case p.tcpFlags&(tcpFIN|tcpRST) != 0:
+			f |= flClosing
+		case p.tcpFlags&(tcpSYN|tcpACK) == tcpSYN:
+			f &^= flClosing // the tuple is being reused by a new connection
+		}
+	}
+	if f != ent.flags || now > ent.lastSeen {
+		ent.flags, ent.lastSeen = f, now
+		sh.flows[*k] = ent
+	}
+}
+
+func (e *Engine) outbound(p *packet, s *snapshot, now int64) Verdict {
+	t := s.t
+	if p.kind == kindNotIP {
+		return DropUnsupported
+	}
+	hairpin := t.subnet.contains(&p.dst)
+	if p.kind == kindFlow && e.fast(p, s, now, true, hairpin) {
+		if hairpin {
+			return AcceptLocal
+		}
+		return Accept
+	}
+	if !t.isLocal(&p.src) {
+		return DropSpoofed
+	}
+	if hairpin {
+		v := e.inbound(p, s, now)
+		if v == Accept {
+			v = AcceptLocal
+		}
+		return v
+	}
+	switch p.kind {
+	case kindICMPError:
+		return Accept
+	case kindFragment:
+		if e.frags.follows(p, now) {
+			return Accept
+		}
+		return DropUnsupported
+	case kindUnsupported, kindICMPOther:
+		return DropUnsupported
+	}
+	k, srcIsA := flowKeyOf(&p.src, &p.dst, p.sport, p.dport, p.proto)
+	sh := e.ct.shard(&k)
+	sh.mu.Lock()
+	ent, ok := e.ct.getLocked(sh, &k, now)
+	if ok {
+		// Our own flow, or a reply of a flow allowed inbound.
+		var v Verdict
+		if v, ok = e.settleLocked(sh, &k, &ent, s, now); ok {
+			if v == Accept {
+				touchLocked(sh, &k, ent, p, now)
+			}
+			sh.mu.Unlock()
+			if v == DropRevoked && p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 {
+				// The RST that cuts a revoked flow (ours, from
+				// Reject, written into the TUN and routed back
+				// out) must reach the remote end. A RST opens
+				// nothing, and the receiving cell judges it again.
+				return Accept
+			}
+			return v
+		}
+	}
+	if !(p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 || p.proto == ProtoICMP && !p.echoRequest()) {
+		// A new flow; neither a RST nor an echo reply opens one.
+		ent = flowEntry{lastSeen: now, gen: s.gen, flags: sideFlag(srcIsA)}
+		if srcIsA {
+			ent.flags |= flOrigA
+		}
+		if t.isLocal(&p.dst) {
+			ent.flags |= sideFlag(!srcIsA)
+		}
+		if p.proto == ProtoTCP && p.tcpFlags&tcpFIN != 0 {
+			ent.flags |= flClosing
+		}
+		e.ct.putLocked(sh, &k, ent, now)
+	}
+	sh.mu.Unlock()
+	if p.firstFrag {
+		e.frags.remember(p, now)
+	}
+	return Accept
+}
+
+func (e *Engine) inbound(p *packet, s *snapshot, now int64) Verdict {
+	t := s.t
+	if p.kind == kindNotIP {
+		return DropUnsupported
+	}
+	if p.kind == kindFlow && e.fast(p, s, now, false, true) {
+		return Accept
+	}
+	dst, ok := t.endpoints[p.dst]
+	if !ok || !dst.local {
+		return DropUnknownDestination
+	}
+	switch p.kind {
+	case kindICMPError:
+		return e.icmpError(p, s, now)
+	case kindFragment:
+		if e.frags.follows(p, now) {
+			return Accept
+		}
+		return DropUnsupported
+	case kindUnsupported, kindICMPOther:
+		return DropUnsupported
+	}
+
+	// A tracked flow, in either direction.
+	k, srcIsA := flowKeyOf(&p.src, &p.dst, p.sport, p.dport, p.proto)
+	sh := e.ct.shard(&k)
+	sh.mu.Lock()
+	if ent, ok := e.ct.getLocked(sh, &k, now); ok {
+		if v, ok := e.settleLocked(sh, &k, &ent, s, now); ok {
+			if v == Accept {
+				touchLocked(sh, &k, ent, p, now)
+			}
+			sh.mu.Unlock()
+			return v
+		}
+	}
+	sh.mu.Unlock()
+
+	// A new flow.
+	src, ok := t.endpoints[p.src]
+	if !ok {
+		return DropUnknownSource
+	}
+	if p.proto == ProtoICMP && !p.echoRequest() {
+		return DropNoPolicy // an echo reply nobody asked for
+	}
+	if !t.pairAllows(src.app, dst.app, p.proto, p.dport) {
+		return DropNoPolicy
+	}
+	if p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 {
+		return Accept // allowed, but a RST opens nothing
+	}
+	ent := flowEntry{lastSeen: now, gen: s.gen, flags: flPolicy | sideFlag(!srcIsA)}
+	if srcIsA {
+		ent.flags |= flOrigA
+	}
+	if src.local {
+		ent.flags |= sideFlag(srcIsA)
+	}
+	if p.proto == ProtoTCP && p.tcpFlags&tcpFIN != 0 {
+		ent.flags |= flClosing
+	}
+	sh.mu.Lock()
+	e.ct.putLocked(sh, &k, ent, now)
+	sh.mu.Unlock()
+	if p.firstFrag {
+		e.frags.remember(p, now)
+	}
+	return Accept
+}
+
+// icmpError judges an ICMP error addressed to a local endpoint (checked by
+// the caller): it passes only if it quotes a packet that endpoint sent in a
+// tracked flow, either direction. It never creates an entry nor refreshes
+// one.
+func (e *Engine) icmpError(p *packet, s *snapshot, now int64) Verdict {
+	if p.innerProto == 0 || p.innerSrc != p.dst {
+		return DropNoPolicy
+	}
+	k, _ := flowKeyOf(&p.innerSrc, &p.innerDst, p.innerSport, p.innerDport, p.innerProto)
+	sh := e.ct.shard(&k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	ent, ok := e.ct.getLocked(sh, &k, now)
+	if !ok {
+		return DropNoPolicy
+	}
+	if v, ok := e.settleLocked(sh, &k, &ent, s, now); ok {
+		return v
+	}
+	return DropNoPolicy
+}
+
+// settleLocked brings a tracked entry up to the current table generation.
+// It returns Accept for a live flow and DropRevoked for a flow the table no
+// longer allows. A cut flow stays behind as a tombstone (flRevoked, with
+// the short closing timeout) so that the next packets of both ends are
+// answered with DropRevoked, and a reply from the local end cannot reopen
+// the flow as a locally originated one. It reports ok=false when a newer
+// table allows a tombstone's flow again: the tombstone is deleted and the
+// packet is to be treated as untracked.
+func (e *Engine) settleLocked(sh *ctShard, k *flowKey, ent *flowEntry, s *snapshot, now int64) (v Verdict, ok bool) {
+	if ent.gen != s.gen {
+		allowed := revalidate(ent, k, s)
+		switch {
+		case allowed && ent.flags&flRevoked != 0:
+			delete(sh.flows, *k)
+			return 0, false
+		case !allowed:
+			ent.flags |= flRevoked
+		}
+		sh.flows[*k] = *ent
+	}
+	if ent.flags&flRevoked != 0 {
+		if now > ent.lastSeen {
+			ent.lastSeen = now
+			sh.flows[*k] = *ent
+		}
+		return DropRevoked, true
+	}
+	return Accept, true
+}
+
+// revalidate checks a tracked flow against the table of s and records the
+// generation and the endpoints' locality in ent. A flow opened under a rule
+// must still be allowed in its original direction; a locally opened flow
+// needs its container to still be a local endpoint.
+func revalidate(ent *flowEntry, k *flowKey, s *snapshot) bool {
+	t := s.t
+	origSrc, origDst, dport := &k.b, &k.a, k.aport
+	if ent.flags&flOrigA != 0 {
+		origSrc, origDst, dport = &k.a, &k.b, k.bport
+	}
+	ent.flags &^= flALocal | flBLocal
+	if t.isLocal(&k.a) {
+		ent.flags |= flALocal
+	}
+	if t.isLocal(&k.b) {
+		ent.flags |= flBLocal
+	}
+	ent.gen = s.gen
+	if ent.flags&flPolicy != 0 {
+		return t.allowed(origSrc, origDst, k.proto, dport) == Accept
+	}
+	return t.isLocal(origSrc)
+}

@@ -1,0 +1,333 @@
+package policy
+
+import (
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/policy/pkttest"
+)
+
+func TestVerdicts(t *testing.T) {
+	a, b, c, d := ap(ipA, 40000), ap(ipB, 8080), ap(ipC, 41000), ap(ipD, 42000)
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"tcp allowed flow passes both ways", []step{
+			{"syn", in, syn(a, b), Accept},
+			{"syn-ack", out, synack(b, a), Accept},
+			{"ack", in, ack(a, b), Accept},
+			{"data back", out, ack(b, a), Accept},
+			{"fin", in, pkttest.TCP(a, b, pkttest.FIN|pkttest.ACK, 1005, 5001, nil), Accept},
+		}},
+		{"tcp over ipv6", []step{
+			{"syn", in, syn(ap(ipA6, 40000), ap(ipB6, 8080)), Accept},
+			{"syn-ack", out, synack(ap(ipB6, 8080), ap(ipA6, 40000)), Accept},
+			{"other port", in, syn(ap(ipA6, 40000), ap(ipB6, 8081)), DropNoPolicy},
+		}},
+		{"reverse of a rule is denied", []step{
+			// appB -> appD is allowed, appD -> appB is not.
+			{"appD -> appB", in, syn(d, ap(ipB, 8080)), DropNoPolicy},
+		}},
+		{"other port denied", []step{
+			{"8081", in, syn(a, ap(ipB, 8081)), DropNoPolicy},
+			{"8079", in, syn(a, ap(ipB, 8079)), DropNoPolicy},
+			{"udp on the tcp port", in, pkttest.UDP(a, b, []byte("x")), DropNoPolicy},
+		}},
+		{"udp", []step{
+			{"query", in, pkttest.UDP(a, ap(ipB, 53), []byte("q")), Accept},
+			{"answer", out, pkttest.UDP(ap(ipB, 53), a, []byte("a")), Accept},
+			{"next query", in, pkttest.UDP(a, ap(ipB, 53), []byte("q")), Accept},
+			{"other port", in, pkttest.UDP(a, ap(ipB, 54), []byte("q")), DropNoPolicy},
+		}},
+		{"icmp echo", []step{
+			{"request", in, pkttest.ICMPEcho(ipA, ipB, 7, 1, false), Accept},
+			{"reply", out, pkttest.ICMPEcho(ipB, ipA, 7, 1, true), Accept},
+			{"request v6", in, pkttest.ICMPEcho(ipA6, ipB6, 7, 1, false), Accept},
+			{"reply v6", out, pkttest.ICMPEcho(ipB6, ipA6, 7, 1, true), Accept},
+			{"no icmp rule", in, pkttest.ICMPEcho(ipD, ipB, 8, 1, false), DropNoPolicy},
+			{"unsolicited reply", in, pkttest.ICMPEcho(ipA, ipB, 9, 1, true), DropNoPolicy},
+			{"icmp timestamp", in, pkttest.IP(ipA, ipB, pkttest.ProtoICMP, append([]byte{13}, make([]byte, 19)...)), DropUnsupported},
+		}},
+		{"hairpin", []step{
+			{"c -> b allowed", out, syn(c, ap(ipB, 9000)), AcceptLocal},
+			{"reply", out, synack(ap(ipB, 9000), c), AcceptLocal},
+			{"ack", out, ack(c, ap(ipB, 9000)), AcceptLocal},
+			{"b -> c denied", out, syn(ap(ipB, 41001), ap(ipC, 9000)), DropNoPolicy},
+			{"c -> b other port", out, syn(c, ap(ipB, 9001)), DropNoPolicy},
+			{"unregistered local dst", out, syn(c, ap(ipY, 9000)), DropUnknownDestination},
+		}},
+		{"spoofed source", []step{
+			{"remote app's ip", out, syn(a, ap(ipD, 8080)), DropSpoofed},
+			{"unregistered ip", out, syn(ap(ipY, 1), ap(ipD, 8080)), DropSpoofed},
+			{"remote ip as a reply", out, ack(a, ap(ipB, 8080)), DropSpoofed},
+		}},
+		{"unknown destination", []step{
+			{"unregistered", in, syn(a, ap(ipY, 8080)), DropUnknownDestination},
+			{"remote endpoint", in, syn(a, ap(ipD, 8080)), DropUnknownDestination},
+		}},
+		{"unknown source", []step{
+			{"unregistered", in, syn(ap(ipX, 1), b), DropUnknownSource},
+		}},
+		{"reply of an outbound flow", []step{
+			{"b -> a:443", out, syn(ap(ipB, 45000), ap(ipA, 443)), Accept},
+			{"reply", in, synack(ap(ipA, 443), ap(ipB, 45000)), Accept},
+			{"other port", in, synack(ap(ipA, 443), ap(ipB, 45001)), DropNoPolicy},
+			{"udp out", out, pkttest.UDP(ap(ipB, 5000), ap(ipD, 5001), nil), Accept},
+			{"udp reply", in, pkttest.UDP(ap(ipD, 5001), ap(ipB, 5000), nil), Accept},
+			{"ping out", out, pkttest.ICMPEcho(ipB, ipD, 3, 1, false), Accept},
+			{"ping reply", in, pkttest.ICMPEcho(ipD, ipB, 3, 1, true), Accept},
+		}},
+		{"a RST opens nothing", []step{
+			{"rst out", out, pkttest.TCP(ap(ipB, 8080), ap(ipA, 46000), pkttest.RST, 1, 0, nil), Accept},
+			{"then a is not a reply", in, ack(ap(ipA, 46000), ap(ipB, 8080)), Accept}, // allowed by the rule itself
+			{"rst out 2", out, pkttest.TCP(ap(ipB, 9999), ap(ipA, 46000), pkttest.RST, 1, 0, nil), Accept},
+			{"no return path", in, ack(ap(ipA, 46000), ap(ipB, 9999)), DropNoPolicy},
+		}},
+		{"non-IP", []step{
+			{"in", in, []byte{0x00, 1, 2, 3}, DropUnsupported},
+			{"out", out, []byte{0x50, 1, 2, 3}, DropUnsupported},
+			{"gre", in, pkttest.IP(ipA, ipB, 47, make([]byte, 8)), DropUnsupported},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			run(t, newTestEngine(t, Config{}), tt.steps)
+		})
+	}
+}
+
+// TestRevoke removes the rule of an established flow; its next packet is
+// dropped whichever end sends it, and the other end is refused afterwards.
+func TestRevoke(t *testing.T) {
+	a, b := ap(ipA, 40000), ap(ipB, 8080)
+	for _, first := range []dir{in, out} {
+		t.Run("first packet "+first.String(), func(t *testing.T) {
+			e := newTestEngine(t, Config{})
+			run(t, e, []step{
+				{"syn", in, syn(a, b), Accept},
+				{"syn-ack", out, synack(b, a), Accept},
+			})
+			e.SetTable(testTable(without(testRules, 0)))
+			fromA, fromB := step{"a", in, ack(a, b), DropRevoked}, step{"b", out, ack(b, a), DropRevoked}
+			if first == in {
+				run(t, e, []step{fromA, fromB})
+			} else {
+				run(t, e, []step{fromB, fromA})
+			}
+			if got := e.Counters().Verdicts[DropRevoked]; got != 2 {
+				t.Errorf("revoked counter = %d, want 2", got)
+			}
+			// The tombstone goes with the closing timeout; then the flow is
+			// simply unknown.
+			e.clk.advance(11 * time.Second)
+			if n := e.ExpireFlows(e.clk.epoch.Add(time.Duration(e.clk.now()))); n != 1 {
+				t.Errorf("ExpireFlows = %d, want 1 (the tombstone)", n)
+			}
+			run(t, e, []step{{"a after expiry", in, ack(a, b), DropNoPolicy}})
+		})
+	}
+}
+
+// TestRevokeRSTGoesOut: the RST that answers a packet of a revoked flow is
+// written into the TUN and comes back through Outbound on its way to the
+// remote sender; the flow's tombstone must not swallow it.
+func TestRevokeRSTGoesOut(t *testing.T) {
+	a, b := ap(ipA, 40000), ap(ipB, 8080)
+	e := newTestEngine(t, Config{})
+	run(t, e, []step{
+		{"syn", in, syn(a, b), Accept},
+		{"syn-ack", out, synack(b, a), Accept},
+	})
+	e.SetTable(testTable(without(testRules, 0)))
+	req := ack(a, b)
+	if v := e.Inbound(req); v != DropRevoked {
+		t.Fatalf("request after removal = %v, want revoked", v)
+	}
+	rst := make([]byte, 1500)
+	n := e.Reject(req, rst)
+	if n == 0 {
+		t.Fatal("no reject for a revoked flow")
+	}
+	run(t, e, []step{
+		{"our RST leaves", out, rst[:n], Accept},
+		{"b's data does not", out, ack(b, a), DropRevoked},
+	})
+}
+
+func TestRevokeOtherReasons(t *testing.T) {
+	a, b := ap(ipA, 40000), ap(ipB, 8080)
+	t.Run("unrelated change keeps the flow", func(t *testing.T) {
+		e := newTestEngine(t, Config{})
+		run(t, e, []step{{"syn", in, syn(a, b), Accept}})
+		e.SetTable(testTable(without(testRules, 1))) // remove the udp rule
+		run(t, e, []step{{"ack", in, ack(a, b), Accept}, {"back", out, ack(b, a), Accept}})
+	})
+	t.Run("source endpoint gone", func(t *testing.T) {
+		e := newTestEngine(t, Config{})
+		run(t, e, []step{{"syn", in, syn(a, b), Accept}})
+		e.SetTable(Compile(TableConfig{Rules: testRules, Endpoints: testEndpoints[1:], LocalSubnet: localSubnet}))
+		run(t, e, []step{{"ack", in, ack(a, b), DropRevoked}})
+	})
+	t.Run("local container of an outbound flow gone", func(t *testing.T) {
+		e := newTestEngine(t, Config{})
+		run(t, e, []step{{"out", out, syn(b, a), Accept}})
+		eps := append([]Endpoint{testEndpoints[0]}, testEndpoints[2:]...)
+		e.SetTable(Compile(TableConfig{Rules: testRules, Endpoints: eps, LocalSubnet: localSubnet}))
+		run(t, e, []step{{"reply", in, ack(a, b), DropUnknownDestination}})
+	})
+	t.Run("rule restored", func(t *testing.T) {
+		e := newTestEngine(t, Config{})
+		run(t, e, []step{{"syn", in, syn(a, b), Accept}})
+		e.SetTable(testTable(without(testRules, 0)))
+		run(t, e, []step{{"cut", in, ack(a, b), DropRevoked}})
+		e.SetTable(testTable(testRules))
+		run(t, e, []step{{"again", in, ack(a, b), Accept}, {"back", out, ack(b, a), Accept}})
+	})
+	t.Run("hairpin", func(t *testing.T) {
+		e := newTestEngine(t, Config{})
+		c, b9 := ap(ipC, 41000), ap(ipB, 9000)
+		run(t, e, []step{{"syn", out, syn(c, b9), AcceptLocal}})
+		e.SetTable(testTable(without(testRules, 3)))
+		run(t, e, []step{{"reply", out, synack(b9, c), DropRevoked}, {"next", out, ack(c, b9), DropRevoked}})
+	})
+}
+
+func TestICMPErrors(t *testing.T) {
+	a, b := ap(ipA, 40000), ap(ipB, 8080)
+	e := newTestEngine(t, Config{})
+	// appB opened a flow to appD; appD's side answers with an error.
+	sent := pkttest.UDP(ap(ipB, 5000), ap(ipD, 5001), []byte("hello"))
+	run(t, e, []step{
+		{"untracked error", in, pkttest.ICMPError(ipD, ipB, 3, 3, sent), DropNoPolicy},
+		{"udp out", out, sent, Accept},
+		{"port unreachable", in, pkttest.ICMPError(ipD, ipB, 3, 3, sent), Accept},
+		{"time exceeded", in, pkttest.ICMPError(ipD, ipB, 11, 0, sent), Accept},
+		{"error to someone else", in, pkttest.ICMPError(ipD, ipC, 3, 3, sent), DropNoPolicy},
+		{"error from anyone", in, pkttest.ICMPError(ipX, ipB, 3, 4, sent), Accept},
+		{"error quoting another port", in,
+			pkttest.ICMPError(ipD, ipB, 3, 3, pkttest.UDP(ap(ipB, 5000), ap(ipD, 5002), nil)), DropNoPolicy},
+		// The reply direction of an inbound flow (path MTU discovery).
+		{"syn", in, syn(a, b), Accept},
+		{"frag needed for a reply", in, pkttest.ICMPError(ipA, ipB, 3, 4, synack(b, a)), Accept},
+		{"truncated quote", in, pkttest.ICMPError(ipD, ipB, 3, 3, sent[:27]), DropMalformed},
+		{"errors out pass", out, pkttest.ICMPError(ipB, ipX, 3, 3, pkttest.UDP(ap(ipX, 1), ap(ipB, 2), nil)), Accept},
+	})
+	// v6: packet too big for a tracked flow.
+	sent6 := pkttest.TCP(ap(ipB6, 5000), ap(ipA6, 443), pkttest.SYN, 1, 0, nil)
+	run(t, e, []step{
+		{"v6 untracked", in, pkttest.ICMPError(ipA6, ipB6, 2, 0, sent6), DropNoPolicy},
+		{"v6 out", out, sent6, Accept},
+		{"v6 packet too big", in, pkttest.ICMPError(ipA6, ipB6, 2, 0, sent6), Accept},
+	})
+	if n := e.Flows(); n != 3 {
+		t.Errorf("Flows = %d, want 3 (errors create no entries)", n)
+	}
+}
+
+func TestFragments(t *testing.T) {
+	e := newTestEngine(t, Config{})
+	big := pkttest.UDP(ap(ipA, 40000), ap(ipB, 53), make([]byte, 100))
+	frags := pkttest.Fragment4(big, 48)
+	if len(frags) != 3 {
+		t.Fatalf("%d fragments", len(frags))
+	}
+	run(t, e, []step{
+		{"later fragment first", in, frags[1], DropUnsupported},
+		{"first", in, frags[0], Accept},
+		{"second", in, frags[1], Accept},
+		{"third", in, frags[2], Accept},
+	})
+	denied := pkttest.Fragment4(pkttest.UDP(ap(ipA, 40000), ap(ipB, 54), make([]byte, 100)), 48)
+	for i := range denied {
+		denied[i][5] = 0x99 // another IP id
+	}
+	run(t, e, []step{
+		{"denied first", in, denied[0], DropNoPolicy},
+		{"denied second", in, denied[1], DropUnsupported},
+	})
+	hp := pkttest.Fragment4(pkttest.TCP(ap(ipC, 41000), ap(ipB, 9000), pkttest.ACK, 1, 1, make([]byte, 100)), 64)
+	run(t, e, []step{{"hairpin first", out, hp[0], AcceptLocal}, {"hairpin second", out, hp[1], AcceptLocal}})
+}
+
+func TestTCPClosing(t *testing.T) {
+	a, b := ap(ipA, 40000), ap(ipB, 8080)
+	e := newTestEngine(t, Config{})
+	run(t, e, []step{{"syn", in, syn(a, b), Accept}})
+	e.clk.advance(30 * time.Minute)
+	run(t, e, []step{{"idle but alive", out, ack(b, a), Accept}})
+	run(t, e, []step{{"rst", out, pkttest.TCP(b, a, pkttest.RST, 5001, 0, nil), Accept}})
+	e.clk.advance(11 * time.Second)
+	// Expired entries behave as absent: a is a new flow (allowed by the
+	// rule), b's packet opens a new outbound one.
+	if e.ExpireFlows(e.clk.epoch.Add(time.Duration(e.clk.now()))) != 1 {
+		t.Error("closing flow not expired after TCPClosing")
+	}
+	e2 := newTestEngine(t, Config{})
+	run(t, e2, []step{{"out", out, syn(ap(ipB, 1234), ap(ipD, 80)), Accept}})
+	e2.clk.advance(time.Hour + time.Second)
+	run(t, e2, []step{{"late reply", in, ack(ap(ipD, 80), ap(ipB, 1234)), DropNoPolicy}})
+}
+
+func TestMalformedPrefixes(t *testing.T) {
+	a, b := ap(ipA, 40000), ap(ipB, 8080)
+	pkts := map[string][]byte{
+		"tcp4":     ack(a, b),
+		"udp4":     pkttest.UDP(a, ap(ipB, 53), []byte("query")),
+		"icmp4":    pkttest.ICMPEcho(ipA, ipB, 1, 1, false),
+		"icmperr4": pkttest.ICMPError(ipD, ipB, 3, 3, pkttest.UDP(ap(ipB, 1), ap(ipD, 2), nil)),
+		"tcp6":     ack(ap(ipA6, 40000), ap(ipB6, 8080)),
+		"udp6":     pkttest.UDP(ap(ipA6, 40000), ap(ipB6, 53), []byte("query")),
+		"icmp6":    pkttest.ICMPEcho(ipA6, ipB6, 1, 1, false),
+	}
+	for name, pkt := range pkts {
+		e := newTestEngine(t, Config{})
+		for n := 0; n < len(pkt); n++ {
+			for _, d := range []dir{in, out} {
+				var v Verdict
+				if d == in {
+					v = e.Inbound(pkt[:n])
+				} else {
+					v = e.Outbound(pkt[:n])
+				}
+				if v != DropMalformed {
+					t.Errorf("%s: %v of the first %d of %d bytes = %v, want malformed", name, d, n, len(pkt), v)
+				}
+			}
+		}
+		if v := e.Inbound(pkt); v == DropMalformed {
+			t.Errorf("%s: whole packet is malformed", name)
+		}
+	}
+}
+
+func TestVerdictStrings(t *testing.T) {
+	want := []string{"accept", "accept_local", "no_policy", "revoked", "spoofed", "unknown_source",
+		"unknown_destination", "malformed", "unsupported", "conntrack_full"}
+	var c Counters
+	i := 0
+	for v := range c.All() {
+		if v.String() != want[i] {
+			t.Errorf("Verdict(%d) = %q, want %q", v, v.String(), want[i])
+		}
+		if v.Allowed() != (v == Accept || v == AcceptLocal) || v.Reject() != (v == DropNoPolicy || v == DropRevoked || v == DropUnknownSource) {
+			t.Errorf("%v: Allowed/Reject wrong", v)
+		}
+		i++
+	}
+	if i != len(want) {
+		t.Errorf("All yielded %d verdicts, want %d", i, len(want))
+	}
+}
+
+func TestCounters(t *testing.T) {
+	e := newTestEngine(t, Config{})
+	e.Inbound(syn(ap(ipA, 1), ap(ipB, 8080)))
+	e.Inbound(syn(ap(ipA, 2), ap(ipB, 8080)))
+	e.Inbound(syn(ap(ipA, 2), ap(ipB, 1)))
+	e.Outbound([]byte{0x45})
+	c := e.Counters()
+	if c.Verdicts[Accept] != 2 || c.Verdicts[DropNoPolicy] != 1 || c.Verdicts[DropMalformed] != 1 {
+		t.Errorf("counters %v", c.Verdicts)
+	}
+}

@@ -1,0 +1,210 @@
+// Package policy decides, for every packet between containers, whether it may
+// pass: app-pair rules (Cloud Foundry c2c semantics: allow-only, directional,
+// default deny), an endpoint registry (overlay IP -> app), a compiled rule
+// table, a bounded connection tracker and the synthesis of reject packets
+// (TCP RST, ICMP unreachable) for denied flows.
+//
+// The data path is [Engine.Outbound] (packets read from the TUN, leaving a
+// local container) and [Engine.Inbound] (decrypted packets from a peer cell).
+// Neither allocates, logs nor formats strings. Rules and endpoints are
+// compiled off the packet path into an immutable [Table] that is swapped in
+// atomically with [Engine.SetTable]; tracked flows survive the swap and
+// flows that the new table no longer allows are cut on their next packet.
+package policy
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Protocol is an IP protocol number. Only [ProtoICMP], [ProtoTCP] and
+// [ProtoUDP] can appear in rules; ProtoICMP covers ICMPv6 as well.
+type Protocol uint8
+
+// Protocols a rule can name.
+const (
+	ProtoICMP Protocol = 1
+	ProtoTCP  Protocol = 6
+	ProtoUDP  Protocol = 17
+)
+
+// protoICMPv6 is the IPv6 next-header value of ICMPv6. The parser maps it to
+// ProtoICMP so that one icmp rule covers both families.
+const protoICMPv6 = 58
+
+// ParseProtocol parses "tcp", "udp" or "icmp" (case-insensitive).
+func ParseProtocol(s string) (Protocol, error) {
+	switch strings.ToLower(s) {
+	case "tcp":
+		return ProtoTCP, nil
+	case "udp":
+		return ProtoUDP, nil
+	case "icmp":
+		return ProtoICMP, nil
+	}
+	return 0, fmt.Errorf("invalid protocol %q: must be tcp, udp or icmp", s)
+}
+
+// String returns "tcp", "udp", "icmp", or the number for other protocols.
+func (p Protocol) String() string {
+	switch p {
+	case ProtoTCP:
+		return "tcp"
+	case ProtoUDP:
+		return "udp"
+	case ProtoICMP:
+		return "icmp"
+	}
+	return strconv.Itoa(int(p))
+}
+
+func (p Protocol) valid() bool {
+	return p == ProtoTCP || p == ProtoUDP || p == ProtoICMP
+}
+
+// hasPorts reports whether rules of this protocol carry a port range.
+func (p Protocol) hasPorts() bool { return p == ProtoTCP || p == ProtoUDP }
+
+// PortRange is an inclusive range of destination ports. The zero value means
+// "no ports" and is what ICMP rules carry.
+type PortRange struct{ Start, End uint16 }
+
+// ParsePorts parses "8080" or "8080-8090". Ports are 1-65535 and the start may
+// not exceed the end.
+func ParsePorts(s string) (PortRange, error) {
+	lo, hi, isRange := strings.Cut(s, "-")
+	start, err := parsePort(s, lo)
+	if err != nil {
+		return PortRange{}, err
+	}
+	if !isRange {
+		return PortRange{start, start}, nil
+	}
+	end, err := parsePort(s, hi)
+	if err != nil {
+		return PortRange{}, err
+	}
+	if start > end {
+		return PortRange{}, fmt.Errorf("invalid ports %q: start %d is greater than end %d", s, start, end)
+	}
+	return PortRange{start, end}, nil
+}
+
+func parsePort(input, s string) (uint16, error) {
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil && !isRangeErr(err) {
+		return 0, fmt.Errorf("invalid ports %q: %q is not a number", input, s)
+	}
+	if err != nil || n < 1 || n > 65535 {
+		return 0, fmt.Errorf("invalid ports %q: port %s is out of range 1-65535", input, s)
+	}
+	return uint16(n), nil
+}
+
+func isRangeErr(err error) bool {
+	ne, ok := err.(*strconv.NumError)
+	return ok && ne.Err == strconv.ErrRange
+}
+
+// String returns "8080" for a single port and "8080-8090" for a range.
+func (r PortRange) String() string {
+	if r.Start == r.End {
+		return strconv.Itoa(int(r.Start))
+	}
+	return strconv.Itoa(int(r.Start)) + "-" + strconv.Itoa(int(r.End))
+}
+
+// Contains reports whether p lies in the range.
+func (r PortRange) Contains(p uint16) bool { return r.Start <= p && p <= r.End }
+
+// Rule allows traffic from the containers of one app to those of another:
+// new flows from Source to Destination using Protocol, with a destination
+// port in Ports (tcp and udp) or ICMP echo requests (icmp). Replies of an
+// allowed flow pass without a rule of their own.
+type Rule struct {
+	Source      string    // source app name
+	Destination string    // destination app name
+	Protocol    Protocol  // ProtoTCP, ProtoUDP or ProtoICMP
+	Ports       PortRange // destination ports; zero for icmp
+}
+
+const maxAppName = 128
+
+func validAppName(s string) bool {
+	if len(s) == 0 || len(s) > maxAppName {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
+			c == '.', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Validate checks the app names ([A-Za-z0-9._-], 1-128 characters), the
+// protocol and the ports: tcp and udp need a range within 1-65535 with
+// start <= end; icmp must have no ports.
+func (r Rule) Validate() error {
+	if !validAppName(r.Source) {
+		return fmt.Errorf("invalid source app %q: must be 1-%d characters from A-Z a-z 0-9 . _ -", r.Source, maxAppName)
+	}
+	if !validAppName(r.Destination) {
+		return fmt.Errorf("invalid destination app %q: must be 1-%d characters from A-Z a-z 0-9 . _ -", r.Destination, maxAppName)
+	}
+	if !r.Protocol.valid() {
+		return fmt.Errorf("invalid protocol %s: must be tcp, udp or icmp", r.Protocol)
+	}
+	if !r.Protocol.hasPorts() {
+		if r.Ports != (PortRange{}) {
+			return fmt.Errorf("invalid ports %d-%d: icmp rules take no ports", r.Ports.Start, r.Ports.End)
+		}
+		return nil
+	}
+	switch {
+	case r.Ports.Start == 0 || r.Ports.End == 0:
+		return fmt.Errorf("invalid ports %d-%d for %s: ports must be within 1-65535", r.Ports.Start, r.Ports.End, r.Protocol)
+	case r.Ports.Start > r.Ports.End:
+		return fmt.Errorf("invalid ports %d-%d for %s: start %d is greater than end %d",
+			r.Ports.Start, r.Ports.End, r.Protocol, r.Ports.Start, r.Ports.End)
+	}
+	return nil
+}
+
+// Key returns a canonical string that is unique per rule and stable across
+// versions, e.g. "appA>appB/tcp/8080-8090" (ports always as start-end, icmp
+// as 0-0). It suits map keys and CRDT identities.
+func (r Rule) Key() string {
+	return r.Source + ">" + r.Destination + "/" + r.Protocol.String() + "/" +
+		strconv.Itoa(int(r.Ports.Start)) + "-" + strconv.Itoa(int(r.Ports.End))
+}
+
+// String returns a human form, e.g. "appA -> appB tcp 8080-8090" or
+// "appA -> appB icmp".
+func (r Rule) String() string {
+	s := r.Source + " -> " + r.Destination + " " + r.Protocol.String()
+	if r.Protocol.hasPorts() || r.Ports != (PortRange{}) {
+		s += " " + r.Ports.String()
+	}
+	return s
+}
+
+func compareRules(a, b Rule) int {
+	return cmp.Or(
+		cmp.Compare(a.Source, b.Source),
+		cmp.Compare(a.Destination, b.Destination),
+		cmp.Compare(a.Protocol, b.Protocol),
+		cmp.Compare(a.Ports.Start, b.Ports.Start),
+		cmp.Compare(a.Ports.End, b.Ports.End),
+	)
+}
+
+// SortRules sorts rules by Source, Destination, Protocol and Ports.
+func SortRules(rs []Rule) { slices.SortFunc(rs, compareRules) }
