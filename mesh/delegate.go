@@ -1,0 +1,365 @@
+package mesh
+
+import (
+	"encoding/json"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Messages are JSON with a one-byte type prefix. One change is one gossip
+// message (endpoint, policy or lease record); the full state travels in
+// memberlist's TCP push/pull.
+const (
+	msgEndpoint byte = 'e'
+	msgPolicy   byte = 'p'
+	msgLease    byte = 'l'
+	msgLeave    byte = 'x'
+	msgFull     byte = 'S'
+)
+
+// maxMsg bounds one gossip message; memberlist packs them into UDP packets
+// of 1400 bytes.
+const maxMsg = 1024
+
+// joinGrace lets the push/pull of a peer that joined us finish before this
+// cell counts itself joined and picks a lease.
+const joinGrace = 500 * time.Millisecond
+
+// fullState is the push/pull payload. From's own endpoints are
+// authoritative: entries of From not listed and not newer than Seq are gone.
+type fullState struct {
+	From      string     `json:"f"`
+	Seq       uint64     `json:"q"`
+	Leases    []leaseRec `json:"l"`
+	Endpoints []epEntry  `json:"e"`
+	Policies  []polEntry `json:"p"`
+}
+
+// leaveMsg announces a graceful leave. memberlist v0.7.0 reports left and
+// dead nodes alike (Node.State is never set), so a cell says it is leaving
+// before it calls Leave. Seq (the sender's owner sequence) drops duplicates.
+type leaveMsg struct {
+	Node string `json:"n"`
+	Seq  uint64 `json:"q"`
+}
+
+// nodeMeta is the memberlist node metadata (< 512 bytes).
+type nodeMeta struct {
+	Key    string       `json:"k,omitempty"`
+	Port   int          `json:"p,omitempty"`
+	Subnet netip.Prefix `json:"s,omitzero"`
+	Time   int64        `json:"t,omitempty"` // lease time, unix ns
+}
+
+func parseMeta(b []byte) nodeMeta {
+	var nm nodeMeta
+	if json.Unmarshal(b, &nm) != nil {
+		return nodeMeta{}
+	}
+	return nm
+}
+
+func encode(typ byte, v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // plain structs; cannot happen
+	}
+	return append([]byte{typ}, b...)
+}
+
+// broadcast is one queued gossip message. A newer message about the same
+// record (same name) replaces it in the queue.
+type broadcast struct {
+	name string
+	msg  []byte
+	done chan struct{} // if not nil, closed when the queue is done with it
+	once sync.Once
+}
+
+var _ memberlist.NamedBroadcast = (*broadcast)(nil)
+
+func (b *broadcast) Invalidates(o memberlist.Broadcast) bool {
+	nb, ok := o.(memberlist.NamedBroadcast)
+	return ok && nb.Name() == b.name
+}
+func (b *broadcast) Name() string    { return b.name }
+func (b *broadcast) Message() []byte { return b.msg }
+func (b *broadcast) Finished() {
+	if b.done != nil {
+		b.once.Do(func() { close(b.done) })
+	}
+}
+
+// sentinel stays in the broadcast queue forever: its message never fits a
+// packet, so it is never sent. It works around hashicorp/memberlist#263:
+// the queue resets its id generator whenever it becomes empty, also in the
+// middle of replacing a named broadcast, and a later message with the same
+// (transmits, length, id) silently replaces a queued one.
+type sentinel struct{}
+
+var (
+	_            memberlist.UniqueBroadcast = sentinel{}
+	sentinelBody                            = make([]byte, 1<<16)
+)
+
+func (sentinel) Invalidates(memberlist.Broadcast) bool { return false }
+func (sentinel) UniqueBroadcast()                      {}
+func (sentinel) Message() []byte                       { return sentinelBody }
+func (sentinel) Finished()                             {}
+
+// pendingBroadcasts is the number of queued gossip messages.
+func (m *Mesh) pendingBroadcasts() int { return m.queue.NumQueued() - 1 }
+
+func endpointBroadcast(e epEntry) *broadcast {
+	return &broadcast{name: "e/" + e.Owner + "/" + e.IP.String(), msg: encode(msgEndpoint, e)}
+}
+
+func policyBroadcast(p polEntry) *broadcast {
+	return &broadcast{name: "p/" + p.Rule.rule().Key(), msg: encode(msgPolicy, p)}
+}
+
+func leaseBroadcast(r leaseRec) *broadcast {
+	return &broadcast{name: "l/" + r.Node, msg: encode(msgLease, r)}
+}
+
+func leaveBroadcast(l leaveMsg) *broadcast {
+	return &broadcast{name: "x/" + l.Node, msg: encode(msgLeave, l)}
+}
+
+// finish acts on a merge outside mu: queue, notify, persist, lease check.
+func (m *Mesh) finish(res mergeResult) {
+	for _, b := range res.out {
+		m.queue.QueueBroadcast(b)
+	}
+	if res.visible {
+		m.signal(&m.notifyState)
+	}
+	if res.stored {
+		m.kick(m.kickPersist)
+	}
+	if res.lease {
+		m.kick(m.kickLease)
+	}
+}
+
+// delegate is the memberlist.Delegate of a Mesh. memberlist calls it
+// concurrently from its goroutines, possibly with its own locks held: it
+// takes Mesh.mu only briefly and never calls back into memberlist.
+type delegate Mesh
+
+var _ memberlist.Delegate = (*delegate)(nil)
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	m := (*Mesh)(d)
+	m.mu.Lock()
+	nm := nodeMeta{Key: m.cfg.WGPublicKey, Port: m.cfg.WGPort, Subnet: m.lease.Subnet}
+	if nm.Subnet.IsValid() {
+		nm.Time = m.lease.Time
+	}
+	m.mu.Unlock()
+	b, _ := json.Marshal(nm)
+	if len(b) > limit { // cannot happen: Config validation bounds the key
+		return nil
+	}
+	return b
+}
+
+// NotifyMsg applies one gossip message. borrowed: b is only read here.
+func (d *delegate) NotifyMsg(b []byte) {
+	m := (*Mesh)(d)
+	if len(b) < 2 {
+		return
+	}
+	var (
+		res mergeResult
+		err error
+	)
+	switch b[0] {
+	case msgEndpoint:
+		var e epEntry
+		if err = json.Unmarshal(b[1:], &e); err == nil {
+			m.mu.Lock()
+			m.mergeEndpointLocked(e, true, &res)
+			m.mu.Unlock()
+		}
+	case msgPolicy:
+		var p polEntry
+		if err = json.Unmarshal(b[1:], &p); err == nil {
+			m.mu.Lock()
+			m.mergePolicyLocked(p, true, &res)
+			m.mu.Unlock()
+		}
+	case msgLease:
+		var r leaseRec
+		if err = json.Unmarshal(b[1:], &r); err == nil {
+			m.mu.Lock()
+			m.mergeLeaseLocked(r, true, &res)
+			m.mu.Unlock()
+		}
+	case msgLeave:
+		var l leaveMsg
+		if err = json.Unmarshal(b[1:], &l); err == nil {
+			m.mergeLeave(l, &res)
+		}
+	default:
+		m.log.Debug("unknown gossip message", "type", b[0])
+		return
+	}
+	if err != nil {
+		m.log.Debug("bad gossip message", "type", string(b[0]), "err", err)
+		return
+	}
+	m.finish(res)
+}
+
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.queue.GetBroadcasts(overhead, limit)
+}
+
+func (d *delegate) LocalState(join bool) []byte {
+	m := (*Mesh)(d)
+	m.mu.Lock()
+	fs := fullState{
+		From:      m.cfg.Name,
+		Seq:       m.st.seq,
+		Leases:    make([]leaseRec, 0, len(m.st.leases)),
+		Endpoints: make([]epEntry, 0, len(m.st.eps)),
+		Policies:  make([]polEntry, 0, len(m.st.pols)),
+	}
+	for _, r := range m.st.leases {
+		fs.Leases = append(fs.Leases, r)
+	}
+	for _, e := range m.st.eps {
+		fs.Endpoints = append(fs.Endpoints, e)
+	}
+	for _, p := range m.st.pols {
+		fs.Policies = append(fs.Policies, p)
+	}
+	m.mu.Unlock()
+	return encode(msgFull, fs)
+}
+
+// MergeRemoteState merges a peer's full state. borrowed: buf is only read.
+func (d *delegate) MergeRemoteState(buf []byte, join bool) {
+	m := (*Mesh)(d)
+	if len(buf) < 2 || buf[0] != msgFull {
+		return
+	}
+	var fs fullState
+	if err := json.Unmarshal(buf[1:], &fs); err != nil {
+		m.log.Debug("bad push/pull state", "err", err)
+		return
+	}
+	var res mergeResult
+	listed := make(map[netip.Addr]bool)
+	m.mu.Lock()
+	for _, r := range fs.Leases {
+		m.mergeLeaseLocked(r, false, &res)
+	}
+	for _, e := range fs.Endpoints {
+		m.mergeEndpointLocked(e, false, &res)
+		if e.Owner == fs.From {
+			listed[e.IP.Unmap()] = true
+		}
+	}
+	if fs.From != "" {
+		m.expireOwnerLocked(fs.From, fs.Seq, listed, &res)
+	}
+	for _, p := range fs.Policies {
+		m.mergePolicyLocked(p, false, &res)
+	}
+	m.mu.Unlock()
+	m.finish(res)
+}
+
+// events is the memberlist.EventDelegate of a Mesh. memberlist calls it
+// with its node lock held, one call at a time.
+type events Mesh
+
+var _ memberlist.EventDelegate = (*events)(nil)
+
+func (ev *events) NotifyJoin(n *memberlist.Node) {
+	m := (*Mesh)(ev)
+	m.setMember(n, NodeAlive)
+	if n.Name != m.cfg.Name {
+		m.mu.Lock()
+		joined := m.joined
+		m.mu.Unlock()
+		if !joined {
+			// A peer joined us: we are in a cluster even if our seeds
+			// never answer.
+			time.AfterFunc(joinGrace, m.setJoined)
+		}
+	}
+}
+
+// NotifyLeave: a node died or left (n.State does not say which).
+func (ev *events) NotifyLeave(n *memberlist.Node) {
+	(*Mesh)(ev).setMember(n, NodeDead)
+}
+
+func (ev *events) NotifyUpdate(n *memberlist.Node) {
+	(*Mesh)(ev).setMember(n, NodeAlive)
+}
+
+// mergeLeave records that a node announced its graceful leave.
+func (m *Mesh) mergeLeave(l leaveMsg, res *mergeResult) {
+	m.mu.Lock()
+	mb := m.nodes[l.Node]
+	if l.Node == m.cfg.Name || mb == nil || l.Seq <= mb.leaveSeq {
+		m.mu.Unlock()
+		return
+	}
+	mb.leaveSeq, mb.leaving = l.Seq, true
+	changed := mb.state == NodeDead
+	if changed {
+		mb.state = NodeLeft
+	}
+	m.mu.Unlock()
+	res.send(leaveBroadcast(l))
+	if changed {
+		m.signal(&m.notifyMembers)
+	}
+}
+
+func (m *Mesh) setMember(n *memberlist.Node, st NodeState) {
+	meta := parseMeta(n.Meta)
+	if !m.validSubnet(meta.Subnet) {
+		meta.Subnet, meta.Time = netip.Prefix{}, 0
+	}
+	m.mu.Lock()
+	mb := m.nodes[n.Name]
+	if mb == nil {
+		mb = &member{name: n.Name}
+		m.nodes[n.Name] = mb
+	}
+	switch {
+	case st == NodeAlive:
+		mb.leaving = false
+	case mb.leaving:
+		st = NodeLeft
+	}
+	mb.addr, mb.state = addrFromIP(n.Addr), st
+	oldSubnet := mb.meta.Subnet
+	// A dead or left node keeps the metadata it had.
+	if st == NodeAlive || len(n.Meta) > 0 {
+		mb.meta = meta
+	}
+	subnetChanged := mb.meta.Subnet != oldSubnet
+	alive := 0
+	for _, x := range m.nodes {
+		if x.state == NodeAlive {
+			alive++
+		}
+	}
+	m.mu.Unlock()
+	m.numAlive.Store(int32(max(alive, 1)))
+	m.signal(&m.notifyMembers)
+	if subnetChanged { // which endpoints are valid may have changed
+		m.signal(&m.notifyState)
+	}
+	m.kick(m.kickLease)
+}

@@ -1,0 +1,48 @@
+// Package mesh is weft's control plane: memberlist membership with encrypted
+// gossip, node metadata (WireGuard key and port, subnet lease), subnet leases
+// and the replicated state (the endpoint registry and the policy set) with its
+// persistence in the cell's state directory.
+//
+// Locking: a Mesh has two mutexes, always taken in this order:
+//
+//	persistMu (serialises writes of the state files)
+//	mu        (all in-memory state)
+//
+// Nothing calls into memberlist (Join, UpdateNode, Members, Leave, ...) or a
+// Listener while holding mu: memberlist calls the delegates, which take mu,
+// with its own locks held. Listeners are called from a dedicated goroutine,
+// so they may call any getter.
+//
+// # Behaviour
+//
+//   - Joining: New returns at once; a goroutine joins Config.Join with
+//     exponential backoff (1s, 2s, ... JoinRetryMax), logging every failure,
+//     until it succeeds, another cell joins this one, or Shutdown.
+//   - Leases (lease.go): OverlayCIDR split into /SubnetBits, index 0
+//     reserved. A persisted lease (lease.json) is taken at once; otherwise
+//     the first cell takes the lowest free subnet at once, a joining cell
+//     after its first successful join (push/pull synced). A freshly picked
+//     lease is tentative for LeaseSettle (1s): announced, but not reported
+//     by Subnet/WaitSubnet nor usable by endpoints, so that a claim still in
+//     gossip when we picked can win without harm. Conflicts: the
+//     older lease wins (tie: smaller name); the loser re-picks only if it
+//     has no local endpoints, else it logs an error and keeps the subnet.
+//   - Replicated state (state.go, delegate.go): endpoints are written by
+//     their owner only (highest owner sequence wins, deletions are
+//     tombstones); entries outside the owner's subnet are rejected. Policies
+//     are a CRDT keyed by Rule.Key() with hybrid-logical-clock stamps.
+//     Each change is one gossip message, relayed by cells it is news to;
+//     the full state travels in push/pull. A cell's push/pull state is
+//     authoritative for its own endpoints, so entries whose tombstones were
+//     pruned cannot come back.
+//   - Persistence (persist.go): lease.json and state.json (policies, own
+//     endpoints, lease records, counters), written atomically with mode
+//     0600 on every change, loaded by New: a restarted cell enforces its
+//     last known policy even alone.
+//
+// memberlist v0.7.0 quirks handled here: Node.State is never set in events,
+// so a leaving cell gossips a leave message first (others then report it
+// as left, not dead), and suspicion is not observable (NodeSuspect is never
+// reported); its broadcast queue can drop messages (hashicorp/memberlist#263),
+// which a never-sent sentinel entry prevents.
+package mesh

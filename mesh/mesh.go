@@ -1,0 +1,523 @@
+package mesh
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/weft-net/weft/policy"
+)
+
+// Config configures a Mesh. It is not mutated by New and must not be
+// mutated afterwards.
+type Config struct {
+	Name        string         // unique node name
+	BindAddr    netip.AddrPort // gossip bind and advertise address (TCP+UDP); port 0 picks one
+	Join        []string       // "IP:PORT" seeds; empty means this is the first cell
+	ClusterKey  []byte         // 32 bytes: AES-256 key of the encrypted gossip
+	StateDir    string         // lease.json and state.json live here (0600, atomic writes)
+	OverlayCIDR netip.Prefix   // default 10.255.0.0/16
+	SubnetBits  int            // prefix length of one cell's subnet, default 24
+	WGPublicKey string         // base64 WireGuard public key, put in the node metadata
+	WGPort      int            // WireGuard UDP port, put in the node metadata
+	Logger      *slog.Logger   // default slog.Default()
+
+	// Tuning; the defaults fit a LAN of up to a few hundred cells.
+	GossipInterval   time.Duration // default 100ms
+	ProbeInterval    time.Duration // default 1s (a killed cell is declared dead in < 10 s)
+	PushPullInterval time.Duration // default 15s
+	JoinRetryMax     time.Duration // cap of the join retry backoff, default 10s
+	// LeaseSettle is how long a newly picked subnet stays tentative:
+	// announced, but not used, until it has gone this long without an
+	// older claim arriving by gossip. Default 1s (10 gossip rounds).
+	LeaseSettle time.Duration
+}
+
+// DefaultConfig returns a Config with every default filled in. Name,
+// ClusterKey, StateDir and the WireGuard fields must still be set.
+func DefaultConfig() Config {
+	return Config{
+		BindAddr:         netip.AddrPortFrom(netip.IPv4Unspecified(), 7946),
+		OverlayCIDR:      netip.MustParsePrefix("10.255.0.0/16"),
+		SubnetBits:       24,
+		GossipInterval:   100 * time.Millisecond,
+		ProbeInterval:    time.Second,
+		PushPullInterval: 15 * time.Second,
+		JoinRetryMax:     10 * time.Second,
+		LeaseSettle:      time.Second,
+	}
+}
+
+const (
+	maxNameLen      = 253             // node, app and container names
+	leaveTimeout    = 2 * time.Second // Shutdown waits this long for the leave broadcast
+	updateTimeout   = time.Second     // UpdateNode waits this long for the broadcast
+	tombstoneTTL    = time.Hour       // endpoint tombstones are pruned after this
+	housekeepPeriod = time.Minute
+	logEvery        = 5 * time.Second // rate limit of repeated warnings
+)
+
+// NodeState is the membership state of a node.
+type NodeState int
+
+// Node states.
+const (
+	NodeAlive NodeState = iota
+	NodeSuspect
+	NodeDead
+	NodeLeft
+)
+
+func (s NodeState) String() string {
+	switch s {
+	case NodeAlive:
+		return "alive"
+	case NodeSuspect:
+		return "suspect"
+	case NodeDead:
+		return "dead"
+	case NodeLeft:
+		return "left"
+	}
+	return fmt.Sprintf("NodeState(%d)", int(s))
+}
+
+// Node is one cell as seen by this mesh.
+type Node struct {
+	Name        string
+	Addr        netip.Addr // underlay (gossip) address
+	WGPublicKey string     // base64
+	WGPort      int
+	Subnet      netip.Prefix // zero if no lease yet
+	State       NodeState
+	Self        bool
+}
+
+// Endpoint is one container: an overlay IP owned by a cell.
+type Endpoint struct {
+	IP   netip.Addr
+	App  string
+	Name string // container id
+	Cell string // owner node name
+}
+
+// Listener receives change notifications. Its methods are called from one
+// mesh goroutine, never concurrently, and never with a mesh lock held; they
+// may call back into the Mesh getters but must not block for long.
+// Notifications are coalesced: one call may stand for several changes.
+type Listener interface {
+	MembersChanged() // a node joined, left, died or changed its metadata (e.g. its lease)
+	StateChanged()   // the merged endpoints or policies changed (local or remote)
+}
+
+// Mesh is one cell's membership in the cluster. All exported methods are
+// safe for concurrent use.
+type Mesh struct {
+	cfg   Config
+	log   *slog.Logger
+	l     Listener
+	ml    *memberlist.Memberlist
+	queue *memberlist.TransmitLimitedQueue
+
+	numAlive      atomic.Int32 // alive nodes incl. self, for the broadcast queue
+	rejected      atomic.Uint64
+	notifyMembers atomic.Bool
+	notifyState   atomic.Bool
+	mlDown        atomic.Bool // memberlist has been shut down
+
+	kickNotify  chan struct{} // cap 1: listener notifications pending
+	kickLease   chan struct{} // cap 1: lease needs a look
+	kickPersist chan struct{} // cap 1: state.json is stale
+	joinedCh    chan struct{} // closed once joined
+	done        chan struct{} // closed by Shutdown
+	wg          sync.WaitGroup
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+
+	persistMu sync.Mutex // serialises state file writes; taken before mu
+
+	mu          sync.Mutex
+	joined      bool
+	lease       leaseRec      // own lease; Subnet invalid when none
+	leaseWait   chan struct{} // closed and replaced when the lease changes
+	leaseFinal  bool          // the lease has settled: Subnet reports it, endpoints may use it
+	leasePicked time.Time     // when a tentative lease was picked
+	nodes       map[string]*member
+	st          state
+	rejectLog   map[string]time.Time // owner -> last rejection log
+	conflictLog time.Time            // last "refuse to renumber" / exhaustion log
+}
+
+// member is what the mesh knows of a node from memberlist events.
+type member struct {
+	name     string
+	addr     netip.Addr
+	meta     nodeMeta
+	state    NodeState
+	leaving  bool   // announced a graceful leave since it was last alive
+	leaveSeq uint64 // of the last leave announcement
+}
+
+// New validates cfg, loads the persisted state, starts memberlist and
+// returns at once; joining the seeds happens in the background.
+func New(cfg Config, l Listener) (*Mesh, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("mesh: state dir: %w", err)
+	}
+	m := &Mesh{
+		cfg:         cfg,
+		log:         cfg.Logger.With("component", "mesh"),
+		l:           l,
+		kickNotify:  make(chan struct{}, 1),
+		kickLease:   make(chan struct{}, 1),
+		kickPersist: make(chan struct{}, 1),
+		joinedCh:    make(chan struct{}),
+		done:        make(chan struct{}),
+		leaseWait:   make(chan struct{}),
+		nodes:       make(map[string]*member),
+		st:          newState(cfg.Name),
+		rejectLog:   make(map[string]time.Time),
+	}
+	if err := m.load(); err != nil {
+		return nil, err
+	}
+	m.queue = &memberlist.TransmitLimitedQueue{
+		NumNodes:       func() int { return int(m.numAlive.Load()) },
+		RetransmitMult: 4,
+	}
+	m.queue.QueueBroadcast(sentinel{})
+	if len(cfg.Join) == 0 {
+		// The first cell: take a lease now, before memberlist
+		// announces our metadata.
+		m.joined = true
+		close(m.joinedCh)
+		if !m.lease.Subnet.IsValid() && m.leaseStepLocked() {
+			if err := m.persistLease(m.lease); err != nil {
+				return nil, fmt.Errorf("mesh: %w", err)
+			}
+		}
+	}
+
+	ml, err := memberlist.Create(m.memberlistConfig())
+	if err != nil {
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	m.ml = ml
+
+	m.wg.Add(2)
+	go m.notifyLoop()
+	go m.maintainLoop()
+	if len(cfg.Join) > 0 {
+		// Not in wg: a dial may block for memberlist's TCPTimeout, and
+		// Shutdown must not wait for it. The loop exits on its own.
+		go m.joinLoop()
+	}
+	m.kick(m.kickLease)
+	return m, nil
+}
+
+func (c Config) withDefaults() (Config, error) {
+	d := DefaultConfig()
+	if c.Name == "" || len(c.Name) > maxNameLen {
+		return c, errors.New("mesh: Name must be 1-253 bytes")
+	}
+	if !c.BindAddr.IsValid() {
+		c.BindAddr = d.BindAddr
+	}
+	if len(c.ClusterKey) != 32 {
+		return c, fmt.Errorf("mesh: ClusterKey must be 32 bytes, not %d", len(c.ClusterKey))
+	}
+	if c.StateDir == "" {
+		return c, errors.New("mesh: StateDir is required")
+	}
+	if !c.OverlayCIDR.IsValid() {
+		c.OverlayCIDR = d.OverlayCIDR
+	}
+	c.OverlayCIDR = c.OverlayCIDR.Masked()
+	if c.SubnetBits == 0 {
+		c.SubnetBits = d.SubnetBits
+	}
+	if n := c.SubnetBits - c.OverlayCIDR.Bits(); n < 1 || n > 16 || c.SubnetBits > c.OverlayCIDR.Addr().BitLen()-2 {
+		return c, fmt.Errorf("mesh: SubnetBits /%d does not split %s into 2..65536 usable subnets", c.SubnetBits, c.OverlayCIDR)
+	}
+	if c.WGPublicKey != "" {
+		if k, err := base64.StdEncoding.DecodeString(c.WGPublicKey); err != nil || len(k) != 32 {
+			return c, errors.New("mesh: WGPublicKey is not a base64 32-byte key")
+		}
+	}
+	if c.WGPort < 0 || c.WGPort > 65535 {
+		return c, fmt.Errorf("mesh: WGPort %d out of range", c.WGPort)
+	}
+	for _, j := range c.Join {
+		if strings.TrimSpace(j) == "" {
+			return c, errors.New("mesh: empty Join address")
+		}
+	}
+	c.Join = slices.Clone(c.Join)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	for _, p := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{
+		{&c.GossipInterval, d.GossipInterval},
+		{&c.ProbeInterval, d.ProbeInterval},
+		{&c.PushPullInterval, d.PushPullInterval},
+		{&c.JoinRetryMax, d.JoinRetryMax},
+		{&c.LeaseSettle, d.LeaseSettle},
+	} {
+		if *p.v <= 0 {
+			*p.v = p.def
+		}
+	}
+	return c, nil
+}
+
+func (m *Mesh) memberlistConfig() *memberlist.Config {
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = m.cfg.Name
+	mc.BindAddr = m.cfg.BindAddr.Addr().String()
+	mc.BindPort = int(m.cfg.BindAddr.Port())
+	mc.AdvertisePort = mc.BindPort
+	if !m.cfg.BindAddr.Addr().IsUnspecified() {
+		mc.AdvertiseAddr = mc.BindAddr
+	}
+	mc.GossipInterval = m.cfg.GossipInterval
+	mc.ProbeInterval = m.cfg.ProbeInterval
+	mc.ProbeTimeout = min(mc.ProbeTimeout, m.cfg.ProbeInterval/2)
+	mc.PushPullInterval = m.cfg.PushPullInterval
+	// Suspicion lasts SuspicionMult*max(1,log10(n))*ProbeInterval, up to
+	// SuspicionMaxTimeoutMult times that without confirmations: 3-6 s for
+	// small clusters, so a killed cell is dead in < 10 s.
+	mc.SuspicionMult = 3
+	mc.SuspicionMaxTimeoutMult = 2
+	mc.SecretKey = m.cfg.ClusterKey
+	mc.Delegate = (*delegate)(m)
+	mc.Events = (*events)(m)
+	mc.Logger = slog.NewLogLogger(m.cfg.Logger.With("component", "memberlist").Handler(), slog.LevelDebug)
+	return mc
+}
+
+// LocalAddr is the gossip address this cell advertises (useful with a
+// BindAddr port of 0).
+func (m *Mesh) LocalAddr() netip.AddrPort {
+	n := m.ml.LocalNode()
+	a, _ := netip.AddrFromSlice(n.Addr)
+	return netip.AddrPortFrom(a.Unmap(), n.Port)
+}
+
+// Subnet returns this cell's leased subnet, or the zero Prefix before the
+// lease is taken.
+func (m *Mesh) Subnet() netip.Prefix {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.subnetLocked()
+}
+
+// subnetLocked is the settled lease, or the zero prefix.
+func (m *Mesh) subnetLocked() netip.Prefix {
+	if !m.leaseFinal {
+		return netip.Prefix{}
+	}
+	return m.lease.Subnet
+}
+
+// WaitSubnet blocks until this cell holds a lease, ctx is done or the mesh
+// is shut down.
+func (m *Mesh) WaitSubnet(ctx context.Context) (netip.Prefix, error) {
+	for {
+		m.mu.Lock()
+		p, ch := m.subnetLocked(), m.leaseWait
+		m.mu.Unlock()
+		if p.IsValid() {
+			return p, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return netip.Prefix{}, ctx.Err()
+		case <-m.done:
+			return netip.Prefix{}, errors.New("mesh: shut down")
+		}
+	}
+}
+
+// Joined reports whether this cell has joined a cluster: a Join call
+// succeeded, another cell joined it, or Config.Join is empty.
+func (m *Mesh) Joined() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.joined
+}
+
+// Members returns every node known, self included, sorted by name. Dead and
+// left nodes stay listed. NodeSuspect is not reported: memberlist v0.7.0
+// does not expose suspicion, so a suspect node is alive until declared dead.
+func (m *Mesh) Members() []Node {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Node, 0, len(m.nodes)+1)
+	self := Node{
+		Name:        m.cfg.Name,
+		WGPublicKey: m.cfg.WGPublicKey,
+		WGPort:      m.cfg.WGPort,
+		Subnet:      m.subnetLocked(),
+		State:       NodeAlive,
+		Self:        true,
+	}
+	if m.mlDown.Load() {
+		self.State = NodeLeft
+	}
+	if me := m.nodes[m.cfg.Name]; me != nil {
+		self.Addr = me.addr
+	}
+	out = append(out, self)
+	for name, mb := range m.nodes {
+		if name == m.cfg.Name {
+			continue
+		}
+		n := Node{
+			Name:        name,
+			Addr:        mb.addr,
+			WGPublicKey: mb.meta.Key,
+			WGPort:      mb.meta.Port,
+			Subnet:      mb.meta.Subnet,
+			State:       mb.state,
+		}
+		out = append(out, n)
+	}
+	slices.SortFunc(out, func(a, b Node) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// RejectedEndpoints counts endpoint entries received from peers and
+// rejected because their IP was outside the owner's subnet.
+func (m *Mesh) RejectedEndpoints() uint64 { return m.rejected.Load() }
+
+// Endpoints returns the live endpoints of all cells whose IP is inside the
+// owner's current subnet, sorted by IP (then cell).
+func (m *Mesh) Endpoints() []Endpoint {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.endpointsLocked()
+}
+
+// Policies returns the current policy set, sorted.
+func (m *Mesh) Policies() []policy.Rule {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st.rules()
+}
+
+// AddEndpoint registers a local container. e.IP must be inside Subnet();
+// e.Cell is ignored and set to this cell. Re-adding an identical endpoint is
+// a no-op.
+func (m *Mesh) AddEndpoint(e Endpoint) error {
+	if !e.IP.IsValid() || e.App == "" || len(e.App) > maxNameLen || len(e.Name) > maxNameLen {
+		return fmt.Errorf("mesh: invalid endpoint %v app %q", e.IP, e.App)
+	}
+	e.IP = e.IP.Unmap()
+	m.mu.Lock()
+	if sub := m.subnetLocked(); !sub.Contains(e.IP) {
+		m.mu.Unlock()
+		return fmt.Errorf("mesh: endpoint %v is outside this cell's subnet %v", e.IP, sub)
+	}
+	ent, changed := m.st.setLocalEndpoint(e.IP, e.App, e.Name, false)
+	m.mu.Unlock()
+	if !changed {
+		return nil
+	}
+	return m.localChange(endpointBroadcast(ent))
+}
+
+// RemoveEndpoint unregisters a local container. Removing an unknown IP is a
+// no-op.
+func (m *Mesh) RemoveEndpoint(ip netip.Addr) error {
+	m.mu.Lock()
+	ent, changed := m.st.setLocalEndpoint(ip.Unmap(), "", "", true)
+	m.mu.Unlock()
+	if !changed {
+		return nil
+	}
+	return m.localChange(endpointBroadcast(ent))
+}
+
+// AddPolicy adds r to the replicated policy set; added is false if it was
+// already there. An error after added is true means the change is in effect
+// but was not persisted.
+func (m *Mesh) AddPolicy(r policy.Rule) (added bool, err error) {
+	return m.setPolicy(r, true)
+}
+
+// RemovePolicy removes r from the replicated policy set; removed is false if
+// it was not there.
+func (m *Mesh) RemovePolicy(r policy.Rule) (removed bool, err error) {
+	return m.setPolicy(r, false)
+}
+
+func (m *Mesh) setPolicy(r policy.Rule, present bool) (bool, error) {
+	if err := r.Validate(); err != nil {
+		return false, err
+	}
+	probe := polEntry{Rule: toWire(r), Present: true, Stamp: math.MaxUint64, Origin: m.cfg.Name}
+	if len(encode(msgPolicy, probe)) > maxMsg {
+		return false, errors.New("mesh: rule too long for a gossip message")
+	}
+	m.mu.Lock()
+	ent, changed := m.st.setLocalPolicy(r, present)
+	m.mu.Unlock()
+	if !changed {
+		return false, nil
+	}
+	return true, m.localChange(policyBroadcast(ent))
+}
+
+// localChange broadcasts and persists a change made by this cell.
+func (m *Mesh) localChange(b *broadcast) error {
+	m.queue.QueueBroadcast(b)
+	m.signal(&m.notifyState)
+	if err := m.persistState(); err != nil {
+		m.log.Error("persisting state failed", "err", err)
+		return fmt.Errorf("mesh: change applied but not persisted: %w", err)
+	}
+	return nil
+}
+
+// Shutdown leaves the cluster gracefully (others see this cell as left at
+// once) and stops everything. It is idempotent.
+func (m *Mesh) Shutdown() error {
+	m.shutdownOnce.Do(func() {
+		var errs []error
+		if !m.mlDown.Load() {
+			m.announceLeave()
+			if err := m.ml.Leave(leaveTimeout); err != nil {
+				m.log.Warn("leave", "err", err)
+			}
+			m.mlDown.Store(true)
+			errs = append(errs, m.ml.Shutdown())
+		}
+		close(m.done)
+		m.wg.Wait()
+		errs = append(errs, m.persistState())
+		m.shutdownErr = errors.Join(errs...)
+	})
+	return m.shutdownErr
+}

@@ -1,0 +1,189 @@
+package mesh
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+)
+
+// Files in Config.StateDir, written atomically (temp file, fsync, rename)
+// with mode 0600.
+const (
+	leaseFileName = "lease.json"
+	stateFileName = "state.json"
+	stateVersion  = 1
+)
+
+// leaseFileData is lease.json: the subnet this cell held last.
+type leaseFileData struct {
+	Subnet netip.Prefix `json:"subnet,omitzero"`
+	Time   int64        `json:"lease_time_unix_ns,omitempty"`
+}
+
+// stateFileData is state.json: what a restarted cell needs before it hears
+// from any peer. Remote endpoints are not kept: they are re-learnt at join.
+type stateFileData struct {
+	Version   int        `json:"version"`
+	Node      string     `json:"node"`
+	Seq       uint64     `json:"seq"`
+	Clock     uint64     `json:"clock"`
+	Endpoints []epEntry  `json:"endpoints"` // own, tombstones included
+	Policies  []polEntry `json:"policies"`  // tombstones included
+	Leases    []leaseRec `json:"leases"`
+}
+
+// load reads lease.json and state.json; missing files are fine, corrupt
+// ones are an error (fail closed rather than run without the policy).
+func (m *Mesh) load() error {
+	var sf stateFileData
+	if ok, err := readJSON(filepath.Join(m.cfg.StateDir, stateFileName), &sf); err != nil {
+		return err
+	} else if ok {
+		if sf.Version != stateVersion {
+			return fmt.Errorf("mesh: %s: unsupported version %d", stateFileName, sf.Version)
+		}
+		if sf.Node != m.cfg.Name {
+			m.log.Warn("state file written by another node name; keeping its policies only",
+				"file_node", sf.Node, "node", m.cfg.Name)
+		}
+		m.st.observeSeq(sf.Seq)
+		m.st.observeStamp(sf.Clock)
+		now := m.st.now()
+		for _, e := range sf.Endpoints {
+			if e.Owner != m.cfg.Name || !e.IP.IsValid() {
+				continue
+			}
+			if e.Deleted {
+				e.deletedAt = now
+			}
+			m.st.eps[epKey{e.Owner, e.IP}] = e
+		}
+		for _, p := range sf.Policies {
+			r := p.Rule.rule()
+			if err := r.Validate(); err != nil {
+				return fmt.Errorf("mesh: %s: policy %s>%s: %w", stateFileName, r.Source, r.Destination, err)
+			}
+			m.st.pols[r.Key()] = p
+		}
+		for _, r := range sf.Leases {
+			if m.validSubnet(r.Subnet) && r.Node != "" {
+				m.st.leases[r.Node] = r
+			}
+		}
+	}
+	var lf leaseFileData
+	ok, err := readJSON(filepath.Join(m.cfg.StateDir, leaseFileName), &lf)
+	if err != nil {
+		return err
+	}
+	if !ok || !lf.Subnet.IsValid() {
+		return nil
+	}
+	if !m.validSubnet(lf.Subnet) {
+		m.log.Warn("persisted lease does not fit the overlay; picking a new one",
+			"subnet", lf.Subnet, "overlay", m.cfg.OverlayCIDR, "subnet_bits", m.cfg.SubnetBits)
+		return nil
+	}
+	m.setLeaseLocked(lf.Subnet, lf.Time, true)
+	return nil
+}
+
+func readJSON(path string, v any) (bool, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("mesh: %w", err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return false, fmt.Errorf("mesh: %s: %w", path, err)
+	}
+	return true, nil
+}
+
+// persistState writes state.json from a snapshot taken under persistMu, so
+// concurrent writers cannot reorder snapshots.
+func (m *Mesh) persistState() error {
+	m.persistMu.Lock()
+	defer m.persistMu.Unlock()
+	m.mu.Lock()
+	sf := stateFileData{
+		Version:   stateVersion,
+		Node:      m.cfg.Name,
+		Seq:       m.st.seq,
+		Clock:     m.st.clock,
+		Endpoints: []epEntry{},
+		Policies:  make([]polEntry, 0, len(m.st.pols)),
+		Leases:    make([]leaseRec, 0, len(m.st.leases)),
+	}
+	for k, e := range m.st.eps {
+		if k.owner == m.cfg.Name {
+			sf.Endpoints = append(sf.Endpoints, e)
+		}
+	}
+	for _, p := range m.st.pols {
+		sf.Policies = append(sf.Policies, p)
+	}
+	for _, r := range m.st.leases {
+		sf.Leases = append(sf.Leases, r)
+	}
+	m.mu.Unlock()
+	b, err := json.Marshal(sf)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(m.cfg.StateDir, stateFileName), b)
+}
+
+func (m *Mesh) persistLease(r leaseRec) error {
+	m.persistMu.Lock()
+	defer m.persistMu.Unlock()
+	b, err := json.Marshal(leaseFileData{Subnet: r.Subnet, Time: r.Time})
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(m.cfg.StateDir, leaseFileName), b)
+}
+
+// writeFileAtomic replaces path with data: a 0600 temp file in the same
+// directory, fsynced, renamed over path, directory fsynced.
+func writeFileAtomic(path string, data []byte) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(f.Name())
+		}
+	}()
+	if err = f.Chmod(0o600); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if _, err = f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	if d, derr := os.Open(dir); derr == nil {
+		_ = d.Sync()
+		_ = d.Close()
+	}
+	return nil
+}

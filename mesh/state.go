@@ -1,0 +1,363 @@
+package mesh
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/weft-net/weft/policy"
+)
+
+// state is the replicated state as this cell knows it. It is guarded by
+// Mesh.mu; nothing in it locks.
+//
+// Endpoints: each cell is the only writer of its own entries; per (owner, IP)
+// the entry with the highest owner sequence number wins, deletions are
+// tombstones pruned after tombstoneTTL.
+//
+// Policies: a CRDT keyed by Rule.Key(); per key the entry with the highest
+// (stamp, origin) wins. Stamps come from a hybrid logical clock, so a later
+// change anywhere beats an earlier one and concurrent changes resolve the
+// same way on every cell. Removals are tombstones, kept forever.
+//
+// Leases: each cell's last lease record, written by that cell only (highest
+// seq wins); they keep the subnets of cells memberlist has forgotten taken.
+type state struct {
+	self   string
+	now    func() time.Time
+	seq    uint64 // owner sequence of this cell's endpoint and lease records
+	clock  uint64 // hybrid logical clock of policy stamps
+	eps    map[epKey]epEntry
+	pols   map[string]polEntry // by Rule.Key()
+	leases map[string]leaseRec // by node name
+}
+
+type epKey struct {
+	owner string
+	ip    netip.Addr
+}
+
+// epEntry is one endpoint record, as stored and as sent.
+type epEntry struct {
+	Owner   string     `json:"o"`
+	IP      netip.Addr `json:"i"`
+	App     string     `json:"a,omitempty"`
+	Name    string     `json:"n,omitempty"`
+	Seq     uint64     `json:"q"`
+	Deleted bool       `json:"d,omitempty"`
+
+	deletedAt time.Time // local time the tombstone was stored, for pruning
+}
+
+// wireRule is policy.Rule in the replicated state, independent of any JSON
+// form the policy package may give Rule.
+type wireRule struct {
+	Src   string `json:"s"`
+	Dst   string `json:"d"`
+	Proto uint8  `json:"p"`
+	Start uint16 `json:"a"`
+	End   uint16 `json:"b"`
+}
+
+func toWire(r policy.Rule) wireRule {
+	return wireRule{r.Source, r.Destination, uint8(r.Protocol), r.Ports.Start, r.Ports.End}
+}
+
+func (w wireRule) rule() policy.Rule {
+	return policy.Rule{
+		Source:      w.Src,
+		Destination: w.Dst,
+		Protocol:    policy.Protocol(w.Proto),
+		Ports:       policy.PortRange{Start: w.Start, End: w.End},
+	}
+}
+
+// polEntry is one policy CRDT register.
+type polEntry struct {
+	Rule    wireRule `json:"r"`
+	Present bool     `json:"p,omitempty"`
+	Stamp   uint64   `json:"t"`
+	Origin  string   `json:"o"`
+}
+
+// newer reports whether p wins over q.
+func (p polEntry) newer(q polEntry) bool {
+	if p.Stamp != q.Stamp {
+		return p.Stamp > q.Stamp
+	}
+	return p.Origin > q.Origin
+}
+
+// leaseRec is a cell's subnet lease. Time (unix ns) orders conflicting
+// claims: the older lease wins, ties go to the smaller name.
+type leaseRec struct {
+	Node   string       `json:"n"`
+	Subnet netip.Prefix `json:"s"`
+	Time   int64        `json:"t"`
+	Seq    uint64       `json:"q"`
+}
+
+func newState(self string) state {
+	return state{
+		self:   self,
+		now:    time.Now,
+		eps:    make(map[epKey]epEntry),
+		pols:   make(map[string]polEntry),
+		leases: make(map[string]leaseRec),
+	}
+}
+
+// nextSeq returns a fresh owner sequence number: max(wall clock, last+1),
+// so a cell that lost its state dir still outnumbers its earlier life.
+func (s *state) nextSeq() uint64 {
+	s.seq = max(uint64(s.now().UnixNano()), s.seq+1)
+	return s.seq
+}
+
+func (s *state) observeSeq(q uint64) { s.seq = max(s.seq, q) }
+
+// nextStamp ticks the hybrid logical clock.
+func (s *state) nextStamp() uint64 {
+	s.clock = max(uint64(s.now().UnixNano()), s.clock+1)
+	return s.clock
+}
+
+func (s *state) observeStamp(t uint64) { s.clock = max(s.clock, t) }
+
+// setLocalEndpoint writes this cell's own entry for ip. It reports false
+// (and writes nothing) when the live view would not change.
+func (s *state) setLocalEndpoint(ip netip.Addr, app, name string, deleted bool) (epEntry, bool) {
+	k := epKey{s.self, ip}
+	have, ok := s.eps[k]
+	if deleted && (!ok || have.Deleted) {
+		return epEntry{}, false
+	}
+	if !deleted && ok && !have.Deleted && have.App == app && have.Name == name {
+		return epEntry{}, false
+	}
+	e := epEntry{Owner: s.self, IP: ip, App: app, Name: name, Seq: s.nextSeq(), Deleted: deleted}
+	if deleted {
+		e.deletedAt = s.now()
+	}
+	s.eps[k] = e
+	return e, true
+}
+
+// setLocalPolicy adds (present) or removes r. It reports false when r was
+// already in that state.
+func (s *state) setLocalPolicy(r policy.Rule, present bool) (polEntry, bool) {
+	k := r.Key()
+	have, ok := s.pols[k]
+	if (ok && have.Present) == present {
+		return polEntry{}, false
+	}
+	p := polEntry{Rule: toWire(r), Present: present, Stamp: s.nextStamp(), Origin: s.self}
+	s.pols[k] = p
+	return p, true
+}
+
+func (s *state) rules() []policy.Rule {
+	out := make([]policy.Rule, 0, len(s.pols))
+	for _, p := range s.pols {
+		if p.Present {
+			out = append(out, p.Rule.rule())
+		}
+	}
+	policy.SortRules(out)
+	return out
+}
+
+func (s *state) hasLocalEndpoints() bool {
+	for k, e := range s.eps {
+		if k.owner == s.self && !e.Deleted {
+			return true
+		}
+	}
+	return false
+}
+
+// prune drops endpoint tombstones stored before t.
+func (s *state) prune(t time.Time) {
+	for k, e := range s.eps {
+		if e.Deleted && e.deletedAt.Before(t) {
+			delete(s.eps, k)
+		}
+	}
+}
+
+// mergeResult says what applying remote data did.
+type mergeResult struct {
+	visible bool         // Endpoints() or Policies() may have changed
+	stored  bool         // state.json may be stale
+	lease   bool         // lease claims changed: re-check our lease
+	out     []*broadcast // to queue (relayed news, corrections of our own entries)
+}
+
+func (r *mergeResult) send(b *broadcast) { r.out = append(r.out, b) }
+
+// mergeEndpointLocked applies an endpoint record from a peer. With relay, a
+// record that was news is queued for gossip again.
+func (m *Mesh) mergeEndpointLocked(e epEntry, relay bool, res *mergeResult) {
+	if e.Owner == "" || len(e.Owner) > maxNameLen || !e.IP.IsValid() ||
+		len(e.App) > maxNameLen || len(e.Name) > maxNameLen || (!e.Deleted && e.App == "") {
+		return
+	}
+	e.IP = e.IP.Unmap()
+	now := m.st.now()
+	if e.Deleted {
+		e.App, e.Name, e.deletedAt = "", "", now
+	}
+	k := epKey{e.Owner, e.IP}
+	have, ok := m.st.eps[k]
+	if e.Owner == m.cfg.Name {
+		m.st.observeSeq(e.Seq)
+		if ok && have.Seq >= e.Seq {
+			return
+		}
+		res.stored = true
+		switch {
+		case ok: // a peer has a newer record of ours than we do: ours wins
+			have.Seq = m.st.nextSeq()
+			m.st.eps[k] = have
+			res.send(endpointBroadcast(have))
+		case e.Deleted:
+			m.st.eps[k] = e
+		default: // live entry from an earlier life of this cell
+			t := epEntry{Owner: e.Owner, IP: e.IP, Seq: m.st.nextSeq(), Deleted: true, deletedAt: now}
+			m.st.eps[k] = t
+			res.send(endpointBroadcast(t))
+		}
+		return
+	}
+	if ok && have.Seq >= e.Seq {
+		return
+	}
+	if !e.Deleted {
+		if sub, known := m.ownerSubnetLocked(e.Owner); known && !sub.Contains(e.IP) {
+			m.rejectLocked(e, sub)
+			return
+		}
+	}
+	m.st.eps[k] = e
+	wasLive := ok && !have.Deleted
+	if wasLive != !e.Deleted || (!e.Deleted && (have.App != e.App || have.Name != e.Name)) {
+		res.visible = true
+	}
+	if relay {
+		res.send(endpointBroadcast(e))
+	}
+}
+
+func (m *Mesh) rejectLocked(e epEntry, sub netip.Prefix) {
+	m.rejected.Add(1)
+	now := time.Now()
+	if now.Sub(m.rejectLog[e.Owner]) < logEvery {
+		return
+	}
+	m.rejectLog[e.Owner] = now
+	m.log.Warn("rejected endpoint outside its owner's subnet",
+		"owner", e.Owner, "ip", e.IP, "app", e.App, "owner_subnet", sub, "rejected_total", m.rejected.Load())
+}
+
+// expireOwnerLocked applies an owner's authoritative view of its own
+// entries (from its push/pull state): our live entries of that owner that
+// it no longer lists, and that are not newer than its sequence, are gone.
+func (m *Mesh) expireOwnerLocked(owner string, seq uint64, listed map[netip.Addr]bool, res *mergeResult) {
+	if owner == m.cfg.Name {
+		return
+	}
+	for k, e := range m.st.eps {
+		if k.owner != owner || e.Deleted || listed[k.ip] || e.Seq > seq {
+			continue
+		}
+		m.st.eps[k] = epEntry{Owner: owner, IP: k.ip, Seq: seq, Deleted: true, deletedAt: m.st.now()}
+		res.visible, res.stored = true, true
+	}
+}
+
+// mergePolicyLocked applies a policy register from a peer.
+func (m *Mesh) mergePolicyLocked(p polEntry, relay bool, res *mergeResult) {
+	r := p.Rule.rule()
+	if p.Origin == "" || len(p.Origin) > maxNameLen || r.Validate() != nil {
+		return
+	}
+	m.st.observeStamp(p.Stamp)
+	k := r.Key()
+	have, ok := m.st.pols[k]
+	if ok && !p.newer(have) {
+		return
+	}
+	m.st.pols[k] = p
+	res.stored = true
+	if (ok && have.Present) != p.Present {
+		res.visible = true
+	}
+	if relay {
+		res.send(policyBroadcast(p))
+	}
+}
+
+// mergeLeaseLocked applies a lease record from a peer.
+func (m *Mesh) mergeLeaseLocked(r leaseRec, relay bool, res *mergeResult) {
+	if r.Node == "" || len(r.Node) > maxNameLen || !m.validSubnet(r.Subnet) {
+		return
+	}
+	have, ok := m.st.leases[r.Node]
+	if r.Node == m.cfg.Name {
+		m.st.observeSeq(r.Seq)
+		if ok && have.Seq >= r.Seq {
+			return
+		}
+		res.stored = true
+		if m.lease.Subnet.IsValid() { // ours wins: announce it again
+			m.lease.Seq = m.st.nextSeq()
+			m.st.leases[r.Node] = m.lease
+			res.send(leaseBroadcast(m.lease))
+			return
+		}
+		m.st.leases[r.Node] = r // from an earlier life: a hint for the next pick
+		res.lease = true
+		return
+	}
+	if ok && have.Seq >= r.Seq {
+		return
+	}
+	m.st.leases[r.Node] = r
+	res.stored, res.lease = true, true
+	if relay {
+		res.send(leaseBroadcast(r))
+	}
+}
+
+// ownerSubnetLocked is the subnet owner currently holds: from its node
+// metadata, else from its last lease record.
+func (m *Mesh) ownerSubnetLocked(owner string) (netip.Prefix, bool) {
+	if owner == m.cfg.Name {
+		return m.lease.Subnet, m.lease.Subnet.IsValid()
+	}
+	if mb := m.nodes[owner]; mb != nil && mb.meta.Subnet.IsValid() {
+		return mb.meta.Subnet, true
+	}
+	if r, ok := m.st.leases[owner]; ok {
+		return r.Subnet, true
+	}
+	return netip.Prefix{}, false
+}
+
+func (m *Mesh) endpointsLocked() []Endpoint {
+	out := make([]Endpoint, 0, len(m.st.eps))
+	for k, e := range m.st.eps {
+		if e.Deleted {
+			continue
+		}
+		if sub, ok := m.ownerSubnetLocked(k.owner); !ok || !sub.Contains(k.ip) {
+			continue
+		}
+		out = append(out, Endpoint{IP: e.IP, App: e.App, Name: e.Name, Cell: e.Owner})
+	}
+	slices.SortFunc(out, func(a, b Endpoint) int {
+		return cmp.Or(a.IP.Compare(b.IP), cmp.Compare(a.Cell, b.Cell))
+	})
+	return out
+}

@@ -1,0 +1,202 @@
+package mesh
+
+import (
+	"encoding/json"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// bareMesh is a Mesh without memberlist, for the merge logic.
+func bareMesh(name string) *Mesh {
+	cfg, err := Config{Name: name, ClusterKey: testKey, StateDir: "unused"}.withDefaults()
+	if err != nil {
+		panic(err)
+	}
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	m := &Mesh{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		st:        newState(name),
+		nodes:     map[string]*member{},
+		rejectLog: map[string]time.Time{},
+		leaseWait: make(chan struct{}),
+		queue:     &memberlist.TransmitLimitedQueue{NumNodes: func() int { return 1 }, RetransmitMult: 4},
+	}
+	m.queue.QueueBroadcast(sentinel{})
+	return m
+}
+
+func TestPolicyMergeOrderIndependent(t *testing.T) {
+	r := rule("a", "b", 80)
+	w := toWire(r)
+	msgs := []polEntry{
+		{Rule: w, Present: true, Stamp: 100, Origin: "x"},
+		{Rule: w, Present: false, Stamp: 100, Origin: "y"}, // same stamp: larger origin wins
+		{Rule: w, Present: true, Stamp: 99, Origin: "z"},
+		{Rule: toWire(rule("c", "d", 1)), Present: true, Stamp: 5, Origin: "x"},
+		{Rule: toWire(rule("c", "d", 1)), Present: false, Stamp: 4, Origin: "y"},
+	}
+	want := ""
+	for i := range 50 {
+		m := bareMesh("n")
+		for _, j := range rand.Perm(len(msgs)) {
+			(*delegate)(m).NotifyMsg(encode(msgPolicy, msgs[j]))
+		}
+		got := ruleKeys(m.Policies())
+		if i == 0 {
+			want = got
+			if want != rule("c", "d", 1).Key() {
+				t.Fatalf("policies %q, want only c>d", want)
+			}
+		} else if got != want {
+			t.Fatalf("order-dependent result: %q vs %q", got, want)
+		}
+		if m.st.clock < 100 {
+			t.Fatalf("clock %d did not observe received stamps", m.st.clock)
+		}
+	}
+}
+
+func TestClockMonotonic(t *testing.T) {
+	s := newState("n")
+	now := time.Unix(0, 1000)
+	s.now = func() time.Time { return now }
+	a := s.nextStamp()
+	now = time.Unix(0, 10) // wall clock steps back
+	b := s.nextStamp()
+	s.observeStamp(5000)
+	c := s.nextStamp()
+	if !(a == 1000 && b == 1001 && c == 5001) {
+		t.Fatalf("stamps %d %d %d", a, b, c)
+	}
+}
+
+func TestOwnerAuthoritativeState(t *testing.T) {
+	m := bareMesh("me")
+	sub := netip.MustParsePrefix("10.255.7.0/24")
+	m.st.leases["o"] = leaseRec{Node: "o", Subnet: sub, Time: 1, Seq: 1}
+	ip := netip.MustParseAddr("10.255.7.9")
+	d := (*delegate)(m)
+	d.MergeRemoteState(encode(msgFull, fullState{From: "o", Seq: 10,
+		Endpoints: []epEntry{{Owner: "o", IP: ip, App: "app", Seq: 5}}}), false)
+	if got := endpointSet(m.Endpoints()); got != "10.255.7.9=app/@o" {
+		t.Fatalf("endpoints %q", got)
+	}
+	// The owner no longer lists it (tombstone pruned there): gone.
+	d.MergeRemoteState(encode(msgFull, fullState{From: "o", Seq: 20}), false)
+	if got := endpointSet(m.Endpoints()); got != "" {
+		t.Fatalf("endpoints after owner dropped it: %q", got)
+	}
+	// A stale third party cannot bring it back.
+	d.MergeRemoteState(encode(msgFull, fullState{From: "p", Seq: 99,
+		Endpoints: []epEntry{{Owner: "o", IP: ip, App: "app", Seq: 5}}}), false)
+	if got := endpointSet(m.Endpoints()); got != "" {
+		t.Fatalf("stale entry resurrected: %q", got)
+	}
+
+	// Someone holds a live entry of ours we do not know: we tombstone it.
+	mine := epEntry{Owner: "me", IP: netip.MustParseAddr("10.255.1.3"), App: "old", Seq: 1 << 62}
+	d.NotifyMsg(encode(msgEndpoint, mine))
+	got := m.st.eps[epKey{"me", mine.IP}]
+	if !got.Deleted || got.Seq <= mine.Seq || m.pendingBroadcasts() != 1 {
+		t.Fatalf("own stale entry: %+v, queued %d", got, m.pendingBroadcasts())
+	}
+}
+
+func TestSubnets(t *testing.T) {
+	m := bareMesh("n")
+	for i, want := range map[int]string{0: "10.255.0.0/24", 1: "10.255.1.0/24", 255: "10.255.255.0/24"} {
+		if got := m.subnetAt(i).String(); got != want {
+			t.Errorf("subnetAt(%d) = %s, want %s", i, got, want)
+		}
+	}
+	if m.numSubnets() != 256 || m.validSubnet(m.subnetAt(0)) || !m.validSubnet(m.subnetAt(1)) ||
+		m.validSubnet(netip.MustParsePrefix("10.254.1.0/24")) || m.validSubnet(netip.MustParsePrefix("10.255.1.0/25")) {
+		t.Error("validSubnet wrong")
+	}
+	m.cfg.OverlayCIDR, m.cfg.SubnetBits = netip.MustParsePrefix("fd00:1::/48"), 64
+	if got := m.subnetAt(3).String(); got != "fd00:1:0:3::/64" {
+		t.Errorf("IPv6 subnetAt(3) = %s", got)
+	}
+	m.cfg.SubnetBits = 56
+	if got := m.subnetAt(2).String(); got != "fd00:1:0:200::/56" {
+		t.Errorf("IPv6 /56 subnetAt(2) = %s", got)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	good := Config{Name: "n", ClusterKey: testKey, StateDir: "x"}
+	if _, err := good.withDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	bad := []func(*Config){
+		func(c *Config) { c.Name = "" },
+		func(c *Config) { c.ClusterKey = testKey[:16] },
+		func(c *Config) { c.StateDir = "" },
+		func(c *Config) { c.SubnetBits = 16 },
+		func(c *Config) { c.WGPublicKey = "nope" },
+		func(c *Config) { c.WGPort = 70000 },
+	}
+	for i, f := range bad {
+		c := good
+		f(&c)
+		if _, err := c.withDefaults(); err == nil {
+			t.Errorf("case %d: invalid config accepted", i)
+		}
+	}
+}
+
+func writeLease(t *testing.T, dir, subnet string, ts int64) {
+	t.Helper()
+	b, _ := json.Marshal(leaseFileData{Subnet: netip.MustParsePrefix(subnet), Time: ts})
+	if err := os.WriteFile(filepath.Join(dir, leaseFileName), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLeaseConflict: two cells hold the same subnet; the younger lease
+// re-picks when it has no containers and refuses to when it has.
+func TestLeaseConflict(t *testing.T) {
+	for _, withEndpoint := range []bool{false, true} {
+		dirA, dirB := t.TempDir(), t.TempDir()
+		writeLease(t, dirA, "10.255.5.0/24", 100)
+		writeLease(t, dirB, "10.255.5.0/24", 200)
+		a := startNode(t, "cell-a", nodeOpts{dir: dirA})
+		h := newCapture()
+		b := startNode(t, "cell-b", nodeOpts{dir: dirB, logger: slog.New(h)})
+		if a.Subnet() != b.Subnet() {
+			t.Fatal("persisted leases not taken")
+		}
+		if withEndpoint {
+			if err := b.AddEndpoint(Endpoint{IP: netip.MustParseAddr("10.255.5.7"), App: "x"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := b.ml.Join(a.joinAddr()); err != nil {
+			t.Fatal(err)
+		}
+		if !withEndpoint {
+			waitMembers(t, []*Mesh{a, b}, 2)
+			if a.Subnet().String() != "10.255.5.0/24" {
+				t.Fatalf("older lease lost: a=%v b=%v", a.Subnet(), b.Subnet())
+			}
+			continue
+		}
+		eventually(t, 3*time.Second, "conflict logged", func() error {
+			if len(h.matching("ERROR", "SUBNET CONFLICT")) == 0 {
+				return os.ErrNotExist
+			}
+			return nil
+		})
+		if b.Subnet().String() != "10.255.5.0/24" {
+			t.Fatalf("cell with containers renumbered to %v", b.Subnet())
+		}
+	}
+}
