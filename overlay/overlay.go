@@ -1,0 +1,197 @@
+// Package overlay owns a cell's data plane: the TUN device, the embedded
+// wireguard-go device with the filtering wrapper between them, the WireGuard
+// peers, the routes and rules that steer container traffic through the TUN,
+// and the attachment of containers (network namespace + veth).
+//
+// It does not know about the mesh: the agent tells it which peers exist.
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Config configures an Overlay. It is not modified after New.
+type Config struct {
+	Interface     string       // TUN device name; also names the UAPI socket /var/run/wireguard/NAME.sock
+	MTU           int          // overlay MTU (underlay MTU - 80)
+	PrivateKey    wgtypes.Key  // WireGuard private key
+	ListenPort    int          // WireGuard UDP port
+	OverlayCIDR   netip.Prefix // whole overlay, routed to the TUN
+	LocalSubnet   netip.Prefix // this cell's subnet (its containers)
+	DeliveryTable int          // routing table with the /32 routes of local containers
+	RulePriority  int          // priority of the first of the two policy-routing rules
+	Filter        Filter       // the policy engine
+	Logger        *slog.Logger
+}
+
+// DefaultConfig returns the defaults; callers fill in keys, subnet and filter.
+func DefaultConfig() Config {
+	return Config{
+		Interface:     "weft0",
+		MTU:           1420,
+		ListenPort:    51820,
+		OverlayCIDR:   netip.MustParsePrefix("10.255.0.0/16"),
+		DeliveryTable: 30565, // 0x7765, "we"
+		RulePriority:  100,
+	}
+}
+
+// Peer is a remote cell as WireGuard sees it.
+type Peer struct {
+	PublicKey  wgtypes.Key
+	Endpoint   netip.AddrPort
+	AllowedIPs []netip.Prefix
+}
+
+// Overlay is a running data plane. Its methods are safe for concurrent use.
+type Overlay struct {
+	cfg  Config
+	log  *slog.Logger
+	wrap *Wrapper
+	dev  *device.Device
+	uapi net.Listener
+
+	mu     sync.Mutex
+	peers  map[wgtypes.Key]Peer // guarded by mu: what was last configured
+	closed bool                 // guarded by mu
+}
+
+// New creates the TUN device, the WireGuard device on top of it (with its
+// UAPI socket, so `wg show IFACE` works), and the routes and rules of the
+// data path.
+func New(cfg Config) (*Overlay, error) {
+	if cfg.Filter == nil {
+		return nil, errors.New("overlay: no filter")
+	}
+	if !cfg.LocalSubnet.IsValid() || !cfg.OverlayCIDR.Contains(cfg.LocalSubnet.Addr()) {
+		return nil, fmt.Errorf("overlay: local subnet %v is not inside overlay %v", cfg.LocalSubnet, cfg.OverlayCIDR)
+	}
+	if len(cfg.Interface) == 0 || len(cfg.Interface) > 15 {
+		return nil, fmt.Errorf("overlay: interface name %q must be 1-15 characters", cfg.Interface)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "overlay", "interface", cfg.Interface)
+
+	tdev, err := tun.CreateTUN(cfg.Interface, cfg.MTU)
+	if err != nil {
+		return nil, fmt.Errorf("create TUN device %s: %w", cfg.Interface, err)
+	}
+	o := &Overlay{cfg: cfg, log: log, peers: make(map[wgtypes.Key]Peer)}
+	o.wrap = NewWrapper(tdev, cfg.Filter)
+	o.dev = device.NewDevice(o.wrap, conn.NewDefaultBind(), wgLogger(log))
+
+	fail := func(err error) (*Overlay, error) {
+		o.Close()
+		return nil, err
+	}
+	if err := o.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n",
+		hexKey(cfg.PrivateKey), cfg.ListenPort)); err != nil {
+		return fail(fmt.Errorf("configure WireGuard (port %d): %w", cfg.ListenPort, err))
+	}
+	if err := o.dev.Up(); err != nil {
+		return fail(fmt.Errorf("bring WireGuard device up: %w", err))
+	}
+	uf, err := ipc.UAPIOpen(cfg.Interface)
+	if err != nil {
+		return fail(fmt.Errorf("open UAPI socket for %s: %w", cfg.Interface, err))
+	}
+	o.uapi, err = ipc.UAPIListen(cfg.Interface, uf)
+	if err != nil {
+		return fail(fmt.Errorf("listen on UAPI socket for %s: %w", cfg.Interface, err))
+	}
+	go o.serveUAPI()
+
+	if err := setupRouting(cfg); err != nil {
+		return fail(fmt.Errorf("routing for %s: %w", cfg.Interface, err))
+	}
+	log.Info("data plane up", "mtu", cfg.MTU, "listen_port", cfg.ListenPort,
+		"subnet", cfg.LocalSubnet, "offloads", tdev.BatchSize() > 1)
+	return o, nil
+}
+
+// serveUAPI answers wg(8) and wgctrl on the UAPI socket until Close.
+func (o *Overlay) serveUAPI() {
+	for {
+		c, err := o.uapi.Accept()
+		if err != nil {
+			return
+		}
+		go o.dev.IpcHandle(c)
+	}
+}
+
+// Wrapper returns the filtering TUN wrapper (for its counters).
+func (o *Overlay) Wrapper() *Wrapper { return o.wrap }
+
+// Config returns the configuration the overlay was created with.
+func (o *Overlay) Config() Config { return o.cfg }
+
+// SyncPeers makes the WireGuard peer set equal to want: peers not in want
+// are removed, new ones added, changed ones updated.
+func (o *Overlay) SyncPeers(want []Peer) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return errors.New("overlay closed")
+	}
+	uapi, next := peerDiff(o.peers, want)
+	if uapi == "" {
+		return nil
+	}
+	if err := o.dev.IpcSet(uapi); err != nil {
+		return fmt.Errorf("update WireGuard peers: %w", err)
+	}
+	for k, p := range next {
+		if _, ok := o.peers[k]; !ok {
+			o.log.Info("peer added", "key", k.String(), "endpoint", p.Endpoint, "allowed_ips", p.AllowedIPs)
+		}
+	}
+	for k, p := range o.peers {
+		if _, ok := next[k]; !ok {
+			o.log.Info("peer removed", "key", k.String(), "endpoint", p.Endpoint)
+		}
+	}
+	o.peers = next
+	return nil
+}
+
+// Close removes routing rules, the WireGuard device and the TUN device.
+// Containers stay attached: they belong to the cell, not to this process.
+func (o *Overlay) Close() error {
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return nil
+	}
+	o.closed = true
+	o.mu.Unlock()
+	err := teardownRouting(o.cfg)
+	if o.uapi != nil {
+		o.uapi.Close()
+	}
+	o.dev.Close() // closes the TUN device too
+	return err
+}
+
+func wgLogger(log *slog.Logger) *device.Logger {
+	return &device.Logger{
+		Verbosef: device.DiscardLogf,
+		Errorf: func(format string, args ...any) {
+			log.Error("wireguard: " + fmt.Sprintf(format, args...))
+		},
+	}
+}

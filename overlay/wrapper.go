@@ -1,0 +1,197 @@
+package overlay
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/weft-net/weft/policy"
+)
+
+// Filter decides the fate of one IP packet. *policy.Engine implements it.
+//
+// All methods are called concurrently: Outbound from the TUN reader
+// goroutine, Inbound from wireguard-go's per-peer receive goroutines and from
+// the TUN reader (hair-pinned packets). pkt is borrowed: valid only for the
+// duration of the call.
+type Filter interface {
+	// Outbound judges a packet that a local container sent (read from the TUN).
+	Outbound(pkt []byte) policy.Verdict
+	// Inbound judges a packet that a peer cell sent (decrypted by WireGuard).
+	Inbound(pkt []byte) policy.Verdict
+	// Reject writes the answer to a denied packet (TCP RST or ICMP
+	// unreachable) into out and returns its length, or 0 for none.
+	Reject(pkt []byte, out []byte) int
+}
+
+var _ Filter = (*policy.Engine)(nil)
+
+// rejectHeadroom is room in front of a synthesized reject packet for the
+// virtio-net header the TUN device prepends on Write.
+const rejectHeadroom = 16
+
+// Wrapper is the tun.Device handed to wireguard-go. It sits between the
+// kernel's TUN device and WireGuard and applies the policy to every packet:
+//
+//   - Read (kernel -> WireGuard): packets that local containers sent. The
+//     source must be a registered local endpoint; the flow is noted so that
+//     replies pass. A packet for another container on this cell is judged as
+//     an inbound packet and written straight back to the TUN (hair-pin); it
+//     never reaches WireGuard.
+//   - Write (WireGuard -> kernel): decrypted packets from peer cells. Each is
+//     judged; denied ones are dropped and answered with a reject written into
+//     the TUN, from where the kernel routes it back out through weft0 to the
+//     sender.
+//
+// Packets seen here are at most MTU-sized: the inner device splits TSO
+// super-packets on Read and coalesces (GRO) on Write. The wrapper never moves
+// the slice headers of bufs: Read drops a packet by setting its size to 0,
+// Write passes a compacted copy of the slice headers to the inner device.
+type Wrapper struct {
+	tun.Device // the real TUN device
+	filter     Filter
+
+	// Read is only ever called by wireguard-go's single TUN reader
+	// goroutine, so its scratch space needs no lock.
+	hairpin [][]byte // borrowed from bufs for one Read call
+
+	rejectMu  sync.Mutex // serialises use of rejectBuf
+	rejectBuf []byte
+	rejectVec [][]byte
+
+	writePool sync.Pool // *[][]byte scratch for Write compaction
+
+	stats WrapperStats
+}
+
+// WrapperStats are packet counters of the wrapper itself; the verdict
+// counters live in the filter.
+type WrapperStats struct {
+	Hairpinned    atomic.Uint64 // packets written back to the TUN for a local container
+	Rejects       atomic.Uint64 // RST / ICMP unreachable packets written
+	WriteErrors   atomic.Uint64 // errors from the inner device's Write
+	DroppedRead   atomic.Uint64 // packets from local containers dropped
+	DroppedWrite  atomic.Uint64 // packets from peers dropped
+	PassedToPeers atomic.Uint64 // packets handed to WireGuard
+	Delivered     atomic.Uint64 // packets from peers written to the TUN
+}
+
+var _ tun.Device = (*Wrapper)(nil)
+
+// NewWrapper wraps dev with filter.
+func NewWrapper(dev tun.Device, filter Filter) *Wrapper {
+	w := &Wrapper{
+		Device:    dev,
+		filter:    filter,
+		hairpin:   make([][]byte, 0, dev.BatchSize()),
+		rejectBuf: make([]byte, rejectHeadroom+1500+64),
+		rejectVec: make([][]byte, 1),
+	}
+	w.writePool.New = func() any {
+		s := make([][]byte, 0, dev.BatchSize())
+		return &s
+	}
+	return w
+}
+
+// Stats returns the wrapper's counters.
+func (w *Wrapper) Stats() *WrapperStats { return &w.stats }
+
+// Read reads packets leaving local containers. Dropped or hair-pinned packets
+// are reported with size 0, which wireguard-go skips.
+func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := w.Device.Read(bufs, sizes, offset)
+	hairpin := w.hairpin[:0]
+	for i := 0; i < n; i++ {
+		if sizes[i] < 1 {
+			continue
+		}
+		pkt := bufs[i][offset : offset+sizes[i]]
+		switch v := w.filter.Outbound(pkt); {
+		case v == policy.Accept:
+			w.stats.PassedToPeers.Add(1)
+			continue
+		case v == policy.AcceptLocal:
+			hairpin = append(hairpin, bufs[i][:offset+sizes[i]])
+		case v.Reject():
+			w.stats.DroppedRead.Add(1)
+			w.reject(pkt)
+		default:
+			w.stats.DroppedRead.Add(1)
+		}
+		sizes[i] = 0
+	}
+	if len(hairpin) > 0 {
+		w.stats.Hairpinned.Add(uint64(len(hairpin)))
+		if _, werr := w.Device.Write(hairpin, offset); werr != nil {
+			w.stats.WriteErrors.Add(1)
+		}
+		clear(hairpin) // do not keep references to wireguard-go's buffers
+	}
+	w.hairpin = hairpin[:0]
+	return n, err
+}
+
+// Write delivers decrypted packets from peers that the policy allows.
+func (w *Wrapper) Write(bufs [][]byte, offset int) (int, error) {
+	var keep *[][]byte
+	for i, b := range bufs {
+		pkt := b[offset:]
+		v := w.filter.Inbound(pkt)
+		if v.Allowed() {
+			if keep != nil {
+				*keep = append(*keep, b)
+			}
+			continue
+		}
+		w.stats.DroppedWrite.Add(1)
+		if v.Reject() {
+			w.reject(pkt)
+		}
+		if keep == nil {
+			// First drop in this batch: start a compacted copy holding
+			// the packets allowed so far.
+			keep = w.writePool.Get().(*[][]byte)
+			*keep = append((*keep)[:0], bufs[:i]...)
+		}
+	}
+	out := bufs
+	if keep != nil {
+		out = *keep
+	}
+	var err error
+	if len(out) > 0 {
+		w.stats.Delivered.Add(uint64(len(out)))
+		if _, err = w.Device.Write(out, offset); err != nil {
+			w.stats.WriteErrors.Add(1)
+		}
+	}
+	if keep != nil {
+		clear(*keep)
+		*keep = (*keep)[:0]
+		w.writePool.Put(keep)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return len(bufs), nil
+}
+
+// reject answers the denied packet pkt with a RST or ICMP unreachable,
+// written into the TUN: the kernel delivers it to a local sender, or routes it
+// back out through the TUN, and so through WireGuard, to a remote one.
+func (w *Wrapper) reject(pkt []byte) {
+	w.rejectMu.Lock()
+	defer w.rejectMu.Unlock()
+	n := w.filter.Reject(pkt, w.rejectBuf[rejectHeadroom:])
+	if n == 0 {
+		return
+	}
+	w.rejectVec[0] = w.rejectBuf[:rejectHeadroom+n]
+	if _, err := w.Device.Write(w.rejectVec, rejectHeadroom); err != nil {
+		w.stats.WriteErrors.Add(1)
+		return
+	}
+	w.stats.Rejects.Add(1)
+}

@@ -1,0 +1,188 @@
+package overlay
+
+import (
+	"bytes"
+	"os"
+	"testing"
+
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/weft-net/weft/policy"
+)
+
+// fakeTUN is an in-memory tun.Device: Read hands out queued packets, Write
+// records what it was given.
+type fakeTUN struct {
+	toRead  [][]byte
+	written [][]byte // copies of every packet written, in order
+	batches int      // number of Write calls
+}
+
+func (f *fakeTUN) File() *os.File { return nil }
+func (f *fakeTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n := 0
+	for n < len(bufs) && len(f.toRead) > 0 {
+		sizes[n] = copy(bufs[n][offset:], f.toRead[0])
+		f.toRead = f.toRead[1:]
+		n++
+	}
+	return n, nil
+}
+func (f *fakeTUN) Write(bufs [][]byte, offset int) (int, error) {
+	f.batches++
+	for _, b := range bufs {
+		f.written = append(f.written, bytes.Clone(b[offset:]))
+	}
+	return len(bufs), nil
+}
+func (f *fakeTUN) MTU() (int, error)        { return 1420, nil }
+func (f *fakeTUN) Name() (string, error)    { return "fake0", nil }
+func (f *fakeTUN) Events() <-chan tun.Event { return nil }
+func (f *fakeTUN) Close() error             { return nil }
+func (f *fakeTUN) BatchSize() int           { return 128 }
+
+// fakeFilter judges a packet by its first byte.
+type fakeFilter map[byte]policy.Verdict
+
+func (f fakeFilter) Outbound(p []byte) policy.Verdict { return f[p[0]] }
+func (f fakeFilter) Inbound(p []byte) policy.Verdict  { return f[p[0]] }
+func (f fakeFilter) Reject(p []byte, out []byte) int {
+	n := copy(out, "reject:")
+	out[n] = p[0]
+	return n + 1
+}
+
+const (
+	pAccept  = 'a'
+	pLocal   = 'l'
+	pDeny    = 'd'
+	pSpoofed = 's'
+)
+
+var filter = fakeFilter{
+	pAccept:  policy.Accept,
+	pLocal:   policy.AcceptLocal,
+	pDeny:    policy.DropNoPolicy,
+	pSpoofed: policy.DropSpoofed,
+}
+
+const off = 16
+
+func bufsOf(pkts ...string) [][]byte {
+	bufs := make([][]byte, len(pkts))
+	for i, p := range pkts {
+		b := make([]byte, off+len(p), 2048)
+		copy(b[off:], p)
+		bufs[i] = b
+	}
+	return bufs
+}
+
+func TestWrapperWriteDropsAndRejects(t *testing.T) {
+	inner := &fakeTUN{}
+	w := NewWrapper(inner, filter)
+	bufs := bufsOf("a1", "d2", "a3", "s4")
+	heads := make([]*byte, len(bufs))
+	for i := range bufs {
+		heads[i] = &bufs[i][0]
+	}
+	n, err := w.Write(bufs, off)
+	if err != nil || n != 4 {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	got := make([]string, len(inner.written))
+	for i, p := range inner.written {
+		got[i] = string(p)
+	}
+	want := []string{"reject:d", "a1", "a3"}
+	if len(got) != len(want) {
+		t.Fatalf("inner got %q, want %q", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("inner got %q, want %q", got, want)
+		}
+	}
+	for i := range bufs {
+		if &bufs[i][0] != heads[i] {
+			t.Fatalf("Write moved the slice header of bufs[%d]", i)
+		}
+	}
+	if w.Stats().Rejects.Load() != 1 || w.Stats().DroppedWrite.Load() != 2 {
+		t.Fatalf("stats: rejects %d dropped %d", w.Stats().Rejects.Load(), w.Stats().DroppedWrite.Load())
+	}
+}
+
+func TestWrapperReadHairpinsAndDrops(t *testing.T) {
+	inner := &fakeTUN{toRead: [][]byte{[]byte("a1"), []byte("l2"), []byte("s3"), []byte("d4"), []byte("a5")}}
+	w := NewWrapper(inner, filter)
+	bufs := bufsOf("", "", "", "", "", "")
+	for i := range bufs {
+		bufs[i] = bufs[i][:cap(bufs[i])]
+	}
+	sizes := make([]int, len(bufs))
+	n, err := w.Read(bufs, sizes, off)
+	if err != nil || n != 5 {
+		t.Fatalf("Read = %d, %v", n, err)
+	}
+	wantSizes := []int{2, 0, 0, 0, 2}
+	for i, s := range wantSizes {
+		if sizes[i] != s {
+			t.Fatalf("sizes = %v, want %v", sizes[:n], wantSizes)
+		}
+	}
+	// The hair-pinned packet and the reject went back into the TUN.
+	var got []string
+	for _, p := range inner.written {
+		got = append(got, string(p))
+	}
+	if len(got) != 2 || got[0] != "reject:d" || got[1] != "l2" {
+		t.Fatalf("written back to TUN: %q", got)
+	}
+	if w.Stats().Hairpinned.Load() != 1 || w.Stats().PassedToPeers.Load() != 2 {
+		t.Fatalf("stats: hairpinned %d passed %d", w.Stats().Hairpinned.Load(), w.Stats().PassedToPeers.Load())
+	}
+}
+
+func TestWrapperWriteAllowedNoAllocs(t *testing.T) {
+	inner := &fakeTUN{}
+	w := NewWrapper(discardTUN{inner}, filter)
+	bufs := bufsOf("a1", "a2", "a3")
+	allocs := testing.AllocsPerRun(100, func() {
+		w.Write(bufs, off)
+	})
+	if allocs != 0 {
+		t.Fatalf("Write of allowed packets allocates %v times", allocs)
+	}
+	mixed := bufsOf("a1", "d2", "a3")
+	w.Write(mixed, off) // warm the pool
+	allocs = testing.AllocsPerRun(100, func() {
+		w.Write(mixed, off)
+	})
+	if allocs != 0 {
+		t.Fatalf("Write with a drop allocates %v times", allocs)
+	}
+}
+
+// discardTUN is a fakeTUN whose Write records nothing.
+type discardTUN struct{ *fakeTUN }
+
+func (discardTUN) Write(bufs [][]byte, offset int) (int, error) { return len(bufs), nil }
+
+func TestPeerDiff(t *testing.T) {
+	var k1, k2 [32]byte
+	k1[0], k2[0] = 1, 2
+	p1 := Peer{PublicKey: k1, AllowedIPs: nil}
+	text, next := peerDiff(nil, []Peer{p1})
+	if !bytes.Contains([]byte(text), []byte("public_key="+hexKey(k1))) || len(next) != 1 {
+		t.Fatalf("add: %q", text)
+	}
+	if text, _ := peerDiff(next, []Peer{p1}); text != "" {
+		t.Fatalf("no change produced %q", text)
+	}
+	text, next = peerDiff(next, []Peer{{PublicKey: k2}})
+	if !bytes.Contains([]byte(text), []byte("public_key="+hexKey(k1)+"\nremove=true")) ||
+		!bytes.Contains([]byte(text), []byte("public_key="+hexKey(k2))) || len(next) != 1 {
+		t.Fatalf("replace: %q", text)
+	}
+}
