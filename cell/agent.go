@@ -1,0 +1,336 @@
+// Package cell is the weft agent: it wires the mesh (who the other cells are,
+// what the policy is), the overlay (TUN, WireGuard, routes, containers) and
+// the policy engine together, and serves the local API.
+package cell
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weft-net/weft/mesh"
+	"github.com/weft-net/weft/overlay"
+	"github.com/weft-net/weft/policy"
+)
+
+// Config configures an agent. Not modified after Run starts.
+type Config struct {
+	Name        string         // cell name, unique in the cluster
+	StateDir    string         // keys, lease, replicated state
+	Bind        netip.AddrPort // gossip address; WireGuard listens on WGPort
+	Join        []string       // seeds "IP:PORT"
+	WGPort      int
+	Interface   string       // TUN device name
+	OverlayCIDR netip.Prefix // whole overlay
+	SubnetBits  int          // size of a cell's lease
+	MTU         int          // overlay MTU; 0: underlay MTU - 80
+	Socket      string       // local API unix socket
+	Logger      *slog.Logger
+}
+
+// DefaultConfig returns the defaults of `weft agent`.
+func DefaultConfig() Config {
+	return Config{
+		WGPort:      51820,
+		Interface:   "weft0",
+		OverlayCIDR: netip.MustParsePrefix("10.255.0.0/16"),
+		SubnetBits:  24,
+		Socket:      DefaultSocket,
+	}
+}
+
+// Agent is a running cell.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	keys   *Keys
+	engine *policy.Engine
+	mesh   *mesh.Mesh
+
+	membersCh chan struct{} // kicked by the mesh listener
+	stateCh   chan struct{}
+	ready     chan struct{} // closed once the data plane is up
+
+	mu sync.Mutex       // serialises container changes and table compiles
+	ov *overlay.Overlay // guarded by mu; nil until the subnet lease is taken
+}
+
+// Run runs the agent until ctx is cancelled, then leaves the mesh and
+// removes the data plane (containers stay).
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Name == "" {
+		return errors.New("--name is required")
+	}
+	if !cfg.Bind.IsValid() {
+		return errors.New("--bind IP:PORT is required")
+	}
+	keys, err := LoadKeys(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	ln, err := listenSocket(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(cfg.Socket)
+	defer ln.Close()
+
+	a := &Agent{
+		cfg:       cfg,
+		log:       cfg.Logger.With("cell", cfg.Name),
+		keys:      keys,
+		engine:    policy.NewEngine(policy.DefaultConfig()),
+		membersCh: make(chan struct{}, 1),
+		stateCh:   make(chan struct{}, 1),
+		ready:     make(chan struct{}),
+	}
+	a.engine.SetTable(policy.Compile(policy.TableConfig{}))
+
+	mcfg := mesh.DefaultConfig()
+	mcfg.Name = cfg.Name
+	mcfg.BindAddr = cfg.Bind
+	mcfg.Join = cfg.Join
+	mcfg.ClusterKey = keys.Cluster
+	mcfg.StateDir = cfg.StateDir
+	mcfg.OverlayCIDR = cfg.OverlayCIDR
+	mcfg.SubnetBits = cfg.SubnetBits
+	mcfg.WGPublicKey = keys.WireGuard.PublicKey().String()
+	mcfg.WGPort = cfg.WGPort
+	mcfg.Logger = cfg.Logger
+	a.mesh, err = mesh.New(mcfg, meshListener{a})
+	if err != nil {
+		return fmt.Errorf("start mesh on %v: %w", cfg.Bind, err)
+	}
+	defer a.mesh.Shutdown()
+
+	srv := a.newServer()
+	go srv.Serve(ln)
+	defer srv.Close()
+	a.log.Info("agent started", "bind", cfg.Bind, "join", cfg.Join, "socket", cfg.Socket,
+		"public_key", keys.WireGuard.PublicKey().String())
+
+	subnet, err := a.mesh.WaitSubnet(ctx)
+	if err != nil {
+		return nil // cancelled before we had a lease
+	}
+	if err := a.startOverlay(subnet); err != nil {
+		return err
+	}
+	defer a.stopOverlay()
+	a.loop(ctx)
+	a.log.Info("agent stopping")
+	return nil
+}
+
+func (a *Agent) startOverlay(subnet netip.Prefix) error {
+	ocfg := overlay.DefaultConfig()
+	ocfg.Interface = a.cfg.Interface
+	ocfg.MTU = a.cfg.MTU
+	if ocfg.MTU == 0 {
+		ocfg.MTU = underlayMTU(a.cfg.Bind.Addr(), a.log) - 80
+	}
+	ocfg.PrivateKey = a.keys.WireGuard
+	ocfg.ListenPort = a.cfg.WGPort
+	ocfg.OverlayCIDR = a.cfg.OverlayCIDR
+	ocfg.LocalSubnet = subnet
+	ocfg.Filter = a.engine
+	ocfg.Logger = a.log
+	ov, err := overlay.New(ocfg)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.ov = ov
+	a.compileLocked()
+	a.mu.Unlock()
+	close(a.ready)
+	a.syncPeers()
+	return nil
+}
+
+// waitReady waits until the data plane is up, the request is cancelled, or
+// timeout passes. Requests that need the data plane made right after the
+// agent started wait for it instead of failing.
+func (a *Agent) waitReady(ctx context.Context, timeout time.Duration) bool {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-a.ready:
+		return true
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return false
+}
+
+func (a *Agent) stopOverlay() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ov != nil {
+		a.ov.Close()
+	}
+}
+
+// loop applies mesh changes to the data plane. A periodic pass repairs
+// anything a missed notification left behind and expires idle flows.
+func (a *Agent) loop(ctx context.Context) {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.membersCh:
+			a.syncPeers()
+		case <-a.stateCh:
+			a.compile()
+		case now := <-tick.C:
+			a.syncPeers()
+			a.compile()
+			a.engine.ExpireFlows(now)
+		}
+	}
+}
+
+// syncPeers makes the WireGuard peers the live remote members with a lease.
+func (a *Agent) syncPeers() {
+	var peers []overlay.Peer
+	for _, m := range a.mesh.Members() {
+		if m.Self || !m.Subnet.IsValid() || (m.State != mesh.NodeAlive && m.State != mesh.NodeSuspect) {
+			continue
+		}
+		key, err := wgtypes.ParseKey(m.WGPublicKey)
+		if err != nil {
+			a.log.Warn("member has an invalid WireGuard key", "member", m.Name, "err", err)
+			continue
+		}
+		peers = append(peers, overlay.Peer{
+			PublicKey:  key,
+			Endpoint:   netip.AddrPortFrom(m.Addr, uint16(m.WGPort)),
+			AllowedIPs: []netip.Prefix{m.Subnet},
+		})
+	}
+	a.mu.Lock()
+	ov := a.ov
+	a.mu.Unlock()
+	if ov == nil {
+		return
+	}
+	if err := ov.SyncPeers(peers); err != nil {
+		a.log.Error("sync WireGuard peers", "err", err)
+	}
+}
+
+func (a *Agent) compile() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.compileLocked()
+}
+
+// compileLocked builds a new policy table from the replicated state and
+// swaps it in. Conntrack survives; flows whose rule is gone are cut on their
+// next packet.
+func (a *Agent) compileLocked() {
+	var eps []policy.Endpoint
+	for _, e := range a.mesh.Endpoints() {
+		eps = append(eps, policy.Endpoint{IP: e.IP, App: e.App, Local: e.Cell == a.cfg.Name})
+	}
+	a.engine.SetTable(policy.Compile(policy.TableConfig{
+		Rules:       a.mesh.Policies(),
+		Endpoints:   eps,
+		LocalSubnet: a.mesh.Subnet(),
+	}))
+}
+
+// localContainers returns this cell's containers, sorted by name.
+func (a *Agent) localContainers() []mesh.Endpoint {
+	var out []mesh.Endpoint
+	for _, e := range a.mesh.Endpoints() {
+		if e.Cell == a.cfg.Name {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(x, y mesh.Endpoint) int {
+		if x.Name < y.Name {
+			return -1
+		}
+		if x.Name > y.Name {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// meshListener turns mesh notifications into kicks of the agent loop; it
+// never blocks.
+type meshListener struct{ a *Agent }
+
+func (l meshListener) MembersChanged() { kick(l.a.membersCh) }
+func (l meshListener) StateChanged()   { kick(l.a.stateCh) }
+
+func kick(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// underlayMTU is the MTU of the link that holds addr, 1500 if unknown.
+func underlayMTU(addr netip.Addr, log *slog.Logger) int {
+	links, err := netlink.LinkList()
+	if err == nil {
+		for _, l := range links {
+			addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+			if err != nil {
+				continue
+			}
+			for _, a := range addrs {
+				if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
+					return l.Attrs().MTU
+				}
+			}
+		}
+	}
+	log.Warn("cannot find the underlay link, assuming MTU 1500", "addr", addr)
+	return 1500
+}
+
+// listenSocket listens on the API socket, root-only. A socket that another
+// agent still serves is an error; a stale one is replaced.
+func listenSocket(path string) (net.Listener, error) {
+	if path == "" {
+		return nil, errors.New("--socket is required")
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("socket %s is already served by another agent: stop it or choose another --socket", path)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket dir: %w", err)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}

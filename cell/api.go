@@ -1,0 +1,131 @@
+package cell
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/weft-net/weft/policy"
+)
+
+// The local API: HTTP+JSON on a root-only unix socket. The CLI is its client.
+//
+//	GET    /v1/status
+//	GET    /v1/containers
+//	POST   /v1/containers            ContainerRequest -> Container
+//	DELETE /v1/containers/{name}
+//	GET    /v1/policies[?source=APP] -> PolicyList
+//	POST   /v1/policies              PolicyRule (201 created, 200 existed)
+//	DELETE /v1/policies              PolicyRule (404 "Policy does not exist.")
+//
+// Errors are {"error": "..."} with a 4xx status for bad requests and 5xx for
+// failures of the cell.
+
+// ContainerRequest asks the agent for a new container.
+type ContainerRequest struct {
+	App  string `json:"app"`
+	Name string `json:"name"`
+}
+
+// Container is a container on this cell.
+type Container struct {
+	Name string `json:"name"`
+	App  string `json:"app"`
+	IP   string `json:"ip"`
+}
+
+// PortRange is the JSON form of policy.PortRange (as in CF's policy server).
+type PortRange struct {
+	Start uint16 `json:"start"`
+	End   uint16 `json:"end"`
+}
+
+// PolicyRule is the JSON form of policy.Rule.
+type PolicyRule struct {
+	Source      string    `json:"source"`
+	Destination string    `json:"destination"`
+	Protocol    string    `json:"protocol"`
+	Ports       PortRange `json:"ports"`
+}
+
+// PolicyList is the answer of GET /v1/policies.
+type PolicyList struct {
+	Policies []PolicyRule `json:"policies"`
+}
+
+// Rule converts to a validated policy.Rule.
+func (p PolicyRule) Rule() (policy.Rule, error) {
+	proto, err := policy.ParseProtocol(p.Protocol)
+	if err != nil {
+		return policy.Rule{}, err
+	}
+	r := policy.Rule{
+		Source:      p.Source,
+		Destination: p.Destination,
+		Protocol:    proto,
+		Ports:       policy.PortRange{Start: p.Ports.Start, End: p.Ports.End},
+	}
+	if err := r.Validate(); err != nil {
+		return policy.Rule{}, err
+	}
+	return r, nil
+}
+
+// FromRule is the JSON form of r.
+func FromRule(r policy.Rule) PolicyRule {
+	return PolicyRule{
+		Source:      r.Source,
+		Destination: r.Destination,
+		Protocol:    r.Protocol.String(),
+		Ports:       PortRange{Start: r.Ports.Start, End: r.Ports.End},
+	}
+}
+
+// Status is the answer of GET /v1/status.
+type Status struct {
+	Name       string            `json:"name"`
+	Subnet     string            `json:"subnet"`
+	Interface  string            `json:"interface"`
+	Members    []Member          `json:"members"`
+	Peers      []Peer            `json:"peers"`
+	Containers int               `json:"containers"`
+	Policies   int               `json:"policies"`
+	Flows      int               `json:"flows"`
+	Verdicts   map[string]uint64 `json:"verdicts,omitempty"`
+}
+
+// Member is one cell as the mesh sees it.
+type Member struct {
+	Name   string `json:"name"`
+	Addr   string `json:"addr"`
+	State  string `json:"state"`
+	Subnet string `json:"subnet,omitempty"`
+	Self   bool   `json:"self,omitempty"`
+}
+
+// Peer is a WireGuard peer as read through wgctrl from the UAPI socket.
+type Peer struct {
+	PublicKey     string    `json:"public_key"`
+	Endpoint      string    `json:"endpoint"`
+	AllowedIPs    []string  `json:"allowed_ips"`
+	LastHandshake time.Time `json:"last_handshake,omitzero"`
+	RxBytes       int64     `json:"rx_bytes"`
+	TxBytes       int64     `json:"tx_bytes"`
+}
+
+// apiError is the body of every error answer.
+type apiError struct {
+	Error string `json:"error"`
+}
+
+// StatusError is an error answer of the API.
+type StatusError struct {
+	Code    int
+	Message string
+}
+
+func (e *StatusError) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("agent answered %d", e.Code)
+	}
+	return e.Message
+}

@@ -1,0 +1,142 @@
+package cell
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/weft-net/weft/mesh"
+)
+
+func TestFreeIP(t *testing.T) {
+	subnet := netip.MustParsePrefix("10.255.7.0/30") // .0 net, .1 cell, .2 first container, .3 broadcast
+	ip, ok := freeIP(subnet, nil)
+	if !ok || ip != netip.MustParseAddr("10.255.7.2") {
+		t.Fatalf("first free = %v %v, want 10.255.7.2", ip, ok)
+	}
+	if ip, ok := freeIP(subnet, []mesh.Endpoint{{IP: ip}}); ok {
+		t.Fatalf("full /30 gave %v", ip)
+	}
+	subnet = netip.MustParsePrefix("10.255.1.0/24")
+	used := []mesh.Endpoint{{IP: netip.MustParseAddr("10.255.1.2")}, {IP: netip.MustParseAddr("10.255.1.4")}}
+	if ip, _ := freeIP(subnet, used); ip != netip.MustParseAddr("10.255.1.3") {
+		t.Fatalf("gap not reused: %v", ip)
+	}
+}
+
+func TestInitAndLoadKeys(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if _, err := LoadKeys(dir); err == nil || !strings.Contains(err.Error(), "weft init --state-dir "+dir) {
+		t.Fatalf("LoadKeys of an empty dir: %v", err)
+	}
+	res, err := Init(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.ClusterKeyNew || !res.WireGuardKeyNew {
+		t.Fatalf("first Init kept keys: %+v", res)
+	}
+	k, err := LoadKeys(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(k.Cluster) != 32 || k.WireGuard.PublicKey() != res.PublicKey {
+		t.Fatalf("loaded keys do not match: %d bytes, %v vs %v", len(k.Cluster), k.WireGuard.PublicKey(), res.PublicKey)
+	}
+	again, err := Init(dir, "")
+	if err != nil || again.ClusterKeyNew || again.WireGuardKeyNew || again.PublicKey != res.PublicKey {
+		t.Fatalf("second Init changed keys: %+v %v", again, err)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.key")
+	os.WriteFile(bad, []byte("short"), 0o600)
+	if _, err := Init(filepath.Join(t.TempDir(), "x"), bad); err == nil || !strings.Contains(err.Error(), "32 bytes") {
+		t.Fatalf("Init with a bad cluster key file: %v", err)
+	}
+}
+
+func TestPolicyRuleValidation(t *testing.T) {
+	good := PolicyRule{Source: "a", Destination: "b", Protocol: "tcp", Ports: PortRange{8080, 8090}}
+	r, err := good.Rule()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back := FromRule(r); back != good {
+		t.Fatalf("round trip: %+v != %+v", back, good)
+	}
+	for _, p := range []PolicyRule{
+		{Source: "a", Destination: "b", Protocol: "sctp", Ports: PortRange{1, 1}},
+		{Source: "a", Destination: "b", Protocol: "tcp", Ports: PortRange{0, 1}},
+		{Source: "a", Destination: "b", Protocol: "tcp", Ports: PortRange{9, 8}},
+		{Source: "", Destination: "b", Protocol: "tcp", Ports: PortRange{1, 1}},
+	} {
+		if _, err := p.Rule(); err == nil {
+			t.Errorf("%+v accepted", p)
+		}
+	}
+}
+
+// TestAPIBadRequests: malformed requests get a 4xx with a reason, before
+// anything in the cell is touched (the agent here has no mesh at all).
+func TestAPIBadRequests(t *testing.T) {
+	a := &Agent{cfg: Config{Name: "c1"}}
+	srv := httptest.NewServer(a.newServer().Handler)
+	defer srv.Close()
+	cases := []struct {
+		method, path, body string
+		want               string
+	}{
+		{"POST", "/v1/policies", `{"source":"a"`, "bad request body"},
+		{"POST", "/v1/policies", `{"source":"a","destination":"b","protocol":"tcp","ports":{"start":1,"end":1},"extra":1}`, "unknown field"},
+		{"POST", "/v1/policies", `{"source":"a","destination":"b","protocol":"gre","ports":{"start":1,"end":1}}`, "gre"},
+		{"DELETE", "/v1/policies", `{"source":"a","destination":"b","protocol":"tcp","ports":{"start":5,"end":4}}`, "5"},
+		{"POST", "/v1/containers", `{"app":"a b","name":"x"}`, "invalid app name"},
+		{"POST", "/v1/containers", `{"app":"a","name":"../etc"}`, "invalid container name"},
+	}
+	for _, c := range cases {
+		req, _ := http.NewRequest(c.method, srv.URL+c.path, strings.NewReader(c.body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e apiError
+		json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(e.Error, c.want) {
+			t.Errorf("%s %s %s: %d %q, want 400 mentioning %q", c.method, c.path, c.body, resp.StatusCode, e.Error, c.want)
+		}
+	}
+}
+
+// TestClientErrors: the client turns an absent agent and an error answer
+// into messages that say what happened.
+func TestClientErrors(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	_, err := NewClient(sock).Status(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "no weft agent at "+sock) {
+		t.Fatalf("absent agent: %v", err)
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "Policy does not exist.")
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	err = NewClient(sock).RemovePolicy(context.Background(), PolicyRule{})
+	se, ok := err.(*StatusError)
+	if !ok || se.Code != 404 || se.Message != "Policy does not exist." {
+		t.Fatalf("error answer: %#v", err)
+	}
+	if _, err := listenSocket(sock); err == nil || !strings.Contains(err.Error(), "already served by another agent") {
+		t.Fatalf("listen on a served socket: %v", err)
+	}
+}

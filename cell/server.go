@@ -1,0 +1,282 @@
+package cell
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"regexp"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl"
+
+	"github.com/weft-net/weft/mesh"
+	"github.com/weft-net/weft/overlay"
+)
+
+func (a *Agent) newServer() *http.Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", a.handleStatus)
+	mux.HandleFunc("GET /v1/containers", a.handleListContainers)
+	mux.HandleFunc("POST /v1/containers", a.handleCreateContainer)
+	mux.HandleFunc("DELETE /v1/containers/{name}", a.handleDeleteContainer)
+	mux.HandleFunc("GET /v1/policies", a.handleListPolicies)
+	mux.HandleFunc("POST /v1/policies", a.handleAddPolicy)
+	mux.HandleFunc("DELETE /v1/policies", a.handleRemovePolicy)
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, format string, args ...any) {
+	writeJSON(w, code, apiError{Error: fmt.Sprintf(format, args...)})
+}
+
+// readJSON decodes a request body strictly: unknown fields are an error.
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, "bad request body: %v", err)
+		return false
+	}
+	return true
+}
+
+func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
+	st := Status{
+		Name:       a.cfg.Name,
+		Interface:  a.cfg.Interface,
+		Containers: len(a.localContainers()),
+		Policies:   len(a.mesh.Policies()),
+		Flows:      a.engine.Flows(),
+		Verdicts:   map[string]uint64{},
+	}
+	if s := a.mesh.Subnet(); s.IsValid() {
+		st.Subnet = s.String()
+	}
+	for _, m := range a.mesh.Members() {
+		mm := Member{Name: m.Name, Addr: m.Addr.String(), State: m.State.String(), Self: m.Self}
+		if m.Subnet.IsValid() {
+			mm.Subnet = m.Subnet.String()
+		}
+		st.Members = append(st.Members, mm)
+	}
+	for v, n := range a.engine.Counters().All() {
+		if n > 0 {
+			st.Verdicts[v.String()] = n
+		}
+	}
+	a.mu.Lock()
+	up := a.ov != nil
+	a.mu.Unlock()
+	if up {
+		peers, err := readPeers(a.cfg.Interface)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, "read WireGuard peers of %s: %v", a.cfg.Interface, err)
+			return
+		}
+		st.Peers = peers
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// readPeers reads the WireGuard peers through wgctrl, i.e. through the UAPI
+// socket, as `wg show` does.
+func readPeers(iface string) ([]Peer, error) {
+	c, err := wgctrl.New()
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	d, err := c.Device(iface)
+	if err != nil {
+		return nil, err
+	}
+	peers := make([]Peer, 0, len(d.Peers))
+	for _, p := range d.Peers {
+		pp := Peer{
+			PublicKey:     p.PublicKey.String(),
+			LastHandshake: p.LastHandshakeTime,
+			RxBytes:       p.ReceiveBytes,
+			TxBytes:       p.TransmitBytes,
+		}
+		if p.Endpoint != nil {
+			pp.Endpoint = p.Endpoint.String()
+		}
+		for _, a := range p.AllowedIPs {
+			pp.AllowedIPs = append(pp.AllowedIPs, a.String())
+		}
+		peers = append(peers, pp)
+	}
+	return peers, nil
+}
+
+func (a *Agent) handleListContainers(w http.ResponseWriter, r *http.Request) {
+	out := []Container{}
+	for _, e := range a.localContainers() {
+		out = append(out, Container{Name: e.Name, App: e.App, IP: e.IP.String()})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+var appName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+
+func (a *Agent) handleCreateContainer(w http.ResponseWriter, r *http.Request) {
+	var req ContainerRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	if !appName.MatchString(req.App) {
+		writeError(w, http.StatusBadRequest, "invalid app name %q: use 1-128 letters, digits, '.', '_' or '-'", req.App)
+		return
+	}
+	if err := overlay.ValidContainerName(req.Name); err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	if !a.waitReady(r.Context(), 15*time.Second) {
+		writeError(w, http.StatusServiceUnavailable, "cell %s has no subnet lease yet (still joining the mesh)", a.cfg.Name)
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	local := a.localContainers()
+	for _, e := range local {
+		if e.Name == req.Name {
+			writeError(w, http.StatusConflict, "container name %q already in use on cell %s", req.Name, a.cfg.Name)
+			return
+		}
+	}
+	ip, ok := freeIP(a.mesh.Subnet(), local)
+	if !ok {
+		writeError(w, http.StatusInsufficientStorage, "subnet %v of cell %s is full", a.mesh.Subnet(), a.cfg.Name)
+		return
+	}
+	if err := a.ov.AttachContainer(req.Name, ip); err != nil {
+		if errors.Is(err, overlay.ErrContainerExists) {
+			writeError(w, http.StatusConflict, "container name %q already in use: %v", req.Name, err)
+			return
+		}
+		writeError(w, http.StatusInternalServerError, "attach container %s: %v", req.Name, err)
+		return
+	}
+	if err := a.mesh.AddEndpoint(mesh.Endpoint{IP: ip, App: req.App, Name: req.Name}); err != nil {
+		a.ov.DetachContainer(req.Name)
+		writeError(w, http.StatusInternalServerError, "register container %s: %v", req.Name, err)
+		return
+	}
+	a.compileLocked()
+	a.log.Info("container created", "container", req.Name, "app", req.App, "ip", ip)
+	writeJSON(w, http.StatusCreated, Container{Name: req.Name, App: req.App, IP: ip.String()})
+}
+
+// freeIP is the lowest address of subnet not used by a container, skipping
+// the network address, .1 (reserved for the cell) and the broadcast address.
+func freeIP(subnet netip.Prefix, used []mesh.Endpoint) (netip.Addr, bool) {
+	taken := make(map[netip.Addr]bool, len(used))
+	for _, e := range used {
+		taken[e.IP] = true
+	}
+	ip := subnet.Masked().Addr().Next().Next()
+	for ; subnet.Contains(ip); ip = ip.Next() {
+		if !subnet.Contains(ip.Next()) {
+			break // broadcast
+		}
+		if !taken[ip] {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func (a *Agent) handleDeleteContainer(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, e := range a.localContainers() {
+		if e.Name != name {
+			continue
+		}
+		if err := a.mesh.RemoveEndpoint(e.IP); err != nil {
+			writeError(w, http.StatusInternalServerError, "unregister container %s: %v", name, err)
+			return
+		}
+		a.compileLocked()
+		if a.ov != nil {
+			if err := a.ov.DetachContainer(name); err != nil {
+				writeError(w, http.StatusInternalServerError, "detach container %s: %v", name, err)
+				return
+			}
+		}
+		a.log.Info("container deleted", "container", name, "ip", e.IP)
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	writeError(w, http.StatusNotFound, "no container named %q on cell %s", name, a.cfg.Name)
+}
+
+func (a *Agent) handleListPolicies(w http.ResponseWriter, r *http.Request) {
+	src := r.URL.Query().Get("source")
+	out := PolicyList{Policies: []PolicyRule{}}
+	for _, p := range a.mesh.Policies() {
+		if src == "" || p.Source == src {
+			out.Policies = append(out.Policies, FromRule(p))
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *Agent) handleAddPolicy(w http.ResponseWriter, r *http.Request) {
+	var pr PolicyRule
+	if !readJSON(w, r, &pr) {
+		return
+	}
+	rule, err := pr.Rule()
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	added, err := a.mesh.AddPolicy(rule)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "add policy: %v", err)
+		return
+	}
+	a.compile()
+	code := http.StatusOK
+	if added {
+		code = http.StatusCreated
+		a.log.Info("policy added", "rule", rule.String())
+	}
+	writeJSON(w, code, FromRule(rule))
+}
+
+func (a *Agent) handleRemovePolicy(w http.ResponseWriter, r *http.Request) {
+	var pr PolicyRule
+	if !readJSON(w, r, &pr) {
+		return
+	}
+	rule, err := pr.Rule()
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	removed, err := a.mesh.RemovePolicy(rule)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "remove policy: %v", err)
+		return
+	}
+	if !removed {
+		writeError(w, http.StatusNotFound, "Policy does not exist.")
+		return
+	}
+	a.compile()
+	a.log.Info("policy removed", "rule", rule.String())
+	w.WriteHeader(http.StatusNoContent)
+}

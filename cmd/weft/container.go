@@ -1,0 +1,171 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/overlay"
+)
+
+func containerCmd() *cobra.Command {
+	c := &cobra.Command{Use: "container", Short: "create, delete and list containers of this cell"}
+	var app, name, output string
+	create := &cobra.Command{
+		Use:   "create --app APP --name ID",
+		Short: "create a container (a network namespace named ID) and print its overlay IP",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ct, err := client().CreateContainer(ctx(), cell.ContainerRequest{App: app, Name: name})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), ct.IP)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&app, "app", "", "the app this container is an instance of (required)")
+	create.Flags().StringVar(&name, "name", "", "container ID, also the network namespace name (required)")
+	create.MarkFlagRequired("app")
+	create.MarkFlagRequired("name")
+
+	del := &cobra.Command{
+		Use:   "delete ID",
+		Short: "delete a container",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return client().DeleteContainer(ctx(), args[0])
+		},
+	}
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "list this cell's containers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cs, err := client().Containers(ctx())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if output == "json" {
+				return json.NewEncoder(out).Encode(cs)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 3, ' ', 0)
+			fmt.Fprintln(tw, "name\tapp\tip")
+			for _, c := range cs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Name, c.App, c.IP)
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().StringVar(&output, "output", "table", "table or json")
+	c.AddCommand(create, del, list)
+	return c
+}
+
+func runCmd() *cobra.Command {
+	var app, name string
+	c := &cobra.Command{
+		Use:   "run --app APP [--name ID] -- CMD ARGS...",
+		Short: "run CMD in a new container of APP; CF_INSTANCE_INTERNAL_IP is its overlay IP",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if name == "" {
+				var b [4]byte
+				rand.Read(b[:])
+				name = app + "-" + hex.EncodeToString(b[:])
+			}
+			ct, err := client().CreateContainer(ctx(), cell.ContainerRequest{App: app, Name: name})
+			if err != nil {
+				return err
+			}
+			defer func() {
+				if err := client().DeleteContainer(ctx(), ct.Name); err != nil {
+					fmt.Fprintln(os.Stderr, "weft: delete container:", err)
+				}
+			}()
+			child := exec.Command(args[0], args[1:]...)
+			child.Env = append(os.Environ(), "CF_INSTANCE_INTERNAL_IP="+ct.IP, "WEFT_APP="+app, "WEFT_CONTAINER="+ct.Name)
+			child.Stdin, child.Stdout, child.Stderr = os.Stdin, os.Stdout, os.Stderr
+			// Interrupts go to the command; we clean up when it exits.
+			sig := make(chan os.Signal, 1)
+			signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+			defer signal.Stop(sig)
+			if err := overlay.StartInNetns(ct.Name, child); err != nil {
+				return fmt.Errorf("start %s in container %s: %w", args[0], ct.Name, err)
+			}
+			fmt.Fprintf(os.Stderr, "weft: container %s (app %s) at %s running %s\n", ct.Name, app, ct.IP, args[0])
+			done := make(chan error, 1)
+			go func() { done <- child.Wait() }()
+			for {
+				select {
+				case s := <-sig:
+					child.Process.Signal(s)
+				case err := <-done:
+					return err
+				}
+			}
+		},
+	}
+	c.Flags().StringVar(&app, "app", "", "the app (required)")
+	c.Flags().StringVar(&name, "name", "", "container ID (default APP-RANDOM)")
+	c.Flags().SetInterspersed(false)
+	c.MarkFlagRequired("app")
+	return c
+}
+
+func statusCmd() *cobra.Command {
+	var output string
+	c := &cobra.Command{
+		Use:   "status",
+		Short: "this cell: subnet, members, WireGuard peers, policy count",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := client().Status(ctx())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			switch output {
+			case "json":
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			case "table":
+			default:
+				return fmt.Errorf("--output %q: want table or json", output)
+			}
+			subnet := st.Subnet
+			if subnet == "" {
+				subnet = "(no lease yet)"
+			}
+			fmt.Fprintf(out, "cell:       %s\nsubnet:     %s\ninterface:  %s\ncontainers: %d\npolicies:   %d\nflows:      %d\n\n",
+				st.Name, subnet, st.Interface, st.Containers, st.Policies, st.Flows)
+			tw := tabwriter.NewWriter(out, 0, 4, 3, ' ', 0)
+			fmt.Fprintln(tw, "member\taddress\tstate\tsubnet")
+			for _, m := range st.Members {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Name, m.Addr, m.State, m.Subnet)
+			}
+			fmt.Fprintln(tw, "\npeer\tendpoint\tallowed ips\thandshake\trx\ttx")
+			for _, p := range st.Peers {
+				hs := "never"
+				if !p.LastHandshake.IsZero() {
+					hs = fmt.Sprintf("%s ago", since(p.LastHandshake))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%d\t%d\n", p.PublicKey, p.Endpoint, p.AllowedIPs, hs, p.RxBytes, p.TxBytes)
+			}
+			return tw.Flush()
+		},
+	}
+	c.Flags().StringVar(&output, "output", "table", "table or json")
+	return c
+}

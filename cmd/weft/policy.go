@@ -1,0 +1,133 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/policy"
+)
+
+// ruleFromArgs builds a rule from SRC DST and the --protocol/--port flags.
+// With neither flag the rule is tcp/8080 (as cf's add-network-policy).
+func ruleFromArgs(cmd *cobra.Command, args []string, proto, port string, needFlags bool) (cell.PolicyRule, error) {
+	pset, portSet := cmd.Flags().Changed("protocol"), cmd.Flags().Changed("port")
+	switch {
+	case pset != portSet:
+		return cell.PolicyRule{}, errors.New("--protocol and --port go together: give both or neither")
+	case !pset && needFlags:
+		return cell.PolicyRule{}, errors.New("the required flags --protocol and --port were not given")
+	case !pset:
+		proto, port = "tcp", "8080"
+	}
+	p, err := policy.ParseProtocol(proto)
+	if err != nil {
+		return cell.PolicyRule{}, fmt.Errorf("--protocol: %w", err)
+	}
+	pr, err := policy.ParsePorts(port)
+	if err != nil {
+		return cell.PolicyRule{}, fmt.Errorf("--port: %w", err)
+	}
+	r := policy.Rule{Source: args[0], Destination: args[1], Protocol: p, Ports: pr}
+	if err := r.Validate(); err != nil {
+		return cell.PolicyRule{}, err
+	}
+	return cell.FromRule(r), nil
+}
+
+func addPolicyCmd() *cobra.Command {
+	var proto, port string
+	c := &cobra.Command{
+		Use:   "add-network-policy SOURCE_APP DESTINATION_APP [--protocol tcp|udp --port N|N-M]",
+		Short: "allow SOURCE_APP to connect to DESTINATION_APP (tcp 8080 unless given)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := ruleFromArgs(cmd, args, proto, port, false)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "Adding network policy from app %s to app %s (%s %s)...\n", r.Source, r.Destination, r.Protocol, portString(r.Ports))
+			if _, err := client().AddPolicy(ctx(), r); err != nil {
+				return err
+			}
+			fmt.Fprintln(out, "OK")
+			return nil
+		},
+	}
+	c.Flags().StringVar(&proto, "protocol", "", "tcp or udp")
+	c.Flags().StringVar(&port, "port", "", "port N or range N-M")
+	return c
+}
+
+func removePolicyCmd() *cobra.Command {
+	var proto, port string
+	c := &cobra.Command{
+		Use:   "remove-network-policy SOURCE_APP DESTINATION_APP --protocol tcp|udp --port N|N-M",
+		Short: "remove a policy; open connections it allowed are cut",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := ruleFromArgs(cmd, args, proto, port, true)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "Removing network policy from app %s to app %s (%s %s)...\n", r.Source, r.Destination, r.Protocol, portString(r.Ports))
+			err = client().RemovePolicy(ctx(), r)
+			var se *cell.StatusError
+			if errors.As(err, &se) && se.Code == http.StatusNotFound {
+				return errors.New("Policy does not exist.")
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(out, "OK")
+			return nil
+		},
+	}
+	c.Flags().StringVar(&proto, "protocol", "", "tcp or udp")
+	c.Flags().StringVar(&port, "port", "", "port N or range N-M")
+	return c
+}
+
+func listPoliciesCmd() *cobra.Command {
+	var source, output string
+	c := &cobra.Command{
+		Use:   "network-policies [--source APP]",
+		Short: "list network policies",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return fmt.Errorf("--output %q: want table or json", output)
+			}
+			rules, err := client().Policies(ctx(), source)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if output == "json" {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(cell.PolicyList{Policies: rules})
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 3, ' ', 0)
+			fmt.Fprintln(tw, "source\tdestination\tprotocol\tports")
+			for _, r := range rules {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Source, r.Destination, r.Protocol, portString(r.Ports))
+			}
+			return tw.Flush()
+		},
+	}
+	c.Flags().StringVar(&source, "source", "", "only policies whose source is this app")
+	c.Flags().StringVar(&output, "output", "table", "table or json")
+	return c
+}
+
+func portString(p cell.PortRange) string {
+	return policy.PortRange{Start: p.Start, End: p.End}.String()
+}
