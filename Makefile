@@ -1,0 +1,39 @@
+SHELL := /bin/bash
+# weft: `make demo` tells the c2c story in network namespaces on this machine;
+# `make test` runs unit and e2e tests (e2e needs root and /dev/net/tun; under
+# CI=true they must run, elsewhere they skip without root).
+
+GO      ?= go
+BIN     := bin
+PKGS_RACE := ./policy/... ./mesh/... ./overlay/... ./cell/... ./cmd/...
+
+.PHONY: all build test unit e2e lint demo bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/weft ./cmd/weft
+	$(GO) build -o $(BIN)/weft-httpapp ./internal/lab/cmd/weft-httpapp
+	$(GO) build -o $(BIN)/weft-demo ./internal/lab/cmd/weft-demo
+
+lint:
+	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 $(PKGS_RACE)
+
+e2e:
+	$(GO) test -count=1 -timeout 30m ./internal/... ./e2e/...
+
+test: lint unit e2e
+
+demo: build
+	$(BIN)/weft-demo -weft $(BIN)/weft -app $(BIN)/weft-httpapp
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 3x -count 1 ./bench/
+
+clean:
+	rm -rf $(BIN) e2e.out
