@@ -3,6 +3,9 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
+	"slices"
+	"sync/atomic"
 	"testing"
 
 	"github.com/weft-net/weft/policy/pkttest"
@@ -84,26 +87,42 @@ func TestNoAllocs(t *testing.T) {
 	}
 }
 
-// benchEngine returns an engine with n rules between n apps (plus the test
-// rules), the test endpoints and 100k tracked flows.
-func benchEngine(b *testing.B, n int) *Engine {
+// benchRules returns n rules between about n/10 source apps and 97
+// destination apps (plus the test rules) and one endpoint per source app
+// index.
+func benchRules(n int) ([]Rule, []Endpoint) {
 	rules := append([]Rule(nil), testRules...)
 	eps := append([]Endpoint(nil), testEndpoints...)
 	for i := range n {
 		src, dst := fmt.Sprintf("src%d", i%(n/10+1)), fmt.Sprintf("dst%d", i%97)
 		rules = append(rules, Rule{Source: src, Destination: dst, Protocol: ProtoTCP, Ports: PortRange{uint16(1 + i%60000), uint16(1 + i%60000)}})
-		eps = append(eps, Endpoint{IP: netip.AddrFrom4([4]byte{10, 254, byte(i >> 8), byte(i)}), App: src})
+		eps = append(eps, Endpoint{IP: netip.AddrFrom4([4]byte{10, byte(200 + i>>16), byte(i >> 8), byte(i)}), App: src})
 	}
+	return rules, eps
+}
+
+// benchEngine returns an engine with n rules between n apps (plus the test
+// rules), the test endpoints and 100k tracked flows.
+func benchEngine(b *testing.B, n int) *Engine {
+	rules, eps := benchRules(n)
 	e := NewEngine(Config{})
 	e.SetTable(Compile(TableConfig{Rules: rules, Endpoints: eps, LocalSubnet: localSubnet}))
 	for i := range 100_000 {
-		e.Outbound(syn(ap(ipB, uint16(i)), ap(netip.AddrFrom4([4]byte{10, 255, 2, byte(100 + i>>16)}), 443)))
+		if e.Outbound(syn(ap(ipB, uint16(i)), ap(netip.AddrFrom4([4]byte{10, 255, 2, byte(100 + i>>16)}), 443))) != Accept {
+			b.Fatal("setup flow denied")
+		}
+	}
+	if e.Flows() != 100_000 {
+		b.Fatalf("%d flows tracked, want 100000", e.Flows())
 	}
 	return e
 }
 
+// BenchmarkVerdict: one packet of an established flow (Inbound, and its
+// reply Outbound) and the first packet of a new allowed flow, with N rules
+// and 100k flows tracked.
 func BenchmarkVerdict(b *testing.B) {
-	for _, n := range []int{10, 1000, 10000} {
+	for _, n := range []int{10, 1000, 10000, 100000} {
 		e := benchEngine(b, n)
 		a, d := ap(ipA, 40000), ap(ipB, 8080)
 		pkt := ack(a, d)
@@ -122,6 +141,17 @@ func BenchmarkVerdict(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				if e.Outbound(reply) != Accept {
+					b.Fatal("denied")
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("established-v6/rules=%d", n), func(b *testing.B) {
+			a6, d6 := ap(ipA6, 40000), ap(ipB6, 8080)
+			e.Inbound(syn(a6, d6))
+			pkt := ack(a6, d6)
+			b.ReportAllocs()
+			for b.Loop() {
+				if e.Inbound(pkt) != Accept {
 					b.Fatal("denied")
 				}
 			}
@@ -148,6 +178,61 @@ func BenchmarkVerdict(b *testing.B) {
 				}
 				i++
 			}
+			b.StopTimer()
+			for _, p := range pkts {
+				forget(e, p)
+			}
+		})
+	}
+}
+
+// BenchmarkVerdictParallel runs established flows on every core.
+func BenchmarkVerdictParallel(b *testing.B) {
+	e := benchEngine(b, 10000)
+	var port atomic.Uint32
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		a, d := ap(ipA, uint16(50000+port.Add(1))), ap(ipB, 8080)
+		e.Inbound(syn(a, d))
+		pkt := ack(a, d)
+		for pb.Next() {
+			if e.Inbound(pkt) != Accept {
+				b.Error("denied")
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkCompile compiles N rules among ~65k apps and 65k endpoints and
+// reports the bytes allocated by one compilation (MB/compile).
+func BenchmarkCompile(b *testing.B) {
+	for _, n := range []int{100000} {
+		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
+			rules := make([]Rule, n)
+			for i := range rules {
+				rules[i] = Rule{Source: fmt.Sprintf("app%d", i%65000), Destination: fmt.Sprintf("app%d", (i*7+1)%65000),
+					Protocol: [...]Protocol{ProtoTCP, ProtoUDP, ProtoICMP, ProtoAll}[i%4], Ports: PortRange{uint16(1 + i%65521), uint16(min(65535, 1+i%65521+i%3))}}
+				if rules[i].Protocol == ProtoICMP {
+					rules[i].Ports = PortRange{}
+				}
+			}
+			eps := make([]Endpoint, 65000)
+			for i := range eps {
+				eps[i] = Endpoint{IP: netip.AddrFrom4([4]byte{10, 255, byte(i >> 8), byte(i)}), App: fmt.Sprintf("app%d", i), Local: i%2 == 0}
+			}
+			b.ReportAllocs()
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			var tab *Table
+			for b.Loop() {
+				tab = Compile(TableConfig{Rules: rules, Endpoints: eps, LocalSubnet: localSubnet})
+			}
+			runtime.ReadMemStats(&after)
+			b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/float64(b.N)/1e6, "MB/compile")
+			if want := len(normalize(slices.Clone(rules))); tab.Rules() != want {
+				b.Fatalf("%d rules compiled, want %d", tab.Rules(), want)
+			}
 		})
 	}
 }
@@ -156,9 +241,12 @@ func BenchmarkVerdict(b *testing.B) {
 func forget(e *Engine, pkt []byte) {
 	var p packet
 	parse(pkt, &p)
-	k, _ := flowKeyOf(&p.src, &p.dst, p.sport, p.dport, p.proto)
+	var k ctKey
+	e.ct.setKey(&k, &p.src, &p.dst, p.sport, p.dport, p.proto, p.v6)
 	sh := e.ct.shard(&k)
 	sh.mu.Lock()
-	delete(sh.flows, k)
+	if base, _, ok := e.ct.lookupLocked(sh, &k, e.clk.now()); ok {
+		e.ct.removeLocked(sh, &k, base)
+	}
 	sh.mu.Unlock()
 }

@@ -11,33 +11,29 @@ import (
 // flowKey identifies a flow in both directions: the two endpoints are
 // stored in canonical order (a <= b by address, then port) and the entry
 // records which of them opened the flow. One lookup thus finds both the
-// packet's own tuple and its reverse. The key is pointer-free and has no
-// padding, so the map hashes it as plain memory.
+// packet's own tuple and its reverse. It is the readable form of a
+// [ctKey], used off the fast path (revalidation, ICMP errors).
 type flowKey struct {
 	a, b         [16]byte // v4-mapped for IPv4
 	aport, bport uint16   // ICMP echo: the identifier on both sides
 	proto        Protocol
-	zero         uint8 // explicit padding byte, always zero
 }
 
-// flowKeyOf returns the key of the flow src:sport -> dst:dport and whether
-// src is side a of the key.
-func flowKeyOf(src, dst *[16]byte, sport, dport uint16, proto Protocol) (k flowKey, srcIsA bool) {
-	srcIsA = k.set(src, dst, sport, dport, proto)
-	return k, srcIsA
+// ctKey is a flow key packed into words, with its keyed hash: two words
+// for IPv4 (addresses; ports and protocol), five for IPv6. It is what the
+// conntrack tables store and compare.
+type ctKey struct {
+	w  [5]uint64
+	h  uint64
+	v6 bool
 }
 
-// set makes k the key of src:sport -> dst:dport and reports whether src
-// is side a. It fills k in place: cheaper than returning the struct.
-func (k *flowKey) set(src, dst *[16]byte, sport, dport uint16, proto Protocol) (srcIsA bool) {
-	srcIsA = lessEndpoint(src, sport, dst, dport)
-	if srcIsA {
-		k.a, k.b, k.aport, k.bport = *src, *dst, sport, dport
-	} else {
-		k.a, k.b, k.aport, k.bport = *dst, *src, dport, sport
+// keyWords returns the number of key words of the table the key lives in.
+func (k *ctKey) keyWords() int {
+	if k.v6 {
+		return 5
 	}
-	k.proto, k.zero = proto, 0
-	return srcIsA
+	return 2
 }
 
 func lessEndpoint(x *[16]byte, xp uint16, y *[16]byte, yp uint16) bool {
@@ -51,6 +47,68 @@ func lessEndpoint(x *[16]byte, xp uint16, y *[16]byte, yp uint16) bool {
 	return xp <= yp
 }
 
+// setKey makes k the key of src:sport -> dst:dport (addresses v4-mapped
+// unless v6) and reports whether src is side a.
+func (ct *conntrack) setKey(k *ctKey, src, dst *[16]byte, sport, dport uint16, proto Protocol, v6 bool) (srcIsA bool) {
+	be := binary.BigEndian
+	k.v6 = v6
+	if !v6 {
+		s, d := be.Uint32(src[12:]), be.Uint32(dst[12:])
+		srcIsA = s < d || s == d && sport <= dport
+		if srcIsA {
+			k.w[0] = uint64(s)<<32 | uint64(d)
+			k.w[1] = uint64(sport)<<48 | uint64(dport)<<32 | uint64(proto)
+		} else {
+			k.w[0] = uint64(d)<<32 | uint64(s)
+			k.w[1] = uint64(dport)<<48 | uint64(sport)<<32 | uint64(proto)
+		}
+		k.h = fmix(mum(k.w[0]^ct.seed, k.w[1]^0xa0761d6478bd642f))
+		return srcIsA
+	}
+	srcIsA = lessEndpoint(src, sport, dst, dport)
+	a, b, ap, bp := src, dst, sport, dport
+	if !srcIsA {
+		a, b, ap, bp = dst, src, dport, sport
+	}
+	k.w[0], k.w[1] = be.Uint64(a[:8]), be.Uint64(a[8:])
+	k.w[2], k.w[3] = be.Uint64(b[:8]), be.Uint64(b[8:])
+	k.w[4] = uint64(ap)<<48 | uint64(bp)<<32 | uint64(proto)
+	h := mum(k.w[0]^ct.seed, k.w[1]^0xa0761d6478bd642f) ^ mum(k.w[2]^ct.seed, k.w[3]^0xe7037ed1a0b428db)
+	k.h = fmix(mum(h^k.w[4], 0x8ebc6af09c88c6e3^ct.seed))
+	return srcIsA
+}
+
+// hashWords recomputes the hash of a stored key (for rehashing).
+func (ct *conntrack) hashWords(w []uint64, v6 bool) uint64 {
+	if !v6 {
+		return fmix(mum(w[0]^ct.seed, w[1]^0xa0761d6478bd642f))
+	}
+	h := mum(w[0]^ct.seed, w[1]^0xa0761d6478bd642f) ^ mum(w[2]^ct.seed, w[3]^0xe7037ed1a0b428db)
+	return fmix(mum(h^w[4], 0x8ebc6af09c88c6e3^ct.seed))
+}
+
+// flowKey unpacks k.
+func (k *ctKey) flowKey() flowKey {
+	var f flowKey
+	be := binary.BigEndian
+	pw := k.w[1]
+	if k.v6 {
+		be.PutUint64(f.a[:8], k.w[0])
+		be.PutUint64(f.a[8:], k.w[1])
+		be.PutUint64(f.b[:8], k.w[2])
+		be.PutUint64(f.b[8:], k.w[3])
+		pw = k.w[4]
+	} else {
+		var a4, b4 [4]byte
+		be.PutUint32(a4[:], uint32(k.w[0]>>32))
+		be.PutUint32(b4[:], uint32(k.w[0]))
+		v4mapped(&f.a, a4[:])
+		v4mapped(&f.b, b4[:])
+	}
+	f.aport, f.bport, f.proto = uint16(pw>>48), uint16(pw>>32), Protocol(pw)
+	return f
+}
+
 // Entry flags.
 const (
 	flOrigA   uint8 = 1 << iota // the flow was opened by side a
@@ -61,12 +119,20 @@ const (
 	flRevoked                   // cut by a table change: a tombstone that answers DropRevoked
 )
 
-// flowEntry is the state of one tracked flow. Pointer-free, so a full
-// table costs the garbage collector nothing to scan.
+// flowEntry is the state of one tracked flow, as stored in two words of a
+// slot: meta (used bit, flags, generation) and lastSeen.
 type flowEntry struct {
 	lastSeen int64  // clock nanoseconds
 	gen      uint32 // table generation at which the flags were verified
 	flags    uint8
+}
+
+const metaUsed = 1 << 16 // a slot's meta word is zero when the slot is empty
+
+func (e flowEntry) meta() uint64 { return uint64(e.gen)<<32 | metaUsed | uint64(e.flags) }
+
+func entryOf(meta uint64, seen int64) flowEntry {
+	return flowEntry{lastSeen: seen, gen: uint32(meta >> 32), flags: uint8(meta)}
 }
 
 func sideFlag(isA bool) uint8 {
@@ -79,31 +145,66 @@ func sideFlag(isA bool) uint8 {
 // local reports whether side a (isA) or b of the flow is a local endpoint.
 func (e flowEntry) local(isA bool) bool { return e.flags&sideFlag(isA) != 0 }
 
-// conntrack is a bounded flow table split into shards, each a mutex and a
-// map, chosen by a seeded hash of the key. The shard limits add up to
-// MaxFlows; a full shard first drops its expired entries (at most once a
-// second) and otherwise evicts the least recently seen of a few sampled
-// entries, so it never grows past its limit.
+// conntrack is a bounded flow table split into shards chosen by a seeded
+// hash of the key. Each shard holds two open-addressing tables (linear
+// probing, backward-shift deletion) of pointer-free words: one for IPv4
+// keys (4 words a slot: key, key, meta, lastSeen) and one for IPv6 (7
+// words). The shard limits add up to MaxFlows and a table's capacity never
+// exceeds 8/5 of its shard's limit, so memory is bounded by MaxFlows:
+// at most 51 bytes per IPv4 flow (32 B a slot at 5/8 load).
+//
+// Concurrency: writers hold the shard mutex. Readers of the fast path take
+// no lock: they read the words with atomic loads between two loads of the
+// shard's sequence counter, which writers make odd while they move or
+// remove slots or swap a table (seqlock); a reader that sees it change
+// falls back to the lock. Inserting into an empty slot and updating a
+// slot in place need no sequence bump: the meta word is published last.
+// A reader refreshes lastSeen with an atomic store, at most once per tick
+// of the coarse clock.
+//
+// A full shard first drops its expired entries (at most once a second) and
+// otherwise evicts the least recently seen of a few sampled entries, so it
+// never grows past its limit.
 type conntrack struct {
 	shards    []ctShard
 	mask      uint64
 	seed      uint64
-	timeouts  [4]int64 // by timeoutClass
+	timeouts  [4]int64 // by timeout class
 	evictions atomic.Uint64
 }
 
 type ctShard struct {
+	seq    atomic.Uint32 // odd while slots move; see conntrack
+	t4, t6 atomic.Pointer[ctTable]
+
 	mu        sync.Mutex
-	flows     map[flowKey]flowEntry // guarded by mu
-	lastSweep int64                 // guarded by mu
+	n         int    // entries in t4 and t6; guarded by mu
+	lastSweep int64  // guarded by mu
+	rnd       uint64 // eviction sampling state; guarded by mu
 	limit     int
-	_         [64]byte // keep neighbouring shard locks off one cache line
+	maxCap    int      // capacity bound of each table
+	_         [64]byte // keep neighbouring shards off one cache line
+}
+
+// ctTable is one open-addressing table. Slot i occupies
+// w[i*stride : (i+1)*stride]: kw key words, meta, lastSeen.
+type ctTable struct {
+	v6     bool
+	kw     int
+	stride int
+	cap    uint64
+	n      int // guarded by the shard's mu
+	w      []uint64
 }
 
 const (
 	maxShards     = 256
 	evictSamples  = 8
 	sweepInterval = int64(time.Second)
+	minTableCap   = 16
+	// A table is at most 5/8 full: linear probing then averages under
+	// 2 probes for a hit and about 4 for a miss.
+	maxLoadNum, maxLoadDen = 5, 8
 )
 
 const (
@@ -118,13 +219,15 @@ func newConntrack(cfg *Config, seed uint64) *conntrack {
 	for n < maxShards && n*2 <= cfg.MaxFlows {
 		n *= 2
 	}
-	ct := &conntrack{shards: make([]ctShard, n), mask: uint64(n - 1), seed: seed}
+	ct := &conntrack{shards: make([]ctShard, n), mask: uint64(n - 1), seed: seed | 1}
 	for i := range ct.shards {
-		ct.shards[i].flows = make(map[flowKey]flowEntry)
-		ct.shards[i].limit = cfg.MaxFlows / n
+		sh := &ct.shards[i]
+		sh.limit = cfg.MaxFlows / n
 		if i < cfg.MaxFlows%n {
-			ct.shards[i].limit++
+			sh.limit++
 		}
+		sh.maxCap = sh.limit*maxLoadDen/maxLoadNum + 1
+		sh.rnd = mix(seed ^ uint64(i+1))
 	}
 	ct.timeouts = [4]int64{
 		toTCP: int64(cfg.TCPTimeout), toTCPClosing: int64(cfg.TCPClosing),
@@ -133,9 +236,30 @@ func newConntrack(cfg *Config, seed uint64) *conntrack {
 	return ct
 }
 
+func newCTTable(v6 bool, capacity int) *ctTable {
+	t := &ctTable{v6: v6, kw: 2, cap: uint64(capacity)}
+	if v6 {
+		t.kw = 5
+	}
+	t.stride = t.kw + 2
+	t.w = make([]uint64, capacity*t.stride)
+	return t
+}
+
 func mix(h uint64) uint64 {
 	h *= 0x9e3779b97f4a7c15
 	return h ^ h>>29
+}
+
+// fmix is murmur3's 64-bit finalizer: every input bit affects every output
+// bit, so the shard (low bits) and the slot (high bits) are independent
+// even for keys that differ in one port only.
+func fmix(h uint64) uint64 {
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	return h ^ h>>33
 }
 
 // mum is the 128-bit multiply-and-fold step of wyhash.
@@ -144,23 +268,101 @@ func mum(a, b uint64) uint64 {
 	return hi ^ lo
 }
 
-// shard picks the shard of k by a keyed hash, so that a sender cannot aim
-// its flows at the shard of someone else's.
-func (ct *conntrack) shard(k *flowKey) *ctShard {
-	le := binary.LittleEndian
-	h := mum(le.Uint64(k.a[:8])^ct.seed, le.Uint64(k.a[8:])^0xa0761d6478bd642f) ^
-		mum(le.Uint64(k.b[:8])^ct.seed, le.Uint64(k.b[8:])^0xe7037ed1a0b428db)
-	h = mum(h^uint64(k.aport)<<32^uint64(k.bport)<<16^uint64(k.proto), 0x8ebc6af09c88c6e3^ct.seed)
-	return &ct.shards[h&ct.mask]
+// shard picks the shard of k by its keyed hash (low bits; slots use the
+// high bits), so that a sender cannot aim its flows at someone else's
+// shard.
+func (ct *conntrack) shard(k *ctKey) *ctShard { return &ct.shards[k.h&ct.mask] }
+
+func (sh *ctShard) table(v6 bool) *ctTable {
+	if v6 {
+		return sh.t6.Load()
+	}
+	return sh.t4.Load()
 }
 
-func (ct *conntrack) timeout(k *flowKey, e flowEntry) int64 {
-	if e.flags&flRevoked != 0 {
+// home is the first slot probed for hash h.
+func (t *ctTable) home(h uint64) uint64 {
+	hi, _ := bits.Mul64(h, t.cap)
+	return hi
+}
+
+// find probes for k. It returns the slot's word offset and meta if found,
+// or the offset of the empty slot that ends the probe. It is used both
+// under the lock and by lock-free readers (whose result the sequence
+// counter validates); the probe is bounded so a reader racing a writer
+// cannot loop forever.
+func (t *ctTable) find(k *ctKey) (base int, meta uint64, found bool) {
+	i := t.home(k.h)
+	w := t.w
+	for range t.cap {
+		base = int(i) * t.stride
+		meta = atomic.LoadUint64(&w[base+t.kw])
+		if meta == 0 {
+			return base, 0, false
+		}
+		if t.kw == 2 {
+			if atomic.LoadUint64(&w[base]) == k.w[0] && atomic.LoadUint64(&w[base+1]) == k.w[1] {
+				return base, meta, true
+			}
+		} else if t.eq6(base, k) {
+			return base, meta, true
+		}
+		if i++; i == t.cap {
+			i = 0
+		}
+	}
+	return -1, 0, false
+}
+
+func (t *ctTable) eq6(base int, k *ctKey) bool {
+	w := t.w[base : base+5]
+	for j := range 5 {
+		if atomic.LoadUint64(&w[j]) != k.w[j] {
+			return false
+		}
+	}
+	return true
+}
+
+// word loads one word. Lock-free readers may store lastSeen words at any
+// time, so even the lock holder reads atomically (a plain MOV on amd64).
+func (t *ctTable) word(i int) uint64 { return atomic.LoadUint64(&t.w[i]) }
+
+// hashSlot returns the hash of the key stored at base.
+func (t *ctTable) hashSlot(ct *conntrack, base int) uint64 {
+	var w [5]uint64
+	for j := range t.kw {
+		w[j] = t.word(base + j)
+	}
+	return ct.hashWords(w[:t.kw], t.v6)
+}
+
+func (t *ctTable) seen(base int) int64 {
+	return int64(atomic.LoadUint64(&t.w[base+t.kw+1]))
+}
+
+// setEntryLocked updates the entry in the slot at base in place.
+func (t *ctTable) setEntryLocked(base int, e flowEntry) {
+	atomic.StoreUint64(&t.w[base+t.kw+1], uint64(e.lastSeen))
+	atomic.StoreUint64(&t.w[base+t.kw], e.meta())
+}
+
+// fill writes key and entry into the empty slot at base, meta last.
+func (t *ctTable) fill(base int, kw []uint64, e flowEntry) {
+	for j, v := range kw {
+		storeWord(&t.w[base+j], v)
+	}
+	storeWord(&t.w[base+t.kw+1], uint64(e.lastSeen))
+	atomic.StoreUint64(&t.w[base+t.kw], e.meta()) // publishes the slot
+}
+
+func (ct *conntrack) timeout(proto Protocol, flags uint8) int64 {
+	if flags&flRevoked != 0 {
 		return ct.timeouts[toTCPClosing]
 	}
-	switch k.proto {
+	switch proto {
 	case ProtoTCP:
-		if e.flags&flClosing != 0 {
+		if flags&flClosing != 0 {
 			return ct.timeouts[toTCPClosing]
 		}
 		return ct.timeouts[toTCP]
@@ -170,62 +372,203 @@ func (ct *conntrack) timeout(k *flowKey, e flowEntry) int64 {
 	return ct.timeouts[toICMP]
 }
 
-func (ct *conntrack) expired(k *flowKey, e flowEntry, now int64) bool {
-	return now-e.lastSeen > ct.timeout(k, e)
+func slotProto(t *ctTable, base int) Protocol {
+	return Protocol(atomic.LoadUint64(&t.w[base+t.kw-1]))
 }
 
-// getLocked returns the live entry of k; an expired one is removed and
-// reported absent.
-func (ct *conntrack) getLocked(sh *ctShard, k *flowKey, now int64) (flowEntry, bool) {
-	e, ok := sh.flows[*k]
-	if ok && ct.expired(k, e, now) {
-		delete(sh.flows, *k)
-		return flowEntry{}, false
+func (ct *conntrack) expired(proto Protocol, e flowEntry, now int64) bool {
+	return now-e.lastSeen > ct.timeout(proto, e.flags)
+}
+
+// lookupLocked returns the live entry of k and its slot; an expired one is
+// removed and reported absent.
+func (ct *conntrack) lookupLocked(sh *ctShard, k *ctKey, now int64) (base int, e flowEntry, ok bool) {
+	t := sh.table(k.v6)
+	if t == nil {
+		return -1, flowEntry{}, false
 	}
-	return e, ok
+	base, meta, ok := t.find(k)
+	if !ok {
+		return -1, flowEntry{}, false
+	}
+	e = entryOf(meta, t.seen(base))
+	if ct.expired(Protocol(k.w[k.keyWords()-1]), e, now) {
+		sh.seq.Add(1)
+		ct.deleteLocked(sh, t, base)
+		sh.seq.Add(1)
+		return -1, flowEntry{}, false
+	}
+	return base, e, true
+}
+
+// updateLocked stores e in the slot of k found by lookupLocked.
+func (ct *conntrack) updateLocked(sh *ctShard, k *ctKey, base int, e flowEntry) {
+	sh.table(k.v6).setEntryLocked(base, e)
+}
+
+// removeLocked deletes the slot of k found by lookupLocked.
+func (ct *conntrack) removeLocked(sh *ctShard, k *ctKey, base int) {
+	sh.seq.Add(1)
+	ct.deleteLocked(sh, sh.table(k.v6), base)
+	sh.seq.Add(1)
 }
 
 // putLocked inserts or replaces the entry of k, making room first if the
 // shard is at its limit.
-func (ct *conntrack) putLocked(sh *ctShard, k *flowKey, e flowEntry, now int64) {
-	if _, ok := sh.flows[*k]; !ok && len(sh.flows) >= sh.limit {
-		ct.makeRoomLocked(sh, now)
+func (ct *conntrack) putLocked(sh *ctShard, k *ctKey, e flowEntry, now int64) {
+	t := sh.table(k.v6)
+	if t == nil {
+		t = newCTTable(k.v6, min(minTableCap, sh.maxCap))
+		sh.publish(t)
 	}
-	sh.flows[*k] = e
+	base, _, found := t.find(k)
+	if found {
+		t.setEntryLocked(base, e)
+		return
+	}
+	if sh.n >= sh.limit {
+		sh.seq.Add(1)
+		ct.makeRoomLocked(sh, now)
+		sh.seq.Add(1)
+	}
+	if uint64(t.n+1)*maxLoadDen > t.cap*maxLoadNum || t.n+1 >= int(t.cap) {
+		t = ct.growLocked(sh, t)
+	}
+	base, _, _ = t.find(k) // the slot may have moved
+	t.fill(base, k.w[:t.kw], e)
+	t.n++
+	sh.n++
 }
 
+func (sh *ctShard) publish(t *ctTable) {
+	if t.v6 {
+		sh.t6.Store(t)
+	} else {
+		sh.t4.Store(t)
+	}
+}
+
+// growLocked doubles t (up to the shard's capacity bound) and returns the
+// new table.
+func (ct *conntrack) growLocked(sh *ctShard, t *ctTable) *ctTable {
+	newCap := min(int(t.cap)*2, sh.maxCap)
+	if newCap <= int(t.cap) {
+		return t // at the bound, which the shard limit keeps at most 5/8 full
+	}
+	nt := newCTTable(t.v6, newCap)
+	for base := 0; base < len(t.w); base += t.stride {
+		meta := t.word(base + t.kw)
+		if meta == 0 {
+			continue
+		}
+		var k ctKey
+		k.v6 = t.v6
+		for j := range t.kw {
+			k.w[j] = t.word(base + j)
+		}
+		k.h = ct.hashWords(k.w[:], t.v6)
+		nb, _, _ := nt.find(&k)
+		for j := range t.stride {
+			nt.w[nb+j] = t.word(base + j) // nt is not published yet
+		}
+	}
+	nt.n = t.n
+	sh.seq.Add(1)
+	sh.publish(nt)
+	sh.seq.Add(1)
+	return nt
+}
+
+// deleteLocked empties the slot at base and shifts the following entries
+// of its probe run back. The caller holds the sequence counter odd.
+func (ct *conntrack) deleteLocked(sh *ctShard, t *ctTable, base int) {
+	i := uint64(base / t.stride)
+	j := i
+	for {
+		if j++; j == t.cap {
+			j = 0
+		}
+		jb := int(j) * t.stride
+		if t.word(jb+t.kw) == 0 {
+			break
+		}
+		h := t.home(t.hashSlot(ct, jb))
+		// The entry at j may move to i if i lies cyclically in [h, j).
+		if (j-h+t.cap)%t.cap >= (j-i+t.cap)%t.cap {
+			ib := int(i) * t.stride
+			for x := 0; x < t.stride; x++ {
+				storeWord(&t.w[ib+x], t.word(jb+x))
+			}
+			i = j
+		}
+	}
+	ib := int(i) * t.stride
+	for x := 0; x < t.stride; x++ {
+		storeWord(&t.w[ib+x], 0)
+	}
+	t.n--
+	sh.n--
+}
+
+// makeRoomLocked frees at least one entry of a full shard. The caller
+// holds the sequence counter odd.
 func (ct *conntrack) makeRoomLocked(sh *ctShard, now int64) {
 	if now-sh.lastSweep >= sweepInterval {
 		sh.lastSweep = now
 		ct.sweepLocked(sh, now)
-		if len(sh.flows) < sh.limit {
+		if sh.n < sh.limit {
 			return
 		}
 	}
-	// Map iteration starts at a random slot: sample a few entries and
-	// evict the one seen least recently (an approximate LRU).
-	var victim flowKey
-	oldest, n := int64(0), 0
-	for k, e := range sh.flows {
-		if n == 0 || e.lastSeen < oldest {
-			victim, oldest = k, e.lastSeen
+	// Sample a few entries from a random slot on and evict the one seen
+	// least recently (an approximate LRU).
+	sh.rnd = mix(sh.rnd + 0x9e3779b97f4a7c15)
+	t := sh.t4.Load()
+	if t6 := sh.t6.Load(); t6 != nil && (t == nil || t6.n > 0 && sh.rnd&1 == 0 || t.n == 0) {
+		t = t6
+	}
+	if t == nil || t.n == 0 {
+		return
+	}
+	i := t.home(sh.rnd)
+	victim, oldest, n := -1, int64(0), 0
+	for range t.cap {
+		base := int(i) * t.stride
+		if t.word(base+t.kw) != 0 {
+			if s := t.seen(base); n == 0 || s < oldest {
+				victim, oldest = base, s
+			}
+			if n++; n == evictSamples {
+				break
+			}
 		}
-		if n++; n == evictSamples {
-			break
+		if i++; i == t.cap {
+			i = 0
 		}
 	}
-	if n > 0 {
-		delete(sh.flows, victim)
+	if victim >= 0 {
+		ct.deleteLocked(sh, t, victim)
 		ct.evictions.Add(1)
 	}
 }
 
+// sweepLocked removes the expired entries of the shard. The caller holds
+// the sequence counter odd.
 func (ct *conntrack) sweepLocked(sh *ctShard, now int64) int {
 	n := 0
-	for k, e := range sh.flows {
-		if ct.expired(&k, e, now) {
-			delete(sh.flows, k)
-			n++
+	for _, t := range []*ctTable{sh.t4.Load(), sh.t6.Load()} {
+		if t == nil {
+			continue
+		}
+		for i := uint64(0); i < t.cap; {
+			base := int(i) * t.stride
+			meta := t.word(base + t.kw)
+			if meta != 0 && ct.expired(slotProto(t, base), entryOf(meta, t.seen(base)), now) {
+				ct.deleteLocked(sh, t, base) // another entry may shift into i
+				n++
+				continue
+			}
+			i++
 		}
 	}
 	return n
@@ -237,7 +580,9 @@ func (ct *conntrack) expire(now int64) int {
 	for i := range ct.shards {
 		sh := &ct.shards[i]
 		sh.mu.Lock()
+		sh.seq.Add(1)
 		n += ct.sweepLocked(sh, now)
+		sh.seq.Add(1)
 		sh.mu.Unlock()
 	}
 	return n
@@ -248,7 +593,7 @@ func (ct *conntrack) len() int {
 	for i := range ct.shards {
 		sh := &ct.shards[i]
 		sh.mu.Lock()
-		n += len(sh.flows)
+		n += sh.n
 		sh.mu.Unlock()
 	}
 	return n

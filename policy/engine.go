@@ -16,6 +16,7 @@ type Config struct {
 	UDPTimeout       time.Duration // default 60s
 	ICMPTimeout      time.Duration // default 30s
 	RejectsPerSecond int           // rejects per source IP and second (burst the same); default 50, negative: never reject
+	FlowLogRate      int           // flow log lines per second (burst the same) while the log is on; default 100
 }
 
 // DefaultConfig returns the defaults.
@@ -27,6 +28,7 @@ func DefaultConfig() Config {
 		UDPTimeout:       60 * time.Second,
 		ICMPTimeout:      30 * time.Second,
 		RejectsPerSecond: 50,
+		FlowLogRate:      100,
 	}
 }
 
@@ -50,6 +52,9 @@ func (c Config) withDefaults() Config {
 	if c.RejectsPerSecond == 0 {
 		c.RejectsPerSecond = d.RejectsPerSecond
 	}
+	if c.FlowLogRate <= 0 {
+		c.FlowLogRate = d.FlowLogRate
+	}
 	return c
 }
 
@@ -72,6 +77,7 @@ type Engine struct {
 	genSeq uint32     // guarded by setMu
 
 	rejectsSent, rejectsLimited atomic.Uint64
+	flowLogState
 }
 
 // snapshot pairs a table with the generation it was installed at.
@@ -99,6 +105,8 @@ func NewEngine(cfg Config) *Engine {
 		clk: sharedClock,
 	}
 	e.frags.seed = rand.Uint64()
+	e.flogInterval = int64(time.Second) / int64(cfg.FlowLogRate)
+	e.flogBurst = e.flogInterval * int64(cfg.FlowLogRate)
 	e.snap.Store(&snapshot{t: Compile(TableConfig{})})
 	return e
 }
@@ -140,6 +148,8 @@ func (e *Engine) Counters() Counters {
 	c.RejectsSent = e.rejectsSent.Load()
 	c.RejectsLimited = e.rejectsLimited.Load()
 	c.Evictions = e.ct.evictions.Load()
+	c.FlowLogLines = e.flogLines.Load()
+	c.FlowLogDropped = e.flogDropped.Load()
 	return c
 }
 
@@ -157,7 +167,12 @@ func (e *Engine) Outbound(pkt []byte) Verdict {
 	if !parse(pkt, &p) {
 		return e.count(&p, DropMalformed)
 	}
-	return e.count(&p, e.outbound(&p, e.snap.Load(), e.clk.now()))
+	s := e.snap.Load()
+	v := e.outbound(&p, s, e.clk.now())
+	if !v.Allowed() {
+		e.logFlow(v, &p, s.t)
+	}
+	return e.count(&p, v)
 }
 
 // Inbound judges a decrypted packet from a peer cell, whose destination
@@ -167,44 +182,90 @@ func (e *Engine) Inbound(pkt []byte) Verdict {
 	if !parse(pkt, &p) {
 		return e.count(&p, DropMalformed)
 	}
-	return e.count(&p, e.inbound(&p, e.snap.Load(), e.clk.now()))
-}
-
-// fast accepts a packet of a flow tracked and verified at the current
-// generation whose local side(s) are as the direction requires: the source
-// for outbound, the destination for inbound and hairpin. It reports false
-// when the full logic must decide.
-func (e *Engine) fast(p *packet, s *snapshot, now int64, srcLocal, dstLocal bool) bool {
-	var k flowKey
-	srcIsA := k.set(&p.src, &p.dst, p.sport, p.dport, p.proto)
-	sh := e.ct.shard(&k)
-	sh.mu.Lock()
-	ent, ok := e.ct.getLocked(sh, &k, now)
-	ok = ok && ent.gen == s.gen && ent.flags&flRevoked == 0 &&
-		(!srcLocal || ent.local(srcIsA)) && (!dstLocal || ent.local(!srcIsA))
-	if ok {
-		touchLocked(sh, &k, ent, p, now)
+	s := e.snap.Load()
+	v := e.inbound(&p, s, e.clk.now())
+	if !v.Allowed() {
+		e.logFlow(v, &p, s.t)
 	}
-	sh.mu.Unlock()
-	return ok
+	return e.count(&p, v)
 }
 
-// touchLocked refreshes the entry's last-seen time and TCP state. With the
-// coarse clock most packets of a busy flow find nothing to write.
-func touchLocked(sh *ctShard, k *flowKey, ent flowEntry, p *packet, now int64) {
-	f := ent.flags
+// Results of fast.
+const (
+	fastSlow   = iota // the locked path must decide (state change, new generation, a concurrent writer)
+	fastAbsent        // the flow is not tracked (a consistent read): a new flow
+	fastHit           // a live flow, verified at this generation, with the local sides the direction needs
+)
+
+// fast looks the flow of p up without a lock. It accepts a packet of a
+// flow tracked and verified at the current generation whose local side(s)
+// are as the direction requires (the source for outbound, the destination
+// for inbound and hairpin) and whose TCP flags change nothing; it then
+// refreshes the flow's last-seen time, at most once per clock tick.
+func (e *Engine) fast(p *packet, k *ctKey, srcIsA bool, s *snapshot, now int64, srcLocal, dstLocal bool) int {
+	sh := e.ct.shard(k)
+	seq := sh.seq.Load()
+	if seq&1 != 0 {
+		return fastSlow
+	}
+	t := sh.table(k.v6)
+	if t == nil {
+		if sh.seq.Load() != seq {
+			return fastSlow
+		}
+		return fastAbsent
+	}
+	base, meta, found := t.find(k)
+	var seen int64
+	if found {
+		seen = t.seen(base)
+	}
+	if sh.seq.Load() != seq || base < 0 {
+		return fastSlow
+	}
+	if !found {
+		return fastAbsent
+	}
+	ent := entryOf(meta, seen)
+	if ent.gen != s.gen || ent.flags&flRevoked != 0 ||
+		srcLocal && !ent.local(srcIsA) || dstLocal && !ent.local(!srcIsA) ||
+		e.ct.expired(p.proto, ent, now) {
+		return fastSlow
+	}
+	if p.proto == ProtoTCP && tcpFlagsChange(p.tcpFlags, ent.flags) {
+		return fastSlow
+	}
+	if now > seen {
+		atomic.StoreUint64(&t.w[base+t.kw+1], uint64(now))
+	}
+	return fastHit
+}
+
+// tcpFlagsChange reports whether a TCP packet with these flags changes the
+// state of an entry with these entry flags (see touch).
+func tcpFlagsChange(tcp, fl uint8) bool {
+	switch {
+	case tcp&(tcpFIN|tcpRST) != 0:
+		return fl&flClosing == 0
+	case tcp&(tcpSYN|tcpACK) == tcpSYN:
+		return fl&flClosing != 0
+	}
+	return false
+}
+
+// touch returns the entry refreshed by packet p: last seen now, TCP
+// closing after a FIN or RST, open again after a new SYN.
+func touch(ent flowEntry, p *packet, now int64) flowEntry {
 	if p.proto == ProtoTCP {
 		switch {
 		case p.tcpFlags&(tcpFIN|tcpRST) != 0:
-			f |= flClosing
+			ent.flags |= flClosing
 		case p.tcpFlags&(tcpSYN|tcpACK) == tcpSYN:
-			f &^= flClosing // the tuple is being reused by a new connection
+			ent.flags &^= flClosing // the tuple is being reused by a new connection
 		}
 	}
-	if f != ent.flags || now > ent.lastSeen {
-		ent.flags, ent.lastSeen = f, now
-		sh.flows[*k] = ent
-	}
+	ent.lastSeen = max(ent.lastSeen, now)
+	return ent
 }
 
 func (e *Engine) outbound(p *packet, s *snapshot, now int64) Verdict {
@@ -212,12 +273,18 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64) Verdict {
 	if p.kind == kindNotIP {
 		return DropUnsupported
 	}
-	hairpin := t.subnet.contains(&p.dst)
-	if p.kind == kindFlow && e.fast(p, s, now, true, hairpin) {
-		if hairpin {
-			return AcceptLocal
+	hairpin := t.inSubnet(&p.dst, p.v6)
+	var k ctKey
+	var srcIsA bool
+	fr := fastSlow
+	if p.kind == kindFlow {
+		srcIsA = e.ct.setKey(&k, &p.src, &p.dst, p.sport, p.dport, p.proto, p.v6)
+		if fr = e.fast(p, &k, srcIsA, s, now, true, hairpin); fr == fastHit {
+			if hairpin {
+				return AcceptLocal
+			}
+			return Accept
 		}
-		return Accept
 	}
 	if !t.isLocal(&p.src) {
 		return DropSpoofed
@@ -240,31 +307,32 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64) Verdict {
 	case kindUnsupported, kindICMPOther:
 		return DropUnsupported
 	}
-	k, srcIsA := flowKeyOf(&p.src, &p.dst, p.sport, p.dport, p.proto)
 	sh := e.ct.shard(&k)
 	sh.mu.Lock()
-	ent, ok := e.ct.getLocked(sh, &k, now)
-	if ok {
-		// Our own flow, or a reply of a flow allowed inbound.
-		var v Verdict
-		if v, ok = e.settleLocked(sh, &k, &ent, s, now); ok {
-			if v == Accept {
-				touchLocked(sh, &k, ent, p, now)
+	if fr != fastAbsent {
+		if base, ent, ok := e.ct.lookupLocked(sh, &k, now); ok {
+			// Our own flow, or a reply of a flow allowed inbound.
+			var v Verdict
+			if v, ok = e.settleLocked(sh, &k, base, &ent, s, now); ok {
+				if v == Accept {
+					e.ct.updateLocked(sh, &k, base, touch(ent, p, now))
+				}
+				sh.mu.Unlock()
+				if v == DropRevoked && p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 {
+					// The RST that cuts a revoked flow (ours, from
+					// Reject, written into the TUN and routed back
+					// out) must reach the remote end. A RST opens
+					// nothing, and the receiving cell judges it again.
+					return Accept
+				}
+				return v
 			}
-			sh.mu.Unlock()
-			if v == DropRevoked && p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 {
-				// The RST that cuts a revoked flow (ours, from
-				// Reject, written into the TUN and routed back
-				// out) must reach the remote end. A RST opens
-				// nothing, and the receiving cell judges it again.
-				return Accept
-			}
-			return v
 		}
 	}
+	isNew := false
 	if !(p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 || p.proto == ProtoICMP && !p.echoRequest()) {
 		// A new flow; neither a RST nor an echo reply opens one.
-		ent = flowEntry{lastSeen: now, gen: s.gen, flags: sideFlag(srcIsA)}
+		ent := flowEntry{lastSeen: now, gen: s.gen, flags: sideFlag(srcIsA)}
 		if srcIsA {
 			ent.flags |= flOrigA
 		}
@@ -275,10 +343,14 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64) Verdict {
 			ent.flags |= flClosing
 		}
 		e.ct.putLocked(sh, &k, ent, now)
+		isNew = true
 	}
 	sh.mu.Unlock()
 	if p.firstFrag {
 		e.frags.remember(p, now)
+	}
+	if isNew {
+		e.logFlow(Accept, p, t)
 	}
 	return Accept
 }
@@ -288,10 +360,16 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64) Verdict {
 	if p.kind == kindNotIP {
 		return DropUnsupported
 	}
-	if p.kind == kindFlow && e.fast(p, s, now, false, true) {
-		return Accept
+	var k ctKey
+	var srcIsA bool
+	fr := fastSlow
+	if p.kind == kindFlow {
+		srcIsA = e.ct.setKey(&k, &p.src, &p.dst, p.sport, p.dport, p.proto, p.v6)
+		if fr = e.fast(p, &k, srcIsA, s, now, false, true); fr == fastHit {
+			return Accept
+		}
 	}
-	dst, ok := t.endpoints[p.dst]
+	dst, ok := t.endpoint(&p.dst)
 	if !ok || !dst.local {
 		return DropUnknownDestination
 	}
@@ -307,23 +385,24 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64) Verdict {
 		return DropUnsupported
 	}
 
-	// A tracked flow, in either direction.
-	k, srcIsA := flowKeyOf(&p.src, &p.dst, p.sport, p.dport, p.proto)
 	sh := e.ct.shard(&k)
-	sh.mu.Lock()
-	if ent, ok := e.ct.getLocked(sh, &k, now); ok {
-		if v, ok := e.settleLocked(sh, &k, &ent, s, now); ok {
-			if v == Accept {
-				touchLocked(sh, &k, ent, p, now)
+	if fr != fastAbsent {
+		// A tracked flow, in either direction.
+		sh.mu.Lock()
+		if base, ent, ok := e.ct.lookupLocked(sh, &k, now); ok {
+			if v, ok := e.settleLocked(sh, &k, base, &ent, s, now); ok {
+				if v == Accept {
+					e.ct.updateLocked(sh, &k, base, touch(ent, p, now))
+				}
+				sh.mu.Unlock()
+				return v
 			}
-			sh.mu.Unlock()
-			return v
 		}
+		sh.mu.Unlock()
 	}
-	sh.mu.Unlock()
 
 	// A new flow.
-	src, ok := t.endpoints[p.src]
+	src, ok := t.endpoint(&p.src)
 	if !ok {
 		return DropUnknownSource
 	}
@@ -352,6 +431,7 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64) Verdict {
 	if p.firstFrag {
 		e.frags.remember(p, now)
 	}
+	e.logFlow(Accept, p, t)
 	return Accept
 }
 
@@ -363,44 +443,45 @@ func (e *Engine) icmpError(p *packet, s *snapshot, now int64) Verdict {
 	if p.innerProto == 0 || p.innerSrc != p.dst {
 		return DropNoPolicy
 	}
-	k, _ := flowKeyOf(&p.innerSrc, &p.innerDst, p.innerSport, p.innerDport, p.innerProto)
+	var k ctKey
+	e.ct.setKey(&k, &p.innerSrc, &p.innerDst, p.innerSport, p.innerDport, p.innerProto, p.v6)
 	sh := e.ct.shard(&k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	ent, ok := e.ct.getLocked(sh, &k, now)
+	base, ent, ok := e.ct.lookupLocked(sh, &k, now)
 	if !ok {
 		return DropNoPolicy
 	}
-	if v, ok := e.settleLocked(sh, &k, &ent, s, now); ok {
+	if v, ok := e.settleLocked(sh, &k, base, &ent, s, now); ok {
 		return v
 	}
 	return DropNoPolicy
 }
 
-// settleLocked brings a tracked entry up to the current table generation.
-// It returns Accept for a live flow and DropRevoked for a flow the table no
-// longer allows. A cut flow stays behind as a tombstone (flRevoked, with
-// the short closing timeout) so that the next packets of both ends are
-// answered with DropRevoked, and a reply from the local end cannot reopen
-// the flow as a locally originated one. It reports ok=false when a newer
-// table allows a tombstone's flow again: the tombstone is deleted and the
-// packet is to be treated as untracked.
-func (e *Engine) settleLocked(sh *ctShard, k *flowKey, ent *flowEntry, s *snapshot, now int64) (v Verdict, ok bool) {
+// settleLocked brings a tracked entry (in the slot at base) up to the
+// current table generation. It returns Accept for a live flow and
+// DropRevoked for a flow the table no longer allows. A cut flow stays
+// behind as a tombstone (flRevoked, with the short closing timeout) so that
+// the next packets of both ends are answered with DropRevoked, and a reply
+// from the local end cannot reopen the flow as a locally originated one. It
+// reports ok=false when a newer table allows a tombstone's flow again: the
+// tombstone is deleted and the packet is to be treated as untracked.
+func (e *Engine) settleLocked(sh *ctShard, k *ctKey, base int, ent *flowEntry, s *snapshot, now int64) (v Verdict, ok bool) {
 	if ent.gen != s.gen {
 		allowed := revalidate(ent, k, s)
 		switch {
 		case allowed && ent.flags&flRevoked != 0:
-			delete(sh.flows, *k)
+			e.ct.removeLocked(sh, k, base)
 			return 0, false
 		case !allowed:
 			ent.flags |= flRevoked
 		}
-		sh.flows[*k] = *ent
+		e.ct.updateLocked(sh, k, base, *ent)
 	}
 	if ent.flags&flRevoked != 0 {
 		if now > ent.lastSeen {
 			ent.lastSeen = now
-			sh.flows[*k] = *ent
+			e.ct.updateLocked(sh, k, base, *ent)
 		}
 		return DropRevoked, true
 	}
@@ -411,8 +492,9 @@ func (e *Engine) settleLocked(sh *ctShard, k *flowKey, ent *flowEntry, s *snapsh
 // generation and the endpoints' locality in ent. A flow opened under a rule
 // must still be allowed in its original direction; a locally opened flow
 // needs its container to still be a local endpoint.
-func revalidate(ent *flowEntry, k *flowKey, s *snapshot) bool {
+func revalidate(ent *flowEntry, ck *ctKey, s *snapshot) bool {
 	t := s.t
+	k := ck.flowKey()
 	origSrc, origDst, dport := &k.b, &k.a, k.aport
 	if ent.flags&flOrigA != 0 {
 		origSrc, origDst, dport = &k.a, &k.b, k.bport

@@ -331,3 +331,41 @@ func TestCounters(t *testing.T) {
 		t.Errorf("counters %v", c.Verdicts)
 	}
 }
+
+func TestProtoAll(t *testing.T) {
+	e := NewEngine(Config{})
+	e.clk = newManualClock()
+	rules := append(testRules[:len(testRules):len(testRules)], Rule{Source: "appD", Destination: "appB", Protocol: ProtoAll, Ports: PortRange{100, 200}})
+	e.SetTable(testTable(rules))
+	d := ap(ipD, 40000)
+	run(t, e, []step{
+		{"tcp in range", in, syn(d, ap(ipB, 150)), Accept},
+		{"udp in range", in, pkttest.UDP(d, ap(ipB, 100), nil), Accept},
+		{"icmp ignores ports", in, pkttest.ICMPEcho(ipD, ipB, 1, 1, false), Accept},
+		{"tcp above", in, syn(d, ap(ipB, 201)), DropNoPolicy},
+		{"udp below", in, pkttest.UDP(d, ap(ipB, 99), nil), DropNoPolicy},
+		{"other protocol", in, pkttest.IP(ipD, ipB, 132, make([]byte, 12)), DropUnsupported},
+	})
+}
+
+// TestTinyFragments: a TCP fragment at offset 8 or 16 would overwrite the
+// flags (or, overlapping, the ports) judged in the first fragment.
+func TestTinyFragments(t *testing.T) {
+	e := newTestEngine(t, Config{})
+	frags := pkttest.Fragment4(pkttest.TCP(ap(ipA, 40000), ap(ipB, 8080), pkttest.ACK, 1, 1, make([]byte, 64)), 48)
+	run(t, e, []step{{"first", in, frags[0], Accept}, {"second", in, frags[1], Accept}})
+	for _, off := range []uint16{1, 2} {
+		tiny := append([]byte(nil), frags[1]...)
+		tiny[6], tiny[7] = byte(off>>8), byte(off) // offset off*8, no MF
+		// (the header checksum is not checked by the engine)
+		if v := e.Inbound(tiny); v != DropMalformed {
+			t.Errorf("tcp fragment at offset %d: %v, want malformed", off*8, v)
+		}
+	}
+	// A first fragment that cuts the TCP header short is malformed.
+	short := append([]byte(nil), frags[0][:20+16]...)
+	short[2], short[3] = 0, 36
+	if v := e.Inbound(short); v != DropMalformed {
+		t.Errorf("first fragment with 16 bytes of tcp header: %v, want malformed", v)
+	}
+}

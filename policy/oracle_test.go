@@ -29,7 +29,7 @@ func naiveAllowed(rules []Rule, eps []Endpoint, src, dst netip.Addr, proto Proto
 		if r.Validate() != nil {
 			continue
 		}
-		if r.Source == srcApp && r.Destination == dstApp && r.Protocol == proto &&
+		if r.Source == srcApp && r.Destination == dstApp && (r.Protocol == proto || r.Protocol == ProtoAll) &&
 			(proto == ProtoICMP || r.Ports.Contains(dport)) {
 			return true
 		}
@@ -62,6 +62,9 @@ func TestOracle(t *testing.T) {
 		var rules []Rule
 		for range rng.IntN(300) {
 			r := Rule{Source: apps[rng.IntN(len(apps))], Destination: apps[rng.IntN(len(apps))], Protocol: protos[rng.IntN(3)]}
+			if rng.IntN(8) == 0 {
+				r.Protocol = ProtoAll
+			}
 			if r.Protocol != ProtoICMP {
 				a, b := port(), port()
 				r.Ports = PortRange{min(a, b), max(a, b)}
@@ -71,6 +74,9 @@ func TestOracle(t *testing.T) {
 			}
 			if rng.IntN(50) == 0 {
 				r.Ports = PortRange{9, 3} // invalid: ignored by both
+			}
+			if rng.IntN(50) == 0 {
+				r.Protocol = 47 // invalid: ignored by both
 			}
 			rules = append(rules, r)
 		}

@@ -111,7 +111,7 @@ func parse4(b []byte, p *packet) bool {
 	frag := be16(b[6:])
 	if frag&0x1fff != 0 {
 		p.kind, p.proto = kindFragment, Protocol(b[9])
-		return true
+		return !overlapsL4(frag&0x1fff, b[9])
 	}
 	p.firstFrag = frag&0x2000 != 0
 	return parseL4(b[ihl:], b[9], p)
@@ -184,10 +184,21 @@ func parse6(b []byte, p *packet) bool {
 		if nh == protoICMPv6 {
 			p.proto = ProtoICMP
 		}
-		return true
+		return !overlapsL4(fragOff, nh)
 	}
 	p.firstFrag = more
 	return parseL4(b[off:], nh, p)
+}
+
+// overlapsL4 reports whether a non-first fragment at offset off (in 8-byte
+// units) would overlap the minimal transport header of proto: a TCP
+// fragment at offset 8 or 16 can rewrite the flags, or with an
+// overlapping first fragment the ports, after the first fragment was
+// judged (RFC 1858). Such fragments are malformed. A first fragment too
+// short to hold the whole transport header is malformed as well (parseL4
+// requires it), so the ports and flags judged are always those delivered.
+func overlapsL4(off uint16, proto uint8) bool {
+	return proto == uint8(ProtoTCP) && int(off)*8 < 20
 }
 
 // parseL4 parses the transport header l4 (the rest of the packet).

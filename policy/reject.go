@@ -219,15 +219,5 @@ func (rl *rateLimiter) allow(src *[16]byte, now int64) bool {
 	}
 	h := mix(rl.seed ^ binary.LittleEndian.Uint64(src[:8]))
 	h = mix(h ^ binary.LittleEndian.Uint64(src[8:]))
-	b := &rl.tat[h>>32%rlBuckets]
-	for {
-		old := b.Load()
-		next := max(old, now) + rl.interval
-		if next-now > rl.burst {
-			return false
-		}
-		if b.CompareAndSwap(old, next) {
-			return true
-		}
-	}
+	return gcraAllow(&rl.tat[h>>32%rlBuckets], now, rl.interval, rl.burst)
 }

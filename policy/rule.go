@@ -20,8 +20,9 @@ import (
 	"strings"
 )
 
-// Protocol is an IP protocol number. Only [ProtoICMP], [ProtoTCP] and
-// [ProtoUDP] can appear in rules; ProtoICMP covers ICMPv6 as well.
+// Protocol is an IP protocol number. Only [ProtoICMP], [ProtoTCP],
+// [ProtoUDP] and [ProtoAll] can appear in rules; ProtoICMP covers ICMPv6 as
+// well.
 type Protocol uint8
 
 // Protocols a rule can name.
@@ -29,15 +30,23 @@ const (
 	ProtoICMP Protocol = 1
 	ProtoTCP  Protocol = 6
 	ProtoUDP  Protocol = 17
+	// ProtoAll matches tcp, udp and icmp. It is 255, the number IANA
+	// reserves and that no packet carries, so it never collides with a
+	// real protocol in a rule key or on the wire. An all rule carries a
+	// port range like tcp and udp (1-65535 for every port); the range
+	// applies to tcp and udp, icmp ignores it.
+	ProtoAll Protocol = 255
 )
 
 // protoICMPv6 is the IPv6 next-header value of ICMPv6. The parser maps it to
 // ProtoICMP so that one icmp rule covers both families.
 const protoICMPv6 = 58
 
-// ParseProtocol parses "tcp", "udp" or "icmp" (case-insensitive).
+// ParseProtocol parses "tcp", "udp", "icmp" or "all" (case-insensitive).
 func ParseProtocol(s string) (Protocol, error) {
 	switch strings.ToLower(s) {
+	case "all":
+		return ProtoAll, nil
 	case "tcp":
 		return ProtoTCP, nil
 	case "udp":
@@ -45,10 +54,11 @@ func ParseProtocol(s string) (Protocol, error) {
 	case "icmp":
 		return ProtoICMP, nil
 	}
-	return 0, fmt.Errorf("invalid protocol %q: must be tcp, udp or icmp", s)
+	return 0, fmt.Errorf("invalid protocol %q: must be tcp, udp, icmp or all", s)
 }
 
-// String returns "tcp", "udp", "icmp", or the number for other protocols.
+// String returns "tcp", "udp", "icmp", "all", or the number for other
+// protocols.
 func (p Protocol) String() string {
 	switch p {
 	case ProtoTCP:
@@ -57,16 +67,19 @@ func (p Protocol) String() string {
 		return "udp"
 	case ProtoICMP:
 		return "icmp"
+	case ProtoAll:
+		return "all"
 	}
 	return strconv.Itoa(int(p))
 }
 
 func (p Protocol) valid() bool {
-	return p == ProtoTCP || p == ProtoUDP || p == ProtoICMP
+	return p == ProtoTCP || p == ProtoUDP || p == ProtoICMP || p == ProtoAll
 }
 
-// hasPorts reports whether rules of this protocol carry a port range.
-func (p Protocol) hasPorts() bool { return p == ProtoTCP || p == ProtoUDP }
+// hasPorts reports whether rules (or packets) of this protocol carry a
+// port range.
+func (p Protocol) hasPorts() bool { return p == ProtoTCP || p == ProtoUDP || p == ProtoAll }
 
 // PortRange is an inclusive range of destination ports. The zero value means
 // "no ports" and is what ICMP rules carry.
@@ -122,12 +135,13 @@ func (r PortRange) Contains(p uint16) bool { return r.Start <= p && p <= r.End }
 
 // Rule allows traffic from the containers of one app to those of another:
 // new flows from Source to Destination using Protocol, with a destination
-// port in Ports (tcp and udp) or ICMP echo requests (icmp). Replies of an
-// allowed flow pass without a rule of their own.
+// port in Ports (tcp and udp) or ICMP echo requests (icmp); protocol all
+// allows all three, tcp and udp within Ports. Replies of an allowed flow
+// pass without a rule of their own.
 type Rule struct {
 	Source      string    // source app name
 	Destination string    // destination app name
-	Protocol    Protocol  // ProtoTCP, ProtoUDP or ProtoICMP
+	Protocol    Protocol  // ProtoTCP, ProtoUDP, ProtoICMP or ProtoAll
 	Ports       PortRange // destination ports; zero for icmp
 }
 
@@ -150,8 +164,9 @@ func validAppName(s string) bool {
 }
 
 // Validate checks the app names ([A-Za-z0-9._-], 1-128 characters), the
-// protocol and the ports: tcp and udp need a range within 1-65535 with
-// start <= end; icmp must have no ports.
+// protocol and the ports: tcp, udp and all need a range within 1-65535
+// with start <= end; icmp must have no ports. Errors name the field:
+// "source", "destination", "protocol" or "ports".
 func (r Rule) Validate() error {
 	if !validAppName(r.Source) {
 		return fmt.Errorf("invalid source app %q: must be 1-%d characters from A-Z a-z 0-9 . _ -", r.Source, maxAppName)
@@ -160,7 +175,7 @@ func (r Rule) Validate() error {
 		return fmt.Errorf("invalid destination app %q: must be 1-%d characters from A-Z a-z 0-9 . _ -", r.Destination, maxAppName)
 	}
 	if !r.Protocol.valid() {
-		return fmt.Errorf("invalid protocol %s: must be tcp, udp or icmp", r.Protocol)
+		return fmt.Errorf("invalid protocol %s: must be tcp, udp, icmp or all", r.Protocol)
 	}
 	if !r.Protocol.hasPorts() {
 		if r.Ports != (PortRange{}) {

@@ -15,8 +15,8 @@ func TestParseProtocol(t *testing.T) {
 		{"tcp", ProtoTCP, ""},
 		{"UDP", ProtoUDP, ""},
 		{"Icmp", ProtoICMP, ""},
-		{"sctp", 0, `invalid protocol "sctp": must be tcp, udp or icmp`},
-		{"", 0, `invalid protocol "": must be tcp, udp or icmp`},
+		{"sctp", 0, `invalid protocol "sctp": must be tcp, udp, icmp or all`},
+		{"", 0, `invalid protocol "": must be tcp, udp, icmp or all`},
 	} {
 		got, err := ParseProtocol(tt.in)
 		if errText(err) != tt.wantErr || got != tt.want {
@@ -86,7 +86,7 @@ func TestRuleValidate(t *testing.T) {
 			`invalid source app "` + strings.Repeat("a", 129) + `": must be 1-128 characters from A-Z a-z 0-9 . _ -`},
 		{"bad destination", func(r *Rule) { r.Destination = "app b" },
 			`invalid destination app "app b": must be 1-128 characters from A-Z a-z 0-9 . _ -`},
-		{"unknown protocol", func(r *Rule) { r.Protocol = 132 }, `invalid protocol 132: must be tcp, udp or icmp`},
+		{"unknown protocol", func(r *Rule) { r.Protocol = 132 }, `invalid protocol 132: must be tcp, udp, icmp or all`},
 		{"tcp without ports", func(r *Rule) { r.Ports = PortRange{} },
 			`invalid ports 0-0 for tcp: ports must be within 1-65535`},
 		{"udp start 0", func(r *Rule) { r.Protocol, r.Ports = ProtoUDP, PortRange{0, 53} },

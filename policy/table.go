@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"cmp"
+	"encoding/binary"
 	"net/netip"
 	"slices"
 )
@@ -23,29 +25,119 @@ type TableConfig struct {
 // registry. Build it off the packet path with [Compile]; after that it is
 // read-only and safe for concurrent use by any number of goroutines.
 //
-// A new-flow check is three map lookups (source endpoint, destination
-// endpoint, app pair) and a binary search over that pair's merged port
-// ranges; it never scans the rules.
+// A new-flow check is two lookups in an open-addressing table of IPv4
+// endpoints (a Go map for IPv6), one in an open-addressing table of app
+// pairs and a binary search over that pair's merged port ranges; it never
+// scans the rules.
 type Table struct {
-	rules     int                  // distinct valid rules compiled
-	endpoints map[[16]byte]epInfo  // overlay IP (v4-mapped) -> app
-	pairs     map[pairKey]portSpan // (src app, dst app, proto) -> ports[off:off+n]
-	ports     []PortRange          // merged, sorted ranges of all pairs
-	subnet    prefix16
+	rules int      // distinct valid rules compiled
+	apps  []string // app id -> name; apps[0] is "" (no app)
+	ep4   epTable4
+	ep6   map[[16]byte]epInfo // IPv6 overlay IP -> app
+	pairs pairTable           // (src app, dst app, proto) -> ports[off:off+n]
+	ports []PortRange         // merged, sorted ranges of all pairs
+	// subnet is the local subnet; subnet4/mask4 the same for IPv4 when it
+	// is one (mask4 == 0 otherwise: no IPv4 subnet).
+	subnet         prefix16
+	subnet4, mask4 uint32
+	hasSubnet4     bool
 }
 
-// epInfo is the registry entry of one IP. App ids are private to one Table.
+// epInfo is the registry entry of one IP. App ids are private to one
+// Table; 0 marks an empty slot.
 type epInfo struct {
 	app   uint32
 	local bool
 }
 
-type pairKey struct {
-	src, dst uint32 // app ids
-	proto    uint32
+type portSpan struct{ off, n uint32 }
+
+// epTable4 maps an IPv4 address to its endpoint: open addressing with
+// linear probing over a power-of-two array, at most half full.
+type epTable4 struct {
+	keys  []uint32
+	vals  []epInfo
+	shift uint8
 }
 
-type portSpan struct{ off, n uint32 }
+func newEPTable4(n int) epTable4 {
+	c, shift := 8, uint8(64-3)
+	for c < 2*n {
+		c, shift = c*2, shift-1
+	}
+	return epTable4{keys: make([]uint32, c), vals: make([]epInfo, c), shift: shift}
+}
+
+func (t *epTable4) slot(ip uint32) int {
+	return int((uint64(ip) * 0x9e3779b97f4a7c15) >> t.shift)
+}
+
+func (t *epTable4) put(ip uint32, e epInfo) {
+	mask := len(t.keys) - 1
+	for i := t.slot(ip); ; i = (i + 1) & mask {
+		if t.vals[i].app == 0 || t.keys[i] == ip {
+			t.keys[i], t.vals[i] = ip, e
+			return
+		}
+	}
+}
+
+func (t *epTable4) get(ip uint32) (epInfo, bool) {
+	mask := len(t.keys) - 1
+	for i := t.slot(ip); ; i = (i + 1) & mask {
+		v := t.vals[i]
+		if v.app == 0 {
+			return epInfo{}, false
+		}
+		if t.keys[i] == ip {
+			return v, true
+		}
+	}
+}
+
+// pairTable maps a packed (src app, dst app, protocol) to the pair's port
+// ranges: open addressing over a power-of-two array, at most half full.
+type pairTable struct {
+	keys  []uint64 // 0: empty (app ids start at 1)
+	vals  []portSpan
+	shift uint8
+}
+
+func pairKeyOf(src, dst uint32, proto Protocol) uint64 {
+	return uint64(src)<<40 | uint64(dst)<<16 | uint64(proto)
+}
+
+func newPairTable(n int) pairTable {
+	c, shift := 8, uint8(64-3)
+	for c < 2*n {
+		c, shift = c*2, shift-1
+	}
+	return pairTable{keys: make([]uint64, c), vals: make([]portSpan, c), shift: shift}
+}
+
+func (t *pairTable) slot(k uint64) int { return int((k * 0x9e3779b97f4a7c15) >> t.shift) }
+
+func (t *pairTable) put(k uint64, v portSpan) {
+	mask := len(t.keys) - 1
+	for i := t.slot(k); ; i = (i + 1) & mask {
+		if t.keys[i] == 0 || t.keys[i] == k {
+			t.keys[i], t.vals[i] = k, v
+			return
+		}
+	}
+}
+
+func (t *pairTable) get(k uint64) (portSpan, bool) {
+	mask := len(t.keys) - 1
+	for i := t.slot(k); ; i = (i + 1) & mask {
+		switch t.keys[i] {
+		case k:
+			return t.vals[i], true
+		case 0:
+			return portSpan{}, false
+		}
+	}
+}
 
 // prefix16 is a netip.Prefix over the 16-byte (v4-mapped) address space.
 type prefix16 struct {
@@ -79,57 +171,114 @@ func (p *prefix16) contains(a *[16]byte) bool {
 	return p.bytes == 16 || a[p.bytes]&p.mask == p.addr[p.bytes]
 }
 
+// maxApps bounds the app ids of one table (24 bits in a pair key).
+const maxApps = 1<<24 - 1
+
 // Compile builds a Table. Rules that fail [Rule.Validate] and endpoints
 // with an invalid IP or app name are skipped (validate at the edge, where
 // an error can be reported); duplicate rules count once; when an IP is
-// listed twice the later endpoint wins.
+// listed twice the later endpoint wins. A rule of protocol all is compiled
+// as a tcp and a udp rule with its ports and an icmp rule.
 func Compile(cfg TableConfig) *Table {
 	t := &Table{
-		endpoints: make(map[[16]byte]epInfo, len(cfg.Endpoints)),
-		pairs:     make(map[pairKey]portSpan),
-		subnet:    newPrefix16(cfg.LocalSubnet),
+		apps:   []string{""},
+		ep6:    make(map[[16]byte]epInfo),
+		subnet: newPrefix16(cfg.LocalSubnet),
+	}
+	if p := cfg.LocalSubnet.Masked(); p.IsValid() && p.Addr().Is4() {
+		a := p.Addr().As4()
+		t.subnet4, t.hasSubnet4 = binary.BigEndian.Uint32(a[:]), true
+		if p.Bits() > 0 {
+			t.mask4 = ^uint32(0) << (32 - p.Bits())
+		}
 	}
 	ids := make(map[string]uint32)
 	id := func(app string) uint32 {
 		n, ok := ids[app]
-		if !ok {
-			n = uint32(len(ids) + 1) // 0 is "no app"
+		if !ok && len(t.apps) < maxApps {
+			n = uint32(len(t.apps))
 			ids[app] = n
+			t.apps = append(t.apps, app)
 		}
 		return n
 	}
+	n4 := 0
+	for _, ep := range cfg.Endpoints {
+		if ep.IP.Unmap().Is4() {
+			n4++
+		}
+	}
+	t.ep4 = newEPTable4(n4)
 	for _, ep := range cfg.Endpoints {
 		if !ep.IP.IsValid() || !validAppName(ep.App) {
 			continue
 		}
-		t.endpoints[ep.IP.Unmap().As16()] = epInfo{app: id(ep.App), local: ep.Local}
-	}
-
-	rules := make([]Rule, 0, len(cfg.Rules))
-	for _, r := range cfg.Rules {
-		if r.Validate() == nil {
-			rules = append(rules, r)
+		info := epInfo{app: id(ep.App), local: ep.Local}
+		if info.app == 0 {
+			continue
+		}
+		if a := ep.IP.Unmap(); a.Is4() {
+			b := a.As4()
+			t.ep4.put(binary.BigEndian.Uint32(b[:]), info)
+		} else {
+			t.ep6[a.As16()] = info
 		}
 	}
-	SortRules(rules)
-	rules = slices.Compact(rules)
-	t.rules = len(rules)
 
-	// Rules sorted by (src, dst, proto, ports) arrive grouped by pair.
-	for i := 0; i < len(rules); {
-		r := rules[i]
-		k := pairKey{src: id(r.Source), dst: id(r.Destination), proto: uint32(r.Protocol)}
+	// Expand the rules into (pair, protocol, ports) items, sort them by
+	// pair and start port, and merge the ranges of each pair.
+	type item struct {
+		k     uint64
+		ports PortRange
+	}
+	items := make([]item, 0, len(cfg.Rules))
+	seen := make(map[Rule]struct{}, len(cfg.Rules))
+	for _, r := range cfg.Rules {
+		if r.Validate() != nil {
+			continue
+		}
+		if _, dup := seen[r]; dup {
+			continue
+		}
+		seen[r] = struct{}{}
+		src, dst := id(r.Source), id(r.Destination)
+		if src == 0 || dst == 0 {
+			continue
+		}
+		for _, proto := range [...]Protocol{ProtoTCP, ProtoUDP, ProtoICMP} {
+			if r.Protocol != proto && r.Protocol != ProtoAll {
+				continue
+			}
+			pr := r.Ports
+			if proto == ProtoICMP {
+				pr = PortRange{}
+			}
+			items = append(items, item{pairKeyOf(src, dst, proto), pr})
+		}
+	}
+	t.rules = len(seen)
+	slices.SortFunc(items, func(a, b item) int {
+		return cmp.Or(cmp.Compare(a.k, b.k), cmp.Compare(a.ports.Start, b.ports.Start))
+	})
+	pairs := 0
+	for i := range items {
+		if i == 0 || items[i].k != items[i-1].k {
+			pairs++
+		}
+	}
+	t.pairs = newPairTable(pairs)
+	for i := 0; i < len(items); {
+		k := items[i].k
 		off := len(t.ports)
-		for ; i < len(rules) && rules[i].Source == r.Source &&
-			rules[i].Destination == r.Destination && rules[i].Protocol == r.Protocol; i++ {
-			pr := rules[i].Ports
+		for ; i < len(items) && items[i].k == k; i++ {
+			pr := items[i].ports
 			if last := len(t.ports) - 1; last >= off && uint32(pr.Start) <= uint32(t.ports[last].End)+1 {
 				t.ports[last].End = max(t.ports[last].End, pr.End) // overlapping or adjacent
 				continue
 			}
 			t.ports = append(t.ports, pr)
 		}
-		t.pairs[k] = portSpan{off: uint32(off), n: uint32(len(t.ports) - off)}
+		t.pairs.put(k, portSpan{off: uint32(off), n: uint32(len(t.ports) - off)})
 	}
 	return t
 }
@@ -156,11 +305,11 @@ func (t *Table) Allowed(src, dst netip.Addr, proto Protocol, dport uint16) bool 
 // allowed is the new-flow check. It returns Accept, DropUnknownDestination,
 // DropUnknownSource or DropNoPolicy.
 func (t *Table) allowed(src, dst *[16]byte, proto Protocol, dport uint16) Verdict {
-	de, ok := t.endpoints[*dst]
+	de, ok := t.endpoint(dst)
 	if !ok || !de.local {
 		return DropUnknownDestination
 	}
-	se, ok := t.endpoints[*src]
+	se, ok := t.endpoint(src)
 	if !ok {
 		return DropUnknownSource
 	}
@@ -171,7 +320,7 @@ func (t *Table) allowed(src, dst *[16]byte, proto Protocol, dport uint16) Verdic
 }
 
 func (t *Table) pairAllows(src, dst uint32, proto Protocol, dport uint16) bool {
-	sp, ok := t.pairs[pairKey{src: src, dst: dst, proto: uint32(proto)}]
+	sp, ok := t.pairs.get(pairKeyOf(src, dst, proto))
 	if !ok {
 		return false
 	}
@@ -192,8 +341,28 @@ func (t *Table) pairAllows(src, dst uint32, proto Protocol, dport uint16) bool {
 	return lo > 0 && dport <= rs[lo-1].End
 }
 
+// endpoint returns the registry entry of a (v4-mapped for IPv4).
+func (t *Table) endpoint(a *[16]byte) (epInfo, bool) {
+	if isV4Mapped(a[:]) {
+		return t.ep4.get(binary.BigEndian.Uint32(a[12:]))
+	}
+	e, ok := t.ep6[*a]
+	return e, ok
+}
+
+// inSubnet reports whether a is in this cell's overlay subnet.
+func (t *Table) inSubnet(a *[16]byte, v6 bool) bool {
+	if !v6 {
+		return t.hasSubnet4 && binary.BigEndian.Uint32(a[12:])&t.mask4 == t.subnet4
+	}
+	return t.subnet.contains(a)
+}
+
+// app returns the name of an app id.
+func (t *Table) app(id uint32) string { return t.apps[id] }
+
 // isLocal reports whether a is a registered local endpoint.
 func (t *Table) isLocal(a *[16]byte) bool {
-	e, ok := t.endpoints[*a]
+	e, ok := t.endpoint(a)
 	return ok && e.local
 }

@@ -59,6 +59,8 @@ type Counters struct {
 	RejectsSent    uint64              // reject packets built by Reject
 	RejectsLimited uint64              // rejects suppressed by the per-source rate limit
 	Evictions      uint64              // live flows evicted from a full conntrack
+	FlowLogLines   uint64              // flow log lines queued for the writer
+	FlowLogDropped uint64              // flow log lines suppressed by the rate limit or a full queue
 }
 
 // All yields every verdict with its packet count, in Verdict order.
