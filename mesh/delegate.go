@@ -1,8 +1,10 @@
 package mesh
 
 import (
+	"cmp"
 	"encoding/json"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -31,11 +33,12 @@ const joinGrace = 500 * time.Millisecond
 // fullState is the push/pull payload. From's own endpoints are
 // authoritative: entries of From not listed and not newer than Seq are gone.
 type fullState struct {
-	From      string     `json:"f"`
-	Seq       uint64     `json:"q"`
-	Leases    []leaseRec `json:"l"`
-	Endpoints []epEntry  `json:"e"`
-	Policies  []polEntry `json:"p"`
+	From      string      `json:"f"`
+	Seq       uint64      `json:"q"`
+	Leases    []leaseRec  `json:"l"`
+	Endpoints []epEntry   `json:"e"`
+	Policies  []polEntry  `json:"p"`
+	Keyring   []KeyringOp `json:"k,omitempty"` // recent keyring operations
 }
 
 // leaveMsg announces a graceful leave. memberlist v0.7.0 reports left and
@@ -52,6 +55,7 @@ type nodeMeta struct {
 	Port   int          `json:"p,omitempty"`
 	Subnet netip.Prefix `json:"s,omitzero"`
 	Time   int64        `json:"t,omitempty"` // lease time, unix ns
+	Over   int64        `json:"o,omitempty"` // lease time of the dead cell's lease it took over
 }
 
 func parseMeta(b []byte) nodeMeta {
@@ -143,6 +147,11 @@ func (m *Mesh) finish(res mergeResult) {
 	if res.lease {
 		m.kick(m.kickLease)
 	}
+	if res.keyring {
+		if err := m.persistKeyring(); err != nil {
+			m.log.Error("persisting keyring failed", "err", err)
+		}
+	}
 }
 
 // delegate is the memberlist.Delegate of a Mesh. memberlist calls it
@@ -157,7 +166,7 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	m.mu.Lock()
 	nm := nodeMeta{Key: m.cfg.WGPublicKey, Port: m.cfg.WGPort, Subnet: m.lease.Subnet}
 	if nm.Subnet.IsValid() {
-		nm.Time = m.lease.Time
+		nm.Time, nm.Over = m.lease.Time, m.lease.Takeover
 	}
 	m.mu.Unlock()
 	b, _ := json.Marshal(nm)
@@ -199,6 +208,13 @@ func (d *delegate) NotifyMsg(b []byte) {
 			m.mergeLeaseLocked(r, true, &res)
 			m.mu.Unlock()
 		}
+	case msgKeyring:
+		var op KeyringOp
+		if err = json.Unmarshal(b[1:], &op); err == nil {
+			m.mu.Lock()
+			m.mergeKeyringLocked(op, true, &res)
+			m.mu.Unlock()
+		}
 	case msgLeave:
 		var l leaveMsg
 		if err = json.Unmarshal(b[1:], &l); err == nil {
@@ -238,6 +254,7 @@ func (d *delegate) LocalState(join bool) []byte {
 	for _, p := range m.st.pols {
 		fs.Policies = append(fs.Policies, p)
 	}
+	fs.Keyring = m.keyringOpsLocked()
 	m.mu.Unlock()
 	return encode(msgFull, fs)
 }
@@ -270,6 +287,10 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	}
 	for _, p := range fs.Policies {
 		m.mergePolicyLocked(p, false, &res)
+	}
+	slices.SortFunc(fs.Keyring, func(a, b KeyringOp) int { return cmp.Compare(a.Stamp, b.Stamp) })
+	for _, op := range fs.Keyring {
+		m.mergeKeyringLocked(op, false, &res)
 	}
 	m.mu.Unlock()
 	m.finish(res)
@@ -328,7 +349,7 @@ func (m *Mesh) mergeLeave(l leaveMsg, res *mergeResult) {
 func (m *Mesh) setMember(n *memberlist.Node, st NodeState) {
 	meta := parseMeta(n.Meta)
 	if !m.validSubnet(meta.Subnet) {
-		meta.Subnet, meta.Time = netip.Prefix{}, 0
+		meta.Subnet, meta.Time, meta.Over = netip.Prefix{}, 0, 0
 	}
 	m.mu.Lock()
 	mb := m.nodes[n.Name]
@@ -342,7 +363,13 @@ func (m *Mesh) setMember(n *memberlist.Node, st NodeState) {
 	case mb.leaving:
 		st = NodeLeft
 	}
-	mb.addr, mb.state = addrFromIP(n.Addr), st
+	switch {
+	case st == NodeAlive:
+		mb.since = time.Time{}
+	case mb.since.IsZero() || mb.state == NodeAlive:
+		mb.since = time.Now()
+	}
+	mb.addr, mb.port, mb.state = addrFromIP(n.Addr), n.Port, st
 	oldSubnet := mb.meta.Subnet
 	// A dead or left node keeps the metadata it had.
 	if st == NodeAlive || len(n.Meta) > 0 {

@@ -35,6 +35,22 @@
 //     the full state travels in push/pull. A cell's push/pull state is
 //     authoritative for its own endpoints, so entries whose tombstones were
 //     pruned cannot come back.
+//   - Lease hold (lease.go): a dead or departed cell's lease stays reserved
+//     for LeaseHold (24h) before another cell may take it, unless no
+//     subnet is free; then the longest-dead lease is taken over (logged),
+//     and the takeover beats the old lease if its holder returns. With no
+//     dead lease either, LeaseError says the pool is exhausted. Members
+//     reports a contested subnet only for its winner.
+//   - Operator authority (operator.go): every policy change carries an
+//     ed25519 signature over {rule, present, stamp, origin} and the
+//     signer's key; it is merged only if a TrustedOperators key signed
+//     it (gossip, push/pull, ApplyPolicyChange, state.json); refusals are
+//     counted (RejectedPolicies) and logged, rate-limited.
+//   - Keyring (keyring.go): signed install/use/remove operations on
+//     memberlist's keyring, gossiped, carried in push/pull, applied in
+//     stamp order and persisted in keyring.json (primary key first).
+//   - Reconnect (run.go): every 2 s a few cells seen dead are joined
+//     again, so a healed partition becomes one cluster by itself.
 //   - Persistence (persist.go): lease.json and state.json (policies, own
 //     endpoints, lease records, counters), written atomically with mode
 //     0600 on every change, loaded by New: a restarted cell enforces its

@@ -3,6 +3,7 @@ package mesh
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
@@ -18,6 +19,16 @@ import (
 )
 
 var testKey = bytes.Repeat([]byte{7}, 32)
+
+// testOperator is the operator key every test node trusts and holds.
+var testOperator = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, 32))
+
+// signed returns p signed by the test operator.
+func signed(p polEntry) polEntry {
+	c := PolicyChange{Rule: p.Rule.rule(), Present: p.Present, Stamp: p.Stamp, Origin: p.Origin}
+	SignPolicyChange(&c, testOperator)
+	return c.entry()
+}
 
 // captureHandler records log records; safe for concurrent use.
 type captureHandler struct {
@@ -66,11 +77,14 @@ func (l *countingListener) counts() (int, int) {
 }
 
 type nodeOpts struct {
-	dir    string
-	join   []string
-	key    []byte
-	logger *slog.Logger
-	l      Listener
+	noOperatorKey bool                // the node holds no operator private key
+	trusted       []ed25519.PublicKey // nil: the test operator
+	mutate        func(*Config)
+	dir           string
+	join          []string
+	key           []byte
+	logger        *slog.Logger
+	l             Listener
 }
 
 func wgKey(name string) string {
@@ -101,6 +115,16 @@ func startNode(t *testing.T, name string, o nodeOpts) *Mesh {
 	cfg.Logger = o.logger
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.TrustedOperators = o.trusted
+	if cfg.TrustedOperators == nil {
+		cfg.TrustedOperators = []ed25519.PublicKey{testOperator.Public().(ed25519.PublicKey)}
+	}
+	if !o.noOperatorKey {
+		cfg.OperatorKey = testOperator
+	}
+	if o.mutate != nil {
+		o.mutate(&cfg)
 	}
 	m, err := New(cfg, o.l)
 	if err != nil {

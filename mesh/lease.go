@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -12,6 +13,15 @@ import (
 // it has joined (and so synced). When two cells claim one subnet the older
 // lease wins (tie: smaller name); the loser re-picks unless it has local
 // endpoints, in which case it keeps the subnet and complains loudly.
+//
+// The lease of a dead or departed cell stays reserved for Config.LeaseHold
+// (counted from when this cell saw it die, or first learnt of its lease
+// record), so that it gets its subnet back when it returns. Only when no
+// subnet is free does a cell take over such a lease: one whose hold has
+// passed, else (the pool is exhausted) the longest-dead one, logged. A
+// takeover names the lease time it replaced, and beats that lease, so a
+// returning cell learns that it lost its subnet. With no dead lease either,
+// the cell has no lease: LeaseError says why (weft status shows it).
 
 func (m *Mesh) numSubnets() int { return 1 << (m.cfg.SubnetBits - m.cfg.OverlayCIDR.Bits()) }
 
@@ -53,31 +63,60 @@ func (m *Mesh) validSubnet(p netip.Prefix) bool {
 }
 
 type claim struct {
-	node string
-	time int64
+	node     string
+	time     int64
+	takeover int64     // lease time of a dead cell's lease this claim replaced
+	dead     time.Time // when its holder was last seen dead or left; zero: alive
 }
 
-// older reports whether claim a beats claim b.
+// older reports whether claim a beats claim b: a claim that took over b's
+// lease beats it, else the older lease wins (tie: the smaller name).
 func older(a, b claim) bool {
-	if a.time != b.time {
+	switch {
+	case a.takeover != 0 && a.takeover >= b.time:
+		return true
+	case b.takeover != 0 && b.takeover >= a.time:
+		return false
+	case a.time != b.time:
 		return a.time < b.time
 	}
 	return a.node < b.node
 }
 
-// claimsLocked returns, per subnet, the winning claim of the other nodes:
-// from their metadata (alive, suspect, dead or left), else their last lease
+// subnetClaims is what other nodes claim of one subnet.
+type subnetClaims struct {
+	win       claim     // the winning claim
+	allDead   bool      // every claimant is dead or left
+	deadSince time.Time // with allDead: when the last of them died
+}
+
+// claimsLocked returns, per subnet, the claims of the other nodes: from
+// their metadata (alive, suspect, dead or left), else their last lease
 // record.
-func (m *Mesh) claimsLocked() map[netip.Prefix]claim {
-	out := make(map[netip.Prefix]claim)
+func (m *Mesh) claimsLocked() map[netip.Prefix]subnetClaims {
+	out := make(map[netip.Prefix]subnetClaims)
 	add := func(p netip.Prefix, c claim) {
-		if have, ok := out[p]; !ok || older(c, have) {
-			out[p] = c
+		have, ok := out[p]
+		if !ok {
+			out[p] = subnetClaims{win: c, allDead: !c.dead.IsZero(), deadSince: c.dead}
+			return
 		}
+		if older(c, have.win) {
+			have.win = c
+		}
+		have.allDead = have.allDead && !c.dead.IsZero()
+		if c.dead.After(have.deadSince) {
+			have.deadSince = c.dead
+		}
+		out[p] = have
 	}
 	for name, mb := range m.nodes {
 		if name != m.cfg.Name && mb.meta.Subnet.IsValid() {
-			add(mb.meta.Subnet, claim{name, mb.meta.Time})
+			c := claim{node: name, time: mb.meta.Time, takeover: mb.meta.Over}
+			if mb.state == NodeDead || mb.state == NodeLeft {
+				c.dead = mb.since
+			}
+			add(mb.meta.Subnet, c)
 		}
 	}
 	for name, r := range m.st.leases {
@@ -87,7 +126,13 @@ func (m *Mesh) claimsLocked() map[netip.Prefix]claim {
 		if mb := m.nodes[name]; mb != nil && mb.meta.Subnet.IsValid() {
 			continue // metadata is newer than the record
 		}
-		add(r.Subnet, claim{name, r.Time})
+		// A node known only by its record is not alive here: its hold
+		// counts from when this cell first knew the record.
+		seen := m.recSeen[name]
+		if seen.IsZero() {
+			seen = time.Now()
+		}
+		add(r.Subnet, claim{node: name, time: r.Time, takeover: r.Takeover, dead: seen})
 	}
 	return out
 }
@@ -133,12 +178,14 @@ func (m *Mesh) checkLease() {
 func (m *Mesh) leaseStepLocked() bool {
 	claims := m.claimsLocked()
 	dropped := false
+	self := claim{node: m.cfg.Name, time: m.lease.Time, takeover: m.lease.Takeover}
 	if cur := m.lease.Subnet; cur.IsValid() {
-		c, taken := claims[cur]
+		sc, taken := claims[cur]
+		c := sc.win
 		switch {
-		case (!taken || older(claim{m.cfg.Name, m.lease.Time}, c)) && m.leaseFinal:
+		case (!taken || older(self, c)) && m.leaseFinal:
 			return false
-		case !taken || older(claim{m.cfg.Name, m.lease.Time}, c):
+		case !taken || older(self, c):
 			if wait := m.cfg.LeaseSettle - time.Since(m.leasePicked); wait > 0 {
 				time.AfterFunc(wait, func() { m.kick(m.kickLease) })
 				return false
@@ -162,9 +209,11 @@ func (m *Mesh) leaseStepLocked() bool {
 		return dropped
 	}
 	pick, t, final := netip.Prefix{}, m.st.now().UnixNano(), len(m.cfg.Join) == 0
+	var takeover int64
 	if h, ok := m.st.leases[m.cfg.Name]; ok && m.validSubnet(h.Subnet) {
 		if _, taken := claims[h.Subnet]; !taken {
 			pick, t, final = h.Subnet, h.Time, true // the lease this cell held before
+			takeover = h.Takeover
 		}
 	}
 	for i := 1; !pick.IsValid() && i < m.numSubnets(); i++ {
@@ -173,10 +222,36 @@ func (m *Mesh) leaseStepLocked() bool {
 		}
 	}
 	if !pick.IsValid() {
-		m.logRateLimitedLocked("no free subnet left in the overlay", "overlay", m.cfg.OverlayCIDR, "subnet_bits", m.cfg.SubnetBits)
+		// No free subnet: a dead cell's lease whose hold has passed, else
+		// (the pool is exhausted) the longest-dead one.
+		var best netip.Prefix
+		var bestDead time.Time
+		for p, sc := range claims {
+			if sc.allDead && (!best.IsValid() || sc.deadSince.Before(bestDead) ||
+				(sc.deadSince.Equal(bestDead) && p.Addr().Less(best.Addr()))) {
+				best, bestDead = p, sc.deadSince
+			}
+		}
+		if best.IsValid() {
+			sc := claims[best]
+			pick, takeover = best, sc.win.time
+			if dead := time.Since(bestDead); dead < m.cfg.LeaseHold {
+				m.log.Warn("subnet pool exhausted: taking over the lease of a dead cell before its hold has passed",
+					"subnet", best, "holder", sc.win.node, "dead_for", dead.Round(time.Second), "lease_hold", m.cfg.LeaseHold)
+			} else {
+				m.log.Info("taking over the lease of a cell dead longer than the lease hold",
+					"subnet", best, "holder", sc.win.node, "dead_for", dead.Round(time.Second), "lease_hold", m.cfg.LeaseHold)
+			}
+		}
+	}
+	if !pick.IsValid() {
+		m.leaseErr = fmt.Sprintf("no free subnet: all %d subnets of %s (/%d) are held by live cells",
+			m.numSubnets()-1, m.cfg.OverlayCIDR, m.cfg.SubnetBits)
+		m.logRateLimitedLocked("SUBNET POOL EXHAUSTED: "+m.leaseErr, "overlay", m.cfg.OverlayCIDR, "subnet_bits", m.cfg.SubnetBits)
 		return dropped
 	}
-	m.setLeaseLocked(pick, t, final)
+	m.leaseErr = ""
+	m.setLeaseLocked(pick, t, takeover, final)
 	if final {
 		m.log.Info("subnet leased", "subnet", pick)
 	} else {
@@ -186,8 +261,8 @@ func (m *Mesh) leaseStepLocked() bool {
 	return true
 }
 
-func (m *Mesh) setLeaseLocked(p netip.Prefix, t int64, final bool) {
-	m.lease = leaseRec{Node: m.cfg.Name, Subnet: p, Time: t, Seq: m.st.nextSeq()}
+func (m *Mesh) setLeaseLocked(p netip.Prefix, t, takeover int64, final bool) {
+	m.lease = leaseRec{Node: m.cfg.Name, Subnet: p, Time: t, Takeover: takeover, Seq: m.st.nextSeq()}
 	m.st.leases[m.cfg.Name] = m.lease
 	m.leaseFinal, m.leasePicked = final, time.Now()
 	m.leaseChangedLocked()
@@ -204,4 +279,12 @@ func (m *Mesh) logRateLimitedLocked(msg string, args ...any) {
 		m.conflictLog = now
 		m.log.Error(msg, args...)
 	}
+}
+
+// LeaseError says why this cell has no lease (the subnet pool is
+// exhausted), or "" when there is no such problem.
+func (m *Mesh) LeaseError() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.leaseErr
 }

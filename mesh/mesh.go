@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -34,6 +35,26 @@ type Config struct {
 	WGPort      int            // WireGuard UDP port, put in the node metadata
 	Logger      *slog.Logger   // default slog.Default()
 
+	// OperatorKey, if set, lets AddPolicy and RemovePolicy sign changes
+	// made on this cell. Its public key must be trusted.
+	OperatorKey ed25519.PrivateKey
+	// TrustedOperators are the public keys whose signed policy changes
+	// and keyring operations this cell accepts. Empty: none (every change
+	// is refused; a warning is logged at start).
+	TrustedOperators []ed25519.PublicKey
+	// ClusterKeyFile, if set, is rewritten with the primary key whenever
+	// a keyring operation changes it, so that `weft init --cluster-key`
+	// copies the key in use.
+	ClusterKeyFile string
+	// LeaseHold is how long the lease of a dead (or departed) cell stays
+	// reserved for its return before another cell may take it, unless the
+	// pool is otherwise exhausted. Default 24h.
+	LeaseHold time.Duration
+	// Transport, if set, replaces memberlist's UDP+TCP transport (tests,
+	// benchmarks counting bytes); BindAddr is then only used for the join
+	// seeds' defaults.
+	Transport memberlist.Transport
+
 	// Tuning; the defaults fit a LAN of up to a few hundred cells.
 	GossipInterval   time.Duration // default 100ms
 	ProbeInterval    time.Duration // default 1s (a killed cell is declared dead in < 10 s)
@@ -57,6 +78,7 @@ func DefaultConfig() Config {
 		PushPullInterval: 15 * time.Second,
 		JoinRetryMax:     10 * time.Second,
 		LeaseSettle:      time.Second,
+		LeaseHold:        24 * time.Hour,
 	}
 }
 
@@ -131,8 +153,14 @@ type Mesh struct {
 	ml    *memberlist.Memberlist
 	queue *memberlist.TransmitLimitedQueue
 
-	numAlive      atomic.Int32 // alive nodes incl. self, for the broadcast queue
-	rejected      atomic.Uint64
+	numAlive    atomic.Int32 // alive nodes incl. self, for the broadcast queue
+	rejected    atomic.Uint64
+	rejectedPol atomic.Uint64
+	trusted     map[string]bool // string(ed25519.PublicKey) of trusted operators; read-only
+	keyring     *memberlist.Keyring
+
+	rejMu         sync.Mutex // guards rejPolLog
+	rejPolLog     time.Time  // last "rejected policy change" log
 	notifyMembers atomic.Bool
 	notifyState   atomic.Bool
 	mlDown        atomic.Bool // memberlist has been shut down
@@ -159,6 +187,9 @@ type Mesh struct {
 	st          state
 	rejectLog   map[string]time.Time // owner -> last rejection log
 	conflictLog time.Time            // last "refuse to renumber" / exhaustion log
+	leaseErr    string               // why no lease could be taken, "" if none
+	recSeen     map[string]time.Time // lease records of unseen nodes: when first known
+	kr          keyringState         // applied keyring operations (keyring.go)
 }
 
 // member is what the mesh knows of a node from memberlist events.
@@ -166,9 +197,11 @@ type member struct {
 	name     string
 	addr     netip.Addr
 	meta     nodeMeta
+	port     uint16
 	state    NodeState
-	leaving  bool   // announced a graceful leave since it was last alive
-	leaveSeq uint64 // of the last leave announcement
+	since    time.Time // when it was last seen dead or left (zero while alive)
+	leaving  bool      // announced a graceful leave since it was last alive
+	leaveSeq uint64    // of the last leave announcement
 }
 
 // New validates cfg, loads the persisted state, starts memberlist and
@@ -194,8 +227,21 @@ func New(cfg Config, l Listener) (*Mesh, error) {
 		nodes:       make(map[string]*member),
 		st:          newState(cfg.Name),
 		rejectLog:   make(map[string]time.Time),
+		recSeen:     make(map[string]time.Time),
+		trusted:     make(map[string]bool),
+	}
+	for _, k := range cfg.TrustedOperators {
+		m.trusted[string(k)] = true
+	}
+	if len(m.trusted) == 0 {
+		m.log.Warn("no trusted operator keys: every policy change will be refused (weft init writes operators.pub)")
+	} else if cfg.OperatorKey != nil && !m.trusted[string(cfg.OperatorKey.Public().(ed25519.PublicKey))] {
+		m.log.Warn("this cell's operator key is not among its trusted keys: its own changes will be refused")
 	}
 	if err := m.load(); err != nil {
+		return nil, err
+	}
+	if err := m.loadKeyring(); err != nil {
 		return nil, err
 	}
 	m.queue = &memberlist.TransmitLimitedQueue{
@@ -229,6 +275,7 @@ func New(cfg Config, l Listener) (*Mesh, error) {
 		// Shutdown must not wait for it. The loop exits on its own.
 		go m.joinLoop()
 	}
+	go m.reconnectLoop()
 	m.kick(m.kickLease)
 	return m, nil
 }
@@ -274,6 +321,15 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.OperatorKey != nil && len(c.OperatorKey) != ed25519.PrivateKeySize {
+		return c, errors.New("mesh: OperatorKey is not an ed25519 private key")
+	}
+	for _, k := range c.TrustedOperators {
+		if len(k) != ed25519.PublicKeySize {
+			return c, errors.New("mesh: TrustedOperators holds a key that is not an ed25519 public key")
+		}
+	}
+	c.TrustedOperators = slices.Clone(c.TrustedOperators)
 	for _, p := range []struct {
 		v   *time.Duration
 		def time.Duration
@@ -283,6 +339,7 @@ func (c Config) withDefaults() (Config, error) {
 		{&c.PushPullInterval, d.PushPullInterval},
 		{&c.JoinRetryMax, d.JoinRetryMax},
 		{&c.LeaseSettle, d.LeaseSettle},
+		{&c.LeaseHold, d.LeaseHold},
 	} {
 		if *p.v <= 0 {
 			*p.v = p.def
@@ -309,7 +366,12 @@ func (m *Mesh) memberlistConfig() *memberlist.Config {
 	// small clusters, so a killed cell is dead in < 10 s.
 	mc.SuspicionMult = 3
 	mc.SuspicionMaxTimeoutMult = 2
-	mc.SecretKey = m.cfg.ClusterKey
+	mc.Keyring = m.keyring
+	if m.cfg.Transport != nil {
+		// The transport has bound already: advertise what it chose.
+		mc.Transport = m.cfg.Transport
+		mc.AdvertiseAddr, mc.AdvertisePort = "", 0
+	}
 	mc.Delegate = (*delegate)(m)
 	mc.Events = (*events)(m)
 	mc.Logger = slog.NewLogLogger(m.cfg.Logger.With("component", "memberlist").Handler(), slog.LevelDebug)
@@ -369,7 +431,8 @@ func (m *Mesh) Joined() bool {
 }
 
 // Members returns every node known, self included, sorted by name. Dead and
-// left nodes stay listed. NodeSuspect is not reported: memberlist v0.7.0
+// left nodes stay listed. Of several nodes claiming one subnet, only the
+// winner (the older lease, or the takeover) is reported with it. NodeSuspect is not reported: memberlist v0.7.0
 // does not expose suspicion, so a suspect node is alive until declared dead.
 func (m *Mesh) Members() []Node {
 	m.mu.Lock()
@@ -390,6 +453,21 @@ func (m *Mesh) Members() []Node {
 		self.Addr = me.addr
 	}
 	out = append(out, self)
+	// When several nodes claim one subnet (a conflict not yet resolved),
+	// only the winner is reported with it, so that every cell routes the
+	// subnet to the same peer.
+	winner := make(map[netip.Prefix]claim)
+	consider := func(p netip.Prefix, c claim) {
+		if w, ok := winner[p]; p.IsValid() && (!ok || older(c, w)) {
+			winner[p] = c
+		}
+	}
+	consider(m.lease.Subnet, claim{node: m.cfg.Name, time: m.lease.Time, takeover: m.lease.Takeover})
+	for name, mb := range m.nodes {
+		if name != m.cfg.Name {
+			consider(mb.meta.Subnet, claim{node: name, time: mb.meta.Time, takeover: mb.meta.Over})
+		}
+	}
 	for name, mb := range m.nodes {
 		if name == m.cfg.Name {
 			continue
@@ -401,6 +479,9 @@ func (m *Mesh) Members() []Node {
 			WGPort:      mb.meta.Port,
 			Subnet:      mb.meta.Subnet,
 			State:       mb.state,
+		}
+		if w, ok := winner[n.Subnet]; ok && w.node != name {
+			n.Subnet = netip.Prefix{}
 		}
 		out = append(out, n)
 	}
@@ -477,12 +558,20 @@ func (m *Mesh) setPolicy(r policy.Rule, present bool) (bool, error) {
 	if err := r.Validate(); err != nil {
 		return false, err
 	}
-	probe := polEntry{Rule: toWire(r), Present: true, Stamp: math.MaxUint64, Origin: m.cfg.Name}
+	key := m.cfg.OperatorKey
+	if key == nil {
+		return false, ErrNoOperatorKey
+	}
+	if !m.trusted[string(key.Public().(ed25519.PublicKey))] {
+		return false, fmt.Errorf("policy change refused: signed by an untrusted key %s", Fingerprint(key.Public().(ed25519.PublicKey)))
+	}
+	probe := polEntry{Rule: toWire(r), Present: true, Stamp: math.MaxUint64, Origin: m.cfg.Name,
+		Signer: make([]byte, ed25519.PublicKeySize), Sig: make([]byte, ed25519.SignatureSize)}
 	if len(encode(msgPolicy, probe)) > maxMsg {
 		return false, errors.New("mesh: rule too long for a gossip message")
 	}
 	m.mu.Lock()
-	ent, changed := m.st.setLocalPolicy(r, present)
+	ent, changed := m.st.setLocalPolicy(r, present, key)
 	m.mu.Unlock()
 	if !changed {
 		return false, nil

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // Files in Config.StateDir, written atomically (temp file, fsync, rename)
@@ -22,6 +23,8 @@ const (
 type leaseFileData struct {
 	Subnet netip.Prefix `json:"subnet,omitzero"`
 	Time   int64        `json:"lease_time_unix_ns,omitempty"`
+	// Takeover is the lease time of a dead cell's lease this one replaced.
+	Takeover int64 `json:"takeover_of_unix_ns,omitempty"`
 }
 
 // stateFileData is state.json: what a restarted cell needs before it hears
@@ -62,16 +65,28 @@ func (m *Mesh) load() error {
 			}
 			m.st.eps[epKey{e.Owner, e.IP}] = e
 		}
+		dropped := 0
 		for _, p := range sf.Policies {
 			r := p.Rule.rule()
 			if err := r.Validate(); err != nil {
 				return fmt.Errorf("mesh: %s: policy %s>%s: %w", stateFileName, r.Source, r.Destination, err)
 			}
+			// The trusted keys may have changed since the file was
+			// written: keep only what they still vouch for.
+			if err := m.verifyPolicy(p); err != nil {
+				dropped++
+				continue
+			}
 			m.st.pols[r.Key()] = p
+		}
+		if dropped > 0 {
+			m.log.Warn("dropped persisted policy changes that no trusted operator key signed",
+				"file", stateFileName, "dropped", dropped)
 		}
 		for _, r := range sf.Leases {
 			if m.validSubnet(r.Subnet) && r.Node != "" {
 				m.st.leases[r.Node] = r
+				m.recSeen[r.Node] = time.Now() // the hold restarts with this life
 			}
 		}
 	}
@@ -88,7 +103,7 @@ func (m *Mesh) load() error {
 			"subnet", lf.Subnet, "overlay", m.cfg.OverlayCIDR, "subnet_bits", m.cfg.SubnetBits)
 		return nil
 	}
-	m.setLeaseLocked(lf.Subnet, lf.Time, true)
+	m.setLeaseLocked(lf.Subnet, lf.Time, lf.Takeover, true)
 	return nil
 }
 
@@ -143,7 +158,7 @@ func (m *Mesh) persistState() error {
 func (m *Mesh) persistLease(r leaseRec) error {
 	m.persistMu.Lock()
 	defer m.persistMu.Unlock()
-	b, err := json.Marshal(leaseFileData{Subnet: r.Subnet, Time: r.Time})
+	b, err := json.Marshal(leaseFileData{Subnet: r.Subnet, Time: r.Time, Takeover: r.Takeover})
 	if err != nil {
 		return err
 	}

@@ -2,15 +2,24 @@ package mesh
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
 )
 
 // The mesh's own goroutines: notifyLoop (listener calls), maintainLoop
-// (lease, persistence of remote changes, pruning) and joinLoop.
+// (lease, persistence of remote changes, pruning), joinLoop and
+// reconnectLoop.
+
+const (
+	reconnectEvery = 2 * time.Second // a healed partition is whole again within about this
+	reconnectMax   = 3               // dead cells tried per round
+	reconnectFor   = 24 * time.Hour  // a cell dead longer is no longer tried
+)
 
 // announceLeave gossips that this cell is leaving (so peers report it as
 // left, not dead) and waits until the message has been sent.
@@ -133,6 +142,60 @@ func (m *Mesh) joinLoop() {
 		}
 		delay = min(2*delay, m.cfg.JoinRetryMax)
 	}
+}
+
+// reconnectLoop tries, every reconnectEvery, to join again a few of the
+// cells memberlist declared dead (not those that left): memberlist stops
+// gossiping to dead nodes after a while, so without this two sides of a
+// healed partition would never find each other again. When this cell is
+// alone it tries its seeds too. Not in wg, like joinLoop.
+func (m *Mesh) reconnectLoop() {
+	tick := time.NewTicker(reconnectEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-tick.C:
+		}
+		if m.mlDown.Load() {
+			return
+		}
+		addrs := m.reconnectAddrs()
+		if len(addrs) == 0 {
+			continue
+		}
+		n, err := m.ml.Join(addrs)
+		if n > 0 {
+			m.log.Info("reconnected to cells seen dead", "addrs", strings.Join(addrs, ","), "contacted", n)
+		} else {
+			m.log.Debug("reconnect failed", "addrs", strings.Join(addrs, ","), "err", oneLine(err))
+		}
+	}
+}
+
+// reconnectAddrs picks up to reconnectMax dead members (dead for less than
+// reconnectFor), and the seeds when no other cell is alive.
+func (m *Mesh) reconnectAddrs() []string {
+	m.mu.Lock()
+	var dead []string
+	for name, mb := range m.nodes {
+		if name == m.cfg.Name || mb.state != NodeDead || !mb.addr.IsValid() || time.Since(mb.since) > reconnectFor {
+			continue
+		}
+		dead = append(dead, netip.AddrPortFrom(mb.addr, mb.port).String())
+	}
+	m.mu.Unlock()
+	rand.Shuffle(len(dead), func(i, j int) { dead[i], dead[j] = dead[j], dead[i] })
+	dead = dead[:min(len(dead), reconnectMax)]
+	if m.numAlive.Load() <= 1 && m.Joined() {
+		for _, s := range m.cfg.Join {
+			if !slices.Contains(dead, s) {
+				dead = append(dead, s)
+			}
+		}
+	}
+	return dead
 }
 
 func oneLine(err error) string {

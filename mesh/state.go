@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"cmp"
+	"crypto/ed25519"
 	"net/netip"
 	"slices"
 	"time"
@@ -79,6 +80,8 @@ type polEntry struct {
 	Present bool     `json:"p,omitempty"`
 	Stamp   uint64   `json:"t"`
 	Origin  string   `json:"o"`
+	Signer  []byte   `json:"k,omitempty"` // operator ed25519 public key
+	Sig     []byte   `json:"g,omitempty"` // its signature (operator.go)
 }
 
 // newer reports whether p wins over q.
@@ -96,6 +99,9 @@ type leaseRec struct {
 	Subnet netip.Prefix `json:"s"`
 	Time   int64        `json:"t"`
 	Seq    uint64       `json:"q"`
+	// Takeover, if not 0, is the lease time of a dead cell's lease of the
+	// same subnet that this one replaced: this lease beats that one.
+	Takeover int64 `json:"o,omitempty"`
 }
 
 func newState(self string) state {
@@ -144,15 +150,17 @@ func (s *state) setLocalEndpoint(ip netip.Addr, app, name string, deleted bool) 
 	return e, true
 }
 
-// setLocalPolicy adds (present) or removes r. It reports false when r was
-// already in that state.
-func (s *state) setLocalPolicy(r policy.Rule, present bool) (polEntry, bool) {
+// setLocalPolicy adds (present) or removes r, signed by this cell's
+// operator key. It reports false when r was already in that state.
+func (s *state) setLocalPolicy(r policy.Rule, present bool, key ed25519.PrivateKey) (polEntry, bool) {
 	k := r.Key()
 	have, ok := s.pols[k]
 	if (ok && have.Present) == present {
 		return polEntry{}, false
 	}
-	p := polEntry{Rule: toWire(r), Present: present, Stamp: s.nextStamp(), Origin: s.self}
+	c := PolicyChange{Rule: r, Present: present, Stamp: s.nextStamp(), Origin: s.self}
+	SignPolicyChange(&c, key)
+	p := c.entry()
 	s.pols[k] = p
 	return p, true
 }
@@ -191,6 +199,7 @@ type mergeResult struct {
 	visible bool         // Endpoints() or Policies() may have changed
 	stored  bool         // state.json may be stale
 	lease   bool         // lease claims changed: re-check our lease
+	keyring bool         // the keyring changed: persist it
 	out     []*broadcast // to queue (relayed news, corrections of our own entries)
 }
 
@@ -282,12 +291,18 @@ func (m *Mesh) mergePolicyLocked(p polEntry, relay bool, res *mergeResult) {
 	if p.Origin == "" || len(p.Origin) > maxNameLen || r.Validate() != nil {
 		return
 	}
-	m.st.observeStamp(p.Stamp)
 	k := r.Key()
 	have, ok := m.st.pols[k]
 	if ok && !p.newer(have) {
 		return
 	}
+	// Verified only when it would win: a register we hold already was
+	// verified when it was stored.
+	if err := m.verifyPolicy(p); err != nil {
+		m.rejectSigned("policy change", p.Origin, err)
+		return
+	}
+	m.st.observeStamp(p.Stamp)
 	m.st.pols[k] = p
 	res.stored = true
 	if (ok && have.Present) != p.Present {
@@ -324,6 +339,9 @@ func (m *Mesh) mergeLeaseLocked(r leaseRec, relay bool, res *mergeResult) {
 		return
 	}
 	m.st.leases[r.Node] = r
+	if _, seen := m.recSeen[r.Node]; !seen {
+		m.recSeen[r.Node] = time.Now()
+	}
 	res.stored, res.lease = true, true
 	if relay {
 		res.send(leaseBroadcast(r))

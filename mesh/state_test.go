@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"crypto/ed25519"
 	"encoding/json"
 	"log/slog"
 	"math/rand/v2"
@@ -21,6 +22,8 @@ func bareMesh(name string) *Mesh {
 	}
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	m := &Mesh{
+		trusted:   map[string]bool{string(testOperator.Public().(ed25519.PublicKey)): true},
+		recSeen:   map[string]time.Time{},
 		cfg:       cfg,
 		log:       cfg.Logger,
 		st:        newState(name),
@@ -47,7 +50,7 @@ func TestPolicyMergeOrderIndependent(t *testing.T) {
 	for i := range 50 {
 		m := bareMesh("n")
 		for _, j := range rand.Perm(len(msgs)) {
-			(*delegate)(m).NotifyMsg(encode(msgPolicy, msgs[j]))
+			(*delegate)(m).NotifyMsg(encode(msgPolicy, signed(msgs[j])))
 		}
 		got := ruleKeys(m.Policies())
 		if i == 0 {

@@ -230,7 +230,18 @@ func (l *Lab) Weft(i int, args ...string) (string, error) {
 	return out.String(), nil
 }
 
-// runWeft runs `weft --socket S args...` in c's namespace.
+// OperatorKey is the operator key every lab CLI call signs with: the
+// process's WEFT_OPERATOR_KEY if set, else cell 1's operator.key (cells
+// 2..N are initialised with cell 1's cluster key, so they trust it).
+func (l *Lab) OperatorKey() string {
+	if k := os.Getenv("WEFT_OPERATOR_KEY"); k != "" {
+		return k
+	}
+	return filepath.Join(l.cells()[0].StateDir, "operator.key")
+}
+
+// runWeft runs `weft --socket S args...` in c's namespace, signing
+// changes with OperatorKey.
 func (l *Lab) runWeft(c *Cell, timeout time.Duration, stdout, stderr io.Writer, args ...string) error {
 	if l.cfg.WeftBin == "" {
 		return errors.New("lab: no Config.WeftBin")
@@ -239,6 +250,7 @@ func (l *Lab) runWeft(c *Cell, timeout time.Duration, stdout, stderr io.Writer, 
 	defer cancel()
 	argv := append([]string{"--socket", c.Socket}, args...)
 	cmd := exec.CommandContext(ctx, "nsenter", nsenterArgs(c.Netns, l.cfg.WeftBin, argv)...)
+	cmd.Env = append(os.Environ(), "WEFT_OPERATOR_KEY="+l.OperatorKey())
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.WaitDelay = time.Second
 	return cmd.Run()

@@ -1,0 +1,331 @@
+package cell
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/weft-net/weft/mesh"
+	"github.com/weft-net/weft/policy"
+)
+
+// Operator authority. An operator's ed25519 key signs every policy change
+// and every cluster keyring operation; cells accept only what a key in
+// their operators.pub signed (see docs/security.md).
+const (
+	OperatorKeyFile  = "operator.key"  // base64 ed25519 seed (or full private key), 0600; only where an operator may sign
+	OperatorsPubFile = "operators.pub" // trusted operator public keys, one base64 a line, 0644
+)
+
+// OperatorInit describes what InitOperators did.
+type OperatorInit struct {
+	KeyNew      bool     // operator.key was created
+	HasKey      bool     // operator.key exists (new or kept)
+	Trusted     []string // fingerprints of the trusted keys
+	TrustedFrom []string // files whose keys were added to operators.pub
+}
+
+// InitOperators sets up the operator keys of stateDir (after Init):
+//   - operatorPubFile names keys to trust: they are added to operators.pub
+//     and no private key is made;
+//   - clusterKeyFile's directory's operators.pub, when present, is added
+//     too (the cluster this cell joins), and no private key is made;
+//   - otherwise (the first cell of a new cluster) operator.key is made and
+//     its public key trusted.
+//
+// Existing files are kept; keys are only ever added to operators.pub.
+func InitOperators(stateDir, clusterKeyFile, operatorPubFile string) (*OperatorInit, error) {
+	res := &OperatorInit{}
+	pubPath := filepath.Join(stateDir, OperatorsPubFile)
+	trusted, err := ReadTrustedOperators(pubPath)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	var add []ed25519.PublicKey
+	if operatorPubFile != "" {
+		ks, err := ReadTrustedOperators(operatorPubFile)
+		if err != nil {
+			return nil, fmt.Errorf("--operator-pub: %w", err)
+		}
+		add = append(add, ks...)
+		res.TrustedFrom = append(res.TrustedFrom, operatorPubFile)
+	}
+	if clusterKeyFile != "" {
+		from := filepath.Join(filepath.Dir(clusterKeyFile), OperatorsPubFile)
+		if abs1, _ := filepath.Abs(from); abs1 != mustAbs(pubPath) {
+			ks, err := ReadTrustedOperators(from)
+			switch {
+			case err == nil:
+				add = append(add, ks...)
+				res.TrustedFrom = append(res.TrustedFrom, from)
+			case !errors.Is(err, fs.ErrNotExist):
+				return nil, err
+			}
+		}
+	}
+	keyPath := filepath.Join(stateDir, OperatorKeyFile)
+	priv, err := ReadOperatorKey(keyPath)
+	switch {
+	case err == nil:
+		res.HasKey = true
+		add = append(add, priv.Public().(ed25519.PublicKey))
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, err
+	case operatorPubFile == "" && clusterKeyFile == "":
+		_, priv, err = ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		if err := writeSecret(keyPath, []byte(base64.StdEncoding.EncodeToString(priv.Seed())+"\n")); err != nil {
+			return nil, err
+		}
+		res.KeyNew, res.HasKey = true, true
+		add = append(add, priv.Public().(ed25519.PublicKey))
+	}
+	changed := false
+	for _, k := range add {
+		if !slices.ContainsFunc(trusted, func(t ed25519.PublicKey) bool { return t.Equal(k) }) {
+			trusted = append(trusted, k)
+			changed = true
+		}
+	}
+	if changed {
+		if err := writeTrusted(pubPath, trusted); err != nil {
+			return nil, err
+		}
+	}
+	for _, k := range trusted {
+		res.Trusted = append(res.Trusted, mesh.Fingerprint(k))
+	}
+	return res, nil
+}
+
+func mustAbs(p string) string {
+	a, _ := filepath.Abs(p)
+	return a
+}
+
+func writeTrusted(path string, keys []ed25519.PublicKey) error {
+	var b bytes.Buffer
+	for _, k := range keys {
+		fmt.Fprintln(&b, base64.StdEncoding.EncodeToString(k))
+	}
+	if err := writeSecret(path, b.Bytes()); err != nil {
+		return err
+	}
+	return os.Chmod(path, 0o644) // public keys
+}
+
+// ReadOperatorKey reads an operator private key: base64 of the 32-byte
+// seed or of the 64-byte private key.
+func ReadOperatorKey(path string) (ed25519.PrivateKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%s: not an operator key (base64 ed25519): %w", path, err)
+	case len(k) == ed25519.SeedSize:
+		return ed25519.NewKeyFromSeed(k), nil
+	case len(k) == ed25519.PrivateKeySize:
+		return ed25519.PrivateKey(k), nil
+	}
+	return nil, fmt.Errorf("%s: an operator key is a base64 32-byte ed25519 seed, this one has %d bytes", path, len(k))
+}
+
+// ReadTrustedOperators reads public keys, one base64 a line; blank lines
+// and lines starting with '#' are skipped.
+func ReadTrustedOperators(path string) ([]ed25519.PublicKey, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []ed25519.PublicKey
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, err := base64.StdEncoding.DecodeString(line)
+		if err != nil || len(k) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("%s:%d: not a base64 ed25519 public key", path, n)
+		}
+		out = append(out, ed25519.PublicKey(k))
+	}
+	return out, sc.Err()
+}
+
+// LoadOperators reads stateDir's operator key (nil if the cell holds none)
+// and trusted keys (none: every policy change is refused).
+func LoadOperators(stateDir string) (ed25519.PrivateKey, []ed25519.PublicKey, error) {
+	priv, err := ReadOperatorKey(filepath.Join(stateDir, OperatorKeyFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, err
+	}
+	trusted, err := ReadTrustedOperators(filepath.Join(stateDir, OperatorsPubFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, err
+	}
+	return priv, trusted, nil
+}
+
+// SignedPolicyChange is the JSON form of mesh.PolicyChange.
+type SignedPolicyChange struct {
+	Rule    PolicyRule `json:"rule"`
+	Present bool       `json:"present"`
+	Stamp   uint64     `json:"stamp"`
+	Origin  string     `json:"origin"`
+	Signer  []byte     `json:"signer"` // ed25519 public key (base64 in JSON)
+	Sig     []byte     `json:"sig"`
+}
+
+// SignPolicyChange makes a change of r signed by priv, stamped with the
+// wall clock (or just above minStamp).
+func SignPolicyChange(r policy.Rule, present bool, origin string, minStamp uint64, priv ed25519.PrivateKey) SignedPolicyChange {
+	c := mesh.PolicyChange{Rule: r, Present: present, Stamp: max(uint64(time.Now().UnixNano()), minStamp+1), Origin: origin}
+	mesh.SignPolicyChange(&c, priv)
+	return SignedPolicyChange{Rule: FromRule(r), Present: present, Stamp: c.Stamp, Origin: origin, Signer: c.Signer, Sig: c.Sig}
+}
+
+// PolicyChangesRequest is the body of POST /v1/policy-changes.
+type PolicyChangesRequest struct {
+	Changes []SignedPolicyChange `json:"changes"`
+}
+
+// PolicyChangeResult answers one change: Code is 201 (added), 200 (was
+// there already), 204 (removed), 404 (was not there), 409 (stale: re-sign
+// above CurrentStamp), 403 (signature refused), 400 (bad change).
+type PolicyChangeResult struct {
+	Code         int    `json:"code"`
+	Error        string `json:"error,omitempty"`
+	CurrentStamp uint64 `json:"current_stamp,omitempty"`
+}
+
+// PolicyChangesResponse answers POST /v1/policy-changes, one result per
+// change in order.
+type PolicyChangesResponse struct {
+	Results []PolicyChangeResult `json:"results"`
+}
+
+// KeyringRequest is the body of POST /v1/cluster-keys: an operator-signed
+// keyring operation, or an unsigned one (no Sig) for the agent to sign with
+// its own operator key.
+type KeyringRequest = mesh.KeyringOp
+
+// KeyringStatus answers GET /v1/cluster-keys.
+type KeyringStatus struct {
+	Keys    []string `json:"keys"` // fingerprints, primary first
+	Primary string   `json:"primary"`
+}
+
+// registerOperatorRoutes adds the operator endpoints:
+//
+//	POST /v1/policy-changes  PolicyChangesRequest -> PolicyChangesResponse
+//	GET  /v1/cluster-keys    -> KeyringStatus
+//	POST /v1/cluster-keys    KeyringRequest -> KeyringStatus
+func (a *Agent) registerOperatorRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/policy-changes", a.handlePolicyChanges)
+	mux.HandleFunc("GET /v1/cluster-keys", a.handleListClusterKeys)
+	mux.HandleFunc("POST /v1/cluster-keys", a.handleClusterKeyOp)
+}
+
+func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
+	var req PolicyChangesRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	res := PolicyChangesResponse{Results: make([]PolicyChangeResult, len(req.Changes))}
+	applied := false
+	for i, c := range req.Changes {
+		res.Results[i] = a.applyPolicyChange(c)
+		applied = applied || res.Results[i].Code == http.StatusCreated || res.Results[i].Code == http.StatusNoContent
+	}
+	if applied {
+		a.compile()
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (a *Agent) applyPolicyChange(c SignedPolicyChange) PolicyChangeResult {
+	rule, err := c.Rule.Rule()
+	if err != nil {
+		return PolicyChangeResult{Code: http.StatusBadRequest, Error: err.Error()}
+	}
+	changed, err := a.mesh.ApplyPolicyChange(mesh.PolicyChange{
+		Rule: rule, Present: c.Present, Stamp: c.Stamp, Origin: c.Origin, Signer: c.Signer, Sig: c.Sig,
+	})
+	var stale *mesh.StaleChangeError
+	switch {
+	case errors.As(err, &stale):
+		return PolicyChangeResult{Code: http.StatusConflict, Error: err.Error(), CurrentStamp: stale.Current}
+	case err != nil && strings.HasPrefix(err.Error(), "policy change refused"):
+		return PolicyChangeResult{Code: http.StatusForbidden, Error: err.Error()}
+	case err != nil && changed:
+		return PolicyChangeResult{Code: http.StatusInternalServerError, Error: err.Error()}
+	case err != nil:
+		return PolicyChangeResult{Code: http.StatusBadRequest, Error: err.Error()}
+	}
+	verb := "removed"
+	if c.Present {
+		verb = "added"
+	}
+	switch {
+	case changed:
+		a.log.Info("policy "+verb, "rule", rule.String(), "origin", c.Origin, "signer", mesh.Fingerprint(c.Signer))
+		if c.Present {
+			return PolicyChangeResult{Code: http.StatusCreated}
+		}
+		return PolicyChangeResult{Code: http.StatusNoContent}
+	case c.Present:
+		return PolicyChangeResult{Code: http.StatusOK}
+	}
+	return PolicyChangeResult{Code: http.StatusNotFound, Error: "Policy does not exist."}
+}
+
+func (a *Agent) keyringStatus() KeyringStatus {
+	ks := a.mesh.Keyring()
+	st := KeyringStatus{Keys: ks}
+	if len(ks) > 0 {
+		st.Primary = ks[0]
+	}
+	return st
+}
+
+func (a *Agent) handleListClusterKeys(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.keyringStatus())
+}
+
+func (a *Agent) handleClusterKeyOp(w http.ResponseWriter, r *http.Request) {
+	var op KeyringRequest
+	if !readJSON(w, r, &op) {
+		return
+	}
+	apply := a.mesh.ApplyKeyringOp
+	if len(op.Sig) == 0 {
+		apply = a.mesh.SignKeyringOp // with this cell's operator key
+	}
+	if err := apply(op); err != nil {
+		code := http.StatusBadRequest
+		if errors.Is(err, mesh.ErrNoOperatorKey) || strings.Contains(err.Error(), "refused") {
+			code = http.StatusForbidden
+		}
+		writeError(w, code, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.keyringStatus())
+}

@@ -1,0 +1,370 @@
+package mesh
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestPolicySignatures: only changes signed by a trusted operator key are
+// merged, by whatever path they come; the others are counted.
+func TestPolicySignatures(t *testing.T) {
+	ms := cluster(t, 2)
+	a, b := ms[0], ms[1]
+	h := newCapture()
+	c := startNode(t, "cell-c", nodeOpts{join: a.joinAddr(), noOperatorKey: true, logger: slog.New(h)})
+	all := append(ms, c)
+	waitMembers(t, all, 3)
+
+	// A cell without the private key cannot change policy itself.
+	if _, err := c.AddPolicy(rule("x", "y", 1)); !errors.Is(err, ErrNoOperatorKey) {
+		t.Fatalf("AddPolicy without an operator key: %v, want ErrNoOperatorKey", err)
+	}
+	// ... but it accepts a change signed elsewhere (the CLI) and spreads it.
+	r := rule("appA", "appB", 8080)
+	ch := PolicyChange{Rule: r, Present: true, Stamp: uint64(time.Now().UnixNano()), Origin: "cli@test"}
+	SignPolicyChange(&ch, testOperator)
+	if changed, err := c.ApplyPolicyChange(ch); !changed || err != nil {
+		t.Fatalf("ApplyPolicyChange = %v, %v", changed, err)
+	}
+	if changed, err := c.ApplyPolicyChange(ch); changed || err != nil {
+		t.Fatalf("second ApplyPolicyChange = %v, %v; want a no-op", changed, err)
+	}
+	waitPolicies(t, all, r)
+
+	// A removal stamped before the add is stale.
+	old := PolicyChange{Rule: r, Present: false, Stamp: ch.Stamp - 1, Origin: "cli@test"}
+	SignPolicyChange(&old, testOperator)
+	var stale *StaleChangeError
+	if _, err := c.ApplyPolicyChange(old); !errors.As(err, &stale) || stale.Current != ch.Stamp {
+		t.Fatalf("stale removal: %v, want StaleChangeError with current %d", err, ch.Stamp)
+	}
+
+	// Refused through the API: unsigned, untrusted, tampered.
+	_, stranger, _ := ed25519.GenerateKey(nil)
+	untrusted := PolicyChange{Rule: rule("evil", "appB", 22), Present: true, Stamp: ch.Stamp + 10, Origin: "cli@evil"}
+	SignPolicyChange(&untrusted, stranger)
+	tampered := PolicyChange{Rule: rule("appA", "appB", 8080), Present: false, Stamp: ch.Stamp + 10, Origin: "cli@test"}
+	SignPolicyChange(&tampered, testOperator)
+	tampered.Rule.Ports.End = 8081 // signature no longer matches
+	tampered.Rule.Ports.Start = 8081
+	for _, tc := range []struct {
+		c    PolicyChange
+		want string
+	}{
+		{PolicyChange{Rule: r, Stamp: ch.Stamp + 10, Origin: "cli@x"}, "not signed"},
+		{untrusted, "signed by an untrusted key " + Fingerprint(stranger.Public().(ed25519.PublicKey))},
+		{tampered, "bad signature"},
+	} {
+		if _, err := a.ApplyPolicyChange(tc.c); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ApplyPolicyChange: %v, want %q", err, tc.want)
+		}
+	}
+	if n := a.RejectedPolicies(); n != 3 {
+		t.Fatalf("RejectedPolicies = %d, want 3", n)
+	}
+
+	// Refused by gossip and push/pull on a cell that has the cluster key.
+	forged := polEntry{Rule: toWire(rule("evil", "appB", 22)), Present: true, Stamp: ch.Stamp + 20, Origin: "cell-c"}
+	(*delegate)(b).NotifyMsg(encode(msgPolicy, forged))
+	(*delegate)(b).MergeRemoteState(encode(msgFull, fullState{From: "cell-c", Policies: []polEntry{forged}}), false)
+	if n := b.RejectedPolicies(); n != 2 {
+		t.Fatalf("RejectedPolicies on b = %d, want 2", n)
+	}
+	// A forged removal of an existing rule is refused too.
+	del := polEntry{Rule: toWire(r), Present: false, Stamp: ch.Stamp + 30, Origin: "cell-c"}
+	(*delegate)(b).NotifyMsg(encode(msgPolicy, del))
+	waitPolicies(t, all, r)
+
+	// c, which holds no key, logs the rejection of anything forged.
+	(*delegate)(c).NotifyMsg(encode(msgPolicy, forged))
+	eventually(t, time.Second, "rejection logged", func() error {
+		if len(h.matching("WARN", "rejected policy change: not signed")) == 0 {
+			return errors.New("not logged")
+		}
+		return nil
+	})
+}
+
+// TestPersistedPoliciesVerified: a restarted cell keeps only the persisted
+// changes its trusted keys still vouch for.
+func TestPersistedPoliciesVerified(t *testing.T) {
+	dir := t.TempDir()
+	a := startNode(t, "cell-a", nodeOpts{dir: dir})
+	mustAdd(t, a, rule("appA", "appB", 1))
+	if err := a.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	// Forge an entry into state.json.
+	var sf stateFileData
+	path := filepath.Join(dir, stateFileName)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &sf); err != nil {
+		t.Fatal(err)
+	}
+	sf.Policies = append(sf.Policies, polEntry{Rule: toWire(rule("evil", "appB", 2)), Present: true, Stamp: 1, Origin: "x"})
+	b, _ = json.Marshal(sf)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a2 := startNode(t, "cell-a", nodeOpts{dir: dir})
+	if got := ruleKeys(a2.Policies()); got != rule("appA", "appB", 1).Key() {
+		t.Fatalf("policies after restart: %s", got)
+	}
+	// Trusting another key only: nothing is left.
+	_, other, _ := ed25519.GenerateKey(nil)
+	a2.Shutdown()
+	a3 := startNode(t, "cell-a", nodeOpts{dir: dir, trusted: []ed25519.PublicKey{other.Public().(ed25519.PublicKey)}})
+	if got := a3.Policies(); len(got) != 0 {
+		t.Fatalf("policies trusted by no key survived: %v", got)
+	}
+}
+
+// smallOverlay: 10.255.0.0/28 cut into /30s: 3 usable subnets.
+func smallOverlay(hold time.Duration) func(*Config) {
+	return func(c *Config) {
+		c.OverlayCIDR = netip.MustParsePrefix("10.255.0.0/28")
+		c.SubnetBits = 30
+		c.LeaseHold = hold
+	}
+}
+
+func waitDead(t *testing.T, m *Mesh, name string) {
+	t.Helper()
+	eventually(t, 10*time.Second, name+" dead on "+m.cfg.Name, func() error {
+		for _, n := range m.Members() {
+			if n.Name == name && n.State == NodeDead {
+				return nil
+			}
+		}
+		return fmt.Errorf("%v", m.Members())
+	})
+}
+
+func waitLease(t *testing.T, m *Mesh) netip.Prefix {
+	t.Helper()
+	var p netip.Prefix
+	eventually(t, 5*time.Second, m.cfg.Name+" leased", func() error {
+		if p = m.Subnet(); !p.IsValid() {
+			return errors.New("no lease")
+		}
+		return nil
+	})
+	return p
+}
+
+// TestLeaseHold: a dead cell's lease is not taken while a free subnet
+// exists; when none is, the longest-dead lease is taken over (logged); with
+// no dead lease either, the cell reports exhaustion.
+func TestLeaseHold(t *testing.T) {
+	opt := func(name string, join []string, h *captureHandler) *Mesh {
+		o := nodeOpts{join: join, mutate: smallOverlay(24 * time.Hour)}
+		if h != nil {
+			o.logger = slog.New(h)
+		}
+		return startNode(t, name, o)
+	}
+	a := opt("cell-a", nil, nil)
+	b := opt("cell-b", a.joinAddr(), nil)
+	waitMembers(t, []*Mesh{a, b}, 2)
+	bSub := b.Subnet()
+	b.kill()
+	waitDead(t, a, "cell-b")
+
+	c := opt("cell-c", a.joinAddr(), nil)
+	if p := waitLease(t, c); p == bSub || p == a.Subnet() {
+		t.Fatalf("cell-c took %v while a free subnet existed (a %v, dead b %v)", p, a.Subnet(), bSub)
+	}
+	hd := newCapture()
+	d := opt("cell-d", a.joinAddr(), hd)
+	if p := waitLease(t, d); p != bSub {
+		t.Fatalf("cell-d took %v, want the dead cell's %v (pool exhausted)", p, bSub)
+	}
+	if len(hd.matching("WARN", "subnet pool exhausted: taking over the lease of a dead cell")) == 0 {
+		t.Fatal("takeover within the hold not logged")
+	}
+	he := newCapture()
+	e := opt("cell-e", a.joinAddr(), he)
+	eventually(t, 5*time.Second, "exhaustion reported", func() error {
+		if e.LeaseError() == "" || len(he.matching("ERROR", "SUBNET POOL EXHAUSTED")) == 0 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if !strings.Contains(e.LeaseError(), "no free subnet: all 3 subnets of 10.255.0.0/28") {
+		t.Fatalf("LeaseError = %q", e.LeaseError())
+	}
+	if e.Subnet().IsValid() {
+		t.Fatalf("cell-e has %v", e.Subnet())
+	}
+}
+
+// TestLeaseHoldExpires: after the hold, a dead cell's lease may be taken
+// over; the takeover beats the old lease when its holder returns.
+func TestLeaseHoldExpires(t *testing.T) {
+	// A new cell learns of a dead one from its lease record, and counts the
+	// hold from then: keep it tiny.
+	const hold = time.Nanosecond
+	opts := func(dir string, join []string) nodeOpts {
+		return nodeOpts{dir: dir, join: join, mutate: smallOverlay(hold)}
+	}
+	a := startNode(t, "cell-a", opts("", nil))
+	b := startNode(t, "cell-b", opts("", a.joinAddr()))
+	cDir := t.TempDir()
+	c := startNode(t, "cell-c", opts(cDir, a.joinAddr()))
+	waitMembers(t, []*Mesh{a, b, c}, 3)
+	cSub := c.Subnet()
+	c.kill()
+	waitDead(t, a, "cell-c")
+	h := newCapture()
+	o := opts("", a.joinAddr())
+	o.logger = slog.New(h)
+	d := startNode(t, "cell-d", o)
+	if p := waitLease(t, d); p != cSub {
+		t.Fatalf("cell-d took %v, want %v", p, cSub)
+	}
+	if len(h.matching("INFO", "dead longer than the lease hold")) == 0 {
+		t.Fatal("takeover after the hold not logged")
+	}
+	// c returns with its old lease.json: it lost the subnet, and having no
+	// containers, it drops the lease (and finds none free).
+	c.Shutdown()
+	c2 := startNode(t, "cell-c", opts(cDir, a.joinAddr()))
+	eventually(t, 5*time.Second, "returning cell gives the subnet up", func() error {
+		if c2.Subnet() == cSub {
+			return errors.New("still holds it")
+		}
+		return nil
+	})
+	if d.Subnet() != cSub {
+		t.Fatalf("cell-d lost %v", cSub)
+	}
+}
+
+// TestKeyRotation: install a new cluster key, make it primary, remove the
+// old one, on a live 3-node cluster: membership never breaks; afterwards a
+// node knowing only the old key cannot join, one with the new key can.
+func TestKeyRotation(t *testing.T) {
+	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
+	keyFile := filepath.Join(dirs[0], "cluster.key")
+	mut := func(c *Config) { c.ClusterKeyFile = keyFile }
+	a := startNode(t, "cell-a", nodeOpts{dir: dirs[0], mutate: mut})
+	b := startNode(t, "cell-b", nodeOpts{dir: dirs[1], join: a.joinAddr()})
+	c := startNode(t, "cell-c", nodeOpts{dir: dirs[2], join: a.joinAddr()})
+	ms := []*Mesh{a, b, c}
+	waitMembers(t, ms, 3)
+
+	// Watch membership all along: nobody may ever look dead.
+	var broken atomic.Value
+	stop := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			for _, m := range ms {
+				for _, n := range m.Members() {
+					if n.State != NodeAlive {
+						broken.Store(fmt.Sprintf("%s saw %s %v", m.cfg.Name, n.Name, n.State))
+					}
+				}
+			}
+		}
+	}()
+
+	newKey := bytes.Repeat([]byte{42}, 32)
+	stamp := uint64(time.Now().UnixNano())
+	op := func(m *Mesh, o KeyringOp) {
+		t.Helper()
+		stamp++
+		o.Stamp = stamp
+		SignKeyringOp(&o, testOperator)
+		if err := m.ApplyKeyringOp(o); err != nil {
+			t.Fatalf("%s %s: %v", m.cfg.Name, o.Op, err)
+		}
+	}
+	waitKeys := func(want ...[]byte) {
+		t.Helper()
+		var fps []string
+		for _, k := range want {
+			fps = append(fps, Fingerprint(k))
+		}
+		eventually(t, 5*time.Second, "keyrings "+strings.Join(fps, ","), func() error {
+			for _, m := range ms {
+				if got := m.Keyring(); !slices.Equal(got, fps) {
+					return fmt.Errorf("%s has %v", m.cfg.Name, got)
+				}
+			}
+			return nil
+		})
+	}
+	op(a, KeyringOp{Op: KeyInstall, Key: newKey})
+	waitKeys(testKey, newKey)
+	op(b, KeyringOp{Op: KeyUse, Key: newKey})
+	waitKeys(newKey, testKey)
+	op(c, KeyringOp{Op: KeyRemove, KeyID: Fingerprint(testKey)})
+	waitKeys(newKey)
+
+	// Policy still flows after the rotation.
+	mustAdd(t, c, rule("after", "rotation", 1))
+	waitPolicies(t, ms, rule("after", "rotation", 1))
+	close(stop)
+	<-watched
+	if v := broken.Load(); v != nil {
+		t.Fatalf("membership broke during rotation: %v", v)
+	}
+
+	// Persisted: keyring.json, and the cluster key file of a.
+	if k, err := os.ReadFile(keyFile); err != nil || !bytes.Equal(k, newKey) {
+		t.Fatalf("cluster key file: %v %x", err, k)
+	}
+	// A replayed (old) operation is refused.
+	replay := KeyringOp{Op: KeyUse, Key: testKey, Stamp: stamp - 1}
+	SignKeyringOp(&replay, testOperator)
+	if err := a.ApplyKeyringOp(replay); err == nil || !strings.Contains(err.Error(), "not newer") {
+		t.Fatalf("replayed op: %v", err)
+	}
+	// An unsigned one too.
+	if err := a.ApplyKeyringOp(KeyringOp{Op: KeyUse, Key: testKey, Stamp: stamp + 100}); err == nil || !strings.Contains(err.Error(), "not signed") {
+		t.Fatalf("unsigned op: %v", err)
+	}
+
+	// Only the old key: cannot join.
+	h := newCapture()
+	old := startNode(t, "cell-old", nodeOpts{join: a.joinAddr(), logger: slog.New(h)})
+	eventually(t, 5*time.Second, "old-key join failure logged", func() error {
+		if len(h.matching("WARN", "failed")) == 0 {
+			return errors.New("no failure yet")
+		}
+		return nil
+	})
+	if old.Joined() {
+		t.Fatal("a node with only the old key joined")
+	}
+	// The new key: joins; a restarted member uses its persisted keyring.
+	fresh := startNode(t, "cell-new", nodeOpts{join: a.joinAddr(), key: newKey})
+	b.Shutdown()
+	b2 := startNode(t, "cell-b", nodeOpts{dir: dirs[1], join: a.joinAddr()}) // Config.ClusterKey is the old one
+	waitMembers(t, []*Mesh{a, c, fresh, b2}, 4)
+	if got := b2.Keyring(); !slices.Equal(got, []string{Fingerprint(newKey)}) {
+		t.Fatalf("restarted b keyring %v", got)
+	}
+}

@@ -1,0 +1,185 @@
+package mesh
+
+import (
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/weft-net/weft/policy"
+)
+
+// Operator authority: every policy change (and every cluster keyring
+// operation, keyring.go) is signed with an operator's ed25519 key, and every
+// cell verifies the signature against Config.TrustedOperators before it
+// merges the change, whatever way it arrived (gossip, push/pull, the local
+// API, state.json). A host that holds the cluster key but no operator key
+// can join the gossip, but cannot change policy.
+
+// ErrNoOperatorKey is returned by AddPolicy and RemovePolicy on a cell that
+// holds no operator private key.
+var ErrNoOperatorKey = errors.New("this cell holds no operator key: sign with --operator-key")
+
+// Reasons a signed change is refused.
+var (
+	errNotSigned    = errors.New("not signed")
+	errBadSignature = errors.New("bad signature")
+)
+
+// maxFutureStamp bounds how far ahead of this cell's clock the stamp of a
+// change submitted through ApplyPolicyChange may be.
+const maxFutureStamp = 5 * time.Minute
+
+// PolicyChange is one operator-signed change of the replicated policy set:
+// the rule is added (Present) or removed. Stamp orders changes of the same
+// rule (a hybrid logical clock value; the CLI uses wall-clock nanoseconds),
+// Origin names who made it (a cell or "cli@HOST").
+type PolicyChange struct {
+	Rule    policy.Rule
+	Present bool
+	Stamp   uint64
+	Origin  string
+	Signer  ed25519.PublicKey
+	Sig     []byte
+}
+
+// StaleChangeError says that the policy set holds a newer change of the
+// rule than the one submitted; re-sign with a stamp above Current.
+type StaleChangeError struct {
+	Rule    string
+	Current uint64
+}
+
+func (e *StaleChangeError) Error() string {
+	return fmt.Sprintf("a newer change of %s exists (stamp %d): re-sign with a later stamp", e.Rule, e.Current)
+}
+
+// Fingerprint names a public key: the first 8 bytes of its SHA-256, hex.
+func Fingerprint(pub []byte) string {
+	h := sha256.Sum256(pub)
+	return hex.EncodeToString(h[:8])
+}
+
+// SignPolicyChange signs c with priv and sets c.Signer and c.Sig.
+func SignPolicyChange(c *PolicyChange, priv ed25519.PrivateKey) {
+	c.Signer = priv.Public().(ed25519.PublicKey)
+	c.Sig = ed25519.Sign(priv, policySignedBytes(toWire(c.Rule), c.Present, c.Stamp, c.Origin))
+}
+
+func (c PolicyChange) entry() polEntry {
+	return polEntry{Rule: toWire(c.Rule), Present: c.Present, Stamp: c.Stamp, Origin: c.Origin, Signer: c.Signer, Sig: c.Sig}
+}
+
+// policySignedBytes is the message an operator signs for a policy change:
+// a domain tag and the fields in a fixed binary layout.
+func policySignedBytes(r wireRule, present bool, stamp uint64, origin string) []byte {
+	b := make([]byte, 0, 64+len(r.Src)+len(r.Dst)+len(origin))
+	b = append(b, "weft policy change v1\x00"...)
+	b = appendStr(b, r.Src)
+	b = appendStr(b, r.Dst)
+	b = append(b, r.Proto)
+	b = binary.BigEndian.AppendUint16(b, r.Start)
+	b = binary.BigEndian.AppendUint16(b, r.End)
+	if present {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
+	}
+	b = binary.BigEndian.AppendUint64(b, stamp)
+	return appendStr(b, origin)
+}
+
+func appendStr(b []byte, s string) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
+}
+
+// verifySig checks that sig is signer's signature of msg and that signer
+// is a trusted operator key. The error names why not.
+func (m *Mesh) verifySig(signer, sig, msg []byte) error {
+	switch {
+	case len(sig) == 0 && len(signer) == 0:
+		return errNotSigned
+	case len(signer) != ed25519.PublicKeySize || !m.trusted[string(signer)]:
+		return fmt.Errorf("signed by an untrusted key %s", Fingerprint(signer))
+	case !ed25519.Verify(signer, msg, sig):
+		return errBadSignature
+	}
+	return nil
+}
+
+func (m *Mesh) verifyPolicy(p polEntry) error {
+	return m.verifySig(p.Signer, p.Sig, policySignedBytes(p.Rule, p.Present, p.Stamp, p.Origin))
+}
+
+// RejectedPolicies counts policy changes (and keyring operations) refused
+// because they were unsigned, signed by an untrusted key, or wrongly signed.
+func (m *Mesh) RejectedPolicies() uint64 { return m.rejectedPol.Load() }
+
+// rejectSigned counts and logs (rate-limited) a refused signed message.
+func (m *Mesh) rejectSigned(what, from string, err error) {
+	n := m.rejectedPol.Add(1)
+	m.rejMu.Lock()
+	now := time.Now()
+	if now.Sub(m.rejPolLog) < logEvery {
+		m.rejMu.Unlock()
+		return
+	}
+	m.rejPolLog = now
+	m.rejMu.Unlock()
+	m.log.Warn("rejected "+what+": "+err.Error(), "origin", from, "rejected_total", n)
+}
+
+// ApplyPolicyChange verifies an operator-signed change and merges it into
+// the policy set, which gossips it to every cell. changed reports whether
+// the rule's presence changed: adding a present rule or removing an absent
+// one is a no-op (false, nil). A change older than the one the set holds
+// for the rule is a *StaleChangeError.
+func (m *Mesh) ApplyPolicyChange(c PolicyChange) (changed bool, err error) {
+	if err := c.Rule.Validate(); err != nil {
+		return false, err
+	}
+	if c.Origin == "" || len(c.Origin) > maxNameLen {
+		return false, errors.New("mesh: policy change needs an origin of 1-253 bytes")
+	}
+	p := c.entry()
+	if err := m.verifyPolicy(p); err != nil {
+		m.rejectSigned("policy change", c.Origin, err)
+		return false, fmt.Errorf("policy change refused: %w", err)
+	}
+	if len(encode(msgPolicy, p)) > maxMsg {
+		return false, errors.New("mesh: rule too long for a gossip message")
+	}
+	m.mu.Lock()
+	if limit := uint64(m.st.now().Add(maxFutureStamp).UnixNano()); c.Stamp > limit {
+		m.mu.Unlock()
+		return false, fmt.Errorf("policy change refused: its stamp is %v ahead of this cell's clock (check the clocks)",
+			time.Duration(c.Stamp-uint64(m.st.now().UnixNano())).Round(time.Second))
+	}
+	k := c.Rule.Key()
+	have, ok := m.st.pols[k]
+	if (ok && have.Present) == c.Present {
+		m.st.observeStamp(c.Stamp)
+		m.mu.Unlock()
+		return false, nil
+	}
+	if ok && !p.newer(have) {
+		m.mu.Unlock()
+		return false, &StaleChangeError{Rule: c.Rule.String(), Current: have.Stamp}
+	}
+	m.st.observeStamp(c.Stamp)
+	m.st.pols[k] = p
+	m.mu.Unlock()
+	return true, m.localChange(policyBroadcast(p))
+}
+
+// PolicyStamp returns the stamp of the newest change of r this cell knows
+// (0 if none): a signer must stamp a new change of r above it.
+func (m *Mesh) PolicyStamp(r policy.Rule) uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st.pols[r.Key()].Stamp
+}
