@@ -82,56 +82,79 @@ func attachContainer(name string, ip netip.Addr, mtu, table int) (err error) {
 			detachContainer(name)
 		}
 	}()
+	_, err = attachVeth(vethSpec{id: name, ns: ns, ifname: "eth0", ip: ip, mtu: mtu, table: table})
+	return err
+}
 
-	hostName, peerName := HostVethName(name), peerVethName(name)
+// vethSpec says how to connect one container network namespace to the cell.
+type vethSpec struct {
+	id     string         // container id: names the veth pair (HostVethName)
+	ns     netns.NsHandle // the container's network namespace
+	ifname string         // name of the container end inside ns
+	ip     netip.Addr     // the container's overlay address
+	mtu    int
+	table  int // delivery table
+}
+
+// attachVeth is the part of an attach shared by named namespaces
+// (AttachContainer) and the runtime's namespaces (AttachNetns): a veth pair
+// between the cell and s.ns, the container end configured as s.ifname with
+// s.ip/32 and a default route via Gateway, the cell end with Gateway, a
+// static neighbour entry and the /32 in the delivery table. On error the
+// caller removes the host veth (deleting it removes both ends).
+func attachVeth(s vethSpec) (Attachment, error) {
+	hostName, peerName := HostVethName(s.id), peerVethName(s.id)
 	veth := &netlink.Veth{
-		LinkAttrs: netlink.LinkAttrs{Name: hostName, MTU: mtu},
+		LinkAttrs: netlink.LinkAttrs{Name: hostName, MTU: s.mtu},
 		PeerName:  peerName,
 	}
 	if err := netlink.LinkAdd(veth); err != nil {
-		return fmt.Errorf("create veth %s: %w", hostName, err)
+		return Attachment{}, fmt.Errorf("create veth %s: %w", hostName, err)
 	}
 	host, err := netlink.LinkByName(hostName)
 	if err != nil {
-		return err
+		return Attachment{}, err
 	}
 	peer, err := netlink.LinkByName(peerName)
 	if err != nil {
-		return err
+		return Attachment{}, err
 	}
-	if err := netlink.LinkSetNsFd(peer, int(ns)); err != nil {
-		return fmt.Errorf("move %s into %s: %w", peerName, name, err)
+	if err := netlink.LinkSetNsFd(peer, int(s.ns)); err != nil {
+		return Attachment{}, fmt.Errorf("move %s into the container's network namespace: %w", peerName, err)
 	}
-	ctrMAC, err := configureContainerSide(ns, peerName, ip, mtu, host.Attrs().HardwareAddr)
+	ctrMAC, err := configureContainerSide(s.ns, peerName, s.ifname, s.ip, s.mtu, host.Attrs().HardwareAddr)
 	if err != nil {
-		return fmt.Errorf("configure container %s: %w", name, err)
+		return Attachment{}, fmt.Errorf("configure container %s: %w", s.id, err)
 	}
 
 	// Cell side: the gateway address, a static neighbour entry for the
 	// container and its /32 in the delivery table.
 	if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: hostNet(Gateway), Scope: unix.RT_SCOPE_LINK}); err != nil {
-		return fmt.Errorf("address %v on %s: %w", Gateway, hostName, err)
+		return Attachment{}, fmt.Errorf("address %v on %s: %w", Gateway, hostName, err)
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
-		return fmt.Errorf("bring %s up: %w", hostName, err)
+		return Attachment{}, fmt.Errorf("bring %s up: %w", hostName, err)
 	}
 	if err := netlink.NeighSet(&netlink.Neigh{
 		LinkIndex: host.Attrs().Index, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
-		IP: ip.AsSlice(), HardwareAddr: ctrMAC,
+		IP: s.ip.AsSlice(), HardwareAddr: ctrMAC,
 	}); err != nil {
-		return fmt.Errorf("neighbour %v on %s: %w", ip, hostName, err)
+		return Attachment{}, fmt.Errorf("neighbour %v on %s: %w", s.ip, hostName, err)
 	}
 	if err := netlink.RouteReplace(&netlink.Route{
-		LinkIndex: host.Attrs().Index, Dst: hostNet(ip), Scope: netlink.SCOPE_LINK, Table: table,
+		LinkIndex: host.Attrs().Index, Dst: hostNet(s.ip), Scope: netlink.SCOPE_LINK, Table: s.table,
 	}); err != nil {
-		return fmt.Errorf("route %v dev %s table %d: %w", ip, hostName, table, err)
+		return Attachment{}, fmt.Errorf("route %v dev %s table %d: %w", s.ip, hostName, s.table, err)
 	}
-	return nil
+	return Attachment{
+		HostVeth: hostName, HostMAC: host.Attrs().HardwareAddr,
+		IfName: s.ifname, MAC: ctrMAC, IP: s.ip,
+	}, nil
 }
 
-// configureContainerSide sets up lo and eth0 inside the container and
-// returns eth0's MAC address.
-func configureContainerSide(ns netns.NsHandle, peerName string, ip netip.Addr, mtu int, gwMAC net.HardwareAddr) (net.HardwareAddr, error) {
+// configureContainerSide sets up lo and the container end of the veth
+// (renamed to ifname) inside the container and returns its MAC address.
+func configureContainerSide(ns netns.NsHandle, peerName, ifname string, ip netip.Addr, mtu int, gwMAC net.HardwareAddr) (net.HardwareAddr, error) {
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return nil, err
@@ -148,8 +171,8 @@ func configureContainerSide(ns netns.NsHandle, peerName string, ip netip.Addr, m
 	if err != nil {
 		return nil, err
 	}
-	if err := h.LinkSetName(eth, "eth0"); err != nil {
-		return nil, err
+	if err := h.LinkSetName(eth, ifname); err != nil {
+		return nil, fmt.Errorf("rename %s to %s: %w", peerName, ifname, err)
 	}
 	if err := h.LinkSetMTU(eth, mtu); err != nil {
 		return nil, err
@@ -181,18 +204,30 @@ func configureContainerSide(ns netns.NsHandle, peerName string, ip netip.Addr, m
 }
 
 func detachContainer(name string) error {
-	var errs error
-	if link, err := netlink.LinkByName(HostVethName(name)); err == nil {
-		if err := netlink.LinkDel(link); err != nil {
-			errs = errors.Join(errs, fmt.Errorf("delete veth %s: %w", link.Attrs().Name, err))
-		}
-	}
+	errs := deleteHostVeth(name)
 	if _, err := os.Stat(filepath.Join(NetnsDir, name)); err == nil {
 		if err := netns.DeleteNamed(name); err != nil {
 			errs = errors.Join(errs, fmt.Errorf("delete network namespace %s: %w", name, err))
 		}
 	}
 	return errs
+}
+
+// deleteHostVeth deletes the cell end of container id's veth pair, which
+// takes the container end, the neighbour entry and the delivery route with
+// it. A missing veth is not an error.
+func deleteHostVeth(id string) error {
+	link, err := netlink.LinkByName(HostVethName(id))
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("find veth %s: %w", HostVethName(id), err)
+	}
+	if err := netlink.LinkDel(link); err != nil {
+		return fmt.Errorf("delete veth %s: %w", link.Attrs().Name, err)
+	}
+	return nil
 }
 
 // newNamedNetns creates and bind-mounts a network namespace without moving

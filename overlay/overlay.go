@@ -12,12 +12,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
-	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -32,6 +33,7 @@ type Config struct {
 	DeliveryTable int          // routing table with the /32 routes of local containers
 	RulePriority  int          // priority of the first of the two policy-routing rules
 	Filter        Filter       // the policy engine
+	TUNBackend    string       // TUNAuto (""), TUNWireGuard or TUNWater
 	Logger        *slog.Logger
 }
 
@@ -62,6 +64,8 @@ type Overlay struct {
 	dev  *device.Device
 	uapi net.Listener
 
+	backend string // TUN backend in use
+
 	mu     sync.Mutex
 	peers  map[wgtypes.Key]Peer // guarded by mu: what was last configured
 	closed bool                 // guarded by mu
@@ -86,11 +90,11 @@ func New(cfg Config) (*Overlay, error) {
 	}
 	log = log.With("component", "overlay", "interface", cfg.Interface)
 
-	tdev, err := tun.CreateTUN(cfg.Interface, cfg.MTU)
+	tdev, backend, err := createTUN(cfg, log)
 	if err != nil {
-		return nil, fmt.Errorf("create TUN device %s: %w", cfg.Interface, err)
+		return nil, err
 	}
-	o := &Overlay{cfg: cfg, log: log, peers: make(map[wgtypes.Key]Peer)}
+	o := &Overlay{cfg: cfg, log: log, peers: make(map[wgtypes.Key]Peer), backend: backend}
 	o.wrap = NewWrapper(tdev, cfg.Filter)
 	o.dev = device.NewDevice(o.wrap, conn.NewDefaultBind(), wgLogger(log))
 
@@ -119,7 +123,7 @@ func New(cfg Config) (*Overlay, error) {
 		return fail(fmt.Errorf("routing for %s: %w", cfg.Interface, err))
 	}
 	log.Info("data plane up", "mtu", cfg.MTU, "listen_port", cfg.ListenPort,
-		"subnet", cfg.LocalSubnet, "offloads", tdev.BatchSize() > 1)
+		"subnet", cfg.LocalSubnet, "tun_backend", backend, "offloads", tdev.BatchSize() > 1)
 	return o, nil
 }
 
@@ -137,6 +141,9 @@ func (o *Overlay) serveUAPI() {
 // Wrapper returns the filtering TUN wrapper (for its counters).
 func (o *Overlay) Wrapper() *Wrapper { return o.wrap }
 
+// TUNBackend returns the TUN backend in use, TUNWireGuard or TUNWater.
+func (o *Overlay) TUNBackend() string { return o.backend }
+
 // Config returns the configuration the overlay was created with.
 func (o *Overlay) Config() Config { return o.cfg }
 
@@ -148,12 +155,15 @@ func (o *Overlay) SyncPeers(want []Peer) error {
 	if o.closed {
 		return errors.New("overlay closed")
 	}
-	uapi, next := peerDiff(o.peers, want)
+	uapi, next, later := peerDiff(o.cfg.PrivateKey.PublicKey(), o.peers, want)
 	if uapi == "" {
 		return nil
 	}
 	if err := o.dev.IpcSet(uapi); err != nil {
 		return fmt.Errorf("update WireGuard peers: %w", err)
+	}
+	if len(later) > 0 {
+		time.AfterFunc(KeepaliveDelay, func() { o.keepaliveOn(later) })
 	}
 	for k, p := range next {
 		if _, ok := o.peers[k]; !ok {
@@ -167,6 +177,28 @@ func (o *Overlay) SyncPeers(want []Peer) error {
 	}
 	o.peers = next
 	return nil
+}
+
+// keepaliveOn turns keepalive on for the given peers that are still
+// configured (see initiates).
+func (o *Overlay) keepaliveOn(keys []wgtypes.Key) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return
+	}
+	var b strings.Builder
+	for _, k := range keys {
+		if _, ok := o.peers[k]; ok {
+			b.WriteString("public_key=" + hexKey(k) + "\nupdate_only=true\n" + keepaliveOn)
+		}
+	}
+	if b.Len() == 0 {
+		return
+	}
+	if err := o.dev.IpcSet(b.String()); err != nil {
+		o.log.Warn("turn on WireGuard keepalive", "err", err)
+	}
 }
 
 // Close removes routing rules, the WireGuard device and the TUN device.

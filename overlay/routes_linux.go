@@ -3,6 +3,7 @@ package overlay
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -43,17 +44,24 @@ func setupRouting(cfg Config) error {
 	if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: hostNet(CellAddr(cfg.LocalSubnet))}); err != nil {
 		return fmt.Errorf("address %v on %s: %w", CellAddr(cfg.LocalSubnet), cfg.Interface, err)
 	}
-	sysctls := []struct{ path, value string }{
-		{"ipv4/ip_forward", "1"},
+	sysctls := []struct {
+		path, value string
+		optional    bool // absent on some kernels: skipped
+	}{
+		{"ipv4/ip_forward", "1", false},
 		// Rejects for remote senders are written into the TUN with a
 		// local container's source address and routed back out of it:
 		// loose reverse-path filtering and no redirects on weft0.
-		{"ipv4/conf/" + cfg.Interface + "/rp_filter", "2"},
-		{"ipv4/conf/" + cfg.Interface + "/send_redirects", "0"},
-		{"ipv4/conf/" + cfg.Interface + "/accept_redirects", "0"},
+		{"ipv4/conf/" + cfg.Interface + "/rp_filter", "2", false},
+		{"ipv4/conf/" + cfg.Interface + "/send_redirects", "0", false},
+		{"ipv4/conf/" + cfg.Interface + "/accept_redirects", "0", false},
+		// The overlay is IPv4. Without this the kernel sends router
+		// solicitations and MLD reports out of weft0 as soon as it is
+		// up, which the wrapper can only drop (and count as spoofed).
+		{"ipv6/conf/" + cfg.Interface + "/disable_ipv6", "1", true},
 	}
 	for _, s := range sysctls {
-		if err := writeSysctl(s.path, s.value); err != nil {
+		if err := writeSysctl(s.path, s.value); err != nil && !(s.optional && errors.Is(err, fs.ErrNotExist)) {
 			return err
 		}
 	}

@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"net/netip"
 	"sync"
 	"sync/atomic"
 
@@ -195,3 +196,30 @@ func (w *Wrapper) reject(pkt []byte) {
 	}
 	w.stats.Rejects.Add(1)
 }
+
+// OpenFilter is the Filter of an agent running with policy enforcement off
+// (`weft agent --policy=off`): every packet passes, in both directions, with
+// no source check, no rules and no connection tracking. Packets for the
+// cell's own subnet are still hair-pinned (AcceptLocal) so that containers
+// on one cell reach each other. It exists to measure what the policy costs.
+type OpenFilter struct {
+	LocalSubnet netip.Prefix
+}
+
+var _ Filter = OpenFilter{}
+
+// Outbound accepts; packets for the local subnet are hair-pinned.
+func (f OpenFilter) Outbound(pkt []byte) policy.Verdict {
+	if len(pkt) >= 20 && pkt[0]>>4 == 4 {
+		if dst := netip.AddrFrom4([4]byte(pkt[16:20])); f.LocalSubnet.Contains(dst) {
+			return policy.AcceptLocal
+		}
+	}
+	return policy.Accept
+}
+
+// Inbound accepts.
+func (OpenFilter) Inbound([]byte) policy.Verdict { return policy.Accept }
+
+// Reject never answers (nothing is denied).
+func (OpenFilter) Reject([]byte, []byte) int { return 0 }

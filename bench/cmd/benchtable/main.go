@@ -1,0 +1,148 @@
+// Command benchtable turns `go test -bench Ladder` output (stdin) into the
+// ladder table (Markdown) on stdout. Input lines are echoed to stderr, so
+// the run's progress stays visible in a pipe. With -count N, each cell of
+// the table is the median of the N runs.
+//
+//	go test -run '^$' -bench Ladder -benchtime 1x ./bench/ | go run ./bench/cmd/benchtable
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// column is one column of the table: the metric units it shows.
+type column struct {
+	head  string
+	unit  string // metric unit
+	ratio string // unit of the ratio metric shown next to it, or ""
+	prec  int
+}
+
+var columns = []column{
+	{"TCP 1 stream Gbit/s", "Gbit/s-tcp1", "x-b-tcp1", 2},
+	{"TCP 4 streams Gbit/s", "Gbit/s-tcp4", "x-b-tcp4", 2},
+	{"UDP 64 B kpps", "kpps-udp64", "x-b-udp64", 0},
+	{"UDP 1400 B kpps", "kpps-udp1400", "x-b-udp1400", 0},
+	{"RTT p50 µs", "us-rtt-p50", "", 0},
+	{"RTT p99 µs", "us-rtt-p99", "", 0},
+	{"RSS idle MB", "MB-rss-idle", "", 0},
+	{"RSS 100k flows MB", "MB-rss-flows", "", 0},
+	{"RSS peak MB", "MB-rss-peak", "", 0},
+}
+
+func main() {
+	echo := flag.Bool("echo", true, "echo the input to stderr")
+	flag.Parse()
+	var in io.Reader = os.Stdin
+	if *echo {
+		in = io.TeeReader(os.Stdin, os.Stderr)
+	}
+	rows, order, err := parse(in)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchtable:", err)
+		os.Exit(1)
+	}
+	if len(order) == 0 {
+		fmt.Fprintln(os.Stderr, "benchtable: no Ladder benchmark lines in the input")
+		os.Exit(1)
+	}
+	fmt.Print(format(rows, order))
+}
+
+// parse collects metric values per sub-benchmark name (several with -count).
+func parse(r io.Reader) (map[string]map[string][]float64, []string, error) {
+	rows := map[string]map[string][]float64{}
+	var order []string
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 4 || !strings.HasPrefix(f[0], "BenchmarkLadder/") {
+			continue
+		}
+		name := strings.TrimPrefix(f[0], "BenchmarkLadder/")
+		if i := strings.LastIndexByte(name, '-'); i > 0 {
+			if _, err := strconv.Atoi(name[i+1:]); err == nil {
+				name = name[:i] // GOMAXPROCS suffix
+			}
+		}
+		if rows[name] == nil {
+			rows[name] = map[string][]float64{}
+			order = append(order, name)
+		}
+		// f[1] is the iteration count; then value unit pairs.
+		for i := 2; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				continue
+			}
+			rows[name][f[i+1]] = append(rows[name][f[i+1]], v)
+		}
+	}
+	slices.Sort(order) // rungs are named a-..f-
+	return rows, order, sc.Err()
+}
+
+func median(v []float64) (float64, bool) {
+	if len(v) == 0 {
+		return 0, false
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2], true
+}
+
+func format(rows map[string]map[string][]float64, order []string) string {
+	var sb strings.Builder
+	sb.WriteString("| rung |")
+	for _, c := range columns {
+		sb.WriteString(" " + c.head + " |")
+	}
+	sb.WriteString("\n|---|")
+	for range columns {
+		sb.WriteString("---:|")
+	}
+	sb.WriteString("\n")
+	for _, name := range order {
+		sb.WriteString("| " + name + " |")
+		for _, c := range columns {
+			v, ok := median(rows[name][c.unit])
+			if !ok {
+				sb.WriteString(" – |")
+				continue
+			}
+			cell := strconv.FormatFloat(v, 'f', c.prec, 64)
+			if r, ok := median(rows[name][c.ratio]); ok && c.ratio != "" {
+				cell += fmt.Sprintf(" (%.2f×)", r)
+			}
+			sb.WriteString(" " + cell + " |")
+		}
+		sb.WriteString("\n")
+	}
+	// The targets of issue 5, when the rungs are there.
+	get := func(row, unit string) (float64, bool) {
+		for _, n := range order {
+			if strings.HasPrefix(n, row) {
+				return median(rows[n][unit])
+			}
+		}
+		return 0, false
+	}
+	for _, unit := range []string{"Gbit/s-tcp1", "Gbit/s-tcp4"} {
+		c, okc := get("c-", unit)
+		d, okd := get("d-", unit)
+		bb, okb := get("b-", unit)
+		if okc && okd && okb && c > 0 && bb > 0 {
+			fmt.Fprintf(&sb, "\n%s: d/c = %.2f (target ≥ 0.97), d/b = %.2f (floor 1.0, bar 1.8)", unit, d/c, d/bb)
+		}
+	}
+	sb.WriteString("\n")
+	return sb.String()
+}

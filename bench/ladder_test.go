@@ -1,0 +1,681 @@
+package bench
+
+// The benchmark ladder (issue 5): one run, one lab, rung by rung from the
+// kernel's own veth up to weft with a large policy loaded.
+//
+//	go test -run '^$' -bench Ladder -benchtime 1x ./bench/ | go run ./bench/cmd/benchtable
+//
+// Rungs:
+//
+//	a  veth between two namespaces (the ceiling)
+//	b  plain wireguard-go between two namespaces, no weft code (bench/internal/plainwg)
+//	c  weft, two containers on two cells, policy enforcement off (--policy=off)
+//	d  weft, policy on, 10k rules loaded and 100k flows tracked
+//	e  weft, two containers on one cell (hair-pin), policy as in d
+//	f  weft as in d with the water TUN backend (--tun-backend water)
+//
+// Each rung measures: one TCP stream and four (Gbit/s received, 0.5 s
+// warm-up then 3 s), UDP packets per second received at 64- and 1400-byte
+// IP packets (2 s each), and for b and d a UDP ping-pong round trip (p50,
+// p99). Every Gbit/s and packet rate is also reported as a ratio to rung b
+// ("x-b"). Weft rungs report the agents' RSS (VmRSS, VmHWM of the busier of
+// the two agents). -ladder.profile DIR writes the agents' CPU and block
+// profiles of rungs c and d (single TCP stream) into DIR.
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/internal/lab"
+)
+
+var (
+	ladderProfile  = flag.String("ladder.profile", "", "write agent CPU/block profiles of rungs c and d into this directory")
+	ladderTCPTime  = flag.Duration("ladder.tcptime", 3*time.Second, "measuring time of each TCP test (after 0.5 s warm-up)")
+	ladderUDPTime  = flag.Duration("ladder.udptime", 2*time.Second, "measuring time of each UDP test")
+	ladderRules    = flag.Int("ladder.rules", 10000, "rules loaded for rungs d-f")
+	ladderFlows    = flag.Int("ladder.flows", 100000, "flows tracked for rungs d-f")
+	ladderAgentEnv = flag.String("ladder.agentenv", "", "comma-separated K=V environment for the weft agents (e.g. GOGC=200)")
+)
+
+const (
+	warmup   = 500 * time.Millisecond
+	tcpPort  = 5201 // tcp1 uses 5201, tcp4 5202
+	udpPort  = 5301 // udp64 5301, udp1400 5302, ping-pong 5303
+	flowBase = 20000
+	pprofAt  = "127.0.0.1:6060"
+)
+
+// rungResult holds what the ratios to rung b need.
+type rungResult map[string]float64
+
+func BenchmarkLadder(b *testing.B) {
+	lab.RequireRoot(b)
+	run := lab.RunPrefix()
+	base := rungResult{}
+
+	// The veth pair of rung a, also the underlay of rung b.
+	nsA, nsB := run+"-va", run+"-vb"
+	cleanup, err := lab.NewVethPair(nsA, nsB,
+		netip.MustParsePrefix("198.18.0.201/24"), netip.MustParsePrefix("198.18.0.202/24"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(cleanup)
+
+	// (b) plain wireguard-go over the veth pair.
+	wgB := netip.MustParseAddr("10.255.250.2")
+	if err := startPlainWG(b, nsA, nsB); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("b-wireguard-go", func(b *testing.B) {
+		r := measureRung(b, nil, nsA, nsB, wgB, true)
+		for k, v := range r {
+			base[k] = v
+		}
+	})
+	// (a) measured after (b) so that it can report its ratio to it.
+	b.Run("a-veth", func(b *testing.B) {
+		measureRungRatio(b, base, nsA, nsB, netip.MustParseAddr("198.18.0.202"), false)
+	})
+
+	// One lab for the weft rungs: agents are restarted with other flags.
+	l := lab.Setup(b, lab.Config{Cells: 2, WeftBin: weftBin})
+	ctA, ctB, ctC := l.Name("ladA"), l.Name("ladB"), l.Name("ladC")
+	if _, err := l.CreateContainer(1, "ladA", ctA); err != nil {
+		b.Fatal(err)
+	}
+	ipB, err := l.CreateContainer(2, "ladB", ctB)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ipC, err := l.CreateContainer(1, "ladC", ctC)
+	if err != nil {
+		b.Fatal(err)
+	}
+	nrules, err := loadRules(l, *ladderRules)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("policy: %d rules", nrules)
+	var env []string
+	if *ladderAgentEnv != "" {
+		env = strings.Split(*ladderAgentEnv, ",")
+	}
+	restart := func(b *testing.B, args ...string) {
+		if *ladderProfile != "" {
+			args = append(args, "--pprof-addr", pprofAt)
+		}
+		for i := 1; i <= 2; i++ {
+			if err := l.StartCellWith(i, env, args...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		waitPeers(b, l)
+	}
+
+	b.Run("c-weft-policy-off", func(b *testing.B) {
+		restart(b, "--policy=off")
+		idle := agentMem(l)
+		b.ReportMetric(float64(idle.rss)/(1<<20), "MB-rss-idle")
+		measureRungProfiled(b, l, base, ctA, ctB, ipB, false, "c")
+		m := agentMem(l)
+		b.ReportMetric(float64(m.hwm)/(1<<20), "MB-rss-peak")
+	})
+	b.Run("d-weft-10k-rules-100k-flows", func(b *testing.B) {
+		restart(b)
+		idle := agentMem(l)
+		b.ReportMetric(float64(idle.rss)/(1<<20), "MB-rss-idle")
+		flows := loadFlows(b, l, ctA, ctB, ipB, *ladderFlows)
+		b.ReportMetric(float64(agentMem(l).rss)/(1<<20), "MB-rss-flows")
+		measureRungProfiled(b, l, base, ctA, ctB, ipB, true, "d")
+		m := agentMem(l)
+		b.ReportMetric(float64(m.hwm)/(1<<20), "MB-rss-peak")
+		after := minFlows(b, l)
+		b.ReportMetric(float64(min(flows, after)), "flows")
+		b.ReportMetric(float64(nrules), "rules")
+	})
+	b.Run("e-weft-hairpin", func(b *testing.B) {
+		// Same agents as d (policy on, rules and flows loaded).
+		measureRungRatio(b, base, ctA, ctC, ipC, false)
+		b.ReportMetric(float64(agentMem(l).hwm)/(1<<20), "MB-rss-peak")
+	})
+	b.Run("f-weft-water", func(b *testing.B) {
+		restart(b, "--tun-backend", "water")
+		measureRungRatio(b, base, ctA, ctB, ipB, false)
+		b.ReportMetric(float64(agentMem(l).hwm)/(1<<20), "MB-rss-peak")
+	})
+}
+
+// measureRungProfiled measures a weft rung, fetching the agents' CPU
+// profiles during the single-stream test when -ladder.profile is set.
+func measureRungProfiled(b *testing.B, l *lab.Lab, base rungResult, client, server string, dst netip.Addr, pingpong bool, tag string) {
+	var stop func()
+	if *ladderProfile != "" {
+		stop = startProfiles(b, l, tag)
+	}
+	measureRungRatioHook(b, base, client, server, dst, pingpong, stop)
+}
+
+func measureRungRatio(b *testing.B, base rungResult, client, server string, dst netip.Addr, pingpong bool) {
+	measureRungRatioHook(b, base, client, server, dst, pingpong, nil)
+}
+
+func measureRungRatioHook(b *testing.B, base rungResult, client, server string, dst netip.Addr, pingpong bool, afterTCP1 func()) {
+	r := measureRung(b, afterTCP1, client, server, dst, pingpong)
+	for k, v := range r {
+		if bv := base[k]; bv > 0 && !strings.HasPrefix(k, "us-") {
+			b.ReportMetric(v/bv, "x-b-"+k)
+		}
+	}
+}
+
+// measureRung runs every test of a rung from namespace client to dst in
+// namespace server and reports them. afterTCP1, if set, runs after the
+// single-stream test.
+func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst netip.Addr, pingpong bool) rungResult {
+	r := rungResult{}
+	r["tcp1"] = tcpStreams(b, client, server, netip.AddrPortFrom(dst, tcpPort), 1)
+	if afterTCP1 != nil {
+		afterTCP1()
+	}
+	r["tcp4"] = tcpStreams(b, client, server, netip.AddrPortFrom(dst, tcpPort+1), 4)
+	r["udp64"] = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort), 64)
+	r["udp1400"] = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort+1), 1400)
+	b.ReportMetric(r["tcp1"], "Gbit/s-tcp1")
+	b.ReportMetric(r["tcp4"], "Gbit/s-tcp4")
+	b.ReportMetric(r["udp64"]/1e3, "kpps-udp64")
+	b.ReportMetric(r["udp1400"]/1e3, "kpps-udp1400")
+	if pingpong {
+		p50, p99 := pingPong(b, client, server, netip.AddrPortFrom(dst, udpPort+2))
+		b.ReportMetric(p50, "us-rtt-p50")
+		b.ReportMetric(p99, "us-rtt-p99")
+		r["us-rtt-p50"], r["us-rtt-p99"] = p50, p99
+	}
+	return r
+}
+
+// tcpStreams runs n TCP streams from client to a sink at dst for warm-up +
+// measuring time and returns the Gbit/s the sink received while measuring.
+func tcpStreams(b *testing.B, client, server string, dst netip.AddrPort, n int) float64 {
+	ln, err := lab.ListenIn(server, "tcp", ":"+strconv.Itoa(int(dst.Port())))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	var received atomic.Int64
+	var wg sync.WaitGroup
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				buf := make([]byte, 256<<10)
+				for {
+					k, err := c.Read(buf)
+					received.Add(int64(k))
+					if err != nil {
+						return
+					}
+				}
+			})
+		}
+	}()
+	stop := make(chan struct{})
+	var swg sync.WaitGroup
+	for range n {
+		c := dialRetry(b, client, dst.String())
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+		swg.Go(func() {
+			buf := make([]byte, 256<<10)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+			}
+		})
+	}
+	time.Sleep(warmup) // warm-up period, not synchronisation
+	start, t0 := received.Load(), time.Now()
+	time.Sleep(*ladderTCPTime)
+	got, el := received.Load()-start, time.Since(t0)
+	close(stop)
+	mu.Lock()
+	for _, c := range conns {
+		c.Close()
+	}
+	mu.Unlock()
+	ln.Close()
+	swg.Wait()
+	wg.Wait()
+	if got == 0 {
+		b.Fatalf("tcp %d streams to %v: nothing received", n, dst)
+	}
+	return float64(got) * 8 / el.Seconds() / 1e9
+}
+
+// udpRate blasts size-byte IP packets (UDP payload size-28) from client to
+// dst for the measuring time and returns the packets per second received.
+func udpRate(b *testing.B, client, server string, dst netip.AddrPort, size int) float64 {
+	pc, err := lab.ListenPacketIn(server, "udp4", ":"+strconv.Itoa(int(dst.Port())))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pc.Close()
+	pc.(*net.UDPConn).SetReadBuffer(4 << 20)
+	var received atomic.Int64
+	rdone := make(chan struct{})
+	go func() {
+		defer close(rdone)
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+			received.Add(1)
+		}
+	}()
+	c, err := lab.DialIn(client, "udp4", dst.String(), 2*time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	stop := make(chan struct{})
+	sdone := make(chan struct{})
+	go func() {
+		defer close(sdone)
+		payload := make([]byte, size-28)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for range 64 {
+				c.Write(payload) // ENOBUFS / ECONNREFUSED under overload: keep going
+			}
+		}
+	}()
+	time.Sleep(warmup / 2)
+	start, t0 := received.Load(), time.Now()
+	time.Sleep(*ladderUDPTime)
+	got, el := received.Load()-start, time.Since(t0)
+	close(stop)
+	<-sdone
+	pc.Close()
+	<-rdone
+	if got == 0 {
+		b.Fatalf("udp %d bytes to %v: nothing received", size, dst)
+	}
+	return float64(got) / el.Seconds()
+}
+
+// pingPong sends one 64-byte UDP request at a time to an echo server and
+// returns the round-trip p50 and p99 in microseconds.
+func pingPong(b *testing.B, client, server string, dst netip.AddrPort) (p50, p99 float64) {
+	pc, err := lab.ListenPacketIn(server, "udp4", ":"+strconv.Itoa(int(dst.Port())))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	c, err := lab.DialIn(client, "udp4", dst.String(), 2*time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	req, resp := make([]byte, 64-28), make([]byte, 2048)
+	var rtts []time.Duration
+	deadline := time.Now().Add(*ladderUDPTime + warmup/2)
+	warmEnd := time.Now().Add(warmup / 2)
+	lost := 0
+	for time.Now().Before(deadline) {
+		t0 := time.Now()
+		c.SetDeadline(t0.Add(200 * time.Millisecond))
+		if _, err := c.Write(req); err != nil {
+			lost++
+			continue
+		}
+		if _, err := c.Read(resp); err != nil {
+			lost++
+			continue
+		}
+		if t0.After(warmEnd) {
+			rtts = append(rtts, time.Since(t0))
+		}
+	}
+	if len(rtts) < 100 {
+		b.Fatalf("ping-pong to %v: %d answers, %d lost", dst, len(rtts), lost)
+	}
+	slices.Sort(rtts)
+	q := func(p float64) float64 { return float64(rtts[int(p*float64(len(rtts)-1))]) / 1e3 }
+	return q(0.50), q(0.99)
+}
+
+// startPlainWG starts two plainwg processes, one in each namespace, peered
+// over the veth pair's addresses, with TUN addresses 10.255.250.1/.2.
+func startPlainWG(b *testing.B, nsA, nsB string) error {
+	bin := filepath.Join(b.TempDir(), "plainwg")
+	if out, err := exec.Command("go", "build", "-o", bin, "./internal/plainwg").CombinedOutput(); err != nil {
+		return fmt.Errorf("build plainwg: %v: %s", err, out)
+	}
+	kA, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return err
+	}
+	kB, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return err
+	}
+	run := lab.RunPrefix()
+	type side struct {
+		ns, iface, addr, peerUnderlay, peerTUN string
+		key, peer                              wgtypes.Key
+	}
+	sides := []side{
+		{nsA, run + "pw1", "10.255.250.1/24", "198.18.0.202", "10.255.250.2/32", kA, kB.PublicKey()},
+		{nsB, run + "pw2", "10.255.250.2/24", "198.18.0.201", "10.255.250.1/32", kB, kA.PublicKey()},
+	}
+	for _, s := range sides {
+		cmd := lab.ExecIn(s.ns, bin, "-iface", s.iface, "-addr", s.addr, "-mtu", "1420")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		cmd.Stdin = strings.NewReader(fmt.Sprintf(
+			"private_key=%s\nlisten_port=51820\npublic_key=%s\nendpoint=%s:51820\nallowed_ip=%s\n",
+			hex.EncodeToString(s.key[:]), hex.EncodeToString(s.peer[:]), s.peerUnderlay, s.peerTUN))
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			return err
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		b.Cleanup(func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+		})
+		line := make([]byte, 64)
+		n, err := stdout.Read(line)
+		if err != nil || !strings.HasPrefix(string(line[:n]), "ready") {
+			return fmt.Errorf("plainwg in %s did not start: %q %v", s.ns, line[:n], err)
+		}
+		b.Logf("plainwg %s: %s", s.ns, strings.TrimSpace(string(line[:n])))
+		go io.Copy(io.Discard, stdout)
+	}
+	return nil
+}
+
+// loadRules adds the rules the weft rungs need plus filler rules up to n
+// through the agent API (replicated to both cells, persisted, so they
+// survive restarts). It returns the number of rules cell 1 reports.
+func loadRules(l *lab.Lab, n int) (int, error) {
+	c := cell.NewClient(l.Cells[0].Socket)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rule := func(src, dst, proto string, lo, hi int) cell.PolicyRule {
+		return cell.PolicyRule{Source: src, Destination: dst, Protocol: proto,
+			Ports: cell.PortRange{Start: uint16(lo), End: uint16(hi)}}
+	}
+	want := []cell.PolicyRule{
+		rule("ladA", "ladB", "tcp", tcpPort, tcpPort+1),
+		rule("ladA", "ladB", "udp", udpPort, udpPort+2),
+		rule("ladA", "ladB", "udp", flowBase, flowBase+9999),
+		rule("ladA", "ladC", "tcp", tcpPort, tcpPort+1),
+		rule("ladA", "ladC", "udp", udpPort, udpPort+2),
+	}
+	// Filler: ladA to 100 other apps on 100 single ports each (more rules
+	// for the apps of the measured flow), and rules between other apps.
+	for i := 0; len(want) < n; i++ {
+		if i < n/2 {
+			want = append(want, rule("ladA", fmt.Sprintf("app%03d", i%100), "tcp", 30000+i/100, 30000+i/100))
+		} else {
+			want = append(want, rule(fmt.Sprintf("app%04d", i%1000), fmt.Sprintf("app%04d", i/1000), "udp", 40000+i%1000, 40000+i%1000))
+		}
+	}
+	// Eight clients in parallel: the agent persists after each change.
+	errs := make(chan error, 8)
+	var next atomic.Int64
+	for range 8 {
+		go func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(want) {
+					errs <- nil
+					return
+				}
+				if _, err := c.AddPolicy(ctx, want[i]); err != nil {
+					errs <- fmt.Errorf("add rule %d: %w", i, err)
+					return
+				}
+			}
+		}()
+	}
+	var err error
+	for range 8 {
+		err = errors.Join(err, <-errs)
+	}
+	if err != nil {
+		return 0, err
+	}
+	// Wait for cell 2 to have them all (gossip).
+	c2 := cell.NewClient(l.Cells[1].Socket)
+	for {
+		st1, err1 := c.Status(ctx)
+		st2, err2 := c2.Status(ctx)
+		if err1 == nil && err2 == nil && st1.Policies >= len(want) && st2.Policies == st1.Policies {
+			return st1.Policies, nil
+		}
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("rules did not replicate: %v %v", err1, err2)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// loadFlows opens n UDP flows from container client to dst (10 source
+// sockets times n/10 ports of the allowed range) until both agents track at
+// least n flows, and returns the smaller count.
+func loadFlows(b *testing.B, l *lab.Lab, client, server string, dst netip.Addr, n int) int {
+	const socks = 10
+	// The destination has no socket on these ports: keep its kernel from
+	// answering with port unreachables (the engine ends a flow on one).
+	err := lab.InNetns(server, func() error {
+		for _, k := range []string{"icmp_msgs_per_sec", "icmp_msgs_burst"} {
+			if err := os.WriteFile("/proc/sys/net/ipv4/"+k, []byte("1"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ports := (n + socks - 1) / socks
+	if ports > 10000 {
+		b.Fatalf("at most %d flows", socks*10000)
+	}
+	var conns []net.PacketConn
+	for range socks {
+		pc, err := lab.ListenPacketIn(client, "udp4", ":0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer pc.Close()
+		conns = append(conns, pc)
+	}
+	t0 := time.Now()
+	msg := []byte("flow")
+	for round := 0; ; round++ {
+		for p := range ports {
+			for _, pc := range conns {
+				pc.WriteTo(msg, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, uint16(flowBase+p))))
+			}
+			if p%10 == 9 {
+				time.Sleep(2 * time.Millisecond) // pace (≤ 50k packets/s): do not overrun queues
+			}
+		}
+		got := minFlows(b, l)
+		b.Logf("flows after round %d: %d (%v)", round, got, time.Since(t0).Round(time.Millisecond))
+		if got >= n {
+			return got
+		}
+		if round == 7 {
+			b.Fatalf("only %d of %d flows tracked", got, n)
+		}
+	}
+}
+
+// minFlows is the smaller flow count of the two agents (both track a flow:
+// cell 1 on the way out, cell 2 on the way in).
+func minFlows(b *testing.B, l *lab.Lab) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	least := -1
+	for _, c := range l.Cells[:2] {
+		st, err := cell.NewClient(c.Socket).Status(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if least < 0 || st.Flows < least {
+			least = st.Flows
+		}
+	}
+	return least
+}
+
+// waitPeers waits until both agents have a WireGuard handshake with each
+// other, so that measurements do not include the first handshake.
+func waitPeers(b *testing.B, l *lab.Lab) {
+	deadline := time.Now().Add(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
+	defer cancel()
+	for {
+		ok := true
+		for _, c := range l.Cells[:2] {
+			st, err := cell.NewClient(c.Socket).Status(ctx)
+			if err != nil || len(st.Peers) != 1 {
+				ok = false
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("agents have no peers after 20 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// mem is an agent's resident memory in bytes.
+type mem struct{ rss, hwm int64 }
+
+// agentMem is the larger VmRSS and VmHWM over the two agents.
+func agentMem(l *lab.Lab) mem {
+	var m mem
+	for _, c := range l.Cells[:2] {
+		pm := procMem(c.PID())
+		m.rss = max(m.rss, pm.rss)
+		m.hwm = max(m.hwm, pm.hwm)
+	}
+	return m
+}
+
+func procMem(pid int) mem {
+	var m mem
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return m
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			m.rss = kb << 10
+		case "VmHWM:":
+			m.hwm = kb << 10
+		}
+	}
+	return m
+}
+
+// startProfiles starts fetching a CPU profile from both agents (covering the
+// single-stream test) and returns a function that waits for them and also
+// saves the block and mutex profiles.
+func startProfiles(b *testing.B, l *lab.Lab, tag string) func() {
+	if err := os.MkdirAll(*ladderProfile, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	secs := int((warmup + *ladderTCPTime).Seconds())
+	var wg sync.WaitGroup
+	fetch := func(c *lab.Cell, what, url string, timeout time.Duration) {
+		code, body, err := lab.HTTPGetIn(c.Netns, url, timeout)
+		if err != nil || code != 200 {
+			b.Logf("profile %s of cell %d: %d %v", what, c.Index, code, err)
+			return
+		}
+		path := filepath.Join(*ladderProfile, fmt.Sprintf("%s-cell%d.%s.pb.gz", tag, c.Index, what))
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			b.Log(err)
+		}
+	}
+	for _, c := range l.Cells[:2] {
+		wg.Go(func() {
+			fetch(c, "cpu", fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAt, secs), time.Duration(secs+10)*time.Second)
+		})
+	}
+	return func() {
+		wg.Wait()
+		for _, c := range l.Cells[:2] {
+			fetch(c, "block", "http://"+pprofAt+"/debug/pprof/block", 10*time.Second)
+			fetch(c, "mutex", "http://"+pprofAt+"/debug/pprof/mutex", 10*time.Second)
+		}
+	}
+}
