@@ -1,0 +1,111 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/lab"
+)
+
+// TestPolicyPushExportAndFlowLogs: a policy file replaces the whole set
+// declaratively (with a dry run first), a bad file changes nothing, export
+// gives back what was pushed, and flow logs name the apps of a denied
+// connection.
+func TestPolicyPushExportAndFlowLogs(t *testing.T) {
+	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin})
+	a, b := l.Name("appA"), l.Name("appB")
+	if _, err := l.CreateContainer(1, "appA", a); err != nil {
+		t.Fatal(err)
+	}
+	ipB, err := l.CreateContainer(2, "appB", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveHTTP(t, b, 8080)
+	serveHTTP(t, b, 9001)
+	weft(t, l, 1, "add-network-policy", "appA", "appB", "--protocol", "tcp", "--port", "8080")
+	waitFor(t, 5*time.Second, "the policy on cell 2", func() bool {
+		out, err := l.Weft(2, "network-policies")
+		return err == nil && strings.Contains(out, "8080")
+	})
+
+	dir := t.TempDir()
+	file := filepath.Join(dir, "policies.yaml")
+	os.WriteFile(file, []byte(`policies:
+  - {source: appA, destination: appB, protocol: tcp, ports: "9000-9010"}
+  - {source: appB, destination: appA, protocol: udp, ports: "53"}
+`), 0o644)
+
+	out := weft(t, l, 2, "policy", "push", file, "--dry-run")
+	for _, want := range []string{"- appA -> appB tcp 8080", "+ appA -> appB tcp 9000-9010", "+ appB -> appA udp 53", "nothing changed"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("dry run output lacks %q:\n%s", want, out)
+		}
+	}
+	expectHTTP(t, a, ipB, 8080) // the dry run changed nothing
+
+	// A bad file: error names file, line and field; nothing changes.
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("policies:\n  - {source: appA, destination: appB, protocol: tcp, ports: \"9000-80\"}\n"), 0o644)
+	if out, err := l.Weft(2, "policy", "push", bad); err == nil || !strings.Contains(out, "bad.yaml:2") || !strings.Contains(out, "ports") {
+		t.Fatalf("bad file: err %v, output %q; want an error naming bad.yaml:2 and ports", err, out)
+	}
+	if list := weft(t, l, 1, "network-policies"); !strings.Contains(list, "8080") {
+		t.Fatalf("a bad file changed the policies:\n%s", list)
+	}
+
+	weft(t, l, 2, "policy", "push", file)
+	waitRefused(t, a, ipB, 8080)
+	expectHTTP(t, a, ipB, 9001)
+
+	// Export gives back the pushed set, in both formats, on any cell once
+	// gossip has carried it there.
+	waitFor(t, 5*time.Second, "the pushed set on cell 1", func() bool {
+		out, err := l.Weft(1, "network-policies")
+		return err == nil && !strings.Contains(out, "8080") && strings.Contains(out, "9000-9010") && strings.Contains(out, "53")
+	})
+	var exported struct {
+		Policies []struct {
+			Source      struct{ ID string } `json:"source"`
+			Destination struct {
+				ID       string `json:"id"`
+				Protocol string `json:"protocol"`
+				Ports    struct{ Start, End int }
+			} `json:"destination"`
+		} `json:"policies"`
+	}
+	if err := json.Unmarshal([]byte(weft(t, l, 1, "policy", "export", "--format", "cf-json")), &exported); err != nil {
+		t.Fatal(err)
+	}
+	if len(exported.Policies) != 2 {
+		t.Fatalf("cf-json export has %d policies, want 2: %+v", len(exported.Policies), exported)
+	}
+	yamlOut := weft(t, l, 1, "policy", "export")
+	again := filepath.Join(dir, "again.yaml")
+	os.WriteFile(again, []byte(yamlOut), 0o644)
+	if out := weft(t, l, 1, "policy", "push", again, "--dry-run"); !strings.Contains(out, "0 to add, 0 to remove") {
+		t.Fatalf("pushing the export is not a no-op:\n%s", out)
+	}
+
+	// Flow logs: a denied connection is logged with both apps.
+	weft(t, l, 2, "flow-logs", "on")
+	if out := weft(t, l, 2, "flow-logs", "status"); !strings.Contains(out, "on") {
+		t.Fatalf("flow-logs status: %q", out)
+	}
+	expectRefused(t, a, ipB, 8080)
+	waitFor(t, 5*time.Second, "a flow log line for the denied connection", func() bool {
+		log, _ := os.ReadFile(l.Cells[1].LogPath)
+		for _, line := range strings.Split(string(log), "\n") {
+			if strings.Contains(line, `"verdict":"no_policy"`) && strings.Contains(line, `"source_app":"appA"`) &&
+				strings.Contains(line, `"destination_app":"appB"`) && strings.Contains(line, ":8080") {
+				return true
+			}
+		}
+		return false
+	})
+	weft(t, l, 2, "flow-logs", "off")
+}
