@@ -7,12 +7,13 @@ GO      ?= go
 BIN     := bin
 PKGS_RACE := ./policy/... ./mesh/... ./overlay/... ./cell/... ./cmd/...
 
-.PHONY: all build test unit e2e lint demo bench clean
+.PHONY: all build test unit e2e lint demo bench bench-throughput clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN)/weft ./cmd/weft
+	$(GO) build -o $(BIN)/weft-cni ./cmd/weft-cni
 	$(GO) build -o $(BIN)/weft-httpapp ./internal/lab/cmd/weft-httpapp
 	$(GO) build -o $(BIN)/weft-demo ./internal/lab/cmd/weft-demo
 
@@ -32,8 +33,15 @@ test: lint unit e2e
 demo: build
 	$(BIN)/weft-demo -weft $(BIN)/weft -app $(BIN)/weft-httpapp
 
+# The benchmark ladder (docs/performance.md): one run, about 4 minutes, then
+# the table. BENCHFLAGS passes more, e.g. BENCHFLAGS='-ladder.profile=prof'.
+BENCHFLAGS ?=
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 3x -count 1 ./bench/
+	set -o pipefail; $(GO) test -run '^$$' -bench Ladder -benchtime 1x -count 1 -timeout 15m ./bench/ -args $(BENCHFLAGS) \
+		| $(GO) run ./bench/cmd/benchtable
+
+bench-throughput: build
+	$(GO) test -run '^$$' -bench Throughput -benchtime 3x -count 1 ./bench/
 
 clean:
 	rm -rf $(BIN) e2e.out

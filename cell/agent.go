@@ -31,12 +31,25 @@ type Config struct {
 	Bind        netip.AddrPort // gossip address; WireGuard listens on WGPort
 	Join        []string       // seeds "IP:PORT"
 	WGPort      int
-	Interface   string       // TUN device name
-	OverlayCIDR netip.Prefix // whole overlay
-	SubnetBits  int          // size of a cell's lease
-	MTU         int          // overlay MTU; 0: underlay MTU - 80
-	Socket      string       // local API unix socket
+	Interface   string        // TUN device name
+	OverlayCIDR netip.Prefix  // whole overlay
+	SubnetBits  int           // size of a cell's lease
+	MTU         int           // overlay MTU; 0: underlay MTU - 80
+	Socket      string        // local API unix socket
+	LeaseHold   time.Duration // a dead cell's lease is reserved this long; 0: mesh default (24h)
+	MetricsAddr string        // serve Prometheus /metrics on this IP:PORT; "" = off
 	Logger      *slog.Logger
+	// PolicyOff bypasses the policy engine: the data path passes every
+	// packet (overlay.OpenFilter). For measuring what the policy costs.
+	PolicyOff  bool
+	TUNBackend string // overlay.TUNAuto (""), TUNWireGuard or TUNWater
+
+	// Service discovery: the DNS server containers use (invalid: none),
+	// the internal domains it answers, and the resolvers it forwards other
+	// names to (nil: those of /etc/resolv.conf; empty: refuse them).
+	DNSAddr         netip.Addr
+	InternalDomains []string
+	DNSUpstreams    []string
 }
 
 // DefaultConfig returns the defaults of `weft agent`.
@@ -47,6 +60,7 @@ func DefaultConfig() Config {
 		OverlayCIDR: netip.MustParsePrefix("10.255.0.0/16"),
 		SubnetBits:  24,
 		Socket:      DefaultSocket,
+		DNSAddr:     DefaultDNSAddr,
 	}
 }
 
@@ -62,8 +76,9 @@ type Agent struct {
 	stateCh   chan struct{}
 	ready     chan struct{} // closed once the data plane is up
 
-	mu sync.Mutex       // serialises container changes and table compiles
-	ov *overlay.Overlay // guarded by mu; nil until the subnet lease is taken
+	mu  sync.Mutex       // serialises container changes and table compiles
+	ov  *overlay.Overlay // guarded by mu; nil until the subnet lease is taken
+	dns agentDNS         // srv guarded by mu
 }
 
 // Run runs the agent until ctx is cancelled, then leaves the mesh and
@@ -111,6 +126,11 @@ func Run(ctx context.Context, cfg Config) error {
 	mcfg.WGPublicKey = keys.WireGuard.PublicKey().String()
 	mcfg.WGPort = cfg.WGPort
 	mcfg.Logger = cfg.Logger
+	mcfg.LeaseHold = cfg.LeaseHold
+	mcfg.ClusterKeyFile = filepath.Join(cfg.StateDir, ClusterKeyFile)
+	if mcfg.OperatorKey, mcfg.TrustedOperators, err = LoadOperators(cfg.StateDir); err != nil {
+		return err
+	}
 	a.mesh, err = mesh.New(mcfg, meshListener{a})
 	if err != nil {
 		return fmt.Errorf("start mesh on %v: %w", cfg.Bind, err)
@@ -120,6 +140,11 @@ func Run(ctx context.Context, cfg Config) error {
 	srv := a.newServer()
 	go srv.Serve(ln)
 	defer srv.Close()
+	stopMetrics, err := a.serveMetrics(cfg.MetricsAddr)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	a.log.Info("agent started", "bind", cfg.Bind, "join", cfg.Join, "socket", cfg.Socket,
 		"public_key", keys.WireGuard.PublicKey().String())
 
@@ -131,6 +156,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer a.stopOverlay()
+	if err := a.startDNS(ctx); err != nil {
+		return fmt.Errorf("service discovery: %w", err)
+	}
 	a.loop(ctx)
 	a.log.Info("agent stopping")
 	return nil
@@ -148,6 +176,11 @@ func (a *Agent) startOverlay(subnet netip.Prefix) error {
 	ocfg.OverlayCIDR = a.cfg.OverlayCIDR
 	ocfg.LocalSubnet = subnet
 	ocfg.Filter = a.engine
+	if a.cfg.PolicyOff {
+		ocfg.Filter = overlay.OpenFilter{LocalSubnet: subnet}
+		a.log.Warn("policy enforcement is off: every packet passes")
+	}
+	ocfg.TUNBackend = a.cfg.TUNBackend
 	ocfg.Logger = a.log
 	ov, err := overlay.New(ocfg)
 	if err != nil {
@@ -196,6 +229,7 @@ func (a *Agent) loop(ctx context.Context) {
 			return
 		case <-a.membersCh:
 			a.syncPeers()
+			a.refreshDNS() // instances on dead cells go away
 		case <-a.stateCh:
 			a.compile()
 		case now := <-tick.C:
@@ -254,6 +288,7 @@ func (a *Agent) compileLocked() {
 		Endpoints:   eps,
 		LocalSubnet: a.mesh.Subnet(),
 	}))
+	a.updateDNSLocked()
 }
 
 // localContainers returns this cell's containers, sorted by name.

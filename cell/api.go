@@ -91,6 +91,16 @@ type Status struct {
 	Policies   int               `json:"policies"`
 	Flows      int               `json:"flows"`
 	Verdicts   map[string]uint64 `json:"verdicts,omitempty"`
+	// LeaseError says why the cell has no subnet (pool exhausted).
+	LeaseError string `json:"lease_error,omitempty"`
+	// RejectedPolicyChanges counts unsigned or wrongly signed changes.
+	RejectedPolicyChanges uint64 `json:"rejected_policy_changes"`
+
+	// MemberCounts counts Members by state: alive, suspect, dead, left.
+	MemberCounts map[string]int `json:"member_counts"`
+	// PolicyVersion is 48 bits of a hash of the policy set (PolicyVersion):
+	// equal on cells that enforce the same rules.
+	PolicyVersion uint64 `json:"policy_version"`
 }
 
 // Member is one cell as the mesh sees it.
@@ -110,6 +120,11 @@ type Peer struct {
 	LastHandshake time.Time `json:"last_handshake,omitzero"`
 	RxBytes       int64     `json:"rx_bytes"`
 	TxBytes       int64     `json:"tx_bytes"`
+
+	Name string `json:"name,omitempty"` // the member with this key
+	// HandshakeAge is the time since LastHandshake in seconds (absent:
+	// never).
+	HandshakeAge float64 `json:"handshake_age_seconds,omitempty"`
 }
 
 // apiError is the body of every error answer.

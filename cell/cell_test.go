@@ -3,6 +3,7 @@ package cell
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -138,5 +139,13 @@ func TestClientErrors(t *testing.T) {
 	}
 	if _, err := listenSocket(sock); err == nil || !strings.Contains(err.Error(), "already served by another agent") {
 		t.Fatalf("listen on a served socket: %v", err)
+	}
+}
+
+func TestUsableUpstreams(t *testing.T) {
+	a := &Agent{cfg: Config{OverlayCIDR: netip.MustParsePrefix("10.255.0.0/16")}, log: slog.New(slog.DiscardHandler)}
+	got := a.usableUpstreams([]string{"10.255.255.53:53", "192.0.2.53:53"})
+	if len(got) != 1 || got[0] != "192.0.2.53:53" {
+		t.Fatalf("usable upstreams: %v, want only 192.0.2.53:53", got)
 	}
 }

@@ -25,6 +25,12 @@ func (a *Agent) newServer() *http.Server {
 	mux.HandleFunc("GET /v1/policies", a.handleListPolicies)
 	mux.HandleFunc("POST /v1/policies", a.handleAddPolicy)
 	mux.HandleFunc("DELETE /v1/policies", a.handleRemovePolicy)
+	a.registerOperatorRoutes(mux) // operator.go
+	mux.HandleFunc("GET /v1/flow-logs", a.handleGetFlowLogs)
+	mux.HandleFunc("PUT /v1/flow-logs", a.handleSetFlowLogs)
+	mux.HandleFunc("POST /v1/attachments", a.handleAttach)
+	mux.HandleFunc("GET /v1/attachments/{id}", a.handleGetAttachment)
+	mux.HandleFunc("DELETE /v1/attachments/{id}", a.handleDetach)
 	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 }
 
@@ -61,7 +67,13 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if s := a.mesh.Subnet(); s.IsValid() {
 		st.Subnet = s.String()
 	}
+	st.LeaseError, st.RejectedPolicyChanges = a.mesh.LeaseError(), a.mesh.RejectedPolicies()
+	st.PolicyVersion = PolicyVersion(a.mesh.Policies())
+	st.MemberCounts = map[string]int{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
+	keyNames := map[string]string{}
 	for _, m := range a.mesh.Members() {
+		st.MemberCounts[m.State.String()]++
+		keyNames[m.WGPublicKey] = m.Name
 		mm := Member{Name: m.Name, Addr: m.Addr.String(), State: m.State.String(), Self: m.Self}
 		if m.Subnet.IsValid() {
 			mm.Subnet = m.Subnet.String()
@@ -81,6 +93,12 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, "read WireGuard peers of %s: %v", a.cfg.Interface, err)
 			return
+		}
+		for i := range peers {
+			peers[i].Name = keyNames[peers[i].PublicKey]
+			if !peers[i].LastHandshake.IsZero() {
+				peers[i].HandshakeAge = time.Since(peers[i].LastHandshake).Round(time.Millisecond).Seconds()
+			}
 		}
 		st.Peers = peers
 	}
@@ -173,6 +191,9 @@ func (a *Agent) handleCreateContainer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.compileLocked()
+	if err := a.writeResolvConf(req.Name); err != nil {
+		a.log.Warn("write resolv.conf", "container", req.Name, "err", err)
+	}
 	a.log.Info("container created", "container", req.Name, "app", req.App, "ip", ip)
 	writeJSON(w, http.StatusCreated, Container{Name: req.Name, App: req.App, IP: ip.String()})
 }
@@ -215,6 +236,7 @@ func (a *Agent) handleDeleteContainer(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
+		removeResolvConf(name)
 		a.log.Info("container deleted", "container", name, "ip", e.IP)
 		w.WriteHeader(http.StatusNoContent)
 		return
@@ -244,6 +266,10 @@ func (a *Agent) handleAddPolicy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	added, err := a.mesh.AddPolicy(rule)
+	if errors.Is(err, mesh.ErrNoOperatorKey) {
+		writeError(w, http.StatusForbidden, "cell %s cannot sign: %v (or WEFT_OPERATOR_KEY)", a.cfg.Name, err)
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "add policy: %v", err)
 		return
@@ -268,6 +294,10 @@ func (a *Agent) handleRemovePolicy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	removed, err := a.mesh.RemovePolicy(rule)
+	if errors.Is(err, mesh.ErrNoOperatorKey) {
+		writeError(w, http.StatusForbidden, "cell %s cannot sign: %v (or WEFT_OPERATOR_KEY)", a.cfg.Name, err)
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "remove policy: %v", err)
 		return

@@ -8,14 +8,16 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/weft-net/weft/cell"
+	ovl "github.com/weft-net/weft/overlay"
 )
 
 func initCmd() *cobra.Command {
-	var stateDir, clusterKey string
+	var stateDir, clusterKey, operatorPub string
 	c := &cobra.Command{
 		Use:   "init --state-dir DIR [--cluster-key FILE]",
 		Short: "create a cell's state dir with its cluster key and WireGuard key",
@@ -33,18 +35,36 @@ func initCmd() *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "state dir %s\ncluster key: %s\nWireGuard key: %s (public key %s)\n",
 				res.StateDir, say(res.ClusterKeyNew), say(res.WireGuardKeyNew), res.PublicKey)
+			op, err := cell.InitOperators(stateDir, clusterKey, operatorPub)
+			if err != nil {
+				return err
+			}
+			key := "none (this cell cannot sign policy changes; use --operator-key or WEFT_OPERATOR_KEY)"
+			if op.HasKey {
+				key = say(op.KeyNew)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "operator key: %s\ntrusted operator keys: %v\n", key, op.Trusted)
+			if len(op.Trusted) == 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s trusts no operator key, so it will refuse every policy change: "+
+					"give --operator-pub FILE, or --cluster-key with operators.pub next to it\n", stateDir)
+			}
 			return nil
 		},
 	}
 	c.Flags().StringVar(&stateDir, "state-dir", "", "the cell's state directory (required)")
-	c.Flags().StringVar(&clusterKey, "cluster-key", "", "copy the cluster key from this file (another cell's cluster.key)")
+	c.Flags().StringVar(&clusterKey, "cluster-key", "", "copy the cluster key from this file (another cell's cluster.key), and trust the operator keys of the operators.pub next to it")
+	c.Flags().StringVar(&operatorPub, "operator-pub", "", "trust the operator public keys in this file (one base64 a line) instead of making an operator key")
 	c.MarkFlagRequired("state-dir")
 	return c
 }
 
 func agentCmd() *cobra.Command {
 	cfg := cell.DefaultConfig()
-	var bind, overlay, logLevel string
+	var configFile, logFormat string
+	var bind, overlay, logLevel, policyMode, pprofAddr string
+	var memLimitMiB int64
+	var dnsAddr string
+	var dnsUpstreams []string
 	c := &cobra.Command{
 		Use:   "agent --name NAME --state-dir DIR --bind IP:PORT [--join IP:PORT]...",
 		Short: "run this cell: gossip, WireGuard mesh, policy enforcement, local API",
@@ -69,8 +89,29 @@ func agentCmd() *cobra.Command {
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level %q: %w", logLevel, err)
 			}
-			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			if cfg.Logger, err = newLogger(os.Stderr, logFormat, level); err != nil {
+				return err
+			}
+			switch policyMode {
+			case "on":
+			case "off":
+				cfg.PolicyOff = true
+			default:
+				return fmt.Errorf("--policy %q: want on or off", policyMode)
+			}
+			if _, err := ovl.ParseTUNBackend(cfg.TUNBackend); err != nil {
+				return fmt.Errorf("--tun-backend: %w", err)
+			}
+			stopProf, err := startProfiling(pprofAddr, cfg.Logger)
+			if err != nil {
+				return err
+			}
+			defer stopProf()
+			setMemoryLimit(memLimitMiB << 20)
 			cfg.Socket = socketPath
+			if err := dnsFlags(&cfg, dnsAddr, dnsUpstreams); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return cell.Run(ctx, cfg)
@@ -86,7 +127,16 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&overlay, "overlay-cidr", cfg.OverlayCIDR.String(), "the whole overlay network")
 	f.IntVar(&cfg.SubnetBits, "subnet-prefix", cfg.SubnetBits, "prefix length of each cell's subnet")
 	f.IntVar(&cfg.MTU, "mtu", 0, "overlay MTU (0: underlay MTU - 80)")
+	f.DurationVar(&cfg.LeaseHold, "lease-hold", 24*time.Hour, "how long a dead cell's subnet stays reserved for its return (unless the pool is otherwise exhausted)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&dnsAddr, "dns-addr", cfg.DNSAddr.String(), "link-local address of the DNS server for containers (\"\" = no DNS)")
+	f.StringArrayVar(&cfg.InternalDomains, "internal-domain", []string{"apps.internal"}, "internal domain answered by the DNS server (repeatable)")
+	f.StringArrayVar(&dnsUpstreams, "dns-upstream", nil, "resolver IP[:PORT] for other names (repeatable; default: /etc/resolv.conf; \"none\": refuse them)")
+	f.StringVar(&policyMode, "policy", "on", "policy enforcement: on, or off to pass every packet (benchmarks only)")
+	f.StringVar(&cfg.TUNBackend, "tun-backend", "auto", "TUN backend: auto (wireguard, water if the kernel refuses TUN offloads), wireguard or water")
+	f.Int64Var(&memLimitMiB, "memory-limit", defaultMemoryLimit>>20, "soft Go heap limit in MiB (0: none; GOMEMLIMIT overrides)")
+	f.StringVar(&pprofAddr, "pprof-addr", "", "serve net/http/pprof on this loopback IP:PORT (in the agent's namespace) and record blocking; also WEFT_CPUPROFILE=FILE writes a CPU profile at exit")
+	agentExtraFlags(c, &cfg, &configFile, &logFormat)
 	for _, n := range []string{"name", "state-dir", "bind"} {
 		c.MarkFlagRequired(n)
 	}

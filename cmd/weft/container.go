@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weft-net/weft/cell"
-	"github.com/weft-net/weft/overlay"
 )
 
 func containerCmd() *cobra.Command {
@@ -93,14 +92,17 @@ func runCmd() *cobra.Command {
 					fmt.Fprintln(os.Stderr, "weft: delete container:", err)
 				}
 			}()
-			child := exec.Command(args[0], args[1:]...)
+			// `ip netns exec` enters the container's network namespace
+			// and, in a private mount namespace, shows it the files of
+			// /etc/netns/ID: its resolv.conf points at the cell's DNS.
+			child := exec.Command("ip", append([]string{"netns", "exec", ct.Name}, args...)...)
 			child.Env = append(os.Environ(), "CF_INSTANCE_INTERNAL_IP="+ct.IP, "WEFT_APP="+app, "WEFT_CONTAINER="+ct.Name)
 			child.Stdin, child.Stdout, child.Stderr = os.Stdin, os.Stdout, os.Stderr
 			// Interrupts go to the command; we clean up when it exits.
 			sig := make(chan os.Signal, 1)
 			signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 			defer signal.Stop(sig)
-			if err := overlay.StartInNetns(ct.Name, child); err != nil {
+			if err := child.Start(); err != nil {
 				return fmt.Errorf("start %s in container %s: %w", args[0], ct.Name, err)
 			}
 			fmt.Fprintf(os.Stderr, "weft: container %s (app %s) at %s running %s\n", ct.Name, app, ct.IP, args[0])
@@ -147,21 +149,29 @@ func statusCmd() *cobra.Command {
 			subnet := st.Subnet
 			if subnet == "" {
 				subnet = "(no lease yet)"
+				if st.LeaseError != "" {
+					subnet = "(none: " + st.LeaseError + ")"
+				}
 			}
-			fmt.Fprintf(out, "cell:       %s\nsubnet:     %s\ninterface:  %s\ncontainers: %d\npolicies:   %d\nflows:      %d\n\n",
-				st.Name, subnet, st.Interface, st.Containers, st.Policies, st.Flows)
+			fmt.Fprintf(out, "cell:       %s\nsubnet:     %s\ninterface:  %s\ncontainers: %d\npolicies:   %d (version %012x)\nflows:      %d\nmembers:    %d alive, %d suspect, %d dead, %d left\n\n",
+				st.Name, subnet, st.Interface, st.Containers, st.Policies, st.PolicyVersion, st.Flows,
+				st.MemberCounts["alive"], st.MemberCounts["suspect"], st.MemberCounts["dead"], st.MemberCounts["left"])
 			tw := tabwriter.NewWriter(out, 0, 4, 3, ' ', 0)
 			fmt.Fprintln(tw, "member\taddress\tstate\tsubnet")
 			for _, m := range st.Members {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Name, m.Addr, m.State, m.Subnet)
 			}
-			fmt.Fprintln(tw, "\npeer\tendpoint\tallowed ips\thandshake\trx\ttx")
+			fmt.Fprintln(tw, "\npeer\tpublic key\tendpoint\tallowed ips\thandshake\trx bytes\ttx bytes")
 			for _, p := range st.Peers {
 				hs := "never"
 				if !p.LastHandshake.IsZero() {
 					hs = fmt.Sprintf("%s ago", since(p.LastHandshake))
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%d\t%d\n", p.PublicKey, p.Endpoint, p.AllowedIPs, hs, p.RxBytes, p.TxBytes)
+				name := p.Name
+				if name == "" {
+					name = "?"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%d\t%d\n", name, p.PublicKey, p.Endpoint, p.AllowedIPs, hs, p.RxBytes, p.TxBytes)
 			}
 			return tw.Flush()
 		},

@@ -36,8 +36,9 @@ func main() {
 	}
 	root.PersistentFlags().StringVar(&socketPath, "socket", def, "the agent's local API socket (env WEFT_SOCKET)")
 	root.AddCommand(initCmd(), agentCmd(), containerCmd(), runCmd(), statusCmd(),
-		addPolicyCmd(), removePolicyCmd(), listPoliciesCmd())
+		addPolicyCmd(), removePolicyCmd(), listPoliciesCmd(), policyCmd(), flowLogsCmd(), clusterKeyCmd())
 
+	addCompletions(root)
 	err := root.Execute()
 	var exit *exec.ExitError
 	switch {

@@ -53,7 +53,16 @@ func addPolicyCmd() *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "Adding network policy from app %s to app %s (%s %s)...\n", r.Source, r.Destination, r.Protocol, portString(r.Ports))
-			if _, err := client().AddPolicy(ctx(), r); err != nil {
+			priv, err := signer() // operator.go
+			if err != nil {
+				return err
+			}
+			if priv != nil {
+				_, err = client().SignedPolicy(ctx(), priv, r, true)
+			} else {
+				_, err = client().AddPolicy(ctx(), r)
+			}
+			if err != nil {
 				return err
 			}
 			fmt.Fprintln(out, "OK")
@@ -62,6 +71,7 @@ func addPolicyCmd() *cobra.Command {
 	}
 	c.Flags().StringVar(&proto, "protocol", "", "tcp or udp")
 	c.Flags().StringVar(&port, "port", "", "port N or range N-M")
+	operatorKeyFlag(c)
 	return c
 }
 
@@ -78,7 +88,18 @@ func removePolicyCmd() *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "Removing network policy from app %s to app %s (%s %s)...\n", r.Source, r.Destination, r.Protocol, portString(r.Ports))
-			err = client().RemovePolicy(ctx(), r)
+			priv, err := signer() // operator.go
+			if err != nil {
+				return err
+			}
+			if priv != nil {
+				var res cell.PolicyChangeResult
+				if res, err = client().SignedPolicy(ctx(), priv, r, false); err == nil && res.Code == http.StatusNotFound {
+					err = &cell.StatusError{Code: res.Code, Message: res.Error}
+				}
+			} else {
+				err = client().RemovePolicy(ctx(), r)
+			}
 			var se *cell.StatusError
 			if errors.As(err, &se) && se.Code == http.StatusNotFound {
 				return errors.New("Policy does not exist.")
@@ -92,6 +113,7 @@ func removePolicyCmd() *cobra.Command {
 	}
 	c.Flags().StringVar(&proto, "protocol", "", "tcp or udp")
 	c.Flags().StringVar(&port, "port", "", "port N or range N-M")
+	operatorKeyFlag(c)
 	return c
 }
 
