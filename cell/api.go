@@ -129,13 +129,15 @@ type Peer struct {
 
 // apiError is the body of every error answer.
 type apiError struct {
-	Error string `json:"error"`
+	Error        string `json:"error"`
+	CurrentStamp uint64 `json:"current_stamp,omitempty"` // with 409: the stamp to sign above
 }
 
 // StatusError is an error answer of the API.
 type StatusError struct {
-	Code    int
-	Message string
+	Code         int
+	Message      string
+	CurrentStamp uint64 // with 409 Conflict: the agent's stamp of the change
 }
 
 func (e *StatusError) Error() string {

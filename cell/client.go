@@ -123,7 +123,7 @@ func (c *Client) doCode(ctx context.Context, method, path string, in, out any) (
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("agent answered %s: %s", resp.Status, bytes.TrimSpace(data))
 		}
-		return resp.StatusCode, &StatusError{Code: resp.StatusCode, Message: e.Error}
+		return resp.StatusCode, &StatusError{Code: resp.StatusCode, Message: e.Error, CurrentStamp: e.CurrentStamp}
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {

@@ -31,14 +31,15 @@ type AttachRequest struct {
 
 // Attachment is an attached container.
 type Attachment struct {
-	ContainerID string `json:"container_id"`
-	App         string `json:"app"`
-	IP          string `json:"ip"`      // the container's overlay address (a /32)
-	Gateway     string `json:"gateway"` // its default gateway, overlay.Gateway
-	IfName      string `json:"ifname,omitempty"`
-	MAC         string `json:"mac,omitempty"`
-	HostVeth    string `json:"host_veth"`
-	HostMAC     string `json:"host_mac,omitempty"`
+	ContainerID string   `json:"container_id"`
+	App         string   `json:"app"`
+	IP          string   `json:"ip"`      // the container's overlay address (a /32)
+	Gateway     string   `json:"gateway"` // its default gateway, overlay.Gateway
+	IfName      string   `json:"ifname,omitempty"`
+	MAC         string   `json:"mac,omitempty"`
+	HostVeth    string   `json:"host_veth"`
+	HostMAC     string   `json:"host_mac,omitempty"`
+	Nameservers []string `json:"nameservers,omitempty"` // the cell's DNS server, for the CNI result
 }
 
 func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
@@ -97,13 +98,16 @@ func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 	a.compileLocked()
 	a.log.Info("container attached", "container", req.ContainerID, "app", req.App, "ip", ip,
 		"netns", req.Netns, "ifname", req.IfName)
-	writeJSON(w, http.StatusCreated, attachmentOf(req.ContainerID, req.App, att))
+	writeJSON(w, http.StatusCreated, a.attachmentOf(req.ContainerID, req.App, att))
 }
 
-func attachmentOf(id, app string, att overlay.Attachment) Attachment {
+func (a *Agent) attachmentOf(id, app string, att overlay.Attachment) Attachment {
 	out := Attachment{
 		ContainerID: id, App: app, IP: att.IP.String(), Gateway: overlay.Gateway.String(),
 		IfName: att.IfName, HostVeth: att.HostVeth,
+	}
+	if a.cfg.DNSAddr.IsValid() {
+		out.Nameservers = []string{a.cfg.DNSAddr.String()}
 	}
 	if att.MAC != nil {
 		out.MAC = att.MAC.String()
@@ -134,7 +138,7 @@ func (a *Agent) handleGetAttachment(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		writeJSON(w, http.StatusOK, attachmentOf(id, e.App, att))
+		writeJSON(w, http.StatusOK, a.attachmentOf(id, e.App, att))
 		return
 	}
 	writeError(w, http.StatusNotFound, "no container %q on cell %s", id, a.cfg.Name)

@@ -119,7 +119,11 @@ func (a *Agent) updateDNSLocked() {
 
 // routes are the internal routes of the replicated state.
 func (a *Agent) routes() []discovery.Route {
-	return nil
+	var out []discovery.Route
+	for _, r := range a.mesh.Routes() {
+		out = append(out, discovery.Route{Host: r.Host, Domain: r.Domain, App: r.App})
+	}
+	return out
 }
 
 // writeResolvConf points container name at the cell's DNS server, where

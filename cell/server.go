@@ -26,6 +26,8 @@ func (a *Agent) newServer() *http.Server {
 	mux.HandleFunc("POST /v1/policies", a.handleAddPolicy)
 	mux.HandleFunc("DELETE /v1/policies", a.handleRemovePolicy)
 	a.registerOperatorRoutes(mux) // operator.go
+	mux.HandleFunc("GET /v1/routes", a.handleListRoutes)
+	mux.HandleFunc("POST /v1/route-changes", a.handleRouteChange)
 	mux.HandleFunc("GET /v1/flow-logs", a.handleGetFlowLogs)
 	mux.HandleFunc("PUT /v1/flow-logs", a.handleSetFlowLogs)
 	mux.HandleFunc("POST /v1/attachments", a.handleAttach)

@@ -178,6 +178,9 @@ type cniResult struct {
 		Gateway   string `json:"gateway"`
 		Interface *int   `json:"interface"`
 	} `json:"ips"`
+	DNS struct {
+		Nameservers []string `json:"nameservers"`
+	} `json:"dns"`
 	Routes []struct {
 		Dst string `json:"dst"`
 		GW  string `json:"gw"`
@@ -265,6 +268,9 @@ func TestCNI(t *testing.T) {
 	}
 	if res.IPs[0].Gateway != "169.254.0.1" || res.Routes[0].Dst != "0.0.0.0/0" || res.Routes[0].GW != "169.254.0.1" {
 		t.Fatalf("result %+v: want gateway and default route via 169.254.0.1", res)
+	}
+	if len(res.DNS.Nameservers) != 1 || res.DNS.Nameservers[0] != "169.254.0.2" {
+		t.Fatalf("result DNS %+v: want the cell's server 169.254.0.2", res.DNS)
 	}
 	if ifc := res.Interfaces[1]; ifc.Name != "eth0" || ifc.Sandbox != nsPath || ifc.Mac == "" {
 		t.Fatalf("container interface %+v: want eth0 in %s with a MAC", ifc, nsPath)

@@ -94,6 +94,19 @@ func TestServiceDiscovery(t *testing.T) {
 	waitResolve(t, a, "appB.apps.internal.", ipB1.String(), ipB2.String())
 	waitResolve(t, a, b2+".appB.apps.internal.", ipB2.String())
 
+	// An internal route mapped on one cell resolves on the others, and
+	// unmapping it takes it away.
+	weft(t, l, 2, "map-route", "appB", "apps.internal", "--hostname", "backend")
+	waitResolve(t, a, "backend.apps.internal.", ipB1.String(), ipB2.String())
+	if out := weft(t, l, 1, "routes"); !strings.Contains(out, "backend") {
+		t.Fatalf("routes on cell 1:\n%s", out)
+	}
+	weft(t, l, 1, "unmap-route", "appB", "apps.internal", "--hostname", "backend")
+	waitResolve(t, a, "backend.apps.internal.")
+	if out, err := l.Weft(1, "unmap-route", "appB", "apps.internal", "--hostname", "backend"); err == nil || !strings.Contains(out, "Route does not exist.") {
+		t.Fatalf("second unmap: %v %q", err, out)
+	}
+
 	// A removed instance disappears.
 	if err := l.DeleteContainer(1, b2); err != nil {
 		t.Fatal(err)

@@ -33,12 +33,13 @@ const joinGrace = 500 * time.Millisecond
 // fullState is the push/pull payload. From's own endpoints are
 // authoritative: entries of From not listed and not newer than Seq are gone.
 type fullState struct {
-	From      string      `json:"f"`
-	Seq       uint64      `json:"q"`
-	Leases    []leaseRec  `json:"l"`
-	Endpoints []epEntry   `json:"e"`
-	Policies  []polEntry  `json:"p"`
-	Keyring   []KeyringOp `json:"k,omitempty"` // recent keyring operations
+	From      string       `json:"f"`
+	Seq       uint64       `json:"q"`
+	Leases    []leaseRec   `json:"l"`
+	Endpoints []epEntry    `json:"e"`
+	Policies  []polEntry   `json:"p"`
+	Routes    []routeEntry `json:"r,omitempty"`
+	Keyring   []KeyringOp  `json:"k,omitempty"` // recent keyring operations
 }
 
 // leaveMsg announces a graceful leave. memberlist v0.7.0 reports left and
@@ -208,6 +209,13 @@ func (d *delegate) NotifyMsg(b []byte) {
 			m.mergeLeaseLocked(r, true, &res)
 			m.mu.Unlock()
 		}
+	case msgRoute:
+		var e routeEntry
+		if err = json.Unmarshal(b[1:], &e); err == nil {
+			m.mu.Lock()
+			m.mergeRouteLocked(e, true, &res)
+			m.mu.Unlock()
+		}
 	case msgKeyring:
 		var op KeyringOp
 		if err = json.Unmarshal(b[1:], &op); err == nil {
@@ -254,6 +262,9 @@ func (d *delegate) LocalState(join bool) []byte {
 	for _, p := range m.st.pols {
 		fs.Policies = append(fs.Policies, p)
 	}
+	for _, e := range m.st.routes {
+		fs.Routes = append(fs.Routes, e)
+	}
 	fs.Keyring = m.keyringOpsLocked()
 	m.mu.Unlock()
 	return encode(msgFull, fs)
@@ -287,6 +298,9 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	}
 	for _, p := range fs.Policies {
 		m.mergePolicyLocked(p, false, &res)
+	}
+	for _, e := range fs.Routes {
+		m.mergeRouteLocked(e, false, &res)
 	}
 	slices.SortFunc(fs.Keyring, func(a, b KeyringOp) int { return cmp.Compare(a.Stamp, b.Stamp) })
 	for _, op := range fs.Keyring {

@@ -30,13 +30,14 @@ type leaseFileData struct {
 // stateFileData is state.json: what a restarted cell needs before it hears
 // from any peer. Remote endpoints are not kept: they are re-learnt at join.
 type stateFileData struct {
-	Version   int        `json:"version"`
-	Node      string     `json:"node"`
-	Seq       uint64     `json:"seq"`
-	Clock     uint64     `json:"clock"`
-	Endpoints []epEntry  `json:"endpoints"` // own, tombstones included
-	Policies  []polEntry `json:"policies"`  // tombstones included
-	Leases    []leaseRec `json:"leases"`
+	Version   int          `json:"version"`
+	Node      string       `json:"node"`
+	Seq       uint64       `json:"seq"`
+	Clock     uint64       `json:"clock"`
+	Endpoints []epEntry    `json:"endpoints"` // own, tombstones included
+	Policies  []polEntry   `json:"policies"`  // tombstones included
+	Routes    []routeEntry `json:"routes"`    // tombstones included
+	Leases    []leaseRec   `json:"leases"`
 }
 
 // load reads lease.json and state.json; missing files are fine, corrupt
@@ -82,6 +83,10 @@ func (m *Mesh) load() error {
 		if dropped > 0 {
 			m.log.Warn("dropped persisted policy changes that no trusted operator key signed",
 				"file", stateFileName, "dropped", dropped)
+		}
+		var res mergeResult // verified like gossip; untrusted ones are dropped
+		for _, e := range sf.Routes {
+			m.mergeRouteLocked(e, false, &res)
 		}
 		for _, r := range sf.Leases {
 			if m.validSubnet(r.Subnet) && r.Node != "" {
@@ -143,6 +148,9 @@ func (m *Mesh) persistState() error {
 	}
 	for _, p := range m.st.pols {
 		sf.Policies = append(sf.Policies, p)
+	}
+	for _, e := range m.st.routes {
+		sf.Routes = append(sf.Routes, e)
 	}
 	for _, r := range m.st.leases {
 		sf.Leases = append(sf.Leases, r)

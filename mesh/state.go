@@ -30,8 +30,9 @@ type state struct {
 	seq    uint64 // owner sequence of this cell's endpoint and lease records
 	clock  uint64 // hybrid logical clock of policy stamps
 	eps    map[epKey]epEntry
-	pols   map[string]polEntry // by Rule.Key()
-	leases map[string]leaseRec // by node name
+	pols   map[string]polEntry   // by Rule.Key()
+	routes map[string]routeEntry // by Route.key()
+	leases map[string]leaseRec   // by node name
 }
 
 type epKey struct {
@@ -110,6 +111,7 @@ func newState(self string) state {
 		now:    time.Now,
 		eps:    make(map[epKey]epEntry),
 		pols:   make(map[string]polEntry),
+		routes: make(map[string]routeEntry),
 		leases: make(map[string]leaseRec),
 	}
 }

@@ -140,7 +140,8 @@ func cmdAdd(args *skel.CmdArgs) error {
 
 // resultOf is the CNI result of an attachment: the cell end of the veth, the
 // container end (in its sandbox), the /32 with the link-local gateway and a
-// default route via it. DNS is left empty.
+// default route via it, and the cell's DNS server (internal routes such as
+// APP.apps.internal resolve there).
 func resultOf(att *cell.Attachment, netnsPath string) (*types100.Result, error) {
 	ip := net.ParseIP(att.IP)
 	gw := net.ParseIP(att.Gateway)
@@ -160,6 +161,7 @@ func resultOf(att *cell.Attachment, netnsPath string) (*types100.Result, error) 
 			Gateway:   gw,
 		}},
 		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: gw}},
+		DNS:    types.DNS{Nameservers: att.Nameservers},
 	}, nil
 }
 

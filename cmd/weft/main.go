@@ -36,7 +36,8 @@ func main() {
 	}
 	root.PersistentFlags().StringVar(&socketPath, "socket", def, "the agent's local API socket (env WEFT_SOCKET)")
 	root.AddCommand(initCmd(), agentCmd(), containerCmd(), runCmd(), statusCmd(),
-		addPolicyCmd(), removePolicyCmd(), listPoliciesCmd(), policyCmd(), flowLogsCmd(), clusterKeyCmd())
+		addPolicyCmd(), removePolicyCmd(), listPoliciesCmd(), policyCmd(), flowLogsCmd(),
+		mapRouteCmd(true), mapRouteCmd(false), routesCmd(), clusterKeyCmd())
 
 	addCompletions(root)
 	err := root.Execute()
