@@ -163,12 +163,19 @@ func (e *Engine) count(p *packet, v Verdict) Verdict {
 // container on this cell: write it back into the TUN) or a drop.
 // pkt is borrowed for the duration of the call.
 func (e *Engine) Outbound(pkt []byte) Verdict {
+	s, now := e.snap.Load(), e.clk.now()
+	var v Verdict
+	hint := fastUntried
+	if len(pkt) > 0 && pkt[0]>>4 == 4 {
+		if v, hint = e.fast4(pkt, s, now, true); hint == fastHit {
+			return v
+		}
+	}
 	var p packet
 	if !parse(pkt, &p) {
 		return e.count(&p, DropMalformed)
 	}
-	s := e.snap.Load()
-	v := e.outbound(&p, s, e.clk.now())
+	v = e.outbound(&p, s, now, hint)
 	if !v.Allowed() {
 		e.logFlow(v, &p, s.t)
 	}
@@ -178,12 +185,19 @@ func (e *Engine) Outbound(pkt []byte) Verdict {
 // Inbound judges a decrypted packet from a peer cell, whose destination
 // should be a local container. pkt is borrowed for the duration of the call.
 func (e *Engine) Inbound(pkt []byte) Verdict {
+	s, now := e.snap.Load(), e.clk.now()
+	var v Verdict
+	hint := fastUntried
+	if len(pkt) > 0 && pkt[0]>>4 == 4 {
+		if v, hint = e.fast4(pkt, s, now, false); hint == fastHit {
+			return v
+		}
+	}
 	var p packet
 	if !parse(pkt, &p) {
 		return e.count(&p, DropMalformed)
 	}
-	s := e.snap.Load()
-	v := e.inbound(&p, s, e.clk.now())
+	v = e.inbound(&p, s, now, hint)
 	if !v.Allowed() {
 		e.logFlow(v, &p, s.t)
 	}
@@ -202,7 +216,7 @@ const (
 // are as the direction requires (the source for outbound, the destination
 // for inbound and hairpin) and whose TCP flags change nothing; it then
 // refreshes the flow's last-seen time, at most once per clock tick.
-func (e *Engine) fast(p *packet, k *ctKey, srcIsA bool, s *snapshot, now int64, srcLocal, dstLocal bool) int {
+func (e *Engine) fast(proto Protocol, tcpFlags uint8, k *ctKey, srcIsA bool, s *snapshot, now int64, srcLocal, dstLocal bool) int {
 	sh := e.ct.shard(k)
 	seq := sh.seq.Load()
 	if seq&1 != 0 {
@@ -229,10 +243,10 @@ func (e *Engine) fast(p *packet, k *ctKey, srcIsA bool, s *snapshot, now int64, 
 	ent := entryOf(meta, seen)
 	if ent.gen != s.gen || ent.flags&flRevoked != 0 ||
 		srcLocal && !ent.local(srcIsA) || dstLocal && !ent.local(!srcIsA) ||
-		e.ct.expired(p.proto, ent, now) {
+		e.ct.expired(proto, ent, now) {
 		return fastSlow
 	}
-	if p.proto == ProtoTCP && tcpFlagsChange(p.tcpFlags, ent.flags) {
+	if proto == ProtoTCP && tcpFlagsChange(tcpFlags, ent.flags) {
 		return fastSlow
 	}
 	if now > seen {
@@ -268,7 +282,7 @@ func touch(ent flowEntry, p *packet, now int64) flowEntry {
 	return ent
 }
 
-func (e *Engine) outbound(p *packet, s *snapshot, now int64) Verdict {
+func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	t := s.t
 	if p.kind == kindNotIP {
 		return DropUnsupported
@@ -279,7 +293,9 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64) Verdict {
 	fr := fastSlow
 	if p.kind == kindFlow {
 		srcIsA = e.ct.setKey(&k, &p.src, &p.dst, p.sport, p.dport, p.proto, p.v6)
-		if fr = e.fast(p, &k, srcIsA, s, now, true, hairpin); fr == fastHit {
+		if hint == fastAbsent {
+			fr = fastAbsent
+		} else if fr = e.fast(p.proto, p.tcpFlags, &k, srcIsA, s, now, true, hairpin); fr == fastHit {
 			if hairpin {
 				return AcceptLocal
 			}
@@ -290,7 +306,7 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64) Verdict {
 		return DropSpoofed
 	}
 	if hairpin {
-		v := e.inbound(p, s, now)
+		v := e.inbound(p, s, now, fastUntried)
 		if v == Accept {
 			v = AcceptLocal
 		}
@@ -355,7 +371,7 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64) Verdict {
 	return Accept
 }
 
-func (e *Engine) inbound(p *packet, s *snapshot, now int64) Verdict {
+func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	t := s.t
 	if p.kind == kindNotIP {
 		return DropUnsupported
@@ -365,7 +381,9 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64) Verdict {
 	fr := fastSlow
 	if p.kind == kindFlow {
 		srcIsA = e.ct.setKey(&k, &p.src, &p.dst, p.sport, p.dport, p.proto, p.v6)
-		if fr = e.fast(p, &k, srcIsA, s, now, false, true); fr == fastHit {
+		if hint == fastAbsent {
+			fr = fastAbsent
+		} else if fr = e.fast(p.proto, p.tcpFlags, &k, srcIsA, s, now, false, true); fr == fastHit {
 			return Accept
 		}
 	}
