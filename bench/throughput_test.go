@@ -6,7 +6,6 @@
 package bench
 
 import (
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -21,20 +20,7 @@ import (
 
 var weftBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "weft-bench-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	if weftBin, err = lab.BuildWeft(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(lab.RunWithWeft(m, &weftBin)) }
 
 // perOp is what one benchmark iteration sends.
 const perOp = 32 << 20

@@ -23,20 +23,7 @@ import (
 // weftBin is the weft binary built by TestMain.
 var weftBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "weft-e2e-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	if weftBin, err = lab.BuildWeft(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(lab.RunWithWeft(m, &weftBin)) }
 
 // serveHTTP serves "hello from NAME" inside namespace ns on port.
 func serveHTTP(t *testing.T, ns string, port int) {

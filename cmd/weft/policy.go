@@ -40,66 +40,31 @@ func ruleFromArgs(cmd *cobra.Command, args []string, proto, port string, needFla
 	return cell.FromRule(r), nil
 }
 
-func addPolicyCmd() *cobra.Command {
-	var proto, port string
-	c := &cobra.Command{
-		Use:   "add-network-policy SOURCE_APP DESTINATION_APP [--protocol tcp|udp --port N|N-M]",
-		Short: "allow SOURCE_APP to connect to DESTINATION_APP (tcp 8080 unless given)",
-		Args:  cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := ruleFromArgs(cmd, args, proto, port, false)
-			if err != nil {
-				return err
-			}
-			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "Adding network policy from app %s to app %s (%s %s)...\n", r.Source, r.Destination, r.Protocol, portString(r.Ports))
-			priv, err := signer() // operator.go
-			if err != nil {
-				return err
-			}
-			if priv != nil {
-				_, err = client().SignedPolicy(ctx(), priv, r, true)
-			} else {
-				_, err = client().AddPolicy(ctx(), r)
-			}
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(out, "OK")
-			return nil
-		},
-	}
-	c.Flags().StringVar(&proto, "protocol", "", "tcp or udp")
-	c.Flags().StringVar(&port, "port", "", "port N or range N-M")
-	operatorKeyFlag(c)
-	return c
-}
+func addPolicyCmd() *cobra.Command    { return policyChangeCmd(true) }
+func removePolicyCmd() *cobra.Command { return policyChangeCmd(false) }
 
-func removePolicyCmd() *cobra.Command {
+// policyChangeCmd is add-network-policy (add) or remove-network-policy.
+// As cf's, add defaults to tcp 8080 and remove needs both flags.
+func policyChangeCmd(add bool) *cobra.Command {
 	var proto, port string
+	use, short, verb := "add-network-policy SOURCE_APP DESTINATION_APP [--protocol tcp|udp --port N|N-M]",
+		"allow SOURCE_APP to connect to DESTINATION_APP (tcp 8080 unless given)", "Adding"
+	if !add {
+		use, short, verb = "remove-network-policy SOURCE_APP DESTINATION_APP --protocol tcp|udp --port N|N-M",
+			"remove a policy; open connections it allowed are cut", "Removing"
+	}
 	c := &cobra.Command{
-		Use:   "remove-network-policy SOURCE_APP DESTINATION_APP --protocol tcp|udp --port N|N-M",
-		Short: "remove a policy; open connections it allowed are cut",
+		Use:   use,
+		Short: short,
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := ruleFromArgs(cmd, args, proto, port, true)
+			r, err := ruleFromArgs(cmd, args, proto, port, !add)
 			if err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "Removing network policy from app %s to app %s (%s %s)...\n", r.Source, r.Destination, r.Protocol, portString(r.Ports))
-			priv, err := signer() // operator.go
-			if err != nil {
-				return err
-			}
-			if priv != nil {
-				var res cell.PolicyChangeResult
-				if res, err = client().SignedPolicy(ctx(), priv, r, false); err == nil && res.Code == http.StatusNotFound {
-					err = &cell.StatusError{Code: res.Code, Message: res.Error}
-				}
-			} else {
-				err = client().RemovePolicy(ctx(), r)
-			}
+			fmt.Fprintf(out, "%s network policy from app %s to app %s (%s %s)...\n", verb, r.Source, r.Destination, r.Protocol, portString(r.Ports))
+			err = changePolicy(r, add)
 			var se *cell.StatusError
 			if errors.As(err, &se) && se.Code == http.StatusNotFound {
 				return errors.New("Policy does not exist.")
@@ -115,6 +80,28 @@ func removePolicyCmd() *cobra.Command {
 	c.Flags().StringVar(&port, "port", "", "port N or range N-M")
 	operatorKeyFlag(c)
 	return c
+}
+
+// changePolicy adds (present) or removes r: signed here with the operator
+// key (--operator-key, WEFT_OPERATOR_KEY), else by the local agent. Removing
+// a missing rule is a *cell.StatusError with code 404.
+func changePolicy(r cell.PolicyRule, present bool) error {
+	priv, err := signer() // operator.go
+	if err != nil {
+		return err
+	}
+	if priv == nil {
+		if present {
+			_, err = client().AddPolicy(ctx(), r)
+			return err
+		}
+		return client().RemovePolicy(ctx(), r)
+	}
+	res, err := client().SignedPolicy(ctx(), priv, r, present)
+	if err == nil && res.Code == http.StatusNotFound {
+		err = &cell.StatusError{Code: res.Code, Message: res.Error}
+	}
+	return err
 }
 
 func listPoliciesCmd() *cobra.Command {

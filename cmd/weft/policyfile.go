@@ -132,12 +132,7 @@ func applyDiff(d policy.Diff) error {
 	}
 	if priv == nil {
 		for _, c := range all {
-			if c.present {
-				_, err = client().AddPolicy(ctx(), cell.FromRule(c.rule))
-			} else {
-				err = client().RemovePolicy(ctx(), cell.FromRule(c.rule))
-			}
-			if err != nil {
+			if err := changePolicy(cell.FromRule(c.rule), c.present); err != nil {
 				return fmt.Errorf("%s: %w", c.rule, err)
 			}
 		}

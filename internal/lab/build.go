@@ -18,3 +18,20 @@ func BuildWeft(dir string) (string, error) {
 	}
 	return bin, nil
 }
+
+// RunWithWeft is TestMain for packages that use the lab: it builds weft
+// into a temporary directory, sets *bin to it, runs the tests and removes
+// the binary. It returns the exit code for os.Exit.
+func RunWithWeft(m interface{ Run() int }, bin *string) int {
+	dir, err := os.MkdirTemp("", "weft-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if *bin, err = BuildWeft(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
