@@ -28,11 +28,13 @@ import (
 //
 //   - policy-ms: from AddPolicy on node 0 until every node has the rule;
 //   - join-ms: from mesh.New of a new node (joining a random member) until
-//     every node sees its lease and its endpoint. It includes the lease's
-//     LeaseSettle (1 s by default): a fresh lease is not used until no older
-//     claim has turned up, so no container can get an address that another
-//     cell holds. join-gossip-ms is the part after the lease settled (the
-//     endpoint and final lease spreading);
+//     every node sees its lease and its endpoint. It includes the settle of
+//     the fresh lease (a gossip wait of GossipInterval × (2 + ⌈log4 N⌉),
+//     400-600 ms here, then one push/pull with another member): a fresh
+//     lease is not used until no older claim has turned up, so no container
+//     can get an address that another cell holds. settle-ms is the time
+//     from mesh.New until WaitSubnet returned; join-gossip-ms the part
+//     after (the endpoint spreading);
 //   - bytes/node/s: bytes every node's memberlist transport sent (UDP
 //     packets and TCP push/pull streams, counted by a Transport wrapper),
 //     per node and second, over the whole iteration (idle gossip, probes,
@@ -256,7 +258,7 @@ func benchConvergence(b *testing.B, n int) {
 	})
 	c.next = n + 1
 
-	var policyMS, joinMS, joinGossipMS, bytesRate float64
+	var policyMS, joinMS, settleMS, joinGossipMS, bytesRate float64
 	b.ResetTimer()
 	for it := range b.N {
 		startBytes, start := c.sent.Load(), time.Now()
@@ -305,6 +307,7 @@ func benchConvergence(b *testing.B, n int) {
 			return false
 		})
 		joinMS += float64(t1.Sub(t0)) / 1e6
+		settleMS += float64(tSettled.Sub(t0)) / 1e6
 		joinGossipMS += float64(t1.Sub(tSettled)) / 1e6
 		bytesRate += float64(c.sent.Load()-startBytes) / float64(len(all)) / time.Since(start).Seconds()
 		c.nodes = append(c.nodes, nm)
@@ -313,6 +316,7 @@ func benchConvergence(b *testing.B, n int) {
 	k := float64(b.N)
 	b.ReportMetric(policyMS/k, "policy-ms")
 	b.ReportMetric(joinMS/k, "join-ms")
+	b.ReportMetric(settleMS/k, "settle-ms")
 	b.ReportMetric(joinGossipMS/k, "join-gossip-ms")
 	b.ReportMetric(bytesRate/k, "bytes/node/s")
 }

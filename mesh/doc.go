@@ -19,20 +19,29 @@
 //     exponential backoff (1s, 2s, ... JoinRetryMax), logging every failure,
 //     until it succeeds, another cell joins this one, or Shutdown.
 //   - Leases (lease.go): OverlayCIDR split into /SubnetBits, index 0
-//     reserved. A persisted lease (lease.json) is taken at once; otherwise
-//     the first cell takes the lowest free subnet at once, a joining cell
-//     after its first successful join (push/pull synced). A freshly picked
-//     lease is tentative for LeaseSettle (1s): announced, but not reported
-//     by Subnet/WaitSubnet nor usable by endpoints, so that a claim still in
-//     gossip when we picked can win without harm. Conflicts: the
-//     older lease wins (tie: smaller name); the loser re-picks only if it
-//     has no local endpoints, else it logs an error and keeps the subnet.
+//     reserved. A persisted lease (lease.json) is taken at once;
+//     otherwise the first cell takes index 1
+//     at once, a joining cell, after its first successful join (push/pull
+//     synced), the first free subnet from index hash(name) mod the pool
+//     upward, so that simultaneous joiners almost never pick the same one.
+//     A freshly picked lease is tentative: announced, but not reported by
+//     Subnet/WaitSubnet nor usable by endpoints, until it has settled: a
+//     gossip wait (LeaseSettle, default GossipInterval × (2 + ⌈log4 N⌉),
+//     300-600 ms up to 256 cells) and then push/pulls with a seed and a
+//     random other member brought no older claim. A claim still in gossip
+//     when we picked, or one the seed had not heard of, thus wins without
+//     harm. Conflicts: the older lease wins (tie: smaller name); the loser
+//     re-picks (from a new hashed index) only if it has no local
+//     endpoints, else it logs an error and keeps the subnet.
 //   - Replicated state (state.go, delegate.go): endpoints are written by
 //     their owner only (highest owner sequence wins, deletions are
 //     tombstones); entries outside the owner's subnet are rejected. Policies
 //     are a CRDT keyed by Rule.Key() with hybrid-logical-clock stamps.
-//     Each change is one gossip message, relayed by cells it is news to;
-//     the full state travels in push/pull. A cell's push/pull state is
+//     Each change is one gossip message, relayed by cells it is news to,
+//     and is also sent at once to 3 random members (direct.go: memberlist
+//     puts its own messages first in every packet, and a cell that has
+//     just joined has one queued for every member); the full state travels
+//     in push/pull. A cell's push/pull state is
 //     authoritative for its own endpoints, so entries whose tombstones were
 //     pruned cannot come back.
 //   - Lease hold (lease.go): a dead or departed cell's lease stays reserved

@@ -2,17 +2,38 @@ package mesh
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 )
 
 // Subnet leases: OverlayCIDR is split into /SubnetBits subnets; index 0 is
-// reserved. A cell takes its persisted lease at once; otherwise it picks the
-// lowest subnet no known node (any state) and no lease record claims, once
-// it has joined (and so synced). When two cells claim one subnet the older
-// lease wins (tie: smaller name); the loser re-picks unless it has local
-// endpoints, in which case it keeps the subnet and complains loudly.
+// reserved. A cell takes its persisted lease at once; otherwise, once it has
+// joined (and so synced), it picks a subnet no known node (any state) and no
+// lease record claims: the first cell the lowest (index 1), a joining cell
+// the first free one from its preferred index, hash(name) mod the pool,
+// upward (wrapping). Two cells joining at the same moment thus almost never
+// pick the same subnet, where "lowest free" made every simultaneous join a
+// collision. When two cells claim one subnet the older lease wins (tie:
+// smaller name); the loser re-picks (from a preferred index hashed with the
+// number of picks it lost, so that losers of one collision do not collide
+// again) unless it has local endpoints, in which case it keeps the subnet
+// and complains loudly.
+//
+// A fresh pick is tentative until it has settled (see leaseStepLocked): for
+// settleTime (LeaseSettle, or a few gossip rounds × log N) no older claim
+// arrived by gossip, and then push/pulls with two live cells (a seed and a
+// random other member) brought none either. The gossip wait covers the
+// rare simultaneous pick (memberlist gossip is best effort: a message is
+// sent a limited number of times, to random members); the push/pulls cover
+// a claim gossip did not bring in time, and claims the seed had not heard
+// of when it synced us (a cell it saw as suspect or dead is not in
+// memberlist's push/pull; its lease record is, if the seed has it).
 //
 // The lease of a dead or departed cell stays reserved for Config.LeaseHold
 // (counted from when this cell saw it die, or first learnt of its lease
@@ -22,6 +43,55 @@ import (
 // takeover names the lease time it replaced, and beats that lease, so a
 // returning cell learns that it lost its subnet. With no dead lease either,
 // the cell has no lease: LeaseError says why (weft status shows it).
+
+// confirmTimeout bounds the push/pull that confirms a tentative lease; when
+// it passes, the lease settles on the gossip wait alone (logged).
+const confirmTimeout = time.Second
+
+// leaseSettle is the settling of a tentative lease; guarded by Mesh.mu.
+type leaseSettle struct {
+	gen     uint64        // bumped by every setLeaseLocked: stale confirmations are ignored
+	picked  time.Time     // when the tentative lease was picked
+	wait    time.Duration // its gossip wait (settleTime at the pick)
+	timer   bool          // a wake-up at picked+wait is scheduled
+	confirm confirmState  // the confirming push/pull
+	lost    int           // tentative or unused leases lost to older claims
+}
+
+type confirmState int
+
+const (
+	confirmNone confirmState = iota
+	confirmPending
+	confirmDone
+)
+
+// settleTime is the gossip wait of a fresh lease: LeaseSettle if set, else
+// GossipInterval × (2 + ⌈log4 N⌉) for N alive cells. memberlist gossips each
+// message to 3 random members per round, so a rumour reaches about 4^r cells
+// after r rounds; two rounds more cover the tail and the wake-up delays.
+func (m *Mesh) settleTime(alive int) time.Duration {
+	if m.cfg.LeaseSettle > 0 {
+		return m.cfg.LeaseSettle
+	}
+	rounds := 2
+	for n := 1; n < alive; n *= 4 {
+		rounds++
+	}
+	return m.cfg.GossipInterval * time.Duration(rounds)
+}
+
+// preferredIndex is where a joining cell starts looking for a free subnet
+// in a pool of subnets 1..pool: FNV-1a of its name (and of the number of
+// picks it lost) mod the pool.
+func preferredIndex(name string, lost, pool int) int {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	if lost > 0 {
+		fmt.Fprintf(h, "#%d", lost)
+	}
+	return 1 + int(h.Sum64()%uint64(pool))
+}
 
 func (m *Mesh) numSubnets() int { return 1 << (m.cfg.SubnetBits - m.cfg.OverlayCIDR.Bits()) }
 
@@ -137,6 +207,29 @@ func (m *Mesh) claimsLocked() map[netip.Prefix]subnetClaims {
 	return out
 }
 
+// metaLoop announces this cell's metadata (its lease) after a change, one
+// UpdateNode at a time, so that the last call carries the latest metadata.
+// UpdateNode blocks until its alive message has been gossiped (up to
+// updateTimeout: about a second in a cluster of 50); on the maintain
+// goroutine it held up the lease check (the settle of a fresh lease took a
+// second whatever LeaseSettle said) and the lease broadcast. Not in wg,
+// like reconnectLoop.
+func (m *Mesh) metaLoop() {
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-m.kickMeta:
+		}
+		if m.mlDown.Load() {
+			return
+		}
+		if err := m.ml.UpdateNode(updateTimeout); err != nil {
+			m.log.Debug("announcing lease", "err", err)
+		}
+	}
+}
+
 // checkLease takes a lease when there is none and defends the one held.
 // Runs on the maintain goroutine only.
 func (m *Mesh) checkLease() {
@@ -153,13 +246,11 @@ func (m *Mesh) checkLease() {
 	if err := m.persistState(); err != nil {
 		m.log.Error("persisting state failed", "err", err)
 	}
-	if !m.mlDown.Load() {
-		if err := m.ml.UpdateNode(updateTimeout); err != nil {
-			m.log.Debug("announcing lease", "err", err)
-		}
-	}
+	m.kick(m.kickMeta)
 	if rec.Subnet.IsValid() {
-		m.queue.QueueBroadcast(leaseBroadcast(rec))
+		b := leaseBroadcast(rec)
+		m.queue.QueueBroadcast(b)
+		m.sendDirect(b) // a fresh claim must not wait behind a joiner's full queue
 	}
 	m.signal(&m.notifyMembers)
 	m.signal(&m.notifyState) // own endpoints' validity follows the lease
@@ -170,9 +261,9 @@ func (m *Mesh) checkLease() {
 //
 // A subnet picked afresh is tentative: it is announced at once (metadata
 // and a lease broadcast), but Subnet, WaitSubnet and AddEndpoint see it only
-// after LeaseSettle has passed without an older claim arriving. A claim
-// that another cell made moments before we joined may still be in gossip
-// when we pick; while tentative, losing to it costs nothing, since no
+// once it has settled (settledLocked) without an older claim arriving. A
+// claim that another cell made moments before we joined may still be in
+// gossip when we pick; while tentative, losing to it costs nothing, since no
 // container can have an address in it yet. A lease this cell held before,
 // and the first cell's lease, are final at once.
 func (m *Mesh) leaseStepLocked() bool {
@@ -186,13 +277,12 @@ func (m *Mesh) leaseStepLocked() bool {
 		case (!taken || older(self, c)) && m.leaseFinal:
 			return false
 		case !taken || older(self, c):
-			if wait := m.cfg.LeaseSettle - time.Since(m.leasePicked); wait > 0 {
-				time.AfterFunc(wait, func() { m.kick(m.kickLease) })
+			if !m.settledLocked() {
 				return false
 			}
 			m.leaseFinal = true
 			m.leaseChangedLocked()
-			m.log.Info("subnet leased", "subnet", cur)
+			m.log.Info("subnet leased", "subnet", cur, "settled_in", time.Since(m.ls.picked).Round(time.Millisecond))
 			return true
 		case m.leaseFinal && m.st.hasLocalEndpoints():
 			m.logRateLimitedLocked("SUBNET CONFLICT: another cell holds an older lease of this cell's subnet; "+
@@ -203,12 +293,15 @@ func (m *Mesh) leaseStepLocked() bool {
 		m.log.Warn("subnet lease lost to an older lease; re-picking", "subnet", cur, "holder", c.node, "tentative", !m.leaseFinal)
 		m.lease = leaseRec{Node: m.cfg.Name}
 		m.leaseFinal = false
+		m.ls.lost++
+		m.ls.gen++ // a pending confirmation was for the lost lease
 		dropped = true
 	}
 	if !m.joined {
 		return dropped
 	}
-	pick, t, final := netip.Prefix{}, m.st.now().UnixNano(), len(m.cfg.Join) == 0
+	first := len(m.cfg.Join) == 0
+	pick, t, final := netip.Prefix{}, m.st.now().UnixNano(), first
 	var takeover int64
 	if h, ok := m.st.leases[m.cfg.Name]; ok && m.validSubnet(h.Subnet) {
 		if _, taken := claims[h.Subnet]; !taken {
@@ -216,9 +309,16 @@ func (m *Mesh) leaseStepLocked() bool {
 			takeover = h.Takeover
 		}
 	}
-	for i := 1; !pick.IsValid() && i < m.numSubnets(); i++ {
-		if _, taken := claims[m.subnetAt(i)]; !taken {
-			pick = m.subnetAt(i)
+	// The first free subnet from the preferred index upward (index 1 for
+	// the first cell), wrapping past the end of the pool.
+	start, pool := 1, m.numSubnets()-1
+	if !first {
+		start = preferredIndex(m.cfg.Name, m.ls.lost, pool)
+	}
+	for k := 0; !pick.IsValid() && k < pool; k++ {
+		p := m.subnetAt(1 + (start-1+k)%pool)
+		if _, taken := claims[p]; !taken {
+			pick = p
 		}
 	}
 	if !pick.IsValid() {
@@ -255,16 +355,136 @@ func (m *Mesh) leaseStepLocked() bool {
 	if final {
 		m.log.Info("subnet leased", "subnet", pick)
 	} else {
-		m.log.Debug("subnet claimed, settling", "subnet", pick, "settle", m.cfg.LeaseSettle)
-		time.AfterFunc(m.cfg.LeaseSettle, func() { m.kick(m.kickLease) })
+		m.log.Debug("subnet claimed, settling", "subnet", pick, "settle", m.ls.wait)
+		m.settledLocked() // schedules the wake-up
 	}
 	return true
+}
+
+// settledLocked reports whether the tentative lease has settled: its gossip
+// wait has passed, and then the push/pulls with other cells (confirmLease)
+// have completed or timed out. It schedules what is missing: a wake-up at
+// the end of the wait, the push/pull; both kick the lease check.
+func (m *Mesh) settledLocked() bool {
+	s := &m.ls
+	if wait := s.wait - time.Since(s.picked); wait > 0 {
+		if !s.timer {
+			s.timer = true
+			gen := s.gen
+			time.AfterFunc(wait, func() {
+				m.mu.Lock()
+				if m.ls.gen == gen {
+					m.ls.timer = false
+				}
+				m.mu.Unlock()
+				m.kick(m.kickLease)
+			})
+		}
+		return false
+	}
+	switch s.confirm {
+	case confirmDone:
+		return true
+	case confirmPending:
+		return false
+	}
+	peers := m.confirmPeersLocked()
+	if len(peers) == 0 {
+		s.confirm = confirmDone // alone: nobody to ask
+		return true
+	}
+	s.confirm = confirmPending
+	go m.confirmLease(s.gen, peers)
+	return false
+}
+
+// confirmPeersLocked picks the cells to confirm a tentative lease with: a
+// live seed (it synced us, and as the cell every joiner of the moment
+// pushed its state to, it is the first to hear their claims) and a random
+// other live member (a second opinion); when one kind is missing, two of
+// the other.
+func (m *Mesh) confirmPeersLocked() []string {
+	var others, seeds []string
+	for name, mb := range m.nodes {
+		if name == m.cfg.Name || mb.state != NodeAlive || !mb.addr.IsValid() {
+			continue
+		}
+		a := netip.AddrPortFrom(mb.addr, mb.port).String()
+		if slices.Contains(m.cfg.Join, a) {
+			seeds = append(seeds, a)
+		} else {
+			others = append(others, a)
+		}
+	}
+	rand.Shuffle(len(seeds), func(i, j int) { seeds[i], seeds[j] = seeds[j], seeds[i] })
+	rand.Shuffle(len(others), func(i, j int) { others[i], others[j] = others[j], others[i] })
+	var out []string
+	if len(seeds) > 0 {
+		out = append(out, seeds[0])
+		seeds = seeds[1:]
+	}
+	if len(others) > 0 {
+		out = append(out, others[0])
+		others = others[1:]
+	}
+	for _, rest := range [][]string{others, seeds} {
+		for _, a := range rest {
+			if len(out) < 2 {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
+// confirmLease runs a push/pull with each peer at once (memberlist's Join
+// with a live member is a push/pull: its claims are merged, ours sent),
+// then lets the lease check finish the settle. Not in wg, like joinLoop: a
+// push/pull may block for memberlist's TCP timeout; the wait for them is
+// bounded by confirmTimeout.
+func (m *Mesh) confirmLease(gen uint64, peers []string) {
+	done := make(chan error, len(peers))
+	for _, p := range peers {
+		go func() {
+			if m.mlDown.Load() {
+				done <- errors.New("memberlist is down")
+				return
+			}
+			_, err := m.ml.Join([]string{p})
+			done <- err
+		}()
+	}
+	t := time.NewTimer(confirmTimeout)
+	defer t.Stop()
+wait:
+	for range peers {
+		select {
+		case err := <-done:
+			if err != nil {
+				m.log.Info("a push/pull confirming the tentative lease failed", "peers", strings.Join(peers, ","), "err", oneLine(err))
+			}
+		case <-t.C:
+			m.log.Info("the push/pulls confirming the tentative lease timed out; settling without them",
+				"peers", strings.Join(peers, ","), "timeout", confirmTimeout)
+			break wait
+		case <-m.done:
+			return
+		}
+	}
+	m.mu.Lock()
+	if m.ls.gen == gen && m.ls.confirm == confirmPending {
+		m.ls.confirm = confirmDone
+	}
+	m.mu.Unlock()
+	m.kick(m.kickLease)
 }
 
 func (m *Mesh) setLeaseLocked(p netip.Prefix, t, takeover int64, final bool) {
 	m.lease = leaseRec{Node: m.cfg.Name, Subnet: p, Time: t, Takeover: takeover, Seq: m.st.nextSeq()}
 	m.st.leases[m.cfg.Name] = m.lease
-	m.leaseFinal, m.leasePicked = final, time.Now()
+	m.leaseFinal = final
+	m.ls.gen++
+	m.ls.picked, m.ls.wait, m.ls.timer, m.ls.confirm = time.Now(), m.settleTime(int(m.numAlive.Load())), false, confirmNone
 	m.leaseChangedLocked()
 }
 

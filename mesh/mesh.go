@@ -62,7 +62,11 @@ type Config struct {
 	JoinRetryMax     time.Duration // cap of the join retry backoff, default 10s
 	// LeaseSettle is how long a newly picked subnet stays tentative:
 	// announced, but not used, until it has gone this long without an
-	// older claim arriving by gossip. Default 1s (10 gossip rounds).
+	// older claim arriving by gossip (then push/pulls with two other cells
+	// must not bring one either, see lease.go). 0 (the default) adapts it to the
+	// cluster: GossipInterval × (2 + ⌈log4 N⌉) for N alive cells, the
+	// rounds a rumour needs to reach them all (300 ms for 2-4 cells, 500 ms
+	// for 17-64, 600 ms for 65-256 at 100 ms gossip).
 	LeaseSettle time.Duration
 }
 
@@ -77,7 +81,6 @@ func DefaultConfig() Config {
 		ProbeInterval:    time.Second,
 		PushPullInterval: 15 * time.Second,
 		JoinRetryMax:     10 * time.Second,
-		LeaseSettle:      time.Second,
 		LeaseHold:        24 * time.Hour,
 	}
 }
@@ -168,6 +171,7 @@ type Mesh struct {
 	kickNotify  chan struct{} // cap 1: listener notifications pending
 	kickLease   chan struct{} // cap 1: lease needs a look
 	kickPersist chan struct{} // cap 1: state.json is stale
+	kickMeta    chan struct{} // cap 1: node metadata changed, UpdateNode due (metaLoop)
 	joinedCh    chan struct{} // closed once joined
 	done        chan struct{} // closed by Shutdown
 	wg          sync.WaitGroup
@@ -182,7 +186,7 @@ type Mesh struct {
 	lease       leaseRec      // own lease; Subnet invalid when none
 	leaseWait   chan struct{} // closed and replaced when the lease changes
 	leaseFinal  bool          // the lease has settled: Subnet reports it, endpoints may use it
-	leasePicked time.Time     // when a tentative lease was picked
+	ls          leaseSettle   // settling of a tentative lease (lease.go)
 	nodes       map[string]*member
 	st          state
 	rejectLog   map[string]time.Time // owner -> last rejection log
@@ -221,6 +225,7 @@ func New(cfg Config, l Listener) (*Mesh, error) {
 		kickNotify:  make(chan struct{}, 1),
 		kickLease:   make(chan struct{}, 1),
 		kickPersist: make(chan struct{}, 1),
+		kickMeta:    make(chan struct{}, 1),
 		joinedCh:    make(chan struct{}),
 		done:        make(chan struct{}),
 		leaseWait:   make(chan struct{}),
@@ -276,6 +281,7 @@ func New(cfg Config, l Listener) (*Mesh, error) {
 		go m.joinLoop()
 	}
 	go m.reconnectLoop()
+	go m.metaLoop()
 	m.kick(m.kickLease)
 	return m, nil
 }
@@ -338,7 +344,6 @@ func (c Config) withDefaults() (Config, error) {
 		{&c.ProbeInterval, d.ProbeInterval},
 		{&c.PushPullInterval, d.PushPullInterval},
 		{&c.JoinRetryMax, d.JoinRetryMax},
-		{&c.LeaseSettle, d.LeaseSettle},
 		{&c.LeaseHold, d.LeaseHold},
 	} {
 		if *p.v <= 0 {
@@ -582,6 +587,7 @@ func (m *Mesh) setPolicy(r policy.Rule, present bool) (bool, error) {
 // localChange broadcasts and persists a change made by this cell.
 func (m *Mesh) localChange(b *broadcast) error {
 	m.queue.QueueBroadcast(b)
+	m.sendDirect(b)
 	m.signal(&m.notifyState)
 	if err := m.persistState(); err != nil {
 		m.log.Error("persisting state failed", "err", err)

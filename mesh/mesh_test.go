@@ -366,22 +366,38 @@ func TestLeaveAndDeath(t *testing.T) {
 }
 
 // TestSimultaneousJoinsGetDistinctSubnets: cells that join at the same
-// moment each pick the lowest free subnet before the other's claim has
-// arrived by gossip. A fresh lease is tentative until it has settled, so
-// a container added the moment WaitSubnet returns can never sit in a subnet
-// another cell holds (without the settle, the younger cell would keep the
-// duplicate because it has a container, and refuse to renumber).
+// moment pick before the others' claims have arrived by gossip. Joiners
+// start from a subnet hashed from their name, so the names here are chosen
+// to hash to the same subnet, and they all join at once (their first join
+// fails, the seed starts, their retries 1 s later reach it within a few
+// ms of each other): all four pick that subnet. A fresh lease is tentative
+// until it has settled, so the losers re-pick and a container added the
+// moment WaitSubnet returns can never sit in a subnet another cell holds
+// (without the settle, the younger cells would keep the duplicate because
+// they have a container, and refuse to renumber).
 func TestSimultaneousJoinsGetDistinctSubnets(t *testing.T) {
-	a := startNode(t, "cell-a", nodeOpts{})
+	seed := deadAddr(t)
 	const n = 4
+	names := sameSubnetNames(t, n, 255)
 	ms := make([]*Mesh, n)
+	logs := make([]*captureHandler, n)
 	var wg sync.WaitGroup
 	for i := range n {
+		logs[i] = newCapture()
 		wg.Go(func() {
-			ms[i] = startNode(t, fmt.Sprintf("cell-%d", i), nodeOpts{join: a.joinAddr()})
+			ms[i] = startNode(t, names[i], nodeOpts{join: []string{seed}, logger: slog.New(logs[i])})
 		})
 	}
 	wg.Wait()
+	for i := range n {
+		eventually(t, 5*time.Second, names[i]+" failed its first join", func() error {
+			if len(logs[i].matching("WARN", "join "+seed+" failed")) == 0 {
+				return errors.New("not yet")
+			}
+			return nil
+		})
+	}
+	a := startNode(t, "cell-a", nodeOpts{mutate: func(c *Config) { c.BindAddr = netip.MustParseAddrPort(seed) }})
 	subnets := make([]netip.Prefix, n)
 	errs := make([]error, n)
 	for i, m := range ms {
@@ -396,21 +412,21 @@ func TestSimultaneousJoinsGetDistinctSubnets(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	seen := map[netip.Prefix]int{a.Subnet(): -1}
+	seen := map[netip.Prefix]string{a.Subnet(): "cell-a"}
 	for i, p := range subnets {
 		if errs[i] != nil {
-			t.Fatalf("cell-%d: %v", i, errs[i])
+			t.Fatalf("%s: %v", names[i], errs[i])
 		}
-		if j, dup := seen[p]; dup {
-			t.Fatalf("cell-%d and cell-%d both hold %v", i, j, p)
+		if other, dup := seen[p]; dup {
+			t.Fatalf("%s and %s both hold %v", names[i], other, p)
 		}
-		seen[p] = i
+		seen[p] = names[i]
 	}
 	// And they stay distinct once everything has gossiped.
 	waitMembers(t, append([]*Mesh{a}, ms...), n+1)
 	for i, m := range ms {
 		if m.Subnet() != subnets[i] {
-			t.Fatalf("cell-%d renumbered from %v to %v", i, subnets[i], m.Subnet())
+			t.Fatalf("%s renumbered from %v to %v", names[i], subnets[i], m.Subnet())
 		}
 	}
 }
