@@ -19,8 +19,9 @@ package bench
 // IP packets (2 s each), and for b and d a UDP ping-pong round trip (p50,
 // p99). Every Gbit/s and packet rate is also reported as a ratio to rung b
 // ("x-b"). Weft rungs report the agents' RSS (VmRSS, VmHWM of the busier of
-// the two agents). -ladder.profile DIR writes the agents' CPU and block
-// profiles of rungs c and d (single TCP stream) into DIR.
+// the two agents). -ladder.profile DIR writes the agents' CPU profiles of
+// rungs c and d (single TCP stream), and their block, mutex and heap
+// profiles after it, into DIR.
 
 import (
 	"context"
@@ -648,7 +649,7 @@ func procMem(pid int) mem {
 
 // startProfiles starts fetching a CPU profile from both agents (covering the
 // single-stream test) and returns a function that waits for them and also
-// saves the block and mutex profiles.
+// saves the block, mutex and heap profiles.
 func startProfiles(b *testing.B, l *lab.Lab, tag string) func() {
 	if err := os.MkdirAll(*ladderProfile, 0o755); err != nil {
 		b.Fatal(err)
@@ -676,6 +677,7 @@ func startProfiles(b *testing.B, l *lab.Lab, tag string) func() {
 		for _, c := range l.Cells[:2] {
 			fetch(c, "block", "http://"+pprofAt+"/debug/pprof/block", 10*time.Second)
 			fetch(c, "mutex", "http://"+pprofAt+"/debug/pprof/mutex", 10*time.Second)
+			fetch(c, "heap", "http://"+pprofAt+"/debug/pprof/heap", 10*time.Second)
 		}
 	}
 }

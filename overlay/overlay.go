@@ -34,7 +34,12 @@ type Config struct {
 	RulePriority  int          // priority of the first of the two policy-routing rules
 	Filter        Filter       // the policy engine
 	TUNBackend    string       // TUNAuto (""), TUNWireGuard or TUNWater
-	Logger        *slog.Logger
+	// MessageBuffers bounds WireGuard's 64 KiB message buffers, all
+	// allocated once and kept across garbage collections (bufpool.go):
+	// 0 means DefaultMessageBuffers, negative wireguard-go's unbounded
+	// pool; WEFT_WG_BUFFERS overrides.
+	MessageBuffers int
+	Logger         *slog.Logger
 }
 
 // DefaultConfig returns the defaults; callers fill in keys, subnet and filter.
@@ -62,6 +67,7 @@ type Overlay struct {
 	log  *slog.Logger
 	wrap *Wrapper
 	dev  *device.Device
+	bufs *msgPool // nil: wireguard-go's own pool
 	uapi net.Listener
 
 	backend string // TUN backend in use
@@ -96,7 +102,21 @@ func New(cfg Config) (*Overlay, error) {
 	}
 	o := &Overlay{cfg: cfg, log: log, peers: make(map[wgtypes.Key]Peer), backend: backend}
 	o.wrap = NewWrapper(tdev, cfg.Filter)
+	nbufs := messageBuffers(cfg)
+	if nbufs > 0 {
+		// Keep wireguard-go's TUN reader from taking buffers until the
+		// pool is bounded.
+		o.wrap.holdReaders()
+	}
 	o.dev = device.NewDevice(o.wrap, conn.NewDefaultBind(), wgLogger(log))
+	if nbufs > 0 {
+		o.bufs, err = newMsgPool(o.dev, nbufs)
+		o.wrap.releaseReaders()
+		if err != nil {
+			log.Warn("WireGuard message buffers stay unbounded", "err", err)
+			nbufs = 0
+		}
+	}
 
 	fail := func(err error) (*Overlay, error) {
 		o.Close()
@@ -123,7 +143,8 @@ func New(cfg Config) (*Overlay, error) {
 		return fail(fmt.Errorf("routing for %s: %w", cfg.Interface, err))
 	}
 	log.Info("data plane up", "mtu", cfg.MTU, "listen_port", cfg.ListenPort,
-		"subnet", cfg.LocalSubnet, "tun_backend", backend, "offloads", tdev.BatchSize() > 1)
+		"subnet", cfg.LocalSubnet, "tun_backend", backend, "offloads", tdev.BatchSize() > 1,
+		"message_buffers", nbufs)
 	return o, nil
 }
 
@@ -216,6 +237,7 @@ func (o *Overlay) Close() error {
 		o.uapi.Close()
 	}
 	o.dev.Close() // closes the TUN device too
+	o.bufs.close()
 	return err
 }
 

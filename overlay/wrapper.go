@@ -63,6 +63,10 @@ type Wrapper struct {
 
 	writePool sync.Pool // *[][]byte scratch for Write compaction
 
+	// readersHeld, if set, holds BatchSize and Events callers until it is
+	// closed (see holdReaders).
+	readersHeld chan struct{}
+
 	stats WrapperStats
 }
 
@@ -94,6 +98,35 @@ func NewWrapper(dev tun.Device, filter Filter) *Wrapper {
 		return &s
 	}
 	return w
+}
+
+// holdReaders makes BatchSize and Events block until releaseReaders. Call
+// it before device.NewDevice: the device's TUN reader goroutine calls
+// BatchSize before it takes its first message buffers, its event reader
+// Events before it can bring the device up, so the device's pools can be
+// changed in between (newMsgPool) with a happens-before edge to every use.
+func (w *Wrapper) holdReaders() { w.readersHeld = make(chan struct{}) }
+
+// releaseReaders lets held BatchSize callers go. Call it exactly once after
+// holdReaders, on every path (the device cannot close while held).
+func (w *Wrapper) releaseReaders() { close(w.readersHeld) }
+
+// Events is the inner device's, once releaseReaders has run: wireguard-go
+// brings the device (and with it the UDP receivers, which take buffers) up
+// on the first EventUp.
+func (w *Wrapper) Events() <-chan tun.Event {
+	if w.readersHeld != nil {
+		<-w.readersHeld
+	}
+	return w.Device.Events()
+}
+
+// BatchSize is the inner device's, once releaseReaders has run.
+func (w *Wrapper) BatchSize() int {
+	if w.readersHeld != nil {
+		<-w.readersHeld
+	}
+	return w.Device.BatchSize()
 }
 
 // Stats returns the wrapper's counters.
