@@ -67,6 +67,10 @@ func run(weftBin, appBin string) error {
 	}
 	defer stopA()
 
+	if err := waitHandshakes(l); err != nil {
+		return err
+	}
+
 	target := fmt.Sprintf("http://%s:8080/", ipB)
 	step("appA: curl %s   (no policy yet)", target)
 	curl(appA, target)
@@ -135,6 +139,31 @@ func startApp(l *lab.Lab, weftBin, appBin string, cell int, app, name string) (n
 	}
 	fmt.Printf("    %s runs at CF_INSTANCE_INTERNAL_IP=%s\n", app, ip)
 	return ip, stop, nil
+}
+
+// waitHandshakes waits until every cell has a WireGuard session with each
+// of its peers, so that the story shows steady-state behaviour rather than
+// the first handshake of freshly started cells.
+func waitHandshakes(l *lab.Lab) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		ready := true
+		for _, c := range l.Cells {
+			st, err := l.Status(c.Index)
+			if err != nil || len(st.Peers) != len(l.Cells)-1 {
+				ready = false
+				break
+			}
+			for _, p := range st.Peers {
+				ready = ready && strings.Contains(string(p.Raw), `"last_handshake"`)
+			}
+		}
+		if ready {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("the cells did not complete their WireGuard handshakes within 10s")
 }
 
 // curl runs curl inside netns ns (or, without curl, a Go HTTP GET) and
