@@ -150,15 +150,12 @@ func (a *Agent) handleDetach(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, e := range a.localContainers() {
-		if e.Name != id {
-			continue
-		}
-		if err := a.mesh.RemoveEndpoint(e.IP); err != nil {
-			writeError(w, http.StatusInternalServerError, "unregister container %s: %v", id, err)
-			return
-		}
-		a.compileLocked()
+	e, found, err := a.unregisterLocked(id)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	if found {
 		a.log.Info("container detached", "container", id, "ip", e.IP)
 	}
 	if a.ov != nil {

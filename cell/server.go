@@ -223,27 +223,42 @@ func (a *Agent) handleDeleteContainer(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	e, found, err := a.unregisterLocked(name)
+	switch {
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	case !found:
+		writeError(w, http.StatusNotFound, "no container named %q on cell %s", name, a.cfg.Name)
+		return
+	}
+	if a.ov != nil {
+		if err := a.ov.DetachContainer(name); err != nil {
+			writeError(w, http.StatusInternalServerError, "detach container %s: %v", name, err)
+			return
+		}
+	}
+	removeResolvConf(name)
+	a.log.Info("container deleted", "container", name, "ip", e.IP)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// unregisterLocked removes this cell's container name from the endpoint
+// registry and recompiles the policy table, so its address is refused at
+// once. found is false when the cell has no such container. The caller
+// removes the container's network side. Needs a.mu.
+func (a *Agent) unregisterLocked(name string) (e mesh.Endpoint, found bool, err error) {
 	for _, e := range a.localContainers() {
 		if e.Name != name {
 			continue
 		}
 		if err := a.mesh.RemoveEndpoint(e.IP); err != nil {
-			writeError(w, http.StatusInternalServerError, "unregister container %s: %v", name, err)
-			return
+			return e, true, fmt.Errorf("unregister container %s: %w", name, err)
 		}
 		a.compileLocked()
-		if a.ov != nil {
-			if err := a.ov.DetachContainer(name); err != nil {
-				writeError(w, http.StatusInternalServerError, "detach container %s: %v", name, err)
-				return
-			}
-		}
-		removeResolvConf(name)
-		a.log.Info("container deleted", "container", name, "ip", e.IP)
-		w.WriteHeader(http.StatusNoContent)
-		return
+		return e, true, nil
 	}
-	writeError(w, http.StatusNotFound, "no container named %q on cell %s", name, a.cfg.Name)
+	return mesh.Endpoint{}, false, nil
 }
 
 func (a *Agent) handleListPolicies(w http.ResponseWriter, r *http.Request) {
@@ -257,35 +272,15 @@ func (a *Agent) handleListPolicies(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (a *Agent) handleAddPolicy(w http.ResponseWriter, r *http.Request) {
-	var pr PolicyRule
-	if !readJSON(w, r, &pr) {
-		return
-	}
-	rule, err := pr.Rule()
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
-		return
-	}
-	added, err := a.mesh.AddPolicy(rule)
-	if errors.Is(err, mesh.ErrNoOperatorKey) {
-		writeError(w, http.StatusForbidden, "cell %s cannot sign: %v (or WEFT_OPERATOR_KEY)", a.cfg.Name, err)
-		return
-	}
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "add policy: %v", err)
-		return
-	}
-	a.compile()
-	code := http.StatusOK
-	if added {
-		code = http.StatusCreated
-		a.log.Info("policy added", "rule", rule.String())
-	}
-	writeJSON(w, code, FromRule(rule))
+// handleAddPolicy (POST) answers 201 for a new rule, 200 for one that
+// existed; handleRemovePolicy (DELETE) 204, or 404 "Policy does not exist.".
+// Both sign with the agent's operator key (403 without one).
+func (a *Agent) handleAddPolicy(w http.ResponseWriter, r *http.Request) { a.changePolicy(w, r, true) }
+func (a *Agent) handleRemovePolicy(w http.ResponseWriter, r *http.Request) {
+	a.changePolicy(w, r, false)
 }
 
-func (a *Agent) handleRemovePolicy(w http.ResponseWriter, r *http.Request) {
+func (a *Agent) changePolicy(w http.ResponseWriter, r *http.Request, present bool) {
 	var pr PolicyRule
 	if !readJSON(w, r, &pr) {
 		return
@@ -295,20 +290,31 @@ func (a *Agent) handleRemovePolicy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	removed, err := a.mesh.RemovePolicy(rule)
-	if errors.Is(err, mesh.ErrNoOperatorKey) {
+	change, verb := a.mesh.RemovePolicy, "removed"
+	if present {
+		change, verb = a.mesh.AddPolicy, "added"
+	}
+	changed, err := change(rule)
+	switch {
+	case errors.Is(err, mesh.ErrNoOperatorKey):
 		writeError(w, http.StatusForbidden, "cell %s cannot sign: %v (or WEFT_OPERATOR_KEY)", a.cfg.Name, err)
 		return
-	}
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "remove policy: %v", err)
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, "policy %s: %v", verb, err)
 		return
 	}
-	if !removed {
+	if changed {
+		a.compile()
+		a.log.Info("policy "+verb, "rule", rule.String())
+	}
+	switch {
+	case present && changed:
+		writeJSON(w, http.StatusCreated, FromRule(rule))
+	case present:
+		writeJSON(w, http.StatusOK, FromRule(rule))
+	case changed:
+		w.WriteHeader(http.StatusNoContent)
+	default:
 		writeError(w, http.StatusNotFound, "Policy does not exist.")
-		return
 	}
-	a.compile()
-	a.log.Info("policy removed", "rule", rule.String())
-	w.WriteHeader(http.StatusNoContent)
 }

@@ -60,43 +60,7 @@ func (l *Lab) joinsFor(c *Cell) []string {
 
 // StartCell starts the agent of cell i (stopping it first if it runs),
 // with the same state dir, and waits until it has leased its subnet.
-func (l *Lab) StartCell(i int) error {
-	c, err := l.Cell(i)
-	if err != nil {
-		return err
-	}
-	if l.cfg.WeftBin == "" {
-		return errors.New("lab: StartCell needs Config.WeftBin")
-	}
-	if err := c.stop(syscall.SIGTERM, 10*time.Second); err != nil {
-		return err
-	}
-	if err := l.initCell(c); err != nil {
-		return err
-	}
-	args := []string{"agent",
-		"--name", c.Name(),
-		"--state-dir", c.StateDir,
-		"--bind", c.GossipAddr,
-		"--wg-port", fmt.Sprint(WireGuardPort),
-		"--interface", c.Interface,
-		"--socket", c.Socket,
-	}
-	for _, j := range l.joinsFor(c) {
-		args = append(args, "--join", j)
-	}
-	args = append(args, l.cfg.AgentArgs...)
-	p, err := c.start(l.cfg.WeftBin, args)
-	if err != nil {
-		return err
-	}
-	if l.closed.Load() { // Close ran concurrently and may have missed p
-		c.stop(syscall.SIGKILL, 10*time.Second)
-		return errors.New("lab: closed")
-	}
-	l.cfg.Logf("lab: cell %d agent pid %d (%s)", i, p.pid, c.LogPath)
-	return l.waitSubnet(c, p)
-}
+func (l *Lab) StartCell(i int) error { return l.StartCellWith(i, nil) }
 
 // start runs `nsenter --net=... -- weft args...` with output appended to
 // the cell's log. nsenter execs, so the child is the agent itself.

@@ -19,7 +19,7 @@ func (l *Lab) StartCellWith(i int, env []string, extra ...string) error {
 		return err
 	}
 	if l.cfg.WeftBin == "" {
-		return errors.New("lab: StartCellWith needs Config.WeftBin")
+		return errors.New("lab: starting a cell needs Config.WeftBin")
 	}
 	if err := c.stop(syscall.SIGTERM, 10*time.Second); err != nil {
 		return err
@@ -57,6 +57,10 @@ func (l *Lab) StartCellWith(i int, env []string, extra ...string) error {
 		c.stop(syscall.SIGKILL, 10*time.Second)
 		return errors.New("lab: closed")
 	}
-	l.cfg.Logf("lab: cell %d agent pid %d (%s) extra args %v env %v", i, p.pid, c.LogPath, extra, env)
+	if len(extra) > 0 || len(env) > 0 {
+		l.cfg.Logf("lab: cell %d agent pid %d (%s) extra args %v env %v", i, p.pid, c.LogPath, extra, env)
+	} else {
+		l.cfg.Logf("lab: cell %d agent pid %d (%s)", i, p.pid, c.LogPath)
+	}
 	return l.waitSubnet(c, p)
 }
