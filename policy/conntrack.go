@@ -167,6 +167,16 @@ func (e flowEntry) local(isA bool) bool { return e.flags&sideFlag(isA) != 0 }
 // A reader refreshes lastSeen with an atomic store, at most once per tick
 // of the coarse clock.
 //
+// New IPv4 flows first go to the shard's nursery, a few cache-resident
+// slots that lookups check after t4; when it is full, all of them move
+// into t4 at once, under the odd sequence counter and with plain stores.
+// A new flow's slot in t4 is a random cache line, mostly not in cache on a
+// big table: written one at a time, each would stall the next locked
+// instruction (the mutex) for a memory round trip; written in a batch, the
+// round trips overlap. A key is never in both t4 and the nursery; a locked
+// lookup that finds its key in the nursery moves the nursery into t4
+// first, so everything else works on t4's slots only.
+//
 // A full shard first drops its expired entries (at most once a second) and
 // otherwise evicts the least recently seen of a few sampled entries, so it
 // never grows past its limit.
@@ -181,6 +191,13 @@ type conntrack struct {
 type ctShard struct {
 	seq    atomic.Uint32 // odd while slots move; see conntrack
 	t4, t6 atomic.Pointer[ctTable]
+	ntags  [2]uint64 // control bytes of the nurse entries, as in ctTable
+
+	// nurse holds the newest IPv4 flows, not yet in t4: 4 words each (key,
+	// key, meta, lastSeen). See conntrack.
+	nurse    [nurseryCap * 4]uint64
+	nurseCap int // nurseryCap, or less for a small shard
+	nurseN   int // entries in nurse; guarded by mu (readers use ntags)
 
 	mu        sync.Mutex
 	n         int    // entries in t4 and t6; guarded by mu
@@ -192,7 +209,13 @@ type ctShard struct {
 }
 
 // ctTable is one open-addressing table. Slot i occupies
-// w[i*stride : (i+1)*stride]: kw key words, meta, lastSeen.
+// w[i*stride : (i+1)*stride]: kw key words, meta, lastSeen. Its control
+// byte, byte i%8 of tags[i/8], is 0 for an empty slot and otherwise 0x80
+// plus 7 bits of the key's hash. The control bytes (1 byte a slot, 1/32 of
+// the slots' size) stay in cache where the slots do not: a probe scans 8 of
+// them at a time and reads a slot only on a tag match, so a lookup of an
+// untracked flow, every new flow, usually reads no slot at all, and a hit
+// reads one. The capacity is a multiple of 8.
 type ctTable struct {
 	v6     bool
 	kw     int
@@ -200,10 +223,12 @@ type ctTable struct {
 	cap    uint64
 	n      int // guarded by the shard's mu
 	w      []uint64
+	tags   []uint64
 }
 
 const (
 	maxShards     = 256
+	nurseryCap    = 16
 	evictSamples  = 8
 	sweepInterval = int64(time.Second)
 	minTableCap   = 16
@@ -231,8 +256,9 @@ func newConntrack(cfg *Config, seed uint64) *conntrack {
 		if i < cfg.MaxFlows%n {
 			sh.limit++
 		}
-		sh.maxCap = sh.limit*maxLoadDen/maxLoadNum + 1
+		sh.maxCap = (sh.limit*maxLoadDen/maxLoadNum + 1 + 7) &^ 7
 		sh.rnd = mix(seed ^ uint64(i+1))
+		sh.nurseCap = min(nurseryCap, sh.limit/8)
 	}
 	ct.timeouts = [4]int64{
 		toTCP: int64(cfg.TCPTimeout), toTCPClosing: int64(cfg.TCPClosing),
@@ -248,7 +274,54 @@ func newCTTable(v6 bool, capacity int) *ctTable {
 	}
 	t.stride = t.kw + 2
 	t.w = make([]uint64, capacity*t.stride)
+	t.tags = make([]uint64, capacity/8)
 	return t
+}
+
+// SWAR constants for the control bytes.
+const (
+	bytesLSB = 0x0101010101010101
+	bytesMSB = 0x8080808080808080
+	bytesLow = 0x7f7f7f7f7f7f7f7f
+)
+
+// tagOf is the control byte of a key with hash h: bits the shard (low
+// bits) and the home slot (high bits) do not use, and the high bit set.
+func tagOf(h uint64) uint64 { return h>>8&0x7f | 0x80 }
+
+// tagAt returns the control byte of slot i.
+func (t *ctTable) tagAt(i uint64) uint64 {
+	return atomic.LoadUint64(&t.tags[i>>3]) >> (i & 7 * 8) & 0xff
+}
+
+// setTagLocked sets the control byte of slot i.
+func (t *ctTable) setTagLocked(i, tag uint64) {
+	p, sh := &t.tags[i>>3], i&7*8
+	storeWord(p, atomic.LoadUint64(p)&^(0xff<<sh)|tag<<sh)
+}
+
+// probe scans the control bytes from the home slot of h for the run of
+// slots a key with hash h can occupy. It returns the tag matches up to
+// the run's end (0x80 in each matching byte) of the 8-slot group starting
+// at slot i, and the slot that ends the run (or -1 if not in this group).
+// i is the slot to scan from; next is where the scan goes on.
+func (t *ctTable) probe(i, want uint64) (match uint64, end int, next uint64) {
+	off := i & 7 * 8
+	tw := atomic.LoadUint64(&t.tags[i>>3]) >> off
+	valid := ^uint64(0) >> off
+	empty := ^tw & bytesMSB & valid
+	x := tw ^ want
+	match = ^((x&bytesLow + bytesLow) | x | bytesLow) & valid
+	end = -1
+	if empty != 0 {
+		match &= empty&-empty - 1
+		end = int(i) + bits.TrailingZeros64(empty)>>3
+	}
+	next = i + 8 - i&7
+	if next == t.cap {
+		next = 0
+	}
+	return match, end, next
 }
 
 func mix(h uint64) uint64 {
@@ -306,22 +379,60 @@ func (t *ctTable) home(h uint64) uint64 {
 // counter validates); the probe is bounded so a reader racing a writer
 // cannot loop forever.
 func (t *ctTable) find(k *ctKey) (base int, meta uint64, found bool) {
+	if t.kw == 2 {
+		return t.find4(k.h, k.w[0], k.w[1])
+	}
+	want := tagOf(k.h) * bytesLSB
 	i := t.home(k.h)
-	w := t.w
-	for range t.cap {
+	if t.tagAt(i) == want&0xff { // most keys sit in their home slot
 		base = int(i) * t.stride
-		meta = atomic.LoadUint64(&w[base+t.kw])
-		if meta == 0 {
-			return base, 0, false
-		}
-		if t.kw == 2 {
-			if atomic.LoadUint64(&w[base]) == k.w[0] && atomic.LoadUint64(&w[base+1]) == k.w[1] {
-				return base, meta, true
-			}
-		} else if t.eq6(base, k) {
+		if meta = atomic.LoadUint64(&t.w[base+t.kw]); meta != 0 && t.eq6(base, k) {
 			return base, meta, true
 		}
-		if i++; i == t.cap {
+	}
+	for range len(t.tags) + 1 {
+		match, end, next := t.probe(i, want)
+		for ; match != 0; match &= match - 1 {
+			base = (int(i) + bits.TrailingZeros64(match)>>3) * t.stride
+			if meta = atomic.LoadUint64(&t.w[base+t.kw]); meta != 0 && t.eq6(base, k) {
+				return base, meta, true
+			}
+		}
+		if end >= 0 {
+			return end * t.stride, 0, false
+		}
+		i = next
+	}
+	return -1, 0, false
+}
+
+// find4 is find for an IPv4 key (k0, k1) with hash h. It scans the
+// control bytes as probe does, inline: this is the fast path's lookup.
+func (t *ctTable) find4(h, k0, k1 uint64) (base int, meta uint64, found bool) {
+	want := tagOf(h) * bytesLSB
+	i := t.home(h)
+	w, tags := t.w, t.tags
+	for range len(tags) + 1 {
+		off := i & 7 * 8
+		tw := atomic.LoadUint64(&tags[i>>3]) >> off
+		valid := ^uint64(0) >> off
+		empty := ^tw & bytesMSB & valid
+		x := tw ^ want
+		match := ^((x&bytesLow + bytesLow) | x | bytesLow) & valid
+		if empty != 0 {
+			match &= empty&-empty - 1
+		}
+		for ; match != 0; match &= match - 1 {
+			base = (int(i) + bits.TrailingZeros64(match)>>3) * 4
+			s := w[base : base+4 : base+4]
+			if meta = atomic.LoadUint64(&s[2]); meta != 0 && atomic.LoadUint64(&s[0]) == k0 && atomic.LoadUint64(&s[1]) == k1 {
+				return base, meta, true
+			}
+		}
+		if empty != 0 {
+			return (int(i) + bits.TrailingZeros64(empty)>>3) * 4, 0, false
+		}
+		if i += 8 - i&7; i == t.cap {
 			i = 0
 		}
 	}
@@ -361,13 +472,103 @@ func (t *ctTable) setEntryLocked(base int, e flowEntry) {
 	atomic.StoreUint64(&t.w[base+t.kw], e.meta())
 }
 
-// fill writes key and entry into the empty slot at base, meta last.
-func (t *ctTable) fill(base int, kw []uint64, e flowEntry) {
+// fill writes key and entry into the empty slot at base, meta next, and
+// the control byte for hash h last. The stores are plain (see storeWord):
+// an atomic store, a locked instruction on amd64, would wait for the
+// slot's cache line. A lock-free reader that sees the tag before the
+// rest of the slot reads each word as zero or as its new value: a zero
+// meta or key word is a miss, a zero lastSeen an expired entry that the
+// locked path looks at again; neither is a false hit.
+func (t *ctTable) fill(base int, kw []uint64, e flowEntry, h uint64) {
 	for j, v := range kw {
 		storeWord(&t.w[base+j], v)
 	}
 	storeWord(&t.w[base+t.kw+1], uint64(e.lastSeen))
-	atomic.StoreUint64(&t.w[base+t.kw], e.meta()) // publishes the slot
+	storeWord(&t.w[base+t.kw], e.meta())
+	t.setTagLocked(uint64(base/t.stride), tagOf(h))
+}
+
+// nurseFind returns the index of the nursery entry of the IPv4 key
+// (k0, k1) with hash h and its meta, or -1. Lock-free readers validate the
+// result with the sequence counter.
+func (sh *ctShard) nurseFind(h, k0, k1 uint64) (int, uint64) {
+	want := tagOf(h) * bytesLSB
+	for g := range sh.ntags {
+		x := atomic.LoadUint64(&sh.ntags[g]) ^ want
+		for m := ^((x&bytesLow + bytesLow) | x | bytesLow); m != 0; m &= m - 1 {
+			j := g*8 + bits.TrailingZeros64(m)>>3
+			s := sh.nurse[j*4 : j*4+4 : j*4+4]
+			if atomic.LoadUint64(&s[0]) == k0 && atomic.LoadUint64(&s[1]) == k1 {
+				if meta := atomic.LoadUint64(&s[2]); meta != 0 {
+					return j, meta
+				}
+			}
+		}
+	}
+	return -1, 0
+}
+
+// nurseAddLocked appends a new IPv4 entry to the nursery, which has room:
+// the entry first, then its control byte in ntags.
+func (sh *ctShard) nurseAddLocked(k *ctKey, e flowEntry) {
+	n := sh.nurseN
+	s := sh.nurse[n*4 : n*4+4 : n*4+4]
+	storeWord(&s[0], k.w[0])
+	storeWord(&s[1], k.w[1])
+	storeWord(&s[3], uint64(e.lastSeen))
+	storeWord(&s[2], e.meta())
+	p, b := &sh.ntags[n>>3], n&7*8
+	atomic.StoreUint64(p, atomic.LoadUint64(p)|tagOf(k.h)<<b) // publishes the entry
+	sh.nurseN = n + 1
+	sh.n++
+}
+
+// flushLocked moves the nursery into t4. The caller holds the sequence
+// counter odd. It first picks every entry's slot (reading and setting only
+// control bytes), then loads one word of each slot, independent loads
+// whose cache misses overlap, and only then writes the slots: stores that
+// miss would each wait for their cache line in turn.
+func (ct *conntrack) flushLocked(sh *ctShard) {
+	n := sh.nurseN
+	if n == 0 {
+		return
+	}
+	t := sh.t4.Load()
+	if t == nil {
+		t = newCTTable(false, min(minTableCap, sh.maxCap))
+		sh.t4.Store(t)
+	}
+	for uint64(t.n+n)*maxLoadDen > t.cap*maxLoadNum || t.n+n >= int(t.cap) {
+		if nt := ct.growLocked(sh, t); nt != t {
+			t = nt
+			continue
+		}
+		break // at the bound, which the shard limit keeps at most 5/8 full
+	}
+	var bases [nurseryCap]int
+	for j := range n {
+		s := sh.nurse[j*4 : j*4+4 : j*4+4]
+		k0, k1 := atomic.LoadUint64(&s[0]), atomic.LoadUint64(&s[1])
+		h := hash4(k0^ct.seed, k1)
+		base, _, _ := t.find4(h, k0, k1)
+		t.setTagLocked(uint64(base/4), tagOf(h))
+		bases[j] = base
+	}
+	var touch uint64
+	for _, base := range bases[:n] {
+		touch += atomic.LoadUint64(&t.w[base+2])
+	}
+	for j, base := range bases[:n] {
+		s := sh.nurse[j*4 : j*4+4 : j*4+4]
+		storeWord(&t.w[base], atomic.LoadUint64(&s[0]))
+		storeWord(&t.w[base+1], atomic.LoadUint64(&s[1]))
+		storeWord(&t.w[base+3], atomic.LoadUint64(&s[3]))
+		storeWord(&t.w[base+2], atomic.LoadUint64(&s[2])|touch&0) // meta; touch keeps the loads
+	}
+	t.n += n
+	storeWord(&sh.ntags[0], 0)
+	storeWord(&sh.ntags[1], 0)
+	sh.nurseN = 0
 }
 
 func (ct *conntrack) timeout(proto Protocol, flags uint8) int64 {
@@ -397,6 +598,7 @@ func (ct *conntrack) expired(proto Protocol, e flowEntry, now int64) bool {
 // lookupLocked returns the live entry of k and its slot; an expired one is
 // removed and reported absent.
 func (ct *conntrack) lookupLocked(sh *ctShard, k *ctKey, now int64) (base int, e flowEntry, ok bool) {
+	ct.settleNurseLocked(sh, k)
 	t := sh.table(k.v6)
 	if t == nil {
 		return -1, flowEntry{}, false
@@ -415,6 +617,17 @@ func (ct *conntrack) lookupLocked(sh *ctShard, k *ctKey, now int64) (base int, e
 	return base, e, true
 }
 
+// settleNurseLocked moves the nursery into t4 if it holds k.
+func (ct *conntrack) settleNurseLocked(sh *ctShard, k *ctKey) {
+	if !k.v6 && sh.nurseN != 0 {
+		if j, _ := sh.nurseFind(k.h, k.w[0], k.w[1]); j >= 0 {
+			sh.seq.Add(1)
+			ct.flushLocked(sh)
+			sh.seq.Add(1)
+		}
+	}
+}
+
 // updateLocked stores e in the slot of k found by lookupLocked.
 func (ct *conntrack) updateLocked(sh *ctShard, k *ctKey, base int, e flowEntry) {
 	sh.table(k.v6).setEntryLocked(base, e)
@@ -430,28 +643,70 @@ func (ct *conntrack) removeLocked(sh *ctShard, k *ctKey, base int) {
 // putLocked inserts or replaces the entry of k, making room first if the
 // shard is at its limit.
 func (ct *conntrack) putLocked(sh *ctShard, k *ctKey, e flowEntry, now int64) {
+	ct.settleNurseLocked(sh, k)
 	t := sh.table(k.v6)
+	if t != nil {
+		if base, _, found := t.find(k); found {
+			t.setEntryLocked(base, e)
+			return
+		}
+	}
+	full := sh.n >= sh.limit
+	nurse := !k.v6 && sh.nurseCap > 0
+	if full || nurse && sh.nurseN >= sh.nurseCap {
+		sh.seq.Add(1)
+		if nurse && sh.nurseN >= sh.nurseCap {
+			ct.flushLocked(sh)
+		}
+		if full {
+			ct.makeRoomLocked(sh, now)
+		}
+		sh.seq.Add(1)
+	}
+	if nurse {
+		sh.nurseAddLocked(k, e)
+		return
+	}
+	t = sh.table(k.v6)
 	if t == nil {
 		t = newCTTable(k.v6, min(minTableCap, sh.maxCap))
 		sh.publish(t)
 	}
-	base, _, found := t.find(k)
-	if found {
-		t.setEntryLocked(base, e)
-		return
-	}
-	if sh.n >= sh.limit {
-		sh.seq.Add(1)
-		ct.makeRoomLocked(sh, now)
-		sh.seq.Add(1)
-	}
 	if uint64(t.n+1)*maxLoadDen > t.cap*maxLoadNum || t.n+1 >= int(t.cap) {
 		t = ct.growLocked(sh, t)
 	}
-	base, _, _ = t.find(k) // the slot may have moved
-	t.fill(base, k.w[:t.kw], e)
+	base, _, _ := t.find(k)
+	t.fill(base, k.w[:t.kw], e, k.h)
 	t.n++
 	sh.n++
+}
+
+// openLocked inserts the entry of a new IPv4 flow k that a lock-free
+// lookup found absent (in t4 and the nursery) at sequence seq. If the
+// sequence has not moved since, no slot of t4 has moved and t4 has gained
+// no entry (with a nursery, every IPv4 insert goes through it, and
+// emptying it moves the sequence), so only the nursery needs a look
+// before k joins it. Otherwise it is putLocked.
+func (ct *conntrack) openLocked(sh *ctShard, k *ctKey, e flowEntry, now int64, seq uint32) {
+	if sh.nurseCap == 0 || sh.seq.Load() != seq {
+		ct.putLocked(sh, k, e, now)
+		return
+	}
+	if j, _ := sh.nurseFind(k.h, k.w[0], k.w[1]); j >= 0 {
+		ct.putLocked(sh, k, e, now)
+		return
+	}
+	if full := sh.n >= sh.limit; full || sh.nurseN >= sh.nurseCap {
+		sh.seq.Add(1)
+		if sh.nurseN >= sh.nurseCap {
+			ct.flushLocked(sh)
+		}
+		if full {
+			ct.makeRoomLocked(sh, now)
+		}
+		sh.seq.Add(1)
+	}
+	sh.nurseAddLocked(k, e)
 }
 
 func (sh *ctShard) publish(t *ctTable) {
@@ -485,8 +740,13 @@ func (ct *conntrack) growLocked(sh *ctShard, t *ctTable) *ctTable {
 		for j := range t.stride {
 			nt.w[nb+j] = t.word(base + j) // nt is not published yet
 		}
+		nt.setTagLocked(uint64(nb/nt.stride), tagOf(k.h))
 	}
 	nt.n = t.n
+	if sh.seq.Load()&1 != 0 { // a flush: already odd
+		sh.publish(nt)
+		return nt
+	}
 	sh.seq.Add(1)
 	sh.publish(nt)
 	sh.seq.Add(1)
@@ -503,7 +763,8 @@ func (ct *conntrack) deleteLocked(sh *ctShard, t *ctTable, base int) {
 			j = 0
 		}
 		jb := int(j) * t.stride
-		if t.word(jb+t.kw) == 0 {
+		tag := t.tagAt(j)
+		if tag == 0 {
 			break
 		}
 		h := t.home(t.hashSlot(ct, jb))
@@ -513,10 +774,12 @@ func (ct *conntrack) deleteLocked(sh *ctShard, t *ctTable, base int) {
 			for x := 0; x < t.stride; x++ {
 				storeWord(&t.w[ib+x], t.word(jb+x))
 			}
+			t.setTagLocked(i, tag)
 			i = j
 		}
 	}
 	ib := int(i) * t.stride
+	t.setTagLocked(i, 0)
 	for x := 0; x < t.stride; x++ {
 		storeWord(&t.w[ib+x], 0)
 	}
@@ -542,13 +805,17 @@ func (ct *conntrack) makeRoomLocked(sh *ctShard, now int64) {
 		t = t6
 	}
 	if t == nil || t.n == 0 {
-		return
+		if sh.nurseN == 0 {
+			return
+		}
+		ct.flushLocked(sh) // only a tiny shard holds all its flows there
+		t = sh.t4.Load()
 	}
 	i := t.home(sh.rnd)
 	victim, oldest, n := -1, int64(0), 0
 	for range t.cap {
 		base := int(i) * t.stride
-		if t.word(base+t.kw) != 0 {
+		if t.tagAt(i) != 0 {
 			if s := t.seen(base); n == 0 || s < oldest {
 				victim, oldest = base, s
 			}
@@ -569,6 +836,7 @@ func (ct *conntrack) makeRoomLocked(sh *ctShard, now int64) {
 // sweepLocked removes the expired entries of the shard. The caller holds
 // the sequence counter odd.
 func (ct *conntrack) sweepLocked(sh *ctShard, now int64) int {
+	ct.flushLocked(sh)
 	n := 0
 	for _, t := range []*ctTable{sh.t4.Load(), sh.t6.Load()} {
 		if t == nil {
@@ -576,6 +844,10 @@ func (ct *conntrack) sweepLocked(sh *ctShard, now int64) int {
 		}
 		for i := uint64(0); i < t.cap; {
 			base := int(i) * t.stride
+			if t.tagAt(i) == 0 {
+				i++
+				continue
+			}
 			meta := t.word(base + t.kw)
 			if meta != 0 && ct.expired(slotProto(t, base), entryOf(meta, t.seen(base)), now) {
 				ct.deleteLocked(sh, t, base) // another entry may shift into i

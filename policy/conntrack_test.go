@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -181,5 +182,63 @@ func TestTableBasics(t *testing.T) {
 	empty := NewEngine(Config{})
 	if empty.Table().Rules() != 0 || empty.Inbound(syn(ap(ipA, 1), ap(ipB, 8080))) != DropUnknownDestination {
 		t.Error("a new engine must deny everything")
+	}
+}
+
+// TestNurseryConcurrent opens flows from several goroutines into shards
+// with nurseries, so that nurseries fill and move into the tables while
+// other goroutines look flows up: every flow stays tracked throughout
+// (the replies pass only if it is) and none is counted twice.
+func TestNurseryConcurrent(t *testing.T) {
+	e := newTestEngine(t, Config{})
+	const goroutines, flows = 4, 4000
+	var wg sync.WaitGroup
+	errs := make(chan string, goroutines)
+	for g := range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			port := func(i int) uint16 { return uint16(1 + g*flows + i) }
+			for i := range flows {
+				b, d := ap(ipB, port(i)), ap(ipD, 8080)
+				if v := e.Outbound(syn(b, d)); v != Accept {
+					errs <- fmt.Sprintf("open %d: %v", port(i), v)
+					return
+				}
+				// appD -> appB is not allowed: only tracking lets the reply in.
+				if v := e.Inbound(ack(d, b)); v != Accept {
+					errs <- fmt.Sprintf("reply %d: %v", port(i), v)
+					return
+				}
+				if v := e.Inbound(syn(ap(ipA, port(i)), ap(ipB, 8080))); v != Accept {
+					errs <- fmt.Sprintf("inbound %d: %v", port(i), v)
+					return
+				}
+			}
+			for i := range flows {
+				if v := e.Inbound(ack(ap(ipD, 8080), ap(ipB, port(i)))); v != Accept {
+					errs <- fmt.Sprintf("later reply %d: %v", port(i), v)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := e.Flows(); n != 2*goroutines*flows {
+		t.Errorf("Flows = %d, want %d", n, 2*goroutines*flows)
+	}
+	if ev := e.Counters().Evictions; ev != 0 {
+		t.Errorf("%d evictions", ev)
+	}
+	// Expiry moves the nurseries into the tables and finds nothing idle.
+	if n := e.ExpireFlows(e.clk.epoch.Add(time.Duration(e.clk.now()))); n != 0 {
+		t.Errorf("expired %d", n)
+	}
+	if n := e.Flows(); n != 2*goroutines*flows {
+		t.Errorf("Flows = %d after expiry, want %d", n, 2*goroutines*flows)
 	}
 }

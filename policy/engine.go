@@ -167,7 +167,7 @@ func (e *Engine) Outbound(pkt []byte) Verdict {
 	var v Verdict
 	hint := fastUntried
 	if len(pkt) > 0 && pkt[0]>>4 == 4 {
-		if v, hint = e.fast4(pkt, s, now, true); hint == fastHit {
+		if v, hint = e.fast4(pkt, s, now, true, false); hint == fastHit {
 			return v
 		}
 	}
@@ -189,7 +189,7 @@ func (e *Engine) Inbound(pkt []byte) Verdict {
 	var v Verdict
 	hint := fastUntried
 	if len(pkt) > 0 && pkt[0]>>4 == 4 {
-		if v, hint = e.fast4(pkt, s, now, false); hint == fastHit {
+		if v, hint = e.fast4(pkt, s, now, false, true); hint == fastHit {
 			return v
 		}
 	}
@@ -222,17 +222,24 @@ func (e *Engine) fast(proto Protocol, tcpFlags uint8, k *ctKey, srcIsA bool, s *
 	if seq&1 != 0 {
 		return fastSlow
 	}
+	var base int
+	var meta uint64
+	var found bool
+	var seenp *uint64
 	t := sh.table(k.v6)
-	if t == nil {
-		if sh.seq.Load() != seq {
-			return fastSlow
+	if t != nil {
+		if base, meta, found = t.find(k); found {
+			seenp = &t.w[base+t.kw+1]
 		}
-		return fastAbsent
 	}
-	base, meta, found := t.find(k)
+	if !found && !k.v6 && base >= 0 {
+		if j, m := sh.nurseFind(k.h, k.w[0], k.w[1]); j >= 0 {
+			meta, found, seenp = m, true, &sh.nurse[j*4+3]
+		}
+	}
 	var seen int64
 	if found {
-		seen = t.seen(base)
+		seen = int64(atomic.LoadUint64(seenp))
 	}
 	if sh.seq.Load() != seq || base < 0 {
 		return fastSlow
@@ -250,7 +257,7 @@ func (e *Engine) fast(proto Protocol, tcpFlags uint8, k *ctKey, srcIsA bool, s *
 		return fastSlow
 	}
 	if now > seen {
-		atomic.StoreUint64(&t.w[base+t.kw+1], uint64(now))
+		atomic.StoreUint64(seenp, uint64(now))
 	}
 	return fastHit
 }

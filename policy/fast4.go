@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"sync/atomic"
 )
 
@@ -20,8 +21,10 @@ const fastUntried = -1
 // takes the generic path; hint fastAbsent says the flow is not tracked (a
 // consistent read), so the generic path can skip its own lock-free lookup.
 // out selects the Outbound rules (the source must be local; a destination
-// in the local subnet is hair-pinned and must be local too).
-func (e *Engine) fast4(b []byte, s *snapshot, now int64, out bool) (v Verdict, hint int) {
+// in the local subnet is hair-pinned and must be local too). With open
+// (inbound only), a consistent miss goes on to open4, which may accept
+// the packet as a new flow (a hit).
+func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verdict, hint int) {
 	if len(b) < 20 || b[0]>>4 != 4 {
 		return 0, fastUntried
 	}
@@ -78,38 +81,54 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out bool) (v Verdict, h
 	if seq&1 != 0 {
 		return 0, fastUntried
 	}
-	if tab == nil {
-		if sh.seq.Load() != seq {
-			return 0, fastUntried
-		}
-		return 0, fastAbsent
-	}
-	// ctTable.find for a 4-word IPv4 slot: key, key, meta, lastSeen.
-	w := tab.w
-	i := tab.home(h)
+	// The flow's home slot in t4, its control byte and key inline; then a
+	// probe (find4); then the nursery, whose control bytes share the
+	// shard's cache line.
 	var slot []uint64
 	var meta uint64
-	for range tab.cap {
-		slot = w[i*4 : i*4+4 : i*4+4]
-		if meta = atomic.LoadUint64(&slot[2]); meta == 0 {
-			break
+	base, found := 0, false
+	want := tagOf(h) * bytesLSB
+	if tab != nil {
+		i := tab.home(h)
+		home := atomic.LoadUint64(&tab.tags[i>>3]) >> (i & 7 * 8) & 0xff
+		if home == want&0xff {
+			slot = tab.w[i*4 : i*4+4 : i*4+4]
+			meta = atomic.LoadUint64(&slot[2])
+			found = meta != 0 && atomic.LoadUint64(&slot[0]) == k0 && atomic.LoadUint64(&slot[1]) == k1
 		}
-		if atomic.LoadUint64(&slot[0]) == k0 && atomic.LoadUint64(&slot[1]) == k1 {
-			break
+		if !found && home != 0 { // an empty home slot ends the probe
+			if base, meta, found = tab.find4(h, k0, k1); found {
+				slot = tab.w[base : base+4 : base+4]
+			}
 		}
-		meta = 0
-		if i++; i == tab.cap {
-			i = 0
+	}
+	for g := 0; g < len(sh.ntags) && !found; g++ {
+		x := atomic.LoadUint64(&sh.ntags[g]) ^ want
+		for m := ^((x&bytesLow + bytesLow) | x | bytesLow); m != 0 && !found; m &= m - 1 {
+			j := g*8 + bits.TrailingZeros64(m)>>3
+			slot = sh.nurse[j*4 : j*4+4 : j*4+4]
+			meta = atomic.LoadUint64(&slot[2])
+			found = meta != 0 && atomic.LoadUint64(&slot[0]) == k0 && atomic.LoadUint64(&slot[1]) == k1
 		}
 	}
 	var seen int64
-	if meta != 0 {
+	if found {
 		seen = int64(atomic.LoadUint64(&slot[3]))
 	}
-	if sh.seq.Load() != seq {
+	if sh.seq.Load() != seq || base < 0 {
 		return 0, fastUntried
 	}
-	if meta == 0 {
+	if !found {
+		if open {
+			var icmpType uint8
+			if proto == ProtoICMP {
+				icmpType = l4[0]
+			}
+			if v, ok := e.open4(s, sh, seq, k0, k1, h, srcIsA, src, dst, proto, dport, flags, icmpType, now); ok {
+				e.stats[(b[15]^b[19])%statStripes].n[v].Add(1)
+				return v, fastHit
+			}
+		}
 		return 0, fastAbsent
 	}
 	ent := entryOf(meta, seen)
@@ -129,4 +148,42 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out bool) (v Verdict, h
 	}
 	e.stats[(b[15]^b[19])%statStripes].n[v].Add(1)
 	return v, fastHit
+}
+
+// open4 opens the new inbound IPv4 flow that fast4 found untracked (at
+// sequence seq of its shard sh), with the values fast4 read, when the
+// table allows it; it declines (ok=false) everything else, which the
+// generic path then judges (and logs) from the start: denials, a RST, an
+// echo reply, and every packet while the flow log is on. What it accepts,
+// and the entry it makes, are those of inbound.
+func (e *Engine) open4(s *snapshot, sh *ctShard, seq uint32, k0, k1, h uint64, srcIsA bool, src, dst uint32, proto Protocol, dport uint16, tcpFlags, icmpType uint8, now int64) (v Verdict, ok bool) {
+	t := s.t
+	if e.flog.Load() != nil ||
+		proto == ProtoTCP && tcpFlags&tcpRST != 0 ||
+		proto == ProtoICMP && icmpType != icmp4EchoRequest {
+		return 0, false
+	}
+	de, ok := t.ep4.get(dst)
+	if !ok || !de.local {
+		return 0, false
+	}
+	se, ok := t.ep4.get(src)
+	if !ok || !t.pairAllows(se.app, de.app, proto, dport) {
+		return 0, false
+	}
+	ent := flowEntry{lastSeen: now, gen: s.gen, flags: flPolicy | sideFlag(!srcIsA)}
+	if srcIsA {
+		ent.flags |= flOrigA
+	}
+	if se.local {
+		ent.flags |= sideFlag(srcIsA)
+	}
+	if proto == ProtoTCP && tcpFlags&tcpFIN != 0 {
+		ent.flags |= flClosing
+	}
+	k := ctKey{w: [5]uint64{k0, k1}, h: h}
+	sh.mu.Lock()
+	e.ct.openLocked(sh, &k, ent, now, seq)
+	sh.mu.Unlock()
+	return Accept, true
 }

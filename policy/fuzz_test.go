@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -27,6 +28,7 @@ func FuzzParse(f *testing.F) {
 		f.Add(seed)
 	}
 	e := newTestEngine(f, Config{MaxFlows: 1024})
+	big := newTestEngine(f, Config{}) // shards with nurseries
 	out := make([]byte, 1500)
 	empty := NewEngine(Config{MaxFlows: 1024}) // tracks nothing: fast4 can only decline or miss
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -35,6 +37,8 @@ func FuzzParse(f *testing.F) {
 		checkFast4(t, empty, b, ok, &p)
 		e.Inbound(b)
 		e.Outbound(b)
+		big.Inbound(b)
+		big.Outbound(b)
 		if n := e.Reject(b, out); n > 0 {
 			if err := pkttest.Valid(out[:n]); err != nil {
 				t.Fatalf("reject of %x invalid: %v", b, err)
@@ -51,7 +55,7 @@ func checkFast4(t *testing.T, e *Engine, b []byte, ok bool, p *packet) {
 	t.Helper()
 	s := e.snap.Load()
 	for _, out := range []bool{false, true} {
-		_, hint := e.fast4(b, s, e.clk.now(), out)
+		_, hint := e.fast4(b, s, e.clk.now(), out, false)
 		want := ok && p.kind == kindFlow && !p.v6 && !p.firstFrag
 		if got := hint != fastUntried; got != want {
 			t.Fatalf("fast4(%x, out=%v) looked up %v, generic path would %v (parse ok=%v kind=%v)", b, out, got, want, ok, p.kind)
@@ -101,7 +105,15 @@ func TestFast4MatchesParse(t *testing.T) {
 // flows of every protocol and direction (hairpin included), flows whose
 // side is no longer local, revoked flows, closing flows and expired flows.
 func TestFast4MatchesFast(t *testing.T) {
-	e := newTestEngine(t, Config{MaxFlows: 1024})
+	// MaxFlows 1024 leaves shards too small for a nursery; the default
+	// gives every shard one.
+	for _, maxFlows := range []int{1024, 0} {
+		t.Run(fmt.Sprintf("MaxFlows=%d", maxFlows), func(t *testing.T) { testFast4MatchesFast(t, maxFlows) })
+	}
+}
+
+func testFast4MatchesFast(t *testing.T, maxFlows int) {
+	e := newTestEngine(t, Config{MaxFlows: maxFlows})
 	a, b, c, d := ap(ipA, 40000), ap(ipB, 8080), ap(ipC, 5000), ap(ipD, 8080)
 	var pkts [][]byte
 	for _, pr := range [][2]netip.AddrPort{{a, b}, {b, d}, {c, ap(ipB, 9000)}, {a, ap(ipB, 53)}} {
@@ -118,7 +130,7 @@ func TestFast4MatchesFast(t *testing.T) {
 		s, now := e.snap.Load(), e.clk.now()
 		for _, pkt := range pkts {
 			for _, o := range []bool{false, true} {
-				v, hint := e.fast4(pkt, s, now, o)
+				v, hint := e.fast4(pkt, s, now, o, false)
 				var p packet
 				parse(pkt, &p)
 				var k ctKey
