@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/weft-net/weft/mesh"
+	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -32,6 +33,7 @@ import (
 //	weft_conntrack_evictions_total           live flows evicted from a full conntrack
 //	weft_members{state}                      cells by state: alive, suspect, dead, left (self included)
 //	weft_peers                               WireGuard peers
+//	weft_packets_dropped_no_session_total    packets for a peer without a WireGuard session that held its share of buffers
 //	weft_peer_receive_bytes_total{peer,public_key}   bytes from a peer (wgctrl)
 //	weft_peer_transmit_bytes_total{peer,public_key}  bytes to a peer
 //	weft_peer_last_handshake_seconds{peer,public_key} seconds since the last handshake (absent: never)
@@ -57,6 +59,8 @@ var (
 		"Live flows evicted from a full conntrack table.", nil, nil)
 	descMembers = prometheus.NewDesc("weft_members",
 		"Cells known to the gossip layer, by state (self included).", []string{"state"}, nil)
+	descNoSession = prometheus.NewDesc("weft_packets_dropped_no_session_total",
+		"Packets for a WireGuard peer without a session that already held its share of the message buffers (overlay/gate.go).", nil, nil)
 	descPeers = prometheus.NewDesc("weft_peers",
 		"WireGuard peers configured on the device.", nil, nil)
 	descPeerRx = prometheus.NewDesc("weft_peer_receive_bytes_total",
@@ -86,7 +90,7 @@ var _ prometheus.Collector = collector{}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAllowed, descDenied, descRejectsSent, descRejectsLimited,
-		descFlows, descEvictions, descMembers, descPeers, descPeerRx, descPeerTx, descPeerHandshake,
+		descFlows, descEvictions, descMembers, descPeers, descNoSession, descPeerRx, descPeerTx, descPeerHandshake,
 		descPolicies, descPolicyVersion, descLease, descContainers, descScrapeErrors} {
 		ch <- d
 	}
@@ -134,6 +138,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descContainers, float64(len(a.localContainers())))
 
 	peerErrors := uint64(0)
+	if ov := a.overlay(); ov != nil {
+		counter(descNoSession, ov.Wrapper().Stats().DroppedNoSession.Load())
+	}
 	if a.overlayUp() {
 		peers, err := readPeers(a.cfg.Interface)
 		if err != nil {
@@ -156,10 +163,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 
 // overlayUp reports whether the data plane (and so the WireGuard device)
 // exists.
-func (a *Agent) overlayUp() bool {
+func (a *Agent) overlayUp() bool { return a.overlay() != nil }
+
+// overlay returns the data plane, or nil before the subnet lease.
+func (a *Agent) overlay() *overlay.Overlay {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.ov != nil
+	return a.ov
 }
 
 // PolicyVersion is 48 bits of a SHA-256 over the sorted rules (exact in a

@@ -122,6 +122,9 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s = %v (present %v), want %v", series, got, ok, want)
 		}
 	}
+	if _, ok := after[`weft_packets_dropped_no_session_total`]; !ok {
+		t.Error("no weft_packets_dropped_no_session_total")
+	}
 	if after[`weft_peer_receive_bytes_total{peer="c1",public_key="`+peerKey(t, st, "c1")+`"}`] <= 0 {
 		t.Errorf("no bytes received from peer c1:\n%s", grep(text, "weft_peer"))
 	}

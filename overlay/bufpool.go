@@ -23,12 +23,11 @@ import (
 // path, and few enough that a bulk TCP stream cannot fill wireguard-go's
 // queues (1024 batches) with hundreds of MB of buffers.
 //
-// Known limit: a peer without a session holds up to 128 staged packets
-// (wireguard-go's QueueStagedSize) until its handshake completes or gives
-// up (90 s) or the peer is removed. Three such peers at once exhaust the
-// 384 spare buffers, and the TUN reader then waits — for all peers — until
-// one of them frees its staged packets. Raising the bound with the peer
-// count (SyncPeers, under the WaitPool's lock) is left to do.
+// A peer without a session holds up to 128 staged packets (wireguard-go's
+// QueueStagedSize) until its handshake completes or gives up (90 s) or the
+// peer is removed: three such peers would hold the 384 spare buffers and
+// stop the TUN reader for all peers. The Wrapper's stageGate (gate.go)
+// keeps them to 128 buffers in all.
 const DefaultMessageBuffers = 768
 
 // minMessageBuffers keeps a bound from starving wireguard-go's readers,

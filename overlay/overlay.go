@@ -67,7 +67,9 @@ type Overlay struct {
 	log  *slog.Logger
 	wrap *Wrapper
 	dev  *device.Device
-	bufs *msgPool // nil: wireguard-go's own pool
+	bufs *msgPool   // nil: wireguard-go's own pool
+	gate *stageGate // nil with wireguard-go's own pool
+	stop chan struct{}
 	uapi net.Listener
 
 	backend string // TUN backend in use
@@ -100,7 +102,7 @@ func New(cfg Config) (*Overlay, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := &Overlay{cfg: cfg, log: log, peers: make(map[wgtypes.Key]Peer), backend: backend}
+	o := &Overlay{cfg: cfg, log: log, peers: make(map[wgtypes.Key]Peer), backend: backend, stop: make(chan struct{})}
 	o.wrap = NewWrapper(tdev, cfg.Filter)
 	nbufs := messageBuffers(cfg)
 	if nbufs > 0 {
@@ -116,6 +118,12 @@ func New(cfg Config) (*Overlay, error) {
 			log.Warn("WireGuard message buffers stay unbounded", "err", err)
 			nbufs = 0
 		}
+	}
+	if nbufs > 0 {
+		// Bounded buffers: keep peers without a session from holding them.
+		o.gate = newStageGate()
+		o.wrap.gate = o.gate
+		go o.gate.poll(o.dev, log, o.stop)
 	}
 
 	fail := func(err error) (*Overlay, error) {
@@ -197,6 +205,9 @@ func (o *Overlay) SyncPeers(want []Peer) error {
 		}
 	}
 	o.peers = next
+	if o.gate != nil {
+		o.gate.setPeers(next)
+	}
 	return nil
 }
 
@@ -231,6 +242,7 @@ func (o *Overlay) Close() error {
 		return nil
 	}
 	o.closed = true
+	close(o.stop)
 	o.mu.Unlock()
 	err := teardownRouting(o.cfg)
 	if o.uapi != nil {

@@ -67,19 +67,26 @@ type Wrapper struct {
 	// closed (see holdReaders).
 	readersHeld chan struct{}
 
+	// gate, if set, limits what peers without a session may hold
+	// (gate.go).
+	gate *stageGate
+
 	stats WrapperStats
 }
 
 // WrapperStats are packet counters of the wrapper itself; the verdict
 // counters live in the filter.
 type WrapperStats struct {
-	Hairpinned    atomic.Uint64 // packets written back to the TUN for a local container
-	Rejects       atomic.Uint64 // RST / ICMP unreachable packets written
-	WriteErrors   atomic.Uint64 // errors from the inner device's Write
-	DroppedRead   atomic.Uint64 // packets from local containers dropped
-	DroppedWrite  atomic.Uint64 // packets from peers dropped
-	PassedToPeers atomic.Uint64 // packets handed to WireGuard
-	Delivered     atomic.Uint64 // packets from peers written to the TUN
+	Hairpinned   atomic.Uint64 // packets written back to the TUN for a local container
+	Rejects      atomic.Uint64 // RST / ICMP unreachable packets written
+	WriteErrors  atomic.Uint64 // errors from the inner device's Write
+	DroppedRead  atomic.Uint64 // packets from local containers dropped
+	DroppedWrite atomic.Uint64 // packets from peers dropped
+	// DroppedNoSession counts packets for a peer without a WireGuard
+	// session that already holds its share of the buffers (gate.go).
+	DroppedNoSession atomic.Uint64
+	PassedToPeers    atomic.Uint64 // packets handed to WireGuard
+	Delivered        atomic.Uint64 // packets from peers written to the TUN
 }
 
 var _ tun.Device = (*Wrapper)(nil)
@@ -144,8 +151,11 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		pkt := bufs[i][offset : offset+sizes[i]]
 		switch v := w.filter.Outbound(pkt); {
 		case v == policy.Accept:
-			w.stats.PassedToPeers.Add(1)
-			continue
+			if w.gate == nil || w.gate.allow(pkt) {
+				w.stats.PassedToPeers.Add(1)
+				continue
+			}
+			w.stats.DroppedNoSession.Add(1)
 		case v == policy.AcceptLocal:
 			hairpin = append(hairpin, bufs[i][:offset+sizes[i]])
 		case v.Reject():
