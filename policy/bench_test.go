@@ -130,6 +130,9 @@ func BenchmarkVerdict(b *testing.B) {
 		// The established flow was opened before the 100k (benchEngine),
 		// as a long-lived flow is: it sits in t4. A young one, opened just
 		// now, is still in its shard's nursery.
+		// The loops below call Inbound/Outbound directly, not through a
+		// shared helper taking a func value: the indirect call would add
+		// ~1.5 ns to every figure.
 		a, d := ap(ipA, 40001), ap(ipB, 8080)
 		pkt := ack(a, d)
 		b.Run(fmt.Sprintf("established/rules=%d", n), func(b *testing.B) {
