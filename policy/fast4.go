@@ -81,25 +81,20 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 	if seq&1 != 0 {
 		return 0, fastUntried
 	}
-	// The flow's home slot in t4, its control byte and key inline; then a
-	// probe (find4); then the nursery, whose control bytes share the
-	// shard's cache line.
+	// The flow's home slot in t4, its control byte and key inline; then
+	// the nursery, whose control bytes share the shard's cache line; then
+	// a probe of t4 (find4) unless the home slot is empty.
 	var slot []uint64
 	var meta uint64
-	base, found := 0, false
+	base, found, home := 0, false, uint64(0)
 	want := tagOf(h) * bytesLSB
 	if tab != nil {
 		i := tab.home(h)
-		home := atomic.LoadUint64(&tab.tags[i>>3]) >> (i & 7 * 8) & 0xff
+		home = atomic.LoadUint64(&tab.tags[i>>3]) >> (i & 7 * 8) & 0xff
 		if home == want&0xff {
 			slot = tab.w[i*4 : i*4+4 : i*4+4]
 			meta = atomic.LoadUint64(&slot[2])
 			found = meta != 0 && atomic.LoadUint64(&slot[0]) == k0 && atomic.LoadUint64(&slot[1]) == k1
-		}
-		if !found && home != 0 { // an empty home slot ends the probe
-			if base, meta, found = tab.find4(h, k0, k1); found {
-				slot = tab.w[base : base+4 : base+4]
-			}
 		}
 	}
 	for g := 0; g < len(sh.ntags) && !found; g++ {
@@ -109,6 +104,11 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 			slot = sh.nurse[j*4 : j*4+4 : j*4+4]
 			meta = atomic.LoadUint64(&slot[2])
 			found = meta != 0 && atomic.LoadUint64(&slot[0]) == k0 && atomic.LoadUint64(&slot[1]) == k1
+		}
+	}
+	if !found && home != 0 {
+		if base, meta, found = tab.find4(h, k0, k1); found {
+			slot = tab.w[base : base+4 : base+4]
 		}
 	}
 	var seen int64
