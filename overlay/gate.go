@@ -218,7 +218,7 @@ func (g *stageGate) poll(dev *device.Device, log *slog.Logger, stop <-chan struc
 		if p := dev.LookupPeer(device.NoisePublicKey(k)); p != nil {
 			p.ZeroAndFlushAll()
 		}
-		log.Info("dropped the packets staged for a peer without a WireGuard session", "key", k.String())
+		log.Debug("dropped the packets staged for a peer without a WireGuard session", "key", k.String())
 	}
 	t := time.NewTimer(gatePollBusy)
 	defer t.Stop()
