@@ -184,6 +184,8 @@ func (e *Engine) Outbound(pkt []byte) Verdict {
 
 // Inbound judges a decrypted packet from a peer cell, whose destination
 // should be a local container. pkt is borrowed for the duration of the call.
+// It repeats Outbound's shape on purpose: a shared judge(pkt, out) costs
+// established packets a call level (~0.5 ns of 22, BenchmarkVerdict).
 func (e *Engine) Inbound(pkt []byte) Verdict {
 	s, now := e.snap.Load(), e.clk.now()
 	var v Verdict
