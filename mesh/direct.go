@@ -1,6 +1,11 @@
 package mesh
 
-import "math/rand/v2"
+import (
+	"math/rand/v2"
+	"net/netip"
+
+	"github.com/hashicorp/memberlist"
+)
 
 // directFanout is how many random live members a change made by this cell
 // is sent to at once, besides being queued for gossip (memberlist's
@@ -19,23 +24,33 @@ const directFanout = 3
 // lease broadcast, the endpoints of its first containers) waited behind
 // them: about a second at 50 cells (bench: join-gossip-ms).
 //
+// The addresses come from the Mesh's own member records, which the event
+// delegate copies under memberlist's lock: the *Node pointers of
+// memberlist's Members() are its live records, which its packet handler
+// rewrites (Addr, Port) while a sender reads them (a data race the race
+// detector caught in TestSimultaneousJoinsGetDistinctSubnets).
+//
 // Must not be called with mu held (it calls into memberlist).
 func (m *Mesh) sendDirect(b *broadcast) {
 	if m.mlDown.Load() {
 		return
 	}
-	nodes := m.ml.Members() // alive and suspect members, self included
-	rand.Shuffle(len(nodes), func(i, j int) { nodes[i], nodes[j] = nodes[j], nodes[i] })
+	var to []memberlist.Address
+	m.mu.Lock()
+	for name, mb := range m.nodes {
+		if name != m.cfg.Name && mb.state == NodeAlive && mb.addr.IsValid() {
+			to = append(to, memberlist.Address{Addr: netip.AddrPortFrom(mb.addr, mb.port).String(), Name: name})
+		}
+	}
+	m.mu.Unlock()
+	rand.Shuffle(len(to), func(i, j int) { to[i], to[j] = to[j], to[i] })
 	sent := 0
-	for _, n := range nodes {
+	for _, a := range to {
 		if sent == directFanout {
 			break
 		}
-		if n.Name == m.cfg.Name {
-			continue
-		}
-		if err := m.ml.SendBestEffort(n, b.msg); err != nil {
-			m.log.Debug("direct send failed", "to", n.Name, "err", err)
+		if err := m.ml.SendToAddress(a, b.msg); err != nil {
+			m.log.Debug("direct send failed", "to", a.Name, "err", err)
 			continue
 		}
 		sent++
