@@ -47,8 +47,7 @@ func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &req) {
 		return
 	}
-	if !appName.MatchString(req.App) {
-		writeError(w, http.StatusBadRequest, "invalid app name %q: use 1-128 letters, digits, '.', '_' or '-'", req.App)
+	if !validApp(w, req.App) {
 		return
 	}
 	if err := overlay.ValidAttachmentID(req.ContainerID); err != nil {

@@ -148,13 +148,21 @@ func (a *Agent) handleListContainers(w http.ResponseWriter, r *http.Request) {
 
 var appName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 
+// validApp reports whether app is a valid app name, answering 400 if not.
+func validApp(w http.ResponseWriter, app string) bool {
+	if !appName.MatchString(app) {
+		writeError(w, http.StatusBadRequest, "invalid app name %q: use 1-128 letters, digits, '.', '_' or '-'", app)
+		return false
+	}
+	return true
+}
+
 func (a *Agent) handleCreateContainer(w http.ResponseWriter, r *http.Request) {
 	var req ContainerRequest
 	if !readJSON(w, r, &req) {
 		return
 	}
-	if !appName.MatchString(req.App) {
-		writeError(w, http.StatusBadRequest, "invalid app name %q: use 1-128 letters, digits, '.', '_' or '-'", req.App)
+	if !validApp(w, req.App) {
 		return
 	}
 	if err := overlay.ValidContainerName(req.Name); err != nil {

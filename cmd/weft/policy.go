@@ -65,11 +65,7 @@ func policyChangeCmd(add bool) *cobra.Command {
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "%s network policy from app %s to app %s (%s %s)...\n", verb, r.Source, r.Destination, r.Protocol, portString(r.Ports))
 			err = changePolicy(r, add)
-			var se *cell.StatusError
-			if errors.As(err, &se) && se.Code == http.StatusNotFound {
-				return errors.New("Policy does not exist.")
-			}
-			if err != nil {
+			if err := notFound(err, "Policy does not exist."); err != nil {
 				return err
 			}
 			fmt.Fprintln(out, "OK")

@@ -36,11 +36,7 @@ func mapRouteCmd(mapping bool) *cobra.Command {
 			}
 			fmt.Fprintf(out, "%s route %s.%s to app %s...\n", verb, rt.Host, rt.Domain, rt.App)
 			err = client().ChangeRoute(ctx(), priv, rt, mapping)
-			var se *cell.StatusError
-			if errors.As(err, &se) && se.Code == http.StatusNotFound {
-				return errors.New("Route does not exist.")
-			}
-			if err != nil {
+			if err := notFound(err, "Route does not exist."); err != nil {
 				return err
 			}
 			fmt.Fprintln(out, "OK")
@@ -71,4 +67,14 @@ func routesCmd() *cobra.Command {
 			return tw.Flush()
 		},
 	}
+}
+
+// notFound replaces an API 404 with msg (the CLI's words for a missing
+// policy or route); other errors pass unchanged.
+func notFound(err error, msg string) error {
+	var se *cell.StatusError
+	if errors.As(err, &se) && se.Code == http.StatusNotFound {
+		return errors.New(msg)
+	}
+	return err
 }
