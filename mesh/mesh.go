@@ -155,6 +155,7 @@ type Mesh struct {
 	l     Listener
 	ml    *memberlist.Memberlist
 	queue *memberlist.TransmitLimitedQueue
+	local netip.AddrPort // gossip address, read from memberlist once (see LocalAddr)
 
 	numAlive    atomic.Int32 // alive nodes incl. self, for the broadcast queue
 	rejected    atomic.Uint64
@@ -271,6 +272,8 @@ func New(cfg Config, l Listener) (*Mesh, error) {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
 	m.ml = ml
+	n := ml.LocalNode() // before any peer can make memberlist rewrite it
+	m.local = netip.AddrPortFrom(addrFromIP(n.Addr), n.Port)
 
 	m.wg.Add(2)
 	go m.notifyLoop()
@@ -384,12 +387,10 @@ func (m *Mesh) memberlistConfig() *memberlist.Config {
 }
 
 // LocalAddr is the gossip address this cell advertises (useful with a
-// BindAddr port of 0).
-func (m *Mesh) LocalAddr() netip.AddrPort {
-	n := m.ml.LocalNode()
-	a, _ := netip.AddrFromSlice(n.Addr)
-	return netip.AddrPortFrom(a.Unmap(), n.Port)
-}
+// BindAddr port of 0). It is read once at start: memberlist's node record
+// is rewritten by its packet handler whenever an alive message about this
+// cell arrives.
+func (m *Mesh) LocalAddr() netip.AddrPort { return m.local }
 
 // Subnet returns this cell's leased subnet, or the zero Prefix before the
 // lease is taken.
