@@ -189,24 +189,29 @@ type conntrack struct {
 }
 
 type ctShard struct {
+	// The first cache line holds all that a packet of a new IPv4 flow
+	// touches besides its nursery entry (lock included).
 	seq    atomic.Uint32 // odd while slots move; see conntrack
+	nurseN int32         // entries in nurse; guarded by mu (readers use ntags)
 	t4, t6 atomic.Pointer[ctTable]
 	ntags  [2]uint64 // control bytes of the nurse entries, as in ctTable
+	mu     sync.Mutex
+	n      int // entries in t4, t6 and nurse; guarded by mu
+	limit  int
+
+	lastSweep int64    // guarded by mu
+	rnd       uint64   // eviction sampling state; guarded by mu
+	maxCap    int      // capacity bound of each table
+	_         [40]byte // the nursery on lines of its own; shards share no line (TestShardLayout)
 
 	// nurse holds the newest IPv4 flows, not yet in t4: 4 words each (key,
 	// key, meta, lastSeen). See conntrack.
-	nurse    [nurseryCap * 4]uint64
-	nurseCap int // nurseryCap, or less for a small shard
-	nurseN   int // entries in nurse; guarded by mu (readers use ntags)
-
-	mu        sync.Mutex
-	n         int    // entries in t4 and t6; guarded by mu
-	lastSweep int64  // guarded by mu
-	rnd       uint64 // eviction sampling state; guarded by mu
-	limit     int
-	maxCap    int      // capacity bound of each table
-	_         [64]byte // keep neighbouring shards off one cache line
+	nurse [nurseryCap * 4]uint64
 }
+
+// nurseCap is the shard's nursery size: nurseryCap, or less for a small
+// shard (none below 8 entries).
+func (sh *ctShard) nurseCap() int32 { return int32(min(nurseryCap, sh.limit/8)) }
 
 // ctTable is one open-addressing table. Slot i occupies
 // w[i*stride : (i+1)*stride]: kw key words, meta, lastSeen. Its control
@@ -258,7 +263,6 @@ func newConntrack(cfg *Config, seed uint64) *conntrack {
 		}
 		sh.maxCap = (sh.limit*maxLoadDen/maxLoadNum + 1 + 7) &^ 7
 		sh.rnd = mix(seed ^ uint64(i+1))
-		sh.nurseCap = min(nurseryCap, sh.limit/8)
 	}
 	ct.timeouts = [4]int64{
 		toTCP: int64(cfg.TCPTimeout), toTCPClosing: int64(cfg.TCPClosing),
@@ -439,6 +443,22 @@ func (t *ctTable) find4(h, k0, k1 uint64) (base int, meta uint64, found bool) {
 	return -1, 0, false
 }
 
+// free4 returns the word offset of the first empty slot of the probe run
+// of hash h in an IPv4 table: where a key known to be absent goes. The
+// table always has an empty slot (it is at most 5/8 full).
+func (t *ctTable) free4(h uint64) int {
+	i := t.home(h)
+	for {
+		off := i & 7 * 8
+		if empty := ^(atomic.LoadUint64(&t.tags[i>>3]) >> off) & bytesMSB & (^uint64(0) >> off); empty != 0 {
+			return (int(i) + bits.TrailingZeros64(empty)>>3) * 4
+		}
+		if i += 8 - i&7; i == t.cap {
+			i = 0
+		}
+	}
+}
+
 func (t *ctTable) eq6(base int, k *ctKey) bool {
 	w := t.w[base : base+5]
 	for j := range 5 {
@@ -511,7 +531,7 @@ func (sh *ctShard) nurseFind(h, k0, k1 uint64) (int, uint64) {
 // nurseAddLocked appends a new IPv4 entry to the nursery, which has room:
 // the entry first, then its control byte in ntags.
 func (sh *ctShard) nurseAddLocked(k *ctKey, e flowEntry) {
-	n := sh.nurseN
+	n := int(sh.nurseN)
 	s := sh.nurse[n*4 : n*4+4 : n*4+4]
 	storeWord(&s[0], k.w[0])
 	storeWord(&s[1], k.w[1])
@@ -519,7 +539,7 @@ func (sh *ctShard) nurseAddLocked(k *ctKey, e flowEntry) {
 	storeWord(&s[2], e.meta())
 	p, b := &sh.ntags[n>>3], n&7*8
 	atomic.StoreUint64(p, atomic.LoadUint64(p)|tagOf(k.h)<<b) // publishes the entry
-	sh.nurseN = n + 1
+	sh.nurseN = int32(n + 1)
 	sh.n++
 }
 
@@ -529,7 +549,7 @@ func (sh *ctShard) nurseAddLocked(k *ctKey, e flowEntry) {
 // whose cache misses overlap, and only then writes the slots: stores that
 // miss would each wait for their cache line in turn.
 func (ct *conntrack) flushLocked(sh *ctShard) {
-	n := sh.nurseN
+	n := int(sh.nurseN)
 	if n == 0 {
 		return
 	}
@@ -548,9 +568,8 @@ func (ct *conntrack) flushLocked(sh *ctShard) {
 	var bases [nurseryCap]int
 	for j := range n {
 		s := sh.nurse[j*4 : j*4+4 : j*4+4]
-		k0, k1 := atomic.LoadUint64(&s[0]), atomic.LoadUint64(&s[1])
-		h := hash4(k0^ct.seed, k1)
-		base, _, _ := t.find4(h, k0, k1)
+		h := hash4(atomic.LoadUint64(&s[0])^ct.seed, atomic.LoadUint64(&s[1]))
+		base := t.free4(h)
 		t.setTagLocked(uint64(base/4), tagOf(h))
 		bases[j] = base
 	}
@@ -652,10 +671,10 @@ func (ct *conntrack) putLocked(sh *ctShard, k *ctKey, e flowEntry, now int64) {
 		}
 	}
 	full := sh.n >= sh.limit
-	nurse := !k.v6 && sh.nurseCap > 0
-	if full || nurse && sh.nurseN >= sh.nurseCap {
+	nurse := !k.v6 && sh.nurseCap() > 0
+	if full || nurse && sh.nurseN >= sh.nurseCap() {
 		sh.seq.Add(1)
-		if nurse && sh.nurseN >= sh.nurseCap {
+		if nurse && sh.nurseN >= sh.nurseCap() {
 			ct.flushLocked(sh)
 		}
 		if full {
@@ -688,7 +707,7 @@ func (ct *conntrack) putLocked(sh *ctShard, k *ctKey, e flowEntry, now int64) {
 // emptying it moves the sequence), so only the nursery needs a look
 // before k joins it. Otherwise it is putLocked.
 func (ct *conntrack) openLocked(sh *ctShard, k *ctKey, e flowEntry, now int64, seq uint32) {
-	if sh.nurseCap == 0 || sh.seq.Load() != seq {
+	if sh.nurseCap() == 0 || sh.seq.Load() != seq {
 		ct.putLocked(sh, k, e, now)
 		return
 	}
@@ -696,9 +715,9 @@ func (ct *conntrack) openLocked(sh *ctShard, k *ctKey, e flowEntry, now int64, s
 		ct.putLocked(sh, k, e, now)
 		return
 	}
-	if full := sh.n >= sh.limit; full || sh.nurseN >= sh.nurseCap {
+	if full := sh.n >= sh.limit; full || sh.nurseN >= sh.nurseCap() {
 		sh.seq.Add(1)
-		if sh.nurseN >= sh.nurseCap {
+		if sh.nurseN >= sh.nurseCap() {
 			ct.flushLocked(sh)
 		}
 		if full {

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/weft-net/weft/policy/pkttest"
 )
@@ -240,5 +241,21 @@ func TestNurseryConcurrent(t *testing.T) {
 	}
 	if n := e.Flows(); n != 2*goroutines*flows {
 		t.Errorf("Flows = %d after expiry, want %d", n, 2*goroutines*flows)
+	}
+}
+
+// TestShardLayout keeps what a new IPv4 flow touches in the shard (besides
+// its nursery entry) on the first cache line, and shards a whole number of
+// lines long, so that neighbouring shards share no line.
+func TestShardLayout(t *testing.T) {
+	var sh ctShard
+	if end := unsafe.Offsetof(sh.limit) + unsafe.Sizeof(sh.limit); end > 64 {
+		t.Errorf("the first line's fields end at byte %d", end)
+	}
+	if off := unsafe.Offsetof(sh.nurse); off%64 != 0 {
+		t.Errorf("nurse at byte %d, not on a line of its own", off)
+	}
+	if size := unsafe.Sizeof(sh); size%64 != 0 {
+		t.Errorf("ctShard is %d bytes, not a whole number of cache lines", size)
 	}
 }
