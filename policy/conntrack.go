@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // flowKey identifies a flow in both directions: the two endpoints are
@@ -190,19 +191,24 @@ type conntrack struct {
 
 type ctShard struct {
 	// The first cache line holds all that a packet of a new IPv4 flow
-	// touches besides its nursery entry (lock included).
-	seq    atomic.Uint32 // odd while slots move; see conntrack
-	nurseN int32         // entries in nurse; guarded by mu (readers use ntags)
-	t4, t6 atomic.Pointer[ctTable]
-	ntags  [2]uint64 // control bytes of the nurse entries, as in ctTable
+	// touches besides its nursery entry and t4's control byte (lock
+	// included): t4's control bytes, slots and capacity are repeated here
+	// (view4) so that lock-free IPv4 readers do not load the table header.
+	seq    atomic.Uint32          // odd while slots move; see conntrack
+	nurseN int32                  // entries in nurse; guarded by mu (readers use ntags)
+	cap4   atomic.Uint64          // t4.cap, 0 without a t4; stored after tags4 and w4
+	tags4  atomic.Pointer[uint64] // &t4.tags[0]
+	w4     atomic.Pointer[uint64] // &t4.w[0]
+	ntags  [2]uint64              // control bytes of the nurse entries, as in ctTable
 	mu     sync.Mutex
-	n      int // entries in t4, t6 and nurse; guarded by mu
-	limit  int
+	n      int32 // entries in t4, t6 and nurse; guarded by mu
+	limit  int32
 
+	t4, t6    atomic.Pointer[ctTable]
 	lastSweep int64    // guarded by mu
 	rnd       uint64   // eviction sampling state; guarded by mu
 	maxCap    int      // capacity bound of each table
-	_         [40]byte // the nursery on lines of its own; shards share no line (TestShardLayout)
+	_         [24]byte // the nursery on lines of its own; shards share no line (TestShardLayout)
 
 	// nurse holds the newest IPv4 flows, not yet in t4: 4 words each (key,
 	// key, meta, lastSeen). See conntrack.
@@ -211,7 +217,7 @@ type ctShard struct {
 
 // nurseCap is the shard's nursery size: nurseryCap, or less for a small
 // shard (none below 8 entries).
-func (sh *ctShard) nurseCap() int32 { return int32(min(nurseryCap, sh.limit/8)) }
+func (sh *ctShard) nurseCap() int32 { return min(nurseryCap, sh.limit/8) }
 
 // ctTable is one open-addressing table. Slot i occupies
 // w[i*stride : (i+1)*stride]: kw key words, meta, lastSeen. Its control
@@ -257,11 +263,11 @@ func newConntrack(cfg *Config, seed uint64) *conntrack {
 	ct := &conntrack{shards: make([]ctShard, n), mask: uint64(n - 1), seed: seed | 1}
 	for i := range ct.shards {
 		sh := &ct.shards[i]
-		sh.limit = cfg.MaxFlows / n
+		sh.limit = int32(cfg.MaxFlows / n)
 		if i < cfg.MaxFlows%n {
 			sh.limit++
 		}
-		sh.maxCap = (sh.limit*maxLoadDen/maxLoadNum + 1 + 7) &^ 7
+		sh.maxCap = (int(sh.limit)*maxLoadDen/maxLoadNum + 1 + 7) &^ 7
 		sh.rnd = mix(seed ^ uint64(i+1))
 	}
 	ct.timeouts = [4]int64{
@@ -410,15 +416,20 @@ func (t *ctTable) find(k *ctKey) (base int, meta uint64, found bool) {
 	return -1, 0, false
 }
 
-// find4 is find for an IPv4 key (k0, k1) with hash h. It scans the
-// control bytes as probe does, inline: this is the fast path's lookup.
+// find4 is find for an IPv4 key (k0, k1) with hash h. See view4.find4.
 func (t *ctTable) find4(h, k0, k1 uint64) (base int, meta uint64, found bool) {
+	return view4{cap: t.cap, tags: unsafe.Pointer(&t.tags[0]), w: unsafe.Pointer(&t.w[0])}.find4(h, k0, k1)
+}
+
+// find4 probes an IPv4 table for the key (k0, k1) with hash h, scanning
+// the control bytes as probe does, inline: this is the fast path's lookup.
+// It returns what find does.
+func (v view4) find4(h, k0, k1 uint64) (base int, meta uint64, found bool) {
 	want := tagOf(h) * bytesLSB
-	i := t.home(h)
-	w, tags := t.w, t.tags
-	for range len(tags) + 1 {
+	i := v.home(h)
+	for range v.cap/8 + 1 {
 		off := i & 7 * 8
-		tw := atomic.LoadUint64(&tags[i>>3]) >> off
+		tw := v.tagWord(i) >> off
 		valid := ^uint64(0) >> off
 		empty := ^tw & bytesMSB & valid
 		x := tw ^ want
@@ -428,7 +439,7 @@ func (t *ctTable) find4(h, k0, k1 uint64) (base int, meta uint64, found bool) {
 		}
 		for ; match != 0; match &= match - 1 {
 			base = (int(i) + bits.TrailingZeros64(match)>>3) * 4
-			s := w[base : base+4 : base+4]
+			s := v.slot(base)
 			if meta = atomic.LoadUint64(&s[2]); meta != 0 && atomic.LoadUint64(&s[0]) == k0 && atomic.LoadUint64(&s[1]) == k1 {
 				return base, meta, true
 			}
@@ -436,7 +447,7 @@ func (t *ctTable) find4(h, k0, k1 uint64) (base int, meta uint64, found bool) {
 		if empty != 0 {
 			return (int(i) + bits.TrailingZeros64(empty)>>3) * 4, 0, false
 		}
-		if i += 8 - i&7; i == t.cap {
+		if i += 8 - i&7; i == v.cap {
 			i = 0
 		}
 	}
@@ -556,7 +567,7 @@ func (ct *conntrack) flushLocked(sh *ctShard) {
 	t := sh.t4.Load()
 	if t == nil {
 		t = newCTTable(false, min(minTableCap, sh.maxCap))
-		sh.t4.Store(t)
+		sh.publish(t)
 	}
 	for uint64(t.n+n)*maxLoadDen > t.cap*maxLoadNum || t.n+n >= int(t.cap) {
 		if nt := ct.growLocked(sh, t); nt != t {
@@ -728,12 +739,53 @@ func (ct *conntrack) openLocked(sh *ctShard, k *ctKey, e flowEntry, now int64, s
 	sh.nurseAddLocked(k, e)
 }
 
+// publish makes t the shard's table. For t4 it also sets view4's fields,
+// the capacity last: see view4.
 func (sh *ctShard) publish(t *ctTable) {
 	if t.v6 {
 		sh.t6.Store(t)
-	} else {
-		sh.t4.Store(t)
+		return
 	}
+	if t.cap < sh.cap4.Load() {
+		panic("policy: t4 replaced by a smaller table") // view4's bounds need tables that only grow
+	}
+	sh.t4.Store(t)
+	sh.tags4.Store(&t.tags[0])
+	sh.w4.Store(&t.w[0])
+	sh.cap4.Store(t.cap)
+}
+
+// view4 is t4 as lock-free IPv4 readers see it, from the shard's first
+// cache line: its capacity (0: no t4 yet), control bytes and slots. The
+// three are loaded separately and may come from different tables while a
+// writer swaps t4; the sequence counter, which such a writer holds odd,
+// makes the reader discard what it read. Indexing stays in bounds all
+// the same: tables only grow, publish stores the capacity after the
+// pointers, and view4 loads it before them, so every index below the
+// capacity loaded is inside both arrays.
+type view4 struct {
+	cap  uint64
+	tags unsafe.Pointer // *uint64, cap/8 words
+	w    unsafe.Pointer // *uint64, cap*4 words
+}
+
+func (sh *ctShard) view4() view4 {
+	c := sh.cap4.Load()
+	return view4{cap: c, tags: unsafe.Pointer(sh.tags4.Load()), w: unsafe.Pointer(sh.w4.Load())}
+}
+
+// tagWord returns the control-byte word holding slot i's.
+func (v view4) tagWord(i uint64) uint64 {
+	return atomic.LoadUint64((*uint64)(unsafe.Add(v.tags, i>>3*8)))
+}
+
+// slot returns the slot at word offset base.
+func (v view4) slot(base int) *[4]uint64 { return (*[4]uint64)(unsafe.Add(v.w, base*8)) }
+
+// home is the first slot probed for hash h.
+func (v view4) home(h uint64) uint64 {
+	hi, _ := bits.Mul64(h, v.cap)
+	return hi
 }
 
 // growLocked doubles t (up to the shard's capacity bound) and returns the
@@ -898,7 +950,7 @@ func (ct *conntrack) len() int {
 	for i := range ct.shards {
 		sh := &ct.shards[i]
 		sh.mu.Lock()
-		n += sh.n
+		n += int(sh.n)
 		sh.mu.Unlock()
 	}
 	return n

@@ -77,22 +77,22 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 	h := hash4(k0^ct.seed, k1)
 	sh := &ct.shards[h&ct.mask]
 	seq := sh.seq.Load()
-	tab := sh.t4.Load()
+	tab := sh.view4()
 	if seq&1 != 0 {
 		return 0, fastUntried
 	}
 	// The flow's home slot in t4, its control byte and key inline; then
 	// the nursery, whose control bytes share the shard's cache line; then
 	// a probe of t4 (find4) unless the home slot is empty.
-	var slot []uint64
+	var slot *[4]uint64
 	var meta uint64
 	base, found, home := 0, false, uint64(0)
 	want := tagOf(h) * bytesLSB
-	if tab != nil {
+	if tab.cap != 0 {
 		i := tab.home(h)
-		home = atomic.LoadUint64(&tab.tags[i>>3]) >> (i & 7 * 8) & 0xff
+		home = tab.tagWord(i) >> (i & 7 * 8) & 0xff
 		if home == want&0xff {
-			slot = tab.w[i*4 : i*4+4 : i*4+4]
+			slot = tab.slot(int(i) * 4)
 			meta = atomic.LoadUint64(&slot[2])
 			found = meta != 0 && atomic.LoadUint64(&slot[0]) == k0 && atomic.LoadUint64(&slot[1]) == k1
 		}
@@ -101,14 +101,14 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 		x := atomic.LoadUint64(&sh.ntags[g]) ^ want
 		for m := ^((x&bytesLow + bytesLow) | x | bytesLow); m != 0 && !found; m &= m - 1 {
 			j := g*8 + bits.TrailingZeros64(m)>>3
-			slot = sh.nurse[j*4 : j*4+4 : j*4+4]
+			slot = (*[4]uint64)(sh.nurse[j*4 : j*4+4])
 			meta = atomic.LoadUint64(&slot[2])
 			found = meta != 0 && atomic.LoadUint64(&slot[0]) == k0 && atomic.LoadUint64(&slot[1]) == k1
 		}
 	}
 	if !found && home != 0 {
 		if base, meta, found = tab.find4(h, k0, k1); found {
-			slot = tab.w[base : base+4 : base+4]
+			slot = tab.slot(base)
 		}
 	}
 	var seen int64
