@@ -10,7 +10,7 @@ import (
 // Config tunes an Engine. Zero fields take the defaults of DefaultConfig.
 // It is read by NewEngine only.
 type Config struct {
-	MaxFlows         int           // conntrack bound (entries); default 1<<20
+	MaxFlows         int           // conntrack bound (entries); default 1<<20, at most maxFlows
 	TCPTimeout       time.Duration // idle timeout of an established tcp flow; default 1h
 	TCPClosing       time.Duration // idle timeout after a FIN or RST; default 10s
 	UDPTimeout       time.Duration // default 60s
@@ -32,11 +32,16 @@ func DefaultConfig() Config {
 	}
 }
 
+// maxFlows caps Config.MaxFlows (about 50 GiB of IPv4 slots), so that a
+// shard's entry count and limit fit its int32 fields.
+const maxFlows = 1 << 30
+
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
 	if c.MaxFlows <= 0 {
 		c.MaxFlows = d.MaxFlows
 	}
+	c.MaxFlows = min(c.MaxFlows, maxFlows)
 	if c.TCPTimeout <= 0 {
 		c.TCPTimeout = d.TCPTimeout
 	}
