@@ -259,3 +259,20 @@ func TestShardLayout(t *testing.T) {
 		t.Errorf("ctShard is %d bytes, not a whole number of cache lines", size)
 	}
 }
+
+// TestMaxFlowsCapped: a bound beyond maxFlows is capped, and every shard's
+// limit stays positive (the int32 fields do not wrap).
+func TestMaxFlowsCapped(t *testing.T) {
+	e := NewEngine(Config{MaxFlows: 1 << 40})
+	total := 0
+	for i := range e.ct.shards {
+		sh := &e.ct.shards[i]
+		if sh.limit <= 0 {
+			t.Fatalf("shard %d: limit %d", i, sh.limit)
+		}
+		total += int(sh.limit)
+	}
+	if total != maxFlows {
+		t.Errorf("shard limits add up to %d, want %d", total, maxFlows)
+	}
+}
