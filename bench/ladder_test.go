@@ -14,6 +14,10 @@ package bench
 //	e  weft, two containers on one cell (hair-pin), policy as in d
 //	f  weft as in d with the water TUN backend (--tun-backend water)
 //
+// and d2-paired-b-d: rungs b and d taken alternately, -ladder.pairs times
+// each (TCP one and four streams), reported as the medians and their
+// ratio.
+//
 // Each rung measures: one TCP stream and four (Gbit/s received, 0.5 s
 // warm-up then 3 s), UDP packets per second received at 64- and 1400-byte
 // IP packets (2 s each), and for b and d a UDP ping-pong round trip (p50,
@@ -57,6 +61,7 @@ var (
 	ladderRules    = flag.Int("ladder.rules", 10000, "rules loaded for rungs d-f")
 	ladderFlows    = flag.Int("ladder.flows", 100000, "flows tracked for rungs d-f")
 	ladderAgentEnv = flag.String("ladder.agentenv", "", "comma-separated K=V environment for the weft agents (e.g. GOGC=200)")
+	ladderPairs    = flag.Int("ladder.pairs", 3, "TCP tests of rungs b and d taken alternately for d2-paired (0: skip it)")
 )
 
 const (
@@ -143,6 +148,7 @@ func BenchmarkLadder(b *testing.B) {
 		m := agentMem(l)
 		b.ReportMetric(float64(m.hwm)/(1<<20), "MB-rss-peak")
 	})
+	dReady := false // d2 runs on d's agents, rules and flows
 	b.Run("d-weft-10k-rules-100k-flows", func(b *testing.B) {
 		restart(b)
 		idle := agentMem(l)
@@ -155,7 +161,31 @@ func BenchmarkLadder(b *testing.B) {
 		after := minFlows(b, l)
 		b.ReportMetric(float64(min(flows, after)), "flows")
 		b.ReportMetric(float64(nrules), "rules")
+		dReady = true
 	})
+	// Rungs b and d alternately, with the same agents, rules and flows as
+	// d: the drift of this shared machine between the b and d sub-runs
+	// (b alone swings 3.2-3.9 Gbit/s within an hour) cancels in the ratio of
+	// the medians, the floor's least noisy figure.
+	if *ladderPairs > 0 {
+		b.Run("d2-paired-b-d", func(b *testing.B) {
+			if !dReady {
+				b.Skip("needs rung d in the same run")
+			}
+			for i, n := range []int{1, 4} {
+				var rb, rd []float64
+				for range *ladderPairs {
+					rb = append(rb, tcpStreams(b, nsA, nsB, netip.AddrPortFrom(wgB, tcpPort+uint16(i)), n))
+					rd = append(rd, tcpStreams(b, ctA, ctB, netip.AddrPortFrom(ipB, tcpPort+uint16(i)), n))
+				}
+				mb, md := medianOf(rb), medianOf(rd)
+				b.Logf("tcp%d: b %.2f, d %.2f Gbit/s", n, rb, rd)
+				b.ReportMetric(mb, fmt.Sprintf("Gbit/s-b-tcp%d-paired", n))
+				b.ReportMetric(md, fmt.Sprintf("Gbit/s-d-tcp%d-paired", n))
+				b.ReportMetric(md/mb, fmt.Sprintf("x-b-tcp%d-paired", n))
+			}
+		})
+	}
 	b.Run("e-weft-hairpin", func(b *testing.B) {
 		// Same agents as d (policy on, rules and flows loaded).
 		measureRungRatio(b, base, ctA, ctC, ipC, false)
@@ -680,4 +710,11 @@ func startProfiles(b *testing.B, l *lab.Lab, tag string) func() {
 			fetch(c, "heap", "http://"+pprofAt+"/debug/pprof/heap", 10*time.Second)
 		}
 	}
+}
+
+// medianOf returns the median of v (the upper one of an even count).
+func medianOf(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
 }

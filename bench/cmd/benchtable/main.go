@@ -111,6 +111,9 @@ func format(rows map[string]map[string][]float64, order []string) string {
 	}
 	sb.WriteString("\n")
 	for _, name := range order {
+		if !slices.ContainsFunc(columns, func(c column) bool { return len(rows[name][c.unit]) > 0 }) {
+			continue // d2-paired-b-d: a line below the table
+		}
 		sb.WriteString("| " + name + " |")
 		for _, c := range columns {
 			v, ok := median(rows[name][c.unit])
@@ -141,6 +144,14 @@ func format(rows map[string]map[string][]float64, order []string) string {
 		bb, okb := get("b-", unit)
 		if okc && okd && okb && c > 0 && bb > 0 {
 			fmt.Fprintf(&sb, "\n%s: d/c = %.2f (target ≥ 0.97), d/b = %.2f (floor 1.0, bar 1.8)", unit, d/c, d/bb)
+		}
+	}
+	for _, n := range []string{"1", "4"} {
+		r, okr := get("d2-", "x-b-tcp"+n+"-paired")
+		bb, _ := get("d2-", "Gbit/s-b-tcp"+n+"-paired")
+		d, _ := get("d2-", "Gbit/s-d-tcp"+n+"-paired")
+		if okr {
+			fmt.Fprintf(&sb, "\nGbit/s-tcp%s, b and d alternately (medians): b %.2f, d %.2f, d/b = %.2f", n, bb, d, r)
 		}
 	}
 	sb.WriteString("\n")
