@@ -28,6 +28,7 @@ package bench
 // profiles after it, into DIR.
 
 import (
+	"bufio"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -48,6 +49,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/chacha20poly1305"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weft-net/weft/cell"
@@ -79,6 +81,7 @@ func BenchmarkLadder(b *testing.B) {
 	lab.RequireRoot(b)
 	run := lab.RunPrefix()
 	base := rungResult{}
+	idle := sampleBusy(b, time.Second) // the machine's own load, for rung g
 
 	// The veth pair of rung a, also the underlay of rung b.
 	nsA, nsB := run+"-va", run+"-vb"
@@ -175,8 +178,9 @@ func BenchmarkLadder(b *testing.B) {
 			for i, n := range []int{1, 4} {
 				var rb, rd []float64
 				for range *ladderPairs {
-					rb = append(rb, tcpStreams(b, nsA, nsB, netip.AddrPortFrom(wgB, tcpPort+uint16(i)), n))
-					rd = append(rd, tcpStreams(b, ctA, ctB, netip.AddrPortFrom(ipB, tcpPort+uint16(i)), n))
+					gb, _ := tcpStreams(b, nsA, nsB, netip.AddrPortFrom(wgB, tcpPort+uint16(i)), n)
+					gd, _ := tcpStreams(b, ctA, ctB, netip.AddrPortFrom(ipB, tcpPort+uint16(i)), n)
+					rb, rd = append(rb, gb), append(rd, gd)
 				}
 				mb, md := medianOf(rb), medianOf(rd)
 				b.Logf("tcp%d: b %.2f, d %.2f Gbit/s", n, rb, rd)
@@ -186,16 +190,166 @@ func BenchmarkLadder(b *testing.B) {
 			}
 		})
 	}
+	hairpin := 0.0 // rung e's busy cores per Gbit/s, for rung g
 	b.Run("e-weft-hairpin", func(b *testing.B) {
 		// Same agents as d (policy on, rules and flows loaded).
-		measureRungRatio(b, base, ctA, ctC, ipC, false)
+		r := measureRungRatio(b, base, ctA, ctC, ipC, false)
 		b.ReportMetric(float64(agentMem(l).hwm)/(1<<20), "MB-rss-peak")
+		hairpin = min((r["cores-tcp1"]-idle)/r["tcp1"], (r["cores-tcp4"]-idle)/r["tcp4"])
 	})
 	b.Run("f-weft-water", func(b *testing.B) {
 		restart(b, "--tun-backend", "water")
 		measureRungRatio(b, base, ctA, ctB, ipB, false)
 		b.ReportMetric(float64(agentMem(l).hwm)/(1<<20), "MB-rss-peak")
 	})
+	b.Run("g-ceiling", func(b *testing.B) {
+		if hairpin <= 0 || base["tcp1"] == 0 {
+			b.Skip("needs rungs b and e in the same run")
+		}
+		ceiling(b, nsA, nsB, hairpin, idle, base)
+	})
+}
+
+// ceiling estimates the most any WireGuard data path could carry on this
+// machine from the costs, per Gbit/s, of what every one must do: what
+// rung e (hair-pin) does, the TCP endpoints, TUN reads and writes of
+// super-packets, splitting them and coalescing (its busy cores over its
+// throughput, the machine's idle load taken off); less two memory copies,
+// which a data path that encrypts straight out of the super-packet and
+// decrypts straight into the coalesced one would save; plus the
+// ChaCha20-Poly1305 seal and open of every packet, measured here on
+// 1420-byte packets; plus WireGuard-sized datagrams through
+// wireguard-go's UDP bind (GSO, GRO) over the veth pair, measured by
+// udpfloor with nothing else. Each is measured on its own at the cost it
+// has here, so the sum is a floor for their combination, and the machine's
+// cores divided by it is a ceiling. It reports the ceiling and its ratio
+// to rung b, which the bar (1.8) is set against.
+func ceiling(b *testing.B, nsA, nsB string, hairpin, idle float64, base rungResult) {
+	cpy, crypto := memmoveCost(), cryptoCost(b)
+	udp, udpGbps := udpCost(b, nsA, nsB)
+	floor := max(hairpin-2*cpy, 0) + crypto + udp
+	ncpu := float64(machineBusy(b).ncpu)
+	b.Logf("cores per Gbit/s: hair-pin %.3f (less 2 copies of %.4f), crypto %.3f, UDP %.3f (at %.2f Gbit/s); floor %.3f on %.0f cores",
+		hairpin, cpy, crypto, udp, udpGbps, floor, ncpu)
+	b.ReportMetric(hairpin, "cores-per-Gbps-hairpin")
+	b.ReportMetric(crypto, "cores-per-Gbps-crypto")
+	b.ReportMetric(udp, "cores-per-Gbps-udp")
+	b.ReportMetric(ncpu/floor, "Gbit/s-ceiling")
+	b.ReportMetric(ncpu/floor/base["tcp1"], "x-b-ceiling")
+}
+
+// sampleBusy returns the machine's busy cores over d.
+func sampleBusy(b *testing.B, d time.Duration) float64 {
+	t0 := machineBusy(b)
+	time.Sleep(d)
+	return machineBusy(b).cores(t0)
+}
+
+// coresPerGbps is the CPU (in ns) spent on bytes, as busy cores per Gbit/s.
+func coresPerGbps(bytes, cpuNanos float64) float64 {
+	return cpuNanos / 1e9 / (bytes * 8 / 1e9)
+}
+
+// memmoveCost is one copy of 64 KiB buffers, in cores per Gbit/s.
+func memmoveCost() float64 {
+	src, dst := make([]byte, 64<<10), make([]byte, 64<<10)
+	n, t0 := 0, time.Now()
+	for time.Since(t0) < 300*time.Millisecond {
+		for range 64 {
+			copy(dst, src)
+		}
+		n += 64
+	}
+	return coresPerGbps(float64(n*len(src)), float64(time.Since(t0)))
+}
+
+// cryptoCost is sealing and opening 1420-byte packets with
+// ChaCha20-Poly1305 (wireguard-go's AEAD, golang.org/x/crypto), in cores
+// per Gbit/s.
+func cryptoCost(b *testing.B) float64 {
+	aead, err := chacha20poly1305.New(make([]byte, chacha20poly1305.KeySize))
+	if err != nil {
+		b.Fatal(err)
+	}
+	pkt := make([]byte, 1420, 1420+aead.Overhead())
+	var nonce [chacha20poly1305.NonceSize]byte
+	n, t0 := 0, time.Now()
+	for time.Since(t0) < 500*time.Millisecond {
+		for range 64 {
+			sealed := aead.Seal(pkt[:0], nonce[:], pkt, nil)
+			if _, err := aead.Open(sealed[:0], nonce[:], sealed, nil); err != nil {
+				b.Fatal(err)
+			}
+			pkt = pkt[:1420]
+		}
+		n += 64
+	}
+	return coresPerGbps(float64(n*1420), float64(time.Since(t0)))
+}
+
+// udpCost runs udpfloor, a receiver in nsB and a sender in nsA, and
+// returns the CPU its two processes spent per Gbit/s (each over the bytes
+// it handled: what the receiver drops costs the sender all the same) and
+// the Gbit/s received.
+func udpCost(b *testing.B, nsA, nsB string) (cost, gbps float64) {
+	bin := filepath.Join(b.TempDir(), "udpfloor")
+	if out, err := exec.Command("go", "build", "-o", bin, "./internal/udpfloor").CombinedOutput(); err != nil {
+		b.Fatalf("build udpfloor: %v: %s", err, out)
+	}
+	type proc struct {
+		in  io.WriteCloser
+		out *bufio.Reader
+	}
+	start := func(ns string, args ...string) proc {
+		cmd := lab.ExecIn(ns, bin, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		cmd.Stderr = os.Stderr
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() {
+			in.Close() // udpfloor exits when stdin closes
+			cmd.Wait()
+		})
+		p := proc{in, bufio.NewReader(out)}
+		if line, err := p.out.ReadString('\n'); err != nil || line != "ready\n" {
+			b.Fatalf("udpfloor %v in %s: %q %v", args, ns, line, err)
+		}
+		return p
+	}
+	sample := func(p proc) (bytes, cpu float64) {
+		if _, err := io.WriteString(p.in, "?\n"); err != nil {
+			b.Fatal(err)
+		}
+		line, err := p.out.ReadString('\n')
+		if _, err2 := fmt.Sscan(line, &bytes, &cpu); err != nil || err2 != nil {
+			b.Fatalf("udpfloor: %q: %v %v", line, err, err2)
+		}
+		return bytes, cpu
+	}
+	recv := start(nsB, "-listen", "51821")
+	send := start(nsA, "-to", "198.18.0.202:51821")
+	time.Sleep(warmup)
+	rb0, rc0 := sample(recv)
+	sb0, sc0 := sample(send)
+	t0 := time.Now()
+	time.Sleep(*ladderTCPTime)
+	rb1, rc1 := sample(recv)
+	sb1, sc1 := sample(send)
+	el := time.Since(t0)
+	if rb1 <= rb0 || sb1 <= sb0 {
+		b.Fatalf("udpfloor: received %.0f, sent %.0f bytes", rb1-rb0, sb1-sb0)
+	}
+	cost = coresPerGbps(sb1-sb0, sc1-sc0) + coresPerGbps(rb1-rb0, rc1-rc0)
+	return cost, (rb1 - rb0) * 8 / el.Seconds() / 1e9
 }
 
 // measureRungProfiled measures a weft rung, fetching the agents' CPU
@@ -208,17 +362,18 @@ func measureRungProfiled(b *testing.B, l *lab.Lab, base rungResult, client, serv
 	measureRungRatioHook(b, base, client, server, dst, pingpong, stop)
 }
 
-func measureRungRatio(b *testing.B, base rungResult, client, server string, dst netip.Addr, pingpong bool) {
-	measureRungRatioHook(b, base, client, server, dst, pingpong, nil)
+func measureRungRatio(b *testing.B, base rungResult, client, server string, dst netip.Addr, pingpong bool) rungResult {
+	return measureRungRatioHook(b, base, client, server, dst, pingpong, nil)
 }
 
-func measureRungRatioHook(b *testing.B, base rungResult, client, server string, dst netip.Addr, pingpong bool, afterTCP1 func()) {
+func measureRungRatioHook(b *testing.B, base rungResult, client, server string, dst netip.Addr, pingpong bool, afterTCP1 func()) rungResult {
 	r := measureRung(b, afterTCP1, client, server, dst, pingpong)
 	for k, v := range r {
-		if bv := base[k]; bv > 0 && !strings.HasPrefix(k, "us-") {
+		if bv := base[k]; bv > 0 && !strings.HasPrefix(k, "us-") && !strings.HasPrefix(k, "cores-") {
 			b.ReportMetric(v/bv, "x-b-"+k)
 		}
 	}
+	return r
 }
 
 // measureRung runs every test of a rung from namespace client to dst in
@@ -226,15 +381,21 @@ func measureRungRatioHook(b *testing.B, base rungResult, client, server string, 
 // single-stream test.
 func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst netip.Addr, pingpong bool) rungResult {
 	r := rungResult{}
-	r["tcp1"] = tcpStreams(b, client, server, netip.AddrPortFrom(dst, tcpPort), 1)
+	var cores1, cores4 float64
+	r["tcp1"], cores1 = tcpStreams(b, client, server, netip.AddrPortFrom(dst, tcpPort), 1)
 	if afterTCP1 != nil {
 		afterTCP1()
 	}
-	r["tcp4"] = tcpStreams(b, client, server, netip.AddrPortFrom(dst, tcpPort+1), 4)
+	r["tcp4"], cores4 = tcpStreams(b, client, server, netip.AddrPortFrom(dst, tcpPort+1), 4)
 	r["udp64"] = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort), 64)
 	r["udp1400"] = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort+1), 1400)
 	b.ReportMetric(r["tcp1"], "Gbit/s-tcp1")
 	b.ReportMetric(r["tcp4"], "Gbit/s-tcp4")
+	// The whole machine's busy cores while the TCP streams ran: at all of
+	// them, a rung's throughput is its CPU cost per bit.
+	b.ReportMetric(cores1, "cores-tcp1")
+	b.ReportMetric(cores4, "cores-tcp4")
+	r["cores-tcp1"], r["cores-tcp4"] = cores1, cores4
 	b.ReportMetric(r["udp64"]/1e3, "kpps-udp64")
 	b.ReportMetric(r["udp1400"]/1e3, "kpps-udp1400")
 	if pingpong {
@@ -247,8 +408,9 @@ func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst neti
 }
 
 // tcpStreams runs n TCP streams from client to a sink at dst for warm-up +
-// measuring time and returns the Gbit/s the sink received while measuring.
-func tcpStreams(b *testing.B, client, server string, dst netip.AddrPort, n int) float64 {
+// measuring time and returns the Gbit/s the sink received while measuring
+// and the machine's busy cores meanwhile (machineBusy).
+func tcpStreams(b *testing.B, client, server string, dst netip.AddrPort, n int) (gbps, cores float64) {
 	ln, err := lab.ListenIn(server, "tcp", ":"+strconv.Itoa(int(dst.Port())))
 	if err != nil {
 		b.Fatal(err)
@@ -301,9 +463,9 @@ func tcpStreams(b *testing.B, client, server string, dst netip.AddrPort, n int) 
 		})
 	}
 	time.Sleep(warmup) // warm-up period, not synchronisation
-	start, t0 := received.Load(), time.Now()
+	start, t0, cpu0 := received.Load(), time.Now(), machineBusy(b)
 	time.Sleep(*ladderTCPTime)
-	got, el := received.Load()-start, time.Since(t0)
+	got, el, cpu1 := received.Load()-start, time.Since(t0), machineBusy(b)
 	close(stop)
 	mu.Lock()
 	for _, c := range conns {
@@ -316,7 +478,52 @@ func tcpStreams(b *testing.B, client, server string, dst netip.AddrPort, n int) 
 	if got == 0 {
 		b.Fatalf("tcp %d streams to %v: nothing received", n, dst)
 	}
-	return float64(got) * 8 / el.Seconds() / 1e9
+	return float64(got) * 8 / el.Seconds() / 1e9, cpu1.cores(cpu0)
+}
+
+// cpuTimes is the machine's CPU time so far, from /proc/stat, in ticks.
+type cpuTimes struct {
+	busy, total uint64
+	ncpu        int
+}
+
+// machineBusy reads the aggregate cpu line of /proc/stat: busy is every
+// field but idle and iowait (user, nice, system, irq, softirq, steal).
+func machineBusy(b *testing.B) cpuTimes {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	line, rest, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		b.Fatalf("/proc/stat: unexpected first line %q", line)
+	}
+	var t cpuTimes
+	for i, s := range f[1:9] {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			b.Fatalf("/proc/stat: field %d of %q: %v", i+1, line, err)
+		}
+		t.total += v
+		if i != 3 && i != 4 { // idle, iowait
+			t.busy += v
+		}
+	}
+	for l := range strings.Lines(rest) {
+		if len(l) > 3 && l[:3] == "cpu" && l[3] >= '0' && l[3] <= '9' {
+			t.ncpu++
+		}
+	}
+	return t
+}
+
+// cores returns the cores busy on average between since and t.
+func (t cpuTimes) cores(since cpuTimes) float64 {
+	if t.total <= since.total {
+		return 0
+	}
+	return float64(t.busy-since.busy) / float64(t.total-since.total) * float64(t.ncpu)
 }
 
 // udpRate blasts size-byte IP packets (UDP payload size-28) from client to

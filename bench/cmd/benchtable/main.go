@@ -28,6 +28,8 @@ type column struct {
 var columns = []column{
 	{"TCP 1 stream Gbit/s", "Gbit/s-tcp1", "x-b-tcp1", 2},
 	{"TCP 4 streams Gbit/s", "Gbit/s-tcp4", "x-b-tcp4", 2},
+	{"cores busy, TCP 1 stream", "cores-tcp1", "", 2},
+	{"cores busy, TCP 4 streams", "cores-tcp4", "", 2},
 	{"UDP 64 B kpps", "kpps-udp64", "x-b-udp64", 0},
 	{"UDP 1400 B kpps", "kpps-udp1400", "x-b-udp1400", 0},
 	{"RTT p50 µs", "us-rtt-p50", "", 0},
@@ -112,7 +114,7 @@ func format(rows map[string]map[string][]float64, order []string) string {
 	sb.WriteString("\n")
 	for _, name := range order {
 		if !slices.ContainsFunc(columns, func(c column) bool { return len(rows[name][c.unit]) > 0 }) {
-			continue // d2-paired-b-d: a line below the table
+			continue // d2-paired-b-d, g-ceiling: lines below the table
 		}
 		sb.WriteString("| " + name + " |")
 		for _, c := range columns {
@@ -153,6 +155,13 @@ func format(rows map[string]map[string][]float64, order []string) string {
 		if okr {
 			fmt.Fprintf(&sb, "\nGbit/s-tcp%s, b and d alternately (medians): b %.2f, d %.2f, d/b = %.2f", n, bb, d, r)
 		}
+	}
+	if g, ok := get("g-", "Gbit/s-ceiling"); ok {
+		x, _ := get("g-", "x-b-ceiling")
+		hp, _ := get("g-", "cores-per-Gbps-hairpin")
+		cr, _ := get("g-", "cores-per-Gbps-crypto")
+		udp, _ := get("g-", "cores-per-Gbps-udp")
+		fmt.Fprintf(&sb, "\nceiling of any WireGuard data path here (g): %.2f Gbit/s = %.2f× b tcp1 (bar 1.8); cores per Gbit/s: hair-pin %.3f, crypto %.3f, UDP %.3f", g, x, hp, cr, udp)
 	}
 	sb.WriteString("\n")
 	return sb.String()
