@@ -63,7 +63,7 @@ var (
 	ladderRules    = flag.Int("ladder.rules", 10000, "rules loaded for rungs d-f")
 	ladderFlows    = flag.Int("ladder.flows", 100000, "flows tracked for rungs d-f")
 	ladderAgentEnv = flag.String("ladder.agentenv", "", "comma-separated K=V environment for the weft agents (e.g. GOGC=200)")
-	ladderPairs    = flag.Int("ladder.pairs", 3, "TCP tests of rungs b and d taken alternately for d2-paired (0: skip it)")
+	ladderPairs    = flag.Int("ladder.pairs", 3, "rounds of TCP tests of rungs b, d and c in turn for d2-paired (0: skip it)")
 )
 
 const (
@@ -166,27 +166,46 @@ func BenchmarkLadder(b *testing.B) {
 		b.ReportMetric(float64(nrules), "rules")
 		dReady = true
 	})
-	// Rungs b and d alternately, with the same agents, rules and flows as
-	// d: the drift of this shared machine between the b and d sub-runs
-	// (b alone swings 3.2-3.9 Gbit/s within an hour) cancels in the ratio of
-	// the medians, the floor's least noisy figure.
+	// Rungs b, d and c in turn, d with the same agents, rules and flows as
+	// rung d: the drift of this shared machine between separate sub-runs
+	// (b alone swings 3.2-3.9 Gbit/s within an hour) cancels in the ratios
+	// of the medians, the floor's and d/c's least noisy figures. c needs
+	// the agents restarted with --policy=off, and d again with the flows
+	// reloaded.
 	if *ladderPairs > 0 {
-		b.Run("d2-paired-b-d", func(b *testing.B) {
+		b.Run("d2-paired-b-c-d", func(b *testing.B) {
 			if !dReady {
 				b.Skip("needs rung d in the same run")
 			}
-			for i, n := range []int{1, 4} {
-				var rb, rd []float64
-				for range *ladderPairs {
-					gb, _ := tcpStreams(b, nsA, nsB, netip.AddrPortFrom(wgB, tcpPort+uint16(i)), n)
-					gd, _ := tcpStreams(b, ctA, ctB, netip.AddrPortFrom(ipB, tcpPort+uint16(i)), n)
-					rb, rd = append(rb, gb), append(rd, gd)
+			streams := []int{1, 4}
+			var rb, rc, rd [2][]float64
+			// One round: b, d, b, c. c and d each follow a restart, the
+			// flow traffic of loadFlows and a b test, and each is taken
+			// next to a b test of its own.
+			for range *ladderPairs {
+				for _, r := range []*[2][]float64{&rd, &rc} {
+					for i, n := range streams {
+						gb, _ := tcpStreams(b, nsA, nsB, netip.AddrPortFrom(wgB, tcpPort+uint16(i)), n)
+						g, _ := tcpStreams(b, ctA, ctB, netip.AddrPortFrom(ipB, tcpPort+uint16(i)), n)
+						rb[i], r[i] = append(rb[i], gb), append(r[i], g)
+					}
+					if r == &rd {
+						restart(b, "--policy=off")
+						sendFlows(b, l, ctA, ctB, ipB, *ladderFlows, false)
+					} else {
+						restart(b)
+						loadFlows(b, l, ctA, ctB, ipB, *ladderFlows)
+					}
 				}
-				mb, md := medianOf(rb), medianOf(rd)
-				b.Logf("tcp%d: b %.2f, d %.2f Gbit/s", n, rb, rd)
+			}
+			for i, n := range streams {
+				mb, mc, md := medianOf(rb[i]), medianOf(rc[i]), medianOf(rd[i])
+				b.Logf("tcp%d: b %.2f, c %.2f, d %.2f Gbit/s", n, rb[i], rc[i], rd[i])
 				b.ReportMetric(mb, fmt.Sprintf("Gbit/s-b-tcp%d-paired", n))
+				b.ReportMetric(mc, fmt.Sprintf("Gbit/s-c-tcp%d-paired", n))
 				b.ReportMetric(md, fmt.Sprintf("Gbit/s-d-tcp%d-paired", n))
 				b.ReportMetric(md/mb, fmt.Sprintf("x-b-tcp%d-paired", n))
+				b.ReportMetric(md/mc, fmt.Sprintf("x-c-tcp%d-paired", n))
 			}
 		})
 	}
@@ -757,6 +776,14 @@ func loadRules(l *lab.Lab, n int) (int, error) {
 // sockets times n/10 ports of the allowed range) until both agents track at
 // least n flows, and returns the smaller count.
 func loadFlows(b *testing.B, l *lab.Lab, client, server string, dst netip.Addr, n int) int {
+	return sendFlows(b, l, client, server, dst, n, true)
+}
+
+// sendFlows sends loadFlows' packets. With tracked false (agents with
+// --policy=off, which track nothing) it sends two rounds, as loadFlows
+// usually takes, and returns 0: the same traffic after a restart as d's
+// agents get.
+func sendFlows(b *testing.B, l *lab.Lab, client, server string, dst netip.Addr, n int, tracked bool) int {
 	const socks = 10
 	// The destination has no socket on these ports: keep its kernel from
 	// answering with port unreachables (the engine ends a flow on one).
@@ -794,6 +821,12 @@ func loadFlows(b *testing.B, l *lab.Lab, client, server string, dst netip.Addr, 
 			if p%10 == 9 {
 				time.Sleep(2 * time.Millisecond) // pace (≤ 50k packets/s): do not overrun queues
 			}
+		}
+		if !tracked {
+			if round == 1 {
+				return 0
+			}
+			continue
 		}
 		got := minFlows(b, l)
 		b.Logf("flows after round %d: %d (%v)", round, got, time.Since(t0).Round(time.Millisecond))
@@ -919,9 +952,13 @@ func startProfiles(b *testing.B, l *lab.Lab, tag string) func() {
 	}
 }
 
-// medianOf returns the median of v (the upper one of an even count).
+// medianOf returns the median of v (of an even count, the mean of the
+// middle two).
 func medianOf(v []float64) float64 {
 	s := slices.Clone(v)
 	slices.Sort(s)
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
 	return s[len(s)/2]
 }

@@ -152,8 +152,13 @@ func format(rows map[string]map[string][]float64, order []string) string {
 		r, okr := get("d2-", "x-b-tcp"+n+"-paired")
 		bb, _ := get("d2-", "Gbit/s-b-tcp"+n+"-paired")
 		d, _ := get("d2-", "Gbit/s-d-tcp"+n+"-paired")
-		if okr {
-			fmt.Fprintf(&sb, "\nGbit/s-tcp%s, b and d alternately (medians): b %.2f, d %.2f, d/b = %.2f", n, bb, d, r)
+		if !okr {
+			continue
+		}
+		fmt.Fprintf(&sb, "\nGbit/s-tcp%s, rungs in turn (medians): b %.2f, d %.2f, d/b = %.2f", n, bb, d, r)
+		if rc, ok := get("d2-", "x-c-tcp"+n+"-paired"); ok {
+			c, _ := get("d2-", "Gbit/s-c-tcp"+n+"-paired")
+			fmt.Fprintf(&sb, "; c %.2f, d/c = %.2f", c, rc)
 		}
 	}
 	if g, ok := get("g-", "Gbit/s-ceiling"); ok {
