@@ -76,9 +76,10 @@ type Agent struct {
 	stateCh   chan struct{}
 	ready     chan struct{} // closed once the data plane is up
 
-	mu  sync.Mutex       // serialises container changes and table compiles
-	ov  *overlay.Overlay // guarded by mu; nil until the subnet lease is taken
-	dns agentDNS         // srv guarded by mu
+	mu       sync.Mutex       // serialises container changes and table compiles
+	ov       *overlay.Overlay // guarded by mu; nil until the subnet lease is taken
+	compiled *tableInputs     // guarded by mu: the inputs of the engine's table
+	dns      agentDNS         // srv guarded by mu
 }
 
 // Run runs the agent until ctx is cancelled, then leaves the mesh and
@@ -278,17 +279,38 @@ func (a *Agent) compile() {
 // compileLocked builds a new policy table from the replicated state and
 // swaps it in. Conntrack survives; flows whose rule is gone are cut on their
 // next packet.
+//
+// A table is compiled only when its inputs changed: the periodic pass then
+// costs a comparison, not a compile (50 ms and 34 MB of garbage for 100k
+// rules) and a new generation, which sends every tracked flow through the
+// locked revalidation on its next packet.
 func (a *Agent) compileLocked() {
-	var eps []policy.Endpoint
+	in := &tableInputs{rules: a.mesh.Policies(), subnet: a.mesh.Subnet()}
 	for _, e := range a.mesh.Endpoints() {
-		eps = append(eps, policy.Endpoint{IP: e.IP, App: e.App, Local: e.Cell == a.cfg.Name})
+		in.eps = append(in.eps, policy.Endpoint{IP: e.IP, App: e.App, Local: e.Cell == a.cfg.Name})
 	}
-	a.engine.SetTable(policy.Compile(policy.TableConfig{
-		Rules:       a.mesh.Policies(),
-		Endpoints:   eps,
-		LocalSubnet: a.mesh.Subnet(),
-	}))
+	if !in.equal(a.compiled) {
+		a.engine.SetTable(policy.Compile(policy.TableConfig{
+			Rules:       in.rules,
+			Endpoints:   in.eps,
+			LocalSubnet: in.subnet,
+		}))
+		a.compiled = in
+	}
 	a.updateDNSLocked()
+}
+
+// tableInputs are what a policy table is compiled from.
+type tableInputs struct {
+	rules  []policy.Rule
+	eps    []policy.Endpoint
+	subnet netip.Prefix
+}
+
+// equal reports whether x and y (nil: no table compiled yet) compile to
+// the same table.
+func (x *tableInputs) equal(y *tableInputs) bool {
+	return y != nil && x.subnet == y.subnet && slices.Equal(x.rules, y.rules) && slices.Equal(x.eps, y.eps)
 }
 
 // localContainers returns this cell's containers, sorted by name.

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/weft-net/weft/mesh"
+	"github.com/weft-net/weft/policy"
 )
 
 func TestFreeIP(t *testing.T) {
@@ -147,5 +148,41 @@ func TestUsableUpstreams(t *testing.T) {
 	got := a.usableUpstreams([]string{"10.255.255.53:53", "192.0.2.53:53"})
 	if len(got) != 1 || got[0] != "192.0.2.53:53" {
 		t.Fatalf("usable upstreams: %v, want only 192.0.2.53:53", got)
+	}
+}
+
+// TestTableInputsEqual: the periodic pass recompiles the policy table only
+// when a rule, an endpoint (its app or locality) or the subnet changed.
+func TestTableInputsEqual(t *testing.T) {
+	mk := func() *tableInputs {
+		return &tableInputs{
+			rules: []policy.Rule{{Source: "a", Destination: "b", Protocol: policy.ProtoTCP, Ports: policy.PortRange{Start: 8080, End: 8080}}},
+			eps: []policy.Endpoint{
+				{IP: netip.MustParseAddr("10.255.1.2"), App: "a", Local: true},
+				{IP: netip.MustParseAddr("10.255.2.2"), App: "b"},
+			},
+			subnet: netip.MustParsePrefix("10.255.1.0/24"),
+		}
+	}
+	if mk().equal(nil) {
+		t.Error("equal to no table: a first table would never be compiled")
+	}
+	if !mk().equal(mk()) {
+		t.Error("the same inputs differ: the periodic pass would recompile every time")
+	}
+	changes := map[string]func(x *tableInputs){
+		"rule port":      func(x *tableInputs) { x.rules[0].Ports.End = 8081 },
+		"rule removed":   func(x *tableInputs) { x.rules = nil },
+		"endpoint app":   func(x *tableInputs) { x.eps[1].App = "c" },
+		"endpoint local": func(x *tableInputs) { x.eps[1].Local = true },
+		"endpoint gone":  func(x *tableInputs) { x.eps = x.eps[:1] },
+		"subnet":         func(x *tableInputs) { x.subnet = netip.MustParsePrefix("10.255.3.0/24") },
+	}
+	for name, change := range changes {
+		x := mk()
+		change(x)
+		if x.equal(mk()) || mk().equal(x) {
+			t.Errorf("%s: inputs still equal", name)
+		}
 	}
 }
