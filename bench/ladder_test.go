@@ -225,7 +225,7 @@ func BenchmarkLadder(b *testing.B) {
 		if hairpin <= 0 || base["tcp1"] == 0 {
 			b.Skip("needs rungs b and e in the same run")
 		}
-		ceiling(b, nsA, nsB, hairpin, idle, base)
+		ceiling(b, nsA, nsB, hairpin, base)
 	})
 }
 
@@ -243,7 +243,7 @@ func BenchmarkLadder(b *testing.B) {
 // has here, so the sum is a floor for their combination, and the machine's
 // cores divided by it is a ceiling. It reports the ceiling and its ratio
 // to rung b, which the bar (1.8) is set against.
-func ceiling(b *testing.B, nsA, nsB string, hairpin, idle float64, base rungResult) {
+func ceiling(b *testing.B, nsA, nsB string, hairpin float64, base rungResult) {
 	cpy, crypto := memmoveCost(), cryptoCost(b)
 	udp, udpGbps := udpCost(b, nsA, nsB)
 	floor := max(hairpin-2*cpy, 0) + crypto + udp
