@@ -276,3 +276,30 @@ func TestMaxFlowsCapped(t *testing.T) {
 		t.Errorf("shard limits add up to %d, want %d", total, maxFlows)
 	}
 }
+
+// TestOpenSameFlowConcurrent: two goroutines open the same new flows at
+// once, over and over; each flow is tracked once (the locked insert sees
+// the other's entry), so Flows counts every flow once.
+func TestOpenSameFlowConcurrent(t *testing.T) {
+	e := newTestEngine(t, Config{})
+	const flows = 20000
+	pkts := make([][]byte, flows)
+	for i := range pkts {
+		pkts[i] = syn(ap(ipA, uint16(1+i)), ap(ipB, 8080))
+	}
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			for _, p := range pkts {
+				if v := e.Inbound(p); v != Accept {
+					t.Errorf("open: %v", v)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := e.Flows(); n != flows {
+		t.Errorf("Flows = %d, want %d", n, flows)
+	}
+}
