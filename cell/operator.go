@@ -250,10 +250,24 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res := PolicyChangesResponse{Results: make([]PolicyChangeResult, len(req.Changes))}
-	applied := false
+	// The valid changes go to the mesh in one batch: it writes state.json
+	// once for all of them.
+	var cs []mesh.PolicyChange
+	var at []int // index in req.Changes of each of cs
 	for i, c := range req.Changes {
-		res.Results[i] = a.applyPolicyChange(c)
-		applied = applied || res.Results[i].Code == http.StatusCreated || res.Results[i].Code == http.StatusNoContent
+		rule, err := c.Rule.Rule()
+		if err != nil {
+			res.Results[i] = PolicyChangeResult{Code: http.StatusBadRequest, Error: err.Error()}
+			continue
+		}
+		cs = append(cs, mesh.PolicyChange{Rule: rule, Present: c.Present, Stamp: c.Stamp, Origin: c.Origin, Signer: c.Signer, Sig: c.Sig})
+		at = append(at, i)
+	}
+	changed, errs := a.mesh.ApplyPolicyChanges(cs)
+	applied := false
+	for j, c := range cs {
+		res.Results[at[j]] = a.policyChangeResult(c, changed[j], errs[j])
+		applied = applied || changed[j]
 	}
 	if applied {
 		a.compile()
@@ -261,14 +275,9 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-func (a *Agent) applyPolicyChange(c SignedPolicyChange) PolicyChangeResult {
-	rule, err := c.Rule.Rule()
-	if err != nil {
-		return PolicyChangeResult{Code: http.StatusBadRequest, Error: err.Error()}
-	}
-	changed, err := a.mesh.ApplyPolicyChange(mesh.PolicyChange{
-		Rule: rule, Present: c.Present, Stamp: c.Stamp, Origin: c.Origin, Signer: c.Signer, Sig: c.Sig,
-	})
+// policyChangeResult is the answer to change c that the mesh applied
+// (changed) or refused (err).
+func (a *Agent) policyChangeResult(c mesh.PolicyChange, changed bool, err error) PolicyChangeResult {
 	var stale *mesh.StaleChangeError
 	switch {
 	case errors.As(err, &stale):
@@ -286,7 +295,7 @@ func (a *Agent) applyPolicyChange(c SignedPolicyChange) PolicyChangeResult {
 	}
 	switch {
 	case changed:
-		a.log.Info("policy "+verb, "rule", rule.String(), "origin", c.Origin, "signer", mesh.Fingerprint(c.Signer))
+		a.log.Info("policy "+verb, "rule", c.Rule.String(), "origin", c.Origin, "signer", mesh.Fingerprint(c.Signer))
 		if c.Present {
 			return PolicyChangeResult{Code: http.StatusCreated}
 		}

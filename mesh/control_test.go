@@ -3,6 +3,7 @@ package mesh
 import (
 	"bytes"
 	"crypto/ed25519"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/weft-net/weft/policy"
 )
 
 // TestPolicySignatures: only changes signed by a trusted operator key are
@@ -367,4 +370,115 @@ func TestKeyRotation(t *testing.T) {
 	if got := b2.Keyring(); !slices.Equal(got, []string{Fingerprint(newKey)}) {
 		t.Fatalf("restarted b keyring %v", got)
 	}
+}
+
+// TestApplyPolicyChanges: a batch is applied change by change, with each
+// change's own answer (applied, a no-op, refused), reaches the other cells
+// and is in state.json when the call returns.
+func TestApplyPolicyChanges(t *testing.T) {
+	ms := cluster(t, 2)
+	a := ms[0]
+	stamp := uint64(time.Now().UnixNano())
+	sign := func(r policy.Rule, present bool) PolicyChange {
+		stamp++
+		c := PolicyChange{Rule: r, Present: present, Stamp: stamp, Origin: "cli@test"}
+		SignPolicyChange(&c, testOperator)
+		return c
+	}
+	var cs []PolicyChange
+	var want []policy.Rule
+	for i := range 500 {
+		r := rule(fmt.Sprintf("src%d", i), "dst", uint16(1+i))
+		cs = append(cs, sign(r, true))
+		want = append(want, r)
+	}
+	forged := sign(rule("evil", "dst", 22), true)
+	forged.Rule.Ports = policy.PortRange{Start: 23, End: 23} // the signature no longer matches
+	cs = append(cs, forged, sign(want[0], true), sign(rule("absent", "dst", 1), false))
+
+	changed, errs := a.ApplyPolicyChanges(cs)
+	for i := range 500 {
+		if !changed[i] || errs[i] != nil {
+			t.Fatalf("change %d: %v, %v; want applied", i, changed[i], errs[i])
+		}
+	}
+	if changed[500] || errs[500] == nil || !strings.Contains(errs[500].Error(), "bad signature") {
+		t.Errorf("forged change: %v, %v; want refused for its signature", changed[500], errs[500])
+	}
+	for _, i := range []int{501, 502} { // re-adding a present rule, removing an absent one
+		if changed[i] || errs[i] != nil {
+			t.Errorf("change %d: %v, %v; want a no-op", i, changed[i], errs[i])
+		}
+	}
+	slices.SortFunc(want, func(x, y policy.Rule) int { return strings.Compare(x.Key(), y.Key()) })
+	waitPolicies(t, ms, want...)
+
+	var sf stateFileData
+	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, stateFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &sf); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(sf.Policies); n != len(want) {
+		t.Errorf("state.json holds %d policies, want %d", n, len(want))
+	}
+}
+
+// TestFullStateCompressed: a large full state travels compressed, under
+// memberlist's 20 MiB push/pull limit at 100k signed rules, and merges as
+// the plain one does.
+func TestFullStateCompressed(t *testing.T) {
+	a := startNode(t, "cell-a", nodeOpts{})
+	stamp := uint64(time.Now().UnixNano())
+	var cs []PolicyChange
+	for i := range 2000 {
+		stamp++
+		c := PolicyChange{Rule: rule(fmt.Sprintf("src%d", i), "dst", 8080), Present: true, Stamp: stamp, Origin: "cli@test"}
+		SignPolicyChange(&c, testOperator)
+		cs = append(cs, c)
+	}
+	if _, errs := a.ApplyPolicyChanges(cs); errors.Join(errs...) != nil {
+		t.Fatal(errors.Join(errs...))
+	}
+	st := (*delegate)(a).LocalState(false)
+	if st[0] != msgFullZ {
+		t.Fatalf("a %d-byte state goes as %q, want compressed", len(st), st[0])
+	}
+	b := startNode(t, "cell-b", nodeOpts{}) // not joined: only this merge
+	(*delegate)(b).MergeRemoteState(st, false)
+	if n := len(b.Policies()); n != len(cs) {
+		t.Fatalf("merged %d rules of %d", n, len(cs))
+	}
+
+	// 100k rules, each with its own signature: over the limit as JSON,
+	// under it compressed.
+	fs := fullState{From: "cell-a"}
+	sig := make([]byte, ed25519.SignatureSize)
+	for i := range 100000 {
+		for j := 0; j < len(sig); j += 8 {
+			binary.LittleEndian.PutUint64(sig[j:], mix64(uint64(i)<<3|uint64(j/8)))
+		}
+		fs.Policies = append(fs.Policies, polEntry{Rule: toWire(rule(fmt.Sprintf("app%05d", i/2), fmt.Sprintf("app%05d", i%997), uint16(1+i%60000))),
+			Present: true, Stamp: stamp + uint64(i), Origin: "cli@ops-host", Signer: testOperator.Public().(ed25519.PublicKey), Sig: slices.Clone(sig)})
+	}
+	const limit = 20 << 20 // memberlist's maxPushStateBytes
+	full := encode(msgFull, fs)
+	z := zipState(full)
+	t.Logf("100k rules: %.1f MB of JSON, %.1f MB compressed", float64(len(full))/1e6, float64(len(z))/1e6)
+	if len(full) <= limit || len(z) > limit {
+		t.Errorf("JSON %d bytes, compressed %d: want over and under %d", len(full), len(z), limit)
+	}
+	if js, err := unzipState(z); err != nil || !bytes.Equal(js, full[1:]) {
+		t.Errorf("unzipState: %d bytes, %v; want the JSON back", len(js), err)
+	}
+}
+
+func mix64(x uint64) uint64 {
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb9fe1a85ec53
+	return x ^ x>>33
 }

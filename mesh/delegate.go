@@ -1,8 +1,12 @@
 package mesh
 
 import (
+	"bytes"
 	"cmp"
+	"compress/flate"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/netip"
 	"slices"
 	"sync"
@@ -20,7 +24,36 @@ const (
 	msgLease    byte = 'l'
 	msgLeave    byte = 'x'
 	msgFull     byte = 'S'
+	msgFullZ    byte = 'Z' // msgFull's JSON, DEFLATE-compressed (zipState)
 )
+
+// Memberlist refuses a push/pull whose user state exceeds 20 MiB. The
+// JSON of 100k signed rules is about 30 MB, so a full state above
+// zipAbove bytes travels compressed, and a compressed one may expand to
+// at most maxFullState bytes.
+const (
+	zipAbove     = 64 << 10
+	maxFullState = 256 << 20
+)
+
+// zipState compresses a msgFull message into a msgFullZ one.
+func zipState(full []byte) []byte {
+	var b bytes.Buffer
+	b.WriteByte(msgFullZ)
+	w, _ := flate.NewWriter(&b, flate.BestSpeed) // a valid level: no error
+	w.Write(full[1:])                            // a bytes.Buffer does not fail
+	w.Close()
+	return b.Bytes()
+}
+
+// unzipState returns the JSON of a msgFullZ message.
+func unzipState(buf []byte) ([]byte, error) {
+	js, err := io.ReadAll(io.LimitReader(flate.NewReader(bytes.NewReader(buf[1:])), maxFullState+1))
+	if err == nil && len(js) > maxFullState {
+		err = fmt.Errorf("expands past %d bytes", maxFullState)
+	}
+	return js, err
+}
 
 // maxMsg bounds one gossip message; memberlist packs them into UDP packets
 // of 1400 bytes.
@@ -267,17 +300,29 @@ func (d *delegate) LocalState(join bool) []byte {
 	}
 	fs.Keyring = m.keyringOpsLocked()
 	m.mu.Unlock()
-	return encode(msgFull, fs)
+	b := encode(msgFull, fs)
+	if len(b) > zipAbove {
+		b = zipState(b)
+	}
+	return b
 }
 
 // MergeRemoteState merges a peer's full state. borrowed: buf is only read.
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	m := (*Mesh)(d)
-	if len(buf) < 2 || buf[0] != msgFull {
+	if len(buf) < 2 || buf[0] != msgFull && buf[0] != msgFullZ {
 		return
 	}
+	js := buf[1:]
+	if buf[0] == msgFullZ {
+		var err error
+		if js, err = unzipState(buf); err != nil {
+			m.log.Debug("bad push/pull state", "err", err)
+			return
+		}
+	}
 	var fs fullState
-	if err := json.Unmarshal(buf[1:], &fs); err != nil {
+	if err := json.Unmarshal(js, &fs); err != nil {
 		m.log.Debug("bad push/pull state", "err", err)
 		return
 	}

@@ -139,41 +139,77 @@ func (m *Mesh) rejectSigned(what, from string, err error) {
 // one is a no-op (false, nil). A change older than the one the set holds
 // for the rule is a *StaleChangeError.
 func (m *Mesh) ApplyPolicyChange(c PolicyChange) (changed bool, err error) {
+	changes, errs := m.ApplyPolicyChanges([]PolicyChange{c})
+	return changes[0], errs[0]
+}
+
+// ApplyPolicyChanges applies changes in order, each as ApplyPolicyChange
+// does, and writes state.json once at the end rather than after each: a
+// policy file of n rules pushed in batches would otherwise write the
+// growing set n times. If that write fails, every change applied reports
+// the error (changed and err both set).
+func (m *Mesh) ApplyPolicyChanges(cs []PolicyChange) (changed []bool, errs []error) {
+	changed, errs = make([]bool, len(cs)), make([]error, len(cs))
+	applied := false
+	for i, c := range cs {
+		var p polEntry
+		if p, changed[i], errs[i] = m.mergePolicyChange(c); changed[i] {
+			b := policyBroadcast(p)
+			m.queue.QueueBroadcast(b)
+			m.sendDirect(b)
+			applied = true
+		}
+	}
+	if !applied {
+		return changed, errs
+	}
+	m.signal(&m.notifyState)
+	if err := m.persistState(); err != nil {
+		m.log.Error("persisting state failed", "err", err)
+		for i := range cs {
+			if changed[i] {
+				errs[i] = fmt.Errorf("mesh: change applied but not persisted: %w", err)
+			}
+		}
+	}
+	return changed, errs
+}
+
+// mergePolicyChange verifies c and merges it into the policy set; see
+// ApplyPolicyChange. It returns the entry merged when changed.
+func (m *Mesh) mergePolicyChange(c PolicyChange) (p polEntry, changed bool, err error) {
 	if err := c.Rule.Validate(); err != nil {
-		return false, err
+		return p, false, err
 	}
 	if c.Origin == "" || len(c.Origin) > maxNameLen {
-		return false, errors.New("mesh: policy change needs an origin of 1-253 bytes")
+		return p, false, errors.New("mesh: policy change needs an origin of 1-253 bytes")
 	}
-	p := c.entry()
+	p = c.entry()
 	if err := m.verifyPolicy(p); err != nil {
 		m.rejectSigned("policy change", c.Origin, err)
-		return false, fmt.Errorf("policy change refused: %w", err)
+		return p, false, fmt.Errorf("policy change refused: %w", err)
 	}
 	if len(encode(msgPolicy, p)) > maxMsg {
-		return false, errors.New("mesh: rule too long for a gossip message")
+		return p, false, errors.New("mesh: rule too long for a gossip message")
 	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if limit := uint64(m.st.now().Add(maxFutureStamp).UnixNano()); c.Stamp > limit {
-		m.mu.Unlock()
-		return false, fmt.Errorf("policy change refused: its stamp is %v ahead of this cell's clock (check the clocks)",
+		return p, false, fmt.Errorf("policy change refused: its stamp is %v ahead of this cell's clock (check the clocks)",
 			time.Duration(c.Stamp-uint64(m.st.now().UnixNano())).Round(time.Second))
 	}
 	k := c.Rule.Key()
 	have, ok := m.st.pols[k]
 	if (ok && have.Present) == c.Present {
 		m.st.observeStamp(c.Stamp)
-		m.mu.Unlock()
-		return false, nil
+		return p, false, nil
 	}
 	if ok && !p.newer(have) {
-		m.mu.Unlock()
-		return false, &StaleChangeError{Rule: c.Rule.String(), Current: have.Stamp}
+		return p, false, &StaleChangeError{Rule: c.Rule.String(), Current: have.Stamp}
 	}
 	m.st.observeStamp(c.Stamp)
 	m.st.pols[k] = p
-	m.mu.Unlock()
-	return true, m.localChange(policyBroadcast(p))
+	return p, true, nil
 }
 
 // PolicyStamp returns the stamp of the newest change of r this cell knows
