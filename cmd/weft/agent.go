@@ -107,13 +107,13 @@ func agentCmd() *cobra.Command {
 				return err
 			}
 			defer stopProf()
-			setMemoryLimit(memLimitMiB << 20)
 			cfg.Socket = socketPath
 			if err := dnsFlags(&cfg, dnsAddr, dnsUpstreams); err != nil {
 				return err
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			setMemoryLimit(ctx, memLimitMiB<<20)
 			return cell.Run(ctx, cfg)
 		},
 	}
@@ -134,7 +134,7 @@ func agentCmd() *cobra.Command {
 	f.StringArrayVar(&dnsUpstreams, "dns-upstream", nil, "resolver IP[:PORT] for other names (repeatable; default: /etc/resolv.conf; \"none\": refuse them)")
 	f.StringVar(&policyMode, "policy", "on", "policy enforcement: on, or off to pass every packet (benchmarks only)")
 	f.StringVar(&cfg.TUNBackend, "tun-backend", "auto", "TUN backend: auto (wireguard, water if the kernel refuses TUN offloads), wireguard or water")
-	f.Int64Var(&memLimitMiB, "memory-limit", defaultMemoryLimit>>20, "soft Go heap limit in MiB (0: none; GOMEMLIMIT overrides)")
+	f.Int64Var(&memLimitMiB, "memory-limit", defaultMemoryLimit>>20, "soft Go heap limit in MiB, raised to 1.25x the live heap when that is more (0: none; GOMEMLIMIT overrides)")
 	f.StringVar(&pprofAddr, "pprof-addr", "", "serve net/http/pprof on this loopback IP:PORT (in the agent's namespace) and record blocking; also WEFT_CPUPROFILE=FILE writes a CPU profile at exit")
 	agentExtraFlags(c, &cfg, &configFile, &logFormat)
 	for _, n := range []string{"name", "state-dir", "bind"} {
