@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -456,9 +457,10 @@ func TestFullStateCompressed(t *testing.T) {
 	// under it compressed.
 	fs := fullState{From: "cell-a"}
 	sig := make([]byte, ed25519.SignatureSize)
+	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range 100000 {
 		for j := 0; j < len(sig); j += 8 {
-			binary.LittleEndian.PutUint64(sig[j:], mix64(uint64(i)<<3|uint64(j/8)))
+			binary.LittleEndian.PutUint64(sig[j:], rng.Uint64())
 		}
 		fs.Policies = append(fs.Policies, polEntry{Rule: toWire(rule(fmt.Sprintf("app%05d", i/2), fmt.Sprintf("app%05d", i%997), uint16(1+i%60000))),
 			Present: true, Stamp: stamp + uint64(i), Origin: "cli@ops-host", Signer: testOperator.Public().(ed25519.PublicKey), Sig: slices.Clone(sig)})
@@ -473,12 +475,4 @@ func TestFullStateCompressed(t *testing.T) {
 	if js, err := unzipState(z); err != nil || !bytes.Equal(js, full[1:]) {
 		t.Errorf("unzipState: %d bytes, %v; want the JSON back", len(js), err)
 	}
-}
-
-func mix64(x uint64) uint64 {
-	x ^= x >> 33
-	x *= 0xff51afd7ed558ccd
-	x ^= x >> 33
-	x *= 0xc4ceb9fe1a85ec53
-	return x ^ x>>33
 }
