@@ -587,8 +587,19 @@ func (m *Mesh) setPolicy(r policy.Rule, present bool) (bool, error) {
 
 // localChange broadcasts and persists a change made by this cell.
 func (m *Mesh) localChange(b *broadcast) error {
+	m.announce(b)
+	return m.committed()
+}
+
+// announce gossips a local change and sends it straight to a few members.
+func (m *Mesh) announce(b *broadcast) {
 	m.queue.QueueBroadcast(b)
 	m.sendDirect(b)
+}
+
+// committed tells the listener that local changes were applied and writes
+// state.json; its error says the changes stand but were not persisted.
+func (m *Mesh) committed() error {
 	m.signal(&m.notifyState)
 	if err := m.persistState(); err != nil {
 		m.log.Error("persisting state failed", "err", err)

@@ -154,21 +154,17 @@ func (m *Mesh) ApplyPolicyChanges(cs []PolicyChange) (changed []bool, errs []err
 	for i, c := range cs {
 		var p polEntry
 		if p, changed[i], errs[i] = m.mergePolicyChange(c); changed[i] {
-			b := policyBroadcast(p)
-			m.queue.QueueBroadcast(b)
-			m.sendDirect(b)
+			m.announce(policyBroadcast(p))
 			applied = true
 		}
 	}
 	if !applied {
 		return changed, errs
 	}
-	m.signal(&m.notifyState)
-	if err := m.persistState(); err != nil {
-		m.log.Error("persisting state failed", "err", err)
+	if err := m.committed(); err != nil {
 		for i := range cs {
 			if changed[i] {
-				errs[i] = fmt.Errorf("mesh: change applied but not persisted: %w", err)
+				errs[i] = err
 			}
 		}
 	}
