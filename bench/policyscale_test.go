@@ -22,7 +22,8 @@ var scaleRules = flag.Int("scale.rules", 100000, "rules BenchmarkPolicyScale pus
 // 1 of a two-cell lab with `weft policy push`, waits until both cells hold
 // every rule, and then measures each idle agent's CPU over 30 s
 // (/proc/PID/stat). It reports the push time, the time until cell 2 had
-// them all, and the agents' CPU in percent of a core.
+// them all, the agents' CPU in percent of a core, and their resident
+// memory at the end (VmRSS) and at its peak (VmHWM), in MB.
 func BenchmarkPolicyScale(b *testing.B) {
 	lab.RequireRoot(b)
 	l := lab.Setup(b, lab.Config{Cells: 2, WeftBin: weftBin})
@@ -78,6 +79,9 @@ func BenchmarkPolicyScale(b *testing.B) {
 	for i, c := range l.Cells {
 		pct := (procCPUSeconds(b, c.PID()) - cpu0[i]) / idle.Seconds() * 100
 		b.ReportMetric(pct, fmt.Sprintf("cpu%%-idle-cell%d", i+1))
+		m := procMem(c.PID())
+		b.ReportMetric(float64(m.rss)/1e6, fmt.Sprintf("MB-rss-idle-cell%d", i+1))
+		b.ReportMetric(float64(m.hwm)/1e6, fmt.Sprintf("MB-rss-peak-cell%d", i+1))
 	}
 }
 

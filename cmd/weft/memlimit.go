@@ -26,19 +26,42 @@ func setMemoryLimit(ctx context.Context, limit int64) {
 	go adaptMemoryLimit(ctx, limit, 2*time.Second)
 }
 
-// memoryLimitFor is the soft limit for a live heap of live bytes: base,
-// or a quarter above the live heap when that is more. A fixed limit below
-// the live heap makes the GC run without pause: an agent with 100k rules
-// holds about 130 MB (the signed rules, their gossip queue, the compiled
-// table) and burned a core per cell at 96 MiB, idle.
-func memoryLimitFor(base, live int64) int64 {
-	return max(base, live+live/4)
+// memoryLimitFor is the soft limit for a live heap of live bytes when the
+// runtime's memory other than heap objects (fragmentation, stacks,
+// metadata) is overhead bytes: base, or overhead plus 4/3 of the live heap
+// when that is more. The runtime sets the heap goal 3% under the limit
+// less the overhead, so the heap may then grow about 29% above the live
+// heap before a collection.
+//
+// The limit counts all of the runtime's memory, not only heap objects.
+// An earlier version set max(base, 1.25 × live): with a large live heap
+// (an agent holding 100k signed rules has 120-140 MB) the overhead, some
+// 35 MB, then filled the quarter, the heap goal sank to the heap's size,
+// and the collector ran back to back at the 50% of the CPU the runtime
+// allows it. Two idle agents of BenchmarkPolicyScale spent 57% and 68%
+// of a core each, and pushing 100k rules took 73 s.
+func memoryLimitFor(base, live, overhead int64) int64 {
+	return max(base, live+live/3+overhead)
+}
+
+// overheadMetrics give the runtime's overhead: total − released − free
+// heap − heap objects, what the runtime itself takes off the limit to find
+// the heap goal.
+var overheadMetrics = []string{
+	"/memory/classes/total:bytes",
+	"/memory/classes/heap/released:bytes",
+	"/memory/classes/heap/free:bytes",
+	"/memory/classes/heap/objects:bytes",
 }
 
 // adaptMemoryLimit sets the soft limit to memoryLimitFor the live heap
-// after the last collection, every period, until ctx ends.
+// after the last collection and the runtime's current overhead, every
+// period, until ctx ends.
 func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	for _, name := range overheadMetrics {
+		sample = append(sample, metrics.Sample{Name: name})
+	}
 	tick := time.NewTicker(period)
 	defer tick.Stop()
 	limit := base
@@ -49,10 +72,15 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 		case <-tick.C:
 		}
 		metrics.Read(sample)
-		if sample[0].Value.Kind() != metrics.KindUint64 {
-			return
+		var v [5]int64
+		for i, s := range sample {
+			if s.Value.Kind() != metrics.KindUint64 {
+				return
+			}
+			v[i] = int64(s.Value.Uint64())
 		}
-		if want := memoryLimitFor(base, int64(sample[0].Value.Uint64())); want != limit {
+		live, overhead := v[0], v[1]-v[2]-v[3]-v[4]
+		if want := memoryLimitFor(base, live, max(overhead, 0)); want != limit {
 			debug.SetMemoryLimit(want)
 			limit = want
 		}

@@ -4,21 +4,23 @@ import (
 	"context"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"testing"
 	"time"
 )
 
 // TestMemoryLimitFor: the limit is the configured one until the live heap
-// needs more, then a quarter above the live heap.
+// needs more, then overhead plus 4/3 of the live heap.
 func TestMemoryLimitFor(t *testing.T) {
-	const base = 96 << 20
-	for _, c := range []struct{ live, want int64 }{
-		{0, base},
-		{70 << 20, base},               // rung d of the ladder: 10k rules, 100k flows
-		{130 << 20, 130 << 20 * 5 / 4}, // 100k rules
+	const base, mib = 96 << 20, 1 << 20
+	for _, c := range []struct{ live, overhead, want int64 }{
+		{0, 0, base},
+		{63 * mib, 10 * mib, base}, // rung d of the ladder
+		{72 * mib, 10 * mib, 106 * mib},
+		{129 * mib, 35 * mib, 207 * mib}, // 100k rules
 	} {
-		if got := memoryLimitFor(base, c.live); got != c.want {
-			t.Errorf("live %d MiB: limit %d MiB, want %d", c.live>>20, got>>20, c.want>>20)
+		if got := memoryLimitFor(base, c.live, c.overhead); got != c.want {
+			t.Errorf("live %d MiB, overhead %d MiB: limit %d MiB, want %d", c.live/mib, c.overhead/mib, got/mib, c.want/mib)
 		}
 	}
 }
@@ -39,13 +41,22 @@ func TestAdaptMemoryLimit(t *testing.T) {
 	done := make(chan struct{})
 	go func() { adaptMemoryLimit(ctx, base, 10*time.Millisecond); close(done) }()
 	deadline := time.Now().Add(5 * time.Second)
-	for debug.SetMemoryLimit(-1) < 64<<20 {
+	for debug.SetMemoryLimit(-1) < 80<<20 {
 		if time.Now().After(deadline) {
 			t.Fatalf("limit %d MiB with a live heap of 64 MiB", debug.SetMemoryLimit(-1)>>20)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	time.Sleep(50 * time.Millisecond) // a few more steps
 	cancel()
 	<-done
+	// The runtime's heap goal (the limit less its overhead, less 3%)
+	// leaves the heap at least a quarter above the live heap.
+	s := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}, {Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	if goal, live := s[0].Value.Uint64(), s[1].Value.Uint64(); goal < live*124/100 {
+		t.Errorf("limit %d MiB: heap goal %.1f MiB, %.2f× the live heap of %.1f MiB; want at least 1.25×",
+			debug.SetMemoryLimit(-1)>>20, float64(goal)/(1<<20), float64(goal)/float64(live), float64(live)/(1<<20))
+	}
 	runtime.KeepAlive(keep)
 }
