@@ -443,7 +443,7 @@ func TestFullStateCompressed(t *testing.T) {
 	if _, errs := a.ApplyPolicyChanges(cs); errors.Join(errs...) != nil {
 		t.Fatal(errors.Join(errs...))
 	}
-	st := (*delegate)(a).LocalState(false)
+	st := (*delegate)(a).LocalState(true) // a join's: with the policies
 	if st[0] != msgFullZ {
 		t.Fatalf("a %d-byte state goes as %q, want compressed", len(st), st[0])
 	}
@@ -474,5 +474,65 @@ func TestFullStateCompressed(t *testing.T) {
 	}
 	if js, err := unzipState(z); err != nil || !bytes.Equal(js, full[1:]) {
 		t.Errorf("unzipState: %d bytes, %v; want the JSON back", len(js), err)
+	}
+}
+
+// TestPolicyAntiEntropy: registers that gossip never delivered reach the
+// other cell through the periodic push/pull, which carries the policy
+// digest and not the policies: each side sends the other what it holds in
+// the buckets that differ.
+func TestPolicyAntiEntropy(t *testing.T) {
+	fast := func(c *Config) { c.PushPullInterval = 200 * time.Millisecond }
+	a := startNode(t, "cell-a", nodeOpts{mutate: fast})
+	b := startNode(t, "cell-b", nodeOpts{mutate: fast, join: a.joinAddr()})
+	waitMembers(t, []*Mesh{a, b}, 2)
+
+	// Each cell gets 1500 registers of its own, merged without relaying:
+	// as if all their gossip had been lost.
+	stamp := uint64(time.Now().UnixNano())
+	for _, m := range []*Mesh{a, b} {
+		var ps []polEntry
+		for i := range 1500 {
+			stamp++
+			ps = append(ps, signed(polEntry{Rule: toWire(rule(m.cfg.Name, fmt.Sprintf("dst%d", i), 8080)), Present: true, Stamp: stamp, Origin: "cli@test"}))
+		}
+		var res mergeResult
+		m.mu.Lock()
+		for _, p := range ps {
+			m.mergePolicyLocked(p, false, &res)
+		}
+		m.mu.Unlock()
+		if len(res.out) != 0 {
+			t.Fatal("merge without relay queued gossip")
+		}
+	}
+	eventually(t, 10*time.Second, "both cells hold all 3000 rules", func() error {
+		if na, nb := len(a.Policies()), len(b.Policies()); na != 3000 || nb != 3000 {
+			return fmt.Errorf("a holds %d, b holds %d", na, nb)
+		}
+		return nil
+	})
+	a.mu.Lock()
+	sa := a.st.polSum
+	a.mu.Unlock()
+	b.mu.Lock()
+	sb := b.st.polSum
+	b.mu.Unlock()
+	if sa != sb {
+		t.Error("same policies, digests differ")
+	}
+	if a.aeSent.Load() == 0 || b.aeSent.Load() == 0 {
+		t.Errorf("anti-entropy sent %d and %d registers; want both > 0", a.aeSent.Load(), b.aeSent.Load())
+	}
+
+	// The periodic state carries the digest, not the 3000 registers.
+	st := (*delegate)(a).LocalState(false)
+	var fs fullState
+	if st[0] != msgFull || json.Unmarshal(st[1:], &fs) != nil {
+		t.Fatalf("periodic state: type %q, %d bytes; want plain JSON", st[0], len(st))
+	}
+	if len(fs.Policies) != 0 || len(fs.PolSum) != polBuckets || len(st) > 16<<10 {
+		t.Errorf("periodic state: %d policies, %d digest buckets, %d bytes; want 0, %d, at most 16 KiB",
+			len(fs.Policies), len(fs.PolSum), len(st), polBuckets)
 	}
 }

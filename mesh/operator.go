@@ -204,7 +204,7 @@ func (m *Mesh) mergePolicyChange(c PolicyChange) (p polEntry, changed bool, err 
 		return p, false, &StaleChangeError{Rule: c.Rule.String(), Current: have.Stamp}
 	}
 	m.st.observeStamp(c.Stamp)
-	m.st.pols[k] = p
+	m.st.putPolicy(k, p)
 	return p, true, nil
 }
 

@@ -78,7 +78,7 @@ func (m *Mesh) load() error {
 				dropped++
 				continue
 			}
-			m.st.pols[r.Key()] = p
+			m.st.putPolicy(r.Key(), p)
 		}
 		if dropped > 0 {
 			m.log.Warn("dropped persisted policy changes that no trusted operator key signed",

@@ -30,7 +30,8 @@ type state struct {
 	seq    uint64 // owner sequence of this cell's endpoint and lease records
 	clock  uint64 // hybrid logical clock of policy stamps
 	eps    map[epKey]epEntry
-	pols   map[string]polEntry   // by Rule.Key()
+	pols   map[string]polEntry   // by Rule.Key(); written by putPolicy only
+	polSum polDigest             // of pols (putPolicy keeps it)
 	routes map[string]routeEntry // by Route.key()
 	leases map[string]leaseRec   // by node name
 }
@@ -163,8 +164,61 @@ func (s *state) setLocalPolicy(r policy.Rule, present bool, key ed25519.PrivateK
 	c := PolicyChange{Rule: r, Present: present, Stamp: s.nextStamp(), Origin: s.self}
 	SignPolicyChange(&c, key)
 	p := c.entry()
-	s.pols[k] = p
+	s.putPolicy(k, p)
 	return p, true
+}
+
+// putPolicy stores p as the register of key k and keeps the digest.
+func (s *state) putPolicy(k string, p polEntry) {
+	if have, ok := s.pols[k]; ok {
+		s.polSum.toggle(k, have)
+	}
+	s.pols[k] = p
+	s.polSum.toggle(k, p)
+}
+
+// polBuckets is the number of buckets of a polDigest.
+const polBuckets = 256
+
+// polDigest summarises a policy set for anti-entropy (see
+// delegate.LocalState): bucket i is the XOR of the hashes of the registers
+// whose key hashes to i. Two cells that hold the same registers have the
+// same digest whatever order they learnt them in; a bucket that differs
+// names the 1/256 of the set to exchange. The hash is FNV-1a, the same
+// on every cell (unlike hash/maphash, which is seeded per process); it
+// only has to tell sets apart, not resist an attacker: a member of the
+// cluster can send anything anyway.
+type polDigest [polBuckets]uint64
+
+// toggle adds or removes (XOR) register p of key k.
+func (d *polDigest) toggle(k string, p polEntry) {
+	hk := fnv64a(fnvOffset, k)
+	h := fnv64a(hk^p.Stamp, p.Origin)
+	if p.Present {
+		h = ^h
+	}
+	d[polBucket(hk)] ^= fmix64(h)
+}
+
+// polBucket is the bucket of a key whose FNV-1a hash is hk.
+func polBucket(hk uint64) int { return int(fmix64(hk) >> 56) }
+
+const fnvOffset, fnvPrime = 14695981039346656037, 1099511628211
+
+func fnv64a(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h = (h ^ uint64(s[i])) * fnvPrime
+	}
+	return h
+}
+
+// fmix64 is MurmurHash3's finaliser: FNV's high bits mix poorly.
+func fmix64(h uint64) uint64 {
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	return h ^ h>>33
 }
 
 func (s *state) rules() []policy.Rule {
@@ -305,7 +359,7 @@ func (m *Mesh) mergePolicyLocked(p polEntry, relay bool, res *mergeResult) {
 		return
 	}
 	m.st.observeStamp(p.Stamp)
-	m.st.pols[k] = p
+	m.st.putPolicy(k, p)
 	res.stored = true
 	if (ok && have.Present) != p.Present {
 		res.visible = true

@@ -3,11 +3,13 @@ package mesh
 import (
 	"crypto/ed25519"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -24,6 +26,7 @@ func bareMesh(name string) *Mesh {
 	m := &Mesh{
 		trusted:   map[string]bool{string(testOperator.Public().(ed25519.PublicKey)): true},
 		recSeen:   map[string]time.Time{},
+		aeSending: map[string]bool{},
 		cfg:       cfg,
 		log:       cfg.Logger,
 		st:        newState(name),
@@ -200,6 +203,63 @@ func TestLeaseConflict(t *testing.T) {
 		})
 		if b.Subnet().String() != "10.255.5.0/24" {
 			t.Fatalf("cell with containers renumbered to %v", b.Subnet())
+		}
+	}
+}
+
+// TestPolicyDigest: the digest depends on the registers held, not on the
+// order they came in or on the registers they replaced; a changed register
+// changes its own bucket and no other.
+func TestPolicyDigest(t *testing.T) {
+	const n = 3000
+	final := make([]polEntry, n)
+	for i := range final {
+		final[i] = polEntry{Rule: toWire(rule(fmt.Sprintf("src%d", i), "dst", uint16(1+i))), Present: i%3 != 0, Stamp: uint64(1000 + i), Origin: "cli@a"}
+	}
+	a, b := newState("a"), newState("b")
+	for _, i := range rand.Perm(n) { // a: an older register first, then the final one
+		p := final[i]
+		old := p
+		old.Stamp, old.Present, old.Origin = p.Stamp-1, !p.Present, "cli@b"
+		a.putPolicy(p.Rule.rule().Key(), old)
+		a.putPolicy(p.Rule.rule().Key(), p)
+	}
+	for _, i := range rand.Perm(n) { // b: the final ones only, another order
+		b.putPolicy(final[i].Rule.rule().Key(), final[i])
+	}
+	if a.polSum != b.polSum {
+		t.Fatal("same registers, different digests")
+	}
+	used := 0
+	for _, x := range a.polSum {
+		if x != 0 {
+			used++
+		}
+	}
+	if used < polBuckets*9/10 {
+		t.Errorf("%d keys fill %d of %d buckets", n, used, polBuckets)
+	}
+	for _, change := range []func(p *polEntry){
+		func(p *polEntry) { p.Present = !p.Present },
+		func(p *polEntry) { p.Stamp++ },
+		func(p *polEntry) { p.Origin = "cli@c" },
+	} {
+		c := newState("c")
+		for _, p := range final {
+			c.putPolicy(p.Rule.rule().Key(), p)
+		}
+		p := final[42]
+		change(&p)
+		k := p.Rule.rule().Key()
+		c.putPolicy(k, p)
+		var differ []int
+		for i := range polBuckets {
+			if c.polSum[i] != a.polSum[i] {
+				differ = append(differ, i)
+			}
+		}
+		if want := polBucket(fnv64a(fnvOffset, k)); !slices.Equal(differ, []int{want}) {
+			t.Errorf("one register changed: buckets %v differ, want [%d]", differ, want)
 		}
 	}
 }
