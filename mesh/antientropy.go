@@ -1,62 +1,131 @@
 package mesh
 
 import (
+	"math/rand/v2"
 	"net"
 	"slices"
 
 	"github.com/hashicorp/memberlist"
 )
 
+// Policy registers also travel in batches over memberlist's TCP user
+// messages (msgPolSet), besides one gossip message per change:
+//
+//   - anti-entropy: a periodic push/pull carries the policy digest, and a
+//     cell whose digest differs sends the peer its registers of the
+//     differing buckets (sendPolicyBuckets; see fullState);
+//   - bulk changes: a batch of at least bulkPolicies changes (a policy
+//     push) goes to directFanout random live members as one message
+//     instead of a gossip message per change (spreadPolicies). memberlist
+//     gossips a few messages per packet a few times a second: 100k queued
+//     changes held some 80 MB in the queue and took many minutes to get
+//     out.
+//
+// A cell that learns registers from a batch spreads what was news to it
+// the same way, so a batch reaches every cell in O(log N) hops and each
+// cell forwards a register once.
+
+// bulkPolicies is the size from which a batch of changed registers spreads
+// as batches rather than as gossip.
+const bulkPolicies = 32
+
+// maxOutbox bounds the registers waiting for one peer. Past it, more are
+// dropped: the periodic anti-entropy repairs what a peer missed.
+const maxOutbox = 400_000
+
+// outbox holds the registers waiting to be sent to one peer; a goroutine
+// drains it while it is not empty.
+type outbox struct {
+	to *memberlist.Node
+	ps []polEntry
+}
+
 // sendPolicyBuckets sends peer the policy registers of this cell that fall
-// in the digest buckets differ (see fullState), as one msgPolSet message
-// over memberlist's TCP (SendReliable, at most 20 MiB: some 200k rules
-// compressed). It runs in the background, one send per peer at a time: a
-// push/pull that finds the sets still apart while a send is under way
-// starts none. Must not be called with mu held.
+// in the digest buckets differ (see fullState). Must not be called with mu
+// held.
 func (m *Mesh) sendPolicyBuckets(peer string, differ []int) {
-	m.mu.Lock()
-	mb := m.nodes[peer]
-	if mb == nil || mb.state != NodeAlive || !mb.addr.IsValid() || m.aeSending[peer] {
-		m.mu.Unlock()
-		return
-	}
 	in := make([]bool, polBuckets)
 	for _, i := range differ {
 		in[i] = true
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	var ps []polEntry
 	for k, p := range m.st.pols {
 		if in[polBucket(fnv64a(fnvOffset, k))] {
 			ps = append(ps, p)
 		}
 	}
-	to := &memberlist.Node{Name: peer, Addr: net.IP(mb.addr.AsSlice()), Port: mb.port}
-	if len(ps) == 0 || m.closing {
-		m.mu.Unlock()
+	m.queuePoliciesLocked(peer, ps)
+}
+
+// spreadPolicies sends ps to directFanout random live members. Must not be
+// called with mu held.
+func (m *Mesh) spreadPolicies(ps []polEntry) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var to []string
+	for name, mb := range m.nodes {
+		if name != m.cfg.Name && mb.state == NodeAlive && mb.addr.IsValid() {
+			to = append(to, name)
+		}
+	}
+	rand.Shuffle(len(to), func(i, j int) { to[i], to[j] = to[j], to[i] })
+	for _, name := range to[:min(len(to), directFanout)] {
+		m.queuePoliciesLocked(name, ps)
+	}
+}
+
+// queuePoliciesLocked adds ps to peer's outbox and starts its sender if
+// none runs. The sender sends the outbox as one message (compressed above
+// zipAbove; memberlist takes at most 20 MiB, some 200k rules), then what
+// was queued meanwhile, until the outbox is empty.
+func (m *Mesh) queuePoliciesLocked(peer string, ps []polEntry) {
+	mb := m.nodes[peer]
+	if len(ps) == 0 || m.closing || mb == nil || mb.state != NodeAlive || !mb.addr.IsValid() {
 		return
 	}
-	m.aeSending[peer] = true
-	m.wg.Add(1)
-	m.mu.Unlock()
-	go func() {
-		defer m.wg.Done()
+	ob := m.outboxes[peer]
+	if ob == nil {
+		ob = &outbox{}
+		m.outboxes[peer] = ob
+		m.wg.Add(1)
+		go m.drainOutbox(peer, ob)
+	}
+	if len(ob.ps)+len(ps) > maxOutbox {
+		m.aeDropped.Add(uint64(len(ps)))
+		return
+	}
+	ob.to = &memberlist.Node{Name: peer, Addr: net.IP(mb.addr.AsSlice()), Port: mb.port}
+	ob.ps = append(ob.ps, ps...)
+}
+
+func (m *Mesh) drainOutbox(peer string, ob *outbox) {
+	defer m.wg.Done()
+	for {
+		m.mu.Lock()
+		ps, to := ob.ps, ob.to
+		ob.ps = nil
+		if len(ps) == 0 || m.closing {
+			delete(m.outboxes, peer)
+			m.mu.Unlock()
+			return
+		}
+		m.mu.Unlock()
 		msg := encode(msgPolSet, ps)
 		if len(msg) > zipAbove {
 			msg = zipMsg(msgPolSetZ, msg)
 		}
 		if err := m.ml.SendReliable(to, msg); err != nil {
-			m.log.Debug("anti-entropy send failed", "to", peer, "err", err)
+			m.log.Debug("policy batch send failed", "to", peer, "rules", len(ps), "err", err)
 		} else {
 			m.aeSent.Add(uint64(len(ps)))
 		}
-		m.mu.Lock()
-		delete(m.aeSending, peer)
-		m.mu.Unlock()
-	}()
+	}
 }
 
-// differingBuckets returns the buckets in which digest sum differs from
-// this cell's. Called with mu held.
+// differingBucketsLocked returns the buckets in which digest sum differs
+// from this cell's.
 func (m *Mesh) differingBucketsLocked(sum []uint64) []int {
 	var differ []int
 	for i, x := range sum {

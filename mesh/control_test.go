@@ -536,3 +536,43 @@ func TestPolicyAntiEntropy(t *testing.T) {
 			len(fs.Policies), len(fs.PolSum), len(st), polBuckets)
 	}
 }
+
+// TestBulkPolicySpread: a batch of changes reaches every cell in batches
+// over TCP, not through the gossip queue: four peers, three of which get
+// it from the applying cell and the fourth from one of them. Periodic
+// push/pull is off, so it cannot be what delivers.
+func TestBulkPolicySpread(t *testing.T) {
+	quiet := func(c *Config) { c.PushPullInterval = time.Hour }
+	a := startNode(t, "cell-a", nodeOpts{mutate: quiet})
+	ms := []*Mesh{a}
+	for i := range 4 {
+		ms = append(ms, startNode(t, fmt.Sprintf("cell-%d", i), nodeOpts{mutate: quiet, join: a.joinAddr()}))
+	}
+	waitMembers(t, ms, 5)
+	queued := a.queue.NumQueued()
+	stamp := uint64(time.Now().UnixNano())
+	var cs []PolicyChange
+	for i := range 600 {
+		stamp++
+		c := PolicyChange{Rule: rule(fmt.Sprintf("src%d", i), "dst", 8080), Present: true, Stamp: stamp, Origin: "cli@test"}
+		SignPolicyChange(&c, testOperator)
+		cs = append(cs, c)
+	}
+	if _, errs := a.ApplyPolicyChanges(cs); errors.Join(errs...) != nil {
+		t.Fatal(errors.Join(errs...))
+	}
+	if n := a.queue.NumQueued() - queued; n >= bulkPolicies {
+		t.Errorf("%d gossip messages queued for a batch of 600", n)
+	}
+	eventually(t, 5*time.Second, "every cell holds the 600 rules", func() error {
+		for _, m := range ms {
+			if n := len(m.Policies()); n != 600 {
+				return fmt.Errorf("%s holds %d", m.cfg.Name, n)
+			}
+		}
+		return nil
+	})
+	if a.aeSent.Load() != 3*600 {
+		t.Errorf("cell-a sent %d registers in batches, want %d (600 to each of directFanout peers)", a.aeSent.Load(), 3*600)
+	}
+}

@@ -286,11 +286,15 @@ func (d *delegate) NotifyMsg(b []byte) {
 			err = json.Unmarshal(js, &ps)
 		}
 		if err == nil {
+			news := ps[:0]
 			m.mu.Lock()
 			for _, p := range ps {
-				m.mergePolicyLocked(p, false, &res)
+				if m.mergePolicyLocked(p, false, &res) {
+					news = append(news, p)
+				}
 			}
 			m.mu.Unlock()
+			m.spreadPolicies(news) // news to this cell may be news to others
 		}
 	default:
 		m.log.Debug("unknown gossip message", "type", b[0])

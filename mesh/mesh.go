@@ -160,7 +160,8 @@ type Mesh struct {
 	numAlive    atomic.Int32 // alive nodes incl. self, for the broadcast queue
 	rejected    atomic.Uint64
 	rejectedPol atomic.Uint64
-	aeSent      atomic.Uint64   // policy registers sent by anti-entropy
+	aeSent      atomic.Uint64   // policy registers sent in batches (antientropy.go)
+	aeDropped   atomic.Uint64   // policy registers not queued: a peer's outbox was full
 	trusted     map[string]bool // string(ed25519.PublicKey) of trusted operators; read-only
 	keyring     *memberlist.Keyring
 
@@ -195,7 +196,7 @@ type Mesh struct {
 	conflictLog time.Time            // last "refuse to renumber" / exhaustion log
 	leaseErr    string               // why no lease could be taken, "" if none
 	recSeen     map[string]time.Time // lease records of unseen nodes: when first known
-	aeSending   map[string]bool      // peers a policy anti-entropy send is under way to
+	outboxes    map[string]*outbox   // policy batches waiting for a peer (antientropy.go)
 	closing     bool                 // Shutdown is waiting for wg
 	kr          keyringState         // applied keyring operations (keyring.go)
 }
@@ -237,7 +238,7 @@ func New(cfg Config, l Listener) (*Mesh, error) {
 		st:          newState(cfg.Name),
 		rejectLog:   make(map[string]time.Time),
 		recSeen:     make(map[string]time.Time),
-		aeSending:   make(map[string]bool),
+		outboxes:    make(map[string]*outbox),
 		trusted:     make(map[string]bool),
 	}
 	for _, k := range cfg.TrustedOperators {
@@ -626,7 +627,7 @@ func (m *Mesh) Shutdown() error {
 			errs = append(errs, m.ml.Shutdown())
 		}
 		m.mu.Lock()
-		m.closing = true // no new background sends (sendPolicyBuckets)
+		m.closing = true // no new background sends (queuePoliciesLocked)
 		m.mu.Unlock()
 		close(m.done)
 		m.wg.Wait()

@@ -148,18 +148,27 @@ func (m *Mesh) ApplyPolicyChange(c PolicyChange) (changed bool, err error) {
 // policy file of n rules pushed in batches would otherwise write the
 // growing set n times. If that write fails, every change applied reports
 // the error (changed and err both set).
+//
+// The changed registers reach the other cells as gossip, one message each,
+// or, from bulkPolicies of them on, in batches over TCP (spreadPolicies).
 func (m *Mesh) ApplyPolicyChanges(cs []PolicyChange) (changed []bool, errs []error) {
 	changed, errs = make([]bool, len(cs)), make([]error, len(cs))
-	applied := false
+	var ps []polEntry
 	for i, c := range cs {
 		var p polEntry
 		if p, changed[i], errs[i] = m.mergePolicyChange(c); changed[i] {
-			m.announce(policyBroadcast(p))
-			applied = true
+			ps = append(ps, p)
 		}
 	}
-	if !applied {
+	if len(ps) == 0 {
 		return changed, errs
+	}
+	if len(ps) >= bulkPolicies {
+		m.spreadPolicies(ps)
+	} else {
+		for _, p := range ps {
+			m.announce(policyBroadcast(p))
+		}
 	}
 	if err := m.committed(); err != nil {
 		for i := range cs {

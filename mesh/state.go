@@ -341,22 +341,23 @@ func (m *Mesh) expireOwnerLocked(owner string, seq uint64, listed map[netip.Addr
 	}
 }
 
-// mergePolicyLocked applies a policy register from a peer.
-func (m *Mesh) mergePolicyLocked(p polEntry, relay bool, res *mergeResult) {
+// mergePolicyLocked applies a policy register from a peer and reports
+// whether it was news (stored).
+func (m *Mesh) mergePolicyLocked(p polEntry, relay bool, res *mergeResult) bool {
 	r := p.Rule.rule()
 	if p.Origin == "" || len(p.Origin) > maxNameLen || r.Validate() != nil {
-		return
+		return false
 	}
 	k := r.Key()
 	have, ok := m.st.pols[k]
 	if ok && !p.newer(have) {
-		return
+		return false
 	}
 	// Verified only when it would win: a register we hold already was
 	// verified when it was stored.
 	if err := m.verifyPolicy(p); err != nil {
 		m.rejectSigned("policy change", p.Origin, err)
-		return
+		return false
 	}
 	m.st.observeStamp(p.Stamp)
 	m.st.putPolicy(k, p)
@@ -367,6 +368,7 @@ func (m *Mesh) mergePolicyLocked(p polEntry, relay bool, res *mergeResult) {
 	if relay {
 		res.send(policyBroadcast(p))
 	}
+	return true
 }
 
 // mergeLeaseLocked applies a lease record from a peer.

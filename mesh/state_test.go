@@ -26,7 +26,7 @@ func bareMesh(name string) *Mesh {
 	m := &Mesh{
 		trusted:   map[string]bool{string(testOperator.Public().(ed25519.PublicKey)): true},
 		recSeen:   map[string]time.Time{},
-		aeSending: map[string]bool{},
+		outboxes:  map[string]*outbox{},
 		cfg:       cfg,
 		log:       cfg.Logger,
 		st:        newState(name),
