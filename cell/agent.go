@@ -72,6 +72,10 @@ type Agent struct {
 	engine *policy.Engine
 	mesh   *mesh.Mesh
 
+	pvMu    sync.Mutex    // guards pvRules, pv
+	pvRules []policy.Rule // the mesh.Policies slice pv was computed from
+	pv      uint64        // PolicyVersion(pvRules)
+
 	membersCh chan struct{} // kicked by the mesh listener
 	stateCh   chan struct{}
 	ready     chan struct{} // closed once the data plane is up

@@ -131,7 +131,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 
 	rules := a.mesh.Policies()
 	gauge(descPolicies, float64(len(rules)))
-	gauge(descPolicyVersion, float64(PolicyVersion(rules)))
+	gauge(descPolicyVersion, float64(a.policyVersion(rules)))
 	if s := a.mesh.Subnet(); s.IsValid() {
 		gauge(descLease, 1, s.String())
 	}
@@ -184,6 +184,18 @@ func PolicyVersion(rules []policy.Rule) uint64 {
 	slices.Sort(lines)
 	sum := sha256.Sum256([]byte(strings.Join(lines, "\n")))
 	return binary.BigEndian.Uint64(sum[:8]) >> 16
+}
+
+// policyVersion is PolicyVersion(rules) for rules from mesh.Policies,
+// computed once per policy set: the mesh shares one sorted slice until the
+// set changes, and the version of 100k rules costs some 100 ms.
+func (a *Agent) policyVersion(rules []policy.Rule) uint64 {
+	a.pvMu.Lock()
+	defer a.pvMu.Unlock()
+	if len(rules) == 0 || len(rules) != len(a.pvRules) || &rules[0] != &a.pvRules[0] {
+		a.pvRules, a.pv = rules, PolicyVersion(rules)
+	}
+	return a.pv
 }
 
 // serveMetrics serves /metrics on addr (IP:PORT, in the agent's network

@@ -244,9 +244,13 @@ func (a *Agent) registerOperatorRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/cluster-keys", a.handleClusterKeyOp)
 }
 
+// maxPolicyChangesBody bounds a POST /v1/policy-changes body: room for
+// some 40k signed changes (a change is about 350 bytes of JSON).
+const maxPolicyChangesBody = 16 << 20
+
 func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 	var req PolicyChangesRequest
-	if !readJSON(w, r, &req) {
+	if !readJSONLimit(w, r, &req, maxPolicyChangesBody) {
 		return
 	}
 	res := PolicyChangesResponse{Results: make([]PolicyChangeResult, len(req.Changes))}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -46,9 +45,15 @@ func writeError(w http.ResponseWriter, code int, format string, args ...any) {
 	writeJSON(w, code, apiError{Error: fmt.Sprintf(format, args...)})
 }
 
-// readJSON decodes a request body strictly: unknown fields are an error.
+// readJSON decodes a request body of at most 1 MiB strictly: unknown
+// fields are an error.
 func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	return readJSONLimit(w, r, v, 1<<20)
+}
+
+// readJSONLimit is readJSON for a body of at most limit bytes.
+func readJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		writeError(w, http.StatusBadRequest, "bad request body: %v", err)
@@ -58,11 +63,12 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 }
 
 func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
+	rules := a.mesh.Policies()
 	st := Status{
 		Name:       a.cfg.Name,
 		Interface:  a.cfg.Interface,
 		Containers: len(a.localContainers()),
-		Policies:   len(a.mesh.Policies()),
+		Policies:   len(rules),
 		Flows:      a.engine.Flows(),
 		Verdicts:   map[string]uint64{},
 	}
@@ -70,7 +76,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 		st.Subnet = s.String()
 	}
 	st.LeaseError, st.RejectedPolicyChanges = a.mesh.LeaseError(), a.mesh.RejectedPolicies()
-	st.PolicyVersion = PolicyVersion(a.mesh.Policies())
+	st.PolicyVersion = a.policyVersion(rules)
 	st.MemberCounts = map[string]int{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
 	keyNames := map[string]string{}
 	for _, m := range a.mesh.Members() {

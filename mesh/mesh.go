@@ -512,7 +512,8 @@ func (m *Mesh) Endpoints() []Endpoint {
 	return m.endpointsLocked()
 }
 
-// Policies returns the current policy set, sorted.
+// Policies returns the current policy set, sorted. The slice is shared:
+// callers must not modify it.
 func (m *Mesh) Policies() []policy.Rule {
 	m.mu.Lock()
 	defer m.mu.Unlock()

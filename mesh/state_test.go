@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/weft-net/weft/policy"
 )
 
 // bareMesh is a Mesh without memberlist, for the merge logic.
@@ -261,5 +262,28 @@ func TestPolicyDigest(t *testing.T) {
 		if want := polBucket(fnv64a(fnvOffset, k)); !slices.Equal(differ, []int{want}) {
 			t.Errorf("one register changed: buckets %v differ, want [%d]", differ, want)
 		}
+	}
+}
+
+// TestPoliciesShared: Policies returns one sorted slice until the set
+// changes, and a change gives a new one without touching the old.
+func TestPoliciesShared(t *testing.T) {
+	m := bareMesh("n")
+	merge := func(r policy.Rule, stamp uint64) {
+		(*delegate)(m).NotifyMsg(encode(msgPolicy, signed(polEntry{Rule: toWire(r), Present: true, Stamp: stamp, Origin: "x"})))
+	}
+	merge(rule("b", "c", 1), 1)
+	merge(rule("a", "c", 1), 2)
+	p1, p2 := m.Policies(), m.Policies()
+	if len(p1) != 2 || &p1[0] != &p2[0] {
+		t.Fatalf("two calls without a change: %d rules, shared %v", len(p1), len(p2) > 0 && &p1[0] == &p2[0])
+	}
+	merge(rule("a", "b", 1), 3)
+	p3 := m.Policies()
+	if got, want := ruleKeys(p3), ruleKeys([]policy.Rule{rule("a", "b", 1), rule("a", "c", 1), rule("b", "c", 1)}); got != want {
+		t.Errorf("after a change: %q, want %q", got, want)
+	}
+	if got, want := ruleKeys(p1), ruleKeys([]policy.Rule{rule("a", "c", 1), rule("b", "c", 1)}); got != want {
+		t.Errorf("the earlier slice changed: %q, want %q", got, want)
 	}
 }
