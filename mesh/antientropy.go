@@ -29,6 +29,11 @@ import (
 // as batches rather than as gossip.
 const bulkPolicies = 32
 
+// policyBatch is the most registers one message carries: about 1.2 MB
+// compressed, well under memberlist's 20 MiB for a user message. Larger
+// sends go as several messages. A variable for tests.
+var policyBatch = 10_000
+
 // maxOutbox bounds the registers waiting for one peer. Past it, more are
 // dropped: the periodic anti-entropy repairs what a peer missed.
 const maxOutbox = 400_000
@@ -105,7 +110,12 @@ func (m *Mesh) drainOutbox(peer string, ob *outbox) {
 	for {
 		m.mu.Lock()
 		ps, to := ob.ps, ob.to
-		ob.ps = nil
+		if len(ps) > policyBatch {
+			ob.ps = ps[policyBatch:]
+			ps = ps[:policyBatch:policyBatch]
+		} else {
+			ob.ps = nil
+		}
 		if len(ps) == 0 || m.closing {
 			delete(m.outboxes, peer)
 			m.mu.Unlock()

@@ -576,3 +576,53 @@ func TestBulkPolicySpread(t *testing.T) {
 		t.Errorf("cell-a sent %d registers in batches, want %d (600 to each of directFanout peers)", a.aeSent.Load(), 3*600)
 	}
 }
+
+// TestLargeSetJoin: a cell joining a cluster whose policy set is over
+// joinPolicyList gets it as a digest in the join's push/pull and then in
+// batches of policyBatch.
+func TestLargeSetJoin(t *testing.T) {
+	defer func(l, b int) { joinPolicyList, policyBatch = l, b }(joinPolicyList, policyBatch)
+	joinPolicyList, policyBatch = 100, 300
+	quiet := func(c *Config) { c.PushPullInterval = time.Hour }
+	a := startNode(t, "cell-a", nodeOpts{mutate: quiet})
+	stamp := uint64(time.Now().UnixNano())
+	var cs []PolicyChange
+	for i := range 1000 {
+		stamp++
+		c := PolicyChange{Rule: rule(fmt.Sprintf("src%d", i), "dst", 8080), Present: true, Stamp: stamp, Origin: "cli@test"}
+		SignPolicyChange(&c, testOperator)
+		cs = append(cs, c)
+	}
+	if _, errs := a.ApplyPolicyChanges(cs); errors.Join(errs...) != nil {
+		t.Fatal(errors.Join(errs...))
+	}
+	var fs fullState
+	if st := (*delegate)(a).LocalState(true); st[0] != msgFull || json.Unmarshal(st[1:], &fs) != nil || len(fs.Policies) != 0 || len(fs.PolSum) != polBuckets {
+		t.Fatalf("join state of 1000 rules: %d listed, %d digest buckets; want 0 and %d", len(fs.Policies), len(fs.PolSum), polBuckets)
+	}
+	b := startNode(t, "cell-b", nodeOpts{mutate: quiet, join: a.joinAddr()})
+	eventually(t, 5*time.Second, "cell-b holds the 1000 rules", func() error {
+		if n := len(b.Policies()); n != 1000 {
+			return fmt.Errorf("cell-b holds %d", n)
+		}
+		return nil
+	})
+	if n := a.aeSent.Load(); n != 1000 {
+		t.Errorf("cell-a sent %d registers, want 1000 (in batches of %d)", n, policyBatch)
+	}
+
+	// Under joinPolicyList both sides list their policies in the join's
+	// push/pull, and neither sends them again.
+	joinPolicyList = 2000
+	c := startNode(t, "cell-c", nodeOpts{mutate: quiet, join: a.joinAddr()})
+	eventually(t, 5*time.Second, "cell-c holds the 1000 rules", func() error {
+		if n := len(c.Policies()); n != 1000 {
+			return fmt.Errorf("cell-c holds %d", n)
+		}
+		return nil
+	})
+	time.Sleep(200 * time.Millisecond) // a batch would be out by now
+	if n := a.aeSent.Load(); n != 1000 {
+		t.Errorf("cell-a sent %d more registers after a join that listed them", n-1000)
+	}
+}

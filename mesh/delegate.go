@@ -68,17 +68,26 @@ const maxMsg = 1024
 // cell counts itself joined and picks a lease.
 const joinGrace = 500 * time.Millisecond
 
+// joinPolicyList is the largest policy set a join's push/pull lists in
+// full (about 1.8 MB compressed); a larger one goes as a digest too, and
+// the registers follow in batches (policyBatch). memberlist refuses a
+// push/pull state over 20 MiB, which the list of some 220k rules would
+// pass. A variable for tests.
+var joinPolicyList = 20_000
+
 // fullState is the push/pull payload. From's own endpoints are
 // authoritative: entries of From not listed and not newer than Seq are gone.
 //
-// Policies go whole only in a join's push/pull; the periodic one carries
-// PolSum, the digest of the sender's policy set, instead. A cell whose own
-// digest differs sends the sender the registers of the differing buckets
-// (msgPolSet); the sender, comparing the other way, does the same. At 100k
-// rules that is 2 KB every push/pull instead of 9 MB compressed (26 MB of
-// JSON to build, compress, parse and merge on both sides), which kept idle
-// agents busy. A state without PolSum comes from a cell of an earlier
-// build and lists all its policies.
+// Every state carries PolSum, the digest of the sender's policy set. Only
+// a join's lists the policies too (PolList), and only up to
+// joinPolicyList of them. A cell whose own digest differs from the
+// sender's sends the sender the registers of the differing buckets
+// (msgPolSet) unless both sides listed theirs; the sender, comparing the
+// other way, does the same. At 100k rules the periodic push/pull is thus
+// 2 KB of digest instead of 9 MB compressed (26 MB of JSON to build,
+// compress, parse and merge on both sides), which kept idle agents busy.
+// A state without PolSum comes from a cell of an earlier build and lists
+// all its policies.
 type fullState struct {
 	From      string       `json:"f"`
 	Seq       uint64       `json:"q"`
@@ -86,6 +95,7 @@ type fullState struct {
 	Endpoints []epEntry    `json:"e"`
 	Policies  []polEntry   `json:"p"`
 	PolSum    []uint64     `json:"ps,omitempty"` // polDigest
+	PolList   bool         `json:"pl,omitempty"` // Policies lists them all (a join's, small set)
 	Routes    []routeEntry `json:"r,omitempty"`
 	Keyring   []KeyringOp  `json:"k,omitempty"` // recent keyring operations
 }
@@ -327,13 +337,12 @@ func (d *delegate) LocalState(join bool) []byte {
 	for _, e := range m.st.eps {
 		fs.Endpoints = append(fs.Endpoints, e)
 	}
-	if join {
+	fs.PolSum = slices.Clone(m.st.polSum[:])
+	if fs.PolList = join && len(m.st.pols) <= joinPolicyList; fs.PolList {
 		fs.Policies = slices.Grow(fs.Policies, len(m.st.pols))
 		for _, p := range m.st.pols {
 			fs.Policies = append(fs.Policies, p)
 		}
-	} else {
-		fs.PolSum = slices.Clone(m.st.polSum[:])
 	}
 	for _, e := range m.st.routes {
 		fs.Routes = append(fs.Routes, e)
@@ -381,12 +390,16 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	if fs.From != "" {
 		m.expireOwnerLocked(fs.From, fs.Seq, listed, &res)
 	}
+	// Did this cell list its policies in its own state of this exchange
+	// (LocalState ran before this, on either side of a push/pull)? If
+	// both did, each has everything; otherwise the digests say what
+	// either side lacks.
+	bothListed := fs.PolList && join && len(m.st.pols) <= joinPolicyList
 	for _, p := range fs.Policies {
 		m.mergePolicyLocked(p, false, &res)
 	}
-	// Without a list to merge, the digests say what either side lacks.
 	var differ []int
-	if len(fs.PolSum) == polBuckets {
+	if len(fs.PolSum) == polBuckets && !bothListed {
 		differ = m.differingBucketsLocked(fs.PolSum)
 	}
 	for _, e := range fs.Routes {
