@@ -82,9 +82,9 @@ func (m *Mesh) spreadPolicies(ps []polEntry) {
 }
 
 // queuePoliciesLocked adds ps to peer's outbox and starts its sender if
-// none runs. The sender sends the outbox as one message (compressed above
-// zipAbove; memberlist takes at most 20 MiB, some 200k rules), then what
-// was queued meanwhile, until the outbox is empty.
+// none runs. The sender sends the outbox in messages of at most
+// policyBatch registers (compressed above zipAbove), one at a time, until
+// it is empty.
 func (m *Mesh) queuePoliciesLocked(peer string, ps []polEntry) {
 	mb := m.nodes[peer]
 	if len(ps) == 0 || m.closing || mb == nil || mb.state != NodeAlive || !mb.addr.IsValid() {
@@ -98,7 +98,8 @@ func (m *Mesh) queuePoliciesLocked(peer string, ps []polEntry) {
 		go m.drainOutbox(peer, ob)
 	}
 	if len(ob.ps)+len(ps) > maxOutbox {
-		m.aeDropped.Add(uint64(len(ps)))
+		m.log.Warn("policy batch dropped: too many waiting for the peer; anti-entropy will repair it",
+			"peer", peer, "rules", len(ps), "waiting", len(ob.ps))
 		return
 	}
 	ob.to = &memberlist.Node{Name: peer, Addr: net.IP(mb.addr.AsSlice()), Port: mb.port}

@@ -161,7 +161,6 @@ type Mesh struct {
 	rejected    atomic.Uint64
 	rejectedPol atomic.Uint64
 	aeSent      atomic.Uint64   // policy registers sent in batches (antientropy.go)
-	aeDropped   atomic.Uint64   // policy registers not queued: a peer's outbox was full
 	trusted     map[string]bool // string(ed25519.PublicKey) of trusted operators; read-only
 	keyring     *memberlist.Keyring
 
