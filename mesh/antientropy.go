@@ -57,7 +57,7 @@ func (m *Mesh) sendPolicyBuckets(peer string, differ []int) {
 	defer m.mu.Unlock()
 	var ps []polEntry
 	for k, p := range m.st.pols {
-		if in[polBucket(fnv64a(fnvOffset, k))] {
+		if in[polBucket(k)] {
 			ps = append(ps, p)
 		}
 	}

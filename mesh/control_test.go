@@ -432,17 +432,8 @@ func TestApplyPolicyChanges(t *testing.T) {
 // the plain one does.
 func TestFullStateCompressed(t *testing.T) {
 	a := startNode(t, "cell-a", nodeOpts{})
-	stamp := uint64(time.Now().UnixNano())
-	var cs []PolicyChange
-	for i := range 2000 {
-		stamp++
-		c := PolicyChange{Rule: rule(fmt.Sprintf("src%d", i), "dst", 8080), Present: true, Stamp: stamp, Origin: "cli@test"}
-		SignPolicyChange(&c, testOperator)
-		cs = append(cs, c)
-	}
-	if _, errs := a.ApplyPolicyChanges(cs); errors.Join(errs...) != nil {
-		t.Fatal(errors.Join(errs...))
-	}
+	cs := applyRules(t, a, 2000)
+	stamp := cs[len(cs)-1].Stamp
 	st := (*delegate)(a).LocalState(true) // a join's: with the policies
 	if st[0] != msgFullZ {
 		t.Fatalf("a %d-byte state goes as %q, want compressed", len(st), st[0])
@@ -550,17 +541,7 @@ func TestBulkPolicySpread(t *testing.T) {
 	}
 	waitMembers(t, ms, 5)
 	queued := a.queue.NumQueued()
-	stamp := uint64(time.Now().UnixNano())
-	var cs []PolicyChange
-	for i := range 600 {
-		stamp++
-		c := PolicyChange{Rule: rule(fmt.Sprintf("src%d", i), "dst", 8080), Present: true, Stamp: stamp, Origin: "cli@test"}
-		SignPolicyChange(&c, testOperator)
-		cs = append(cs, c)
-	}
-	if _, errs := a.ApplyPolicyChanges(cs); errors.Join(errs...) != nil {
-		t.Fatal(errors.Join(errs...))
-	}
+	applyRules(t, a, 600)
 	if n := a.queue.NumQueued() - queued; n >= bulkPolicies {
 		t.Errorf("%d gossip messages queued for a batch of 600", n)
 	}
@@ -585,17 +566,7 @@ func TestLargeSetJoin(t *testing.T) {
 	joinPolicyList, policyBatch = 100, 300
 	quiet := func(c *Config) { c.PushPullInterval = time.Hour }
 	a := startNode(t, "cell-a", nodeOpts{mutate: quiet})
-	stamp := uint64(time.Now().UnixNano())
-	var cs []PolicyChange
-	for i := range 1000 {
-		stamp++
-		c := PolicyChange{Rule: rule(fmt.Sprintf("src%d", i), "dst", 8080), Present: true, Stamp: stamp, Origin: "cli@test"}
-		SignPolicyChange(&c, testOperator)
-		cs = append(cs, c)
-	}
-	if _, errs := a.ApplyPolicyChanges(cs); errors.Join(errs...) != nil {
-		t.Fatal(errors.Join(errs...))
-	}
+	applyRules(t, a, 1000)
 	var fs fullState
 	if st := (*delegate)(a).LocalState(true); st[0] != msgFull || json.Unmarshal(st[1:], &fs) != nil || len(fs.Policies) != 0 || len(fs.PolSum) != polBuckets {
 		t.Fatalf("join state of 1000 rules: %d listed, %d digest buckets; want 0 and %d", len(fs.Policies), len(fs.PolSum), polBuckets)
@@ -625,4 +596,22 @@ func TestLargeSetJoin(t *testing.T) {
 	if n := a.aeSent.Load(); n != 1000 {
 		t.Errorf("cell-a sent %d more registers after a join that listed them", n-1000)
 	}
+}
+
+// applyRules applies n signed adds of rules src<i> -> dst on m and
+// returns them.
+func applyRules(t *testing.T, m *Mesh, n int) []PolicyChange {
+	t.Helper()
+	stamp := uint64(time.Now().UnixNano())
+	var cs []PolicyChange
+	for i := range n {
+		stamp++
+		c := PolicyChange{Rule: rule(fmt.Sprintf("src%d", i), "dst", 8080), Present: true, Stamp: stamp, Origin: "cli@test"}
+		SignPolicyChange(&c, testOperator)
+		cs = append(cs, c)
+	}
+	if _, errs := m.ApplyPolicyChanges(cs); errors.Join(errs...) != nil {
+		t.Fatal(errors.Join(errs...))
+	}
+	return cs
 }
