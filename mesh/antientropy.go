@@ -67,6 +67,9 @@ func (m *Mesh) sendPolicyBuckets(peer string, differ []int) {
 // spreadPolicies sends ps to directFanout random live members. Must not be
 // called with mu held.
 func (m *Mesh) spreadPolicies(ps []polEntry) {
+	if len(ps) == 0 {
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var to []string

@@ -427,9 +427,10 @@ func TestApplyPolicyChanges(t *testing.T) {
 	}
 }
 
-// TestFullStateCompressed: a large full state travels compressed, under
-// memberlist's 20 MiB push/pull limit at 100k signed rules, and merges as
-// the plain one does.
+// TestFullStateCompressed: a large full state travels compressed and
+// merges as the plain one does; the list of 100k signed rules, as a cell of
+// the previous build sends it, is over memberlist's 20 MiB push/pull limit
+// as JSON and under it compressed.
 func TestFullStateCompressed(t *testing.T) {
 	a := startNode(t, "cell-a", nodeOpts{})
 	cs := applyRules(t, a, 2000)

@@ -29,10 +29,11 @@ const (
 	msgPolSetZ  byte = 'Q' // msgPolSet's JSON, DEFLATE-compressed
 )
 
-// Memberlist refuses a push/pull whose user state exceeds 20 MiB. The
-// JSON of 100k signed rules is about 30 MB, so a full state above
-// zipAbove bytes travels compressed, and a compressed one may expand to
-// at most maxFullState bytes.
+// Memberlist refuses a push/pull whose user state exceeds 20 MiB. A full
+// state above zipAbove bytes travels compressed (a join's list of 20k
+// signed rules is some 5 MB of JSON; a cell of the previous build lists
+// its whole set, 26 MB at 100k rules), and a compressed state or policy
+// batch may expand to at most maxFullState bytes.
 const (
 	zipAbove     = 64 << 10
 	maxFullState = 256 << 20
