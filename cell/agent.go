@@ -83,6 +83,7 @@ type Agent struct {
 	mu       sync.Mutex       // serialises container changes and table compiles
 	ov       *overlay.Overlay // guarded by mu; nil until the subnet lease is taken
 	compiled *tableInputs     // guarded by mu: the inputs of the engine's table
+	enf      enforcement      // guarded by mu
 	dns      agentDNS         // srv guarded by mu
 }
 
@@ -185,6 +186,9 @@ func (a *Agent) startOverlay(subnet netip.Prefix) error {
 		ocfg.Filter = overlay.OpenFilter{LocalSubnet: subnet}
 		a.log.Warn("policy enforcement is off: every packet passes")
 	}
+	a.mu.Lock()
+	a.enf.off, a.enf.warned = a.cfg.PolicyOff, time.Now()
+	a.mu.Unlock()
 	ocfg.TUNBackend = a.cfg.TUNBackend
 	ocfg.Logger = a.log
 	ov, err := overlay.New(ocfg)
@@ -241,6 +245,7 @@ func (a *Agent) loop(ctx context.Context) {
 			a.syncPeers()
 			a.compile()
 			a.engine.ExpireFlows(now)
+			a.warnEnforcementOff(now)
 		}
 	}
 }

@@ -16,6 +16,8 @@ import (
 //	GET    /v1/policies[?source=APP] -> PolicyList
 //	POST   /v1/policies              PolicyRule (201 created, 200 existed)
 //	DELETE /v1/policies              PolicyRule (404 "Policy does not exist.")
+//	GET    /v1/policy-enforcement    -> EnforcementState
+//	PUT    /v1/policy-enforcement    EnforcementState -> EnforcementState
 //
 // Errors are {"error": "..."} with a 4xx status for bad requests and 5xx for
 // failures of the cell.
@@ -101,6 +103,9 @@ type Status struct {
 	// PolicyVersion is 48 bits of a hash of the policy set (PolicyVersion):
 	// equal on cells that enforce the same rules.
 	PolicyVersion uint64 `json:"policy_version"`
+	// PolicyEnforced is false while the data path passes every packet
+	// (--policy=off, or switched off: PUT /v1/policy-enforcement).
+	PolicyEnforced bool `json:"policy_enforced"`
 }
 
 // Member is one cell as the mesh sees it.

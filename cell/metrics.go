@@ -39,6 +39,7 @@ import (
 //	weft_peer_last_handshake_seconds{peer,public_key} seconds since the last handshake (absent: never)
 //	weft_policies                            rules in the policy set
 //	weft_policy_version                      48 bits of a SHA-256 of the sorted policy set: equal on cells that agree
+//	weft_policy_enforced                     1 while the data path applies the policy, 0 while it passes every packet
 //	weft_lease{subnet}                       1 while the cell holds the subnet lease
 //	weft_containers                          containers on this cell
 //
@@ -73,6 +74,8 @@ var (
 		"Rules in the replicated policy set.", nil, nil)
 	descPolicyVersion = prometheus.NewDesc("weft_policy_version",
 		"48 bits of a SHA-256 over the sorted policy set; cells with the same value enforce the same rules.", nil, nil)
+	descEnforced = prometheus.NewDesc("weft_policy_enforced",
+		"1 while the data path applies the policy; 0 while it passes every packet (--policy=off, or switched off at run time).", nil, nil)
 	descLease = prometheus.NewDesc("weft_lease",
 		"1 while this cell holds the subnet lease in the label.", []string{"subnet"}, nil)
 	descContainers = prometheus.NewDesc("weft_containers",
@@ -91,7 +94,7 @@ var _ prometheus.Collector = collector{}
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAllowed, descDenied, descRejectsSent, descRejectsLimited,
 		descFlows, descEvictions, descMembers, descPeers, descNoSession, descPeerRx, descPeerTx, descPeerHandshake,
-		descPolicies, descPolicyVersion, descLease, descContainers, descScrapeErrors} {
+		descPolicies, descPolicyVersion, descEnforced, descLease, descContainers, descScrapeErrors} {
 		ch <- d
 	}
 }
@@ -132,6 +135,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	rules := a.mesh.Policies()
 	gauge(descPolicies, float64(len(rules)))
 	gauge(descPolicyVersion, float64(a.policyVersion(rules)))
+	if on, _ := a.enforcing(); on {
+		gauge(descEnforced, 1)
+	} else {
+		gauge(descEnforced, 0)
+	}
 	if s := a.mesh.Subnet(); s.IsValid() {
 		gauge(descLease, 1, s.String())
 	}

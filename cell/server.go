@@ -29,6 +29,8 @@ func (a *Agent) newServer() *http.Server {
 	mux.HandleFunc("POST /v1/route-changes", a.handleRouteChange)
 	mux.HandleFunc("GET /v1/flow-logs", a.handleGetFlowLogs)
 	mux.HandleFunc("PUT /v1/flow-logs", a.handleSetFlowLogs)
+	mux.HandleFunc("GET /v1/policy-enforcement", a.handleGetEnforcement)
+	mux.HandleFunc("PUT /v1/policy-enforcement", a.handleSetEnforcement)
 	mux.HandleFunc("POST /v1/attachments", a.handleAttach)
 	mux.HandleFunc("GET /v1/attachments/{id}", a.handleGetAttachment)
 	mux.HandleFunc("DELETE /v1/attachments/{id}", a.handleDetach)
@@ -77,6 +79,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	st.LeaseError, st.RejectedPolicyChanges = a.mesh.LeaseError(), a.mesh.RejectedPolicies()
 	st.PolicyVersion = a.policyVersion(rules)
+	st.PolicyEnforced, _ = a.enforcing()
 	st.MemberCounts = map[string]int{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
 	keyNames := map[string]string{}
 	for _, m := range a.mesh.Members() {

@@ -114,6 +114,7 @@ func TestMetrics(t *testing.T) {
 		`weft_policies`:                                0,
 		`weft_containers`:                              1,
 		`weft_peers`:                                   1,
+		`weft_policy_enforced`:                         1,
 		`weft_scrape_errors_total{part="wireguard"}`:   0,
 		`weft_packets_allowed_total{verdict="accept"}`: after[`weft_packets_allowed_total{verdict="accept"}`],
 	}
@@ -154,6 +155,10 @@ func TestMetrics(t *testing.T) {
 	if v1["weft_policy_version"] != allowed["weft_policy_version"] || v1["weft_policy_version"] == after["weft_policy_version"] {
 		t.Fatalf("policy version: cell 1 %v, cell 2 %v, before the rule %v: want equal on both cells and changed",
 			v1["weft_policy_version"], allowed["weft_policy_version"], after["weft_policy_version"])
+	}
+	weft(t, l, 2, "policy-enforcement", "off")
+	if off, _ := scrape(t, l, 1, 2); off["weft_policy_enforced"] != 0 {
+		t.Fatalf("weft_policy_enforced = %v with enforcement off, want 0", off["weft_policy_enforced"])
 	}
 }
 

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,8 +14,8 @@ import (
 
 // TestPolicyPushExportAndFlowLogs: a policy file replaces the whole set
 // declaratively (with a dry run first), a bad file changes nothing, export
-// gives back what was pushed, and flow logs name the apps of a denied
-// connection.
+// gives back what was pushed, flow logs name the apps of a denied
+// connection, and policy enforcement switches off and on at run time.
 func TestPolicyPushExportAndFlowLogs(t *testing.T) {
 	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin})
 	a, b := l.Name("appA"), l.Name("appB")
@@ -108,4 +109,54 @@ func TestPolicyPushExportAndFlowLogs(t *testing.T) {
 		return false
 	})
 	weft(t, l, 2, "flow-logs", "off")
+
+	// Enforcement switched off on cell 2 lets the denied connection
+	// through (and says so everywhere); on again, the connection opened
+	// meanwhile is cut on its next packet and new ones are refused.
+	if out := weft(t, l, 2, "policy-enforcement", "status"); !strings.Contains(out, "policy enforcement: on") {
+		t.Fatalf("policy-enforcement status: %q", out)
+	}
+	if out := weft(t, l, 2, "policy-enforcement", "off"); !strings.Contains(out, "OFF") {
+		t.Fatalf("policy-enforcement off: %q", out)
+	}
+	expectHTTP(t, a, ipB, 8080)
+	open, err := lab.DialIn(a, "tcp", netip.AddrPortFrom(ipB, 8080).String(), 3*time.Second)
+	if err != nil {
+		t.Fatalf("connect with enforcement off: %v", err)
+	}
+	defer open.Close()
+	if on := enforced(t, l, 2); on {
+		t.Fatal("status says policy_enforced with enforcement off")
+	}
+	if out := weft(t, l, 2, "status"); !strings.Contains(out, "enforced:   OFF") {
+		t.Fatalf("weft status does not say enforcement is off:\n%s", out)
+	}
+	if _, err := l.Weft(2, "policy-enforcement", "maybe"); err == nil {
+		t.Fatal("policy-enforcement maybe: no error")
+	}
+	weft(t, l, 2, "policy-enforcement", "on")
+	if err := expectCut(open); err != nil {
+		t.Fatal(err)
+	}
+	expectRefused(t, a, ipB, 8080)
+	expectHTTP(t, a, ipB, 9001)
+	if on := enforced(t, l, 2); !on {
+		t.Fatal("status does not say policy_enforced with enforcement on again")
+	}
+}
+
+// enforced is the policy_enforced field of the cell's status.
+func enforced(t *testing.T, l *lab.Lab, cell int) bool {
+	t.Helper()
+	st, err := l.Status(cell)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		On *bool `json:"policy_enforced"`
+	}
+	if err := json.Unmarshal(st.Raw, &f); err != nil || f.On == nil {
+		t.Fatalf("status of cell %d has no policy_enforced (%v): %s", cell, err, st.Raw)
+	}
+	return *f.On
 }

@@ -167,7 +167,10 @@ func (o *Overlay) serveUAPI() {
 	}
 }
 
-// Wrapper returns the filtering TUN wrapper (for its counters).
+// LocalSubnet is this cell's subnet, as configured.
+func (o *Overlay) LocalSubnet() netip.Prefix { return o.cfg.LocalSubnet }
+
+// Wrapper returns the filtering TUN wrapper (its counters, its filter).
 func (o *Overlay) Wrapper() *Wrapper { return o.wrap }
 
 // TUNBackend returns the TUN backend in use, TUNWireGuard or TUNWater.

@@ -51,7 +51,7 @@ const rejectHeadroom = 16
 // Write passes a compacted copy of the slice headers to the inner device.
 type Wrapper struct {
 	tun.Device // the real TUN device
-	filter     Filter
+	filter     atomic.Pointer[filterRef]
 
 	// Read is only ever called by wireguard-go's single TUN reader
 	// goroutine, so its scratch space needs no lock.
@@ -95,7 +95,6 @@ var _ tun.Device = (*Wrapper)(nil)
 func NewWrapper(dev tun.Device, filter Filter) *Wrapper {
 	w := &Wrapper{
 		Device:    dev,
-		filter:    filter,
 		hairpin:   make([][]byte, 0, dev.BatchSize()),
 		rejectBuf: make([]byte, rejectHeadroom+1500+64),
 		rejectVec: make([][]byte, 1),
@@ -104,8 +103,19 @@ func NewWrapper(dev tun.Device, filter Filter) *Wrapper {
 		s := make([][]byte, 0, dev.BatchSize())
 		return &s
 	}
+	w.SetFilter(filter)
 	return w
 }
+
+// filterRef holds the wrapper's filter for an atomic pointer.
+type filterRef struct{ Filter }
+
+// SetFilter makes f the filter of every batch read or written from now on
+// (a batch in flight keeps the filter it started with).
+func (w *Wrapper) SetFilter(f Filter) { w.filter.Store(&filterRef{f}) }
+
+// Filter returns the wrapper's current filter.
+func (w *Wrapper) Filter() Filter { return w.filter.Load().Filter }
 
 // holdReaders makes BatchSize and Events block until releaseReaders. Call
 // it before device.NewDevice: the device's TUN reader goroutine calls
@@ -143,13 +153,14 @@ func (w *Wrapper) Stats() *WrapperStats { return &w.stats }
 // are reported with size 0, which wireguard-go skips.
 func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := w.Device.Read(bufs, sizes, offset)
+	f := w.Filter()
 	hairpin := w.hairpin[:0]
 	for i := 0; i < n; i++ {
 		if sizes[i] < 1 {
 			continue
 		}
 		pkt := bufs[i][offset : offset+sizes[i]]
-		switch v := w.filter.Outbound(pkt); {
+		switch v := f.Outbound(pkt); {
 		case v == policy.Accept:
 			if w.gate == nil || w.gate.allow(pkt) {
 				w.stats.PassedToPeers.Add(1)
@@ -160,7 +171,7 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			hairpin = append(hairpin, bufs[i][:offset+sizes[i]])
 		case v.Reject():
 			w.stats.DroppedRead.Add(1)
-			w.reject(pkt)
+			w.reject(f, pkt)
 		default:
 			w.stats.DroppedRead.Add(1)
 		}
@@ -180,9 +191,10 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 // Write delivers decrypted packets from peers that the policy allows.
 func (w *Wrapper) Write(bufs [][]byte, offset int) (int, error) {
 	var keep *[][]byte
+	f := w.Filter()
 	for i, b := range bufs {
 		pkt := b[offset:]
-		v := w.filter.Inbound(pkt)
+		v := f.Inbound(pkt)
 		if v.Allowed() {
 			if keep != nil {
 				*keep = append(*keep, b)
@@ -191,7 +203,7 @@ func (w *Wrapper) Write(bufs [][]byte, offset int) (int, error) {
 		}
 		w.stats.DroppedWrite.Add(1)
 		if v.Reject() {
-			w.reject(pkt)
+			w.reject(f, pkt)
 		}
 		if keep == nil {
 			// First drop in this batch: start a compacted copy holding
@@ -222,13 +234,14 @@ func (w *Wrapper) Write(bufs [][]byte, offset int) (int, error) {
 	return len(bufs), nil
 }
 
-// reject answers the denied packet pkt with a RST or ICMP unreachable,
-// written into the TUN: the kernel delivers it to a local sender, or routes it
-// back out through the TUN, and so through WireGuard, to a remote one.
-func (w *Wrapper) reject(pkt []byte) {
+// reject answers the packet pkt that f denied with a RST or ICMP
+// unreachable, written into the TUN: the kernel delivers it to a local
+// sender, or routes it back out through the TUN, and so through WireGuard,
+// to a remote one.
+func (w *Wrapper) reject(f Filter, pkt []byte) {
 	w.rejectMu.Lock()
 	defer w.rejectMu.Unlock()
-	n := w.filter.Reject(pkt, w.rejectBuf[rejectHeadroom:])
+	n := f.Reject(pkt, w.rejectBuf[rejectHeadroom:])
 	if n == 0 {
 		return
 	}

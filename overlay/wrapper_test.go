@@ -195,3 +195,37 @@ func TestPeerDiff(t *testing.T) {
 		t.Fatalf("smaller key must initiate: text %q later %v", text, later)
 	}
 }
+
+// TestWrapperSetFilter: a filter set while the wrapper runs judges every
+// batch from then on, in both directions, rejects included.
+func TestWrapperSetFilter(t *testing.T) {
+	inner := &fakeTUN{}
+	w := NewWrapper(inner, filter)
+	open := fakeFilter{pDeny: policy.Accept}
+	for i, c := range []struct {
+		f         Filter
+		delivered int
+	}{{filter, 0}, {open, 1}, {filter, 0}} {
+		w.SetFilter(c.f)
+		inner.written = nil
+		if _, err := w.Write(bufsOf("d1"), off); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"reject:d"}
+		if c.delivered == 1 {
+			want = []string{"d1"}
+		}
+		if len(inner.written) != 1 || string(inner.written[0]) != want[0] {
+			t.Fatalf("step %d: Write delivered %q, want %q", i, inner.written, want)
+		}
+		inner.toRead = [][]byte{[]byte("d2")}
+		bufs, sizes := bufsOf(""), []int{0}
+		bufs[0] = bufs[0][:cap(bufs[0])]
+		if n, err := w.Read(bufs, sizes, off); n != 1 || err != nil {
+			t.Fatalf("step %d: Read = %d, %v", i, n, err)
+		}
+		if got := sizes[0] != 0; got != (c.delivered == 1) {
+			t.Fatalf("step %d: Read passed the packet: %v, want %v", i, got, c.delivered == 1)
+		}
+	}
+}

@@ -153,8 +153,12 @@ func statusCmd() *cobra.Command {
 					subnet = "(none: " + st.LeaseError + ")"
 				}
 			}
-			fmt.Fprintf(out, "cell:       %s\nsubnet:     %s\ninterface:  %s\ncontainers: %d\npolicies:   %d (version %012x)\nflows:      %d\nmembers:    %d alive, %d suspect, %d dead, %d left\n\n",
-				st.Name, subnet, st.Interface, st.Containers, st.Policies, st.PolicyVersion, st.Flows,
+			enforced := "on"
+			if !st.PolicyEnforced {
+				enforced = "OFF (every packet passes)"
+			}
+			fmt.Fprintf(out, "cell:       %s\nsubnet:     %s\ninterface:  %s\ncontainers: %d\npolicies:   %d (version %012x)\nenforced:   %s\nflows:      %d\nmembers:    %d alive, %d suspect, %d dead, %d left\n\n",
+				st.Name, subnet, st.Interface, st.Containers, st.Policies, st.PolicyVersion, enforced, st.Flows,
 				st.MemberCounts["alive"], st.MemberCounts["suspect"], st.MemberCounts["dead"], st.MemberCounts["left"])
 			tw := tabwriter.NewWriter(out, 0, 4, 3, ' ', 0)
 			fmt.Fprintln(tw, "member\taddress\tstate\tsubnet")

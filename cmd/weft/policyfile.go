@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -166,6 +167,45 @@ func applyDiff(d policy.Diff) error {
 		}
 	}
 	return nil
+}
+
+func enforcementCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "policy-enforcement on|off|status",
+		Short: "switch this cell's policy enforcement (off: every packet passes, until on again or the agent restarts)",
+		Long: `Switch policy enforcement on this cell only. Off, the data path passes every
+packet, as with 'weft agent --policy=off': use it to find out whether the
+policy is what breaks an application, and switch it on again. On again,
+every flow is judged against the rules on its next packet. The switch is
+not persisted (a restarted agent enforces again); while it is off the agent
+warns once a minute and the metric weft_policy_enforced is 0.`,
+		Args:      cobra.ExactArgs(1),
+		ValidArgs: []string{"on", "off", "status"},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var st cell.EnforcementState
+			var err error
+			switch args[0] {
+			case "on", "off":
+				st, err = client().SetPolicyEnforcement(ctx(), args[0] == "on")
+			case "status":
+				st, err = client().PolicyEnforcement(ctx())
+			default:
+				return fmt.Errorf("policy-enforcement %q: want on, off or status", args[0])
+			}
+			if err != nil {
+				return err
+			}
+			state := "on"
+			if !st.Enabled {
+				state = "OFF: every packet passes"
+			}
+			if !st.Since.IsZero() {
+				state += fmt.Sprintf(" (since %s, %s ago)", st.Since.UTC().Format(time.RFC3339), since(st.Since))
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "policy enforcement: %s\n", state)
+			return nil
+		},
+	}
 }
 
 func flowLogsCmd() *cobra.Command {

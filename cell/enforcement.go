@@ -1,0 +1,116 @@
+package cell
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/weft-net/weft/overlay"
+)
+
+// EnforcementState is the body of GET and PUT /v1/policy-enforcement.
+type EnforcementState struct {
+	Enabled bool `json:"enabled"`
+	// Since is when enforcement last changed at run time (absent: as the
+	// agent started).
+	Since time.Time `json:"since,omitzero"`
+}
+
+// Policy enforcement can be switched off and on at run time, on this cell
+// only, to find out whether the policy is what breaks an application (as
+// Cilium's PolicyEnforcement=never does). Off, the data path passes every
+// packet (overlay.OpenFilter) and tracks no flows; on again, every flow is
+// judged against the rules on its next packet, so a flow no rule allows is
+// cut at once. The switch is not persisted: a restarted agent enforces
+// again unless it was started with --policy=off. While it is off the agent
+// warns once a minute and weft_policy_enforced is 0.
+
+// enforcement is the agent's enforcement state.
+type enforcement struct {
+	off           bool      // the data path passes every packet
+	since, warned time.Time // last switched at run time; last warned
+}
+
+// enforcementWarnEvery is how often an agent with enforcement switched
+// off says so in its log.
+const enforcementWarnEvery = time.Minute
+
+// enforcing reports whether the data path applies the policy, and since
+// when (zero: since the agent started).
+func (a *Agent) enforcing() (on bool, since time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return !a.enf.off, a.enf.since
+}
+
+// setEnforcement switches the policy on the data path on or off.
+func (a *Agent) setEnforcement(on bool) EnforcementState {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if on == !a.enf.off {
+		return EnforcementState{Enabled: on, Since: a.enf.since}
+	}
+	f := overlay.Filter(a.engine)
+	if !on {
+		f = overlay.OpenFilter{LocalSubnet: a.ov.LocalSubnet()}
+	}
+	a.ov.Wrapper().SetFilter(f)
+	a.enf.off, a.enf.since, a.enf.warned = !on, time.Now(), time.Now()
+	if on {
+		a.log.Info("policy enforcement switched on: every flow is judged against the rules on its next packet")
+	} else {
+		a.log.Warn("policy enforcement switched off: every packet passes until it is switched on again or the agent restarts")
+	}
+	return EnforcementState{Enabled: on, Since: a.enf.since}
+}
+
+// warnEnforcementOff logs, at most once per enforcementWarnEvery, that
+// enforcement is off. The agent loop calls it.
+func (a *Agent) warnEnforcementOff(now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.enf.off || now.Sub(a.enf.warned) < enforcementWarnEvery {
+		return
+	}
+	a.enf.warned = now
+	args := []any{}
+	if !a.enf.since.IsZero() {
+		args = append(args, "off_for", now.Sub(a.enf.since).Round(time.Second).String())
+	}
+	a.log.Warn("policy enforcement is off: every packet passes", args...)
+}
+
+func (a *Agent) handleGetEnforcement(w http.ResponseWriter, r *http.Request) {
+	on, since := a.enforcing()
+	writeJSON(w, http.StatusOK, EnforcementState{Enabled: on, Since: since})
+}
+
+func (a *Agent) handleSetEnforcement(w http.ResponseWriter, r *http.Request) {
+	var st EnforcementState
+	if !readJSON(w, r, &st) {
+		return
+	}
+	if !st.Since.IsZero() {
+		writeError(w, http.StatusBadRequest, "policy-enforcement: since is set by the agent, not by a request")
+		return
+	}
+	if !a.waitReady(r.Context(), 10*time.Second) {
+		writeError(w, http.StatusServiceUnavailable, "policy-enforcement: the data plane is not up (no subnet lease yet)")
+		return
+	}
+	writeJSON(w, http.StatusOK, a.setEnforcement(st.Enabled))
+}
+
+// PolicyEnforcement reports whether the agent enforces the policy.
+func (c *Client) PolicyEnforcement(ctx context.Context) (EnforcementState, error) {
+	var st EnforcementState
+	err := c.do(ctx, http.MethodGet, "/v1/policy-enforcement", nil, &st)
+	return st, err
+}
+
+// SetPolicyEnforcement switches the agent's policy enforcement on or off.
+func (c *Client) SetPolicyEnforcement(ctx context.Context, on bool) (EnforcementState, error) {
+	var st EnforcementState
+	err := c.do(ctx, http.MethodPut, "/v1/policy-enforcement", EnforcementState{Enabled: on}, &st)
+	return st, err
+}
