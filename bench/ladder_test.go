@@ -14,9 +14,11 @@ package bench
 //	e  weft, two containers on one cell (hair-pin), policy as in d
 //	f  weft as in d with the water TUN backend (--tun-backend water)
 //
-// and d2-paired-b-d: rungs b and d taken alternately, -ladder.pairs times
-// each (TCP one and four streams), reported as the medians and their
-// ratio.
+// and d2-paired-b-c-d: rungs b, d and c taken in turn, -ladder.pairs
+// times each (TCP one and four streams), reported as the medians and their
+// ratios; and d3-toggled-c-d: d's agents with policy enforcement switched
+// off (c) and on (d) in turn, every half second, under one running TCP
+// test, reported as the two throughputs and their ratio d/c.
 //
 // Each rung measures: one TCP stream and four (Gbit/s received, 0.5 s
 // warm-up then 3 s), UDP packets per second received at 64- and 1400-byte
@@ -35,6 +37,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -64,6 +67,7 @@ var (
 	ladderFlows    = flag.Int("ladder.flows", 100000, "flows tracked for rungs d-f")
 	ladderAgentEnv = flag.String("ladder.agentenv", "", "comma-separated K=V environment for the weft agents (e.g. GOGC=200)")
 	ladderPairs    = flag.Int("ladder.pairs", 3, "rounds of TCP tests of rungs b, d and c in turn for d2-paired (0: skip it)")
+	ladderToggles  = flag.Int("ladder.toggles", 12, "blocks of four half-second phases (policy on, off, off, on) under one running TCP test for d3-toggled (0: skip it)")
 )
 
 const (
@@ -207,6 +211,78 @@ func BenchmarkLadder(b *testing.B) {
 				b.ReportMetric(md/mb, fmt.Sprintf("x-b-tcp%d-paired", n))
 				b.ReportMetric(md/mc, fmt.Sprintf("x-c-tcp%d-paired", n))
 			}
+		})
+	}
+	// Rungs c and d under one running TCP test: d's agents, rules and
+	// flows, with policy enforcement switched off (c: the data path of
+	// --policy=off) and on (d) in turn through the agents' API, in blocks
+	// of on, off, off, on (a linear drift cancels in each block), a 400 ms
+	// sample of each phase after 100 ms to settle. Restarts, separate
+	// connections and the drift of the machine between sub-runs, which
+	// make d/c of the separate rungs swing by ±10%, are gone from this
+	// ratio; what is left shows in the spread of the blocks' ratios. The
+	// blocks run in rounds of at most 12 (24 s), each after loadFlows, so
+	// that the 100k UDP flows (60 s timeout) stay tracked throughout.
+	if *ladderToggles > 0 {
+		b.Run("d3-toggled-c-d", func(b *testing.B) {
+			if !dReady {
+				b.Skip("needs rung d in the same run")
+			}
+			var clients []*cell.Client
+			for _, c := range l.Cells[:2] {
+				clients = append(clients, cell.NewClient(c.Socket))
+			}
+			setEnforcement := func(on bool) {
+				for i, c := range clients {
+					if st, err := c.SetPolicyEnforcement(context.Background(), on); err != nil || st.Enabled != on {
+						b.Fatalf("cell %d: policy enforcement %v: %v (enabled %v)", i+1, on, err, st.Enabled)
+					}
+				}
+			}
+			defer setEnforcement(true)
+			const roundBlocks = 12
+			flows := -1
+			for i, n := range []int{1, 4} {
+				var on, off, blocks []float64
+				dst := netip.AddrPortFrom(ipB, tcpPort+uint16(i))
+				for len(blocks) < *ladderToggles {
+					setEnforcement(true)
+					loadFlows(b, l, ctA, ctB, ipB, *ladderFlows)
+					todo := min(roundBlocks, *ladderToggles-len(blocks))
+					tcpStreamsWith(b, ctA, ctB, dst, n, func(received func() int64) {
+						var block [2]float64 // bytes with policy off, on
+						for k := range 4 * todo {
+							enf := k%4 == 0 || k%4 == 3
+							setEnforcement(enf)
+							time.Sleep(100 * time.Millisecond)
+							r0, t0 := received(), time.Now()
+							time.Sleep(400 * time.Millisecond)
+							got := float64(received() - r0)
+							g := got * 8 / time.Since(t0).Seconds() / 1e9
+							if enf {
+								on, block[1] = append(on, g), block[1]+got
+							} else {
+								off, block[0] = append(off, g), block[0]+got
+							}
+							if k%4 == 3 {
+								blocks, block = append(blocks, block[1]/block[0]), [2]float64{}
+							}
+						}
+					})
+					if f := minFlows(b, l); flows < 0 || f < flows {
+						flows = f
+					}
+				}
+				mc, md := meanOf(off), meanOf(on)
+				mean, se := meanOf(blocks), stdErr(blocks)
+				b.Logf("tcp%d: policy off (c) mean %.2f, on (d) mean %.2f Gbit/s over %d phases each; d/c by block %.3f ± %.3f (standard error), min %.3f, max %.3f",
+					n, mc, md, len(on), mean, se, slices.Min(blocks), slices.Max(blocks))
+				b.ReportMetric(mc, fmt.Sprintf("Gbit/s-c-tcp%d-toggled", n))
+				b.ReportMetric(md, fmt.Sprintf("Gbit/s-d-tcp%d-toggled", n))
+				b.ReportMetric(md/mc, fmt.Sprintf("x-c-tcp%d-toggled", n))
+				b.ReportMetric(se, fmt.Sprintf("x-c-tcp%d-toggled-stderr", n))
+			}
+			b.ReportMetric(float64(flows), "flows")
 		})
 	}
 	hairpin := 0.0 // rung e's busy cores per Gbit/s, for rung g
@@ -430,6 +506,24 @@ func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst neti
 // measuring time and returns the Gbit/s the sink received while measuring
 // and the machine's busy cores meanwhile (machineBusy).
 func tcpStreams(b *testing.B, client, server string, dst netip.AddrPort, n int) (gbps, cores float64) {
+	var got int64
+	tcpStreamsWith(b, client, server, dst, n, func(received func() int64) {
+		start, t0, cpu0 := received(), time.Now(), machineBusy(b)
+		time.Sleep(*ladderTCPTime)
+		got = received() - start
+		gbps, cores = float64(got)*8/time.Since(t0).Seconds()/1e9, machineBusy(b).cores(cpu0)
+	})
+	if got == 0 {
+		b.Fatalf("tcp %d streams to %v: nothing received", n, dst)
+	}
+	return gbps, cores
+}
+
+// tcpStreamsWith runs n TCP streams from client to dst (a sink in server)
+// and, after the warm-up, calls measure with received, which returns the
+// bytes the sink has received so far; the streams stop when measure
+// returns.
+func tcpStreamsWith(b *testing.B, client, server string, dst netip.AddrPort, n int, measure func(received func() int64)) {
 	ln, err := lab.ListenIn(server, "tcp", ":"+strconv.Itoa(int(dst.Port())))
 	if err != nil {
 		b.Fatal(err)
@@ -462,6 +556,18 @@ func tcpStreams(b *testing.B, client, server string, dst netip.AddrPort, n int) 
 	}()
 	stop := make(chan struct{})
 	var swg sync.WaitGroup
+	// Stop everything also when measure (or a dial) fails the benchmark.
+	defer func() {
+		close(stop)
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		ln.Close()
+		swg.Wait()
+		wg.Wait()
+	}()
 	for range n {
 		c := dialRetry(b, client, dst.String())
 		mu.Lock()
@@ -482,22 +588,7 @@ func tcpStreams(b *testing.B, client, server string, dst netip.AddrPort, n int) 
 		})
 	}
 	time.Sleep(warmup) // warm-up period, not synchronisation
-	start, t0, cpu0 := received.Load(), time.Now(), machineBusy(b)
-	time.Sleep(*ladderTCPTime)
-	got, el, cpu1 := received.Load()-start, time.Since(t0), machineBusy(b)
-	close(stop)
-	mu.Lock()
-	for _, c := range conns {
-		c.Close()
-	}
-	mu.Unlock()
-	ln.Close()
-	swg.Wait()
-	wg.Wait()
-	if got == 0 {
-		b.Fatalf("tcp %d streams to %v: nothing received", n, dst)
-	}
-	return float64(got) * 8 / el.Seconds() / 1e9, cpu1.cores(cpu0)
+	measure(received.Load)
 }
 
 // cpuTimes is the machine's CPU time so far, from /proc/stat, in ticks.
@@ -950,6 +1041,27 @@ func startProfiles(b *testing.B, l *lab.Lab, tag string) func() {
 			fetch(c, "heap", "http://"+pprofAt+"/debug/pprof/heap", 10*time.Second)
 		}
 	}
+}
+
+// meanOf is the mean of v.
+func meanOf(v []float64) float64 {
+	t := 0.0
+	for _, x := range v {
+		t += x
+	}
+	return t / float64(len(v))
+}
+
+// stdErr is the standard error of the mean of v.
+func stdErr(v []float64) float64 {
+	if len(v) < 2 {
+		return 0
+	}
+	m, ss := meanOf(v), 0.0
+	for _, x := range v {
+		ss += (x - m) * (x - m)
+	}
+	return math.Sqrt(ss / float64(len(v)-1) / float64(len(v)))
 }
 
 // medianOf returns the median of v (of an even count, the mean of the

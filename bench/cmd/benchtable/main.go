@@ -114,7 +114,7 @@ func format(rows map[string]map[string][]float64, order []string) string {
 	sb.WriteString("\n")
 	for _, name := range order {
 		if !slices.ContainsFunc(columns, func(c column) bool { return len(rows[name][c.unit]) > 0 }) {
-			continue // d2-paired-b-d, g-ceiling: lines below the table
+			continue // d2-paired-b-c-d, d3-toggled-c-d, g-ceiling: lines below the table
 		}
 		sb.WriteString("| " + name + " |")
 		for _, c := range columns {
@@ -159,6 +159,15 @@ func format(rows map[string]map[string][]float64, order []string) string {
 		if rc, ok := get("d2-", "x-c-tcp"+n+"-paired"); ok {
 			c, _ := get("d2-", "Gbit/s-c-tcp"+n+"-paired")
 			fmt.Fprintf(&sb, "; c %.2f, d/c = %.2f", c, rc)
+		}
+	}
+	for _, n := range []string{"1", "4"} {
+		r, okr := get("d3-", "x-c-tcp"+n+"-toggled")
+		c, _ := get("d3-", "Gbit/s-c-tcp"+n+"-toggled")
+		d, _ := get("d3-", "Gbit/s-d-tcp"+n+"-toggled")
+		se, _ := get("d3-", "x-c-tcp"+n+"-toggled-stderr")
+		if okr {
+			fmt.Fprintf(&sb, "\nGbit/s-tcp%s, policy off and on in turn under one test (means): c %.2f, d %.2f, d/c = %.2f ± %.3f (target ≥ 0.97)", n, c, d, r, se)
 		}
 	}
 	if g, ok := get("g-", "Gbit/s-ceiling"); ok {
