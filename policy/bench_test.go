@@ -222,6 +222,36 @@ func BenchmarkVerdictParallel(b *testing.B) {
 	})
 }
 
+// BenchmarkVerdictBothWays runs the two directions of one established
+// flow on two goroutines at once, as a cell does: its data packets from
+// wireguard-go's receiver (Inbound), its replies from the TUN reader
+// (Outbound), mostly on different cores.
+func BenchmarkVerdictBothWays(b *testing.B) {
+	e := benchEngine(b, 10000)
+	a, d := ap(ipA, 40001), ap(ipB, 8080)
+	var role atomic.Uint32
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		in := role.Add(1)%2 == 1
+		pkt := ack(a, d)
+		if !in {
+			pkt = ack(d, a)
+		}
+		for pb.Next() {
+			var v Verdict
+			if in {
+				v = e.Inbound(pkt)
+			} else {
+				v = e.Outbound(pkt)
+			}
+			if v != Accept {
+				b.Error("denied")
+				return
+			}
+		}
+	})
+}
+
 // BenchmarkCompile compiles N rules among ~65k apps and 65k endpoints and
 // reports the bytes allocated by one compilation (MB/compile).
 func BenchmarkCompile(b *testing.B) {

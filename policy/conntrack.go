@@ -208,7 +208,11 @@ type ctShard struct {
 	lastSweep int64    // guarded by mu
 	rnd       uint64   // eviction sampling state; guarded by mu
 	maxCap    int      // capacity bound of each table
-	_         [24]byte // the nursery on lines of its own; shards share no line (TestShardLayout)
+	// opened counts the new flows open4 accepted, which it counts here,
+	// under mu with a plain add, instead of in the engine's verdict
+	// counters (a locked add). Guarded by mu; Counters loads it.
+	opened uint64
+	_      [16]byte // the nursery on lines of its own; shards share no line (TestShardLayout)
 
 	// nurse holds the newest IPv4 flows, not yet in t4: 4 words each (key,
 	// key, meta, lastSeen). See conntrack.

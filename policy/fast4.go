@@ -125,8 +125,7 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 				icmpType = l4[0]
 			}
 			if v, ok := e.open4(s, sh, seq, k0, k1, h, srcIsA, src, dst, proto, dport, flags, icmpType, now); ok {
-				e.stats[(b[15]^b[19])%statStripes].n[v].Add(1)
-				return v, fastHit
+				return v, fastHit // counted in sh.opened
 			}
 		}
 		return 0, fastAbsent
@@ -146,7 +145,7 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 	if out && t.hasSubnet4 && dst&t.mask4 == t.subnet4 {
 		v = AcceptLocal
 	}
-	e.stats[(b[15]^b[19])%statStripes].n[v].Add(1)
+	e.stats[stripeOf(out, byte(h>>16))].n[v].Add(1)
 	return v, fastHit
 }
 
@@ -184,6 +183,7 @@ func (e *Engine) open4(s *snapshot, sh *ctShard, seq uint32, k0, k1, h uint64, s
 	k := ctKey{w: [5]uint64{k0, k1}, h: h}
 	sh.mu.Lock()
 	e.ct.openLocked(sh, &k, ent, now, seq)
+	storeWord(&sh.opened, sh.opened+1)
 	sh.mu.Unlock()
 	return Accept, true
 }
