@@ -75,18 +75,26 @@ type Wrapper struct {
 }
 
 // WrapperStats are packet counters of the wrapper itself; the verdict
-// counters live in the filter.
+// counters live in the filter. Read's counters and Write's are on separate
+// cache lines: the TUN reader and wireguard-go's receivers run on
+// different cores, and a line both write would move between them.
 type WrapperStats struct {
-	Hairpinned   atomic.Uint64 // packets written back to the TUN for a local container
-	Rejects      atomic.Uint64 // RST / ICMP unreachable packets written
-	WriteErrors  atomic.Uint64 // errors from the inner device's Write
-	DroppedRead  atomic.Uint64 // packets from local containers dropped
-	DroppedWrite atomic.Uint64 // packets from peers dropped
+	// Written by Read (the TUN reader).
+	Hairpinned  atomic.Uint64 // packets written back to the TUN for a local container
+	DroppedRead atomic.Uint64 // packets from local containers dropped
 	// DroppedNoSession counts packets for a peer without a WireGuard
 	// session that already holds its share of the buffers (gate.go).
 	DroppedNoSession atomic.Uint64
 	PassedToPeers    atomic.Uint64 // packets handed to WireGuard
-	Delivered        atomic.Uint64 // packets from peers written to the TUN
+	_                [96]byte
+
+	// Written by Write (wireguard-go's receivers); rejects and write
+	// errors by both, rarely.
+	DroppedWrite atomic.Uint64 // packets from peers dropped
+	Delivered    atomic.Uint64 // packets from peers written to the TUN
+	Rejects      atomic.Uint64 // RST / ICMP unreachable packets written
+	WriteErrors  atomic.Uint64 // errors from the inner device's Write
+	_            [96]byte
 }
 
 var _ tun.Device = (*Wrapper)(nil)
@@ -155,6 +163,7 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := w.Device.Read(bufs, sizes, offset)
 	f := w.Filter()
 	hairpin := w.hairpin[:0]
+	passed := 0
 	for i := 0; i < n; i++ {
 		if sizes[i] < 1 {
 			continue
@@ -163,7 +172,7 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		switch v := f.Outbound(pkt); {
 		case v == policy.Accept:
 			if w.gate == nil || w.gate.allow(pkt) {
-				w.stats.PassedToPeers.Add(1)
+				passed++
 				continue
 			}
 			w.stats.DroppedNoSession.Add(1)
@@ -176,6 +185,9 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			w.stats.DroppedRead.Add(1)
 		}
 		sizes[i] = 0
+	}
+	if passed > 0 {
+		w.stats.PassedToPeers.Add(uint64(passed))
 	}
 	if len(hairpin) > 0 {
 		w.stats.Hairpinned.Add(uint64(len(hairpin)))
