@@ -67,7 +67,7 @@ var (
 	ladderFlows    = flag.Int("ladder.flows", 100000, "flows tracked for rungs d-f")
 	ladderAgentEnv = flag.String("ladder.agentenv", "", "comma-separated K=V environment for the weft agents (e.g. GOGC=200)")
 	ladderPairs    = flag.Int("ladder.pairs", 3, "rounds of TCP tests of rungs b, d and c in turn for d2-paired (0: skip it)")
-	ladderToggles  = flag.Int("ladder.toggles", 12, "blocks of four half-second phases (policy on, off, off, on) under one running TCP test for d3-toggled (0: skip it)")
+	ladderToggles  = flag.Int("ladder.toggles", 24, "blocks of four half-second phases (policy on, off, off, on) under one running TCP test for d3-toggled (0: skip it)")
 )
 
 const (
