@@ -162,6 +162,8 @@ func (w *Wrapper) Stats() *WrapperStats { return &w.stats }
 func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := w.Device.Read(bufs, sizes, offset)
 	f := w.Filter()
+	eng, _ := f.(*policy.Engine) // judges a batch as a run (policy.Run)
+	var run policy.Run
 	hairpin := w.hairpin[:0]
 	passed := 0
 	for i := 0; i < n; i++ {
@@ -169,7 +171,13 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			continue
 		}
 		pkt := bufs[i][offset : offset+sizes[i]]
-		switch v := f.Outbound(pkt); {
+		var v policy.Verdict
+		if eng != nil {
+			v = eng.OutboundRun(pkt, &run)
+		} else {
+			v = f.Outbound(pkt)
+		}
+		switch {
 		case v == policy.Accept:
 			if w.gate == nil || w.gate.allow(pkt) {
 				passed++
@@ -185,6 +193,9 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			w.stats.DroppedRead.Add(1)
 		}
 		sizes[i] = 0
+	}
+	if eng != nil {
+		eng.End(&run)
 	}
 	if passed > 0 {
 		w.stats.PassedToPeers.Add(uint64(passed))
@@ -204,9 +215,16 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 func (w *Wrapper) Write(bufs [][]byte, offset int) (int, error) {
 	var keep *[][]byte
 	f := w.Filter()
+	eng, _ := f.(*policy.Engine) // judges a batch as a run (policy.Run)
+	var run policy.Run
 	for i, b := range bufs {
 		pkt := b[offset:]
-		v := f.Inbound(pkt)
+		var v policy.Verdict
+		if eng != nil {
+			v = eng.InboundRun(pkt, &run)
+		} else {
+			v = f.Inbound(pkt)
+		}
 		if v.Allowed() {
 			if keep != nil {
 				*keep = append(*keep, b)
@@ -223,6 +241,9 @@ func (w *Wrapper) Write(bufs [][]byte, offset int) (int, error) {
 			keep = w.writePool.Get().(*[][]byte)
 			*keep = append((*keep)[:0], bufs[:i]...)
 		}
+	}
+	if eng != nil {
+		eng.End(&run)
 	}
 	out := bufs
 	if keep != nil {

@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"bytes"
+	"net/netip"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/pkttest"
 )
 
 // fakeTUN is an in-memory tun.Device: Read hands out queued packets, Write
@@ -281,4 +283,43 @@ func BenchmarkWrapperReadWrite(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/64, "ns/packet")
+}
+
+// TestWrapperEngineRuns: with the policy engine as its filter, the wrapper
+// judges each batch as a run (policy.Run): a denied packet inside a run of
+// an allowed flow is still dropped and answered, and every packet is
+// counted.
+func TestWrapperEngineRuns(t *testing.T) {
+	a, b := netip.MustParseAddr("10.255.2.10"), netip.MustParseAddr("10.255.1.20")
+	d := netip.MustParseAddr("10.255.2.40")
+	e := policy.NewEngine(policy.DefaultConfig())
+	e.SetTable(policy.Compile(policy.TableConfig{
+		Rules:       []policy.Rule{{Source: "appA", Destination: "appB", Protocol: policy.ProtoTCP, Ports: policy.PortRange{Start: 8080, End: 8080}}},
+		Endpoints:   []policy.Endpoint{{IP: a, App: "appA"}, {IP: b, App: "appB", Local: true}, {IP: d, App: "appD"}},
+		LocalSubnet: netip.MustParsePrefix("10.255.1.0/24"),
+	}))
+	data := pkttest.TCP(netip.AddrPortFrom(a, 40000), netip.AddrPortFrom(b, 8080), pkttest.ACK, 1, 1, []byte("data"))
+	denied := pkttest.TCP(netip.AddrPortFrom(d, 40000), netip.AddrPortFrom(b, 8080), pkttest.ACK, 1, 1, []byte("data"))
+	var pkts [][]byte
+	for i := range 6 {
+		p := data
+		if i == 3 {
+			p = denied
+		}
+		b := make([]byte, off+len(p))
+		copy(b[off:], p)
+		pkts = append(pkts, b)
+	}
+	inner := &fakeTUN{}
+	w := NewWrapper(inner, e)
+	if _, err := w.Write(pkts, off); err != nil {
+		t.Fatal(err)
+	}
+	if len(inner.written) != 6 || inner.written[0][0]>>4 != 4 { // the reject, then 5 packets
+		t.Fatalf("inner got %d packets, want the reject and 5", len(inner.written))
+	}
+	c := e.Counters()
+	if c.Verdicts[policy.Accept] != 5 || c.Verdicts[policy.DropNoPolicy] != 1 {
+		t.Fatalf("counters: %d accepted, %d no_policy; want 5 and 1", c.Verdicts[policy.Accept], c.Verdicts[policy.DropNoPolicy])
+	}
 }

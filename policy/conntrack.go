@@ -205,9 +205,9 @@ type ctShard struct {
 	limit  int32
 
 	t4, t6    atomic.Pointer[ctTable]
-	lastSweep int64    // guarded by mu
-	rnd       uint64   // eviction sampling state; guarded by mu
-	maxCap    int      // capacity bound of each table
+	lastSweep int64  // guarded by mu
+	rnd       uint64 // eviction sampling state; guarded by mu
+	maxCap    int    // capacity bound of each table
 	// opened counts the new flows open4 accepted, which it counts here,
 	// under mu with a plain add, instead of in the engine's verdict
 	// counters (a locked add). Guarded by mu; Counters loads it.
