@@ -213,6 +213,13 @@ func BenchmarkLadder(b *testing.B) {
 			}
 		})
 	}
+	hairpin := 0.0 // rung e's busy cores per Gbit/s, for rung g
+	b.Run("e-weft-hairpin", func(b *testing.B) {
+		// Same agents as d (policy on, rules and flows loaded).
+		r := measureRungRatio(b, base, ctA, ctC, ipC, false)
+		b.ReportMetric(float64(agentMem(l).hwm)/(1<<20), "MB-rss-peak")
+		hairpin = min((r["cores-tcp1"]-idle)/r["tcp1"], (r["cores-tcp4"]-idle)/r["tcp4"])
+	})
 	// Rungs c and d under one running TCP test: d's agents, rules and
 	// flows, with policy enforcement switched off (c: the data path of
 	// --policy=off) and on (d) in turn through the agents' API, in blocks
@@ -222,7 +229,9 @@ func BenchmarkLadder(b *testing.B) {
 	// make d/c of the separate rungs swing by ±10%, are gone from this
 	// ratio; what is left shows in the spread of the blocks' ratios. The
 	// blocks run in rounds of at most 12 (24 s), each after loadFlows, so
-	// that the 100k UDP flows (60 s timeout) stay tracked throughout.
+	// that at least 100k UDP flows (60 s timeout) stay tracked throughout
+	// (up to 300k: each load adds new ones). It runs after rung e, whose
+	// agents' peak RSS would otherwise show those.
 	if *ladderToggles > 0 {
 		b.Run("d3-toggled-c-d", func(b *testing.B) {
 			if !dReady {
@@ -285,13 +294,6 @@ func BenchmarkLadder(b *testing.B) {
 			b.ReportMetric(float64(flows), "flows")
 		})
 	}
-	hairpin := 0.0 // rung e's busy cores per Gbit/s, for rung g
-	b.Run("e-weft-hairpin", func(b *testing.B) {
-		// Same agents as d (policy on, rules and flows loaded).
-		r := measureRungRatio(b, base, ctA, ctC, ipC, false)
-		b.ReportMetric(float64(agentMem(l).hwm)/(1<<20), "MB-rss-peak")
-		hairpin = min((r["cores-tcp1"]-idle)/r["tcp1"], (r["cores-tcp4"]-idle)/r["tcp4"])
-	})
 	b.Run("f-weft-water", func(b *testing.B) {
 		restart(b, "--tun-backend", "water")
 		measureRungRatio(b, base, ctA, ctB, ipB, false)
