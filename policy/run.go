@@ -43,8 +43,9 @@ func (e *Engine) InboundRun(pkt []byte, r *Run) Verdict {
 		r.n++
 		return r.v
 	}
+	gen := e.snap.Load().gen // before the verdict: see remember
 	v := e.Inbound(pkt)
-	r.remember(e, pkt, v, false)
+	r.remember(e, pkt, v, gen, false)
 	return v
 }
 
@@ -55,8 +56,9 @@ func (e *Engine) OutboundRun(pkt []byte, r *Run) Verdict {
 		r.n++
 		return r.v
 	}
+	gen := e.snap.Load().gen
 	v := e.Outbound(pkt)
-	r.remember(e, pkt, v, true)
+	r.remember(e, pkt, v, gen, true)
 	return v
 }
 
@@ -74,8 +76,12 @@ func (e *Engine) flushRun(r *Run) {
 }
 
 // remember makes pkt, judged v, the remembered packet if it qualifies, and
-// forgets the previous one otherwise.
-func (r *Run) remember(e *Engine, pkt []byte, v Verdict, out bool) {
+// forgets the previous one otherwise. gen is the table generation loaded
+// before the verdict: if a table was installed meanwhile, v may be of the
+// new one, but the next packet then finds a generation other than gen and
+// takes the lookup. (Loaded after the verdict, a generation could be newer
+// than v's, and the run would accept under a table that never judged it.)
+func (r *Run) remember(e *Engine, pkt []byte, v Verdict, gen uint32, out bool) {
 	e.flushRun(r) // the counts go to the remembered verdict's stripe
 	r.proto = 0
 	if (v != Accept && v != AcceptLocal) || !plain4(pkt) {
@@ -83,7 +89,7 @@ func (r *Run) remember(e *Engine, pkt []byte, v Verdict, out bool) {
 	}
 	be := binary.BigEndian
 	r.addrs, r.ports, r.proto = be.Uint64(pkt[12:]), be.Uint32(pkt[20:]), pkt[9]
-	r.gen, r.v, r.out = e.snap.Load().gen, v, out
+	r.gen, r.v, r.out = gen, v, out
 }
 
 // same reports whether pkt is a plain IPv4 packet (plain4) of the
