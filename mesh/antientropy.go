@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
+	"sync/atomic"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -31,8 +32,14 @@ const bulkPolicies = 32
 
 // policyBatch is the most registers one message carries: about 1.2 MB
 // compressed, well under memberlist's 20 MiB for a user message. Larger
-// sends go as several messages. A variable for tests.
-var policyBatch = 10_000
+// sends go as several messages. An atomic for tests, which lower it while
+// other tests' cells may still be running.
+var policyBatch atomic.Int64
+
+func init() {
+	policyBatch.Store(10_000)
+	joinPolicyList.Store(20_000)
+}
 
 // maxOutbox bounds the registers waiting for one peer. Past it, more are
 // dropped: the periodic anti-entropy repairs what a peer missed.
@@ -114,9 +121,9 @@ func (m *Mesh) drainOutbox(peer string, ob *outbox) {
 	for {
 		m.mu.Lock()
 		ps, to := ob.ps, ob.to
-		if len(ps) > policyBatch {
-			ob.ps = ps[policyBatch:]
-			ps = ps[:policyBatch:policyBatch]
+		if batch := int(policyBatch.Load()); len(ps) > batch {
+			ob.ps = ps[batch:]
+			ps = ps[:batch:batch]
 		} else {
 			ob.ps = nil
 		}

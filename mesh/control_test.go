@@ -563,8 +563,9 @@ func TestBulkPolicySpread(t *testing.T) {
 // joinPolicyList gets it as a digest in the join's push/pull and then in
 // batches of policyBatch.
 func TestLargeSetJoin(t *testing.T) {
-	defer func(l, b int) { joinPolicyList, policyBatch = l, b }(joinPolicyList, policyBatch)
-	joinPolicyList, policyBatch = 100, 300
+	defer func(l, b int64) { joinPolicyList.Store(l); policyBatch.Store(b) }(joinPolicyList.Load(), policyBatch.Load())
+	joinPolicyList.Store(100)
+	policyBatch.Store(300)
 	quiet := func(c *Config) { c.PushPullInterval = time.Hour }
 	a := startNode(t, "cell-a", nodeOpts{mutate: quiet})
 	applyRules(t, a, 1000)
@@ -580,12 +581,12 @@ func TestLargeSetJoin(t *testing.T) {
 		return nil
 	})
 	if n := a.aeSent.Load(); n != 1000 {
-		t.Errorf("cell-a sent %d registers, want 1000 (in batches of %d)", n, policyBatch)
+		t.Errorf("cell-a sent %d registers, want 1000 (in batches of %d)", n, policyBatch.Load())
 	}
 
 	// Under joinPolicyList both sides list their policies in the join's
 	// push/pull, and neither sends them again.
-	joinPolicyList = 2000
+	joinPolicyList.Store(2000)
 	c := startNode(t, "cell-c", nodeOpts{mutate: quiet, join: a.joinAddr()})
 	eventually(t, 5*time.Second, "cell-c holds the 1000 rules", func() error {
 		if n := len(c.Policies()); n != 1000 {

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -73,8 +74,8 @@ const joinGrace = 500 * time.Millisecond
 // full (about 1.8 MB compressed); a larger one goes as a digest too, and
 // the registers follow in batches (policyBatch). memberlist refuses a
 // push/pull state over 20 MiB, which the list of some 220k rules would
-// pass. A variable for tests.
-var joinPolicyList = 20_000
+// pass. An atomic for tests (policyBatch), set in init.
+var joinPolicyList atomic.Int64
 
 // fullState is the push/pull payload. From's own endpoints are
 // authoritative: entries of From not listed and not newer than Seq are gone.
@@ -339,7 +340,7 @@ func (d *delegate) LocalState(join bool) []byte {
 		fs.Endpoints = append(fs.Endpoints, e)
 	}
 	fs.PolSum = slices.Clone(m.st.polSum[:])
-	if fs.PolList = join && len(m.st.pols) <= joinPolicyList; fs.PolList {
+	if fs.PolList = join && len(m.st.pols) <= int(joinPolicyList.Load()); fs.PolList {
 		fs.Policies = slices.Grow(fs.Policies, len(m.st.pols))
 		for _, p := range m.st.pols {
 			fs.Policies = append(fs.Policies, p)
@@ -395,7 +396,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	// (LocalState ran before this, on either side of a push/pull)? If
 	// both did, each has everything; otherwise the digests say what
 	// either side lacks.
-	bothListed := fs.PolList && join && len(m.st.pols) <= joinPolicyList
+	bothListed := fs.PolList && join && len(m.st.pols) <= int(joinPolicyList.Load())
 	for _, p := range fs.Policies {
 		m.mergePolicyLocked(p, false, &res)
 	}
