@@ -146,11 +146,22 @@ func BenchmarkLadder(b *testing.B) {
 		}
 		waitPeers(b, l)
 	}
+	// settle gives restarted agents the traffic d's get from loadFlows
+	// before they are measured. Right after a restart of both agents the
+	// first WireGuard handshake can take a second (the first cell's
+	// initiation reaches the second before it knows the first, and the
+	// second starts its own KeepaliveDelay later, see overlay.initiates),
+	// a TCP stream opened meanwhile starts late and ramps up, and the
+	// agents are still exchanging their full state (the 10k rules) over
+	// the mesh. Measured fresh, c's single stream ran with 1.1-1.4 cores
+	// busy against d's 1.8, and d/c said nothing about the policy.
+	settle := func(b *testing.B) { sendFlows(b, l, ctA, ctB, ipB, *ladderFlows, false) }
 
 	b.Run("c-weft-policy-off", func(b *testing.B) {
 		restart(b, "--policy=off")
 		idle := agentMem(l)
 		b.ReportMetric(float64(idle.rss)/(1<<20), "MB-rss-idle")
+		settle(b)
 		measureRungProfiled(b, l, base, ctA, ctB, ipB, false, "c")
 		m := agentMem(l)
 		b.ReportMetric(float64(m.hwm)/(1<<20), "MB-rss-peak")
@@ -296,6 +307,7 @@ func BenchmarkLadder(b *testing.B) {
 	}
 	b.Run("f-weft-water", func(b *testing.B) {
 		restart(b, "--tun-backend", "water")
+		settle(b)
 		measureRungRatio(b, base, ctA, ctB, ipB, false)
 		b.ReportMetric(float64(agentMem(l).hwm)/(1<<20), "MB-rss-peak")
 	})
