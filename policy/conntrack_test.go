@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"testing"
@@ -301,5 +302,41 @@ func TestOpenSameFlowConcurrent(t *testing.T) {
 	wg.Wait()
 	if n := e.Flows(); n != flows {
 		t.Errorf("Flows = %d, want %d", n, flows)
+	}
+}
+
+// TestMayHold checks fast4's short cut past the home slot against a scan
+// of the control bytes one by one, on random words with runs of full and
+// empty slots, every home position and every tag.
+func TestMayHold(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for range 20000 {
+		var w uint64
+		for j := range 8 {
+			if rnd.IntN(3) != 0 { // 2/3 full: long runs too
+				w |= (0x80 | uint64(rnd.IntN(4))) << (j * 8) // few tags: many matches
+			}
+		}
+		for off := range 8 {
+			for _, tag := range []uint64{0x80, 0x81, 0x82, 0x83, 0xff} {
+				// An empty home slot ends the run (fast4 does not ask then);
+				// with no empty slot after the home one in this word the run
+				// may go on.
+				want := w>>(off*8)&0xff != 0
+				for j := off + 1; j < 8 && want; j++ {
+					b := w >> (j * 8) & 0xff
+					if b == 0 {
+						want = false
+						break
+					}
+					if b == tag {
+						break
+					}
+				}
+				if got := mayHold(fromHome(w, uint64(off)), tag*bytesLSB); got != want {
+					t.Fatalf("mayHold(word %#016x from slot %d, tag %#x) = %v, want %v", w, off, tag, got, want)
+				}
+			}
+		}
 	}
 }

@@ -88,9 +88,11 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 	var meta uint64
 	base, found, home := 0, false, uint64(0)
 	want := tagOf(h) * bytesLSB
+	var tw uint64 // see fromHome
 	if tab.cap != 0 {
 		i := tab.home(h)
-		home = tab.tagWord(i) >> (i & 7 * 8) & 0xff
+		tw = fromHome(tab.tagWord(i), i)
+		home = tw & 0xff
 		if home == want&0xff {
 			slot = tab.slot(int(i) * 4)
 			meta = atomic.LoadUint64(&slot[2])
@@ -106,7 +108,7 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 			found = meta != 0 && atomic.LoadUint64(&slot[0]) == k0 && atomic.LoadUint64(&slot[1]) == k1
 		}
 	}
-	if !found && home != 0 {
+	if !found && home != 0 && mayHold(tw, want) {
 		if base, meta, found = tab.find4(h, k0, k1); found {
 			slot = tab.slot(base)
 		}
@@ -147,6 +149,29 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 	}
 	e.stats[stripeOf(out, byte(h>>16))].n[v].Add(1)
 	return v, fastHit
+}
+
+// fromHome returns the control bytes of word w from slot i's to the end
+// of the word, in the low bytes, the bytes past the end filled with 0xff
+// (full slots: see mayHold).
+func fromHome(w, i uint64) uint64 {
+	off := i & 7 * 8
+	return w>>off | ^(^uint64(0) >> off)
+}
+
+// mayHold reports whether the probe run of a key with control byte want
+// (repeated in every byte) may hold it beyond its home slot, from tw, the
+// control bytes from the home slot to the end of their word: false when
+// the run ends in tw (an empty byte) with no match after the home slot,
+// which fast4 has checked itself. Most runs are that short, so a new
+// flow mostly skips find4's second scan. Bytes of tw past the word's end
+// read as full slots of tag 0xff: they never end the run, and match a
+// want of 0xff only, which then takes find4, as it would anyway.
+func mayHold(tw, want uint64) bool {
+	empty := ^tw & bytesMSB
+	x := tw ^ want
+	match := ^((x&bytesLow + bytesLow) | x | bytesLow) &^ 0xff
+	return empty == 0 || match&(empty&-empty-1) != 0
 }
 
 // open4 opens the new inbound IPv4 flow that fast4 found untracked (at
