@@ -305,11 +305,14 @@ func BenchmarkLadder(b *testing.B) {
 			b.ReportMetric(float64(flows), "flows")
 		})
 	}
+	// f: d's agents, rules and flows (loadFlows, which checks the count),
+	// on the water backend.
 	b.Run("f-weft-water", func(b *testing.B) {
 		restart(b, "--tun-backend", "water")
-		settle(b)
+		flows := loadFlows(b, l, ctA, ctB, ipB, *ladderFlows)
 		measureRungRatio(b, base, ctA, ctB, ipB, false)
 		b.ReportMetric(float64(agentMem(l).hwm)/(1<<20), "MB-rss-peak")
+		b.ReportMetric(float64(min(flows, minFlows(b, l))), "flows")
 	})
 	b.Run("g-ceiling", func(b *testing.B) {
 		if hairpin <= 0 || base["tcp1"] == 0 {
