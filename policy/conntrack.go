@@ -299,6 +299,12 @@ const (
 	bytesLow = 0x7f7f7f7f7f7f7f7f
 )
 
+// zeroBytes returns 0x80 in each byte of x that is zero and 0 in the
+// others, with no carries between bytes. Applied to control bytes XOR a
+// tag repeated in every byte (tagOf(h) * bytesLSB), it marks the bytes
+// that match the tag.
+func zeroBytes(x uint64) uint64 { return ^((x&bytesLow + bytesLow) | x | bytesLow) }
+
 // tagOf is the control byte of a key with hash h: bits the shard (low
 // bits) and the home slot (high bits) do not use, and the high bit set.
 func tagOf(h uint64) uint64 { return h>>8&0x7f | 0x80 }
@@ -325,7 +331,7 @@ func (t *ctTable) probe(i, want uint64) (match uint64, end int, next uint64) {
 	valid := ^uint64(0) >> off
 	empty := ^tw & bytesMSB & valid
 	x := tw ^ want
-	match = ^((x&bytesLow + bytesLow) | x | bytesLow) & valid
+	match = zeroBytes(x) & valid
 	end = -1
 	if empty != 0 {
 		match &= empty&-empty - 1
@@ -437,7 +443,7 @@ func (v view4) find4(h, k0, k1 uint64) (base int, meta uint64, found bool) {
 		valid := ^uint64(0) >> off
 		empty := ^tw & bytesMSB & valid
 		x := tw ^ want
-		match := ^((x&bytesLow + bytesLow) | x | bytesLow) & valid
+		match := zeroBytes(x) & valid
 		if empty != 0 {
 			match &= empty&-empty - 1
 		}
@@ -530,7 +536,7 @@ func (sh *ctShard) nurseFind(h, k0, k1 uint64) (int, uint64) {
 	want := tagOf(h) * bytesLSB
 	for g := range sh.ntags {
 		x := atomic.LoadUint64(&sh.ntags[g]) ^ want
-		for m := ^((x&bytesLow + bytesLow) | x | bytesLow); m != 0; m &= m - 1 {
+		for m := zeroBytes(x); m != 0; m &= m - 1 {
 			j := g*8 + bits.TrailingZeros64(m)>>3
 			s := sh.nurse[j*4 : j*4+4 : j*4+4]
 			if atomic.LoadUint64(&s[0]) == k0 && atomic.LoadUint64(&s[1]) == k1 {

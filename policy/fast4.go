@@ -101,7 +101,7 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 	}
 	for g := 0; g < len(sh.ntags) && !found; g++ {
 		x := atomic.LoadUint64(&sh.ntags[g]) ^ want
-		for m := ^((x&bytesLow + bytesLow) | x | bytesLow); m != 0 && !found; m &= m - 1 {
+		for m := zeroBytes(x); m != 0 && !found; m &= m - 1 {
 			j := g*8 + bits.TrailingZeros64(m)>>3
 			slot = (*[4]uint64)(sh.nurse[j*4 : j*4+4])
 			meta = atomic.LoadUint64(&slot[2])
@@ -170,7 +170,7 @@ func fromHome(w, i uint64) uint64 {
 func mayHold(tw, want uint64) bool {
 	empty := ^tw & bytesMSB
 	x := tw ^ want
-	match := ^((x&bytesLow + bytesLow) | x | bytesLow) &^ 0xff
+	match := zeroBytes(x) &^ 0xff
 	return empty == 0 || match&(empty&-empty-1) != 0
 }
 
