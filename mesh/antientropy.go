@@ -36,10 +36,7 @@ const bulkPolicies = 32
 // other tests' cells may still be running.
 var policyBatch atomic.Int64
 
-func init() {
-	policyBatch.Store(10_000)
-	joinPolicyList.Store(20_000)
-}
+func init() { policyBatch.Store(10_000) }
 
 // maxOutbox bounds the registers waiting for one peer. Past it, more are
 // dropped: the periodic anti-entropy repairs what a peer missed.

@@ -74,8 +74,10 @@ const joinGrace = 500 * time.Millisecond
 // full (about 1.8 MB compressed); a larger one goes as a digest too, and
 // the registers follow in batches (policyBatch). memberlist refuses a
 // push/pull state over 20 MiB, which the list of some 220k rules would
-// pass. An atomic for tests (policyBatch), set in init.
+// pass. An atomic for tests, as policyBatch is.
 var joinPolicyList atomic.Int64
+
+func init() { joinPolicyList.Store(20_000) }
 
 // fullState is the push/pull payload. From's own endpoints are
 // authoritative: entries of From not listed and not newer than Seq are gone.
