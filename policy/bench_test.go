@@ -343,9 +343,9 @@ func forget(e *Engine, pkt []byte) {
 	var k ctKey
 	e.ct.setKey(&k, &p.src, &p.dst, p.sport, p.dport, p.proto, p.v6)
 	sh := e.ct.shard(&k)
-	sh.mu.Lock()
+	sh.lock()
 	if base, _, ok := e.ct.lookupLocked(sh, &k, e.clk.now()); ok {
 		e.ct.removeLocked(sh, &k, base)
 	}
-	sh.mu.Unlock()
+	sh.unlock()
 }

@@ -3,6 +3,7 @@ package policy
 import (
 	"encoding/binary"
 	"math/bits"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -159,18 +160,23 @@ func (e flowEntry) local(isA bool) bool { return e.flags&sideFlag(isA) != 0 }
 // exceeds 8/5 of its shard's limit, so memory is bounded by MaxFlows:
 // at most 51 bytes per IPv4 flow (32 B a slot at 5/8 load).
 //
-// Concurrency: writers hold the shard mutex. Readers of the fast path take
-// no lock: they read the words with atomic loads between two loads of the
-// shard's sequence counter, which writers make odd while they move or
-// remove slots or swap a table (seqlock); a reader that sees it change
-// falls back to the lock. Inserting into an empty slot and updating a
-// slot in place need no sequence bump: the meta word is published last.
-// A reader refreshes lastSeen with an atomic store, at most once per tick
-// of the coarse clock.
+// Concurrency: the shard's sequence counter is its writers' lock. A writer
+// makes it odd with a compare-and-swap from an even value, changes the
+// shard, and makes it even again (lock, unlock). Readers of the fast path
+// take no lock: they read the words with atomic loads between two loads of
+// the counter (seqlock), and a reader that sees it odd or changed falls
+// back to the lock. A new IPv4 flow's packet, which found its flow absent
+// at sequence s, takes the shard with a single compare-and-swap from s
+// (tryLock): if that succeeds, nothing has changed since the miss, so the
+// flow joins the nursery without a second look, and without the mutex.
+// Every other writer first takes the shard's mutex (so that writers that
+// may run long, a sweep or a table's growth, make the others sleep rather
+// than spin), then the counter. A reader refreshes lastSeen with an
+// atomic store, at most once per tick of the coarse clock.
 //
 // New IPv4 flows first go to the shard's nursery, a few cache-resident
 // slots that lookups check after t4; when it is full, all of them move
-// into t4 at once, under the odd sequence counter and with plain stores.
+// into t4 at once, with plain stores.
 // A new flow's slot in t4 is a random cache line, mostly not in cache on a
 // big table: written one at a time, each would stall the next locked
 // instruction (the mutex) for a memory round trip; written in a batch, the
@@ -194,23 +200,23 @@ type ctShard struct {
 	// touches besides its nursery entry and t4's control byte (lock
 	// included): t4's control bytes, slots and capacity are repeated here
 	// (view4) so that lock-free IPv4 readers do not load the table header.
-	seq    atomic.Uint32          // odd while slots move; see conntrack
-	nurseN int32                  // entries in nurse; guarded by mu (readers use ntags)
+	seq    atomic.Uint32          // odd while a writer holds the shard; see conntrack
+	nurseN int32                  // entries in nurse; guarded by seq (readers use ntags)
 	cap4   atomic.Uint64          // t4.cap, 0 without a t4; stored after tags4 and w4
 	tags4  atomic.Pointer[uint64] // &t4.tags[0]
 	w4     atomic.Pointer[uint64] // &t4.w[0]
 	ntags  [2]uint64              // control bytes of the nurse entries, as in ctTable
-	mu     sync.Mutex
-	n      int32 // entries in t4, t6 and nurse; guarded by mu
+	mu     sync.Mutex             // orders the writers that take the shard with lock
+	n      int32                  // entries in t4, t6 and nurse; guarded by seq
 	limit  int32
 
 	t4, t6    atomic.Pointer[ctTable]
-	lastSweep int64  // guarded by mu
-	rnd       uint64 // eviction sampling state; guarded by mu
+	lastSweep int64  // guarded by seq
+	rnd       uint64 // eviction sampling state; guarded by seq
 	maxCap    int    // capacity bound of each table
 	// opened counts the new flows open4 accepted, which it counts here,
-	// under mu with a plain add, instead of in the engine's verdict
-	// counters (a locked add). Guarded by mu; Counters loads it.
+	// holding the shard, with a plain add, instead of in the engine's
+	// verdict counters (a locked add). Guarded by seq; Counters loads it.
 	opened uint64
 	_      [16]byte // the nursery on lines of its own; shards share no line (TestShardLayout)
 
@@ -222,6 +228,33 @@ type ctShard struct {
 // nurseCap is the shard's nursery size: nurseryCap, or less for a small
 // shard (none below 8 entries).
 func (sh *ctShard) nurseCap() int32 { return min(nurseryCap, sh.limit/8) }
+
+// lock takes the shard for a writer: the mutex, then the sequence counter
+// (odd). The counter's only other holder, tryLock, keeps it for a few
+// instructions (a nursery entry; now and then a flush, or making room in a
+// full shard), so lock spins for it, yielding after a while.
+func (sh *ctShard) lock() {
+	sh.mu.Lock()
+	for spins := 0; ; spins++ {
+		if s := sh.seq.Load(); s&1 == 0 && sh.seq.CompareAndSwap(s, s+1) {
+			return
+		}
+		if spins >= 64 {
+			runtime.Gosched()
+		}
+	}
+}
+
+// unlock releases a shard taken with lock.
+func (sh *ctShard) unlock() {
+	releaseSeq(&sh.seq)
+	sh.mu.Unlock()
+}
+
+// tryLock takes the shard without the mutex if its sequence counter is
+// still seq, the even value a lock-free lookup read: then nothing in the
+// shard has changed since that lookup. Release it with releaseSeq.
+func (sh *ctShard) tryLock(seq uint32) bool { return sh.seq.CompareAndSwap(seq, seq+1) }
 
 // ctTable is one open-addressing table. Slot i occupies
 // w[i*stride : (i+1)*stride]: kw key words, meta, lastSeen. Its control
@@ -549,18 +582,17 @@ func (sh *ctShard) nurseFind(h, k0, k1 uint64) (int, uint64) {
 	return -1, 0
 }
 
-// nurseAddLocked appends a new IPv4 entry to the nursery, which has room:
-// the entry first, then its control byte in ntags.
-func (sh *ctShard) nurseAddLocked(k *ctKey, e flowEntry) {
-	n := int(sh.nurseN)
-	s := sh.nurse[n*4 : n*4+4 : n*4+4]
-	storeWord(&s[0], k.w[0])
-	storeWord(&s[1], k.w[1])
+// nurseAddLocked appends a new IPv4 entry to the nursery, which has room.
+func (sh *ctShard) nurseAddLocked(k0, k1, h uint64, e flowEntry) {
+	n := uint(sh.nurseN) % nurseryCap
+	s := (*[4]uint64)(sh.nurse[n*4:])
+	storeWord(&s[0], k0)
+	storeWord(&s[1], k1)
 	storeWord(&s[3], uint64(e.lastSeen))
 	storeWord(&s[2], e.meta())
-	p, b := &sh.ntags[n>>3], n&7*8
-	atomic.StoreUint64(p, atomic.LoadUint64(p)|tagOf(k.h)<<b) // publishes the entry
-	sh.nurseN = int32(n + 1)
+	p := &sh.ntags[n>>3]
+	storeWord(p, *p|tagOf(h)<<(n&7*8))
+	sh.nurseN++
 	sh.n++
 }
 
@@ -649,9 +681,7 @@ func (ct *conntrack) lookupLocked(sh *ctShard, k *ctKey, now int64) (base int, e
 	}
 	e = entryOf(meta, t.seen(base))
 	if ct.expired(Protocol(k.w[k.keyWords()-1]), e, now) {
-		sh.seq.Add(1)
 		ct.deleteLocked(sh, t, base)
-		sh.seq.Add(1)
 		return -1, flowEntry{}, false
 	}
 	return base, e, true
@@ -661,9 +691,7 @@ func (ct *conntrack) lookupLocked(sh *ctShard, k *ctKey, now int64) (base int, e
 func (ct *conntrack) settleNurseLocked(sh *ctShard, k *ctKey) {
 	if !k.v6 && sh.nurseN != 0 {
 		if j, _ := sh.nurseFind(k.h, k.w[0], k.w[1]); j >= 0 {
-			sh.seq.Add(1)
 			ct.flushLocked(sh)
-			sh.seq.Add(1)
 		}
 	}
 }
@@ -675,9 +703,7 @@ func (ct *conntrack) updateLocked(sh *ctShard, k *ctKey, base int, e flowEntry) 
 
 // removeLocked deletes the slot of k found by lookupLocked.
 func (ct *conntrack) removeLocked(sh *ctShard, k *ctKey, base int) {
-	sh.seq.Add(1)
 	ct.deleteLocked(sh, sh.table(k.v6), base)
-	sh.seq.Add(1)
 }
 
 // putLocked inserts or replaces the entry of k, making room first if the
@@ -693,18 +719,14 @@ func (ct *conntrack) putLocked(sh *ctShard, k *ctKey, e flowEntry, now int64) {
 	}
 	full := sh.n >= sh.limit
 	nurse := !k.v6 && sh.nurseCap() > 0
-	if full || nurse && sh.nurseN >= sh.nurseCap() {
-		sh.seq.Add(1)
-		if nurse && sh.nurseN >= sh.nurseCap() {
-			ct.flushLocked(sh)
-		}
-		if full {
-			ct.makeRoomLocked(sh, now)
-		}
-		sh.seq.Add(1)
+	if nurse && sh.nurseN >= sh.nurseCap() {
+		ct.flushLocked(sh)
+	}
+	if full {
+		ct.makeRoomLocked(sh, now)
 	}
 	if nurse {
-		sh.nurseAddLocked(k, e)
+		sh.nurseAddLocked(k.w[0], k.w[1], k.h, e)
 		return
 	}
 	t = sh.table(k.v6)
@@ -721,32 +743,23 @@ func (ct *conntrack) putLocked(sh *ctShard, k *ctKey, e flowEntry, now int64) {
 	sh.n++
 }
 
-// openLocked inserts the entry of a new IPv4 flow k that a lock-free
-// lookup found absent (in t4 and the nursery) at sequence seq. If the
-// sequence has not moved since, no slot of t4 has moved and t4 has gained
-// no entry (with a nursery, every IPv4 insert goes through it, and
-// emptying it moves the sequence), so only the nursery needs a look
-// before k joins it. Otherwise it is putLocked.
-func (ct *conntrack) openLocked(sh *ctShard, k *ctKey, e flowEntry, now int64, seq uint32) {
-	if sh.nurseCap() == 0 || sh.seq.Load() != seq {
-		ct.putLocked(sh, k, e, now)
+// openLocked inserts the entry of a new IPv4 flow, key (k0, k1) with
+// hash h, that a lock-free lookup found absent (in t4 and the nursery) at
+// the sequence from which the caller took the shard (tryLock): nothing in
+// the shard has changed since, so the flow joins the nursery without a
+// look for it anywhere.
+func (ct *conntrack) openLocked(sh *ctShard, k0, k1, h uint64, e flowEntry, now int64) {
+	if sh.nurseCap() == 0 {
+		ct.putLocked(sh, &ctKey{w: [5]uint64{k0, k1}, h: h}, e, now)
 		return
 	}
-	if j, _ := sh.nurseFind(k.h, k.w[0], k.w[1]); j >= 0 {
-		ct.putLocked(sh, k, e, now)
-		return
+	if sh.nurseN >= sh.nurseCap() {
+		ct.flushLocked(sh)
 	}
-	if full := sh.n >= sh.limit; full || sh.nurseN >= sh.nurseCap() {
-		sh.seq.Add(1)
-		if sh.nurseN >= sh.nurseCap() {
-			ct.flushLocked(sh)
-		}
-		if full {
-			ct.makeRoomLocked(sh, now)
-		}
-		sh.seq.Add(1)
+	if sh.n >= sh.limit {
+		ct.makeRoomLocked(sh, now)
 	}
-	sh.nurseAddLocked(k, e)
+	sh.nurseAddLocked(k0, k1, h, e)
 }
 
 // publish makes t the shard's table. For t4 it also sets view4's fields,
@@ -824,13 +837,7 @@ func (ct *conntrack) growLocked(sh *ctShard, t *ctTable) *ctTable {
 		nt.setTagLocked(uint64(nb/nt.stride), tagOf(k.h))
 	}
 	nt.n = t.n
-	if sh.seq.Load()&1 != 0 { // a flush: already odd
-		sh.publish(nt)
-		return nt
-	}
-	sh.seq.Add(1)
 	sh.publish(nt)
-	sh.seq.Add(1)
 	return nt
 }
 
@@ -946,11 +953,9 @@ func (ct *conntrack) expire(now int64) int {
 	n := 0
 	for i := range ct.shards {
 		sh := &ct.shards[i]
-		sh.mu.Lock()
-		sh.seq.Add(1)
+		sh.lock()
 		n += ct.sweepLocked(sh, now)
-		sh.seq.Add(1)
-		sh.mu.Unlock()
+		sh.unlock()
 	}
 	return n
 }
@@ -959,9 +964,9 @@ func (ct *conntrack) len() int {
 	n := 0
 	for i := range ct.shards {
 		sh := &ct.shards[i]
-		sh.mu.Lock()
+		sh.lock()
 		n += int(sh.n)
-		sh.mu.Unlock()
+		sh.unlock()
 	}
 	return n
 }

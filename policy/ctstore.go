@@ -2,12 +2,25 @@
 
 package policy
 
-// storeWord writes a conntrack word under the shard lock. Lock-free
-// readers load words atomically and validate what they read with the
-// shard's sequence counter, or, for a slot being filled, with its control
-// byte and meta word, which are stored last. On x86 a plain store is
-// enough: an aligned word never tears, stores become visible in program
-// order (TSO), and the compiler keeps their order. Other architectures
+import (
+	"sync/atomic"
+	"unsafe"
+)
+
+// storeWord writes a conntrack word while holding the shard (its sequence
+// counter odd). Lock-free readers load words atomically and validate what
+// they read with the counter. On x86 a plain store is enough: an aligned
+// word never tears, stores become visible in program order (TSO), and the
+// compiler keeps their order. Other architectures
 // (arm64 may make stores visible out of order) and race builds use an
 // atomic store (ctstore_atomic.go).
 func storeWord(p *uint64, v uint64) { *p = v }
+
+// releaseSeq makes the sequence counter of a shard the caller holds even
+// again, releasing it (see conntrack). On x86 a plain store is a release:
+// every earlier load and store stays before it (TSO), and saves the
+// locked instruction of an atomic store (XCHG).
+func releaseSeq(seq *atomic.Uint32) {
+	p := (*uint32)(unsafe.Pointer(seq))
+	*p++
+}

@@ -8,3 +8,6 @@ import "sync/atomic"
 // earlier store (a release on arm64), and lets the race detector check
 // everything else.
 func storeWord(p *uint64, v uint64) { atomic.StoreUint64(p, v) }
+
+// releaseSeq: see ctstore.go.
+func releaseSeq(seq *atomic.Uint32) { seq.Add(1) }

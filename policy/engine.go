@@ -357,7 +357,7 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 		return DropUnsupported
 	}
 	sh := e.ct.shard(&k)
-	sh.mu.Lock()
+	sh.lock()
 	if fr != fastAbsent {
 		if base, ent, ok := e.ct.lookupLocked(sh, &k, now); ok {
 			// Our own flow, or a reply of a flow allowed inbound.
@@ -366,7 +366,7 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 				if v == Accept {
 					e.ct.updateLocked(sh, &k, base, touch(ent, p, now))
 				}
-				sh.mu.Unlock()
+				sh.unlock()
 				if v == DropRevoked && p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 {
 					// The RST that cuts a revoked flow (ours, from
 					// Reject, written into the TUN and routed back
@@ -394,7 +394,7 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 		e.ct.putLocked(sh, &k, ent, now)
 		isNew = true
 	}
-	sh.mu.Unlock()
+	sh.unlock()
 	if p.firstFrag {
 		e.frags.remember(p, now)
 	}
@@ -439,17 +439,17 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	sh := e.ct.shard(&k)
 	if fr != fastAbsent {
 		// A tracked flow, in either direction.
-		sh.mu.Lock()
+		sh.lock()
 		if base, ent, ok := e.ct.lookupLocked(sh, &k, now); ok {
 			if v, ok := e.settleLocked(sh, &k, base, &ent, s, now); ok {
 				if v == Accept {
 					e.ct.updateLocked(sh, &k, base, touch(ent, p, now))
 				}
-				sh.mu.Unlock()
+				sh.unlock()
 				return v
 			}
 		}
-		sh.mu.Unlock()
+		sh.unlock()
 	}
 
 	// A new flow.
@@ -476,9 +476,9 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	if p.proto == ProtoTCP && p.tcpFlags&tcpFIN != 0 {
 		ent.flags |= flClosing
 	}
-	sh.mu.Lock()
+	sh.lock()
 	e.ct.putLocked(sh, &k, ent, now)
-	sh.mu.Unlock()
+	sh.unlock()
 	if p.firstFrag {
 		e.frags.remember(p, now)
 	}
@@ -497,8 +497,8 @@ func (e *Engine) icmpError(p *packet, s *snapshot, now int64) Verdict {
 	var k ctKey
 	e.ct.setKey(&k, &p.innerSrc, &p.innerDst, p.innerSport, p.innerDport, p.innerProto, p.v6)
 	sh := e.ct.shard(&k)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
+	sh.lock()
+	defer sh.unlock()
 	base, ent, ok := e.ct.lookupLocked(sh, &k, now)
 	if !ok {
 		return DropNoPolicy

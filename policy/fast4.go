@@ -205,10 +205,19 @@ func (e *Engine) open4(s *snapshot, sh *ctShard, seq uint32, k0, k1, h uint64, s
 	if proto == ProtoTCP && tcpFlags&tcpFIN != 0 {
 		ent.flags |= flClosing
 	}
-	k := ctKey{w: [5]uint64{k0, k1}, h: h}
-	sh.mu.Lock()
-	e.ct.openLocked(sh, &k, ent, now, seq)
+	if sh.tryLock(seq) {
+		if sh.nurseN < sh.nurseCap() && sh.n < sh.limit {
+			sh.nurseAddLocked(k0, k1, h, ent) // most new flows: one call
+		} else {
+			e.ct.openLocked(sh, k0, k1, h, ent, now)
+		}
+		storeWord(&sh.opened, sh.opened+1)
+		releaseSeq(&sh.seq)
+		return Accept, true
+	}
+	sh.lock()
+	e.ct.putLocked(sh, &ctKey{w: [5]uint64{k0, k1}, h: h}, ent, now)
 	storeWord(&sh.opened, sh.opened+1)
-	sh.mu.Unlock()
+	sh.unlock()
 	return Accept, true
 }
