@@ -50,14 +50,25 @@ type epInfo struct {
 	local bool
 }
 
-type portSpan struct{ off, n uint32 }
+// portSpan is a pair's merged port ranges, ports[off:off+n], and the first
+// of them (most pairs have one range: the verdict then needs no look at
+// ports).
+type portSpan struct {
+	off, n uint32
+	first  PortRange
+}
 
 // epTable4 maps an IPv4 address to its endpoint: open addressing with
-// linear probing over a power-of-two array, at most half full.
+// linear probing over a power-of-two array of slots, at most half full.
+// A lookup reads one slot (12 bytes) per probe, key and value together.
 type epTable4 struct {
-	keys  []uint32
-	vals  []epInfo
+	slots []ep4Slot
 	shift uint8
+}
+
+type ep4Slot struct {
+	ip uint32
+	epInfo
 }
 
 func newEPTable4(n int) epTable4 {
@@ -65,7 +76,7 @@ func newEPTable4(n int) epTable4 {
 	for c < 2*n {
 		c, shift = c*2, shift-1
 	}
-	return epTable4{keys: make([]uint32, c), vals: make([]epInfo, c), shift: shift}
+	return epTable4{slots: make([]ep4Slot, c), shift: shift}
 }
 
 func (t *epTable4) slot(ip uint32) int {
@@ -73,34 +84,39 @@ func (t *epTable4) slot(ip uint32) int {
 }
 
 func (t *epTable4) put(ip uint32, e epInfo) {
-	mask := len(t.keys) - 1
+	mask := len(t.slots) - 1
 	for i := t.slot(ip); ; i = (i + 1) & mask {
-		if t.vals[i].app == 0 || t.keys[i] == ip {
-			t.keys[i], t.vals[i] = ip, e
+		if s := &t.slots[i]; s.app == 0 || s.ip == ip {
+			*s = ep4Slot{ip, e}
 			return
 		}
 	}
 }
 
 func (t *epTable4) get(ip uint32) (epInfo, bool) {
-	mask := len(t.keys) - 1
+	mask := len(t.slots) - 1
 	for i := t.slot(ip); ; i = (i + 1) & mask {
-		v := t.vals[i]
-		if v.app == 0 {
+		s := &t.slots[i]
+		if s.app == 0 {
 			return epInfo{}, false
 		}
-		if t.keys[i] == ip {
-			return v, true
+		if s.ip == ip {
+			return s.epInfo, true
 		}
 	}
 }
 
 // pairTable maps a packed (src app, dst app, protocol) to the pair's port
-// ranges: open addressing over a power-of-two array, at most half full.
+// ranges: open addressing over a power-of-two array of slots (24 bytes,
+// key and value together), at most half full.
 type pairTable struct {
-	keys  []uint64 // 0: empty (app ids start at 1)
-	vals  []portSpan
+	slots []pairSlot
 	shift uint8
+}
+
+type pairSlot struct {
+	key uint64 // 0: empty (app ids start at 1)
+	portSpan
 }
 
 func pairKeyOf(src, dst uint32, proto Protocol) uint64 {
@@ -112,29 +128,30 @@ func newPairTable(n int) pairTable {
 	for c < 2*n {
 		c, shift = c*2, shift-1
 	}
-	return pairTable{keys: make([]uint64, c), vals: make([]portSpan, c), shift: shift}
+	return pairTable{slots: make([]pairSlot, c), shift: shift}
 }
 
 func (t *pairTable) slot(k uint64) int { return int((k * 0x9e3779b97f4a7c15) >> t.shift) }
 
 func (t *pairTable) put(k uint64, v portSpan) {
-	mask := len(t.keys) - 1
+	mask := len(t.slots) - 1
 	for i := t.slot(k); ; i = (i + 1) & mask {
-		if t.keys[i] == 0 || t.keys[i] == k {
-			t.keys[i], t.vals[i] = k, v
+		if s := &t.slots[i]; s.key == 0 || s.key == k {
+			*s = pairSlot{k, v}
 			return
 		}
 	}
 }
 
-func (t *pairTable) get(k uint64) (portSpan, bool) {
-	mask := len(t.keys) - 1
+func (t *pairTable) get(k uint64) (*portSpan, bool) {
+	mask := len(t.slots) - 1
 	for i := t.slot(k); ; i = (i + 1) & mask {
-		switch t.keys[i] {
+		s := &t.slots[i]
+		switch s.key {
 		case k:
-			return t.vals[i], true
+			return &s.portSpan, true
 		case 0:
-			return portSpan{}, false
+			return nil, false
 		}
 	}
 }
@@ -278,7 +295,7 @@ func Compile(cfg TableConfig) *Table {
 			}
 			t.ports = append(t.ports, pr)
 		}
-		t.pairs.put(k, portSpan{off: uint32(off), n: uint32(len(t.ports) - off)})
+		t.pairs.put(k, portSpan{off: uint32(off), n: uint32(len(t.ports) - off), first: t.ports[off]})
 	}
 	return t
 }
@@ -326,6 +343,9 @@ func (t *Table) pairAllows(src, dst uint32, proto Protocol, dport uint16) bool {
 	}
 	if !proto.hasPorts() {
 		return true
+	}
+	if sp.n == 1 {
+		return sp.first.Start <= dport && dport <= sp.first.End
 	}
 	rs := t.ports[sp.off : sp.off+sp.n]
 	// last range with Start <= dport
