@@ -710,13 +710,21 @@ func (ct *conntrack) removeLocked(sh *ctShard, k *ctKey, base int) {
 // shard is at its limit.
 func (ct *conntrack) putLocked(sh *ctShard, k *ctKey, e flowEntry, now int64) {
 	ct.settleNurseLocked(sh, k)
-	t := sh.table(k.v6)
-	if t != nil {
+	if t := sh.table(k.v6); t != nil {
 		if base, _, found := t.find(k); found {
 			t.setEntryLocked(base, e)
 			return
 		}
 	}
+	ct.insertLocked(sh, k, e, now)
+}
+
+// insertLocked inserts the entry of k, which the shard does not hold (in
+// its tables or its nursery), making room first if the shard is at its
+// limit: a new IPv4 flow joins the nursery, emptied first if full.
+// open4 calls it when its tryLock found the nursery or the shard full:
+// nothing in the shard had changed since its lock-free miss.
+func (ct *conntrack) insertLocked(sh *ctShard, k *ctKey, e flowEntry, now int64) {
 	full := sh.n >= sh.limit
 	nurse := !k.v6 && sh.nurseCap() > 0
 	if nurse && sh.nurseN >= sh.nurseCap() {
@@ -729,7 +737,7 @@ func (ct *conntrack) putLocked(sh *ctShard, k *ctKey, e flowEntry, now int64) {
 		sh.nurseAddLocked(k.w[0], k.w[1], k.h, e)
 		return
 	}
-	t = sh.table(k.v6)
+	t := sh.table(k.v6)
 	if t == nil {
 		t = newCTTable(k.v6, min(minTableCap, sh.maxCap))
 		sh.publish(t)
@@ -741,25 +749,6 @@ func (ct *conntrack) putLocked(sh *ctShard, k *ctKey, e flowEntry, now int64) {
 	t.fill(base, k.w[:t.kw], e, k.h)
 	t.n++
 	sh.n++
-}
-
-// openLocked inserts the entry of a new IPv4 flow, key (k0, k1) with
-// hash h, that a lock-free lookup found absent (in t4 and the nursery) at
-// the sequence from which the caller took the shard (tryLock): nothing in
-// the shard has changed since, so the flow joins the nursery without a
-// look for it anywhere.
-func (ct *conntrack) openLocked(sh *ctShard, k0, k1, h uint64, e flowEntry, now int64) {
-	if sh.nurseCap() == 0 {
-		ct.putLocked(sh, &ctKey{w: [5]uint64{k0, k1}, h: h}, e, now)
-		return
-	}
-	if sh.nurseN >= sh.nurseCap() {
-		ct.flushLocked(sh)
-	}
-	if sh.n >= sh.limit {
-		ct.makeRoomLocked(sh, now)
-	}
-	sh.nurseAddLocked(k0, k1, h, e)
 }
 
 // publish makes t the shard's table. For t4 it also sets view4's fields,

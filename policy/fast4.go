@@ -209,7 +209,7 @@ func (e *Engine) open4(s *snapshot, sh *ctShard, seq uint32, k0, k1, h uint64, s
 		if sh.nurseN < sh.nurseCap() && sh.n < sh.limit {
 			sh.nurseAddLocked(k0, k1, h, ent) // most new flows: one call
 		} else {
-			e.ct.openLocked(sh, k0, k1, h, ent, now)
+			e.ct.insertLocked(sh, &ctKey{w: [5]uint64{k0, k1}, h: h}, ent, now)
 		}
 		storeWord(&sh.opened, sh.opened+1)
 		releaseSeq(&sh.seq)
