@@ -223,6 +223,11 @@ type ctShard struct {
 	// nurse holds the newest IPv4 flows, not yet in t4: 4 words each (key,
 	// key, meta, lastSeen). See conntrack.
 	nurse [nurseryCap * 4]uint64
+	// nslot is the t4 slot reserved for each nursery entry: its control
+	// byte is set when the entry joins (while the flow's control-byte
+	// word is in cache from its lookup), the slot's words when the
+	// nursery moves into t4. See reserveLocked.
+	nslot [nurseryCap]int32
 }
 
 // nurseCap is the shard's nursery size: nurseryCap, or less for a small
@@ -497,20 +502,24 @@ func (v view4) find4(h, k0, k1 uint64) (base int, meta uint64, found bool) {
 	return -1, 0, false
 }
 
-// free4 returns the word offset of the first empty slot of the probe run
-// of hash h in an IPv4 table: where a key known to be absent goes. The
-// table always has an empty slot (it is at most 5/8 full).
-func (t *ctTable) free4(h uint64) int {
-	i := t.home(h)
+// free4 returns the first empty slot of the probe run of hash h.
+func (v view4) free4(h uint64) uint64 {
+	i := v.home(h)
 	for {
 		off := i & 7 * 8
-		if empty := ^(atomic.LoadUint64(&t.tags[i>>3]) >> off) & bytesMSB & (^uint64(0) >> off); empty != 0 {
-			return (int(i) + bits.TrailingZeros64(empty)>>3) * 4
+		if empty := ^(v.tagWord(i) >> off) & bytesMSB & (^uint64(0) >> off); empty != 0 {
+			return i + uint64(bits.TrailingZeros64(empty)>>3)
 		}
-		if i += 8 - i&7; i == t.cap {
+		if i += 8 - i&7; i == v.cap {
 			i = 0
 		}
 	}
+}
+
+// setTagLocked sets slot i's control byte.
+func (v view4) setTagLocked(i, tag uint64) {
+	p, sh := (*uint64)(unsafe.Add(v.tags, i>>3*8)), i&7*8
+	storeWord(p, atomic.LoadUint64(p)&^(0xff<<sh)|tag<<sh)
 }
 
 func (t *ctTable) eq6(base int, k *ctKey) bool {
@@ -583,8 +592,9 @@ func (sh *ctShard) nurseFind(h, k0, k1 uint64) (int, uint64) {
 }
 
 // nurseAddLocked appends a new IPv4 entry to the nursery, which has room.
-func (sh *ctShard) nurseAddLocked(k0, k1, h uint64, e flowEntry) {
+func (sh *ctShard) nurseAddLocked(k0, k1, h uint64, e flowEntry, slot int32) {
 	n := uint(sh.nurseN) % nurseryCap
+	sh.nslot[n] = slot
 	s := (*[4]uint64)(sh.nurse[n*4:])
 	storeWord(&s[0], k0)
 	storeWord(&s[1], k1)
@@ -596,35 +606,59 @@ func (sh *ctShard) nurseAddLocked(k0, k1, h uint64, e flowEntry) {
 	sh.n++
 }
 
-// flushLocked moves the nursery into t4. The caller holds the sequence
-// counter odd. It first picks every entry's slot (reading and setting only
-// control bytes), then loads one word of each slot, independent loads
-// whose cache misses overlap, and only then writes the slots: stores that
-// miss would each wait for their cache line in turn.
+// reserveLocked reserves the t4 slot that a new IPv4 flow with hash h
+// will take when the nursery moves into t4: the first empty slot of its
+// probe run, whose control byte it sets now, so that the flush writes
+// only the slot. It reports false, reserving nothing, when t4 has no room
+// for one more entry (counted conservatively: every entry of the shard).
+// A reserved slot is full to probes but holds zeros (meta 0), which no
+// lookup takes for a flow. No reservation may be pending while t4's slots
+// move: deleteLocked and growLocked move the nursery into t4 first
+// (flushLocked, which moves no slot), and so does makeRoomLocked before
+// it samples slots for a victim (a reserved slot's last-seen is 0).
+func (sh *ctShard) reserveLocked(h uint64) (int32, bool) {
+	v := sh.view4()
+	if n := uint64(sh.n) + 1; v.cap == 0 || n*maxLoadDen > v.cap*maxLoadNum || n >= v.cap {
+		return 0, false
+	}
+	i := v.free4(h)
+	v.setTagLocked(i, tagOf(h))
+	return int32(i), true
+}
+
+// reserve4Locked is reserveLocked that makes room in t4 when it has none:
+// it creates or grows t4 (growLocked moves the nursery into t4 first). It
+// reports false only if t4 is at its bound (then the nursery is empty, and
+// the caller inserts into t4 directly).
+func (ct *conntrack) reserve4Locked(sh *ctShard, h uint64) (int32, bool) {
+	if i, ok := sh.reserveLocked(h); ok {
+		return i, true
+	}
+	for {
+		if t := sh.t4.Load(); t == nil {
+			sh.publish(newCTTable(false, min(minTableCap, sh.maxCap)))
+		} else if ct.growLocked(sh, t) == t {
+			return 0, false
+		}
+		if i, ok := sh.reserveLocked(h); ok {
+			return i, true
+		}
+	}
+}
+
+// flushLocked moves the nursery into t4, into the slots reserved for its
+// entries. It first loads one word of each slot, independent loads whose
+// cache misses overlap, and only then writes the slots: stores that miss
+// would each wait for their cache line in turn.
 func (ct *conntrack) flushLocked(sh *ctShard) {
 	n := int(sh.nurseN)
 	if n == 0 {
 		return
 	}
-	t := sh.t4.Load()
-	if t == nil {
-		t = newCTTable(false, min(minTableCap, sh.maxCap))
-		sh.publish(t)
-	}
-	for uint64(t.n+n)*maxLoadDen > t.cap*maxLoadNum || t.n+n >= int(t.cap) {
-		if nt := ct.growLocked(sh, t); nt != t {
-			t = nt
-			continue
-		}
-		break // at the bound, which the shard limit keeps at most 5/8 full
-	}
+	t := sh.t4.Load() // there is one: the entries have slots reserved in it
 	var bases [nurseryCap]int
 	for j := range n {
-		s := sh.nurse[j*4 : j*4+4 : j*4+4]
-		h := hash4(atomic.LoadUint64(&s[0])^ct.seed, atomic.LoadUint64(&s[1]))
-		base := t.free4(h)
-		t.setTagLocked(uint64(base/4), tagOf(h))
-		bases[j] = base
+		bases[j] = int(sh.nslot[j]) * 4
 	}
 	var touch uint64
 	for _, base := range bases[:n] {
@@ -734,8 +768,10 @@ func (ct *conntrack) insertLocked(sh *ctShard, k *ctKey, e flowEntry, now int64)
 		ct.makeRoomLocked(sh, now)
 	}
 	if nurse {
-		sh.nurseAddLocked(k.w[0], k.w[1], k.h, e)
-		return
+		if i, ok := ct.reserve4Locked(sh, k.h); ok {
+			sh.nurseAddLocked(k.w[0], k.w[1], k.h, e, i)
+			return
+		}
 	}
 	t := sh.table(k.v6)
 	if t == nil {
@@ -803,6 +839,9 @@ func (v view4) home(h uint64) uint64 {
 // growLocked doubles t (up to the shard's capacity bound) and returns the
 // new table.
 func (ct *conntrack) growLocked(sh *ctShard, t *ctTable) *ctTable {
+	if !t.v6 {
+		ct.flushLocked(sh) // a growth copies written slots only
+	}
 	newCap := min(int(t.cap)*2, sh.maxCap)
 	if newCap <= int(t.cap) {
 		return t // at the bound, which the shard limit keeps at most 5/8 full
@@ -833,6 +872,9 @@ func (ct *conntrack) growLocked(sh *ctShard, t *ctTable) *ctTable {
 // deleteLocked empties the slot at base and shifts the following entries
 // of its probe run back. The caller holds the sequence counter odd.
 func (ct *conntrack) deleteLocked(sh *ctShard, t *ctTable, base int) {
+	if !t.v6 {
+		ct.flushLocked(sh) // no reservation may be pending while slots shift; the flush moves none, so base stays
+	}
 	i := uint64(base / t.stride)
 	j := i
 	for {
@@ -875,7 +917,9 @@ func (ct *conntrack) makeRoomLocked(sh *ctShard, now int64) {
 		}
 	}
 	// Sample a few entries from a random slot on and evict the one seen
-	// least recently (an approximate LRU).
+	// least recently (an approximate LRU). The nursery moves first: it
+	// may not hold reservations while t4's slots move (reserveLocked).
+	ct.flushLocked(sh)
 	sh.rnd = mix(sh.rnd + 0x9e3779b97f4a7c15)
 	t := sh.t4.Load()
 	if t6 := sh.t6.Load(); t6 != nil && (t == nil || t6.n > 0 && sh.rnd&1 == 0 || t.n == 0) {

@@ -340,3 +340,82 @@ func TestMayHold(t *testing.T) {
 		}
 	}
 }
+
+// TestReservationsAcrossSlotMoves: t4's slots move (a deletion's backward
+// shift when a flow has expired and when a table allows a cut flow again,
+// and the evictions of a full table) while nurseries hold new flows whose
+// t4 slots are reserved (reserveLocked). Every new flow stays tracked: its
+// reply, which only tracking lets in, is accepted.
+func TestReservationsAcrossSlotMoves(t *testing.T) {
+	const n = 3000
+	reply := func(e *Engine, p uint16) Verdict { return e.Inbound(ack(ap(ipD, 8080), ap(ipB, p))) }
+	t.Run("expiry", func(t *testing.T) {
+		e := newTestEngine(t, Config{})
+		for p := range uint16(n) {
+			if v := e.Inbound(pkttest.UDP(ap(ipA, 1+p), ap(ipB, 53), nil)); v != Accept {
+				t.Fatalf("udp %d: %v", 1+p, v)
+			}
+		}
+		e.clk.advance(61 * time.Second) // every UDP flow expired, still in t4
+		for p := range uint16(n) {
+			if v := e.Outbound(syn(ap(ipB, 1+p), ap(ipD, 8080))); v != Accept {
+				t.Fatalf("open %d: %v", 1+p, v)
+			}
+			// Its lookup finds the expired flow and deletes it.
+			if v := e.Inbound(pkttest.UDP(ap(ipA, 1+p), ap(ipB, 53), nil)); v != Accept {
+				t.Fatalf("udp again %d: %v", 1+p, v)
+			}
+		}
+		for p := range uint16(n) {
+			if v := reply(e, 1+p); v != Accept {
+				t.Fatalf("reply %d: %v", 1+p, v)
+			}
+		}
+		if got := e.Flows(); got != 2*n {
+			t.Errorf("Flows = %d, want %d", got, 2*n)
+		}
+	})
+	t.Run("allowed again", func(t *testing.T) {
+		e := newTestEngine(t, Config{})
+		for p := range uint16(n) {
+			e.Inbound(syn(ap(ipA, 1+p), ap(ipB, 8080)))
+		}
+		e.SetTable(testTable(without(testRules, 0)))
+		for p := range uint16(n) {
+			if v := e.Inbound(ack(ap(ipA, 1+p), ap(ipB, 8080))); v != DropRevoked {
+				t.Fatalf("cut %d: %v", 1+p, v)
+			}
+		}
+		e.SetTable(testTable(testRules))
+		for p := range uint16(n) {
+			e.Outbound(syn(ap(ipB, 1+p), ap(ipD, 8080)))
+			// The tombstone is deleted, the flow opened again.
+			if v := e.Inbound(syn(ap(ipA, 1+p), ap(ipB, 8080))); v != Accept {
+				t.Fatalf("again %d: %v", 1+p, v)
+			}
+		}
+		for p := range uint16(n) {
+			if v := reply(e, 1+p); v != Accept {
+				t.Fatalf("reply %d: %v", 1+p, v)
+			}
+		}
+	})
+	t.Run("evictions", func(t *testing.T) {
+		const max = 1 << 12 // 16 a shard: a nursery of 2
+		e := newTestEngine(t, Config{MaxFlows: max})
+		for p := range uint16(4 * max) {
+			e.Outbound(syn(ap(ipB, 1+p), ap(ipD, 8080)))
+			e.clk.advance(time.Microsecond)
+		}
+		if got := e.Flows(); got != max {
+			t.Errorf("Flows = %d, want %d", got, max)
+		}
+		// The newest survive: an eviction takes the least recently seen
+		// of 8 sampled entries.
+		for p := uint16(4*max - 64); p < 4*max; p++ {
+			if v := reply(e, 1+p); v != Accept {
+				t.Fatalf("reply %d: %v", 1+p, v)
+			}
+		}
+	})
+}

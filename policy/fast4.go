@@ -94,6 +94,8 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 		tw = fromHome(tab.tagWord(i), i)
 		home = tw & 0xff
 		if home == want&0xff {
+			// A flow still in the nursery may find its own reserved
+			// slot here, zeros (meta 0): see reserveLocked.
 			slot = tab.slot(int(i) * 4)
 			meta = atomic.LoadUint64(&slot[2])
 			found = meta != 0 && atomic.LoadUint64(&slot[0]) == k0 && atomic.LoadUint64(&slot[1]) == k1
@@ -206,8 +208,12 @@ func (e *Engine) open4(s *snapshot, sh *ctShard, seq uint32, k0, k1, h uint64, s
 		ent.flags |= flClosing
 	}
 	if sh.tryLock(seq) {
-		if sh.nurseN < sh.nurseCap() && sh.n < sh.limit {
-			sh.nurseAddLocked(k0, k1, h, ent) // most new flows: one call
+		slot, ok := int32(0), sh.nurseN < sh.nurseCap() && sh.n < sh.limit
+		if ok {
+			slot, ok = sh.reserveLocked(h) // t4's control bytes here are in cache
+		}
+		if ok {
+			sh.nurseAddLocked(k0, k1, h, ent, slot) // most new flows
 		} else {
 			e.ct.insertLocked(sh, &ctKey{w: [5]uint64{k0, k1}, h: h}, ent, now)
 		}
