@@ -175,8 +175,9 @@ func (e flowEntry) local(isA bool) bool { return e.flags&sideFlag(isA) != 0 }
 // atomic store, at most once per tick of the coarse clock.
 //
 // New IPv4 flows first go to the shard's nursery, a few cache-resident
-// slots that lookups check after t4; when it is full, all of them move
-// into t4 at once, with plain stores.
+// slots that lookups check after t4, each with its t4 slot reserved
+// (reserveLocked); when it is full, all of them move into their slots at
+// once, with plain stores.
 // A new flow's slot in t4 is a random cache line, mostly not in cache on a
 // big table: written one at a time, each would stall the next locked
 // instruction (the mutex) for a memory round trip; written in a batch, the
@@ -197,8 +198,8 @@ type conntrack struct {
 
 type ctShard struct {
 	// The first cache line holds all that a packet of a new IPv4 flow
-	// touches besides its nursery entry and t4's control byte (lock
-	// included): t4's control bytes, slots and capacity are repeated here
+	// touches besides its nursery entry and slot (nslot) and t4's control
+	// byte (lock included): t4's control bytes, slots and capacity are repeated here
 	// (view4) so that lock-free IPv4 readers do not load the table header.
 	seq    atomic.Uint32          // odd while a writer holds the shard; see conntrack
 	nurseN int32                  // entries in nurse; guarded by seq (readers use ntags)
@@ -618,7 +619,7 @@ func (sh *ctShard) nurseAddLocked(k0, k1, h uint64, e flowEntry, slot int32) {
 // it samples slots for a victim (a reserved slot's last-seen is 0).
 func (sh *ctShard) reserveLocked(h uint64) (int32, bool) {
 	v := sh.view4()
-	if n := uint64(sh.n) + 1; v.cap == 0 || n*maxLoadDen > v.cap*maxLoadNum || n >= v.cap {
+	if n := uint64(sh.n) + 1; v.cap == 0 || n*maxLoadDen > v.cap*maxLoadNum {
 		return 0, false
 	}
 	i := v.free4(h)
@@ -926,11 +927,7 @@ func (ct *conntrack) makeRoomLocked(sh *ctShard, now int64) {
 		t = t6
 	}
 	if t == nil || t.n == 0 {
-		if sh.nurseN == 0 {
-			return
-		}
-		ct.flushLocked(sh) // only a tiny shard holds all its flows there
-		t = sh.t4.Load()
+		return // the nursery, just emptied into t4, held nothing either
 	}
 	i := t.home(sh.rnd)
 	victim, oldest, n := -1, int64(0), 0

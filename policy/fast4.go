@@ -208,6 +208,8 @@ func (e *Engine) open4(s *snapshot, sh *ctShard, seq uint32, k0, k1, h uint64, s
 		ent.flags |= flClosing
 	}
 	if sh.tryLock(seq) {
+		// insertLocked's common case without its call and key: room in
+		// the nursery, the shard and t4; otherwise insertLocked itself.
 		slot, ok := int32(0), sh.nurseN < sh.nurseCap() && sh.n < sh.limit
 		if ok {
 			slot, ok = sh.reserveLocked(h) // t4's control bytes here are in cache
