@@ -121,11 +121,39 @@ func TestMsgPoolClosed(t *testing.T) {
 	}
 	dev.Close()
 	p.close()
+	// A finalizer that was already running when close was called may
+	// still put its buffer back; finalizers run one at a time, so once a
+	// later one has run, that one is done.
+	waitFinalizers(t)
 	before := p.reused.Load()
 	for range 4 {
 		runtime.GC()
 	}
+	waitFinalizers(t)
 	if got := p.reused.Load() - before; got != 0 {
 		t.Fatalf("closed pool put back %d buffers", got)
+	}
+}
+
+// waitFinalizers returns once a finalizer queued now has run. A single
+// goroutine runs all finalizers in turn, so any finalizer running when
+// waitFinalizers was called has returned by then.
+func waitFinalizers(t *testing.T) {
+	t.Helper()
+	done := make(chan struct{})
+	s := new([16]byte) // not tiny-allocated: gets its own finalizer
+	runtime.SetFinalizer(s, func(*[16]byte) { close(done) })
+	s = nil
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		runtime.GC()
+		select {
+		case <-done:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a finalizer did not run within 20 s")
+		}
 	}
 }
