@@ -207,19 +207,19 @@ type ctShard struct {
 	tags4  atomic.Pointer[uint64] // &t4.tags[0]
 	w4     atomic.Pointer[uint64] // &t4.w[0]
 	ntags  [2]uint64              // control bytes of the nurse entries, as in ctTable
-	mu     sync.Mutex             // orders the writers that take the shard with lock
-	n      int32                  // entries in t4, t6 and nurse; guarded by seq
-	limit  int32
-
-	t4, t6    atomic.Pointer[ctTable]
-	lastSweep int64  // guarded by seq
-	rnd       uint64 // eviction sampling state; guarded by seq
-	maxCap    int    // capacity bound of each table
 	// opened counts the new flows open4 accepted, which it counts here,
 	// holding the shard, with a plain add, instead of in the engine's
 	// verdict counters (a locked add). Guarded by seq; Counters loads it.
 	opened uint64
-	_      [16]byte // the nursery on lines of its own; shards share no line (TestShardLayout)
+	n      int32 // entries in t4, t6 and nurse; guarded by seq
+	limit  int32
+
+	t4, t6    atomic.Pointer[ctTable]
+	lastSweep int64      // guarded by seq
+	rnd       uint64     // eviction sampling state; guarded by seq
+	maxCap    int        // capacity bound of each table
+	mu        sync.Mutex // orders the writers that take the shard with lock
+	_         [16]byte   // the nursery on lines of its own; shards share no line (TestShardLayout)
 
 	// nurse holds the newest IPv4 flows, not yet in t4: 4 words each (key,
 	// key, meta, lastSeen). See conntrack.
@@ -354,10 +354,7 @@ func (t *ctTable) tagAt(i uint64) uint64 {
 }
 
 // setTagLocked sets the control byte of slot i.
-func (t *ctTable) setTagLocked(i, tag uint64) {
-	p, sh := &t.tags[i>>3], i&7*8
-	storeWord(p, atomic.LoadUint64(p)&^(0xff<<sh)|tag<<sh)
-}
+func (t *ctTable) setTagLocked(i, tag uint64) { storeTag(&t.tags[i>>3], i&7, tag) }
 
 // probe scans the control bytes from the home slot of h for the run of
 // slots a key with hash h can occupy. It returns the tag matches up to
@@ -517,12 +514,6 @@ func (v view4) free4(h uint64) uint64 {
 	}
 }
 
-// setTagLocked sets slot i's control byte.
-func (v view4) setTagLocked(i, tag uint64) {
-	p, sh := (*uint64)(unsafe.Add(v.tags, i>>3*8)), i&7*8
-	storeWord(p, atomic.LoadUint64(p)&^(0xff<<sh)|tag<<sh)
-}
-
 func (t *ctTable) eq6(base int, k *ctKey) bool {
 	w := t.w[base : base+5]
 	for j := range 5 {
@@ -601,8 +592,7 @@ func (sh *ctShard) nurseAddLocked(k0, k1, h uint64, e flowEntry, slot int32) {
 	storeWord(&s[1], k1)
 	storeWord(&s[3], uint64(e.lastSeen))
 	storeWord(&s[2], e.meta())
-	p := &sh.ntags[n>>3]
-	storeWord(p, *p|tagOf(h)<<(n&7*8))
+	storeTag(&sh.ntags[n>>3], uint64(n&7), tagOf(h))
 	sh.nurseN++
 	sh.n++
 }
@@ -617,22 +607,35 @@ func (sh *ctShard) nurseAddLocked(k0, k1, h uint64, e flowEntry, slot int32) {
 // move: deleteLocked and growLocked move the nursery into t4 first
 // (flushLocked, which moves no slot), and so does makeRoomLocked before
 // it samples slots for a victim (a reserved slot's last-seen is 0).
-func (sh *ctShard) reserveLocked(h uint64) (int32, bool) {
+//
+// tw is t4's control bytes from the home slot of h to the end of its word
+// (fromHome), as the caller read them with nothing changed since, or
+// unknownTags: an empty slot in tw saves free4's look.
+func (sh *ctShard) reserveLocked(h, tw uint64) (int32, bool) {
 	v := sh.view4()
 	if n := uint64(sh.n) + 1; v.cap == 0 || n*maxLoadDen > v.cap*maxLoadNum {
 		return 0, false
 	}
-	i := v.free4(h)
-	v.setTagLocked(i, tagOf(h))
+	var i uint64
+	if empty := ^tw & bytesMSB; empty != 0 {
+		i = v.home(h) + uint64(bits.TrailingZeros64(empty)>>3)
+	} else {
+		i = v.free4(h)
+	}
+	storeTag((*uint64)(unsafe.Add(v.tags, i>>3*8)), i&7, tagOf(h))
 	return int32(i), true
 }
+
+// unknownTags is reserveLocked's tw when the caller has not read t4's
+// control bytes: all full, so that it looks itself.
+const unknownTags = ^uint64(0)
 
 // reserve4Locked is reserveLocked that makes room in t4 when it has none:
 // it creates or grows t4 (growLocked moves the nursery into t4 first). It
 // reports false only if t4 is at its bound (then the nursery is empty, and
 // the caller inserts into t4 directly).
 func (ct *conntrack) reserve4Locked(sh *ctShard, h uint64) (int32, bool) {
-	if i, ok := sh.reserveLocked(h); ok {
+	if i, ok := sh.reserveLocked(h, unknownTags); ok {
 		return i, true
 	}
 	for {
@@ -641,7 +644,7 @@ func (ct *conntrack) reserve4Locked(sh *ctShard, h uint64) (int32, bool) {
 		} else if ct.growLocked(sh, t) == t {
 			return 0, false
 		}
-		if i, ok := sh.reserveLocked(h); ok {
+		if i, ok := sh.reserveLocked(h, unknownTags); ok {
 			return i, true
 		}
 	}

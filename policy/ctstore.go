@@ -24,3 +24,10 @@ func releaseSeq(seq *atomic.Uint32) {
 	p := (*uint32)(unsafe.Pointer(seq))
 	*p++
 }
+
+// storeTag writes control byte i (0-7) of the word at p, which holds
+// control bytes, while holding the shard: one byte store on x86, which
+// readers' word loads see whole (and no load of the word first).
+func storeTag(p *uint64, i, tag uint64) {
+	*(*uint8)(unsafe.Add(unsafe.Pointer(p), i)) = uint8(tag)
+}

@@ -11,3 +11,8 @@ func storeWord(p *uint64, v uint64) { atomic.StoreUint64(p, v) }
 
 // releaseSeq: see ctstore.go.
 func releaseSeq(seq *atomic.Uint32) { seq.Add(1) }
+
+// storeTag: see ctstore.go.
+func storeTag(p *uint64, i, tag uint64) {
+	atomic.StoreUint64(p, atomic.LoadUint64(p)&^(0xff<<(i*8))|tag<<(i*8))
+}

@@ -128,7 +128,7 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 			if proto == ProtoICMP {
 				icmpType = l4[0]
 			}
-			if v, ok := e.open4(s, sh, seq, k0, k1, h, srcIsA, src, dst, proto, dport, flags, icmpType, now); ok {
+			if v, ok := e.open4(s, sh, seq, k0, k1, h, tw, srcIsA, src, dst, proto, dport, flags, icmpType, now); ok {
 				return v, fastHit // counted in sh.opened
 			}
 		}
@@ -181,8 +181,9 @@ func mayHold(tw, want uint64) bool {
 // table allows it; it declines (ok=false) everything else, which the
 // generic path then judges (and logs) from the start: denials, a RST, an
 // echo reply, and every packet while the flow log is on. What it accepts,
-// and the entry it makes, are those of inbound.
-func (e *Engine) open4(s *snapshot, sh *ctShard, seq uint32, k0, k1, h uint64, srcIsA bool, src, dst uint32, proto Protocol, dport uint16, tcpFlags, icmpType uint8, now int64) (v Verdict, ok bool) {
+// and the entry it makes, are those of inbound. tw is what fast4 read of
+// t4's control bytes from the flow's home slot on (see fromHome).
+func (e *Engine) open4(s *snapshot, sh *ctShard, seq uint32, k0, k1, h, tw uint64, srcIsA bool, src, dst uint32, proto Protocol, dport uint16, tcpFlags, icmpType uint8, now int64) (v Verdict, ok bool) {
 	t := s.t
 	if e.flog.Load() != nil ||
 		proto == ProtoTCP && tcpFlags&tcpRST != 0 ||
@@ -212,7 +213,7 @@ func (e *Engine) open4(s *snapshot, sh *ctShard, seq uint32, k0, k1, h uint64, s
 		// the nursery, the shard and t4; otherwise insertLocked itself.
 		slot, ok := int32(0), sh.nurseN < sh.nurseCap() && sh.n < sh.limit
 		if ok {
-			slot, ok = sh.reserveLocked(h) // t4's control bytes here are in cache
+			slot, ok = sh.reserveLocked(h, tw) // nothing changed since fast4 read tw
 		}
 		if ok {
 			sh.nurseAddLocked(k0, k1, h, ent, slot) // most new flows
