@@ -251,11 +251,17 @@ func TestStageGateKeepsSending(t *testing.T) {
 			if !ping(1) {
 				t.Fatal("no ping from a to b before the flood")
 			}
-			stuck := 0
+			// A stalled reader shows as a send not taken in time: half a
+			// second where it must stall, two where it must not (a busy
+			// CI host may pause the reader for a while).
+			stuck, wait := 0, 500*time.Millisecond
+			if gated {
+				wait = 2 * time.Second
+			}
 			for _, p := range dead {
 				dst := p.AllowedIPs[0].Addr().Next()
 				for range 200 {
-					if !a.send(tuntest.Ping(dst, src), 500*time.Millisecond) {
+					if !a.send(tuntest.Ping(dst, src), wait) {
 						stuck++
 						break
 					}
