@@ -24,6 +24,7 @@ lint:
 
 unit:
 	$(GO) test -race -count=1 $(PKGS_RACE)
+	$(GO) test -count=1 ./bench/cmd/...
 
 e2e:
 	$(GO) test -count=1 -timeout 30m ./internal/... ./e2e/...
