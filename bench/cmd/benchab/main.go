@@ -62,7 +62,10 @@ func main() {
 			order = []string{"new", "old"}
 		}
 		for _, side := range order {
-			bin := map[string]string{"old": oldBin, "new": newBin}[side]
+			bin := oldBin
+			if side == "new" {
+				bin = newBin
+			}
 			cmd := exec.Command(bin, "-test.run", "^$", "-test.bench", *bench, "-test.benchtime", *benchtime)
 			cmd.Dir = *pkg
 			cmd.Stderr = os.Stderr
