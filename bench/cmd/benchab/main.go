@@ -19,7 +19,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log"
 	"math"
 	"os"
 	"os/exec"
@@ -29,58 +28,63 @@ import (
 	"strings"
 )
 
+// The package's benchmarks run in its directory in the working tree
+// (its testdata), whichever revision the binary was built from.
 func main() {
 	oldRev := flag.String("old", "HEAD", "baseline revision")
 	newRev := flag.String("new", "", `revision to compare, "" for the working tree`)
-	pkg := flag.String("pkg", "./policy", "package whose benchmarks run")
+	pkg := flag.String("pkg", "./policy", "package whose benchmarks run (a directory, from the module's root)")
 	bench := flag.String("bench", ".", "-test.bench pattern")
 	benchtime := flag.String("benchtime", "1s", "-test.benchtime")
 	rounds := flag.Int("rounds", 10, "rounds (each runs both binaries once)")
 	flag.Parse()
-	if *rounds < 2 {
-		log.Fatal("benchab: -rounds must be at least 2")
+	if err := run(*oldRev, *newRev, *pkg, *bench, *benchtime, *rounds); err != nil {
+		fmt.Fprintln(os.Stderr, "benchab:", err)
+		os.Exit(1)
 	}
+}
 
+// run builds both binaries in a temporary directory, which it removes
+// whatever happens, runs the rounds and prints the comparison.
+func run(oldRev, newRev, pkg, bench, benchtime string, rounds int) error {
+	if rounds < 2 {
+		return fmt.Errorf("-rounds must be at least 2")
+	}
 	tmp, err := os.MkdirTemp("", "benchab")
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	defer os.RemoveAll(tmp)
-	oldBin, err := build(*oldRev, *pkg, tmp, "old")
-	if err != nil {
-		log.Fatal(err)
-	}
-	newBin, err := build(*newRev, *pkg, tmp, "new")
-	if err != nil {
-		log.Fatal(err)
+	bins := map[string]string{}
+	for side, rev := range map[string]string{"old": oldRev, "new": newRev} {
+		if bins[side], err = build(rev, pkg, tmp, side); err != nil {
+			return err
+		}
 	}
 
 	res := results{}
-	for r := range *rounds {
+	for r := range rounds {
 		order := []string{"old", "new"}
 		if r%2 == 1 {
 			order = []string{"new", "old"}
 		}
 		for _, side := range order {
-			bin := oldBin
-			if side == "new" {
-				bin = newBin
-			}
-			cmd := exec.Command(bin, "-test.run", "^$", "-test.bench", *bench, "-test.benchtime", *benchtime)
-			cmd.Dir = *pkg
+			cmd := exec.Command(bins[side], "-test.run", "^$", "-test.bench", bench, "-test.benchtime", benchtime)
+			cmd.Dir = pkg
 			cmd.Stderr = os.Stderr
 			out, err := cmd.Output()
 			if err != nil {
-				log.Fatalf("benchab: round %d, %s: %v\n%s", r+1, side, err, out)
+				return fmt.Errorf("round %d, %s: %v\n%s", r+1, side, err, out)
 			}
 			if err := res.add(side, r, bytes.NewReader(out)); err != nil {
-				log.Fatalf("benchab: round %d, %s: %v", r+1, side, err)
+				return fmt.Errorf("round %d, %s: %v", r+1, side, err)
 			}
-			fmt.Fprintf(os.Stderr, "round %d/%d %s done\n", r+1, *rounds, side)
+			fmt.Fprintf(os.Stderr, "round %d/%d %s done\n", r+1, rounds, side)
 		}
 	}
-	fmt.Printf("old %s, new %s, %d rounds of %s, %s\n", *oldRev, orTree(*newRev), *rounds, *benchtime, *pkg)
+	fmt.Printf("old %s, new %s, %d rounds of %s, %s\n", oldRev, orTree(newRev), rounds, benchtime, pkg)
 	res.print(os.Stdout)
+	return nil
 }
 
 func orTree(rev string) string {
@@ -98,14 +102,14 @@ func build(rev, pkg, dir, name string) (string, error) {
 	if rev != "" {
 		src = filepath.Join(dir, name+"-src")
 		if out, err := exec.Command("git", "worktree", "add", "--detach", src, rev).CombinedOutput(); err != nil {
-			return "", fmt.Errorf("benchab: git worktree add %s: %v\n%s", rev, err, out)
+			return "", fmt.Errorf("git worktree add %s: %v\n%s", rev, err, out)
 		}
 		defer exec.Command("git", "worktree", "remove", "--force", src).Run()
 	}
 	cmd := exec.Command("go", "test", "-c", "-o", bin, pkg)
 	cmd.Dir = src
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("benchab: building %s at %s: %v\n%s", pkg, orTree(rev), err, out)
+		return "", fmt.Errorf("building %s at %s: %v\n%s", pkg, orTree(rev), err, out)
 	}
 	return bin, nil
 }
