@@ -349,9 +349,10 @@ func BenchmarkCompile(b *testing.B) {
 	}
 }
 
-// forget removes the conntrack entry of pkt's flow. A flow still in its
-// shard's nursery makes the lookup move the whole nursery into t4 first:
-// forget returns how many entries that moved.
+// forget removes the conntrack entry of pkt's flow. It returns how many
+// nursery entries that moved into t4 (the nursery's length before less
+// after): a flow still in its shard's nursery makes the lookup move the
+// whole nursery first; deleting one from t4 moves none.
 func forget(e *Engine, pkt []byte) (moved int) {
 	var p packet
 	parse(pkt, &p)
@@ -360,11 +361,9 @@ func forget(e *Engine, pkt []byte) (moved int) {
 	sh := e.ct.shard(&k)
 	sh.lock()
 	defer sh.unlock()
-	if j, _ := sh.nurseFind(k.h, k.w[0], k.w[1]); !k.v6 && j >= 0 {
-		moved = int(sh.nurseN)
-	}
+	before := sh.nurseN
 	if base, _, ok := e.ct.lookupLocked(sh, &k, e.clk.now()); ok {
 		e.ct.removeLocked(sh, &k, base)
 	}
-	return moved
+	return int(before - sh.nurseN)
 }

@@ -583,6 +583,17 @@ func (sh *ctShard) nurseFind(h, k0, k1 uint64) (int, uint64) {
 	return -1, 0
 }
 
+// reservedAt returns the nursery entry whose reserved t4 slot is i; the
+// caller knows that slot i is reserved (full, meta 0).
+func (sh *ctShard) reservedAt(i uint64) int {
+	for n := range sh.nurseN {
+		if sh.nslot[n] == int32(i) {
+			return int(n)
+		}
+	}
+	panic("policy: a reserved t4 slot without its nursery entry")
+}
+
 // nurseAddLocked appends a new IPv4 entry to the nursery, which has room.
 func (sh *ctShard) nurseAddLocked(k0, k1, h uint64, e flowEntry, slot int32) {
 	n := uint(sh.nurseN) % nurseryCap
@@ -603,10 +614,12 @@ func (sh *ctShard) nurseAddLocked(k0, k1, h uint64, e flowEntry, slot int32) {
 // only the slot. It reports false, reserving nothing, when t4 has no room
 // for one more entry (counted conservatively: every entry of the shard).
 // A reserved slot is full to probes but holds zeros (meta 0), which no
-// lookup takes for a flow. No reservation may be pending while t4's slots
-// move: deleteLocked and growLocked move the nursery into t4 first
-// (flushLocked, which moves no slot), and so does makeRoomLocked before
-// it samples slots for a victim (a reserved slot's last-seen is 0).
+// lookup takes for a flow. When a deletion
+// shifts a reserved slot back, the nursery entry learns its new slot
+// (deleteLocked). growLocked moves the nursery into t4 first (flushLocked,
+// which moves no slot), as it copies written slots only, and so does
+// makeRoomLocked before it samples slots for a victim (a reserved slot's
+// last-seen is 0).
 //
 // tw is t4's control bytes from the home slot of h to the end of its word
 // (fromHome), as the caller read them with nothing changed since, or
@@ -875,10 +888,12 @@ func (ct *conntrack) growLocked(sh *ctShard, t *ctTable) *ctTable {
 
 // deleteLocked empties the slot at base and shifts the following entries
 // of its probe run back. The caller holds the sequence counter odd.
+// A slot reserved for a nursery entry (reserveLocked) shifts like the
+// others, by the hash of the nursery entry's key, and the entry is told
+// its new slot: a deletion does not move the nursery into t4, so that
+// the new flows' slot writes stay with the packets that made them
+// (BenchmarkVerdict/new counts them).
 func (ct *conntrack) deleteLocked(sh *ctShard, t *ctTable, base int) {
-	if !t.v6 {
-		ct.flushLocked(sh) // no reservation may be pending while slots shift; the flush moves none, so base stays
-	}
 	i := uint64(base / t.stride)
 	j := i
 	for {
@@ -890,7 +905,14 @@ func (ct *conntrack) deleteLocked(sh *ctShard, t *ctTable, base int) {
 		if tag == 0 {
 			break
 		}
-		h := t.home(t.hashSlot(ct, jb))
+		var h uint64
+		n := -1
+		if !t.v6 && sh.nurseN != 0 && t.word(jb+t.kw) == 0 {
+			n = sh.reservedAt(j)
+			h = t.home(hash4(atomic.LoadUint64(&sh.nurse[n*4])^ct.seed, atomic.LoadUint64(&sh.nurse[n*4+1])))
+		} else {
+			h = t.home(t.hashSlot(ct, jb))
+		}
 		// The entry at j may move to i if i lies cyclically in [h, j).
 		if (j-h+t.cap)%t.cap >= (j-i+t.cap)%t.cap {
 			ib := int(i) * t.stride
@@ -898,6 +920,9 @@ func (ct *conntrack) deleteLocked(sh *ctShard, t *ctTable, base int) {
 				storeWord(&t.w[ib+x], t.word(jb+x))
 			}
 			t.setTagLocked(i, tag)
+			if n >= 0 {
+				sh.nslot[n] = int32(i)
+			}
 			i = j
 		}
 	}
@@ -957,7 +982,7 @@ func (ct *conntrack) makeRoomLocked(sh *ctShard, now int64) {
 // sweepLocked removes the expired entries of the shard. The caller holds
 // the sequence counter odd.
 func (ct *conntrack) sweepLocked(sh *ctShard, now int64) int {
-	ct.flushLocked(sh)
+	ct.flushLocked(sh) // so that idle flows still in the nursery expire too
 	n := 0
 	for _, t := range []*ctTable{sh.t4.Load(), sh.t6.Load()} {
 		if t == nil {
