@@ -2,7 +2,6 @@ package policy
 
 import (
 	"encoding/binary"
-	"math/bits"
 	"sync/atomic"
 )
 
@@ -101,13 +100,11 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 			found = meta != 0 && atomic.LoadUint64(&slot[0]) == k0 && atomic.LoadUint64(&slot[1]) == k1
 		}
 	}
-	for g := 0; g < len(sh.ntags) && !found; g++ {
-		x := atomic.LoadUint64(&sh.ntags[g]) ^ want
-		for m := zeroBytes(x); m != 0 && !found; m &= m - 1 {
-			j := g*8 + bits.TrailingZeros64(m)>>3
-			slot = (*[4]uint64)(sh.nurse[j*4 : j*4+4])
-			meta = atomic.LoadUint64(&slot[2])
-			found = meta != 0 && atomic.LoadUint64(&slot[0]) == k0 && atomic.LoadUint64(&slot[1]) == k1
+	// The nursery: both control-byte words checked at once, without a
+	// loop (a new flow, the common case here, matches neither).
+	if !found && zeroBytes(atomic.LoadUint64(&sh.ntags[0])^want)|zeroBytes(atomic.LoadUint64(&sh.ntags[1])^want) != 0 {
+		if j, m := sh.nurseFind(h, k0, k1); j >= 0 {
+			slot, meta, found = (*[4]uint64)(sh.nurse[j*4:j*4+4]), m, true
 		}
 	}
 	if !found && home != 0 && mayHold(tw, want) {
