@@ -614,12 +614,11 @@ func (sh *ctShard) nurseAddLocked(k0, k1, h uint64, e flowEntry, slot int32) {
 // only the slot. It reports false, reserving nothing, when t4 has no room
 // for one more entry (counted conservatively: every entry of the shard).
 // A reserved slot is full to probes but holds zeros (meta 0), which no
-// lookup takes for a flow. When a deletion
-// shifts a reserved slot back, the nursery entry learns its new slot
-// (deleteLocked). growLocked moves the nursery into t4 first (flushLocked,
-// which moves no slot), as it copies written slots only, and so does
-// makeRoomLocked before it samples slots for a victim (a reserved slot's
-// last-seen is 0).
+// lookup takes for a flow. When a deletion shifts a reserved slot back,
+// its nursery entry learns the new slot (deleteLocked). growLocked moves
+// the nursery into t4 first (flushLocked, which moves no slot), as it
+// copies written slots only, and so does makeRoomLocked before it
+// samples slots for a victim (a reserved slot's last-seen is 0).
 //
 // tw is t4's control bytes from the home slot of h to the end of its word
 // (fromHome), as the caller read them with nothing changed since, or
@@ -909,7 +908,7 @@ func (ct *conntrack) deleteLocked(sh *ctShard, t *ctTable, base int) {
 		n := -1
 		if !t.v6 && sh.nurseN != 0 && t.word(jb+t.kw) == 0 {
 			n = sh.reservedAt(j)
-			h = t.home(hash4(atomic.LoadUint64(&sh.nurse[n*4])^ct.seed, atomic.LoadUint64(&sh.nurse[n*4+1])))
+			h = t.home(ct.hashWords(sh.nurse[n*4:n*4+2], false))
 		} else {
 			h = t.home(t.hashSlot(ct, jb))
 		}
