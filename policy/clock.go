@@ -14,14 +14,19 @@ import (
 //
 // A manual clock (tests) only moves when told to.
 type clock struct {
-	epoch   time.Time
-	manual  bool
-	nanos   atomic.Int64
-	running atomic.Bool
-	read    atomic.Bool // set by readers, cleared by the ticker
+	epoch time.Time
+	nanos atomic.Int64
+	// state is clockRunning while the ticker runs, plus clockRead once a
+	// reader has read since the ticker's last tick. A reader that finds
+	// both (the common case: one load) does nothing else; a manual clock
+	// has both from the start and never changes it.
+	state atomic.Uint32
 }
 
 const (
+	clockRunning = 1 << iota
+	clockRead
+
 	clockTick = 50 * time.Millisecond
 	clockIdle = time.Second
 )
@@ -30,41 +35,58 @@ const (
 // most, and none while no packets flow.
 var sharedClock = &clock{epoch: time.Now()}
 
-func newManualClock() *clock { return &clock{epoch: time.Now(), manual: true} }
+func newManualClock() *clock {
+	c := &clock{epoch: time.Now()}
+	c.state.Store(clockRunning | clockRead)
+	return c
+}
 
 // now returns the time in nanoseconds since c.epoch. It is safe for
 // concurrent use and does not allocate (the start of the ticker aside).
 func (c *clock) now() int64 {
-	if !c.manual {
-		if !c.running.Load() {
-			c.start()
-		} else if !c.read.Load() {
-			c.read.Store(true) // a store only once per tick: no cache-line ping-pong
-		}
+	if c.state.Load() != clockRunning|clockRead {
+		c.mark()
 	}
 	return c.nanos.Load()
 }
 
-func (c *clock) start() {
-	c.nanos.Store(int64(time.Since(c.epoch)))
-	c.read.Store(true)
-	if c.running.CompareAndSwap(false, true) {
-		go c.run()
+// mark records a read: it sets clockRead (a store only once per tick: no
+// cache-line ping-pong), and starts the ticker, after taking the time
+// itself, if it is not running.
+func (c *clock) mark() {
+	for {
+		s := c.state.Load()
+		switch {
+		case s&clockRunning == 0:
+			c.nanos.Store(int64(time.Since(c.epoch)))
+			if c.state.CompareAndSwap(s, clockRunning|clockRead) {
+				go c.run()
+				return
+			}
+		case s&clockRead == 0:
+			if c.state.CompareAndSwap(s, s|clockRead) {
+				return
+			}
+		default:
+			return
+		}
 	}
 }
 
+// run is the ticker: it refreshes nanos every clockTick and stops after
+// clockIdle without reads. A read that comes as it stops (its CAS fails)
+// keeps it running.
 func (c *clock) run() {
 	t := time.NewTicker(clockTick)
 	defer t.Stop()
 	idle := time.Duration(0)
 	for range t.C {
 		c.nanos.Store(int64(time.Since(c.epoch)))
-		if c.read.Swap(false) {
+		if c.state.And(^uint32(clockRead))&clockRead != 0 {
 			idle = 0
 			continue
 		}
-		if idle += clockTick; idle >= clockIdle {
-			c.running.Store(false)
+		if idle += clockTick; idle >= clockIdle && c.state.CompareAndSwap(clockRunning, 0) {
 			return
 		}
 	}
