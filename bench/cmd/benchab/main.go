@@ -10,7 +10,10 @@
 //
 // -new is a revision too, or "" (the default) for the working tree.
 // Revisions are checked out with `git worktree add` in a temporary
-// directory, removed at the end.
+// directory, removed at the end. -oldflags and -newflags add build flags
+// to one side, so that one revision built two ways compares the builds:
+//
+//	go run ./bench/cmd/benchab -old HEAD -new HEAD -newflags -pgo=cpu.prof ...
 package main
 
 import (
@@ -37,16 +40,20 @@ func main() {
 	bench := flag.String("bench", ".", "-test.bench pattern")
 	benchtime := flag.String("benchtime", "1s", "-test.benchtime")
 	rounds := flag.Int("rounds", 10, "rounds (each runs both binaries once)")
+	oldFlags := flag.String("oldflags", "", `build flags of the baseline, space-separated (e.g. "-pgo=cpu.prof")`)
+	newFlags := flag.String("newflags", "", "build flags of the revision compared")
 	flag.Parse()
-	if err := run(*oldRev, *newRev, *pkg, *bench, *benchtime, *rounds); err != nil {
+	flags := map[string][]string{"old": strings.Fields(*oldFlags), "new": strings.Fields(*newFlags)}
+	if err := run(*oldRev, *newRev, flags, *pkg, *bench, *benchtime, *rounds); err != nil {
 		fmt.Fprintln(os.Stderr, "benchab:", err)
 		os.Exit(1)
 	}
 }
 
 // run builds both binaries in a temporary directory, which it removes
-// whatever happens, runs the rounds and prints the comparison.
-func run(oldRev, newRev, pkg, bench, benchtime string, rounds int) error {
+// whatever happens, runs the rounds and prints the comparison. flags are
+// each side's build flags.
+func run(oldRev, newRev string, flags map[string][]string, pkg, bench, benchtime string, rounds int) error {
 	if rounds < 2 {
 		return fmt.Errorf("-rounds must be at least 2")
 	}
@@ -57,7 +64,7 @@ func run(oldRev, newRev, pkg, bench, benchtime string, rounds int) error {
 	defer os.RemoveAll(tmp)
 	bins := map[string]string{}
 	for side, rev := range map[string]string{"old": oldRev, "new": newRev} {
-		if bins[side], err = build(rev, pkg, tmp, side); err != nil {
+		if bins[side], err = build(rev, flags[side], pkg, tmp, side); err != nil {
 			return err
 		}
 	}
@@ -82,9 +89,16 @@ func run(oldRev, newRev, pkg, bench, benchtime string, rounds int) error {
 			fmt.Fprintf(os.Stderr, "round %d/%d %s done\n", r+1, rounds, side)
 		}
 	}
-	fmt.Printf("old %s, new %s, %d rounds of %s, %s\n", oldRev, orTree(newRev), rounds, benchtime, pkg)
+	fmt.Printf("old %s%s, new %s%s, %d rounds of %s, %s\n", oldRev, withFlags(flags["old"]), orTree(newRev), withFlags(flags["new"]), rounds, benchtime, pkg)
 	res.print(os.Stdout)
 	return nil
+}
+
+func withFlags(flags []string) string {
+	if len(flags) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(flags, " ") + ")"
 }
 
 func orTree(rev string) string {
@@ -94,9 +108,10 @@ func orTree(rev string) string {
 	return rev
 }
 
-// build compiles pkg's test binary at rev ("" for the working tree) into
-// dir and returns its path.
-func build(rev, pkg, dir, name string) (string, error) {
+// build compiles pkg's test binary at rev ("" for the working tree), with
+// the build flags, into dir and returns its path. A relative file in a
+// flag (-pgo=cpu.prof) is the caller's, not the revision's.
+func build(rev string, flags []string, pkg, dir, name string) (string, error) {
 	bin := filepath.Join(dir, name+".test")
 	src := "."
 	if rev != "" {
@@ -106,7 +121,12 @@ func build(rev, pkg, dir, name string) (string, error) {
 		}
 		defer exec.Command("git", "worktree", "remove", "--force", src).Run()
 	}
-	cmd := exec.Command("go", "test", "-c", "-o", bin, pkg)
+	flags, err := absFlags(flags)
+	if err != nil {
+		return "", err
+	}
+	args := append(append([]string{"test", "-c", "-o", bin}, flags...), pkg)
+	cmd := exec.Command("go", args...)
 	cmd.Dir = src
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("building %s at %s: %v\n%s", pkg, orTree(rev), err, out)
@@ -210,4 +230,24 @@ func meanSD(x []float64) (mean, sd float64) {
 		sd += (v - mean) * (v - mean)
 	}
 	return mean, math.Sqrt(sd / float64(len(x)-1))
+}
+
+// absFlags returns flags with the value of each -flag=value that names an
+// existing file by a relative path made absolute: the build runs in the
+// revision's worktree, the path is the caller's.
+func absFlags(flags []string) ([]string, error) {
+	out := make([]string, 0, len(flags))
+	for _, f := range flags {
+		if k, v, ok := strings.Cut(f, "="); ok && v != "" && !filepath.IsAbs(v) {
+			if st, err := os.Stat(v); err == nil && !st.IsDir() {
+				abs, err := filepath.Abs(v)
+				if err != nil {
+					return nil, err
+				}
+				f = k + "=" + abs
+			}
+		}
+		out = append(out, f)
+	}
+	return out, nil
 }

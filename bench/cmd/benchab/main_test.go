@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -58,4 +60,22 @@ func TestPairedDifferences(t *testing.T) {
 
 func line(v float64) string {
 	return "BenchmarkV-2 100 " + strconv.FormatFloat(v, 'f', -1, 64) + " ns/op\n"
+}
+
+// TestAbsFlags: a flag's value that names a file by a relative path is
+// made absolute (the build runs elsewhere); other values stay.
+func TestAbsFlags(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	if err := os.WriteFile("cpu.prof", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := absFlags([]string{"-pgo=cpu.prof", "-pgo=off", "-race", "-tags=x", "-gcflags=all=-N"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"-pgo=" + filepath.Join(dir, "cpu.prof"), "-pgo=off", "-race", "-tags=x", "-gcflags=all=-N"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("absFlags = %q, want %q", got, want)
+	}
 }
