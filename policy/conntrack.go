@@ -177,7 +177,9 @@ func (e flowEntry) local(isA bool) bool { return e.flags&sideFlag(isA) != 0 }
 // New IPv4 flows first go to the shard's nursery, a few cache-resident
 // slots that lookups check after t4, each with its t4 slot reserved
 // (reserveLocked); when it is full, all of them move into their slots at
-// once, with plain stores.
+// once, with plain stores, when the shard's next new flow comes. The slots'
+// cache lines are prefetched for writing when the nursery becomes full, so
+// that by then they are in cache.
 // A new flow's slot in t4 is a random cache line, mostly not in cache on a
 // big table: written one at a time, each would stall the next locked
 // instruction (the mutex) for a memory round trip; written in a batch, the
@@ -606,6 +608,12 @@ func (sh *ctShard) nurseAddLocked(k0, k1, h uint64, e flowEntry, slot int32) {
 	storeTag(&sh.ntags[n>>3], uint64(n&7), tagOf(h))
 	sh.nurseN++
 	sh.n++
+	if sh.nurseN == sh.nurseCap() {
+		// Full: the next new flow of the shard flushes it (flushLocked),
+		// on average after ~256 of the engine's. Fetch the reserved
+		// slots' lines meanwhile, without waiting for them.
+		prefetchwSlots(unsafe.Pointer(sh.w4.Load()), &sh.nslot[0], int(sh.nurseN))
+	}
 }
 
 // reserveLocked reserves the t4 slot that a new IPv4 flow with hash h
@@ -663,29 +671,22 @@ func (ct *conntrack) reserve4Locked(sh *ctShard, h uint64) (int32, bool) {
 }
 
 // flushLocked moves the nursery into t4, into the slots reserved for its
-// entries. It first loads one word of each slot, independent loads whose
-// cache misses overlap, and only then writes the slots: stores that miss
-// would each wait for their cache line in turn.
+// entries. Their cache lines are mostly in cache already: nurseAddLocked
+// prefetched them for writing when the nursery filled up, one new flow of
+// the shard (~256 of the engine) earlier.
 func (ct *conntrack) flushLocked(sh *ctShard) {
 	n := int(sh.nurseN)
 	if n == 0 {
 		return
 	}
 	t := sh.t4.Load() // there is one: the entries have slots reserved in it
-	var bases [nurseryCap]int
-	for j := range n {
-		bases[j] = int(sh.nslot[j]) * 4
-	}
-	var touch uint64
-	for _, base := range bases[:n] {
-		touch += atomic.LoadUint64(&t.w[base+2])
-	}
-	for j, base := range bases[:n] {
-		s := sh.nurse[j*4 : j*4+4 : j*4+4]
-		storeWord(&t.w[base], atomic.LoadUint64(&s[0]))
-		storeWord(&t.w[base+1], atomic.LoadUint64(&s[1]))
-		storeWord(&t.w[base+3], atomic.LoadUint64(&s[3]))
-		storeWord(&t.w[base+2], atomic.LoadUint64(&s[2])|touch&0) // meta; touch keeps the loads
+	v := sh.view4()
+	for j, i := range sh.nslot[:n] {
+		d, s := v.slot(int(i)*4), (*[4]uint64)(sh.nurse[j*4:])
+		storeWord(&d[0], s[0])
+		storeWord(&d[1], s[1])
+		storeWord(&d[3], s[3])
+		storeWord(&d[2], s[2])
 	}
 	t.n += n
 	storeWord(&sh.ntags[0], 0)
