@@ -209,7 +209,7 @@ type ctShard struct {
 	tags4  atomic.Pointer[uint64] // &t4.tags[0]
 	w4     atomic.Pointer[uint64] // &t4.w[0]
 	ntags  [2]uint64              // control bytes of the nurse entries, as in ctTable
-	// opened counts the new flows open4 accepted, which it counts here,
+	// opened counts the new flows fast4 opened, which it counts here,
 	// holding the shard, with a plain add, instead of in the engine's
 	// verdict counters (a locked add). Guarded by seq; Counters loads it.
 	opened uint64
@@ -773,7 +773,7 @@ func (ct *conntrack) putLocked(sh *ctShard, k *ctKey, e flowEntry, now int64) {
 // insertLocked inserts the entry of k, which the shard does not hold (in
 // its tables or its nursery), making room first if the shard is at its
 // limit: a new IPv4 flow joins the nursery, emptied first if full.
-// open4 calls it when its tryLock found the nursery or the shard full:
+// fast4 calls it when its tryLock found the nursery or the shard full:
 // nothing in the shard had changed since its lock-free miss.
 func (ct *conntrack) insertLocked(sh *ctShard, k *ctKey, e flowEntry, now int64) {
 	full := sh.n >= sh.limit

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -162,6 +163,19 @@ func TestRevokeOtherReasons(t *testing.T) {
 		run(t, e, []step{{"syn", in, syn(a, b), Accept}})
 		e.SetTable(testTable(without(testRules, 1))) // remove the udp rule
 		run(t, e, []step{{"ack", in, ack(a, b), Accept}, {"back", out, ack(b, a), Accept}})
+	})
+	t.Run("unrelated change keeps the flow of a lower opener", func(t *testing.T) {
+		// The opener's address below the destination's: the entry must
+		// record that side a opened the flow (flOrigA), or revalidation
+		// checks the rule the wrong way round and cuts the flow.
+		lowA := netip.MustParseAddr("10.255.0.10")
+		eps := append([]Endpoint{{IP: lowA, App: "appA"}}, testEndpoints...)
+		e := newTestEngine(t, Config{})
+		e.SetTable(Compile(TableConfig{Rules: testRules, Endpoints: eps, LocalSubnet: localSubnet}))
+		la := ap(lowA, 40000)
+		run(t, e, []step{{"syn", in, syn(la, b), Accept}})
+		e.SetTable(Compile(TableConfig{Rules: without(testRules, 1), Endpoints: eps, LocalSubnet: localSubnet}))
+		run(t, e, []step{{"ack", in, ack(la, b), Accept}, {"back", out, ack(b, la), Accept}})
 	})
 	t.Run("source endpoint gone", func(t *testing.T) {
 		e := newTestEngine(t, Config{})

@@ -21,8 +21,8 @@ const fastUntried = -1
 // consistent read), so the generic path can skip its own lock-free lookup.
 // out selects the Outbound rules (the source must be local; a destination
 // in the local subnet is hair-pinned and must be local too). With open
-// (inbound only), a consistent miss goes on to open4, which may accept
-// the packet as a new flow (a hit).
+// (inbound only), a consistent miss may open the flow right here and
+// accept the packet (a hit): see the miss below.
 func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verdict, hint int) {
 	if len(b) < 20 || b[0]>>4 != 4 {
 		return 0, fastUntried
@@ -120,16 +120,59 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 		return 0, fastUntried
 	}
 	if !found {
-		if open {
-			var icmpType uint8
-			if proto == ProtoICMP {
-				icmpType = l4[0]
-			}
-			if v, ok := e.open4(s, sh, seq, k0, k1, h, tw, srcIsA, src, dst, proto, dport, flags, icmpType, now); ok {
-				return v, fastHit // counted in sh.opened
-			}
+		// A new inbound flow, opened with what was read above when the
+		// table allows it. Everything else is left to the generic path,
+		// which judges (and logs) it from the start: denials, a RST, an
+		// echo reply, and every packet while the flow log is on. What is
+		// accepted here, and the entry made, are those of inbound. This
+		// was a function of its own (open4) until its sixteen arguments
+		// cost more than its body saved (docs/policy.md, step 25).
+		if !open || e.flog.Load() != nil ||
+			proto == ProtoTCP && flags&tcpRST != 0 ||
+			proto == ProtoICMP && l4[0] != icmp4EchoRequest {
+			return 0, fastAbsent
 		}
-		return 0, fastAbsent
+		t := s.t
+		de, ok := t.ep4.get(dst)
+		if !ok || !de.local {
+			return 0, fastAbsent
+		}
+		se, ok := t.ep4.get(src)
+		if !ok || !t.pairAllows(se.app, de.app, proto, dport) {
+			return 0, fastAbsent
+		}
+		ent := flowEntry{lastSeen: now, gen: s.gen, flags: flPolicy | sideFlag(!srcIsA)}
+		if srcIsA {
+			ent.flags |= flOrigA
+		}
+		if se.local {
+			ent.flags |= sideFlag(srcIsA)
+		}
+		if proto == ProtoTCP && flags&tcpFIN != 0 {
+			ent.flags |= flClosing
+		}
+		if sh.tryLock(seq) {
+			// Nothing in the shard changed since the miss. insertLocked's
+			// common case without its call and key: room in the nursery,
+			// the shard and t4.
+			slot, ok := int32(0), sh.nurseN < sh.nurseCap() && sh.n < sh.limit
+			if ok {
+				slot, ok = sh.reserveLocked(h, tw) // tw: see fromHome
+			}
+			if ok {
+				sh.nurseAddLocked(k0, k1, h, ent, slot)
+			} else {
+				ct.insertLocked(sh, &ctKey{w: [5]uint64{k0, k1}, h: h}, ent, now)
+			}
+			storeWord(&sh.opened, sh.opened+1) // counted here, not in e.stats
+			releaseSeq(&sh.seq)
+			return Accept, fastHit
+		}
+		sh.lock()
+		ct.putLocked(sh, &ctKey{w: [5]uint64{k0, k1}, h: h}, ent, now)
+		storeWord(&sh.opened, sh.opened+1)
+		sh.unlock()
+		return Accept, fastHit
 	}
 	ent := entryOf(meta, seen)
 	t := s.t
@@ -171,59 +214,4 @@ func mayHold(tw, want uint64) bool {
 	x := tw ^ want
 	match := zeroBytes(x) &^ 0xff
 	return empty == 0 || match&(empty&-empty-1) != 0
-}
-
-// open4 opens the new inbound IPv4 flow that fast4 found untracked (at
-// sequence seq of its shard sh), with the values fast4 read, when the
-// table allows it; it declines (ok=false) everything else, which the
-// generic path then judges (and logs) from the start: denials, a RST, an
-// echo reply, and every packet while the flow log is on. What it accepts,
-// and the entry it makes, are those of inbound. tw is what fast4 read of
-// t4's control bytes from the flow's home slot on (see fromHome).
-func (e *Engine) open4(s *snapshot, sh *ctShard, seq uint32, k0, k1, h, tw uint64, srcIsA bool, src, dst uint32, proto Protocol, dport uint16, tcpFlags, icmpType uint8, now int64) (v Verdict, ok bool) {
-	t := s.t
-	if e.flog.Load() != nil ||
-		proto == ProtoTCP && tcpFlags&tcpRST != 0 ||
-		proto == ProtoICMP && icmpType != icmp4EchoRequest {
-		return 0, false
-	}
-	de, ok := t.ep4.get(dst)
-	if !ok || !de.local {
-		return 0, false
-	}
-	se, ok := t.ep4.get(src)
-	if !ok || !t.pairAllows(se.app, de.app, proto, dport) {
-		return 0, false
-	}
-	ent := flowEntry{lastSeen: now, gen: s.gen, flags: flPolicy | sideFlag(!srcIsA)}
-	if srcIsA {
-		ent.flags |= flOrigA
-	}
-	if se.local {
-		ent.flags |= sideFlag(srcIsA)
-	}
-	if proto == ProtoTCP && tcpFlags&tcpFIN != 0 {
-		ent.flags |= flClosing
-	}
-	if sh.tryLock(seq) {
-		// insertLocked's common case without its call and key: room in
-		// the nursery, the shard and t4; otherwise insertLocked itself.
-		slot, ok := int32(0), sh.nurseN < sh.nurseCap() && sh.n < sh.limit
-		if ok {
-			slot, ok = sh.reserveLocked(h, tw) // nothing changed since fast4 read tw
-		}
-		if ok {
-			sh.nurseAddLocked(k0, k1, h, ent, slot) // most new flows
-		} else {
-			e.ct.insertLocked(sh, &ctKey{w: [5]uint64{k0, k1}, h: h}, ent, now)
-		}
-		storeWord(&sh.opened, sh.opened+1)
-		releaseSeq(&sh.seq)
-		return Accept, true
-	}
-	sh.lock()
-	e.ct.putLocked(sh, &ctKey{w: [5]uint64{k0, k1}, h: h}, ent, now)
-	storeWord(&sh.opened, sh.opened+1)
-	sh.unlock()
-	return Accept, true
 }
