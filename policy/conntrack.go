@@ -176,7 +176,7 @@ func (e flowEntry) local(isA bool) bool { return e.flags&sideFlag(isA) != 0 }
 //
 // New IPv4 flows first go to the shard's nursery, a few cache-resident
 // slots that lookups check after t4, each with its t4 slot reserved
-// (reserveLocked); when it is full, all of them move into their slots at
+// (nurseOpenLocked); when it is full, all of them move into their slots at
 // once, with plain stores, when the shard's next new flow comes. The slots'
 // cache lines are prefetched for writing when the nursery becomes full, so
 // that by then they are in cache.
@@ -229,13 +229,13 @@ type ctShard struct {
 	// nslot is the t4 slot reserved for each nursery entry: its control
 	// byte is set when the entry joins (while the flow's control-byte
 	// word is in cache from its lookup), the slot's words when the
-	// nursery moves into t4. See reserveLocked.
+	// nursery moves into t4. See nurseOpenLocked.
 	nslot [nurseryCap]int32
 }
 
 // nurseCap is the shard's nursery size: nurseryCap, or less for a small
 // shard (none below 8 entries).
-func (sh *ctShard) nurseCap() int32 { return min(nurseryCap, sh.limit/8) }
+func (sh *ctShard) nurseCap() int32 { return min(nurseryCap, sh.limit>>3) } // limit > 0: a shift, not a signed division
 
 // lock takes the shard for a writer: the mutex, then the sequence counter
 // (odd). The counter's only other holder, tryLock, keeps it for a few
@@ -596,45 +596,30 @@ func (sh *ctShard) reservedAt(i uint64) int {
 	panic("policy: a reserved t4 slot without its nursery entry")
 }
 
-// nurseAddLocked appends a new IPv4 entry to the nursery, which has room.
-func (sh *ctShard) nurseAddLocked(k0, k1, h uint64, e flowEntry, slot int32) {
-	n := uint(sh.nurseN) % nurseryCap
-	sh.nslot[n] = slot
-	s := (*[4]uint64)(sh.nurse[n*4:])
-	storeWord(&s[0], k0)
-	storeWord(&s[1], k1)
-	storeWord(&s[3], uint64(e.lastSeen))
-	storeWord(&s[2], e.meta())
-	storeTag(&sh.ntags[n>>3], uint64(n&7), tagOf(h))
-	sh.nurseN++
-	sh.n++
-	if sh.nurseN == sh.nurseCap() {
-		// Full: the next new flow of the shard flushes it (flushLocked),
-		// on average after ~256 of the engine's. Fetch the reserved
-		// slots' lines meanwhile, without waiting for them.
-		prefetchwSlots(unsafe.Pointer(sh.w4.Load()), &sh.nslot[0], int(sh.nurseN))
-	}
-}
-
-// reserveLocked reserves the t4 slot that a new IPv4 flow with hash h
-// will take when the nursery moves into t4: the first empty slot of its
-// probe run, whose control byte it sets now, so that the flush writes
-// only the slot. It reports false, reserving nothing, when t4 has no room
-// for one more entry (counted conservatively: every entry of the shard).
-// A reserved slot is full to probes but holds zeros (meta 0), which no
-// lookup takes for a flow. When a deletion shifts a reserved slot back,
-// its nursery entry learns the new slot (deleteLocked). growLocked moves
-// the nursery into t4 first (flushLocked, which moves no slot), as it
-// copies written slots only, and so does makeRoomLocked before it
-// samples slots for a victim (a reserved slot's last-seen is 0).
+// nurseOpenLocked makes the new IPv4 flow (k0, k1) with hash h and entry
+// e a nursery entry, with its t4 slot reserved, when the nursery, the
+// shard and t4 each have room for one more (t4 counted conservatively:
+// every entry of the shard); otherwise it reports false and does nothing.
+//
+// The reserved slot is the one the flow takes when the nursery moves into
+// t4: the first empty slot of its probe run, whose control byte is set
+// now, while the word is in cache from the flow's lookup, so that the
+// flush writes only the slot. A reserved slot is full to probes but holds
+// zeros (meta 0), which no lookup takes for a flow. When a deletion
+// shifts a reserved slot back, its nursery entry learns the new slot
+// (deleteLocked). growLocked moves the nursery into t4 first (flushLocked,
+// which moves no slot), as it copies written slots only, and so does
+// makeRoomLocked before it samples slots for a victim (a reserved slot's
+// last-seen is 0).
 //
 // tw is t4's control bytes from the home slot of h to the end of its word
 // (fromHome), as the caller read them with nothing changed since, or
 // unknownTags: an empty slot in tw saves free4's look.
-func (sh *ctShard) reserveLocked(h, tw uint64) (int32, bool) {
+func (sh *ctShard) nurseOpenLocked(k0, k1, h, tw uint64, e flowEntry) bool {
 	v := sh.view4()
-	if n := uint64(sh.n) + 1; v.cap == 0 || n*maxLoadDen > v.cap*maxLoadNum {
-		return 0, false
+	n := sh.nurseN
+	if n >= sh.nurseCap() || sh.n >= sh.limit || uint64(sh.n+1)*maxLoadDen > v.cap*maxLoadNum {
+		return false // no t4 (cap 0) fails the last test too
 	}
 	var i uint64
 	if empty := ^tw & bytesMSB; empty != 0 {
@@ -642,36 +627,33 @@ func (sh *ctShard) reserveLocked(h, tw uint64) (int32, bool) {
 	} else {
 		i = v.free4(h)
 	}
-	storeTag((*uint64)(unsafe.Add(v.tags, i>>3*8)), i&7, tagOf(h))
-	return int32(i), true
+	tag := tagOf(h)
+	storeTag((*uint64)(unsafe.Add(v.tags, i>>3*8)), i&7, tag)
+	j := uint(n) % nurseryCap
+	sh.nslot[j] = int32(i)
+	ent := (*[4]uint64)(sh.nurse[j*4:])
+	storeWord(&ent[0], k0)
+	storeWord(&ent[1], k1)
+	storeWord(&ent[3], uint64(e.lastSeen))
+	storeWord(&ent[2], e.meta())
+	storeTag(&sh.ntags[j>>3], uint64(j&7), tag)
+	sh.nurseN = n + 1
+	sh.n++
+	if n+1 == sh.nurseCap() {
+		// Full: the next new flow of the shard flushes it (flushLocked),
+		// on average after ~256 of the engine's. Fetch the reserved
+		// slots' lines meanwhile, without waiting for them.
+		prefetchwSlots(v.w, &sh.nslot[0], int(n+1))
+	}
+	return true
 }
 
-// unknownTags is reserveLocked's tw when the caller has not read t4's
+// unknownTags is nurseOpenLocked's tw when the caller has not read t4's
 // control bytes: all full, so that it looks itself.
 const unknownTags = ^uint64(0)
 
-// reserve4Locked is reserveLocked that makes room in t4 when it has none:
-// it creates or grows t4 (growLocked moves the nursery into t4 first). It
-// reports false only if t4 is at its bound (then the nursery is empty, and
-// the caller inserts into t4 directly).
-func (ct *conntrack) reserve4Locked(sh *ctShard, h uint64) (int32, bool) {
-	if i, ok := sh.reserveLocked(h, unknownTags); ok {
-		return i, true
-	}
-	for {
-		if t := sh.t4.Load(); t == nil {
-			sh.publish(newCTTable(false, min(minTableCap, sh.maxCap)))
-		} else if ct.growLocked(sh, t) == t {
-			return 0, false
-		}
-		if i, ok := sh.reserveLocked(h, unknownTags); ok {
-			return i, true
-		}
-	}
-}
-
 // flushLocked moves the nursery into t4, into the slots reserved for its
-// entries. Their cache lines are mostly in cache already: nurseAddLocked
+// entries. Their cache lines are mostly in cache already: nurseOpenLocked
 // prefetched them for writing when the nursery filled up, one new flow of
 // the shard (~256 of the engine) earlier.
 func (ct *conntrack) flushLocked(sh *ctShard) {
@@ -784,11 +766,19 @@ func (ct *conntrack) insertLocked(sh *ctShard, k *ctKey, e flowEntry, now int64)
 	if full {
 		ct.makeRoomLocked(sh, now)
 	}
-	if nurse {
-		if i, ok := ct.reserve4Locked(sh, k.h); ok {
-			sh.nurseAddLocked(k.w[0], k.w[1], k.h, e, i)
-			return
+	// A new IPv4 flow joins the nursery; when t4 has no room for it, t4
+	// is created or grown (growLocked moves the nursery into t4 first),
+	// unless it is at its bound: then the nursery is empty, and the flow
+	// goes into t4 directly, below.
+	for nurse && !sh.nurseOpenLocked(k.w[0], k.w[1], k.h, unknownTags, e) {
+		if t := sh.t4.Load(); t == nil {
+			sh.publish(newCTTable(false, min(minTableCap, sh.maxCap)))
+		} else if ct.growLocked(sh, t) == t {
+			nurse = false
 		}
+	}
+	if nurse {
+		return
 	}
 	t := sh.table(k.v6)
 	if t == nil {
@@ -888,7 +878,7 @@ func (ct *conntrack) growLocked(sh *ctShard, t *ctTable) *ctTable {
 
 // deleteLocked empties the slot at base and shifts the following entries
 // of its probe run back. The caller holds the sequence counter odd.
-// A slot reserved for a nursery entry (reserveLocked) shifts like the
+// A slot reserved for a nursery entry (nurseOpenLocked) shifts like the
 // others, by the hash of the nursery entry's key, and the entry is told
 // its new slot: a deletion does not move the nursery into t4, so that
 // the new flows' slot writes stay with the packets that made them
@@ -947,7 +937,7 @@ func (ct *conntrack) makeRoomLocked(sh *ctShard, now int64) {
 	}
 	// Sample a few entries from a random slot on and evict the one seen
 	// least recently (an approximate LRU). The nursery moves first: it
-	// may not hold reservations while t4's slots move (reserveLocked).
+	// may not hold reservations while t4's slots move (nurseOpenLocked).
 	ct.flushLocked(sh)
 	sh.rnd = mix(sh.rnd + 0x9e3779b97f4a7c15)
 	t := sh.t4.Load()

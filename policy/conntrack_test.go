@@ -344,7 +344,7 @@ func TestMayHold(t *testing.T) {
 // TestReservationsAcrossSlotMoves: t4's slots move (a deletion's backward
 // shift when a flow has expired and when a table allows a cut flow again,
 // and the evictions of a full table) while nurseries hold new flows whose
-// t4 slots are reserved (reserveLocked). Every new flow stays tracked: its
+// t4 slots are reserved (nurseOpenLocked). Every new flow stays tracked: its
 // reply, which only tracking lets in, is accepted.
 func TestReservationsAcrossSlotMoves(t *testing.T) {
 	const n = 3000

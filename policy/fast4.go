@@ -94,7 +94,7 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 		home = tw & 0xff
 		if home == want&0xff {
 			// A flow still in the nursery may find its own reserved
-			// slot here, zeros (meta 0): see reserveLocked.
+			// slot here, zeros (meta 0): see nurseOpenLocked.
 			slot = tab.slot(int(i) * 4)
 			meta = atomic.LoadUint64(&slot[2])
 			found = meta != 0 && atomic.LoadUint64(&slot[0]) == k0 && atomic.LoadUint64(&slot[1]) == k1
@@ -155,13 +155,7 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 			// Nothing in the shard changed since the miss. insertLocked's
 			// common case without its call and key: room in the nursery,
 			// the shard and t4.
-			slot, ok := int32(0), sh.nurseN < sh.nurseCap() && sh.n < sh.limit
-			if ok {
-				slot, ok = sh.reserveLocked(h, tw) // tw: see fromHome
-			}
-			if ok {
-				sh.nurseAddLocked(k0, k1, h, ent, slot)
-			} else {
+			if !sh.nurseOpenLocked(k0, k1, h, tw, ent) { // tw: see fromHome
 				ct.insertLocked(sh, &ctKey{w: [5]uint64{k0, k1}, h: h}, ent, now)
 			}
 			storeWord(&sh.opened, sh.opened+1) // counted here, not in e.stats
