@@ -138,7 +138,12 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 			return 0, fastAbsent
 		}
 		se, ok := t.ep4.get(src)
-		if !ok || !t.pairAllows(se.app, de.app, proto, dport) {
+		if !ok {
+			return 0, fastAbsent
+		}
+		// t.pairAllows, inline but for a span of several ranges.
+		sp, ok := t.pairs.get(pairKeyOf(se.app, de.app, proto))
+		if !ok || proto.hasPorts() && !sp.allowsFirst(dport) && !t.spanAllows(sp, dport) {
 			return 0, fastAbsent
 		}
 		ent := flowEntry{lastSeen: now, gen: s.gen, flags: flPolicy | sideFlag(!srcIsA)}

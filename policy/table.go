@@ -336,14 +336,22 @@ func (t *Table) allowed(src, dst *[16]byte, proto Protocol, dport uint16) Verdic
 	return Accept
 }
 
+// pairAllows reports whether a rule allows app src to reach app dst over
+// proto at port dport.
 func (t *Table) pairAllows(src, dst uint32, proto Protocol, dport uint16) bool {
 	sp, ok := t.pairs.get(pairKeyOf(src, dst, proto))
-	if !ok {
-		return false
-	}
-	if !proto.hasPorts() {
-		return true
-	}
+	return ok && (!proto.hasPorts() || sp.allowsFirst(dport) || t.spanAllows(sp, dport))
+}
+
+// allowsFirst reports whether dport is in the span's first range and the
+// span has no other: the common case, decided inline. spanAllows decides
+// every case.
+func (sp *portSpan) allowsFirst(dport uint16) bool {
+	return sp.n == 1 && sp.first.Start <= dport && dport <= sp.first.End
+}
+
+// spanAllows reports whether dport is in one of the span's ranges.
+func (t *Table) spanAllows(sp *portSpan, dport uint16) bool {
 	if sp.n == 1 {
 		return sp.first.Start <= dport && dport <= sp.first.End
 	}
