@@ -141,9 +141,9 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 		if !ok {
 			return 0, fastAbsent
 		}
-		// t.pairAllows, inline but for a span of several ranges.
+		// t.pairAllows, inline (it is too big to inline itself).
 		sp, ok := t.pairs.get(pairKeyOf(se.app, de.app, proto))
-		if !ok || proto.hasPorts() && !sp.allowsFirst(dport) && !t.spanAllows(sp, dport) {
+		if !ok || proto.hasPorts() && !t.portsAllow(sp, dport) {
 			return 0, fastAbsent
 		}
 		ent := flowEntry{lastSeen: now, gen: s.gen, flags: flPolicy | sideFlag(!srcIsA)}

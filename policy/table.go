@@ -340,21 +340,24 @@ func (t *Table) allowed(src, dst *[16]byte, proto Protocol, dport uint16) Verdic
 // proto at port dport.
 func (t *Table) pairAllows(src, dst uint32, proto Protocol, dport uint16) bool {
 	sp, ok := t.pairs.get(pairKeyOf(src, dst, proto))
-	return ok && (!proto.hasPorts() || sp.allowsFirst(dport) || t.spanAllows(sp, dport))
+	return ok && (!proto.hasPorts() || t.portsAllow(sp, dport))
 }
 
-// allowsFirst reports whether dport is in the span's first range and the
-// span has no other: the common case, decided inline. spanAllows decides
-// every case.
-func (sp *portSpan) allowsFirst(dport uint16) bool {
-	return sp.n == 1 && sp.first.Start <= dport && dport <= sp.first.End
-}
-
-// spanAllows reports whether dport is in one of the span's ranges.
-func (t *Table) spanAllows(sp *portSpan, dport uint16) bool {
+// portsAllow reports whether dport is in one of the span's ranges. A span
+// of one range, the common case, is decided inline (portsAllow inlines);
+// rangesAllow searches the others.
+func (t *Table) portsAllow(sp *portSpan, dport uint16) bool {
 	if sp.n == 1 {
 		return sp.first.Start <= dport && dport <= sp.first.End
 	}
+	return t.rangesAllow(sp, dport)
+}
+
+// rangesAllow is portsAllow for a span of several ranges. Kept out of line,
+// so that portsAllow inlines.
+//
+//go:noinline
+func (t *Table) rangesAllow(sp *portSpan, dport uint16) bool {
 	rs := t.ports[sp.off : sp.off+sp.n]
 	// last range with Start <= dport
 	lo, hi := 0, len(rs)
