@@ -102,7 +102,7 @@ func BenchmarkLadder(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Run("b-wireguard-go", func(b *testing.B) {
-		r := measureRung(b, nil, nsA, nsB, wgB, true)
+		r := measureRung(b, nil, nsA, nsB, wgB, true, "b")
 		for k, v := range r {
 			base[k] = v
 		}
@@ -471,30 +471,54 @@ func measureRungProfiled(b *testing.B, l *lab.Lab, base rungResult, client, serv
 	if *ladderProfile != "" {
 		stop = startProfiles(b, l, tag)
 	}
-	measureRungRatioHook(b, base, client, server, dst, pingpong, stop)
+	measureRungRatioHook(b, base, client, server, dst, pingpong, stop, tag)
 }
 
 func measureRungRatio(b *testing.B, base rungResult, client, server string, dst netip.Addr, pingpong bool) rungResult {
-	return measureRungRatioHook(b, base, client, server, dst, pingpong, nil)
+	return measureRungRatioHook(b, base, client, server, dst, pingpong, nil, "")
 }
 
-func measureRungRatioHook(b *testing.B, base rungResult, client, server string, dst netip.Addr, pingpong bool, afterTCP1 func()) rungResult {
-	r := measureRung(b, afterTCP1, client, server, dst, pingpong)
+func measureRungRatioHook(b *testing.B, base rungResult, client, server string, dst netip.Addr, pingpong bool, afterTCP1 func(), tag string) rungResult {
+	r := measureRung(b, afterTCP1, client, server, dst, pingpong, tag)
 	for k, v := range r {
-		if bv := base[k]; bv > 0 && !strings.HasPrefix(k, "us-") && !strings.HasPrefix(k, "cores-") {
+		if bv := base[k]; bv > 0 && !strings.HasPrefix(k, "us-") && !strings.HasPrefix(k, "cores-") && !strings.HasPrefix(k, "bound-") {
 			b.ReportMetric(v/bv, "x-b-"+k)
 		}
+	}
+	if bound, bt := r["bound-tcp1"], base["tcp1"]; bound > 0 && bt > 0 {
+		// How far this rung could go with nothing in user space but
+		// the AEAD, against the bar of 1.8× b.
+		b.ReportMetric(bound/bt, "x-b-tcp1-bound")
 	}
 	return r
 }
 
 // measureRung runs every test of a rung from namespace client to dst in
 // namespace server and reports them. afterTCP1, if set, runs after the
-// single-stream test.
-func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst netip.Addr, pingpong bool) rungResult {
+// single-stream test. With -ladder.perf and a tag, perf records the whole
+// machine during the single stream (reportShares).
+func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst netip.Addr, pingpong bool, tag string) rungResult {
 	r := rungResult{}
 	var cores1, cores4 float64
-	r["tcp1"], cores1 = tcpStreams(b, client, server, netip.AddrPortFrom(dst, tcpPort), 1)
+	var rec func() (string, error)
+	var observe func()
+	if tag != "" && *ladderPerf != "" {
+		// perf takes ~0.1 s to start sampling; it stops before the streams.
+		observe = func() { rec = perfRecorder(b, *ladderPerf, tag, *ladderTCPTime-200*time.Millisecond) }
+	}
+	r["tcp1"], cores1 = tcpStreamsObserved(b, client, server, netip.AddrPortFrom(dst, tcpPort), 1, observe)
+	if rec != nil {
+		file, err := rec()
+		var s machineShares
+		if err == nil {
+			s, err = perfShares(file)
+		}
+		if err != nil {
+			b.Logf("-ladder.perf %s: %v", tag, err)
+		} else {
+			r["bound-tcp1"] = reportShares(b, s, r["tcp1"])
+		}
+	}
 	if afterTCP1 != nil {
 		afterTCP1()
 	}
@@ -523,8 +547,17 @@ func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst neti
 // measuring time and returns the Gbit/s the sink received while measuring
 // and the machine's busy cores meanwhile (machineBusy).
 func tcpStreams(b *testing.B, client, server string, dst netip.AddrPort, n int) (gbps, cores float64) {
+	return tcpStreamsObserved(b, client, server, dst, n, nil)
+}
+
+// tcpStreamsObserved is tcpStreams calling observe, if set, as the
+// measuring time starts.
+func tcpStreamsObserved(b *testing.B, client, server string, dst netip.AddrPort, n int, observe func()) (gbps, cores float64) {
 	var got int64
 	tcpStreamsWith(b, client, server, dst, n, func(received func() int64) {
+		if observe != nil {
+			observe()
+		}
 		start, t0, cpu0 := received(), time.Now(), machineBusy(b)
 		time.Sleep(*ladderTCPTime)
 		got = received() - start

@@ -177,6 +177,22 @@ func format(rows map[string]map[string][]float64, order []string) string {
 		udp, _ := get("g-", "cores-per-Gbps-udp")
 		fmt.Fprintf(&sb, "\nceiling of any WireGuard data path here (g): %.2f Gbit/s = %.2f× b tcp1 (bar 1.8); cores per Gbit/s: hair-pin %.3f, crypto %.3f, UDP %.3f", g, x, hp, cr, udp)
 	}
+	// -ladder.perf: where the whole machine's time went during tcp1.
+	for _, r := range []string{"b-", "c-", "d-"} {
+		aead, ok := get(r, "pct-aead-tcp1")
+		if !ok {
+			continue
+		}
+		kern, _ := get(r, "pct-kernel-tcp1")
+		user, _ := get(r, "pct-user-tcp1")
+		idle, _ := get(r, "pct-idle-tcp1")
+		bound, _ := get(r, "Gbit/s-tcp1-bound")
+		fmt.Fprintf(&sb, "\nwhole machine during %stcp1 (perf): AEAD %.1f%%, kernel %.1f%%, other user space %.1f%%, idle %.1f%%; AEAD and kernel alone: %.2f Gbit/s",
+			r, aead, kern, user, idle, bound)
+		if x, ok := get(r, "x-b-tcp1-bound"); ok {
+			fmt.Fprintf(&sb, " = %.2f× b (bar 1.8)", x)
+		}
+	}
 	sb.WriteString("\n")
 	return sb.String()
 }
