@@ -191,6 +191,8 @@ func format(rows map[string]map[string][]float64, order []string) string {
 			r, aead, kern, user, idle, bound)
 		if x, ok := get(r, "x-b-tcp1-bound"); ok {
 			fmt.Fprintf(&sb, " = %.2f× b (bar 1.8)", x)
+		} else if bt, ok := get("b-", "Gbit/s-tcp1"); ok && r == "b-" && bt > 0 {
+			fmt.Fprintf(&sb, " = %.2f× b", bound/bt)
 		}
 	}
 	sb.WriteString("\n")
