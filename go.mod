@@ -46,3 +46,5 @@ require (
 	golang.zx2c4.com/wintun v0.0.0-20230126152724-0fa3db229ce2 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+replace golang.zx2c4.com/wireguard => ./third_party/wireguard-go

@@ -797,7 +797,11 @@ func pingPong(b *testing.B, client, server string, dst netip.AddrPort) (p50, p99
 // over the veth pair's addresses, with TUN addresses 10.255.250.1/.2.
 func startPlainWG(b *testing.B, nsA, nsB string) error {
 	bin := filepath.Join(b.TempDir(), "plainwg")
-	if out, err := exec.Command("go", "build", "-o", bin, "./internal/plainwg").CombinedOutput(); err != nil {
+	// plainwg is a module of its own (upstream wireguard-go, not weft's
+	// patched copy): build it in its directory.
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Dir = "internal/plainwg"
+	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("build plainwg: %v: %s", err, out)
 	}
 	kA, err := wgtypes.GeneratePrivateKey()

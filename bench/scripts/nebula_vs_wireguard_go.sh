@@ -65,7 +65,7 @@ YML
 done
 
 # plain wireguard-go between c and d.
-go build -o $W/plainwg ./bench/internal/plainwg
+(cd bench/internal/plainwg && go build -o $W/plainwg .)
 hex() { echo "$1" | base64 -d | od -An -tx1 | tr -d ' \n'; }
 kc=$(wg genkey); kd=$(wg genkey)
 for s in c d; do
