@@ -25,6 +25,7 @@ lint:
 unit:
 	$(GO) test -race -count=1 $(PKGS_RACE)
 	$(GO) test -count=1 ./bench/...
+	cd third_party/wireguard-go && $(GO) test -count=1 ./tun/
 
 e2e:
 	$(GO) test -count=1 -timeout 30m ./internal/... ./e2e/...

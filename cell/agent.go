@@ -43,6 +43,10 @@ type Config struct {
 	// packet (overlay.OpenFilter). For measuring what the policy costs.
 	PolicyOff  bool
 	TUNBackend string // overlay.TUNAuto (""), TUNWireGuard or TUNWater
+	// PartialTCPChecksums: leave the checksums of TCP segments partial
+	// toward cells that accept them, and announce that this one does
+	// (overlay.Config.PartialTCPChecksums, mesh.FeatPartialTCPChecksum).
+	PartialTCPChecksums bool
 
 	// Service discovery: the DNS server containers use (invalid: none),
 	// the internal domains it answers, and the resolvers it forwards other
@@ -190,6 +194,7 @@ func (a *Agent) startOverlay(subnet netip.Prefix) error {
 	a.enf.off, a.enf.warned = a.cfg.PolicyOff, time.Now()
 	a.mu.Unlock()
 	ocfg.TUNBackend = a.cfg.TUNBackend
+	ocfg.PartialTCPChecksums = a.cfg.PartialTCPChecksums
 	ocfg.Logger = a.log
 	ov, err := overlay.New(ocfg)
 	if err != nil {
@@ -199,6 +204,9 @@ func (a *Agent) startOverlay(subnet netip.Prefix) error {
 	a.ov = ov
 	a.compileLocked()
 	a.mu.Unlock()
+	if ov.AcceptsPartialTCPChecksum() {
+		a.mesh.SetFeatures(mesh.FeatPartialTCPChecksum)
+	}
 	close(a.ready)
 	a.syncPeers()
 	return nil
@@ -266,6 +274,8 @@ func (a *Agent) syncPeers() {
 			PublicKey:  key,
 			Endpoint:   netip.AddrPortFrom(m.Addr, uint16(m.WGPort)),
 			AllowedIPs: []netip.Prefix{m.Subnet},
+
+			PartialTCPChecksum: m.Features&mesh.FeatPartialTCPChecksum != 0,
 		})
 	}
 	a.mu.Lock()

@@ -93,6 +93,9 @@ type Status struct {
 	Policies   int               `json:"policies"`
 	Flows      int               `json:"flows"`
 	Verdicts   map[string]uint64 `json:"verdicts,omitempty"`
+	// PartialTCPChecksums: this cell accepts TCP packets with partial
+	// checksums and announces so (mesh.FeatPartialTCPChecksum).
+	PartialTCPChecksums bool `json:"partial_tcp_checksums,omitempty"`
 	// LeaseError says why the cell has no subnet (pool exhausted).
 	LeaseError string `json:"lease_error,omitempty"`
 	// RejectedPolicyChanges counts unsigned or wrongly signed changes.
@@ -125,6 +128,10 @@ type Peer struct {
 	LastHandshake time.Time `json:"last_handshake,omitzero"`
 	RxBytes       int64     `json:"rx_bytes"`
 	TxBytes       int64     `json:"tx_bytes"`
+
+	// PartialTCPChecksum: TCP segments to this peer leave with partial
+	// checksums (it announced that it accepts them).
+	PartialTCPChecksum bool `json:"partial_tcp_checksum,omitempty"`
 
 	Name string `json:"name,omitempty"` // the member with this key
 	// HandshakeAge is the time since LastHandshake in seconds (absent:

@@ -97,15 +97,18 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	a.mu.Lock()
-	up := a.ov != nil
+	ov := a.ov
 	a.mu.Unlock()
-	if up {
+	if ov != nil {
 		peers, err := readPeers(a.cfg.Interface)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, "read WireGuard peers of %s: %v", a.cfg.Interface, err)
 			return
 		}
+		partial := ov.PartialTCPPeers()
+		st.PartialTCPChecksums = ov.AcceptsPartialTCPChecksum()
 		for i := range peers {
+			peers[i].PartialTCPChecksum = partial[peers[i].PublicKey]
 			peers[i].Name = keyNames[peers[i].PublicKey]
 			if !peers[i].LastHandshake.IsZero() {
 				peers[i].HandshakeAge = time.Since(peers[i].LastHandshake).Round(time.Millisecond).Seconds()

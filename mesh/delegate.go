@@ -119,6 +119,7 @@ type nodeMeta struct {
 	Subnet netip.Prefix `json:"s,omitzero"`
 	Time   int64        `json:"t,omitempty"` // lease time, unix ns
 	Over   int64        `json:"o,omitempty"` // lease time of the dead cell's lease it took over
+	Feat   Features     `json:"f,omitempty"` // what the cell's data plane accepts (SetFeatures)
 }
 
 func parseMeta(b []byte) nodeMeta {
@@ -227,7 +228,7 @@ var _ memberlist.Delegate = (*delegate)(nil)
 func (d *delegate) NodeMeta(limit int) []byte {
 	m := (*Mesh)(d)
 	m.mu.Lock()
-	nm := nodeMeta{Key: m.cfg.WGPublicKey, Port: m.cfg.WGPort, Subnet: m.lease.Subnet}
+	nm := nodeMeta{Key: m.cfg.WGPublicKey, Port: m.cfg.WGPort, Subnet: m.lease.Subnet, Feat: m.features}
 	if nm.Subnet.IsValid() {
 		nm.Time, nm.Over = m.lease.Time, m.lease.Takeover
 	}

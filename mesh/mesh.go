@@ -126,9 +126,23 @@ type Node struct {
 	WGPublicKey string     // base64
 	WGPort      int
 	Subnet      netip.Prefix // zero if no lease yet
+	Features    Features     // what its data plane accepts, as it announces
 	State       NodeState
 	Self        bool
 }
+
+// Features are capabilities of a cell's data plane that its peers may rely
+// on, announced in the node metadata. A cell that does not announce one
+// (an older version, or one that turned it off) is not sent what needs it.
+type Features uint32
+
+const (
+	// FeatPartialTCPChecksum: the cell hands every TCP packet it receives
+	// to its kernel as CHECKSUM_PARTIAL, so a peer may leave the checksums
+	// of the TCP segments it sends it partial (docs/performance.md,
+	// "TCP checksums between weft cells").
+	FeatPartialTCPChecksum Features = 1 << iota
+)
 
 // Endpoint is one container: an overlay IP owned by a cell.
 type Endpoint struct {
@@ -166,6 +180,7 @@ type Mesh struct {
 
 	rejMu         sync.Mutex // guards rejPolLog
 	rejPolLog     time.Time  // last "rejected policy change" log
+	features      Features   // announced in the node metadata; guarded by mu
 	notifyMembers atomic.Bool
 	notifyState   atomic.Bool
 	mlDown        atomic.Bool // memberlist has been shut down
@@ -453,6 +468,7 @@ func (m *Mesh) Members() []Node {
 		WGPublicKey: m.cfg.WGPublicKey,
 		WGPort:      m.cfg.WGPort,
 		Subnet:      m.subnetLocked(),
+		Features:    m.features,
 		State:       NodeAlive,
 		Self:        true,
 	}
@@ -488,6 +504,7 @@ func (m *Mesh) Members() []Node {
 			WGPublicKey: mb.meta.Key,
 			WGPort:      mb.meta.Port,
 			Subnet:      mb.meta.Subnet,
+			Features:    mb.meta.Feat,
 			State:       mb.state,
 		}
 		if w, ok := winner[n.Subnet]; ok && w.node != name {
@@ -635,4 +652,18 @@ func (m *Mesh) Shutdown() error {
 		m.shutdownErr = errors.Join(errs...)
 	})
 	return m.shutdownErr
+}
+
+// SetFeatures sets what this cell announces its data plane accepts and, if
+// that changed, gossips the new node metadata. The agent calls it once its
+// data plane is up and knows.
+func (m *Mesh) SetFeatures(f Features) {
+	m.mu.Lock()
+	changed := m.features != f
+	m.features = f
+	m.mu.Unlock()
+	if changed {
+		m.kick(m.kickMeta)
+		m.signal(&m.notifyMembers)
+	}
 }

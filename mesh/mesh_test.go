@@ -430,3 +430,40 @@ func TestSimultaneousJoinsGetDistinctSubnets(t *testing.T) {
 		}
 	}
 }
+
+// A cell's features reach the others with its metadata, and so does a
+// change; a cell that announces none is seen with none.
+func TestFeaturesAnnounced(t *testing.T) {
+	ms := cluster(t, 2)
+	featuresOf := func(m *Mesh, name string) (Features, error) {
+		for _, n := range m.Members() {
+			if n.Name == name {
+				return n.Features, nil
+			}
+		}
+		return 0, fmt.Errorf("%s does not see %s", m.cfg.Name, name)
+	}
+	if f, err := featuresOf(ms[1], "cell-0"); err != nil || f != 0 {
+		t.Fatalf("before SetFeatures: cell-1 sees cell-0 with %v, %v", f, err)
+	}
+	ms[0].SetFeatures(FeatPartialTCPChecksum)
+	if f, _ := featuresOf(ms[0], "cell-0"); f != FeatPartialTCPChecksum {
+		t.Fatalf("cell-0 sees itself with %v", f)
+	}
+	eventually(t, 5*time.Second, "cell-1 sees cell-0's features", func() error {
+		if f, err := featuresOf(ms[1], "cell-0"); err != nil || f != FeatPartialTCPChecksum {
+			return fmt.Errorf("%v %v", f, err)
+		}
+		return nil
+	})
+	if f, _ := featuresOf(ms[0], "cell-1"); f != 0 {
+		t.Fatalf("cell-0 sees cell-1 with %v, which announced none", f)
+	}
+	ms[0].SetFeatures(0)
+	eventually(t, 5*time.Second, "cell-1 sees cell-0's features withdrawn", func() error {
+		if f, err := featuresOf(ms[1], "cell-0"); err != nil || f != 0 {
+			return fmt.Errorf("%v %v", f, err)
+		}
+		return nil
+	})
+}

@@ -39,7 +39,13 @@ type Config struct {
 	// 0 means DefaultMessageBuffers, negative wireguard-go's unbounded
 	// pool; WEFT_WG_BUFFERS overrides.
 	MessageBuffers int
-	Logger         *slog.Logger
+	// PartialTCPChecksums leaves the checksum of the TCP segments split off
+	// a GSO packet partial toward peers that accept it (Peer.
+	// PartialTCPChecksum) and toward this cell's own containers, instead
+	// of summing every segment (partial.go). It needs the wireguard TUN
+	// backend; see Overlay.AcceptsPartialTCPChecksum.
+	PartialTCPChecksums bool
+	Logger              *slog.Logger
 }
 
 // DefaultConfig returns the defaults; callers fill in keys, subnet and filter.
@@ -59,6 +65,10 @@ type Peer struct {
 	PublicKey  wgtypes.Key
 	Endpoint   netip.AddrPort
 	AllowedIPs []netip.Prefix
+	// PartialTCPChecksum: the peer accepts TCP segments whose checksum is
+	// left partial (it announces mesh.FeatPartialTCPChecksum); the TCP
+	// segments split off a GSO packet for its AllowedIPs are sent so.
+	PartialTCPChecksum bool
 }
 
 // Overlay is a running data plane. Its methods are safe for concurrent use.
@@ -73,6 +83,7 @@ type Overlay struct {
 	uapi net.Listener
 
 	backend string // TUN backend in use
+	partial partialTCP
 
 	mu     sync.Mutex
 	peers  map[wgtypes.Key]Peer // guarded by mu: what was last configured
@@ -104,6 +115,7 @@ func New(cfg Config) (*Overlay, error) {
 	}
 	o := &Overlay{cfg: cfg, log: log, peers: make(map[wgtypes.Key]Peer), backend: backend, stop: make(chan struct{})}
 	o.wrap = NewWrapper(tdev, cfg.Filter)
+	o.initPartial(tdev)
 	nbufs := messageBuffers(cfg)
 	if nbufs > 0 {
 		// Keep wireguard-go's TUN reader from taking buffers until the
@@ -189,6 +201,8 @@ func (o *Overlay) SyncPeers(want []Peer) error {
 	}
 	uapi, next, later := peerDiff(o.cfg.PrivateKey.PublicKey(), o.peers, want)
 	if uapi == "" {
+		o.peers = next // the same peers; Peer.PartialTCPChecksum may differ
+		o.setPartialPeers(want)
 		return nil
 	}
 	if err := o.dev.IpcSet(uapi); err != nil {
@@ -211,6 +225,7 @@ func (o *Overlay) SyncPeers(want []Peer) error {
 	if o.gate != nil {
 		o.gate.setPeers(next)
 	}
+	o.setPartialPeers(want)
 	return nil
 }
 

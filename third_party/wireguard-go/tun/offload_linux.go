@@ -69,6 +69,10 @@ type tcpFlowKey struct {
 type tcpGROTable struct {
 	itemsByFlow map[tcpFlowKey][]tcpGROItem
 	itemsPool   [][]tcpGROItem
+	// weft: trustTCP hands every TCP packet to the kernel as
+	// CHECKSUM_PARTIAL (markTCPPartial) without verifying its checksum
+	// (SetPartialTCPChecksums).
+	trustTCP bool
 }
 
 func newTCPGROTable() *tcpGROTable {
@@ -441,7 +445,9 @@ func coalesceUDPPackets(pkt []byte, item *udpGROItem, bufs [][]byte, bufsOffset 
 // item, and returns the outcome. This function may swap bufs elements in the
 // event of a prepend as item's bufs index is already being tracked for writing
 // to a Device.
-func coalesceTCPPackets(mode canCoalesce, pkt []byte, pktBuffsIndex int, gsoSize uint16, seq uint32, pshSet bool, item *tcpGROItem, bufs [][]byte, bufsOffset int, isV6 bool) coalesceResult {
+//
+// weft: with trust set, TCP checksums are not verified (see tcpGROTable.trustTCP).
+func coalesceTCPPackets(mode canCoalesce, pkt []byte, pktBuffsIndex int, gsoSize uint16, seq uint32, pshSet bool, item *tcpGROItem, bufs [][]byte, bufsOffset int, isV6 bool, trust bool) coalesceResult {
 	var pktHead []byte // the packet that will end up at the front
 	headersLen := item.iphLen + item.tcphLen
 	coalescedLen := len(bufs[item.bufsIndex][bufsOffset:]) + len(pkt) - int(headersLen)
@@ -458,11 +464,11 @@ func coalesceTCPPackets(mode canCoalesce, pkt []byte, pktBuffsIndex int, gsoSize
 			return coalescePSHEnding
 		}
 		if item.numMerged == 0 {
-			if !checksumValid(bufs[item.bufsIndex][bufsOffset:], item.iphLen, unix.IPPROTO_TCP, isV6) {
+			if !trust && !checksumValid(bufs[item.bufsIndex][bufsOffset:], item.iphLen, unix.IPPROTO_TCP, isV6) {
 				return coalesceItemInvalidCSum
 			}
 		}
-		if !checksumValid(pkt, item.iphLen, unix.IPPROTO_TCP, isV6) {
+		if !trust && !checksumValid(pkt, item.iphLen, unix.IPPROTO_TCP, isV6) {
 			return coalescePktInvalidCSum
 		}
 		item.sentSeq = seq
@@ -480,11 +486,11 @@ func coalesceTCPPackets(mode canCoalesce, pkt []byte, pktBuffsIndex int, gsoSize
 			return coalesceInsufficientCap
 		}
 		if item.numMerged == 0 {
-			if !checksumValid(bufs[item.bufsIndex][bufsOffset:], item.iphLen, unix.IPPROTO_TCP, isV6) {
+			if !trust && !checksumValid(bufs[item.bufsIndex][bufsOffset:], item.iphLen, unix.IPPROTO_TCP, isV6) {
 				return coalesceItemInvalidCSum
 			}
 		}
-		if !checksumValid(pkt, item.iphLen, unix.IPPROTO_TCP, isV6) {
+		if !trust && !checksumValid(pkt, item.iphLen, unix.IPPROTO_TCP, isV6) {
 			return coalescePktInvalidCSum
 		}
 		if pshSet {
@@ -600,7 +606,7 @@ func tcpGRO(bufs [][]byte, offset int, pktI int, table *tcpGROTable, isV6 bool) 
 		item := items[i]
 		can := tcpPacketsCanCoalesce(pkt, uint8(iphLen), uint8(tcphLen), seq, pshSet, gsoSize, item, bufs, offset)
 		if can != coalesceUnavailable {
-			result := coalesceTCPPackets(can, pkt, pktI, gsoSize, seq, pshSet, &item, bufs, offset, isV6)
+			result := coalesceTCPPackets(can, pkt, pktI, gsoSize, seq, pshSet, &item, bufs, offset, isV6, table.trustTCP)
 			switch result {
 			case coalesceSuccess:
 				table.updateAt(item, i)
@@ -670,6 +676,8 @@ func applyTCPCoalesceAccounting(bufs [][]byte, offset int, table *tcpGROTable) e
 				dstAddr := bufs[item.bufsIndex][srcAddrAt+addrLen : srcAddrAt+addrLen*2]
 				psum := pseudoHeaderChecksumNoFold(unix.IPPROTO_TCP, srcAddr, dstAddr, uint16(len(pkt)-int(item.iphLen)))
 				binary.BigEndian.PutUint16(pkt[hdr.csumStart+hdr.csumOffset:], checksum([]byte{}, psum))
+			} else if table.trustTCP {
+				markTCPPartial(bufs[item.bufsIndex], offset)
 			} else {
 				clear(bufs[item.bufsIndex][offset-virtioNetHdrLen : offset])
 			}
@@ -876,7 +884,11 @@ func handleGRO(bufs [][]byte, offset int, tcpTable *tcpGROTable, udpTable *udpGR
 		}
 		switch result {
 		case groResultNoop:
-			clear(bufs[i][offset-virtioNetHdrLen : offset])
+			if tcpTable.trustTCP {
+				markTCPPartial(bufs[i], offset)
+			} else {
+				clear(bufs[i][offset-virtioNetHdrLen : offset])
+			}
 			fallthrough
 		case groResultTableInsert:
 			*toWrite = append(*toWrite, i)
@@ -890,7 +902,13 @@ func handleGRO(bufs [][]byte, offset int, tcpTable *tcpGROTable, udpTable *udpGR
 // gsoSplit splits packets from in into outBuffs, writing the size of each
 // element into sizes. It returns the number of buffers populated, and/or an
 // error.
-func gsoSplit(in []byte, hdr virtioNetHdr, outBuffs [][]byte, sizes []int, outOffset int, isV6 bool) (int, error) {
+//
+// weft: with partial set (TCP only), each segment's checksum field gets the
+// pseudo-header sum instead of the full checksum, as a CHECKSUM_PARTIAL skb
+// has it: a receiving weft cell that trusts TCP checksums hands every TCP
+// packet to its kernel as CHECKSUM_PARTIAL (markTCPPartial), which trusts
+// it; WireGuard's AEAD has authenticated every byte.
+func gsoSplit(in []byte, hdr virtioNetHdr, outBuffs [][]byte, sizes []int, outOffset int, isV6 bool, partial bool) (int, error) {
 	iphLen := int(hdr.csumStart)
 	srcAddrOffset := ipv6SrcAddrOffset
 	addrLen := 16
@@ -966,8 +984,12 @@ func gsoSplit(in []byte, hdr virtioNetHdr, outBuffs [][]byte, sizes []int, outOf
 		transportHeaderLen := int(hdr.hdrLen - hdr.csumStart)
 		lenForPseudo := uint16(transportHeaderLen + segmentDataLen)
 		transportCSumNoFold := pseudoHeaderChecksumNoFold(protocol, in[srcAddrOffset:srcAddrOffset+addrLen], in[srcAddrOffset+addrLen:srcAddrOffset+addrLen*2], lenForPseudo)
-		transportCSum := ^checksum(out[hdr.csumStart:totalLen], transportCSumNoFold)
-		binary.BigEndian.PutUint16(out[hdr.csumStart+hdr.csumOffset:], transportCSum)
+		if partial && protocol == unix.IPPROTO_TCP {
+			binary.BigEndian.PutUint16(out[hdr.csumStart+hdr.csumOffset:], checksum(nil, transportCSumNoFold))
+		} else {
+			transportCSum := ^checksum(out[hdr.csumStart:totalLen], transportCSumNoFold)
+			binary.BigEndian.PutUint16(out[hdr.csumStart+hdr.csumOffset:], transportCSum)
+		}
 
 		nextSegmentDataAt += int(hdr.gsoSize)
 	}
@@ -982,4 +1004,48 @@ func gsoNoneChecksum(in []byte, cSumStart, cSumOffset uint16) error {
 	in[cSumAt], in[cSumAt+1] = 0, 0
 	binary.BigEndian.PutUint16(in[cSumAt:], ^checksum(in[cSumStart:], uint64(initial)))
 	return nil
+}
+
+// markTCPPartial writes the virtio header in front of the packet at
+// buf[offset:]: for a whole (unfragmented) TCP packet, NEEDS_CSUM
+// (CHECKSUM_PARTIAL in the kernel, which then trusts the checksum) with the
+// pseudo-header sum in the checksum field; for anything else a zero header
+// (the kernel verifies the checksum itself).
+//
+// weft: with tcpGROTable.trustTCP every TCP packet is written this way, as
+// a weft sender may leave TCP checksums partial (gsoSplit); WireGuard's
+// AEAD has authenticated it.
+func markTCPPartial(buf []byte, offset int) {
+	h := buf[offset-virtioNetHdrLen : offset]
+	clear(h)
+	pkt := buf[offset:]
+	var iphLen, addrAt, addrLen int
+	switch {
+	case len(pkt) >= 20 && pkt[0]>>4 == 4:
+		iphLen, addrAt, addrLen = int(pkt[0]&0x0F)*4, ipv4SrcAddrOffset, 4
+		if pkt[9] != unix.IPPROTO_TCP || iphLen < 20 || int(binary.BigEndian.Uint16(pkt[2:])) != len(pkt) ||
+			pkt[6]&ipv4FlagMoreFragments != 0 || pkt[6]<<3 != 0 || pkt[7] != 0 {
+			return
+		}
+	case len(pkt) >= 40 && pkt[0]>>4 == 6:
+		iphLen, addrAt, addrLen = 40, ipv6SrcAddrOffset, 16
+		if pkt[6] != unix.IPPROTO_TCP || int(binary.BigEndian.Uint16(pkt[4:])) != len(pkt)-40 {
+			return
+		}
+	default:
+		return
+	}
+	if len(pkt) < iphLen+20 {
+		return
+	}
+	hdr := virtioNetHdr{
+		flags:      unix.VIRTIO_NET_HDR_F_NEEDS_CSUM,
+		csumStart:  uint16(iphLen),
+		csumOffset: 16,
+	}
+	if hdr.encode(h) != nil {
+		return
+	}
+	psum := pseudoHeaderChecksumNoFold(unix.IPPROTO_TCP, pkt[addrAt:addrAt+addrLen], pkt[addrAt+addrLen:addrAt+2*addrLen], uint16(len(pkt)-iphLen))
+	binary.BigEndian.PutUint16(pkt[iphLen+16:], checksum(nil, psum))
 }

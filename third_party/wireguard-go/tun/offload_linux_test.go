@@ -240,7 +240,7 @@ func Test_handleVirtioRead(t *testing.T) {
 				out[i] = make([]byte, 65535)
 			}
 			tt.hdr.encode(tt.pktIn)
-			n, err := handleVirtioRead(tt.pktIn, out, sizes, offset)
+			n, err := handleVirtioRead(tt.pktIn, out, sizes, offset, nil)
 			if err != nil {
 				if tt.wantErr {
 					return

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -28,6 +29,8 @@ const (
 )
 
 type NativeTun struct {
+	elideTCPChecksum        atomic.Pointer[func(dst []byte) bool] // weft: see SetPartialTCPChecksums
+	trustTCP                atomic.Bool                           // weft: see SetPartialTCPChecksums
 	tunFile                 *os.File
 	index                   int32      // if index
 	errors                  chan error // async error handling
@@ -345,6 +348,7 @@ func (tun *NativeTun) Write(bufs [][]byte, offset int) (int, error) {
 	)
 	tun.toWrite = tun.toWrite[:0]
 	if tun.vnetHdr {
+		tun.tcpGROTable.trustTCP = tun.trustTCP.Load()
 		err := handleGRO(bufs, offset, tun.tcpGROTable, tun.udpGROTable, tun.udpGSO, &tun.toWrite)
 		if err != nil {
 			return 0, err
@@ -369,10 +373,42 @@ func (tun *NativeTun) Write(bufs [][]byte, offset int) (int, error) {
 	return total, errs
 }
 
+// SetPartialTCPChecksums sets what dev, if it is a NativeTun with
+// offloads, does with TCP checksums (weft):
+//
+//   - trust: Write verifies no TCP checksum and hands every TCP packet to the
+//     kernel as CHECKSUM_PARTIAL, which trusts it (and completes it should
+//     the packet leave through a device that needs it). For packets that a
+//     WireGuard peer sent: the AEAD has authenticated every byte.
+//   - elide, if not nil: Read leaves the checksum of each TCP segment it
+//     splits off a GSO packet partial (the pseudo-header sum only) when
+//     elide(dst) says that the peer for the destination address dst (4 or
+//     16 bytes) trusts them.
+//
+// It reports whether dev supports it.
+func SetPartialTCPChecksums(dev Device, trust bool, elide func(dst []byte) bool) bool {
+	t, ok := dev.(*NativeTun)
+	if !ok || !t.vnetHdr {
+		return false
+	}
+	t.trustTCP.Store(trust)
+	if elide == nil {
+		t.elideTCPChecksum.Store(nil)
+	} else {
+		t.elideTCPChecksum.Store(&elide)
+	}
+	return true
+}
+
 // handleVirtioRead splits in into bufs, leaving offset bytes at the front of
 // each buffer. It mutates sizes to reflect the size of each element of bufs,
 // and returns the number of packets read.
-func handleVirtioRead(in []byte, bufs [][]byte, sizes []int, offset int) (int, error) {
+//
+// weft: elide, if set, says whether the peer that will receive the packets
+// of in (given its destination address) accepts TCP segments whose
+// checksum field holds only the pseudo-header sum; gsoSplit then skips
+// summing each segment.
+func handleVirtioRead(in []byte, bufs [][]byte, sizes []int, offset int, elide func(dst []byte) bool) (int, error) {
 	var hdr virtioNetHdr
 	err := hdr.decode(in)
 	if err != nil {
@@ -445,7 +481,15 @@ func handleVirtioRead(in []byte, bufs [][]byte, sizes []int, offset int) (int, e
 		return 0, fmt.Errorf("end of checksum offset (%d) exceeds packet length (%d)", cSumAt+1, len(in))
 	}
 
-	return gsoSplit(in, hdr, bufs, sizes, offset, ipVersion == 6)
+	partial := false
+	if elide != nil && hdr.gsoType != unix.VIRTIO_NET_HDR_GSO_UDP_L4 {
+		if ipVersion == 4 && len(in) >= 20 {
+			partial = elide(in[16:20])
+		} else if ipVersion == 6 && len(in) >= 40 && in[6] == unix.IPPROTO_TCP && hdr.csumStart == 40 {
+			partial = elide(in[24:40])
+		}
+	}
+	return gsoSplit(in, hdr, bufs, sizes, offset, ipVersion == 6, partial)
 }
 
 func (tun *NativeTun) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
@@ -467,7 +511,11 @@ func (tun *NativeTun) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 			return 0, err
 		}
 		if tun.vnetHdr {
-			return handleVirtioRead(readInto[:n], bufs, sizes, offset)
+			var elide func([]byte) bool
+			if f := tun.elideTCPChecksum.Load(); f != nil {
+				elide = *f
+			}
+			return handleVirtioRead(readInto[:n], bufs, sizes, offset, elide)
 		} else {
 			sizes[0] = n
 			return 1, nil
