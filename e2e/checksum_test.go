@@ -62,6 +62,10 @@ func TestPartialTCPChecksums(t *testing.T) {
 			return self && peer
 		})
 	}
+	// The table of weft status says so too.
+	if out, err := l.Weft(1, "status"); err != nil || !strings.Contains(out, "tcp sums:   partial accepted") || !strings.Contains(out, "partial\n") {
+		t.Errorf("weft status on cell 1: %v\n%s", err, out)
+	}
 	bulk(t, ctA, ctB, netip.AddrPortFrom(ipB, 9000), 64<<20)
 	bulk(t, ctB, ctA, netip.AddrPortFrom(ipA, 9000), 64<<20)
 	// The containers' kernels found no bad checksum: the segments left
@@ -88,6 +92,9 @@ func TestPartialTCPChecksums(t *testing.T) {
 		self, peer := partialTo(st)
 		return !self && !peer && len(st.Peers) == 1
 	})
+	if out, err := l.Weft(2, "status"); err != nil || !strings.Contains(out, "tcp sums:   full (verified)") || !strings.Contains(out, "full\n") {
+		t.Errorf("weft status on cell 2: %v\n%s", err, out)
+	}
 	bulk(t, ctA, ctB, netip.AddrPortFrom(ipB, 9000), 64<<20)
 	bulk(t, ctB, ctA, netip.AddrPortFrom(ipA, 9000), 64<<20)
 	for _, ns := range []string{ctA, ctB} {

@@ -157,15 +157,19 @@ func statusCmd() *cobra.Command {
 			if !st.PolicyEnforced {
 				enforced = "OFF (every packet passes)"
 			}
-			fmt.Fprintf(out, "cell:       %s\nsubnet:     %s\ninterface:  %s\ncontainers: %d\npolicies:   %d (version %012x)\nenforced:   %s\nflows:      %d\nmembers:    %d alive, %d suspect, %d dead, %d left\n\n",
-				st.Name, subnet, st.Interface, st.Containers, st.Policies, st.PolicyVersion, enforced, st.Flows,
+			tcpSums := "full (verified)"
+			if st.PartialTCPChecksums {
+				tcpSums = "partial accepted (announced to peers)"
+			}
+			fmt.Fprintf(out, "cell:       %s\nsubnet:     %s\ninterface:  %s\ncontainers: %d\npolicies:   %d (version %012x)\nenforced:   %s\nflows:      %d\ntcp sums:   %s\nmembers:    %d alive, %d suspect, %d dead, %d left\n\n",
+				st.Name, subnet, st.Interface, st.Containers, st.Policies, st.PolicyVersion, enforced, st.Flows, tcpSums,
 				st.MemberCounts["alive"], st.MemberCounts["suspect"], st.MemberCounts["dead"], st.MemberCounts["left"])
 			tw := tabwriter.NewWriter(out, 0, 4, 3, ' ', 0)
 			fmt.Fprintln(tw, "member\taddress\tstate\tsubnet")
 			for _, m := range st.Members {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Name, m.Addr, m.State, m.Subnet)
 			}
-			fmt.Fprintln(tw, "\npeer\tpublic key\tendpoint\tallowed ips\thandshake\trx bytes\ttx bytes")
+			fmt.Fprintln(tw, "\npeer\tpublic key\tendpoint\tallowed ips\thandshake\trx bytes\ttx bytes\ttcp sums out")
 			for _, p := range st.Peers {
 				hs := "never"
 				if !p.LastHandshake.IsZero() {
@@ -175,7 +179,11 @@ func statusCmd() *cobra.Command {
 				if name == "" {
 					name = "?"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%d\t%d\n", name, p.PublicKey, p.Endpoint, p.AllowedIPs, hs, p.RxBytes, p.TxBytes)
+				sums := "full"
+				if p.PartialTCPChecksum {
+					sums = "partial"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%d\t%d\t%s\n", name, p.PublicKey, p.Endpoint, p.AllowedIPs, hs, p.RxBytes, p.TxBytes, sums)
 			}
 			return tw.Flush()
 		},
