@@ -32,14 +32,7 @@ func BenchmarkAB(b *testing.B) {
 		b.Skip("needs -ab.old and -ab.new (weft binaries)")
 	}
 	lab.RequireRoot(b)
-	run := lab.RunPrefix()
-	nsA, nsB := run+"-va", run+"-vb"
-	cleanup, err := lab.NewVethPair(nsA, nsB,
-		netip.MustParsePrefix("198.18.0.201/24"), netip.MustParsePrefix("198.18.0.202/24"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(cleanup)
+	nsA, nsB := vethPair(b)
 	wgB := netip.MustParseAddr("10.255.250.2")
 	if err := startPlainWG(b, nsA, nsB); err != nil {
 		b.Fatal(err)
@@ -60,17 +53,7 @@ func BenchmarkAB(b *testing.B) {
 	}
 	install(*abOld)
 	l := lab.Setup(b, lab.Config{Cells: 2, WeftBin: weftBin})
-	ctA, ctB := l.Name("abA"), l.Name("abB")
-	if _, err := l.CreateContainer(1, "aba", ctA); err != nil {
-		b.Fatal(err)
-	}
-	ipB, err := l.CreateContainer(2, "abb", ctB)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if out, err := l.Weft(1, "add-network-policy", "aba", "abb", "--protocol", "tcp", "--port", "5201-5202"); err != nil {
-		b.Fatalf("add-network-policy: %v %s", err, out)
-	}
+	ctA, ctB, ipB := twoContainers(b, l, "aba", "abb", "5201-5202")
 	// d/b and d's Gbit/s of each round, by binary and stream count.
 	ratio := map[string]*[2][]float64{"old": {}, "new": {}}
 	gbps := map[string]*[2][]float64{"old": {}, "new": {}}

@@ -83,18 +83,11 @@ type rungResult map[string]float64
 
 func BenchmarkLadder(b *testing.B) {
 	lab.RequireRoot(b)
-	run := lab.RunPrefix()
 	base := rungResult{}
 	idle := sampleBusy(b, time.Second) // the machine's own load, for rung g
 
 	// The veth pair of rung a, also the underlay of rung b.
-	nsA, nsB := run+"-va", run+"-vb"
-	cleanup, err := lab.NewVethPair(nsA, nsB,
-		netip.MustParsePrefix("198.18.0.201/24"), netip.MustParsePrefix("198.18.0.202/24"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(cleanup)
+	nsA, nsB := vethPair(b)
 
 	// (b) plain wireguard-go over the veth pair.
 	wgB := netip.MustParseAddr("10.255.250.2")
@@ -791,6 +784,38 @@ func pingPong(b *testing.B, client, server string, dst netip.AddrPort) (p50, p99
 	slices.Sort(rtts)
 	q := func(p float64) float64 { return float64(rtts[int(p*float64(len(rtts)-1))]) / 1e3 }
 	return q(0.50), q(0.99)
+}
+
+// vethPair makes the veth pair of rung a between two namespaces of this
+// run, 198.18.0.201 and .202, removed when b ends.
+func vethPair(b *testing.B) (nsA, nsB string) {
+	run := lab.RunPrefix()
+	nsA, nsB = run+"-va", run+"-vb"
+	cleanup, err := lab.NewVethPair(nsA, nsB,
+		netip.MustParsePrefix("198.18.0.201/24"), netip.MustParsePrefix("198.18.0.202/24"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(cleanup)
+	return nsA, nsB
+}
+
+// twoContainers creates a container of app appA on cell 1 and one of appB
+// on cell 2, allows appA to reach appB on TCP ports, and returns the
+// containers' namespaces and appB's overlay IP.
+func twoContainers(b *testing.B, l *lab.Lab, appA, appB, ports string) (ctA, ctB string, ipB netip.Addr) {
+	ctA, ctB = l.Name(appA), l.Name(appB)
+	if _, err := l.CreateContainer(1, appA, ctA); err != nil {
+		b.Fatal(err)
+	}
+	ipB, err := l.CreateContainer(2, appB, ctB)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if out, err := l.Weft(1, "add-network-policy", appA, appB, "--protocol", "tcp", "--port", ports); err != nil {
+		b.Fatalf("add-network-policy %s %s: %v %s", appA, appB, err, out)
+	}
+	return ctA, ctB, ipB
 }
 
 // startPlainWG starts two plainwg processes, one in each namespace, peered

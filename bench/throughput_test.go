@@ -31,28 +31,11 @@ const perOp = 32 << 20
 // Gbit/s; weft also reports its ratio to veth measured in the same run.
 func BenchmarkThroughput(b *testing.B) {
 	lab.RequireRoot(b)
-	run := lab.RunPrefix()
 
-	nsA, nsB := run+"-va", run+"-vb"
-	cleanup, err := lab.NewVethPair(nsA, nsB,
-		netip.MustParsePrefix("198.18.0.201/24"), netip.MustParsePrefix("198.18.0.202/24"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(cleanup)
+	nsA, nsB := vethPair(b)
 
 	l := lab.Setup(b, lab.Config{Cells: 2, WeftBin: weftBin})
-	a, c := l.Name("benchA"), l.Name("benchB")
-	if _, err := l.CreateContainer(1, "benchA", a); err != nil {
-		b.Fatal(err)
-	}
-	ipB, err := l.CreateContainer(2, "benchB", c)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if out, err := l.Weft(1, "add-network-policy", "benchA", "benchB", "--protocol", "tcp", "--port", "5201"); err != nil {
-		b.Fatal(out, err)
-	}
+	a, c, ipB := twoContainers(b, l, "benchA", "benchB", "5201")
 
 	var vethGbps float64
 	b.Run("veth", func(b *testing.B) {
