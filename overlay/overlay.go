@@ -200,32 +200,30 @@ func (o *Overlay) SyncPeers(want []Peer) error {
 		return errors.New("overlay closed")
 	}
 	uapi, next, later := peerDiff(o.cfg.PrivateKey.PublicKey(), o.peers, want)
-	if uapi == "" {
-		o.peers = next // the same peers; Peer.PartialTCPChecksum may differ
-		o.setPartialPeers(want)
-		return nil
-	}
-	if err := o.dev.IpcSet(uapi); err != nil {
-		return fmt.Errorf("update WireGuard peers: %w", err)
-	}
-	if len(later) > 0 {
-		time.AfterFunc(KeepaliveDelay, func() { o.keepaliveOn(later) })
-	}
-	for k, p := range next {
-		if _, ok := o.peers[k]; !ok {
-			o.log.Info("peer added", "key", k.String(), "endpoint", p.Endpoint, "allowed_ips", p.AllowedIPs)
+	if uapi != "" {
+		if err := o.dev.IpcSet(uapi); err != nil {
+			return fmt.Errorf("update WireGuard peers: %w", err)
+		}
+		if len(later) > 0 {
+			time.AfterFunc(KeepaliveDelay, func() { o.keepaliveOn(later) })
+		}
+		for k, p := range next {
+			if _, ok := o.peers[k]; !ok {
+				o.log.Info("peer added", "key", k.String(), "endpoint", p.Endpoint, "allowed_ips", p.AllowedIPs)
+			}
+		}
+		for k, p := range o.peers {
+			if _, ok := next[k]; !ok {
+				o.log.Info("peer removed", "key", k.String(), "endpoint", p.Endpoint)
+			}
+		}
+		if o.gate != nil {
+			o.gate.setPeers(next)
 		}
 	}
-	for k, p := range o.peers {
-		if _, ok := next[k]; !ok {
-			o.log.Info("peer removed", "key", k.String(), "endpoint", p.Endpoint)
-		}
-	}
+	// Also without a UAPI change: Peer.PartialTCPChecksum may differ.
 	o.peers = next
-	if o.gate != nil {
-		o.gate.setPeers(next)
-	}
-	o.setPartialPeers(want)
+	o.setPartialPeersLocked()
 	return nil
 }
 

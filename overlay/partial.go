@@ -46,7 +46,7 @@ func (o *Overlay) initPartial(tdev tun.Device) {
 		return
 	}
 	o.partial.on = true
-	o.setPartialPeers(nil)
+	o.setPartialPeersLocked() // not yet shared: no peers, no lock needed
 }
 
 // AcceptsPartialTCPChecksum reports whether this cell's data plane accepts
@@ -54,13 +54,14 @@ func (o *Overlay) initPartial(tdev tun.Device) {
 // may announce mesh.FeatPartialTCPChecksum.
 func (o *Overlay) AcceptsPartialTCPChecksum() bool { return o.partial.on }
 
-// setPartialPeers recomputes the destinations from the configured peers.
-func (o *Overlay) setPartialPeers(peers []Peer) {
+// setPartialPeersLocked recomputes the destinations from the configured
+// peers, o.peers (o.mu held).
+func (o *Overlay) setPartialPeersLocked() {
 	if !o.partial.on {
 		return
 	}
 	dsts := []netip.Prefix{o.cfg.LocalSubnet}
-	for _, p := range peers {
+	for _, p := range o.peers {
 		if p.PartialTCPChecksum {
 			dsts = append(dsts, p.AllowedIPs...)
 		}

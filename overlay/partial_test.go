@@ -3,6 +3,8 @@ package overlay
 import (
 	"net/netip"
 	"testing"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 func TestPartialTCPDestinations(t *testing.T) {
@@ -10,10 +12,18 @@ func TestPartialTCPDestinations(t *testing.T) {
 		{AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.255.2.0/24")}, PartialTCPChecksum: true},
 		{AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.255.3.0/24")}}, // announces nothing
 	}
+	setPeers := func(o *Overlay) {
+		o.peers = make(map[wgtypes.Key]Peer)
+		for i, p := range peers {
+			p.PublicKey[0] = byte(i + 1)
+			o.peers[p.PublicKey] = p
+		}
+		o.setPartialPeersLocked()
+	}
 	newOverlay := func(on bool) *Overlay {
 		o := &Overlay{cfg: Config{LocalSubnet: netip.MustParsePrefix("10.255.1.0/24")}}
 		o.partial.on = on
-		o.setPartialPeers(peers)
+		setPeers(o)
 		return o
 	}
 	o := newOverlay(true)
@@ -34,7 +44,7 @@ func TestPartialTCPDestinations(t *testing.T) {
 	}
 	// The peer stops announcing it.
 	peers[0].PartialTCPChecksum = false
-	o.setPartialPeers(peers)
+	setPeers(o)
 	if o.partial.accepts([]byte{10, 255, 2, 7}) {
 		t.Error("accepts a peer that no longer announces it")
 	}
