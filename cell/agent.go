@@ -195,6 +195,7 @@ func (a *Agent) startOverlay(subnet netip.Prefix) error {
 	a.mu.Unlock()
 	ocfg.TUNBackend = a.cfg.TUNBackend
 	ocfg.PartialTCPChecksums = a.cfg.PartialTCPChecksums
+	ocfg.DNS = a.cfg.DNSAddr
 	ocfg.Logger = a.log
 	ov, err := overlay.New(ocfg)
 	if err != nil {
@@ -316,7 +317,45 @@ func (a *Agent) compileLocked() {
 		}))
 		a.compiled = in
 	}
+	a.syncGuardLocked()
 	a.updateDNSLocked()
+}
+
+// syncGuardLocked binds each local container's address to its host veth in
+// the overlay's guard (overlay/guard_linux.go), so that a container can send
+// only from its own address. It runs with every compile, the periodic one
+// included, which also repairs a table that was removed from the kernel.
+func (a *Agent) syncGuardLocked() {
+	if a.ov == nil {
+		return
+	}
+	var want []overlay.GuardEntry
+	for _, e := range a.localContainers() {
+		want = append(want, overlay.GuardEntry{Veth: overlay.HostVethName(e.Name), IP: e.IP})
+	}
+	if _, err := a.ov.SyncGuard(want); err != nil {
+		a.log.Error("container source binding (nftables) not applied", "err", err)
+	}
+}
+
+// denials returns the packets dropped on this cell by reason: the policy
+// engine's verdicts and the guard's kernel counters together (a spoofed
+// source is counted as "spoofed" whichever of the two caught it).
+func (a *Agent) denials() map[string]uint64 {
+	out := map[string]uint64{}
+	for v, n := range a.engine.Counters().All() {
+		if !v.Allowed() {
+			out[v.String()] += n
+		}
+	}
+	if ov := a.overlay(); ov != nil {
+		if g, err := ov.GuardCounters(); err == nil {
+			out[overlay.GuardSpoofed] += g.Spoofed
+			out[overlay.GuardToCell] += g.ToCell
+			out[overlay.GuardNotIPv4] += g.NotIPv4
+		}
+	}
+	return out
 }
 
 // tableInputs are what a policy table is compiled from.

@@ -27,6 +27,7 @@ import (
 //
 //	weft_packets_allowed_total{verdict}      packets passed: accept (inbound/outbound), accept_local (hair-pin)
 //	weft_packets_denied_total{reason}        packets dropped, by verdict (no_policy, revoked, spoofed, ...)
+//	                                         and by the kernel guard (spoofed, to_cell, not_ipv4)
 //	weft_rejects_sent_total                  TCP RST / ICMP unreachable built for denied packets
 //	weft_rejects_limited_total               rejects suppressed by the per-source rate limit
 //	weft_conntrack_entries                   tracked flows
@@ -112,9 +113,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for v, n := range cnt.All() {
 		if v.Allowed() {
 			counter(descAllowed, n, v.String())
-		} else {
-			counter(descDenied, n, v.String())
 		}
+	}
+	for reason, n := range a.denials() {
+		counter(descDenied, n, reason)
 	}
 	counter(descRejectsSent, cnt.RejectsSent)
 	counter(descRejectsLimited, cnt.RejectsLimited)

@@ -92,8 +92,13 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 		st.Members = append(st.Members, mm)
 	}
 	for v, n := range a.engine.Counters().All() {
-		if n > 0 {
+		if n > 0 && v.Allowed() {
 			st.Verdicts[v.String()] = n
+		}
+	}
+	for reason, n := range a.denials() {
+		if n > 0 {
+			st.Verdicts[reason] = n
 		}
 	}
 	a.mu.Lock()

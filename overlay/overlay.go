@@ -45,7 +45,10 @@ type Config struct {
 	// of summing every segment (partial.go). It needs the wireguard TUN
 	// backend; see Overlay.AcceptsPartialTCPChecksum.
 	PartialTCPChecksums bool
-	Logger              *slog.Logger
+	// DNS is the cell's DNS service address, the one address of the cell
+	// its containers may reach (guard_linux.go); invalid: none.
+	DNS    netip.Addr
+	Logger *slog.Logger
 }
 
 // DefaultConfig returns the defaults; callers fill in keys, subnet and filter.
@@ -83,6 +86,7 @@ type Overlay struct {
 	uapi net.Listener
 
 	backend string // TUN backend in use
+	guard   *guard // the nftables table that fences containers
 	partial partialTCP
 
 	mu     sync.Mutex
@@ -162,10 +166,27 @@ func New(cfg Config) (*Overlay, error) {
 	if err := setupRouting(cfg); err != nil {
 		return fail(fmt.Errorf("routing for %s: %w", cfg.Interface, err))
 	}
+	o.guard = newGuard(cfg.Interface, cfg.DNS, cfg.ListenPort)
+	if err := o.guard.install(); err != nil {
+		return fail(err)
+	}
 	log.Info("data plane up", "mtu", cfg.MTU, "listen_port", cfg.ListenPort,
 		"subnet", cfg.LocalSubnet, "tun_backend", backend, "offloads", tdev.BatchSize() > 1,
 		"message_buffers", nbufs)
 	return o, nil
+}
+
+// SyncGuard makes the guard's (veth, address) bindings equal to want: a
+// packet from a container veth with any other source is dropped and
+// counted. It reports whether the kernel's set changed. It also re-installs
+// the guard's table if something removed it.
+func (o *Overlay) SyncGuard(want []GuardEntry) (bool, error) {
+	return o.guard.Sync(want)
+}
+
+// GuardCounters returns the packets the guard dropped, by reason.
+func (o *Overlay) GuardCounters() (GuardCounters, error) {
+	return o.guard.Counters()
 }
 
 // serveUAPI answers wg(8) and wgctrl on the UAPI socket until Close.

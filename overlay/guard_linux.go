@@ -1,0 +1,376 @@
+package overlay
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// The guard is the part of the data path the kernel enforces before a packet
+// reaches weft0: an nftables table ("inet weft") that weft owns in the
+// cell's network namespace. It binds every container's source address to the
+// veth it entered by, as WireGuard binds a peer's source addresses to its
+// key, and keeps containers off the cell's own addresses and the underlay:
+//
+//	table inet weft {
+//	  set containers { type ifname . ipv4_addr }   # host veth . container IP
+//	  chain prerouting { type filter hook prerouting priority raw
+//	    iifname "wc*" meta nfproto != ipv4              counter not_ipv4 drop
+//	    iifname "wc*" iifname . ip saddr != @containers counter spoofed  drop
+//	    iifname "wc*"  fib daddr type != local          notrack
+//	    iifname WEFT0  fib daddr type != local          notrack
+//	    udp dport WG_PORT                               notrack
+//	  }
+//	  chain output { type filter hook output priority raw
+//	    udp sport WG_PORT                               notrack
+//	  }
+//	  chain input { type filter hook input priority filter
+//	    iifname "wc*" ip daddr DNS udp dport 53 accept
+//	    iifname "wc*" ip daddr DNS tcp dport 53 accept
+//	    iifname "wc*" ct state established,related accept
+//	    iifname "wc*"                                   counter to_cell drop
+//	  }
+//	  chain forward { type filter hook forward priority filter
+//	    iifname "wc*" oifname != WEFT0                  counter to_cell drop
+//	  }
+//	}
+//
+// The spoofing check runs at the raw priority, before connection tracking
+// and routing, so a packet that lies about its source never creates state
+// anywhere. Connection tracking is needed only for the cell's own
+// connections to its containers (the input chain lets their replies in);
+// overlay forwarding and WireGuard's UDP are exempt from it (notrack), so
+// the data path pays for no conntrack lookup. The set is replaced in one
+// transaction, so a container never sees a window without its entry.
+//
+// The table stays when the agent stops: containers outlive the agent, and
+// they stay fenced while it is away. A restarted agent keeps the set it
+// finds and replaces the rest of the table in one transaction.
+
+// GuardTable is the name of weft's nftables table (family inet).
+const GuardTable = "weft"
+
+// Counter names in the table, also the reasons weft reports them under.
+const (
+	GuardSpoofed = "spoofed"  // IPv4 source is not the container's of that veth
+	GuardToCell  = "to_cell"  // a container addressed the cell or the underlay
+	GuardNotIPv4 = "not_ipv4" // a container sent a non-IPv4 packet
+)
+
+// containerVethPrefix is what every container's host veth name starts with
+// (HostVethName).
+const containerVethPrefix = "wc"
+
+// GuardEntry binds a container's overlay address to its host-side veth.
+type GuardEntry struct {
+	Veth string // host-side veth name (HostVethName)
+	IP   netip.Addr
+}
+
+// GuardCounters are the packets the guard dropped, by reason.
+type GuardCounters struct {
+	Spoofed uint64
+	ToCell  uint64
+	NotIPv4 uint64
+}
+
+// guard owns the "inet weft" table. Its methods are safe for concurrent use.
+type guard struct {
+	iface   string
+	dns     netip.Addr // the cell's DNS service address (invalid: none)
+	wgPort  uint16
+	table   *nftables.Table
+	setType nftables.SetDatatype
+
+	mu   sync.Mutex
+	last []GuardEntry // guarded by mu: the set as last written, sorted
+}
+
+func newGuard(iface string, dns netip.Addr, wgPort int) *guard {
+	return &guard{
+		iface:   iface,
+		dns:     dns,
+		wgPort:  uint16(wgPort),
+		table:   &nftables.Table{Family: nftables.TableFamilyINet, Name: GuardTable},
+		setType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr),
+	}
+}
+
+func (g *guard) set() *nftables.Set {
+	return &nftables.Set{Table: g.table, Name: "containers", KeyType: g.setType, Concatenation: true}
+}
+
+// install replaces the table with weft's current rules in one transaction.
+// The set keeps the entries of the table it replaces, so that the
+// containers of a restarted agent are not cut off until it syncs.
+func (g *guard) install() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	keep, _ := g.readLocked(c) // none if the table is new
+	if t, _ := c.ListTableOfFamily(GuardTable, nftables.TableFamilyINet); t != nil {
+		c.DelTable(g.table)
+	}
+	if err := g.buildLocked(c, keep); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: install table inet %s: %w", GuardTable, err)
+	}
+	g.last = keep
+	return nil
+}
+
+// buildLocked queues the whole table with entries in the set.
+func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
+	t := c.AddTable(g.table)
+	for _, name := range []string{GuardSpoofed, GuardToCell, GuardNotIPv4} {
+		c.AddObj(&nftables.CounterObj{Table: t, Name: name})
+	}
+	set := g.set()
+	if err := c.AddSet(set, g.elements(entries)); err != nil {
+		return fmt.Errorf("nftables: set: %w", err)
+	}
+	chain := func(name string, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
+		return c.AddChain(&nftables.Chain{Name: name, Table: t, Type: nftables.ChainTypeFilter, Hooknum: hook, Priority: prio})
+	}
+	rule := func(ch *nftables.Chain, exprs ...[]expr.Any) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: slices.Concat(exprs...)})
+	}
+
+	pre := chain("prerouting", nftables.ChainHookPrerouting, nftables.ChainPriorityRaw)
+	rule(pre, fromContainer(), nfproto(expr.CmpOpNeq, unix.NFPROTO_IPV4), countDrop(GuardNotIPv4))
+	rule(pre, fromContainer(), []expr.Any{
+		// iifname . ip saddr: ifname in registers 8-11, saddr in 12.
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 8},
+		&expr.Payload{DestRegister: 12, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Lookup{SourceRegister: 8, SetName: set.Name, SetID: set.ID, Invert: true},
+	}, countDrop(GuardSpoofed))
+	rule(pre, fromContainer(), notLocalDst(), notrack())
+	rule(pre, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, g.iface), notLocalDst(), notrack())
+	if g.wgPort != 0 {
+		rule(pre, udpPort(2, g.wgPort), notrack())
+		out := chain("output", nftables.ChainHookOutput, nftables.ChainPriorityRaw)
+		rule(out, udpPort(0, g.wgPort), notrack())
+	}
+
+	in := chain("input", nftables.ChainHookInput, nftables.ChainPriorityFilter)
+	if g.dns.Is4() {
+		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+			rule(in, fromContainer(), []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: g.dns.AsSlice()},
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 53}},
+			}, accept())
+		}
+	}
+	rule(in, fromContainer(), []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binary.NativeEndian.AppendUint32(nil, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+			Xor:  []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+	}, accept())
+	rule(in, fromContainer(), countDrop(GuardToCell))
+
+	fwd := chain("forward", nftables.ChainHookForward, nftables.ChainPriorityFilter)
+	rule(fwd, fromContainer(), ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, g.iface), countDrop(GuardToCell))
+	return nil
+}
+
+// Sync makes the set of (veth, address) bindings equal to want. It writes
+// only when want differs from what the kernel has, and re-installs the
+// whole table if it is gone (an operator's `nft flush ruleset`). It returns
+// whether it changed anything.
+func (g *guard) Sync(want []GuardEntry) (changed bool, err error) {
+	want = sortEntries(want)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	c, err := nftables.New()
+	if err != nil {
+		return false, fmt.Errorf("nftables: %w", err)
+	}
+	have, err := g.readLocked(c)
+	if err != nil {
+		// The table or its set is gone: build it again.
+		if err := g.buildLocked(c, want); err != nil {
+			return false, err
+		}
+		if err := c.Flush(); err != nil {
+			return false, fmt.Errorf("nftables: re-install table inet %s: %w", GuardTable, err)
+		}
+		g.last = want
+		return true, nil
+	}
+	if slices.Equal(have, want) {
+		g.last = want
+		return false, nil
+	}
+	set := g.set()
+	c.FlushSet(set)
+	if len(want) > 0 {
+		if err := c.SetAddElements(set, g.elements(want)); err != nil {
+			return false, fmt.Errorf("nftables: set elements: %w", err)
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return false, fmt.Errorf("nftables: update set containers: %w", err)
+	}
+	g.last = want
+	return true, nil
+}
+
+// Entries returns the bindings the kernel holds, sorted.
+func (g *guard) Entries() ([]GuardEntry, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	c, err := nftables.New()
+	if err != nil {
+		return nil, err
+	}
+	return g.readLocked(c)
+}
+
+func (g *guard) readLocked(c *nftables.Conn) ([]GuardEntry, error) {
+	set, err := c.GetSetByName(g.table, "containers")
+	if err != nil {
+		return nil, err
+	}
+	els, err := c.GetSetElements(set)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]GuardEntry, 0, len(els))
+	for _, e := range els {
+		if len(e.Key) < unix.IFNAMSIZ+4 {
+			continue
+		}
+		name := string(bytes.TrimRight(e.Key[:unix.IFNAMSIZ], "\x00"))
+		ip, _ := netip.AddrFromSlice(e.Key[unix.IFNAMSIZ : unix.IFNAMSIZ+4])
+		out = append(out, GuardEntry{Veth: name, IP: ip})
+	}
+	return sortEntries(out), nil
+}
+
+// Counters reads the guard's drop counters from the kernel.
+func (g *guard) Counters() (GuardCounters, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return GuardCounters{}, err
+	}
+	objs, err := c.GetObjects(g.table)
+	if err != nil {
+		return GuardCounters{}, err
+	}
+	var out GuardCounters
+	for _, o := range objs {
+		co, ok := o.(*nftables.CounterObj)
+		if !ok {
+			continue
+		}
+		switch co.Name {
+		case GuardSpoofed:
+			out.Spoofed = co.Packets
+		case GuardToCell:
+			out.ToCell = co.Packets
+		case GuardNotIPv4:
+			out.NotIPv4 = co.Packets
+		}
+	}
+	return out, nil
+}
+
+func (g *guard) elements(entries []GuardEntry) []nftables.SetElement {
+	out := make([]nftables.SetElement, 0, len(entries))
+	for _, e := range entries {
+		if !e.IP.Is4() || len(e.Veth) == 0 || len(e.Veth) >= unix.IFNAMSIZ {
+			continue
+		}
+		key := make([]byte, unix.IFNAMSIZ, unix.IFNAMSIZ+4)
+		copy(key, e.Veth)
+		key = append(key, e.IP.AsSlice()...)
+		out = append(out, nftables.SetElement{Key: key})
+	}
+	return out
+}
+
+func sortEntries(es []GuardEntry) []GuardEntry {
+	es = slices.Clone(es)
+	slices.SortFunc(es, func(a, b GuardEntry) int {
+		if a.Veth != b.Veth {
+			if a.Veth < b.Veth {
+				return -1
+			}
+			return 1
+		}
+		return a.IP.Compare(b.IP)
+	})
+	return slices.Compact(es)
+}
+
+// Expression helpers. Register 1 is scratch; the concatenation above uses
+// 8-12.
+
+func fromContainer() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(containerVethPrefix)},
+	}
+}
+
+func ifname(key expr.MetaKey, op expr.CmpOp, name string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: op, Register: 1, Data: append([]byte(name), 0)},
+	}
+}
+
+func nfproto(op expr.CmpOp, proto byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: op, Register: 1, Data: []byte{proto}},
+	}
+}
+
+// notLocalDst: the destination is not an address of this cell.
+func notLocalDst() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, unix.RTN_LOCAL)},
+	}
+}
+
+// udpPort matches UDP with the port at offset off of the UDP header (0:
+// source, 2: destination).
+func udpPort(off uint32, port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
+	}
+}
+
+func countDrop(counter string) []expr.Any {
+	return []expr.Any{
+		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: counter},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
+}
+
+func accept() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}} }
+
+func notrack() []expr.Any { return []expr.Any{&expr.Notrack{}} }

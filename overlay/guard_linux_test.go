@@ -1,0 +1,97 @@
+package overlay
+
+import (
+	"net/netip"
+	"os/exec"
+	"slices"
+	"testing"
+
+	"github.com/google/nftables"
+
+	"github.com/weft-net/weft/internal/lab"
+)
+
+// inScratchNetns runs fn in a new network namespace, removed afterwards.
+func inScratchNetns(t *testing.T, fn func() error) {
+	t.Helper()
+	lab.RequireRoot(t)
+	ns := lab.RunPrefix() + "-guard"
+	exec.Command("ip", "netns", "del", ns).Run() // a leftover of this pid
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
+	}
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	if err := lab.InNetns(ns, fn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestGuardSyncAndRepair(t *testing.T) {
+	inScratchNetns(t, func() error {
+		g := newGuard("weftg0", netip.MustParseAddr("169.254.0.2"), 51820)
+		if err := g.install(); err != nil {
+			t.Fatalf("install: %v", err)
+		}
+		want := []GuardEntry{
+			{Veth: HostVethName("b"), IP: netip.MustParseAddr("10.255.1.3")},
+			{Veth: HostVethName("a"), IP: netip.MustParseAddr("10.255.1.2")},
+		}
+		if changed, err := g.Sync(want); err != nil || !changed {
+			t.Fatalf("first Sync: changed %v, err %v; want a change", changed, err)
+		}
+		if changed, err := g.Sync(slices.Clone(want)); err != nil || changed {
+			t.Fatalf("same Sync again: changed %v, err %v; want no change", changed, err)
+		}
+		have, err := g.Entries()
+		if err != nil || !slices.Equal(have, sortEntries(want)) {
+			t.Fatalf("kernel holds %v (err %v), want %v", have, err, sortEntries(want))
+		}
+
+		// A restarted agent keeps the bindings it finds.
+		g2 := newGuard("weftg0", netip.MustParseAddr("169.254.0.2"), 51820)
+		if err := g2.install(); err != nil {
+			t.Fatalf("second install: %v", err)
+		}
+		if have, _ := g2.Entries(); !slices.Equal(have, sortEntries(want)) {
+			t.Fatalf("after re-install the kernel holds %v, want %v", have, sortEntries(want))
+		}
+
+		// An operator's `nft flush ruleset`: the next Sync builds it again.
+		c, err := nftables.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.FlushRuleset()
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g2.Entries(); err == nil {
+			t.Fatal("table still there after flush ruleset")
+		}
+		want = want[:1]
+		if changed, err := g2.Sync(want); err != nil || !changed {
+			t.Fatalf("Sync after flush: changed %v, err %v; want a change", changed, err)
+		}
+		if have, _ := g2.Entries(); !slices.Equal(have, want) {
+			t.Fatalf("after repair the kernel holds %v, want %v", have, want)
+		}
+		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, ch := range chains {
+			if ch.Table.Name == GuardTable {
+				names = append(names, ch.Name)
+			}
+		}
+		slices.Sort(names)
+		if !slices.Equal(names, []string{"forward", "input", "output", "prerouting"}) {
+			t.Fatalf("chains after repair: %v", names)
+		}
+		if cnt, err := g2.Counters(); err != nil || cnt != (GuardCounters{}) {
+			t.Fatalf("counters: %+v, %v; want zeros", cnt, err)
+		}
+		return nil
+	})
+}
