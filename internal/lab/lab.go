@@ -204,8 +204,11 @@ func (l *Lab) build() error {
 		}
 		l.sockDir = dir
 	}
+	// Leftovers of dead runs have other prefixes than ours, so they cannot
+	// collide with this lab; failing to remove one (another lab removing
+	// it at the same moment: EBUSY, ENOENT) is logged, not fatal.
 	if err := CleanupStale(l.cfg.Logf); err != nil {
-		return err
+		l.cfg.Logf("lab: stale cleanup (not ours, continuing): %v", err)
 	}
 	if err := l.createUnderlay(); err != nil {
 		return err
