@@ -78,6 +78,11 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	if after := verdict(t, l, 1, "spoofed"); after < before+7 {
 		t.Fatalf("cell 1 counted %d spoofed packets (from %d), want at least 7 more (3 UDP, 3 raw, 1+ TCP SYN)", after, before)
 	}
+	// Cell 2 saw only honest traffic: spoofed means something only if it
+	// stays 0 there.
+	if n := verdict(t, l, 2, "spoofed"); n != 0 {
+		t.Errorf("cell 2 counted %d spoofed packets, want 0", n)
+	}
 }
 
 // TestContainerCannotReachCell: a container reaches none of its cell's own
