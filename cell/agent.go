@@ -204,6 +204,7 @@ func (a *Agent) startOverlay(subnet netip.Prefix) error {
 	}
 	a.mu.Lock()
 	a.ov = ov
+	a.recoverContainersLocked()
 	a.compileLocked()
 	a.mu.Unlock()
 	if ov.AcceptsPartialTCPChecksum() {
