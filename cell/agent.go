@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -203,6 +205,7 @@ func (a *Agent) startOverlay(subnet netip.Prefix) error {
 	}
 	a.mu.Lock()
 	a.ov = ov
+	a.recoverContainersLocked()
 	a.compileLocked()
 	a.mu.Unlock()
 	if ov.AcceptsPartialTCPChecksum() {
@@ -425,20 +428,20 @@ func underlayMTU(addr netip.Addr, log *slog.Logger) int {
 	return 1500
 }
 
-// listenSocket listens on the API socket, root-only. A socket that another
-// agent still serves is an error; a stale one is replaced.
+// listenSocket listens on the API socket, root-only. Whatever is at path
+// already is removed only when it is a stale socket (a unix socket nobody
+// answers on); a socket another agent serves, or anything else (a regular
+// file, a directory, a symlink), is an error and stays as it was.
 func listenSocket(path string) (net.Listener, error) {
 	if path == "" {
 		return nil, errors.New("--socket is required")
 	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("socket %s is already served by another agent: stop it or choose another --socket", path)
+	if err := removeStaleSocket(path); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create socket dir: %w", err)
 	}
-	os.Remove(path)
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
@@ -448,4 +451,46 @@ func listenSocket(path string) (net.Listener, error) {
 		return nil, err
 	}
 	return ln, nil
+}
+
+// removeStaleSocket removes path if it is a unix socket that refuses
+// connections; nothing there is fine too.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("--socket %s: %w", path, err)
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("--socket %s: there is %s there, not a socket: refusing to replace it (remove it yourself or choose another --socket)",
+			path, describeFile(fi))
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	switch {
+	case err == nil:
+		c.Close()
+		return fmt.Errorf("socket %s is already served by another agent: stop it or choose another --socket", path)
+	case !errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("--socket %s: cannot tell whether the socket there is stale (%v): refusing to replace it", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	return nil
+}
+
+// describeFile names the kind of file fi is, for error messages.
+func describeFile(fi fs.FileInfo) string {
+	switch t := fi.Mode().Type(); {
+	case t == 0:
+		return fmt.Sprintf("a regular file (%d bytes)", fi.Size())
+	case t&fs.ModeDir != 0:
+		return "a directory"
+	case t&fs.ModeSymlink != 0:
+		return "a symlink"
+	default:
+		return "a " + t.String() + " file"
+	}
 }

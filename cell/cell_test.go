@@ -19,17 +19,25 @@ import (
 
 func TestFreeIP(t *testing.T) {
 	subnet := netip.MustParsePrefix("10.255.7.0/30") // .0 net, .1 cell, .2 first container, .3 broadcast
-	ip, ok := freeIP(subnet, nil)
+	ip, ok := freeIP(subnet, nil, nil)
 	if !ok || ip != netip.MustParseAddr("10.255.7.2") {
 		t.Fatalf("first free = %v %v, want 10.255.7.2", ip, ok)
 	}
-	if ip, ok := freeIP(subnet, []mesh.Endpoint{{IP: ip}}); ok {
+	if ip, ok := freeIP(subnet, []mesh.Endpoint{{IP: ip}}, nil); ok {
+		t.Fatalf("full /30 gave %v", ip)
+	}
+	if ip, ok := freeIP(subnet, nil, []netip.Addr{ip}); ok {
 		t.Fatalf("full /30 gave %v", ip)
 	}
 	subnet = netip.MustParsePrefix("10.255.1.0/24")
 	used := []mesh.Endpoint{{IP: netip.MustParseAddr("10.255.1.2")}, {IP: netip.MustParseAddr("10.255.1.4")}}
-	if ip, _ := freeIP(subnet, used); ip != netip.MustParseAddr("10.255.1.3") {
+	if ip, _ := freeIP(subnet, used, nil); ip != netip.MustParseAddr("10.255.1.3") {
 		t.Fatalf("gap not reused: %v", ip)
+	}
+	// An address still routed to a veth is not handed out, registered or not.
+	routed := []netip.Addr{netip.MustParseAddr("10.255.1.3"), netip.MustParseAddr("10.255.1.5")}
+	if ip, _ := freeIP(subnet, used, routed); ip != netip.MustParseAddr("10.255.1.6") {
+		t.Fatalf("routed addresses reused: %v", ip)
 	}
 }
 

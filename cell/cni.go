@@ -75,8 +75,12 @@ func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	ip, ok := freeIP(a.mesh.Subnet(), local)
-	if !ok {
+	ip, ok, err := a.freeIPLocked(local)
+	switch {
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, "pick an address: %v", err)
+		return
+	case !ok:
 		writeError(w, http.StatusInsufficientStorage, "subnet %v of cell %s is full", a.mesh.Subnet(), a.cfg.Name)
 		return
 	}
@@ -86,6 +90,11 @@ func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, "attach container %s: %v", req.ContainerID, err)
 		return
 	case err != nil:
+		writeError(w, http.StatusInternalServerError, "attach container %s: %v", req.ContainerID, err)
+		return
+	}
+	if err := a.labelLocked(req.ContainerID, req.App); err != nil {
+		a.ov.DetachNetns(req.ContainerID)
 		writeError(w, http.StatusInternalServerError, "attach container %s: %v", req.ContainerID, err)
 		return
 	}
@@ -120,6 +129,7 @@ func (a *Agent) attachmentOf(id, app string, att overlay.Attachment) Attachment 
 func (a *Agent) handleGetAttachment(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	nsPath, ifname := r.URL.Query().Get("netns"), r.URL.Query().Get("ifname")
+	a.waitRecovered(r.Context())
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, e := range a.localContainers() {
@@ -147,6 +157,7 @@ func (a *Agent) handleGetAttachment(w http.ResponseWriter, r *http.Request) {
 // again, or for a container that never was, is not an error (CNI DEL).
 func (a *Agent) handleDetach(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	a.waitRecovered(r.Context())
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	e, found, err := a.unregisterLocked(id)

@@ -65,6 +65,7 @@ func readJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) b
 }
 
 func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
+	a.waitRecovered(r.Context())
 	rules := a.mesh.Policies()
 	st := Status{
 		Name:       a.cfg.Name,
@@ -156,6 +157,7 @@ func readPeers(iface string) ([]Peer, error) {
 }
 
 func (a *Agent) handleListContainers(w http.ResponseWriter, r *http.Request) {
+	a.waitRecovered(r.Context())
 	out := []Container{}
 	for _, e := range a.localContainers() {
 		out = append(out, Container{Name: e.Name, App: e.App, IP: e.IP.String()})
@@ -199,8 +201,12 @@ func (a *Agent) handleCreateContainer(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	ip, ok := freeIP(a.mesh.Subnet(), local)
-	if !ok {
+	ip, ok, err := a.freeIPLocked(local)
+	switch {
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, "pick an address: %v", err)
+		return
+	case !ok:
 		writeError(w, http.StatusInsufficientStorage, "subnet %v of cell %s is full", a.mesh.Subnet(), a.cfg.Name)
 		return
 	}
@@ -209,6 +215,11 @@ func (a *Agent) handleCreateContainer(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusConflict, "container name %q already in use: %v", req.Name, err)
 			return
 		}
+		writeError(w, http.StatusInternalServerError, "attach container %s: %v", req.Name, err)
+		return
+	}
+	if err := a.labelLocked(req.Name, req.App); err != nil {
+		a.ov.DetachContainer(req.Name)
 		writeError(w, http.StatusInternalServerError, "attach container %s: %v", req.Name, err)
 		return
 	}
@@ -225,12 +236,16 @@ func (a *Agent) handleCreateContainer(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, Container{Name: req.Name, App: req.App, IP: ip.String()})
 }
 
-// freeIP is the lowest address of subnet not used by a container, skipping
-// the network address, .1 (reserved for the cell) and the broadcast address.
-func freeIP(subnet netip.Prefix, used []mesh.Endpoint) (netip.Addr, bool) {
-	taken := make(map[netip.Addr]bool, len(used))
+// freeIP is the lowest address of subnet neither used by a registered
+// container nor routed (to a veth still attached), skipping the network
+// address, .1 (reserved for the cell) and the broadcast address.
+func freeIP(subnet netip.Prefix, used []mesh.Endpoint, routed []netip.Addr) (netip.Addr, bool) {
+	taken := make(map[netip.Addr]bool, len(used)+len(routed))
 	for _, e := range used {
 		taken[e.IP] = true
+	}
+	for _, ip := range routed {
+		taken[ip] = true
 	}
 	ip := subnet.Masked().Addr().Next().Next()
 	for ; subnet.Contains(ip); ip = ip.Next() {
@@ -246,6 +261,7 @@ func freeIP(subnet netip.Prefix, used []mesh.Endpoint) (netip.Addr, bool) {
 
 func (a *Agent) handleDeleteContainer(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	a.waitRecovered(r.Context())
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	e, found, err := a.unregisterLocked(name)

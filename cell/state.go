@@ -27,7 +27,7 @@ type InitResult struct {
 	PublicKey       wgtypes.Key
 }
 
-// Init makes stateDir with a cluster key (copied from clusterKeyFile when it
+// Init makes stateDir (0700; an existing one must pass CheckStateDir) with a cluster key (copied from clusterKeyFile when it
 // is not empty) and a WireGuard private key. Existing keys are kept; a
 // cluster key that differs from the one to copy is an error and nothing is
 // changed.
@@ -43,6 +43,17 @@ func Init(stateDir, clusterKeyFile string) (*InitResult, error) {
 		}
 		want = k
 	}
+	// An existing dir is checked before anything in it is read; a new one
+	// (0700) for its parent.
+	if err := CheckStateDir(stateDir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	if err := CheckStateDir(stateDir); err != nil {
+		return nil, err
+	}
 	ckPath := filepath.Join(stateDir, ClusterKeyFile)
 	have, err := readClusterKey(ckPath)
 	switch {
@@ -50,9 +61,6 @@ func Init(stateDir, clusterKeyFile string) (*InitResult, error) {
 		return nil, fmt.Errorf("%s exists and differs from %s: remove it first to change the cluster key", ckPath, clusterKeyFile)
 	case err != nil && !errors.Is(err, os.ErrNotExist):
 		return nil, err
-	}
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create state dir: %w", err)
 	}
 	res := &InitResult{StateDir: stateDir}
 	if have == nil {
@@ -91,9 +99,13 @@ type Keys struct {
 	WireGuard wgtypes.Key
 }
 
-// LoadKeys reads the keys of stateDir; an uninitialised dir is an error that
-// says what to run.
+// LoadKeys checks stateDir (CheckStateDir: its owner and modes, and those
+// of every file the agent reads from it) and reads its keys; an
+// uninitialised dir is an error that says what to run.
 func LoadKeys(stateDir string) (*Keys, error) {
+	if err := CheckStateDir(stateDir); err != nil {
+		return nil, err
+	}
 	ck, err := readClusterKey(filepath.Join(stateDir, ClusterKeyFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("state dir %s has no %s: run `weft init --state-dir %s` first", stateDir, ClusterKeyFile, stateDir)

@@ -19,6 +19,14 @@ const (
 	stateVersion  = 1
 )
 
+// StateFiles are the files the mesh keeps in Config.StateDir (the agent
+// checks their owner and mode before it starts); SecretStateFiles are the
+// ones among them that hold keys.
+var (
+	StateFiles       = []string{leaseFileName, stateFileName, keyringFileName}
+	SecretStateFiles = []string{keyringFileName}
+)
+
 // leaseFileData is lease.json: the subnet this cell held last.
 type leaseFileData struct {
 	Subnet netip.Prefix `json:"subnet,omitzero"`
