@@ -13,6 +13,7 @@ import (
 	"runtime"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -179,6 +180,12 @@ func configureContainerSide(ns netns.NsHandle, peerName, ifname string, ip netip
 	}
 	if err := h.AddrAdd(eth, &netlink.Addr{IPNet: hostNet(ip)}); err != nil {
 		return nil, fmt.Errorf("address %v: %w", ip, err)
+	}
+	// The overlay is IPv4: no IPv6 link-local address, so the interface
+	// sends no router solicitations or neighbour discovery, which the
+	// cell's guard would only drop (not_ipv4).
+	if err := h.LinkSetIP6AddrGenMode(eth, nl.IN6_ADDR_GEN_MODE_NONE); err != nil && !errors.Is(err, unix.EAFNOSUPPORT) {
+		return nil, fmt.Errorf("IPv6 address generation off on %s: %w", ifname, err)
 	}
 	if err := h.LinkSetUp(eth); err != nil {
 		return nil, err

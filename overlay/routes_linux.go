@@ -33,9 +33,6 @@ func setupRouting(cfg Config) error {
 	if err := netlink.LinkSetMTU(link, cfg.MTU); err != nil {
 		return fmt.Errorf("set MTU %d on %s: %w", cfg.MTU, cfg.Interface, err)
 	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("bring %s up: %w", cfg.Interface, err)
-	}
 	// The cell's own address: the first host of its subnet, on weft0. The
 	// kernel's reverse-path check fails for every packet arriving on an
 	// interface without an address (even in loose mode) whose source is
@@ -64,6 +61,12 @@ func setupRouting(cfg Config) error {
 		if err := writeSysctl(s.path, s.value); err != nil && !(s.optional && errors.Is(err, fs.ErrNotExist)) {
 			return err
 		}
+	}
+	// Up only now: with IPv6 still on, the kernel sends a router
+	// solicitation or an MLD report into the TUN the moment it is up,
+	// which the wrapper drops as spoofed.
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("bring %s up: %w", cfg.Interface, err)
 	}
 	route := &netlink.Route{
 		LinkIndex: link.Attrs().Index,
