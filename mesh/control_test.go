@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -616,4 +617,34 @@ func applyRules(t *testing.T, m *Mesh, n int) []PolicyChange {
 		t.Fatal(errors.Join(errs...))
 	}
 	return cs
+}
+
+// TestFutureStampWording: a change stamped far in the future is refused
+// with how far ahead it is, never a negative duration (issue 22: a stamp
+// near 2^64 read "-499014h ahead").
+func TestFutureStampWording(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	ns := uint64(now.UnixNano())
+	for _, tt := range []struct {
+		stamp uint64
+		want  string
+	}{
+		{ns + uint64(6*time.Minute), "6m0s"},
+		{ns + uint64(50*time.Hour), "2 days"},
+		{ns + uint64(3*8766*time.Hour), "3 years"},
+		{ns + math.MaxInt64, "292 years"},
+		{math.MaxUint64, "more than 292 years"},
+		{ns - 1, "0s"},
+	} {
+		if got := aheadBy(tt.stamp, now); got != tt.want {
+			t.Errorf("aheadBy(now+%d) = %q, want %q", tt.stamp-ns, got, tt.want)
+		}
+	}
+	m := startNode(t, "cell-0", nodeOpts{})
+	c := PolicyChange{Rule: rule("a", "b", 1), Present: true, Stamp: math.MaxUint64, Origin: "cli@test"}
+	SignPolicyChange(&c, testOperator)
+	_, err := m.ApplyPolicyChange(c)
+	if want := "policy change refused: its stamp is more than 292 years ahead of this cell's clock"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("ApplyPolicyChange(stamp 2^64-1) = %v, want %q", err, want)
+	}
 }

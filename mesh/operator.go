@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/weft-net/weft/policy"
@@ -32,6 +33,27 @@ var (
 // maxFutureStamp bounds how far ahead of this cell's clock the stamp of a
 // change submitted through ApplyPolicyChange may be.
 const maxFutureStamp = 5 * time.Minute
+
+// aheadBy says how far stamp (unix ns) is ahead of now, for an error:
+// "6m0s", "3 days", "57 years". A stamp past what time.Duration holds (292
+// years) is "more than 292 years", not a negative duration.
+func aheadBy(stamp uint64, now time.Time) string {
+	n := uint64(max(now.UnixNano(), 0))
+	if stamp <= n {
+		return "0s"
+	}
+	d := stamp - n
+	const day, year = 24 * time.Hour, 8766 * time.Hour // a Julian year
+	switch {
+	case d > math.MaxInt64:
+		return "more than 292 years"
+	case time.Duration(d) >= 2*year:
+		return fmt.Sprintf("%d years", time.Duration(d)/year)
+	case time.Duration(d) >= 2*day:
+		return fmt.Sprintf("%d days", time.Duration(d)/day)
+	}
+	return time.Duration(d).Round(time.Second).String()
+}
 
 // PolicyChange is one operator-signed change of the replicated policy set:
 // the rule is added (Present) or removed. Stamp orders changes of the same
@@ -200,8 +222,8 @@ func (m *Mesh) mergePolicyChange(c PolicyChange) (p polEntry, changed bool, err 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if limit := uint64(m.st.now().Add(maxFutureStamp).UnixNano()); c.Stamp > limit {
-		return p, false, fmt.Errorf("policy change refused: its stamp is %v ahead of this cell's clock (check the clocks)",
-			time.Duration(c.Stamp-uint64(m.st.now().UnixNano())).Round(time.Second))
+		return p, false, fmt.Errorf("policy change refused: its stamp is %s ahead of this cell's clock (check the clocks)",
+			aheadBy(c.Stamp, m.st.now()))
 	}
 	k := c.Rule.Key()
 	have, ok := m.st.pols[k]
