@@ -16,12 +16,20 @@ import (
 // results are in the order of changes. A change refused by the agent is a
 // result with its code and error, not an error of the call.
 func (c *Client) ApplyPolicyChanges(ctx context.Context, changes []SignedPolicyChange) ([]PolicyChangeResult, error) {
+	return c.PolicyChanges(ctx, PolicyChangesRequest{Changes: changes})
+}
+
+// PolicyChanges sends req (see PolicyChangesRequest: changes signed or for
+// the agent to sign, applied as one batch); the results are in the order of
+// req.Changes. A batch refused whole (412: too large a removal) is a
+// *StatusError.
+func (c *Client) PolicyChanges(ctx context.Context, req PolicyChangesRequest) ([]PolicyChangeResult, error) {
 	var res PolicyChangesResponse
-	if err := c.do(ctx, http.MethodPost, "/v1/policy-changes", PolicyChangesRequest{Changes: changes}, &res); err != nil {
+	if err := c.do(ctx, http.MethodPost, "/v1/policy-changes", req, &res); err != nil {
 		return nil, err
 	}
-	if len(res.Results) != len(changes) {
-		return nil, fmt.Errorf("agent answered %d results for %d policy changes", len(res.Results), len(changes))
+	if len(res.Results) != len(req.Changes) {
+		return nil, fmt.Errorf("agent answered %d results for %d policy changes", len(res.Results), len(req.Changes))
 	}
 	return res.Results, nil
 }

@@ -202,9 +202,32 @@ func SignPolicyChange(r policy.Rule, present bool, origin string, minStamp uint6
 	return SignedPolicyChange{Rule: FromRule(r), Present: present, Stamp: c.Stamp, Origin: origin, Signer: c.Signer, Sig: c.Sig}
 }
 
-// PolicyChangesRequest is the body of POST /v1/policy-changes.
+// PolicyChangesRequest is the body of POST /v1/policy-changes. The agent
+// applies the changes as one batch: every cell goes from the set before
+// to the set after, with no state in between (a policy push that replaces
+// a rule never cuts the flows it allowed). A change without Sig and Signer
+// is signed by the agent with its own operator key (403 without one).
+//
+// A batch (more than one change, or Push) that would remove more than half
+// of the current set (removals > current/2, current > 0: removing the
+// only rule counts) is refused whole with 412 unless AllowLargeRemoval: a
+// file that lost its rules by mistake must not empty the cluster's set.
 type PolicyChangesRequest struct {
-	Changes []SignedPolicyChange `json:"changes"`
+	Changes           []SignedPolicyChange `json:"changes"`
+	Push              bool                 `json:"push,omitempty"`                // a policy push, checked even with one change
+	AllowLargeRemoval bool                 `json:"allow_large_removal,omitempty"` // weft policy push --allow-large-removal
+}
+
+// LargeRemoval reports whether removing removals of current rules is more
+// than half of the set, which a push needs --allow-large-removal for.
+func LargeRemoval(removals, current int) bool {
+	return current > 0 && 2*removals > current
+}
+
+// LargeRemovalError is the error of a push refused by LargeRemoval.
+func LargeRemovalError(removals, current int) string {
+	return fmt.Sprintf("this push removes %d of the %d policies (more than half): "+
+		"check the file, and push again with --allow-large-removal if that is meant", removals, current)
 }
 
 // PolicyChangeResult answers one change: Code is 201 (added), 200 (was
@@ -254,18 +277,42 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res := PolicyChangesResponse{Results: make([]PolicyChangeResult, len(req.Changes))}
-	// The valid changes go to the mesh in one batch: it writes state.json
-	// once for all of them.
-	var cs []mesh.PolicyChange
-	var at []int // index in req.Changes of each of cs
+	// The valid changes go to the mesh in one batch: it applies them under
+	// one lock and writes state.json once for all of them.
+	var cs, unsigned []mesh.PolicyChange
+	var at, unsignedAt []int // index in req.Changes of each of cs, unsigned
 	for i, c := range req.Changes {
 		rule, err := c.Rule.Rule()
 		if err != nil {
 			res.Results[i] = PolicyChangeResult{Code: http.StatusBadRequest, Error: err.Error()}
 			continue
 		}
-		cs = append(cs, mesh.PolicyChange{Rule: rule, Present: c.Present, Stamp: c.Stamp, Origin: c.Origin, Signer: c.Signer, Sig: c.Sig})
-		at = append(at, i)
+		mc := mesh.PolicyChange{Rule: rule, Present: c.Present, Stamp: c.Stamp, Origin: c.Origin, Signer: c.Signer, Sig: c.Sig}
+		if len(c.Sig) == 0 && len(c.Signer) == 0 {
+			unsigned, unsignedAt = append(unsigned, mc), append(unsignedAt, i)
+			continue
+		}
+		cs, at = append(cs, mc), append(at, i)
+	}
+	if req.Push || len(req.Changes) > 1 {
+		if n, have := a.removals(append(cs, unsigned...)); !req.AllowLargeRemoval && LargeRemoval(n, have) {
+			writeError(w, http.StatusPreconditionFailed, "%s", LargeRemovalError(n, have))
+			return
+		}
+	}
+	if len(unsigned) > 0 {
+		if err := a.mesh.SignPolicyChanges(unsigned); err != nil {
+			code := http.StatusForbidden
+			msg := err.Error()
+			if errors.Is(err, mesh.ErrNoOperatorKey) {
+				msg = fmt.Sprintf("cell %s cannot sign: %v (or WEFT_OPERATOR_KEY)", a.cfg.Name, err)
+			}
+			for _, i := range unsignedAt {
+				res.Results[i] = PolicyChangeResult{Code: code, Error: msg}
+			}
+		} else {
+			cs, at = append(cs, unsigned...), append(at, unsignedAt...)
+		}
 	}
 	changed, errs := a.mesh.ApplyPolicyChanges(cs)
 	applied := false
@@ -277,6 +324,25 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 		a.compile()
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+// removals counts the changes of cs that remove a rule of the current set
+// (each rule once) and returns it with the size of the set.
+func (a *Agent) removals(cs []mesh.PolicyChange) (n, have int) {
+	gone := map[policy.Rule]bool{} // rules removed by cs: found in the set?
+	for _, c := range cs {
+		if !c.Present {
+			gone[c.Rule] = false
+		}
+	}
+	rules := a.mesh.Policies()
+	for _, r := range rules {
+		if found, ok := gone[r]; ok && !found {
+			gone[r] = true
+			n++
+		}
+	}
+	return n, len(rules)
 }
 
 // policyChangeResult is the answer to change c that the mesh applied

@@ -1,11 +1,22 @@
 package cell
 
 import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -57,5 +68,120 @@ func TestInitOperators(t *testing.T) {
 	}
 	if ch2 := SignPolicyChange(r, true, "cli@test", 1<<62, key); ch2.Stamp != 1<<62+1 {
 		t.Fatalf("stamp above minStamp: %d", ch2.Stamp)
+	}
+}
+
+// testAgent is an agent with a real mesh (a cluster of one, holding
+// operator key priv, trusting trusted) and its API on a unix socket; no
+// data plane.
+func testAgent(t *testing.T, priv ed25519.PrivateKey, trusted ed25519.PublicKey) (*Agent, *Client) {
+	t.Helper()
+	mcfg := mesh.DefaultConfig()
+	mcfg.Name = "c1"
+	mcfg.BindAddr = netip.MustParseAddrPort("127.0.0.1:0")
+	mcfg.ClusterKey = bytes.Repeat([]byte{7}, 32)
+	mcfg.StateDir = t.TempDir()
+	mcfg.WGPublicKey = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32))
+	mcfg.WGPort = 51820
+	mcfg.Logger = slog.New(slog.DiscardHandler)
+	mcfg.OperatorKey, mcfg.TrustedOperators = priv, []ed25519.PublicKey{trusted}
+	a := &Agent{cfg: Config{Name: "c1"}, log: mcfg.Logger, engine: policy.NewEngine(policy.DefaultConfig())}
+	m, err := mesh.New(mcfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Shutdown() })
+	a.mesh = m
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := a.newServer()
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return a, NewClient(sock)
+}
+
+func tcpRule(src, dst string, lo, hi uint16) policy.Rule {
+	return policy.Rule{Source: src, Destination: dst, Protocol: policy.ProtoTCP, Ports: policy.PortRange{Start: lo, End: hi}}
+}
+
+// TestPolicyChangesBatch: POST /v1/policy-changes takes unsigned changes
+// (weft policy push without an operator key) and signs them with the
+// cell's key, applied with the signed ones as one batch; a batch that
+// removes more than half of the set is refused whole unless allowed
+// (issue 22, items 5 and 9).
+func TestPolicyChangesBatch(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	a, c := testAgent(t, priv, pub)
+	ctx := context.Background()
+	r8082, r8081, dns, web := tcpRule("appA", "appB", 8082, 8082), tcpRule("appA", "appB", 8081, 8090),
+		tcpRule("appA", "dns", 53, 53), tcpRule("appC", "web", 80, 80)
+	unsigned := func(r policy.Rule, present bool) SignedPolicyChange {
+		return SignedPolicyChange{Rule: FromRule(r), Present: present}
+	}
+	apply := func(req PolicyChangesRequest) ([]PolicyChangeResult, error) {
+		var res PolicyChangesResponse
+		err := c.do(ctx, http.MethodPost, "/v1/policy-changes", req, &res)
+		return res.Results, err
+	}
+	res, err := apply(PolicyChangesRequest{Changes: []SignedPolicyChange{unsigned(r8082, true), unsigned(dns, true), unsigned(web, true)}})
+	if err != nil || len(res) != 3 || res[0].Code != http.StatusCreated || res[2].Code != http.StatusCreated {
+		t.Fatalf("unsigned batch: %+v %v; want 3 x 201", res, err)
+	}
+
+	// The replacement: one removal and one addition, one signed by the
+	// client, one by the agent.
+	signed := SignPolicyChange(r8081, true, "cli@test", 0, priv)
+	res, err = apply(PolicyChangesRequest{Push: true, Changes: []SignedPolicyChange{unsigned(r8082, false), signed}})
+	if err != nil || res[0].Code != http.StatusNoContent || res[1].Code != http.StatusCreated {
+		t.Fatalf("replacement: %+v %v; want 204, 201", res, err)
+	}
+	if got, want := a.mesh.Policies(), []policy.Rule{r8081, dns, web}; !slices.Equal(got, want) {
+		t.Fatalf("policies %v, want %v", got, want)
+	}
+
+	// Removing 2 of 3 is refused whole; 1 of 3 is not; allowed, 2 of 3 is.
+	removeTwo := PolicyChangesRequest{Push: true, Changes: []SignedPolicyChange{unsigned(dns, false), unsigned(web, false), unsigned(r8082, true)}}
+	_, err = apply(removeTwo)
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusPreconditionFailed ||
+		!strings.Contains(se.Message, "removes 2 of the 3 policies") || !strings.Contains(se.Message, "--allow-large-removal") {
+		t.Fatalf("removing 2 of 3: %v; want 412 naming --allow-large-removal", err)
+	}
+	if got := a.mesh.Policies(); len(got) != 3 {
+		t.Fatalf("a refused batch changed the set: %v", got)
+	}
+	removeTwo.AllowLargeRemoval = true
+	if res, err := apply(removeTwo); err != nil || res[0].Code != http.StatusNoContent || res[1].Code != http.StatusNoContent {
+		t.Fatalf("removing 2 of 3, allowed: %+v %v", res, err)
+	}
+	// One change that is not a push (remove-network-policy) is not checked,
+	// even for the last rules; a push of one is (1 of 2 is not more than half).
+	if res, err := apply(PolicyChangesRequest{Push: true, Changes: []SignedPolicyChange{unsigned(r8082, false)}}); err != nil || res[0].Code != http.StatusNoContent {
+		t.Fatalf("push removing 1 of 2: %+v %v", res, err)
+	}
+	if _, err := apply(PolicyChangesRequest{Push: true, Changes: []SignedPolicyChange{unsigned(r8081, false)}}); !errors.As(err, &se) || se.Code != http.StatusPreconditionFailed {
+		t.Fatalf("push removing 1 of 1: %v; want 412", err)
+	}
+	if res, err := apply(PolicyChangesRequest{Changes: []SignedPolicyChange{unsigned(r8081, false)}}); err != nil || res[0].Code != http.StatusNoContent {
+		t.Fatalf("single removal of the last rule: %+v %v", res, err)
+	}
+}
+
+// TestPolicyChangesUnsignedWithoutKey: a cell without an operator key
+// answers 403 for unsigned changes and still applies the signed ones.
+func TestPolicyChangesUnsignedWithoutKey(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	a, c := testAgent(t, nil, pub)
+	r1, r2 := tcpRule("a", "b", 1, 1), tcpRule("a", "b", 2, 2)
+	res, err := c.ApplyPolicyChanges(context.Background(), []SignedPolicyChange{
+		{Rule: FromRule(r1), Present: true}, SignPolicyChange(r2, true, "cli@test", 0, priv)})
+	if err != nil || res[0].Code != http.StatusForbidden || !strings.Contains(res[0].Error, "cannot sign") || res[1].Code != http.StatusCreated {
+		t.Fatalf("results %+v %v; want 403 (cannot sign), 201", res, err)
+	}
+	if got := a.mesh.Policies(); !slices.Equal(got, []policy.Rule{r2}) {
+		t.Fatalf("policies %v", got)
 	}
 }

@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -42,7 +45,8 @@ func TestPolicyPushExportAndFlowLogs(t *testing.T) {
 `), 0o644)
 
 	out := weft(t, l, 2, "policy", "push", file, "--dry-run")
-	for _, want := range []string{"- appA -> appB tcp 8080", "+ appA -> appB tcp 9000-9010", "+ appB -> appA udp 53", "nothing changed"} {
+	for _, want := range []string{"- appA -> appB tcp 8080", "+ appA -> appB tcp 9000-9010", "+ appB -> appA udp 53", "nothing changed",
+		"removes 1 of the 1 policies", "--allow-large-removal"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("dry run output lacks %q:\n%s", want, out)
 		}
@@ -59,7 +63,11 @@ func TestPolicyPushExportAndFlowLogs(t *testing.T) {
 		t.Fatalf("a bad file changed the policies:\n%s", list)
 	}
 
-	weft(t, l, 2, "policy", "push", file)
+	// It removes the only rule: refused without --allow-large-removal.
+	if out, err := l.Weft(2, "policy", "push", file); err == nil || !strings.Contains(out, "--allow-large-removal") {
+		t.Fatalf("push removing 1 of 1: err %v, output %q; want refused naming --allow-large-removal", err, out)
+	}
+	weft(t, l, 2, "policy", "push", file, "--allow-large-removal")
 	waitRefused(t, a, ipB, 8080)
 	expectHTTP(t, a, ipB, 9001)
 
@@ -159,4 +167,93 @@ func enforced(t *testing.T, l *lab.Lab, cell int) bool {
 		t.Fatalf("status of cell %d has no policy_enforced (%v): %s", cell, err, st.Raw)
 	}
 	return *f.On
+}
+
+// TestPolicyPushKeepsLiveFlow: a push that replaces the rule tcp 8082 by
+// 8081-8090 (no operator key: the agent signs) keeps a TCP connection on
+// 8082 that carries traffic all along (issue 22, item 9: the removal was
+// applied before the addition and the connection was reset).
+func TestPolicyPushKeepsLiveFlow(t *testing.T) {
+	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin})
+	a, b := l.Name("appA"), l.Name("appB")
+	if _, err := l.CreateContainer(1, "appA", a); err != nil {
+		t.Fatal(err)
+	}
+	ipB, err := l.CreateContainer(2, "appB", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := lab.ListenIn(b, "tcp", ":8082")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // echo
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	dir := t.TempDir()
+	push := func(name, ports string) {
+		t.Helper()
+		file := filepath.Join(dir, name)
+		os.WriteFile(file, []byte(`policies:
+  - {source: appA, destination: appB, protocol: tcp, ports: "`+ports+`"}
+  - {source: appA, destination: appB, protocol: udp, ports: "53"}
+  - {source: appB, destination: appA, protocol: tcp, ports: "80"}
+`), 0o644)
+		weft(t, l, 1, "policy", "push", file)
+	}
+	push("old.yaml", "8082")
+	var conn net.Conn
+	waitFor(t, 5*time.Second, "a connection to appB:8082", func() bool {
+		conn, err = lab.DialIn(a, "tcp", netip.AddrPortFrom(ipB, 8082).String(), time.Second)
+		return err == nil
+	})
+	defer conn.Close()
+
+	// Traffic all along: a line out and back every few ms.
+	stop, done := make(chan struct{}), make(chan error, 1)
+	go func() {
+		buf := make([]byte, 64)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			conn.SetDeadline(time.Now().Add(3 * time.Second))
+			msg := fmt.Sprintf("%08d\n", i)
+			if _, err := conn.Write([]byte(msg)); err != nil {
+				done <- fmt.Errorf("write %d: %w", i, err)
+				return
+			}
+			if _, err := io.ReadFull(conn, buf[:len(msg)]); err != nil || string(buf[:len(msg)]) != msg {
+				done <- fmt.Errorf("echo %d: %q, %v", i, buf[:len(msg)], err)
+				return
+			}
+			time.Sleep(2 * time.Millisecond) // pacing, not synchronisation
+		}
+	}()
+	for i := range 3 { // replace and back: each direction is a replacement
+		push(fmt.Sprintf("new%d.yaml", i), "8081-8090")
+		waitFor(t, 5*time.Second, "8081-8090 on cell 2", func() bool {
+			out, err := l.Weft(2, "network-policies")
+			return err == nil && strings.Contains(out, "8081-8090")
+		})
+		push(fmt.Sprintf("old%d.yaml", i), "8082")
+		waitFor(t, 5*time.Second, "8082 again on cell 2", func() bool {
+			out, err := l.Weft(2, "network-policies")
+			return err == nil && !strings.Contains(out, "8081-8090")
+		})
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatalf("the connection on 8082 did not survive the pushes: %v", err)
+	}
 }

@@ -15,20 +15,24 @@ import (
 //   - anti-entropy: a periodic push/pull carries the policy digest, and a
 //     cell whose digest differs sends the peer its registers of the
 //     differing buckets (sendPolicyBuckets; see fullState);
-//   - bulk changes: a batch of at least bulkPolicies changes (a policy
-//     push) goes to directFanout random live members as one message
-//     instead of a gossip message per change (spreadPolicies). memberlist
-//     gossips a few messages per packet a few times a second: 100k queued
-//     changes held some 80 MB in the queue and took many minutes to get
-//     out.
+//   - batches: a batch of at least bulkPolicies changes (a policy push)
+//     goes to directFanout random live members as one message instead of
+//     a gossip message per change (spreadPolicies). memberlist gossips a
+//     few messages per packet a few times a second: 100k queued changes
+//     held some 80 MB in the queue and took many minutes to get out. And a
+//     batch that arrives as one message is merged as one (under one hold
+//     of mu): gossip would deliver a push that replaces rule 8082 by
+//     8081-8090 as two messages, and a cell that merged the removal first
+//     would cut the connections on 8082 (issue 22).
 //
 // A cell that learns registers from a batch spreads what was news to it
 // the same way, so a batch reaches every cell in O(log N) hops and each
 // cell forwards a register once.
 
 // bulkPolicies is the size from which a batch of changed registers spreads
-// as batches rather than as gossip.
-const bulkPolicies = 32
+// as batches rather than as gossip: every batch, so that each cell applies
+// it whole.
+const bulkPolicies = 2
 
 // policyBatch is the most registers one message carries: about 1.2 MB
 // compressed, well under memberlist's 20 MiB for a user message. Larger

@@ -204,6 +204,9 @@ func (m *Mesh) finish(res mergeResult) {
 	}
 	if res.visible {
 		m.signal(&m.notifyState)
+		if f := m.afterChange.Load(); f != nil {
+			(*f)()
+		}
 	}
 	if res.stored {
 		m.kick(m.kickPersist)

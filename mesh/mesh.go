@@ -213,6 +213,11 @@ type Mesh struct {
 	outboxes    map[string]*outbox   // policy batches waiting for a peer (antientropy.go)
 	closing     bool                 // Shutdown is waiting for wg
 	kr          keyringState         // applied keyring operations (keyring.go)
+
+	// afterChange, if set (by tests), is called with no lock held after
+	// each change of the replicated state that the listener is told of:
+	// every state a reader could see.
+	afterChange atomic.Pointer[func()]
 }
 
 // member is what the mesh knows of a node from memberlist events.
@@ -623,6 +628,9 @@ func (m *Mesh) announce(b *broadcast) {
 // state.json; its error says the changes stand but were not persisted.
 func (m *Mesh) committed() error {
 	m.signal(&m.notifyState)
+	if f := m.afterChange.Load(); f != nil {
+		(*f)()
+	}
 	if err := m.persistState(); err != nil {
 		m.log.Error("persisting state failed", "err", err)
 		return fmt.Errorf("mesh: change applied but not persisted: %w", err)

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/weft-net/weft/policy"
@@ -32,6 +33,27 @@ var (
 // maxFutureStamp bounds how far ahead of this cell's clock the stamp of a
 // change submitted through ApplyPolicyChange may be.
 const maxFutureStamp = 5 * time.Minute
+
+// aheadBy says how far stamp (unix ns) is ahead of now, for an error:
+// "6m0s", "3 days", "57 years". A stamp past what time.Duration holds (292
+// years) is "more than 292 years", not a negative duration.
+func aheadBy(stamp uint64, now time.Time) string {
+	n := uint64(max(now.UnixNano(), 0))
+	if stamp <= n {
+		return "0s"
+	}
+	d := stamp - n
+	const day, year = 24 * time.Hour, 8766 * time.Hour // a Julian year
+	switch {
+	case d > math.MaxInt64:
+		return "more than 292 years"
+	case time.Duration(d) >= 2*year:
+		return fmt.Sprintf("%d years", time.Duration(d)/year)
+	case time.Duration(d) >= 2*day:
+		return fmt.Sprintf("%d days", time.Duration(d)/day)
+	}
+	return time.Duration(d).Round(time.Second).String()
+}
 
 // PolicyChange is one operator-signed change of the replicated policy set:
 // the rule is added (Present) or removed. Stamp orders changes of the same
@@ -144,29 +166,45 @@ func (m *Mesh) ApplyPolicyChange(c PolicyChange) (changed bool, err error) {
 }
 
 // ApplyPolicyChanges applies changes in order, each as ApplyPolicyChange
-// does, and writes state.json once at the end rather than after each: a
-// policy file of n rules pushed in batches would otherwise write the
-// growing set n times. If that write fails, every change applied reports
-// the error (changed and err both set).
+// does, and as one batch:
 //
-// The changed registers reach the other cells as gossip, one message each,
-// or, from bulkPolicies of them on, in batches over TCP (spreadPolicies).
+//   - all of them are merged under one hold of mu, so no reader of the
+//     policy set (Policies, the listener, a peer's push/pull) ever sees a
+//     part of the batch: a rule replaced by another (8082 by 8081-8090) is
+//     never absent from both;
+//   - the changed registers leave as one message per peer (spreadPolicies,
+//     over TCP), which every cell merges and passes on as a whole; a
+//     single change goes as gossip. (Gossip would carry a batch as one
+//     message per change, merged one by one in any order.)
+//   - state.json is written once at the end rather than after each: a
+//     policy file of n rules pushed in batches would otherwise write the
+//     growing set n times. If that write fails, every change applied
+//     reports the error (changed and err both set).
+//
+// Signatures are checked before mu is taken.
 func (m *Mesh) ApplyPolicyChanges(cs []PolicyChange) (changed []bool, errs []error) {
 	changed, errs = make([]bool, len(cs)), make([]error, len(cs))
-	var ps []polEntry
+	ps := make([]polEntry, len(cs))
 	for i, c := range cs {
-		var p polEntry
-		if p, changed[i], errs[i] = m.mergePolicyChange(c); changed[i] {
-			ps = append(ps, p)
+		ps[i], errs[i] = m.checkPolicyChange(c)
+	}
+	var news []polEntry
+	m.mu.Lock()
+	for i, c := range cs {
+		if errs[i] == nil {
+			if changed[i], errs[i] = m.mergePolicyChangeLocked(c, ps[i]); changed[i] {
+				news = append(news, ps[i])
+			}
 		}
 	}
-	if len(ps) == 0 {
+	m.mu.Unlock()
+	if len(news) == 0 {
 		return changed, errs
 	}
-	if len(ps) >= bulkPolicies {
-		m.spreadPolicies(ps)
+	if len(news) >= bulkPolicies {
+		m.spreadPolicies(news)
 	} else {
-		for _, p := range ps {
+		for _, p := range news {
 			m.announce(policyBroadcast(p))
 		}
 	}
@@ -180,41 +218,68 @@ func (m *Mesh) ApplyPolicyChanges(cs []PolicyChange) (changed []bool, errs []err
 	return changed, errs
 }
 
-// mergePolicyChange verifies c and merges it into the policy set; see
-// ApplyPolicyChange. It returns the entry merged when changed.
-func (m *Mesh) mergePolicyChange(c PolicyChange) (p polEntry, changed bool, err error) {
+// SignPolicyChanges signs cs in place with this cell's operator key, as
+// AddPolicy does: stamped with the cell's hybrid logical clock (so above
+// every change it knows of), origin this cell. Then ApplyPolicyChanges
+// applies them as one batch.
+func (m *Mesh) SignPolicyChanges(cs []PolicyChange) error {
+	key := m.cfg.OperatorKey
+	if key == nil {
+		return ErrNoOperatorKey
+	}
+	if pub := key.Public().(ed25519.PublicKey); !m.trusted[string(pub)] {
+		return fmt.Errorf("policy change refused: signed by an untrusted key %s", Fingerprint(pub))
+	}
+	m.mu.Lock()
+	for i := range cs {
+		cs[i].Stamp, cs[i].Origin = m.st.nextStamp(), m.cfg.Name
+	}
+	m.mu.Unlock()
+	for i := range cs {
+		SignPolicyChange(&cs[i], key)
+	}
+	return nil
+}
+
+// checkPolicyChange validates and verifies c (no lock needed) and returns
+// its register.
+func (m *Mesh) checkPolicyChange(c PolicyChange) (p polEntry, err error) {
 	if err := c.Rule.Validate(); err != nil {
-		return p, false, err
+		return p, err
 	}
 	if c.Origin == "" || len(c.Origin) > maxNameLen {
-		return p, false, errors.New("mesh: policy change needs an origin of 1-253 bytes")
+		return p, errors.New("mesh: policy change needs an origin of 1-253 bytes")
 	}
 	p = c.entry()
 	if err := m.verifyPolicy(p); err != nil {
 		m.rejectSigned("policy change", c.Origin, err)
-		return p, false, fmt.Errorf("policy change refused: %w", err)
+		return p, fmt.Errorf("policy change refused: %w", err)
 	}
 	if len(encode(msgPolicy, p)) > maxMsg {
-		return p, false, errors.New("mesh: rule too long for a gossip message")
+		return p, errors.New("mesh: rule too long for a gossip message")
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	return p, nil
+}
+
+// mergePolicyChangeLocked merges the checked change c (register p) into
+// the policy set; see ApplyPolicyChange.
+func (m *Mesh) mergePolicyChangeLocked(c PolicyChange, p polEntry) (changed bool, err error) {
 	if limit := uint64(m.st.now().Add(maxFutureStamp).UnixNano()); c.Stamp > limit {
-		return p, false, fmt.Errorf("policy change refused: its stamp is %v ahead of this cell's clock (check the clocks)",
-			time.Duration(c.Stamp-uint64(m.st.now().UnixNano())).Round(time.Second))
+		return false, fmt.Errorf("policy change refused: its stamp is %s ahead of this cell's clock (check the clocks)",
+			aheadBy(c.Stamp, m.st.now()))
 	}
 	k := c.Rule.Key()
 	have, ok := m.st.pols[k]
 	if (ok && have.Present) == c.Present {
 		m.st.observeStamp(c.Stamp)
-		return p, false, nil
+		return false, nil
 	}
 	if ok && !p.newer(have) {
-		return p, false, &StaleChangeError{Rule: c.Rule.String(), Current: have.Stamp}
+		return false, &StaleChangeError{Rule: c.Rule.String(), Current: have.Stamp}
 	}
 	m.st.observeStamp(c.Stamp)
 	m.st.putPolicy(k, p)
-	return p, true, nil
+	return true, nil
 }
 
 // PolicyStamp returns the stamp of the newest change of r this cell knows

@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"time"
 )
 
 // Internal routes: HOST.DOMAIN -> APP, as `cf map-route APP DOMAIN
@@ -165,8 +164,8 @@ func (m *Mesh) ApplyRouteChange(c RouteChange) (changed bool, err error) {
 	m.mu.Lock()
 	if limit := uint64(m.st.now().Add(maxFutureStamp).UnixNano()); c.Stamp > limit {
 		m.mu.Unlock()
-		return false, fmt.Errorf("route change refused: its stamp is %v ahead of this cell's clock (check the clocks)",
-			time.Duration(c.Stamp-uint64(m.st.now().UnixNano())).Round(time.Second))
+		return false, fmt.Errorf("route change refused: its stamp is %s ahead of this cell's clock (check the clocks)",
+			aheadBy(c.Stamp, m.st.now()))
 	}
 	k := c.Route.key()
 	have, ok := m.st.routes[k]

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"unicode"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -29,7 +30,10 @@ import (
 //	  "destination":{"id":"appB","protocol":"tcp","ports":{"start":8080,"end":8080}}}]}
 //
 // (a top-level "total_policies", as cf's list answer has, is accepted and
-// ignored). Unknown fields are errors. Parsed rules come back sorted with
+// ignored). Unknown fields and keys given twice are errors, and only an
+// explicit empty list ("policies: []", {"policies": []}) is the empty set:
+// an empty file, a null document or a null or missing "policies" are
+// errors, as is a second YAML document. Errors cut long values (Quote). Parsed rules come back sorted with
 // duplicates merged, so Parse(Marshal(rules)) == rules for any sorted,
 // deduplicated valid set. Errors name the file, the line, the entry and the
 // field, e.g.
@@ -57,24 +61,34 @@ func normalize(rules []Rule) []Rule {
 	return slices.Compact(rules)
 }
 
-// ParseYAML parses the YAML policy format. name is used in errors.
+// emptyHint is what every error about a file without a list of policies
+// says: only an explicit empty list means "no policies".
+const emptyHint = `write "policies: []" to mean no policies`
+
+// ParseYAML parses the YAML policy format. name is used in errors. The file
+// holds one YAML document whose only key is "policies", a list: an empty
+// file, a null document, a missing or null "policies" are errors (only
+// "policies: []" is the empty set), and so is a second document.
 func ParseYAML(name string, data []byte) ([]Rule, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		msg := strings.TrimPrefix(err.Error(), "yaml: ")
-		var line int
-		if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
-			_, msg, _ = strings.Cut(msg, ": ")
-			return nil, fmt.Errorf("%s:%d: %s", name, line, msg)
-		}
-		return nil, fmt.Errorf("%s: %s", name, msg)
+	if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: empty file: %s", name, emptyHint)
+	} else if err != nil {
+		return nil, yamlErr(name, "", err)
 	}
-	if doc.Kind == 0 || len(doc.Content) == 0 {
-		return nil, fmt.Errorf("%s: empty file: want a map with the key \"policies\"", name)
+	var next yaml.Node
+	if err := dec.Decode(&next); err == nil {
+		return nil, fmt.Errorf("%s:%d: a second YAML document: a policy file holds one", name, next.Line)
+	} else if !errors.Is(err, io.EOF) {
+		return nil, yamlErr(name, "a second YAML document: ", err)
 	}
 	root := doc.Content[0]
 	errAt := func(n *yaml.Node, format string, args ...any) error {
 		return fmt.Errorf("%s:%d: %s", name, n.Line, fmt.Sprintf(format, args...))
+	}
+	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
+		return nil, errAt(root, "no policies given (the document is null): %s", emptyHint)
 	}
 	if root.Kind != yaml.MappingNode {
 		return nil, errAt(root, "want a map with the key \"policies\"")
@@ -83,7 +97,7 @@ func ParseYAML(name string, data []byte) ([]Rule, error) {
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		k, v := root.Content[i], root.Content[i+1]
 		if k.Value != "policies" {
-			return nil, errAt(k, "unknown field %q: only \"policies\" is allowed", k.Value)
+			return nil, errAt(k, "unknown field %s: only \"policies\" is allowed", Quote(k.Value))
 		}
 		if list != nil {
 			return nil, errAt(k, "policies: given twice")
@@ -91,10 +105,10 @@ func ParseYAML(name string, data []byte) ([]Rule, error) {
 		list = v
 	}
 	if list == nil {
-		return nil, errAt(root, "missing field \"policies\"")
+		return nil, errAt(root, "missing field \"policies\": %s", emptyHint)
 	}
 	if list.Kind == yaml.ScalarNode && list.Tag == "!!null" {
-		return []Rule{}, nil // "policies:" with nothing: the empty set
+		return nil, errAt(list, "policies: null: %s", emptyHint)
 	}
 	if list.Kind != yaml.SequenceNode {
 		return nil, errAt(list, "policies: want a list")
@@ -112,7 +126,7 @@ func ParseYAML(name string, data []byte) ([]Rule, error) {
 			k, v := ent.Content[j], ent.Content[j+1]
 			idx := slices.Index([]string{"source", "destination", "protocol", "ports"}, k.Value)
 			if idx < 0 {
-				return nil, errAt(k, "%s: unknown field %q", path, k.Value)
+				return nil, errAt(k, "%s: unknown field %s", path, Quote(k.Value))
 			}
 			if have[idx] {
 				return nil, errAt(k, "%s.%s: given twice", path, k.Value)
@@ -154,6 +168,17 @@ func ParseYAML(name string, data []byte) ([]Rule, error) {
 		rules = append(rules, r)
 	}
 	return normalize(rules), nil
+}
+
+// yamlErr turns a YAML decoding error into "file:line: what msg".
+func yamlErr(name, what string, err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	var line int
+	if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
+		_, msg, _ = strings.Cut(msg, ": ")
+		return fmt.Errorf("%s:%d: %s%s", name, line, what, msg)
+	}
+	return fmt.Errorf("%s: %s%s", name, what, msg)
 }
 
 // setPorts fills r.Ports for r.Protocol: given says whether the file had
@@ -239,8 +264,8 @@ func validSorted(rules []Rule) ([]Rule, error) {
 
 // CF policy-server v1 JSON.
 type cfDoc struct {
-	TotalPolicies *int              `json:"total_policies,omitempty"`
-	Policies      []json.RawMessage `json:"policies"`
+	TotalPolicies *int            `json:"total_policies,omitempty"`
+	Policies      json.RawMessage `json:"policies"` // a list; missing or null is an error
 }
 
 type cfPolicy struct {
@@ -263,27 +288,48 @@ type cfPorts struct {
 	End   int `json:"end"`
 }
 
+// emptyHintJSON is emptyHint for the JSON format.
+const emptyHintJSON = `write {"policies": []} to mean no policies`
+
 // ParseCFJSON parses Cloud Foundry's policy-server v1 JSON. name is used
-// in errors.
+// in errors. An empty file, a top-level null, a missing or null "policies"
+// are errors (only "policies": [] is the empty set), and so is a key given
+// twice in one object (encoding/json would keep the last one; keys that
+// differ only in case count as the same, as encoding/json matches them).
 func ParseCFJSON(name string, data []byte) ([]Rule, error) {
 	errAt := func(off int64, format string, args ...any) error {
 		return fmt.Errorf("%s:%d: %s", name, lineAt(data, off), fmt.Sprintf(format, args...))
 	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, fmt.Errorf("%s: empty file: %s", name, emptyHintJSON)
+	}
+	if err := checkJSONKeys(name, data); err != nil {
+		return nil, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	var doc cfDoc
+	var doc *cfDoc
 	if err := dec.Decode(&doc); err != nil {
 		return nil, jsonErr(name, data, "", err)
 	}
 	if dec.More() {
 		return nil, errAt(dec.InputOffset(), "byte offset %d: data after the top-level object", dec.InputOffset())
 	}
-	if doc.Policies == nil {
-		return nil, fmt.Errorf("%s: missing field \"policies\"", name)
+	switch {
+	case doc == nil:
+		return nil, fmt.Errorf("%s: no policies given (the document is null): %s", name, emptyHintJSON)
+	case doc.Policies == nil:
+		return nil, fmt.Errorf("%s: missing field \"policies\": %s", name, emptyHintJSON)
+	case string(doc.Policies) == "null":
+		return nil, fmt.Errorf("%s: policies: null: %s", name, emptyHintJSON)
+	}
+	var list []json.RawMessage
+	if err := json.Unmarshal(doc.Policies, &list); err != nil {
+		return nil, fmt.Errorf("%s: policies: want a list", name)
 	}
 	offs := entryOffsets(data)
-	rules := make([]Rule, 0, len(doc.Policies))
-	for i, raw := range doc.Policies {
+	rules := make([]Rule, 0, len(list))
+	for i, raw := range list {
 		path := fmt.Sprintf("policies[%d]", i)
 		off := int64(0)
 		if i < len(offs) {
@@ -344,6 +390,92 @@ func ParseCFJSON(name string, data []byte) ([]Rule, error) {
 	return normalize(rules), nil
 }
 
+// checkJSONKeys walks data and fails on the first object that holds a key
+// twice (compared as encoding/json matches keys to fields: ignoring case).
+// Syntax errors are left to the decoder.
+func checkJSONKeys(name string, data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var walk func(path string, depth int) error
+	walk = func(path string, depth int) error {
+		t, err := dec.Token()
+		if err != nil || depth > maxJSONDepth {
+			return errStop
+		}
+		switch t {
+		case json.Delim('{'):
+			seen := map[string]bool{}
+			for dec.More() {
+				off := dec.InputOffset() + int64(skipSpace(data[dec.InputOffset():]))
+				kt, err := dec.Token()
+				if err != nil {
+					return errStop
+				}
+				k, _ := kt.(string)
+				fk := foldKey(k)
+				if seen[fk] {
+					return fmt.Errorf("%s:%d: byte offset %d: %skey %s given twice", name, lineAt(data, off), off, pathPrefix(path), Quote(k))
+				}
+				seen[fk] = true
+				if err := walk(joinPath(path, k), depth+1); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+		case json.Delim('['):
+			for i := 0; dec.More(); i++ {
+				if err := walk(fmt.Sprintf("%s[%d]", path, i), depth+1); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+		}
+		if err != nil {
+			return errStop
+		}
+		return nil
+	}
+	if err := walk("", 0); err != nil && err != errStop {
+		return err
+	}
+	return nil
+}
+
+// maxJSONDepth is where checkJSONKeys stops descending; encoding/json
+// refuses deeper nesting (10000) anyway.
+const maxJSONDepth = 10000
+
+// errStop ends checkJSONKeys at a syntax error, which the decoder reports.
+var errStop = errors.New("stop")
+
+func joinPath(path, k string) string {
+	if path == "" {
+		return k
+	}
+	return path + "." + k
+}
+
+func pathPrefix(path string) string {
+	if path == "" {
+		return ""
+	}
+	return path + ": "
+}
+
+// foldKey maps k to the same string for every key that encoding/json
+// would match to the same field (Unicode simple case folding).
+func foldKey(k string) string {
+	var b strings.Builder
+	for _, r := range k {
+		low := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			low = min(low, f)
+		}
+		b.WriteRune(low)
+	}
+	return b.String()
+}
+
 // offsetErr is a JSON error whose offsets have been made absolute.
 func shiftErr(err error, off int64) error {
 	var se *json.SyntaxError
@@ -367,6 +499,9 @@ func jsonErr(name string, data []byte, path string, err error) error {
 	var te *json.UnmarshalTypeError
 	off := int64(-1)
 	msg := strings.TrimPrefix(err.Error(), "json: ")
+	if f, ok := strings.CutPrefix(msg, "unknown field "); ok {
+		msg = "unknown field " + Quote(strings.Trim(f, `"`))
+	}
 	switch {
 	case errors.As(err, &se):
 		off = se.Offset

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -53,8 +54,8 @@ func TestParseFiles(t *testing.T) {
 			t.Errorf("%s: got %v\nwant %v", tt.name, got, goodRules)
 		}
 	}
-	for _, empty := range []string{"policies: []\n", "policies:\n"} {
-		if got, err := ParseYAML("e.yaml", []byte(empty)); err != nil || len(got) != 0 {
+	for _, empty := range []string{"policies: []\n", "---\npolicies: []\n...\n", "policies: [] # nothing\n"} {
+		if got, err := ParseYAML("e.yaml", []byte(empty)); err != nil || got == nil || len(got) != 0 {
 			t.Errorf("%q: %v, %v", empty, got, err)
 		}
 	}
@@ -79,7 +80,27 @@ func TestParseFileErrors(t *testing.T) {
 			`p.yaml:2: policies[0].source: invalid source app "a b": must be 1-128 characters from A-Z a-z 0-9 . _ -`},
 		{"p.yaml", "policies:\n- destination: b\n  protocol: tcp\n  ports: \"1\"\n", `p.yaml:2: policies[0]: missing field "source"`},
 		{"p.yaml", "rules: []\n", `p.yaml:1: unknown field "rules": only "policies" is allowed`},
-		{"p.yaml", "", `p.yaml: empty file: want a map with the key "policies"`},
+		// Only "policies: []" means no policies (issue 22, item 5).
+		{"p.yaml", "", `p.yaml: empty file: write "policies: []" to mean no policies`},
+		{"p.yaml", "# nothing\n\n", `p.yaml: empty file: write "policies: []" to mean no policies`},
+		{"p.yaml", "policies:\n", `p.yaml:1: policies: null: write "policies: []" to mean no policies`},
+		{"p.yaml", "policies: ~\n", `p.yaml:1: policies: null: write "policies: []" to mean no policies`},
+		{"p.yaml", "policies: null\n", `p.yaml:1: policies: null: write "policies: []" to mean no policies`},
+		{"p.yaml", "~\n", `p.yaml:1: no policies given (the document is null): write "policies: []" to mean no policies`},
+		{"p.yaml", "---\n", `p.yaml:2: no policies given (the document is null): write "policies: []" to mean no policies`},
+		{"p.yaml", "{}\n", `p.yaml:1: missing field "policies": write "policies: []" to mean no policies`},
+		{"p.yaml", "policies: {}\n", `p.yaml:1: policies: want a list`},
+		// One document: a second one is an error, broken or not.
+		{"p.yaml", "policies: []\n---\npolicies: []\n", `p.yaml:2: a second YAML document: a policy file holds one`},
+		{"p.yaml", "policies: []\n---\n", `p.yaml:2: a second YAML document: a policy file holds one`},
+		{"p.yaml", "policies: []\n---\nfoo: [\n", `p.yaml:3: a second YAML document: did not find expected node content`},
+		// Long input is cut in errors.
+		{"p.yaml", "policies:\n- source: a\n  destination: b\n  protocol: " + strings.Repeat("x", 10240) + "\n",
+			`p.yaml:4: policies[0].protocol: invalid protocol "` + strings.Repeat("x", 100) + `"… (10240 bytes): must be tcp, udp, icmp or all`},
+		{"p.yaml", "policies:\n- source: " + strings.Repeat("x", 10240) + "\n  destination: b\n  protocol: tcp\n  ports: \"1\"\n",
+			`p.yaml:2: policies[0].source: invalid source app "` + strings.Repeat("x", 100) + `"… (10240 bytes): must be 1-128 characters from A-Z a-z 0-9 . _ -`},
+		{"p.yaml", "policies:\n- {source: a, destination: b, protocol: tcp, ports: \"" + strings.Repeat("9", 5000) + "\"}\n",
+			`p.yaml:2: policies[0].ports: invalid ports "` + strings.Repeat("9", 100) + `"… (5000 bytes): port ` + strings.Repeat("9", 100) + `… (5000 bytes) is out of range 1-65535`},
 		{"p.yaml", "policies: [\n", `p.yaml:1: did not find expected node content`},
 		{"p.json", `{"policies":[` + "\n" + `{"source":{"id":"a"},"destination":{"id":"b","protocol":"tcp","ports":{"start":9000,"end":80}}}]}`,
 			`p.json:2: policies[0].destination.ports: invalid ports 9000-80: start 9000 is greater than end 80`},
@@ -92,7 +113,20 @@ func TestParseFileErrors(t *testing.T) {
 		{"p.json", "{\"policies\":[\n{\"source\":}]}", `p.json:2: byte offset 25: invalid character '}' looking for beginning of value`},
 		{"p.json", `{"policies":[]`, `p.json:1: byte offset 14: unexpected end of file`},
 		{"p.json", `{"rules":[]}`, `p.json: unknown field "rules"`},
-		{"p.json", `{}`, `p.json: missing field "policies"`},
+		{"p.json", `{}`, `p.json: missing field "policies": write {"policies": []} to mean no policies`},
+		{"p.json", `{"policies": null}`, `p.json: policies: null: write {"policies": []} to mean no policies`},
+		{"p.json", `null`, `p.json: no policies given (the document is null): write {"policies": []} to mean no policies`},
+		{"p.json", " \n", `p.json: empty file: write {"policies": []} to mean no policies`},
+		{"p.json", `{"policies": {}}`, `p.json: policies: want a list`},
+		// A key given twice is an error, not "the last one wins".
+		{"p.json", `{"policies":[],` + "\n" + `"policies":[{"source":{"id":"a"},"destination":{"id":"b","protocol":"tcp","ports":{"start":1,"end":1}}}]}`,
+			`p.json:2: byte offset 16: key "policies" given twice`},
+		{"p.json", `{"policies":[{"source":{"id":"a"},"destination":{"id":"b","ID":"c","protocol":"tcp","ports":{"start":1,"end":1}}}]}`,
+			`p.json:1: byte offset 58: policies[0].destination: key "ID" given twice`},
+		{"p.json", `{"policies":[{"source":{"id":"a"},"destination":{"id":"b","protocol":"tcp","ports":{"start":1,"end":2,"end":1}}}]}`,
+			`p.json:1: byte offset 102: policies[0].destination.ports: key "end" given twice`},
+		{"p.json", `{"policies":[],"` + strings.Repeat("k", 10240) + `":1}`,
+			`p.json: unknown field "` + strings.Repeat("k", 100) + `"… (10240 bytes)`},
 	} {
 		_, err := ParseFile(tt.name, []byte(tt.data))
 		if errText(err) != tt.want {

@@ -14,10 +14,12 @@ package policy
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Protocol is an IP protocol number. Only [ProtoICMP], [ProtoTCP],
@@ -54,7 +56,7 @@ func ParseProtocol(s string) (Protocol, error) {
 	case "icmp":
 		return ProtoICMP, nil
 	}
-	return 0, fmt.Errorf("invalid protocol %q: must be tcp, udp, icmp or all", s)
+	return 0, fmt.Errorf("invalid protocol %s: must be tcp, udp, icmp or all", Quote(s))
 }
 
 // String returns "tcp", "udp", "icmp", "all", or the number for other
@@ -107,14 +109,53 @@ func ParsePorts(s string) (PortRange, error) {
 }
 
 func parsePort(input, s string) (uint16, error) {
+	switch {
+	case input == "":
+		return 0, errors.New(`invalid ports "": want a port 1-65535 or a range N-M`)
+	case strings.HasPrefix(input, "-"):
+		return 0, fmt.Errorf("invalid ports %s: want a port 1-65535 or a range N-M, not a negative number", Quote(input))
+	case s == "":
+		return 0, fmt.Errorf("invalid ports %s: the range lacks its end port (N-M)", Quote(input))
+	}
 	n, err := strconv.ParseUint(s, 10, 64)
 	if err != nil && !isRangeErr(err) {
-		return 0, fmt.Errorf("invalid ports %q: %q is not a number", input, s)
+		return 0, fmt.Errorf("invalid ports %s: %s is not a number", Quote(input), Quote(s))
 	}
 	if err != nil || n < 1 || n > 65535 {
-		return 0, fmt.Errorf("invalid ports %q: port %s is out of range 1-65535", input, s)
+		return 0, fmt.Errorf("invalid ports %s: port %s is out of range 1-65535", Quote(input), clip(s))
 	}
 	return uint16(n), nil
+}
+
+// maxQuote is how many bytes of user input an error message repeats.
+const maxQuote = 100
+
+// Quote quotes user input for an error message, as %q does, but cut to
+// about 100 bytes: longer input ends in an ellipsis and its length, e.g.
+// "aaaa…" (10240 bytes). A 50 MB field makes a short error, not a 50 MB one.
+func Quote(s string) string {
+	if len(s) <= maxQuote {
+		return strconv.Quote(s)
+	}
+	return strconv.Quote(s[:cutAt(s)]) + "… (" + strconv.Itoa(len(s)) + " bytes)"
+}
+
+// clip is Quote without the quotes, for input known to be printable (digits).
+func clip(s string) string {
+	if len(s) <= maxQuote {
+		return s
+	}
+	return s[:cutAt(s)] + "… (" + strconv.Itoa(len(s)) + " bytes)"
+}
+
+// cutAt is where Quote cuts a long s: at most maxQuote bytes, on a rune
+// boundary.
+func cutAt(s string) int {
+	cut := maxQuote
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return cut
 }
 
 func isRangeErr(err error) bool {
@@ -169,10 +210,10 @@ func validAppName(s string) bool {
 // "source", "destination", "protocol" or "ports".
 func (r Rule) Validate() error {
 	if !validAppName(r.Source) {
-		return fmt.Errorf("invalid source app %q: must be 1-%d characters from A-Z a-z 0-9 . _ -", r.Source, maxAppName)
+		return fmt.Errorf("invalid source app %s: must be 1-%d characters from A-Z a-z 0-9 . _ -", Quote(r.Source), maxAppName)
 	}
 	if !validAppName(r.Destination) {
-		return fmt.Errorf("invalid destination app %q: must be 1-%d characters from A-Z a-z 0-9 . _ -", r.Destination, maxAppName)
+		return fmt.Errorf("invalid destination app %s: must be 1-%d characters from A-Z a-z 0-9 . _ -", Quote(r.Destination), maxAppName)
 	}
 	if !r.Protocol.valid() {
 		return fmt.Errorf("invalid protocol %s: must be tcp, udp, icmp or all", r.Protocol)

@@ -39,9 +39,13 @@ func TestParsePorts(t *testing.T) {
 		{"1-65535", PortRange{1, 65535}, ""},
 		{"80-80", PortRange{80, 80}, ""},
 		{"http", PortRange{}, `invalid ports "http": "http" is not a number`},
-		{"", PortRange{}, `invalid ports "": "" is not a number`},
-		{"80-", PortRange{}, `invalid ports "80-": "" is not a number`},
-		{"-80", PortRange{}, `invalid ports "-80": "" is not a number`},
+		{"", PortRange{}, `invalid ports "": want a port 1-65535 or a range N-M`},
+		{"80-", PortRange{}, `invalid ports "80-": the range lacks its end port (N-M)`},
+		{"-80", PortRange{}, `invalid ports "-80": want a port 1-65535 or a range N-M, not a negative number`},
+		{"-1", PortRange{}, `invalid ports "-1": want a port 1-65535 or a range N-M, not a negative number`},
+		{"80--1", PortRange{}, `invalid ports "80--1": "-1" is not a number`},
+		{"9000-8000" + strings.Repeat("0", 200), PortRange{}, `invalid ports "9000-8000` + strings.Repeat("0", 91) + `"… (209 bytes): port 8000` +
+			strings.Repeat("0", 96) + `… (204 bytes) is out of range 1-65535`},
 		{"+80", PortRange{}, `invalid ports "+80": "+80" is not a number`},
 		{"0", PortRange{}, `invalid ports "0": port 0 is out of range 1-65535`},
 		{"65536", PortRange{}, `invalid ports "65536": port 65536 is out of range 1-65535`},
@@ -57,6 +61,29 @@ func TestParsePorts(t *testing.T) {
 			if s := got.String(); s != tt.in && !(got.Start == got.End && s+"-"+s == tt.in) {
 				t.Errorf("%v.String() = %q, want %q", got, s, tt.in)
 			}
+		}
+	}
+}
+
+// TestQuoteCutsLongInput: errors repeat at most ~100 bytes of what the
+// user gave, cut on a rune boundary, with the total length.
+func TestQuoteCutsLongInput(t *testing.T) {
+	if got := Quote("appA"); got != `"appA"` {
+		t.Errorf("Quote(appA) = %s", got)
+	}
+	long := strings.Repeat("é", 5000) // 10 kB, 2 bytes a rune
+	got := Quote(long)
+	if want := `"` + strings.Repeat("é", 50) + `"… (10000 bytes)`; got != want {
+		t.Errorf("Quote(10 kB) = %s, want %s", got, want)
+	}
+	big := strings.Repeat("a", 50<<20)
+	for name, err := range map[string]error{
+		"source":   Rule{Source: big, Destination: "b", Protocol: ProtoTCP, Ports: PortRange{1, 1}}.Validate(),
+		"protocol": func() error { _, err := ParseProtocol(big); return err }(),
+		"ports":    func() error { _, err := ParsePorts(big); return err }(),
+	} {
+		if err == nil || len(err.Error()) > 300 || !strings.Contains(err.Error(), "(52428800 bytes)") {
+			t.Errorf("%s: a 50 MB value gave a %d-byte error: %.300v", name, len(errText(err)), err)
 		}
 	}
 }
@@ -83,7 +110,7 @@ func TestRuleValidate(t *testing.T) {
 		{"empty source", func(r *Rule) { r.Source = "" },
 			`invalid source app "": must be 1-128 characters from A-Z a-z 0-9 . _ -`},
 		{"long source", func(r *Rule) { r.Source = strings.Repeat("a", 129) },
-			`invalid source app "` + strings.Repeat("a", 129) + `": must be 1-128 characters from A-Z a-z 0-9 . _ -`},
+			`invalid source app "` + strings.Repeat("a", 100) + `"… (129 bytes): must be 1-128 characters from A-Z a-z 0-9 . _ -`},
 		{"bad destination", func(r *Rule) { r.Destination = "app b" },
 			`invalid destination app "app b": must be 1-128 characters from A-Z a-z 0-9 . _ -`},
 		{"unknown protocol", func(r *Rule) { r.Protocol = 132 }, `invalid protocol 132: must be tcp, udp, icmp or all`},

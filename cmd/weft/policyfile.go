@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -14,18 +15,22 @@ import (
 
 func policyCmd() *cobra.Command {
 	c := &cobra.Command{Use: "policy", Short: "push or export the whole policy set as a file"}
-	var dryRun bool
+	var dryRun, allowLarge bool
 	push := &cobra.Command{
-		Use:   "push FILE [--dry-run]",
+		Use:   "push FILE [--dry-run] [--allow-large-removal]",
 		Short: "make the policy set equal to FILE (YAML or CF policy-server JSON), printing the +/- diff",
 		Long: `Make the policy set equal to FILE, a YAML file
 
   policies:
     - {source: appA, destination: appB, protocol: tcp, ports: "8080"}
 
-or Cloud Foundry's policy-server v1 JSON. The whole file is checked before
-anything changes: a bad file changes nothing and its error names the line or
-entry and the field.`,
+or Cloud Foundry's policy-server v1 JSON. Only "policies: []" (JSON:
+{"policies": []}) means no policies: an empty file or a null or missing
+"policies" is an error. The whole file is checked before anything changes:
+a bad file changes nothing and its error names the line or entry and the
+field. The changes are applied as one batch: no cell ever holds part of
+them. A push that removes more than half of the policies (the only one
+included) needs --allow-large-removal.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			data, err := os.ReadFile(args[0])
@@ -48,11 +53,18 @@ entry and the field.`,
 			for _, r := range d.Add {
 				fmt.Fprintf(out, "+ %s\n", r)
 			}
+			large := cell.LargeRemoval(len(d.Remove), len(have)) && !allowLarge
 			if dryRun {
 				fmt.Fprintf(out, "dry run: %d to add, %d to remove, nothing changed\n", len(d.Add), len(d.Remove))
+				if large {
+					fmt.Fprintf(out, "the push would be refused: %s\n", cell.LargeRemovalError(len(d.Remove), len(have)))
+				}
 				return nil
 			}
-			if err := applyDiff(d); err != nil {
+			if large {
+				return errors.New(cell.LargeRemovalError(len(d.Remove), len(have)))
+			}
+			if err := applyDiff(d, allowLarge); err != nil {
 				return err
 			}
 			fmt.Fprintf(out, "%d added, %d removed, %d policies now\n", len(d.Add), len(d.Remove), len(want))
@@ -60,6 +72,7 @@ entry and the field.`,
 		},
 	}
 	push.Flags().BoolVar(&dryRun, "dry-run", false, "print the diff, change nothing")
+	push.Flags().BoolVar(&allowLarge, "allow-large-removal", false, "allow a push that removes more than half of the policies")
 	operatorKeyFlag(push)
 
 	var format string
@@ -110,59 +123,76 @@ func currentRules() ([]policy.Rule, error) {
 	return rules, nil
 }
 
-// pushBatch is how many signed changes go to the agent in one request
-// (about 3.5 MB of JSON; the agent takes up to 16 MiB). The agent writes
-// state.json and recompiles its table once per request, each a pass over
-// the whole set: with 1000 a push of 100k rules made 100 of each.
+// pushBatch is how many changes go to the agent in one request (signed,
+// about 3.5 MB of JSON; the agent takes up to 16 MiB). The agent applies
+// each request as one batch, writes state.json and recompiles its table
+// once per request, each a pass over the whole set: with 1000 a push of
+// 100k rules made 100 of each.
 const pushBatch = 10000
 
-// applyDiff makes the changes of d: signed here with the operator key and
-// sent in batches, or, without a key, one by one for the agent to sign.
-func applyDiff(d policy.Diff) error {
+// applyDiff makes the changes of d, signed here with the operator key or,
+// without one, by the agent, sent as one request of at most pushBatch
+// changes, which the agent applies as one batch. A larger diff goes in
+// several, additions first: in between, the set holds both the rules
+// removed and those added, never neither.
+func applyDiff(d policy.Diff, allowLarge bool) error {
 	type change struct {
 		rule    policy.Rule
 		present bool
 	}
 	var all []change
-	for _, r := range d.Remove {
-		all = append(all, change{r, false})
-	}
 	for _, r := range d.Add {
 		all = append(all, change{r, true})
+	}
+	for _, r := range d.Remove {
+		all = append(all, change{r, false})
 	}
 	priv, err := signer()
 	if err != nil {
 		return err
 	}
-	if priv == nil {
-		for _, c := range all {
-			if err := changePolicy(cell.FromRule(c.rule), c.present); err != nil {
-				return fmt.Errorf("%s: %w", c.rule, err)
-			}
-		}
-		return nil
-	}
 	origin := cell.CLIOrigin()
+	sign := func(c change, above uint64) cell.SignedPolicyChange {
+		if priv == nil { // the agent signs
+			return cell.SignedPolicyChange{Rule: cell.FromRule(c.rule), Present: c.present}
+		}
+		return cell.SignPolicyChange(c.rule, c.present, origin, above, priv)
+	}
 	for start := 0; start < len(all); start += pushBatch {
 		batch := all[start:min(start+pushBatch, len(all))]
-		signed := make([]cell.SignedPolicyChange, len(batch))
+		req := cell.PolicyChangesRequest{Push: true, AllowLargeRemoval: allowLarge,
+			Changes: make([]cell.SignedPolicyChange, len(batch))}
 		for i, c := range batch {
-			signed[i] = cell.SignPolicyChange(c.rule, c.present, origin, 0, priv)
+			req.Changes[i] = sign(c, 0)
 		}
-		results, err := client().ApplyPolicyChanges(ctx(), signed)
+		results, err := client().PolicyChanges(ctx(), req)
+		if err != nil {
+			return err
+		}
+		// The agent holds a newer stamp for some rules (our clock is
+		// behind): sign those above it and send them again, as one batch.
+		var again []change
+		var retry cell.PolicyChangesRequest
+		for i, res := range results {
+			switch {
+			case res.Code == http.StatusConflict && priv != nil:
+				again = append(again, batch[i])
+				retry.Changes = append(retry.Changes, sign(batch[i], res.CurrentStamp))
+			case res.Code >= 400 && res.Code != http.StatusNotFound:
+				return fmt.Errorf("%s: %s", batch[i].rule, res.Error)
+			}
+		}
+		if len(again) == 0 {
+			continue
+		}
+		retry.Push, retry.AllowLargeRemoval = true, allowLarge
+		results, err = client().PolicyChanges(ctx(), retry)
 		if err != nil {
 			return err
 		}
 		for i, res := range results {
-			switch {
-			case res.Code == http.StatusConflict:
-				// The agent holds a newer stamp for this rule (our
-				// clock is behind): SignedPolicy re-signs above it.
-				if _, err := client().SignedPolicy(ctx(), priv, cell.FromRule(batch[i].rule), batch[i].present); err != nil {
-					return fmt.Errorf("%s: %w", batch[i].rule, err)
-				}
-			case res.Code >= 400 && res.Code != http.StatusNotFound:
-				return fmt.Errorf("%s: %s", batch[i].rule, res.Error)
+			if res.Code >= 400 && res.Code != http.StatusNotFound {
+				return fmt.Errorf("%s: %s", again[i].rule, res.Error)
 			}
 		}
 	}
