@@ -202,6 +202,8 @@ func (e *Engine) Outbound(pkt []byte) Verdict {
 	v = e.outbound(&p, s, now, hint)
 	if !v.Allowed() {
 		e.logFlow(v, &p, s.t)
+	} else if p.firstFrag {
+		e.frags.remember(&p, now) // whichever path accepted it: see fragCache
 	}
 	return e.count(&p, v, true)
 }
@@ -226,6 +228,8 @@ func (e *Engine) Inbound(pkt []byte) Verdict {
 	v = e.inbound(&p, s, now, hint)
 	if !v.Allowed() {
 		e.logFlow(v, &p, s.t)
+	} else if p.firstFrag {
+		e.frags.remember(&p, now) // whichever path accepted it: see fragCache
 	}
 	return e.count(&p, v, false)
 }
@@ -395,9 +399,6 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 		isNew = true
 	}
 	sh.unlock()
-	if p.firstFrag {
-		e.frags.remember(p, now)
-	}
 	if isNew {
 		e.logFlow(Accept, p, t)
 	}
@@ -479,9 +480,6 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	sh.lock()
 	e.ct.putLocked(sh, &k, ent, now)
 	sh.unlock()
-	if p.firstFrag {
-		e.frags.remember(p, now)
-	}
 	e.logFlow(Accept, p, t)
 	return Accept
 }

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -381,5 +382,43 @@ func TestTinyFragments(t *testing.T) {
 	short[2], short[3] = 0, 36
 	if v := e.Inbound(short); v != DropMalformed {
 		t.Errorf("first fragment with 16 bytes of tcp header: %v, want malformed", v)
+	}
+}
+
+// TestFragmentsOfTrackedFlows: the later fragments of a datagram whose
+// first fragment belongs to a tracked flow follow it, whichever path
+// accepted the first fragment: the lock-free lookup (the flow verified at
+// this generation) or the locked one (after a table change), in both
+// directions.
+func TestFragmentsOfTrackedFlows(t *testing.T) {
+	a, b := ap(ipA, 40000), ap(ipB, 53)
+	id := byte(0)
+	datagram := func(src, dst netip.AddrPort) [][]byte {
+		id++
+		frags := pkttest.Fragment4(pkttest.UDP(src, dst, make([]byte, 100)), 48)
+		for _, f := range frags {
+			f[5] = id // IP identification: one per datagram
+		}
+		return frags
+	}
+	for _, changed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("table changed=%v", changed), func(t *testing.T) {
+			e := newTestEngine(t, Config{})
+			first := datagram(a, b)
+			run(t, e, []step{{"opening datagram", in, first[0], Accept}, {"its second fragment", in, first[1], Accept}})
+			for _, d := range []dir{in, out} {
+				if changed {
+					e.SetTable(testTable(without(testRules, 3))) // an unrelated rule
+				}
+				src, dst := a, b
+				if d == out {
+					src, dst = b, a
+				}
+				frags := datagram(src, dst)
+				for i, f := range frags {
+					run(t, e, []step{{fmt.Sprintf("next datagram, fragment %d", i), d, f, Accept}})
+				}
+			}
+		})
 	}
 }
