@@ -360,27 +360,21 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	case kindUnsupported, kindICMPOther:
 		return DropUnsupported
 	}
+	// Looked up under the lock even after a lock-free miss (fr ==
+	// fastAbsent): the other direction may have opened the flow since.
 	sh := e.ct.shard(&k)
 	sh.lock()
-	if fr != fastAbsent {
-		if base, ent, ok := e.ct.lookupLocked(sh, &k, now); ok {
-			// Our own flow, or a reply of a flow allowed inbound.
-			var v Verdict
-			if v, ok = e.settleLocked(sh, &k, base, &ent, s, now); ok {
-				if v == Accept {
-					e.ct.updateLocked(sh, &k, base, touch(ent, p, now))
-				}
-				sh.unlock()
-				if v == DropRevoked && p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 {
-					// The RST that cuts a revoked flow (ours, from
-					// Reject, written into the TUN and routed back
-					// out) must reach the remote end. A RST opens
-					// nothing, and the receiving cell judges it again.
-					return Accept
-				}
-				return v
-			}
+	if v, ok := e.trackedLocked(sh, &k, p, s, now); ok {
+		// Our own flow, or a reply of a flow allowed inbound.
+		sh.unlock()
+		if v == DropRevoked && p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 {
+			// The RST that cuts a revoked flow (ours, from Reject,
+			// written into the TUN and routed back out) must reach the
+			// remote end. A RST opens nothing, and the receiving cell
+			// judges it again.
+			return Accept
 		}
+		return v
 	}
 	isNew := false
 	if !(p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 || p.proto == ProtoICMP && !p.echoRequest()) {
@@ -395,7 +389,7 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 		if p.proto == ProtoTCP && p.tcpFlags&tcpFIN != 0 {
 			ent.flags |= flClosing
 		}
-		e.ct.putLocked(sh, &k, ent, now)
+		e.ct.insertLocked(sh, &k, ent, now)
 		isNew = true
 	}
 	sh.unlock()
@@ -441,14 +435,9 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	if fr != fastAbsent {
 		// A tracked flow, in either direction.
 		sh.lock()
-		if base, ent, ok := e.ct.lookupLocked(sh, &k, now); ok {
-			if v, ok := e.settleLocked(sh, &k, base, &ent, s, now); ok {
-				if v == Accept {
-					e.ct.updateLocked(sh, &k, base, touch(ent, p, now))
-				}
-				sh.unlock()
-				return v
-			}
+		if v, ok := e.trackedLocked(sh, &k, p, s, now); ok {
+			sh.unlock()
+			return v
 		}
 		sh.unlock()
 	}
@@ -478,10 +467,31 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 		ent.flags |= flClosing
 	}
 	sh.lock()
-	e.ct.putLocked(sh, &k, ent, now)
+	// Either direction may have opened the flow since the lookup above
+	// (or the lock-free miss): then this packet is one of that flow's.
+	if v, ok := e.trackedLocked(sh, &k, p, s, now); ok {
+		sh.unlock()
+		return v
+	}
+	e.ct.insertLocked(sh, &k, ent, now)
 	sh.unlock()
 	e.logFlow(Accept, p, t)
 	return Accept
+}
+
+// trackedLocked judges p by the live entry of its flow k, if the shard
+// (locked) holds one: Accept, with the entry refreshed by p, or
+// DropRevoked (see settleLocked). ok=false: the flow is not tracked, and
+// the shard does not hold k.
+func (e *Engine) trackedLocked(sh *ctShard, k *ctKey, p *packet, s *snapshot, now int64) (v Verdict, ok bool) {
+	base, ent, ok := e.ct.lookupLocked(sh, k, now)
+	if !ok {
+		return 0, false
+	}
+	if v, ok = e.settleLocked(sh, k, base, &ent, s, now); ok && v == Accept {
+		e.ct.updateLocked(sh, k, base, touch(ent, p, now))
+	}
+	return v, ok
 }
 
 // icmpError judges an ICMP error addressed to a local endpoint (checked by
