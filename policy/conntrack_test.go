@@ -45,16 +45,22 @@ func TestConntrackBound(t *testing.T) {
 // new flows much larger than the table far more often than not.
 func TestEvictionPrefersIdle(t *testing.T) {
 	e := newTestEngine(t, Config{MaxFlows: 4096})
-	live := ack(ap(ipB, 1), ap(ipD, 80))
-	e.Outbound(live)
+	// No rule allows B -> D:80, so B's ACK does not open the flow again
+	// once it is evicted (unseen): it is refused, and then reopened with
+	// a SYN.
+	open, live := syn(ap(ipB, 1), ap(ipD, 80)), ack(ap(ipB, 1), ap(ipD, 80))
+	e.Outbound(open)
 	lost := 0
 	for i := range 40000 {
 		e.clk.advance(time.Microsecond)
 		e.Outbound(syn(ap(ipB, uint16(2+i%60000)), ap(ipD, uint16(81+i/60000))))
 		if i%100 == 0 {
-			e.Outbound(live)
-			if e.Inbound(ack(ap(ipD, 80), ap(ipB, 1))) != Accept {
+			if e.Outbound(live) != Accept {
 				lost++
+				e.Outbound(open)
+			}
+			if v := e.Inbound(ack(ap(ipD, 80), ap(ipB, 1))); v != Accept {
+				t.Fatalf("reply of the busy flow: %v", v)
 			}
 		}
 	}
