@@ -188,6 +188,7 @@ func (a *Agent) startOverlay(subnet netip.Prefix) error {
 	ocfg.OverlayCIDR = a.cfg.OverlayCIDR
 	ocfg.LocalSubnet = subnet
 	ocfg.Filter = a.engine
+	a.engine.ResumeTracking() // flows may be under way from before a restart
 	if a.cfg.PolicyOff {
 		ocfg.Filter = overlay.OpenFilter{LocalSubnet: subnet}
 		a.log.Warn("policy enforcement is off: every packet passes")

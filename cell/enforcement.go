@@ -19,11 +19,13 @@ type EnforcementState struct {
 // Policy enforcement can be switched off and on at run time, on this cell
 // only, to find out whether the policy is what breaks an application (as
 // Cilium's PolicyEnforcement=never does). Off, the data path passes every
-// packet (overlay.OpenFilter) and tracks no flows; on again, every flow is
-// judged against the rules on its next packet, so a flow no rule allows is
-// cut at once. The switch is not persisted: a restarted agent enforces
-// again unless it was started with --policy=off. While it is off the agent
-// warns once a minute and weft_policy_enforced is 0.
+// packet (overlay.OpenFilter) and tracks no flows; on again, every flow
+// opened meanwhile is judged against the rules on its next packet, in
+// either direction (policy.Engine.ResumeTracking), so a flow no rule
+// allows is cut at once, whichever end sends first. The switch is not
+// persisted: a restarted agent enforces again unless it was started with
+// --policy=off, and judges the flows under way the same way. While it is
+// off the agent warns once a minute and weft_policy_enforced is 0.
 
 // enforcement is the agent's enforcement state.
 type enforcement struct {
@@ -51,7 +53,9 @@ func (a *Agent) setEnforcement(on bool) EnforcementState {
 		return EnforcementState{Enabled: on, Since: a.enf.since}
 	}
 	f := overlay.Filter(a.engine)
-	if !on {
+	if on {
+		a.engine.ResumeTracking() // before the engine sees a packet
+	} else {
 		f = overlay.OpenFilter{LocalSubnet: a.ov.LocalSubnet()}
 	}
 	a.ov.Wrapper().SetFilter(f)

@@ -227,7 +227,7 @@ func TestStageGateKeepsSending(t *testing.T) {
 			if gated {
 				g := newStageGate()
 				g.setPeers(all)
-				a.wrap.gate = g
+				a.wrap.gate.Store(g)
 				go g.poll(a.dev, slog.New(slog.DiscardHandler), stop)
 			}
 			src := netip.MustParseAddr("10.255.0.2")
@@ -293,5 +293,47 @@ func TestStageGateKeepsSending(t *testing.T) {
 				t.Errorf("DroppedNoSession = %d", n)
 			}
 		})
+	}
+}
+
+// TestStartDeviceGate: the device's TUN reader judges packets from the
+// moment startDevice releases it, and the gate startDevice hands the
+// wrapper must reach it safely. The packets come from a goroutine that does
+// not synchronise with startDevice (as the kernel's do not), so go test
+// -race fails if the handoff is a plain write after the reader's release.
+func TestStartDeviceGate(t *testing.T) {
+	tt := tuntest.NewChannelTUN()
+	o := &Overlay{log: slog.New(slog.DiscardHandler), stop: make(chan struct{})}
+	o.wrap = NewWrapper(tt.TUN(), OpenFilter{})
+	fed := make(chan struct{})
+	go func() {
+		defer close(fed)
+		for range 64 {
+			select {
+			case tt.Outbound <- tuntest.Ping(netip.MustParseAddr("10.255.1.7"), netip.MustParseAddr("10.255.0.2")):
+			case <-time.After(10 * time.Second):
+				return // the test below fails
+			}
+		}
+	}()
+	binds := bindtest.NewChannelBinds()
+	if got := o.startDevice(binds[0], minMessageBuffers); got != minMessageBuffers {
+		t.Fatalf("startDevice = %d message buffers, want %d", got, minMessageBuffers)
+	}
+	defer func() {
+		close(o.stop)
+		o.dev.Close()
+		o.bufs.close()
+	}()
+	<-fed
+	if o.wrap.gate.Load() != o.gate || o.gate == nil {
+		t.Fatal("the wrapper has not the overlay's gate")
+	}
+	// The reader took the last packet; it counts it when its batch is done.
+	for deadline := time.Now().Add(10 * time.Second); o.wrap.Stats().PassedToPeers.Load() < 64; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the TUN reader passed %d packets of 64", o.wrap.Stats().PassedToPeers.Load())
+		}
+		time.Sleep(time.Millisecond) // polling, with a deadline
 	}
 }

@@ -120,27 +120,7 @@ func New(cfg Config) (*Overlay, error) {
 	o := &Overlay{cfg: cfg, log: log, peers: make(map[wgtypes.Key]Peer), backend: backend, stop: make(chan struct{})}
 	o.wrap = NewWrapper(tdev, cfg.Filter)
 	o.initPartial(tdev)
-	nbufs := messageBuffers(cfg)
-	if nbufs > 0 {
-		// Keep wireguard-go's TUN reader from taking buffers until the
-		// pool is bounded.
-		o.wrap.holdReaders()
-	}
-	o.dev = device.NewDevice(o.wrap, conn.NewDefaultBind(), wgLogger(log))
-	if nbufs > 0 {
-		o.bufs, err = newMsgPool(o.dev, nbufs)
-		o.wrap.releaseReaders()
-		if err != nil {
-			log.Warn("WireGuard message buffers stay unbounded", "err", err)
-			nbufs = 0
-		}
-	}
-	if nbufs > 0 {
-		// Bounded buffers: keep peers without a session from holding them.
-		o.gate = newStageGate()
-		o.wrap.gate = o.gate
-		go o.gate.poll(o.dev, log, o.stop)
-	}
+	nbufs := o.startDevice(conn.NewDefaultBind(), messageBuffers(cfg))
 
 	fail := func(err error) (*Overlay, error) {
 		o.Close()
@@ -187,6 +167,36 @@ func (o *Overlay) SyncGuard(want []GuardEntry) (bool, error) {
 // GuardCounters returns the packets the guard dropped, by reason.
 func (o *Overlay) GuardCounters() (GuardCounters, error) {
 	return o.guard.Counters()
+}
+
+// startDevice creates the WireGuard device on o.wrap and bind, with at
+// most nbufs message buffers (0: wireguard-go's unbounded pool) and, when
+// they are bounded, the stage gate, which the wrapper has before the
+// device's TUN reader reads its first packet. It returns the bound in
+// effect.
+func (o *Overlay) startDevice(bind conn.Bind, nbufs int) int {
+	if nbufs > 0 {
+		// Keep wireguard-go's TUN reader from taking buffers until the
+		// pool is bounded.
+		o.wrap.holdReaders()
+	}
+	o.dev = device.NewDevice(o.wrap, bind, wgLogger(o.log))
+	if nbufs > 0 {
+		var err error
+		o.bufs, err = newMsgPool(o.dev, nbufs)
+		if err != nil {
+			o.log.Warn("WireGuard message buffers stay unbounded", "err", err)
+			nbufs = 0
+		} else {
+			// Bounded buffers: keep peers without a session from
+			// holding them.
+			o.gate = newStageGate()
+			o.wrap.gate.Store(o.gate)
+			go o.gate.poll(o.dev, o.log, o.stop)
+		}
+		o.wrap.releaseReaders()
+	}
+	return nbufs
 }
 
 // serveUAPI answers wg(8) and wgctrl on the UAPI socket until Close.

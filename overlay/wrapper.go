@@ -68,8 +68,9 @@ type Wrapper struct {
 	readersHeld chan struct{}
 
 	// gate, if set, limits what peers without a session may hold
-	// (gate.go).
-	gate *stageGate
+	// (gate.go). Set once, by Overlay.startDevice, while the TUN reader
+	// may already be reading: hence atomic.
+	gate atomic.Pointer[stageGate]
 
 	stats WrapperStats
 }
@@ -167,6 +168,7 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	// stays on the stack: through an interface, &run would escape and
 	// every batch would allocate one.
 	eng, _ := f.(*policy.Engine)
+	gate := w.gate.Load()
 	var run policy.Run
 	hairpin := w.hairpin[:0]
 	passed := 0
@@ -183,7 +185,7 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		}
 		switch {
 		case v == policy.Accept:
-			if w.gate == nil || w.gate.allow(pkt) {
+			if gate == nil || gate.allow(pkt) {
 				passed++
 				continue
 			}

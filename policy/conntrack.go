@@ -739,19 +739,6 @@ func (ct *conntrack) removeLocked(sh *ctShard, k *ctKey, base int) {
 	ct.deleteLocked(sh, sh.table(k.v6), base)
 }
 
-// putLocked inserts or replaces the entry of k, making room first if the
-// shard is at its limit.
-func (ct *conntrack) putLocked(sh *ctShard, k *ctKey, e flowEntry, now int64) {
-	ct.settleNurseLocked(sh, k)
-	if t := sh.table(k.v6); t != nil {
-		if base, _, found := t.find(k); found {
-			t.setEntryLocked(base, e)
-			return
-		}
-	}
-	ct.insertLocked(sh, k, e, now)
-}
-
 // insertLocked inserts the entry of k, which the shard does not hold (in
 // its tables or its nursery), making room first if the shard is at its
 // limit: a new IPv4 flow joins the nursery, emptied first if full.

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -43,16 +45,22 @@ func TestConntrackBound(t *testing.T) {
 // new flows much larger than the table far more often than not.
 func TestEvictionPrefersIdle(t *testing.T) {
 	e := newTestEngine(t, Config{MaxFlows: 4096})
-	live := ack(ap(ipB, 1), ap(ipD, 80))
-	e.Outbound(live)
+	// No rule allows B -> D:80, so B's ACK does not open the flow again
+	// once it is evicted (unseen): it is refused, and then reopened with
+	// a SYN.
+	open, live := syn(ap(ipB, 1), ap(ipD, 80)), ack(ap(ipB, 1), ap(ipD, 80))
+	e.Outbound(open)
 	lost := 0
 	for i := range 40000 {
 		e.clk.advance(time.Microsecond)
 		e.Outbound(syn(ap(ipB, uint16(2+i%60000)), ap(ipD, uint16(81+i/60000))))
 		if i%100 == 0 {
-			e.Outbound(live)
-			if e.Inbound(ack(ap(ipD, 80), ap(ipB, 1))) != Accept {
+			if e.Outbound(live) != Accept {
 				lost++
+				e.Outbound(open)
+			}
+			if v := e.Inbound(ack(ap(ipD, 80), ap(ipB, 1))); v != Accept {
+				t.Fatalf("reply of the busy flow: %v", v)
 			}
 		}
 	}
@@ -418,4 +426,114 @@ func TestReservationsAcrossSlotMoves(t *testing.T) {
 			}
 		}
 	})
+}
+
+// trackedEntry returns the live entry of pkt's flow, read under its shard
+// lock.
+func trackedEntry(e *Engine, pkt []byte) (flowEntry, bool) {
+	var p packet
+	if !parse(pkt, &p) {
+		return flowEntry{}, false
+	}
+	var k ctKey
+	e.ct.setKey(&k, &p.src, &p.dst, p.sport, p.dport, p.proto, p.v6)
+	sh := e.ct.shard(&k)
+	sh.lock()
+	defer sh.unlock()
+	_, ent, ok := e.ct.lookupLocked(sh, &k, e.clk.now())
+	return ent, ok
+}
+
+// TestOpenBothWaysConcurrent: the first packets of both directions of a
+// new flow race, A's to B (Inbound, allowed by the rule appA -> appB tcp
+// 8080) and B's to A (Outbound), thousands of times, each on a new flow.
+// Whichever the engine takes first opens the flow, and the other must find
+// it and update it, not open it again over it: otherwise a flow the rule
+// opened can end up as B's own (no policy flag), and removing the rule
+// does not cut it; or B's own flow ends up as one the rule governs. The
+// two serial outcomes cannot be told apart from a lost update by the flags
+// alone, so one of the two packets carries a FIN: whichever comes first,
+// the entry must then be closing. A lost update loses the FIN of the
+// packet it overwrites. Then the rule is removed: every flow the rule
+// opened is cut in both directions, and B's own flows go on.
+func TestOpenBothWaysConcurrent(t *testing.T) {
+	flows := 20000 // 20-100 lost updates a run without the fix
+	if raceEnabled {
+		flows = 5000 // 100-400 lost updates without the fix, 4 s
+	}
+	e := newTestEngine(t, Config{})
+	type pair struct{ in, out []byte }
+	pkts := make([]pair, flows)
+	for i := range pkts {
+		a, b := ap(ipA, uint16(1024+i)), ap(ipB, 8080)
+		finIn, finOut := uint8(0), uint8(0)
+		if i%2 == 0 {
+			finIn = pkttest.FIN
+		} else {
+			finOut = pkttest.FIN
+		}
+		pkts[i] = pair{
+			in:  pkttest.TCP(a, b, pkttest.ACK|finIn, 1, 1, nil),
+			out: pkttest.TCP(b, a, pkttest.ACK|finOut, 1, 1, nil),
+		}
+	}
+	// Both goroutines wait for the same start signal of each round, so
+	// that their lookups of the new flow overlap as often as they can.
+	var round, done atomic.Int64
+	var wg sync.WaitGroup
+	for _, d := range []dir{in, out} {
+		wg.Go(func() {
+			for i := range pkts {
+				for round.Load() <= int64(i) {
+					runtime.Gosched()
+				}
+				var v Verdict
+				if d == in {
+					v = e.Inbound(pkts[i].in)
+				} else {
+					v = e.Outbound(pkts[i].out)
+				}
+				if v != Accept {
+					t.Errorf("flow %d: %v = %v, want accept", i, d, v)
+				}
+				done.Add(1)
+			}
+		})
+	}
+	for i := range pkts {
+		round.Store(int64(i + 1))
+		for done.Load() < int64(2*(i+1)) {
+			runtime.Gosched()
+		}
+	}
+	wg.Wait()
+	policy := make([]bool, flows)
+	lost := 0
+	for i, p := range pkts {
+		ent, ok := trackedEntry(e, p.in)
+		if !ok {
+			t.Fatalf("flow %d not tracked", i)
+		}
+		if ent.flags&flClosing == 0 {
+			lost++
+		}
+		policy[i] = ent.flags&flPolicy != 0
+	}
+	if lost > 0 {
+		t.Errorf("%d of %d flows lost the FIN of one direction: one packet's entry replaced the other's", lost, flows)
+	}
+	e.SetTable(testTable(without(testRules, 0)))
+	byRule := 0
+	for i, p := range pkts {
+		next := ack(ap(ipA, uint16(1024+i)), ap(ipB, 8080))
+		if policy[i] {
+			byRule++
+			if v := e.Inbound(next); v != DropRevoked {
+				t.Errorf("flow %d, opened by the rule: A's packet after the rule's removal = %v, want revoked", i, v)
+			}
+		} else if v := e.Outbound(p.out); v != Accept {
+			t.Errorf("flow %d, B's own: B's packet after the rule's removal = %v, want accept", i, v)
+		}
+	}
+	t.Logf("%d flows opened by the rule, %d by B", byRule, flows-byRule)
 }

@@ -83,6 +83,10 @@ type Engine struct {
 
 	rejectsSent, rejectsLimited atomic.Uint64
 	flowLogState
+
+	// unseenUDP: until then (clock nanoseconds), a UDP datagram of an
+	// untracked flow may belong to a flow under way (ResumeTracking).
+	unseenUDP atomic.Int64
 }
 
 // snapshot pairs a table with the generation it was installed at.
@@ -146,6 +150,61 @@ func (e *Engine) SetTable(t *Table) {
 	e.snap.Store(&snapshot{t: t, gen: e.genSeq})
 }
 
+// ResumeTracking tells the engine that the packets of the data path went
+// by without it until now: the agent has just started (a restarted agent
+// tracks nothing), or policy enforcement was off. Flows may be under way
+// that it did not see begin, and the first packet it sees of one does not
+// say which end is the client: see unseen. Call it before the engine
+// judges the first packet of the data path.
+func (e *Engine) ResumeTracking() {
+	e.unseenUDP.Store(e.clk.now() + e.ct.timeout(ProtoUDP, 0))
+}
+
+// unseen reports whether p, of a flow the engine does not track, may
+// belong to a flow under way that it did not see begin: a TCP segment
+// other than a connection's first SYN (whether the engine was not looking,
+// or the flow expired or was evicted), or a UDP datagram within a
+// UDPTimeout of ResumeTracking (after that, a flow the engine did not see
+// would have expired anyway). Such a packet passes, and opens the flow,
+// only if a rule allows the flow with one of its ends as the client
+// (unseenFlags), whichever end sent it: a flow opened while the engine was
+// not looking is judged by the rules, and one that no rule allows is cut,
+// no matter which end sends first. (A flow whose first packet was the
+// local end's was once opened as the local container's own, and the
+// remote end's packets then passed as its replies.)
+func (e *Engine) unseen(p *packet, now int64) bool {
+	switch p.proto {
+	case ProtoTCP:
+		return p.tcpFlags&(tcpSYN|tcpACK) != tcpSYN
+	case ProtoUDP:
+		return now < e.unseenUDP.Load()
+	}
+	return false
+}
+
+// unseenFlags returns the origin and policy flags of the entry of an
+// unseen packet's flow (see unseen) between endpoints src and dst: the end
+// a rule allows as the client is the flow's origin, the remote end first
+// (a remote client's flow is re-checked when the table changes); a flow
+// into a local container is under its rule (flPolicy), a local client's
+// flow to a remote end is the local container's own. ok=false: no rule
+// allows the flow either way.
+func unseenFlags(t *Table, p *packet, src, dst epInfo, srcIsA bool) (flags uint8, ok bool) {
+	srcClient := t.pairAllows(src.app, dst.app, p.proto, p.dport)
+	dstClient := t.pairAllows(dst.app, src.app, p.proto, p.sport)
+	clientIsSrc := srcClient && (!src.local || !dstClient)
+	if !clientIsSrc && !dstClient {
+		return 0, false
+	}
+	if clientIsSrc && dst.local || !clientIsSrc && src.local {
+		flags = flPolicy
+	}
+	if clientIsSrc == srcIsA {
+		flags |= flOrigA
+	}
+	return flags, true
+}
+
 // Table returns the installed table.
 func (e *Engine) Table() *Table { return e.snap.Load().t }
 
@@ -202,6 +261,8 @@ func (e *Engine) Outbound(pkt []byte) Verdict {
 	v = e.outbound(&p, s, now, hint)
 	if !v.Allowed() {
 		e.logFlow(v, &p, s.t)
+	} else if p.firstFrag {
+		e.frags.remember(&p, now) // whichever path accepted it: see fragCache
 	}
 	return e.count(&p, v, true)
 }
@@ -226,6 +287,8 @@ func (e *Engine) Inbound(pkt []byte) Verdict {
 	v = e.inbound(&p, s, now, hint)
 	if !v.Allowed() {
 		e.logFlow(v, &p, s.t)
+	} else if p.firstFrag {
+		e.frags.remember(&p, now) // whichever path accepted it: see fragCache
 	}
 	return e.count(&p, v, false)
 }
@@ -356,34 +419,42 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	case kindUnsupported, kindICMPOther:
 		return DropUnsupported
 	}
+	// Looked up under the lock even after a lock-free miss (fr ==
+	// fastAbsent): the other direction may have opened the flow since.
 	sh := e.ct.shard(&k)
 	sh.lock()
-	if fr != fastAbsent {
-		if base, ent, ok := e.ct.lookupLocked(sh, &k, now); ok {
-			// Our own flow, or a reply of a flow allowed inbound.
-			var v Verdict
-			if v, ok = e.settleLocked(sh, &k, base, &ent, s, now); ok {
-				if v == Accept {
-					e.ct.updateLocked(sh, &k, base, touch(ent, p, now))
-				}
-				sh.unlock()
-				if v == DropRevoked && p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 {
-					// The RST that cuts a revoked flow (ours, from
-					// Reject, written into the TUN and routed back
-					// out) must reach the remote end. A RST opens
-					// nothing, and the receiving cell judges it again.
-					return Accept
-				}
-				return v
-			}
+	if v, ok := e.trackedLocked(sh, &k, p, s, now); ok {
+		// Our own flow, or a reply of a flow allowed inbound.
+		sh.unlock()
+		if v == DropRevoked && p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 {
+			// The RST that cuts a revoked flow (ours, from Reject,
+			// written into the TUN and routed back out) must reach the
+			// remote end. A RST opens nothing, and the receiving cell
+			// judges it again.
+			return Accept
 		}
+		return v
 	}
 	isNew := false
 	if !(p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 || p.proto == ProtoICMP && !p.echoRequest()) {
-		// A new flow; neither a RST nor an echo reply opens one.
+		// A new flow; neither a RST nor an echo reply opens one. The
+		// local container's own, unless it may be under way (unseen).
 		ent := flowEntry{lastSeen: now, gen: s.gen, flags: sideFlag(srcIsA)}
 		if srcIsA {
 			ent.flags |= flOrigA
+		}
+		if e.unseen(p, now) {
+			se, _ := t.endpoint(&p.src) // local: checked above
+			de, ok := t.endpoint(&p.dst)
+			var fl uint8
+			if ok {
+				fl, ok = unseenFlags(t, p, se, de, srcIsA)
+			}
+			if !ok {
+				sh.unlock()
+				return DropNoPolicy
+			}
+			ent.flags = fl | sideFlag(srcIsA)
 		}
 		if t.isLocal(&p.dst) {
 			ent.flags |= sideFlag(!srcIsA)
@@ -391,13 +462,10 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 		if p.proto == ProtoTCP && p.tcpFlags&tcpFIN != 0 {
 			ent.flags |= flClosing
 		}
-		e.ct.putLocked(sh, &k, ent, now)
+		e.ct.insertLocked(sh, &k, ent, now)
 		isNew = true
 	}
 	sh.unlock()
-	if p.firstFrag {
-		e.frags.remember(p, now)
-	}
 	if isNew {
 		e.logFlow(Accept, p, t)
 	}
@@ -440,14 +508,9 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	if fr != fastAbsent {
 		// A tracked flow, in either direction.
 		sh.lock()
-		if base, ent, ok := e.ct.lookupLocked(sh, &k, now); ok {
-			if v, ok := e.settleLocked(sh, &k, base, &ent, s, now); ok {
-				if v == Accept {
-					e.ct.updateLocked(sh, &k, base, touch(ent, p, now))
-				}
-				sh.unlock()
-				return v
-			}
+		if v, ok := e.trackedLocked(sh, &k, p, s, now); ok {
+			sh.unlock()
+			return v
 		}
 		sh.unlock()
 	}
@@ -460,16 +523,24 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	if p.proto == ProtoICMP && !p.echoRequest() {
 		return DropNoPolicy // an echo reply nobody asked for
 	}
+	fl := flPolicy // src the client, under the rule
+	if srcIsA {
+		fl |= flOrigA
+	}
 	if !t.pairAllows(src.app, dst.app, p.proto, p.dport) {
-		return DropNoPolicy
+		// Not as a new flow; as a packet of a flow under way whose
+		// client is dst, perhaps (unseen).
+		if !e.unseen(p, now) {
+			return DropNoPolicy
+		}
+		if fl, ok = unseenFlags(t, p, src, dst, srcIsA); !ok {
+			return DropNoPolicy
+		}
 	}
 	if p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 {
 		return Accept // allowed, but a RST opens nothing
 	}
-	ent := flowEntry{lastSeen: now, gen: s.gen, flags: flPolicy | sideFlag(!srcIsA)}
-	if srcIsA {
-		ent.flags |= flOrigA
-	}
+	ent := flowEntry{lastSeen: now, gen: s.gen, flags: fl | sideFlag(!srcIsA)}
 	if src.local {
 		ent.flags |= sideFlag(srcIsA)
 	}
@@ -477,13 +548,31 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 		ent.flags |= flClosing
 	}
 	sh.lock()
-	e.ct.putLocked(sh, &k, ent, now)
-	sh.unlock()
-	if p.firstFrag {
-		e.frags.remember(p, now)
+	// Either direction may have opened the flow since the lookup above
+	// (or the lock-free miss): then this packet is one of that flow's.
+	if v, ok := e.trackedLocked(sh, &k, p, s, now); ok {
+		sh.unlock()
+		return v
 	}
+	e.ct.insertLocked(sh, &k, ent, now)
+	sh.unlock()
 	e.logFlow(Accept, p, t)
 	return Accept
+}
+
+// trackedLocked judges p by the live entry of its flow k, if the shard
+// (locked) holds one: Accept, with the entry refreshed by p, or
+// DropRevoked (see settleLocked). ok=false: the flow is not tracked, and
+// the shard does not hold k.
+func (e *Engine) trackedLocked(sh *ctShard, k *ctKey, p *packet, s *snapshot, now int64) (v Verdict, ok bool) {
+	base, ent, ok := e.ct.lookupLocked(sh, k, now)
+	if !ok {
+		return 0, false
+	}
+	if v, ok = e.settleLocked(sh, k, base, &ent, s, now); ok && v == Accept {
+		e.ct.updateLocked(sh, k, base, touch(ent, p, now))
+	}
+	return v, ok
 }
 
 // icmpError judges an ICMP error addressed to a local endpoint (checked by

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -382,4 +383,138 @@ func TestTinyFragments(t *testing.T) {
 	if v := e.Inbound(short); v != DropMalformed {
 		t.Errorf("first fragment with 16 bytes of tcp header: %v, want malformed", v)
 	}
+}
+
+// TestFragmentsOfTrackedFlows: the later fragments of a datagram whose
+// first fragment belongs to a tracked flow follow it, whichever path
+// accepted the first fragment: the lock-free lookup (the flow verified at
+// this generation) or the locked one (after a table change), in both
+// directions.
+func TestFragmentsOfTrackedFlows(t *testing.T) {
+	a, b := ap(ipA, 40000), ap(ipB, 53)
+	id := byte(0)
+	datagram := func(src, dst netip.AddrPort) [][]byte {
+		id++
+		frags := pkttest.Fragment4(pkttest.UDP(src, dst, make([]byte, 100)), 48)
+		for _, f := range frags {
+			f[5] = id // IP identification: one per datagram
+		}
+		return frags
+	}
+	for _, changed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("table changed=%v", changed), func(t *testing.T) {
+			e := newTestEngine(t, Config{})
+			first := datagram(a, b)
+			run(t, e, []step{{"opening datagram", in, first[0], Accept}, {"its second fragment", in, first[1], Accept}})
+			for _, d := range []dir{in, out} {
+				if changed {
+					e.SetTable(testTable(without(testRules, 3))) // an unrelated rule
+				}
+				src, dst := a, b
+				if d == out {
+					src, dst = b, a
+				}
+				frags := datagram(src, dst)
+				for i, f := range frags {
+					run(t, e, []step{{fmt.Sprintf("next datagram, fragment %d", i), d, f, Accept}})
+				}
+			}
+		})
+	}
+}
+
+// TestUnseenFlows: after ResumeTracking (an agent just started, or
+// enforcement switched on again), flows may be under way that the engine
+// did not see begin. Each is judged by the rules on its next packet,
+// whichever end sends it: it passes if a rule allows it with one of its
+// ends as the client, and then follows that rule; otherwise it is cut.
+// Before, the local end's packet reopened such a flow as the local
+// container's own, and the remote end's packets passed as its replies.
+func TestUnseenFlows(t *testing.T) {
+	a, b, d := ap(ipA, 40000), ap(ipB, 8080), ap(ipD, 42000)
+	b7, b45, d80, d8080 := ap(ipB, 7000), ap(ipB, 45000), ap(ipD, 80), ap(ipD, 8080)
+	udpB := ap(ipB, 53)
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"no rule either way, local end first", []step{
+			{"b's data", out, ack(b7, d), DropNoPolicy},
+			{"d's data", in, ack(d, b7), DropNoPolicy},
+			{"b's data again", out, ack(b7, d), DropNoPolicy},
+		}},
+		{"no rule either way, remote end first", []step{
+			{"d's data", in, ack(d, b7), DropNoPolicy},
+			{"b's data", out, ack(b7, d), DropNoPolicy},
+		}},
+		{"remote client under a rule, local end first", []step{
+			{"b's data", out, ack(b, a), Accept},
+			{"a's data", in, ack(a, b), Accept},
+		}},
+		{"local client under a rule, remote end first", []step{
+			{"d's data", in, ack(d8080, b45), Accept},
+			{"b's data", out, ack(b45, d8080), Accept},
+		}},
+		{"local client without a rule", []step{
+			{"b's data", out, ack(b45, d80), DropNoPolicy},
+			{"a new connection needs none here", out, syn(b45, d80), Accept},
+			{"its reply", in, synack(d80, b45), Accept},
+		}},
+		{"a RST opens nothing", []step{
+			{"d's RST", in, pkttest.TCP(d, b7, pkttest.RST, 1, 0, nil), DropNoPolicy},
+			{"b's RST", out, pkttest.TCP(b7, d, pkttest.RST, 1, 0, nil), Accept},
+			{"then b's data", out, ack(b7, d), DropNoPolicy},
+		}},
+		{"udp without a rule, local end first", []step{
+			{"b's datagram", out, pkttest.UDP(b7, d, nil), DropNoPolicy},
+			{"d's datagram", in, pkttest.UDP(d, b7, nil), DropNoPolicy},
+		}},
+		{"udp under a rule, local end first", []step{
+			{"b's datagram", out, pkttest.UDP(udpB, a, nil), Accept},
+			{"a's datagram", in, pkttest.UDP(a, udpB, nil), Accept},
+		}},
+		{"hairpin under a rule, server first", []step{
+			{"b's data", out, ack(ap(ipB, 9000), ap(ipC, 41000)), AcceptLocal},
+			{"c's data", out, ack(ap(ipC, 41000), ap(ipB, 9000)), AcceptLocal},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newTestEngine(t, Config{})
+			e.ResumeTracking()
+			run(t, e, tt.steps)
+		})
+	}
+
+	// The flows so opened follow the rule that allowed them: removing it
+	// cuts them, whichever end sent first.
+	t.Run("rule removed", func(t *testing.T) {
+		e := newTestEngine(t, Config{})
+		e.ResumeTracking()
+		run(t, e, []step{
+			{"b's data", out, ack(b, a), Accept},
+			{"b's datagram", out, pkttest.UDP(udpB, a, nil), Accept},
+			{"hairpin, b's data", out, ack(ap(ipB, 9000), ap(ipC, 41000)), AcceptLocal},
+		})
+		e.SetTable(testTable(without(without(without(testRules, 3), 1), 0)))
+		run(t, e, []step{
+			{"b's data", out, ack(b, a), DropRevoked},
+			{"a's data", in, ack(a, b), DropRevoked},
+			{"b's datagram", out, pkttest.UDP(udpB, a, nil), DropRevoked},
+			{"hairpin, c's data", out, ack(ap(ipC, 41000), ap(ipB, 9000)), DropRevoked},
+		})
+	})
+
+	// UDP cannot tell a flow under way from a new one: a datagram is
+	// judged so only within a UDPTimeout of ResumeTracking; after that, a
+	// flow the engine did not see would have expired anyway.
+	t.Run("udp after the window", func(t *testing.T) {
+		e := newTestEngine(t, Config{})
+		e.ResumeTracking()
+		e.clk.advance(61 * time.Second)
+		run(t, e, []step{
+			{"b's datagram opens b's own flow", out, pkttest.UDP(b7, d, nil), Accept},
+			{"d's reply", in, pkttest.UDP(d, b7, nil), Accept},
+		})
+	})
 }

@@ -167,11 +167,10 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 			releaseSeq(&sh.seq)
 			return Accept, fastHit
 		}
-		sh.lock()
-		ct.putLocked(sh, &ctKey{w: [5]uint64{k0, k1}, h: h}, ent, now)
-		storeWord(&sh.opened, sh.opened+1)
-		sh.unlock()
-		return Accept, fastHit
+		// The shard changed since the miss: another packet may have
+		// opened the flow, in either direction. The generic path looks
+		// again, under the lock before it inserts.
+		return 0, fastUntried
 	}
 	ent := entryOf(meta, seen)
 	t := s.t

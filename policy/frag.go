@@ -8,7 +8,9 @@ import (
 
 // fragCache remembers the first fragments the engine allowed, so that the
 // later fragments of the same datagram (which carry no ports) can follow
-// them. It is a fixed array of slots indexed by a seeded hash of
+// them. Outbound and Inbound remember every first fragment they accept,
+// whether it opened its flow or belongs to a tracked one (the lock-free
+// or the locked lookup). It is a fixed array of slots indexed by a seeded hash of
 // (src, dst, protocol, identification): it never grows, and a collision
 // just forgets an older datagram, whose remaining fragments are then
 // dropped (DropUnsupported). Fragments are rare on the overlay, whose MTU
