@@ -45,7 +45,12 @@ type Config struct {
 	// of summing every segment (partial.go). It needs the wireguard TUN
 	// backend; see Overlay.AcceptsPartialTCPChecksum.
 	PartialTCPChecksums bool
-	Logger              *slog.Logger
+	// DataPath is DataPathInline ("", the default: each packet carried
+	// from read to send by the routine that read it) or DataPathQueued
+	// (upstream wireguard-go's crypto workers and per-peer routines);
+	// WEFT_WG_DATAPATH overrides. See datapath.go.
+	DataPath string
+	Logger   *slog.Logger
 }
 
 // DefaultConfig returns the defaults; callers fill in keys, subnet and filter.
@@ -109,6 +114,10 @@ func New(cfg Config) (*Overlay, error) {
 	}
 	log = log.With("component", "overlay", "interface", cfg.Interface)
 
+	dataPath, err := dataPathOf(cfg)
+	if err != nil {
+		return nil, err
+	}
 	tdev, backend, err := createTUN(cfg, log)
 	if err != nil {
 		return nil, err
@@ -122,7 +131,8 @@ func New(cfg Config) (*Overlay, error) {
 		// pool is bounded.
 		o.wrap.holdReaders()
 	}
-	o.dev = device.NewDevice(o.wrap, conn.NewDefaultBind(), wgLogger(log))
+	o.dev = device.NewDeviceWithOptions(o.wrap, conn.NewDefaultBind(), wgLogger(log),
+		device.Options{RunToCompletion: dataPath == DataPathInline})
 	if nbufs > 0 {
 		o.bufs, err = newMsgPool(o.dev, nbufs)
 		o.wrap.releaseReaders()
@@ -164,7 +174,7 @@ func New(cfg Config) (*Overlay, error) {
 	}
 	log.Info("data plane up", "mtu", cfg.MTU, "listen_port", cfg.ListenPort,
 		"subnet", cfg.LocalSubnet, "tun_backend", backend, "offloads", tdev.BatchSize() > 1,
-		"message_buffers", nbufs)
+		"message_buffers", nbufs, "data_path", dataPath)
 	return o, nil
 }
 
