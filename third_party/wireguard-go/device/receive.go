@@ -60,8 +60,25 @@ func (peer *Peer) keepKeyFreshReceiving() {
 	keypair := peer.keypairs.Current()
 	if keypair != nil && keypair.isInitiator && time.Since(keypair.created) > (RejectAfterTime-KeepaliveTimeout-RekeyTimeout) {
 		peer.timers.sentLastMinuteHandshake.Store(true)
-		peer.SendHandshakeInitiation(false)
+		if peer.device.rtc {
+			go peer.SendHandshakeInitiation(false) // see sendStagedFromReceiver
+		} else {
+			peer.SendHandshakeInitiation(false)
+		}
 	}
+}
+
+// sendStagedFromReceiver sends what is staged for peer once the receiver
+// has confirmed a session. Run to completion receives on the UDP
+// receivers, which BindUpdate and BindClose wait for while they hold
+// device.net; a send there would wait for device.net (SendBuffers), so it
+// runs on a goroutine of its own, once per session.
+func (peer *Peer) sendStagedFromReceiver() {
+	if peer.device.rtc {
+		go peer.SendStagedPackets()
+		return
+	}
+	peer.SendStagedPackets()
 }
 
 /* Receives incoming datagrams for the device
@@ -466,7 +483,7 @@ func (peer *Peer) receive(elems []*QueueInboundElement, bufs [][]byte) [][]byte 
 		if peer.ReceivedWithKeypair(elem.keypair) {
 			peer.SetEndpointFromPacket(elem.endpoint)
 			peer.timersHandshakeComplete()
-			peer.SendStagedPackets()
+			peer.sendStagedFromReceiver()
 		}
 		rxBytesLen += uint64(len(elem.packet) + MinMessageSize)
 

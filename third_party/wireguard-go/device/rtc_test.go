@@ -228,3 +228,45 @@ func TestRunToCompletionUpDownTraffic(t *testing.T) {
 	}
 	pair.exchange(t, 9000, 128, 32)
 }
+
+// TestRunToCompletionReceiverNeverWaitsForBind: a UDP receiver that
+// confirms a session must not send what is staged itself, since
+// BindUpdate and BindClose hold device.net while they wait for the
+// receivers to stop, and sending takes device.net: the two would wait for
+// each other for ever.
+func TestRunToCompletionReceiverNeverWaitsForBind(t *testing.T) {
+	goroutineLeakCheck(t)
+	pair := genModePair(t, [2]Options{{RunToCompletion: true}, {RunToCompletion: false}})
+	pair.Send(t, Ping, nil)
+	dev := pair[0].dev
+	peer := onlyPeer(t, dev)
+	c := dev.GetOutboundElementsContainer()
+	elem := dev.NewOutboundElement()
+	pkt := seqPacket(pair[0].ip, pair[1].ip, 7)
+	elem.packet = elem.buffer[MessageTransportHeaderSize : MessageTransportHeaderSize+len(pkt)]
+	copy(elem.packet, pkt)
+	c.elems = append(c.elems, elem)
+	peer.StagePackets(c)
+
+	dev.net.Lock() // as BindUpdate does while it waits for the receivers
+	returned := make(chan struct{})
+	go func() {
+		peer.sendStagedFromReceiver()
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		dev.net.Unlock()
+		t.Fatal("the receiver waited for device.net")
+	}
+	dev.net.Unlock()
+	select { // and the staged packet went out once the lock was free
+	case got := <-pair[1].tun.Inbound:
+		if binary.BigEndian.Uint32(got[20:]) != 7 {
+			t.Fatalf("got packet %d, want 7", binary.BigEndian.Uint32(got[20:]))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("staged packet not sent")
+	}
+}
