@@ -72,8 +72,9 @@ func TestInteropUpstreamWireGuard(t *testing.T) {
 
 // startWG starts a WireGuard process (plainwg or weftwg) in ns, peered with
 // peer at underlay address peerUnderlay, whose TUN address is peerTUN, and
-// waits for it to print "ready" (and want, if not empty).
-func startWG(t *testing.T, ns, bin string, args []string, key, peer wgtypes.Key, peerUnderlay string, peerTUN netip.Addr, want string) {
+// waits for it to print "ready" (and want, if not empty). It returns the
+// process's PID.
+func startWG(t testing.TB, ns, bin string, args []string, key, peer wgtypes.Key, peerUnderlay string, peerTUN netip.Addr, want string) int {
 	t.Helper()
 	cmd := lab.ExecIn(ns, bin, append(args, "-mtu", "1420")...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -100,6 +101,7 @@ func startWG(t *testing.T, ns, bin string, args []string, key, peer wgtypes.Key,
 	}
 	t.Logf("%s in %s: %s", filepath.Base(bin), ns, got)
 	go io.Copy(io.Discard, stdout)
+	return cmd.Process.Pid
 }
 
 // udpEcho sends datagrams of every size from 0 to 1392 bytes (the most
