@@ -317,7 +317,7 @@ func TestStartDeviceGate(t *testing.T) {
 		}
 	}()
 	binds := bindtest.NewChannelBinds()
-	if got := o.startDevice(binds[0], minMessageBuffers); got != minMessageBuffers {
+	if got := o.startDevice(binds[0], minMessageBuffers, device.Options{}); got != minMessageBuffers {
 		t.Fatalf("startDevice = %d message buffers, want %d", got, minMessageBuffers)
 	}
 	defer func() {

@@ -47,8 +47,13 @@ type Config struct {
 	PartialTCPChecksums bool
 	// DNS is the cell's DNS service address, the one address of the cell
 	// its containers may reach (guard_linux.go); invalid: none.
-	DNS    netip.Addr
-	Logger *slog.Logger
+	DNS netip.Addr
+	// DataPath is DataPathInline ("", the default: each packet carried
+	// from read to send by the routine that read it) or DataPathQueued
+	// (upstream wireguard-go's crypto workers and per-peer routines);
+	// WEFT_WG_DATAPATH overrides. See datapath.go.
+	DataPath string
+	Logger   *slog.Logger
 }
 
 // DefaultConfig returns the defaults; callers fill in keys, subnet and filter.
@@ -113,6 +118,10 @@ func New(cfg Config) (*Overlay, error) {
 	}
 	log = log.With("component", "overlay", "interface", cfg.Interface)
 
+	dataPath, err := dataPathOf(cfg)
+	if err != nil {
+		return nil, err
+	}
 	tdev, backend, err := createTUN(cfg, log)
 	if err != nil {
 		return nil, err
@@ -120,7 +129,8 @@ func New(cfg Config) (*Overlay, error) {
 	o := &Overlay{cfg: cfg, log: log, peers: make(map[wgtypes.Key]Peer), backend: backend, stop: make(chan struct{})}
 	o.wrap = NewWrapper(tdev, cfg.Filter)
 	o.initPartial(tdev)
-	nbufs := o.startDevice(conn.NewDefaultBind(), messageBuffers(cfg))
+	nbufs := o.startDevice(conn.NewDefaultBind(), messageBuffers(cfg),
+		device.Options{RunToCompletion: dataPath == DataPathInline})
 
 	fail := func(err error) (*Overlay, error) {
 		o.Close()
@@ -152,7 +162,7 @@ func New(cfg Config) (*Overlay, error) {
 	}
 	log.Info("data plane up", "mtu", cfg.MTU, "listen_port", cfg.ListenPort,
 		"subnet", cfg.LocalSubnet, "tun_backend", backend, "offloads", tdev.BatchSize() > 1,
-		"message_buffers", nbufs)
+		"message_buffers", nbufs, "data_path", dataPath)
 	return o, nil
 }
 
@@ -174,13 +184,13 @@ func (o *Overlay) GuardCounters() (GuardCounters, error) {
 // they are bounded, the stage gate, which the wrapper has before the
 // device's TUN reader reads its first packet. It returns the bound in
 // effect.
-func (o *Overlay) startDevice(bind conn.Bind, nbufs int) int {
+func (o *Overlay) startDevice(bind conn.Bind, nbufs int, opts device.Options) int {
 	if nbufs > 0 {
 		// Keep wireguard-go's TUN reader from taking buffers until the
 		// pool is bounded.
 		o.wrap.holdReaders()
 	}
-	o.dev = device.NewDevice(o.wrap, bind, wgLogger(o.log))
+	o.dev = device.NewDeviceWithOptions(o.wrap, bind, wgLogger(o.log), opts)
 	if nbufs > 0 {
 		var err error
 		o.bufs, err = newMsgPool(o.dev, nbufs)

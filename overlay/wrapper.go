@@ -13,8 +13,9 @@ import (
 // Filter decides the fate of one IP packet. *policy.Engine implements it.
 //
 // All methods are called concurrently: Outbound from the TUN reader
-// goroutine, Inbound from wireguard-go's per-peer receive goroutines and from
-// the TUN reader (hair-pinned packets). pkt is borrowed: valid only for the
+// goroutine, Inbound from wireguard-go's UDP receivers (per-peer receive
+// goroutines on the queued data path) and from the TUN reader (hair-pinned
+// packets). pkt is borrowed: valid only for the
 // duration of the call.
 type Filter interface {
 	// Outbound judges a packet that a local container sent (read from the TUN).

@@ -89,6 +89,10 @@ type Device struct {
 	ipcMutex sync.RWMutex
 	closed   chan struct{}
 	log      *Logger
+
+	// rtc: run to completion (weft, rtc.go). Set by NewDeviceWithOptions,
+	// never changed.
+	rtc bool
 }
 
 // deviceState represents the state of a Device.
@@ -282,7 +286,13 @@ func (device *Device) SetPrivateKey(sk NoisePrivateKey) error {
 }
 
 func NewDevice(tunDevice tun.Device, bind conn.Bind, logger *Logger) *Device {
+	return NewDeviceWithOptions(tunDevice, bind, logger, Options{RunToCompletion: defaultRunToCompletion})
+}
+
+// NewDeviceWithOptions is NewDevice with weft's options (rtc.go).
+func NewDeviceWithOptions(tunDevice tun.Device, bind conn.Bind, logger *Logger, opts Options) *Device {
 	device := new(Device)
+	device.rtc = opts.RunToCompletion
 	device.state.state.Store(uint32(deviceStateDown))
 	device.closed = make(chan struct{})
 	device.log = logger
@@ -312,14 +322,20 @@ func NewDevice(tunDevice tun.Device, bind conn.Bind, logger *Logger) *Device {
 	device.state.stopping.Wait()
 	device.queue.encryption.wg.Add(cpus) // One for each RoutineHandshake
 	for i := 0; i < cpus; i++ {
-		go device.RoutineEncryption(i + 1)
-		go device.RoutineDecryption(i + 1)
+		if !device.rtc { // run to completion seals and opens inline
+			go device.RoutineEncryption(i + 1)
+			go device.RoutineDecryption(i + 1)
+		}
 		go device.RoutineHandshake(i + 1)
 	}
 
 	device.state.stopping.Add(1)      // RoutineReadFromTUN
 	device.queue.encryption.wg.Add(1) // RoutineReadFromTUN
-	go device.RoutineReadFromTUN()
+	if device.rtc {
+		go device.RoutineReadFromTUNInline()
+	} else {
+		go device.RoutineReadFromTUN()
+	}
 	go device.RoutineTUNEventReader()
 
 	return device
@@ -521,7 +537,11 @@ func (device *Device) BindUpdate() error {
 	device.queue.handshake.wg.Add(len(recvFns))  // each RoutineReceiveIncoming goroutine writes to device.queue.handshake
 	batchSize := netc.bind.BatchSize()
 	for _, fn := range recvFns {
-		go device.RoutineReceiveIncoming(batchSize, fn)
+		if device.rtc {
+			go device.RoutineReceiveIncomingInline(batchSize, fn)
+		} else {
+			go device.RoutineReceiveIncoming(batchSize, fn)
+		}
 	}
 
 	device.log.Verbosef("UDP bind has been updated")

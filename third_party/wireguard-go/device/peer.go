@@ -56,6 +56,15 @@ type Peer struct {
 	cookieGenerator             CookieGenerator
 	trieEntries                 list.List
 	persistentKeepaliveInterval atomic.Uint32
+
+	// inline is the state of run to completion (weft, rtc.go).
+	inline struct {
+		send struct {
+			sync.Mutex          // nonce order is send order
+			bufs       [][]byte // guarded by the mutex
+		}
+		recv sync.Mutex // replay filter, timers and endpoint of received batches
+	}
 }
 
 func (device *Device) NewPeer(pk NoisePublicKey) (*Peer, error) {
@@ -189,7 +198,9 @@ func (peer *Peer) Start() {
 
 	// reset routine state
 	peer.stopping.Wait()
-	peer.stopping.Add(2)
+	if !device.rtc { // run to completion has no per-peer routines
+		peer.stopping.Add(2)
+	}
 
 	peer.handshake.mutex.Lock()
 	peer.handshake.lastSentHandshake = time.Now().Add(-(RekeyTimeout + time.Second))
@@ -205,8 +216,10 @@ func (peer *Peer) Start() {
 	// Use the device batch size, not the bind batch size, as the device size is
 	// the size of the batch pools.
 	batchSize := peer.device.BatchSize()
-	go peer.RoutineSequentialSender(batchSize)
-	go peer.RoutineSequentialReceiver(batchSize)
+	if !device.rtc {
+		go peer.RoutineSequentialSender(batchSize)
+		go peer.RoutineSequentialReceiver(batchSize)
+	}
 
 	peer.isRunning.Store(true)
 }
@@ -268,8 +281,10 @@ func (peer *Peer) Stop() {
 
 	peer.timersStop()
 	// Signal that RoutineSequentialSender and RoutineSequentialReceiver should exit.
-	peer.queue.inbound.c <- nil
-	peer.queue.outbound.c <- nil
+	if !peer.device.rtc {
+		peer.queue.inbound.c <- nil
+		peer.queue.outbound.c <- nil
+	}
 	peer.stopping.Wait()
 	peer.device.queue.encryption.wg.Done() // no more writes to encryption queue from us
 

@@ -60,8 +60,25 @@ func (peer *Peer) keepKeyFreshReceiving() {
 	keypair := peer.keypairs.Current()
 	if keypair != nil && keypair.isInitiator && time.Since(keypair.created) > (RejectAfterTime-KeepaliveTimeout-RekeyTimeout) {
 		peer.timers.sentLastMinuteHandshake.Store(true)
-		peer.SendHandshakeInitiation(false)
+		if peer.device.rtc {
+			go peer.SendHandshakeInitiation(false) // see sendStagedFromReceiver
+		} else {
+			peer.SendHandshakeInitiation(false)
+		}
 	}
+}
+
+// sendStagedFromReceiver sends what is staged for peer once the receiver
+// has confirmed a session. Run to completion receives on the UDP
+// receivers, which BindUpdate and BindClose wait for while they hold
+// device.net; a send there would wait for device.net (SendBuffers), so it
+// runs on a goroutine of its own, once per session.
+func (peer *Peer) sendStagedFromReceiver() {
+	if peer.device.rtc {
+		go peer.SendStagedPackets()
+		return
+	}
+	peer.SendStagedPackets()
 }
 
 /* Receives incoming datagrams for the device
@@ -243,24 +260,7 @@ func (device *Device) RoutineDecryption(id int) {
 
 	for elemsContainer := range device.queue.decryption.c {
 		for _, elem := range elemsContainer.elems {
-			// split message into fields
-			counter := elem.packet[MessageTransportOffsetCounter:MessageTransportOffsetContent]
-			content := elem.packet[MessageTransportOffsetContent:]
-
-			// decrypt and release to consumer
-			var err error
-			elem.counter = binary.LittleEndian.Uint64(counter)
-			// copy counter to nonce
-			binary.LittleEndian.PutUint64(nonce[0x4:0xc], elem.counter)
-			elem.packet, err = elem.keypair.receive.Open(
-				content[:0],
-				nonce[:],
-				content,
-				nil,
-			)
-			if err != nil {
-				elem.packet = nil
-			}
+			openInPlace(elem, &nonce)
 		}
 		elemsContainer.Unlock()
 	}
@@ -441,85 +441,7 @@ func (peer *Peer) RoutineSequentialReceiver(maxBatchSize int) {
 			return
 		}
 		elemsContainer.Lock()
-		validTailPacket := -1
-		dataPacketReceived := false
-		rxBytesLen := uint64(0)
-		for i, elem := range elemsContainer.elems {
-			if elem.packet == nil {
-				// decryption failed
-				continue
-			}
-
-			if !elem.keypair.replayFilter.ValidateCounter(elem.counter, RejectAfterMessages) {
-				continue
-			}
-
-			validTailPacket = i
-			if peer.ReceivedWithKeypair(elem.keypair) {
-				peer.SetEndpointFromPacket(elem.endpoint)
-				peer.timersHandshakeComplete()
-				peer.SendStagedPackets()
-			}
-			rxBytesLen += uint64(len(elem.packet) + MinMessageSize)
-
-			if len(elem.packet) == 0 {
-				device.log.Verbosef("%v - Receiving keepalive packet", peer)
-				continue
-			}
-			dataPacketReceived = true
-
-			switch elem.packet[0] >> 4 {
-			case 4:
-				if len(elem.packet) < ipv4.HeaderLen {
-					continue
-				}
-				field := elem.packet[IPv4offsetTotalLength : IPv4offsetTotalLength+2]
-				length := binary.BigEndian.Uint16(field)
-				if int(length) > len(elem.packet) || int(length) < ipv4.HeaderLen {
-					continue
-				}
-				elem.packet = elem.packet[:length]
-				src := elem.packet[IPv4offsetSrc : IPv4offsetSrc+net.IPv4len]
-				if device.allowedips.Lookup(src) != peer {
-					device.log.Verbosef("IPv4 packet with disallowed source address from %v", peer)
-					continue
-				}
-
-			case 6:
-				if len(elem.packet) < ipv6.HeaderLen {
-					continue
-				}
-				field := elem.packet[IPv6offsetPayloadLength : IPv6offsetPayloadLength+2]
-				length := binary.BigEndian.Uint16(field)
-				length += ipv6.HeaderLen
-				if int(length) > len(elem.packet) {
-					continue
-				}
-				elem.packet = elem.packet[:length]
-				src := elem.packet[IPv6offsetSrc : IPv6offsetSrc+net.IPv6len]
-				if device.allowedips.Lookup(src) != peer {
-					device.log.Verbosef("IPv6 packet with disallowed source address from %v", peer)
-					continue
-				}
-
-			default:
-				device.log.Verbosef("Packet with invalid IP version from %v", peer)
-				continue
-			}
-
-			bufs = append(bufs, elem.buffer[:MessageTransportOffsetContent+len(elem.packet)])
-		}
-
-		peer.rxBytes.Add(rxBytesLen)
-		if validTailPacket >= 0 {
-			peer.SetEndpointFromPacket(elemsContainer.elems[validTailPacket].endpoint)
-			peer.keepKeyFreshReceiving()
-			peer.timersAnyAuthenticatedPacketTraversal()
-			peer.timersAnyAuthenticatedPacketReceived()
-		}
-		if dataPacketReceived {
-			peer.timersDataReceived()
-		}
+		bufs = peer.receive(elemsContainer.elems, bufs)
 		if len(bufs) > 0 {
 			_, err := device.tun.device.Write(bufs, MessageTransportOffsetContent)
 			if err != nil && !device.isClosed() {
@@ -530,7 +452,122 @@ func (peer *Peer) RoutineSequentialReceiver(maxBatchSize int) {
 			device.PutMessageBuffer(elem.buffer)
 			device.PutInboundElement(elem)
 		}
+		clear(bufs)
 		bufs = bufs[:0]
 		device.PutInboundElementsContainer(elemsContainer)
+	}
+}
+
+// receive takes a batch of opened transport messages of peer (elem.packet
+// nil where opening failed) in the order of the queue: replay check,
+// session and timer events, endpoint update, the source check of
+// cryptokey routing. It appends the packets to write to the TUN to bufs
+// (slices of elem.buffer, at offset MessageTransportOffsetContent) and
+// returns it. It must not run concurrently for one peer.
+func (peer *Peer) receive(elems []*QueueInboundElement, bufs [][]byte) [][]byte {
+	device := peer.device
+	validTailPacket := -1
+	dataPacketReceived := false
+	rxBytesLen := uint64(0)
+	for i, elem := range elems {
+		if elem.packet == nil {
+			// decryption failed
+			continue
+		}
+
+		if !elem.keypair.replayFilter.ValidateCounter(elem.counter, RejectAfterMessages) {
+			continue
+		}
+
+		validTailPacket = i
+		if peer.ReceivedWithKeypair(elem.keypair) {
+			peer.SetEndpointFromPacket(elem.endpoint)
+			peer.timersHandshakeComplete()
+			peer.sendStagedFromReceiver()
+		}
+		rxBytesLen += uint64(len(elem.packet) + MinMessageSize)
+
+		if len(elem.packet) == 0 {
+			device.log.Verbosef("%v - Receiving keepalive packet", peer)
+			continue
+		}
+		dataPacketReceived = true
+
+		switch elem.packet[0] >> 4 {
+		case 4:
+			if len(elem.packet) < ipv4.HeaderLen {
+				continue
+			}
+			field := elem.packet[IPv4offsetTotalLength : IPv4offsetTotalLength+2]
+			length := binary.BigEndian.Uint16(field)
+			if int(length) > len(elem.packet) || int(length) < ipv4.HeaderLen {
+				continue
+			}
+			elem.packet = elem.packet[:length]
+			src := elem.packet[IPv4offsetSrc : IPv4offsetSrc+net.IPv4len]
+			if device.allowedips.Lookup(src) != peer {
+				device.log.Verbosef("IPv4 packet with disallowed source address from %v", peer)
+				continue
+			}
+
+		case 6:
+			if len(elem.packet) < ipv6.HeaderLen {
+				continue
+			}
+			field := elem.packet[IPv6offsetPayloadLength : IPv6offsetPayloadLength+2]
+			length := binary.BigEndian.Uint16(field)
+			length += ipv6.HeaderLen
+			if int(length) > len(elem.packet) {
+				continue
+			}
+			elem.packet = elem.packet[:length]
+			src := elem.packet[IPv6offsetSrc : IPv6offsetSrc+net.IPv6len]
+			if device.allowedips.Lookup(src) != peer {
+				device.log.Verbosef("IPv6 packet with disallowed source address from %v", peer)
+				continue
+			}
+
+		default:
+			device.log.Verbosef("Packet with invalid IP version from %v", peer)
+			continue
+		}
+
+		bufs = append(bufs, elem.buffer[:MessageTransportOffsetContent+len(elem.packet)])
+	}
+
+	peer.rxBytes.Add(rxBytesLen)
+	if validTailPacket >= 0 {
+		peer.SetEndpointFromPacket(elems[validTailPacket].endpoint)
+		peer.keepKeyFreshReceiving()
+		peer.timersAnyAuthenticatedPacketTraversal()
+		peer.timersAnyAuthenticatedPacketReceived()
+	}
+	if dataPacketReceived {
+		peer.timersDataReceived()
+	}
+	return bufs
+}
+
+// openInPlace decrypts elem's transport message in place with its keypair; its
+// packet becomes the plaintext, or nil if the message is not authentic.
+// nonce is scratch.
+func openInPlace(elem *QueueInboundElement, nonce *[chacha20poly1305.NonceSize]byte) {
+	// split message into fields
+	counter := elem.packet[MessageTransportOffsetCounter:MessageTransportOffsetContent]
+	content := elem.packet[MessageTransportOffsetContent:]
+
+	// decrypt and release to consumer
+	var err error
+	elem.counter = binary.LittleEndian.Uint64(counter)
+	// copy counter to nonce
+	binary.LittleEndian.PutUint64(nonce[0x4:0xc], elem.counter)
+	elem.packet, err = elem.keypair.receive.Open(
+		content[:0],
+		nonce[:],
+		content,
+		nil,
+	)
+	if err != nil {
+		elem.packet = nil
 	}
 }

@@ -335,6 +335,10 @@ func (peer *Peer) StagePackets(elems *QueueOutboundElementsContainer) {
 }
 
 func (peer *Peer) SendStagedPackets() {
+	if peer.device.rtc {
+		peer.sendStagedInline()
+		return
+	}
 top:
 	if len(peer.queue.staged) == 0 || !peer.device.isUp() {
 		return
@@ -445,33 +449,39 @@ func (device *Device) RoutineEncryption(id int) {
 
 	for elemsContainer := range device.queue.encryption.c {
 		for _, elem := range elemsContainer.elems {
-			// populate header fields
-			header := elem.buffer[:MessageTransportHeaderSize]
-
-			fieldType := header[0:4]
-			fieldReceiver := header[4:8]
-			fieldNonce := header[8:16]
-
-			binary.LittleEndian.PutUint32(fieldType, MessageTransportType)
-			binary.LittleEndian.PutUint32(fieldReceiver, elem.keypair.remoteIndex)
-			binary.LittleEndian.PutUint64(fieldNonce, elem.nonce)
-
-			// pad content to multiple of 16
-			paddingSize := calculatePaddingSize(len(elem.packet), int(device.tun.mtu.Load()))
-			elem.packet = append(elem.packet, paddingZeros[:paddingSize]...)
-
-			// encrypt content and release to consumer
-
-			binary.LittleEndian.PutUint64(nonce[4:], elem.nonce)
-			elem.packet = elem.keypair.send.Seal(
-				header,
-				nonce[:],
-				elem.packet,
-				nil,
-			)
+			device.seal(elem, &paddingZeros, &nonce)
 		}
 		elemsContainer.Unlock()
 	}
+}
+
+// seal makes elem's packet a transport message, encrypted with its keypair
+// and nonce, in place. paddingZeros and nonce are scratch.
+func (device *Device) seal(elem *QueueOutboundElement, paddingZeros *[PaddingMultiple]byte, nonce *[chacha20poly1305.NonceSize]byte) {
+	// populate header fields
+	header := elem.buffer[:MessageTransportHeaderSize]
+
+	fieldType := header[0:4]
+	fieldReceiver := header[4:8]
+	fieldNonce := header[8:16]
+
+	binary.LittleEndian.PutUint32(fieldType, MessageTransportType)
+	binary.LittleEndian.PutUint32(fieldReceiver, elem.keypair.remoteIndex)
+	binary.LittleEndian.PutUint64(fieldNonce, elem.nonce)
+
+	// pad content to multiple of 16
+	paddingSize := calculatePaddingSize(len(elem.packet), int(device.tun.mtu.Load()))
+	elem.packet = append(elem.packet, paddingZeros[:paddingSize]...)
+
+	// encrypt content and release to consumer
+
+	binary.LittleEndian.PutUint64(nonce[4:], elem.nonce)
+	elem.packet = elem.keypair.send.Seal(
+		header,
+		nonce[:],
+		elem.packet,
+		nil,
+	)
 }
 
 func (peer *Peer) RoutineSequentialSender(maxBatchSize int) {
