@@ -432,7 +432,7 @@ var _ memberlist.EventDelegate = (*events)(nil)
 
 func (ev *events) NotifyJoin(n *memberlist.Node) {
 	m := (*Mesh)(ev)
-	m.setMember(n, NodeAlive)
+	m.setMember(n, NodeAlive, true)
 	if n.Name != m.cfg.Name {
 		m.mu.Lock()
 		joined := m.joined
@@ -447,11 +447,14 @@ func (ev *events) NotifyJoin(n *memberlist.Node) {
 
 // NotifyLeave: a node died or left (n.State does not say which).
 func (ev *events) NotifyLeave(n *memberlist.Node) {
-	(*Mesh)(ev).setMember(n, NodeDead)
+	(*Mesh)(ev).setMember(n, NodeDead, false)
 }
 
+// NotifyUpdate: an alive node's metadata changed. It does not undo a leave
+// announcement: a cell stopping within a second of its start can have an
+// UpdateNode in flight that reaches a peer after its leave message.
 func (ev *events) NotifyUpdate(n *memberlist.Node) {
-	(*Mesh)(ev).setMember(n, NodeAlive)
+	(*Mesh)(ev).setMember(n, NodeAlive, false)
 }
 
 // mergeLeave records that a node announced its graceful leave.
@@ -474,7 +477,9 @@ func (m *Mesh) mergeLeave(l leaveMsg, res *mergeResult) {
 	}
 }
 
-func (m *Mesh) setMember(n *memberlist.Node, st NodeState) {
+// setMember records a memberlist event. joined: n came (back) alive, which
+// ends an earlier leave.
+func (m *Mesh) setMember(n *memberlist.Node, st NodeState, joined bool) {
 	meta := parseMeta(n.Meta)
 	if !m.validSubnet(meta.Subnet) {
 		meta.Subnet, meta.Time, meta.Over = netip.Prefix{}, 0, 0
@@ -486,9 +491,9 @@ func (m *Mesh) setMember(n *memberlist.Node, st NodeState) {
 		m.nodes[n.Name] = mb
 	}
 	switch {
-	case st == NodeAlive:
+	case joined:
 		mb.leaving = false
-	case mb.leaving:
+	case st != NodeAlive && mb.leaving:
 		st = NodeLeft
 	}
 	switch {

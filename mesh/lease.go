@@ -221,8 +221,8 @@ func (m *Mesh) metaLoop() {
 			return
 		case <-m.kickMeta:
 		}
-		if m.mlDown.Load() {
-			return
+		if m.mlDown.Load() || m.leaving.Load() {
+			return // an update after the leave message would only confuse peers
 		}
 		if err := m.ml.UpdateNode(updateTimeout); err != nil {
 			m.log.Debug("announcing lease", "err", err)

@@ -172,6 +172,7 @@ type Mesh struct {
 	local netip.AddrPort // gossip address, read from memberlist once (see LocalAddr)
 
 	numAlive    atomic.Int32 // alive nodes incl. self, for the broadcast queue
+	leaving     atomic.Bool  // Shutdown began: no more metadata updates
 	rejected    atomic.Uint64
 	rejectedPol atomic.Uint64
 	aeSent      atomic.Uint64   // policy registers sent in batches (antientropy.go)
@@ -643,6 +644,7 @@ func (m *Mesh) committed() error {
 func (m *Mesh) Shutdown() error {
 	m.shutdownOnce.Do(func() {
 		var errs []error
+		m.leaving.Store(true)
 		if !m.mlDown.Load() {
 			m.announceLeave()
 			if err := m.ml.Leave(leaveTimeout); err != nil {
