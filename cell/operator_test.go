@@ -185,6 +185,7 @@ func TestPolicyChangesUnsignedWithoutKey(t *testing.T) {
 		t.Fatalf("policies %v", got)
 	}
 }
+
 // TestOperatorsPubRequired: an operators.pub that is missing, empty or
 // damaged stops the agent before it touches state.json; one that trusts
 // no key on purpose (as weft init writes it when given none) does not.
