@@ -526,11 +526,15 @@ func (m *Mesh) Members() []Node {
 func (m *Mesh) RejectedEndpoints() uint64 { return m.rejected.Load() }
 
 // Endpoints returns the live endpoints of all cells whose IP is inside the
-// owner's current subnet, sorted by IP (then cell).
+// owner's current subnet, sorted by IP (then cell). When two cells hold the
+// same subnet (a conflict after a partition), only the records of the cell
+// whose lease wins (older lease, tie the smaller name: see older) are
+// returned, so that the registry, the policy table, DNS and routes all
+// follow the lease rather than the names' order.
 func (m *Mesh) Endpoints() []Endpoint {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.endpointsLocked()
+	return m.leaseHoldersLocked(m.endpointsLocked())
 }
 
 // Policies returns the current policy set, sorted. The slice is shared:
