@@ -164,6 +164,9 @@ type Listener interface {
 // Mesh is one cell's membership in the cluster. All exported methods are
 // safe for concurrent use.
 type Mesh struct {
+	peers      []string // from peers.json at start: joined along with cfg.Join
+	peersSaved string   // the addresses peers.json holds; written by notifyLoop under mu
+
 	cfg   Config
 	log   *slog.Logger
 	l     Listener
@@ -274,6 +277,7 @@ func New(cfg Config, l Listener) (*Mesh, error) {
 	if err := m.loadKeyring(); err != nil {
 		return nil, err
 	}
+	m.loadPeers()
 	m.queue = &memberlist.TransmitLimitedQueue{
 		NumNodes:       func() int { return int(m.numAlive.Load()) },
 		RetransmitMult: 4,
