@@ -24,7 +24,7 @@ const (
 // checks their owner and mode before it starts); SecretStateFiles are the
 // ones among them that hold keys.
 var (
-	StateFiles       = []string{leaseFileName, stateFileName, keyringFileName}
+	StateFiles       = []string{leaseFileName, stateFileName, keyringFileName, peersFileName}
 	SecretStateFiles = []string{keyringFileName}
 )
 
