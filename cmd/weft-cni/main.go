@@ -5,8 +5,9 @@
 // the registration of the container's app and the veth into the runtime's
 // namespace, and returns the result.
 //
-// The app comes from CNI_ARGS ("APP=appA") or from the runtime config
-// ({"app": "appA"}, capability "app"). The plugin config may name the agent
+// The app comes from CNI_ARGS ("APP=appA"), the runtime config ({"app":
+// "appA"}, capability "app"), the pod annotation weft.dev/app or the pod's
+// name (app.go). The plugin config may name the agent
 // socket ("socket", default /run/weft/weft.sock). docs/cni.md has an example
 // conflist and a cnitool session.
 package main
@@ -39,14 +40,9 @@ type NetConf struct {
 	types.PluginConf
 	Socket        string `json:"socket,omitempty"`
 	RuntimeConfig struct {
-		App string `json:"app,omitempty"`
+		App            string            `json:"app,omitempty"`
+		PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
 	} `json:"runtimeConfig"`
-}
-
-// Args are the CNI_ARGS the plugin reads.
-type Args struct {
-	types.CommonArgs
-	APP types.UnmarshallableString
 }
 
 func main() {
@@ -67,26 +63,6 @@ func loadConf(data []byte) (*NetConf, error) {
 		conf.Socket = cell.DefaultSocket
 	}
 	return conf, nil
-}
-
-// appOf returns the container's app: runtimeConfig "app" or CNI_ARGS APP.
-func appOf(conf *NetConf, args *skel.CmdArgs) (string, error) {
-	var a Args
-	if err := types.LoadArgs(args.Args, &a); err != nil {
-		return "", types.NewError(types.ErrInvalidEnvironmentVariables, "weft-cni: cannot parse CNI_ARGS", err.Error())
-	}
-	fromArgs, fromRuntime := string(a.APP), conf.RuntimeConfig.App
-	switch {
-	case fromArgs != "" && fromRuntime != "" && fromArgs != fromRuntime:
-		return "", types.NewError(types.ErrInvalidEnvironmentVariables, "weft-cni: conflicting app names",
-			fmt.Sprintf("CNI_ARGS APP=%s but runtimeConfig app %q", fromArgs, fromRuntime))
-	case fromRuntime != "":
-		return fromRuntime, nil
-	case fromArgs != "":
-		return fromArgs, nil
-	}
-	return "", types.NewError(types.ErrInvalidEnvironmentVariables, "weft-cni: no app for this container",
-		`set CNI_ARGS "APP=NAME" or the runtime config {"app": "NAME"} (capability "app")`)
 }
 
 func client(conf *NetConf) *cell.Client { return cell.NewClient(conf.Socket) }
