@@ -12,8 +12,9 @@
 // dials, sends, reads the answer and closes. After -warmup it prints
 // "start", then after -time one line "TRANSACTIONS SECONDS": the
 // transactions completed in that time and its length. Any error (a dial,
-// a read, a write, an answer that is not the request) ends it with exit
-// status 1 and the error on stderr.
+// a read, a write, an answer that is not the request, a new connection's
+// transaction taking over 5 s) ends it with exit status 1 and the error
+// on stderr.
 package main
 
 import (
@@ -39,13 +40,24 @@ func main() {
 		fmt.Fprintln(os.Stderr, "tcprr: give -to and -conns ≥ 1")
 		os.Exit(2)
 	}
-	if err := run(*to, *conns, *newConn, *warmup, *measure); err != nil {
+	cfg := config{to: *to, conns: *conns, newConn: *newConn, warmup: *warmup, measure: *measure}
+	if err := run(os.Stdout, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "tcprr:", err)
 		os.Exit(1)
 	}
 }
 
-func run(to string, conns int, newConn bool, warmup, measure time.Duration) error {
+// config is what the flags say.
+type config struct {
+	to              string // echo server address:port
+	conns           int    // workers
+	newConn         bool   // a new connection per transaction
+	warmup, measure time.Duration
+}
+
+// run runs the test of cfg and writes "start" and the result line to out.
+func run(out io.Writer, cfg config) error {
+	to, conns, newConn := cfg.to, cfg.conns, cfg.newConn
 	var (
 		done     atomic.Int64
 		stop     atomic.Bool
@@ -57,12 +69,11 @@ func run(to string, conns int, newConn bool, warmup, measure time.Duration) erro
 		errOnce.Do(func() { firstErr = err })
 		stop.Store(true)
 	}
-	dial := func() (net.Conn, error) { return net.DialTimeout("tcp", to, 5*time.Second) }
 	// Persistent connections are dialled before the clock starts.
 	var persistent []net.Conn
 	if !newConn {
 		for range conns {
-			c, err := dial()
+			c, err := net.DialTimeout("tcp", to, 5*time.Second)
 			if err != nil {
 				return err
 			}
@@ -74,22 +85,14 @@ func run(to string, conns int, newConn bool, warmup, measure time.Duration) erro
 		wg.Go(func() {
 			buf := []byte{0}
 			for n := byte(1); !stop.Load(); n++ {
-				c := (net.Conn)(nil)
+				var err error
 				if newConn {
-					var err error
-					if c, err = dial(); err != nil {
-						fail(err)
-						return
-					}
+					err = transactNew(to, n, buf)
 				} else {
-					c = persistent[i]
-				}
-				err := transact(c, n, buf)
-				if newConn {
-					err = errors.Join(err, c.Close())
+					err = transact(persistent[i], n, buf)
 				}
 				if err != nil {
-					if !stop.Load() {
+					if !stop.Load() { // after stop: the deadline set below
 						fail(err)
 					}
 					return
@@ -98,10 +101,10 @@ func run(to string, conns int, newConn bool, warmup, measure time.Duration) erro
 			}
 		})
 	}
-	time.Sleep(warmup) // warm-up period, not synchronisation
-	fmt.Println("start")
+	time.Sleep(cfg.warmup) // warm-up period, not synchronisation
+	fmt.Fprintln(out, "start")
 	d0, t0 := done.Load(), time.Now()
-	time.Sleep(measure)
+	time.Sleep(cfg.measure)
 	got, el := done.Load()-d0, time.Since(t0)
 	stop.Store(true)
 	for _, c := range persistent {
@@ -112,8 +115,19 @@ func run(to string, conns int, newConn bool, warmup, measure time.Duration) erro
 	if firstErr != nil {
 		return firstErr
 	}
-	fmt.Printf("%d %.6f\n", got, el.Seconds())
+	fmt.Fprintf(out, "%d %.6f\n", got, el.Seconds())
 	return nil
+}
+
+// transactNew dials to, runs one transaction and closes the connection,
+// in at most 5 s.
+func transactNew(to string, n byte, buf []byte) error {
+	c, err := net.DialTimeout("tcp", to, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	return errors.Join(transact(c, n, buf), c.Close())
 }
 
 // transact sends the byte n on c and reads the echo.
