@@ -29,8 +29,8 @@ package bench
 // ping-pong round trip (p50, p99) and TCP request/response (rr_test.go:
 // 1-byte transactions per second on one connection and on 32, new
 // connections per second). Every Gbit/s, packet and transaction rate is
-// also reported as a ratio to rung b ("x-b"). Weft rungs report the agents' RSS (VmRSS, VmHWM of the busier of
-// the two agents). -ladder.profile DIR writes the agents' CPU profiles of
+// also reported as a ratio to rung b ("x-b"). Weft rungs report the
+// agents' RSS (VmRSS, VmHWM of the busier of the two agents). -ladder.profile DIR writes the agents' CPU profiles of
 // rungs c and d (single TCP stream), and their block, mutex and heap
 // profiles after it, into DIR.
 
@@ -508,8 +508,8 @@ func measureRungRatioHook(b *testing.B, base rungResult, client, server string, 
 // measureRung runs every test of a rung from namespace client to dst in
 // namespace server and reports them; with latency also the UDP ping-pong
 // and the TCP request/response tests (measureRR). afterTCP1, if set, runs
-// after the single-stream test. With -ladder.perf and a tag, perf records the whole
-// machine during the single stream (reportShares).
+// after the single-stream test. With -ladder.perf and a tag, perf records
+// the whole machine during the single stream (reportShares).
 func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst netip.Addr, latency bool, tag string) rungResult {
 	r := rungResult{}
 	var cores1, cores4 float64
@@ -548,8 +548,9 @@ func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst neti
 	r["cores-tcp1"], r["cores-tcp4"] = cores1, cores4
 	b.ReportMetric(r["udp64"]/1e3, "kpps-udp64")
 	b.ReportMetric(r["udp1400"]/1e3, "kpps-udp1400")
-	// The same busy cores per unit of work, comparable across machines
-	// (whatever the rung's throughput, a core more or less of CPU).
+	// The busy cores per unit of work: unlike the busy cores themselves
+	// (2.0 whenever a rung is CPU-bound here), comparable between rungs
+	// and across machines of other core counts.
 	reportCostPerRate(b, cores1, r["tcp1"], "cores-per-Gbps-tcp1")
 	reportCostPerRate(b, cores4, r["tcp4"], "cores-per-Gbps-tcp4")
 	reportCostPerRate(b, coresU64, r["udp64"]/1e6, "cores-per-Mpps-udp64")
