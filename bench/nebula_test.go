@@ -136,8 +136,9 @@ func startNebula(b *testing.B, dir string) nebulaRung {
 
 // nebulaConfig is cell c's nebula configuration, peered with peer: no
 // lighthouse, MTU 1420 as weft's, the peer's container subnet routed over
-// nebula, and a firewall letting the ladder's TCP and UDP ports through
-// from this container subnet to the peer's (answers pass by conntrack).
+// nebula, and a firewall whose outbound and inbound rules let the ladder's
+// TCP and UDP ports through between the two container subnets, and
+// nothing else but answers (conntrack).
 func nebulaConfig(c, peer nebulaCell, ca, crt, key string) string {
 	rules := func(remote, local netip.Prefix) string {
 		var sb strings.Builder
