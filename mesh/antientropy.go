@@ -5,6 +5,7 @@ import (
 	"net"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -42,6 +43,10 @@ var policyBatch atomic.Int64
 
 func init() { policyBatch.Store(10_000) }
 
+// aeCooldown is the least time between the end of one send of policy
+// registers to a peer and an anti-entropy send to it.
+const aeCooldown = time.Second
+
 // maxOutbox bounds the registers waiting for one peer. Past it, more are
 // dropped: the periodic anti-entropy repairs what a peer missed.
 const maxOutbox = 400_000
@@ -54,8 +59,14 @@ type outbox struct {
 }
 
 // sendPolicyBuckets sends peer the policy registers of this cell that fall
-// in the digest buckets differ (see fullState). Must not be called with mu
-// held.
+// in the digest buckets differ (see fullState), unless registers for peer
+// are still waiting or being sent, or the last were sent less than
+// aeCooldown ago (the peer may still be merging them): every push/pull
+// until they are merged would queue the same registers again. With a
+// push/pull every 200 ms and a busy receiver, the outbox grew faster than
+// it drained, and two cells differing by 1500 rules did not agree within
+// 10 s. The first push/pull after that compares the digests again. Must
+// not be called with mu held.
 func (m *Mesh) sendPolicyBuckets(peer string, differ []int) {
 	in := make([]bool, polBuckets)
 	for _, i := range differ {
@@ -63,6 +74,11 @@ func (m *Mesh) sendPolicyBuckets(peer string, differ []int) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if ob := m.outboxes[peer]; ob != nil || time.Since(m.aeDone[peer]) < aeCooldown {
+		m.aeSkipped.Add(1)
+		return
+	}
+	delete(m.aeDone, peer)
 	var ps []polEntry
 	for k, p := range m.st.pols {
 		if in[polBucket(k)] {
@@ -130,6 +146,7 @@ func (m *Mesh) drainOutbox(peer string, ob *outbox) {
 		}
 		if len(ps) == 0 || m.closing {
 			delete(m.outboxes, peer)
+			m.aeDone[peer] = time.Now()
 			m.mu.Unlock()
 			return
 		}

@@ -179,6 +179,7 @@ type Mesh struct {
 	rejected    atomic.Uint64
 	rejectedPol atomic.Uint64
 	aeSent      atomic.Uint64   // policy registers sent in batches (antientropy.go)
+	aeSkipped   atomic.Uint64   // anti-entropy sends skipped: the peer's outbox was busy
 	trusted     map[string]bool // string(ed25519.PublicKey) of trusted operators; read-only
 	keyring     *memberlist.Keyring
 
@@ -215,6 +216,7 @@ type Mesh struct {
 	leaseErr    string               // why no lease could be taken, "" if none
 	recSeen     map[string]time.Time // lease records of unseen nodes: when first known
 	outboxes    map[string]*outbox   // policy batches waiting for a peer (antientropy.go)
+	aeDone      map[string]time.Time // when the last send to a peer ended (antientropy.go)
 	closing     bool                 // Shutdown is waiting for wg
 	kr          keyringState         // applied keyring operations (keyring.go)
 
@@ -262,6 +264,7 @@ func New(cfg Config, l Listener) (*Mesh, error) {
 		rejectLog:   make(map[string]time.Time),
 		recSeen:     make(map[string]time.Time),
 		outboxes:    make(map[string]*outbox),
+		aeDone:      make(map[string]time.Time),
 		trusted:     make(map[string]bool),
 	}
 	for _, k := range cfg.TrustedOperators {
