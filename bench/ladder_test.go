@@ -38,12 +38,12 @@ import (
 	"bufio"
 	"context"
 	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"math"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -932,30 +932,24 @@ func loadRules(l *lab.Lab, n int) (int, error) {
 			want = append(want, rule(fmt.Sprintf("app%04d", i%1000), fmt.Sprintf("app%04d", i/1000), "udp", 40000+i%1000, 40000+i%1000))
 		}
 	}
-	// Eight clients in parallel: the agent persists after each change.
-	errs := make(chan error, 8)
-	var next atomic.Int64
-	for range 8 {
-		go func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(want) {
-					errs <- nil
-					return
-				}
-				if _, err := c.AddPolicy(ctx, want[i]); err != nil {
-					errs <- fmt.Errorf("add rule %d: %w", i, err)
-					return
-				}
+	// In batches, as `weft policy push` sends a file: one request, one
+	// persist and one gossip message per batch (10k single adds persisted
+	// state.json 10k times and took minutes on a busy machine).
+	const batch = 2000
+	for lo := 0; lo < len(want); lo += batch {
+		var req cell.PolicyChangesRequest
+		for _, r := range want[lo:min(lo+batch, len(want))] {
+			req.Changes = append(req.Changes, cell.SignedPolicyChange{Rule: r, Present: true})
+		}
+		res, err := c.PolicyChanges(ctx, req)
+		if err != nil {
+			return 0, fmt.Errorf("add rules %d-%d: %w", lo, lo+len(req.Changes)-1, err)
+		}
+		for i, r := range res {
+			if r.Code != http.StatusCreated && r.Code != http.StatusOK {
+				return 0, fmt.Errorf("add rule %d (%v): %d %s", lo+i, want[lo+i], r.Code, r.Error)
 			}
-		}()
-	}
-	var err error
-	for range 8 {
-		err = errors.Join(err, <-errs)
-	}
-	if err != nil {
-		return 0, err
+		}
 	}
 	// Wait for cell 2 to have them all (gossip).
 	c2 := cell.NewClient(l.Cells[1].Socket)
