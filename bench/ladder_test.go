@@ -116,7 +116,7 @@ func BenchmarkLadder(b *testing.B) {
 			b.Skip("rung n needs -ladder.nebula DIR, DIR holding nebula and nebula-cert built from github.com/slackhq/nebula at or after edc3c5e0 (docs/performance.md)")
 		}
 		n := startNebula(b, *ladderNebula)
-		measureRungRatio(b, base, n.ctA, n.ctB, n.ipB, true)
+		measureRungRatioHook(b, base, n.ctA, n.ctB, n.ipB, true, nil, "n")
 		var peak int64
 		for _, pid := range n.pids {
 			peak = max(peak, procMem(pid).hwm)
@@ -537,8 +537,8 @@ func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst neti
 	}
 	r["tcp4"], cores4 = tcpStreams(b, client, server, netip.AddrPortFrom(dst, tcpPort+1), 4)
 	var coresU64, coresU1400 float64
-	r["udp64"], coresU64 = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort), 64)
-	r["udp1400"], coresU1400 = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort+1), 1400)
+	r["udp64"], coresU64 = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort), 64, tag)
+	r["udp1400"], coresU1400 = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort+1), 1400, "")
 	b.ReportMetric(r["tcp1"], "Gbit/s-tcp1")
 	b.ReportMetric(r["tcp4"], "Gbit/s-tcp4")
 	// The whole machine's busy cores while the TCP streams ran: at all of
@@ -711,7 +711,7 @@ func (t cpuTimes) cores(since cpuTimes) float64 {
 // udpRate blasts size-byte IP packets (UDP payload size-28) from client to
 // dst for the measuring time and returns the packets per second received
 // and the machine's busy cores meanwhile.
-func udpRate(b *testing.B, client, server string, dst netip.AddrPort, size int) (pps, cores float64) {
+func udpRate(b *testing.B, client, server string, dst netip.AddrPort, size int, tag string) (pps, cores float64) {
 	pc, err := lab.ListenPacketIn(server, "udp4", ":"+strconv.Itoa(int(dst.Port())))
 	if err != nil {
 		b.Fatal(err)
@@ -753,8 +753,19 @@ func udpRate(b *testing.B, client, server string, dst netip.AddrPort, size int) 
 	}()
 	time.Sleep(warmup / 2)
 	start, t0, cpu0 := received.Load(), time.Now(), machineBusy(b)
+	var rec func() (string, error)
+	if tag != "" && *ladderPerf != "" {
+		rec = perfRecorder(b, *ladderPerf, fmt.Sprintf("%s-udp%d", tag, size), *ladderUDPTime-200*time.Millisecond)
+	}
 	time.Sleep(*ladderUDPTime)
 	got, el, cores := received.Load()-start, time.Since(t0), machineBusy(b).cores(cpu0)
+	if rec != nil {
+		if file, err := rec(); err != nil {
+			b.Logf("-ladder.perf %s: %v", tag, err)
+		} else {
+			b.Logf("-ladder.perf: UDP %d B recorded in %s", size, file)
+		}
+	}
 	close(stop)
 	<-sdone
 	pc.Close()
