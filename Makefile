@@ -39,10 +39,15 @@ demo: build
 
 # The benchmark ladder (docs/performance.md): one run, about 4 minutes, then
 # the table. BENCHFLAGS passes more, e.g. BENCHFLAGS='-ladder.profile=prof'.
+# The run is also kept as data: bench/results/<UTC date-time>_<commit>.json
+# (commit, date, machine, command, every benchmark line's metrics), which
+# `go run ./bench/cmd/benchtable -in FILE` renders again and
+# `go run ./bench/cmd/benchtable -compare OLD NEW` compares.
 BENCHFLAGS ?=
+BENCHCMD = $(GO) test -run '^$$' -bench Ladder -benchtime 1x -count 1 -timeout 15m ./bench/ -args $(BENCHFLAGS)
 bench: build
-	set -o pipefail; $(GO) test -run '^$$' -bench Ladder -benchtime 1x -count 1 -timeout 15m ./bench/ -args $(BENCHFLAGS) \
-		| $(GO) run ./bench/cmd/benchtable
+	$(GO) build -o $(BIN)/benchtable ./bench/cmd/benchtable
+	set -o pipefail; $(BENCHCMD) | $(BIN)/benchtable -save bench/results -cmd "$(BENCHCMD)"
 
 bench-throughput: build
 	$(GO) test -run '^$$' -bench Throughput -benchtime 3x -count 1 ./bench/

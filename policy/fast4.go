@@ -126,7 +126,7 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 		// echo reply, and every packet while the flow log is on. What is
 		// accepted here, and the entry made, are those of inbound. This
 		// was a function of its own (open4) until its sixteen arguments
-		// cost more than its body saved (docs/policy.md, step 25).
+		// cost more than its body saved (docs/policy.md, "Decisions").
 		if !open || e.flog.Load() != nil ||
 			proto == ProtoTCP && flags&tcpRST != 0 ||
 			proto == ProtoICMP && l4[0] != icmp4EchoRequest {

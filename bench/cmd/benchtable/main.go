@@ -1,20 +1,39 @@
-// Command benchtable turns `go test -bench Ladder` output (stdin) into the
-// ladder table (Markdown) on stdout. Input lines are echoed to stderr, so
-// the run's progress stays visible in a pipe. With -count N, each cell of
-// the table is the median of the N runs.
+// Command benchtable turns `go test -bench Ladder` output into the ladder
+// table (Markdown) on stdout, and keeps runs as data.
+//
+// From stdin (input lines are echoed to stderr, so that the run's progress
+// stays visible in a pipe); -save DIR also writes the run as a result file
+// (bench/internal/result: commit, date, machine, command and every
+// benchmark line's metrics) into DIR, as `make bench` does:
 //
 //	go test -run '^$' -bench Ladder -benchtime 1x ./bench/ | go run ./bench/cmd/benchtable
+//
+// From a result file (or a file of saved go test output):
+//
+//	go run ./bench/cmd/benchtable -in bench/results/2026-12-05T091203Z_f899e1d.json
+//
+// Two runs side by side, every benchmark's every metric with the ratio
+// new/old (-match keeps the rows whose "name unit" matches a regexp):
+//
+//	go run ./bench/cmd/benchtable -compare OLD NEW
+//
+// With -count N, each cell is the median of the N runs.
 package main
 
 import (
-	"bufio"
+	"cmp"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/weft-net/weft/bench/internal/result"
 )
 
 // column is one column of the table: the metric units it shows.
@@ -63,56 +82,200 @@ var tables = []table{
 }
 
 func main() {
-	echo := flag.Bool("echo", true, "echo the input to stderr")
+	echo := flag.Bool("echo", true, "echo stdin to stderr")
+	in := flag.String("in", "", "read this result file (JSON, or saved go test output) instead of stdin")
+	save := flag.String("save", "", "write the run read from stdin as a result file into this directory")
+	command := flag.String("cmd", "", "with -save: the command that produced the input, recorded in the file")
+	commit := flag.String("commit", "", "with -save: the commit recorded (default: git describe --always --dirty)")
+	compare := flag.Bool("compare", false, "compare two result files: benchtable -compare OLD NEW")
+	match := flag.String("match", "", `with -compare: only rows whose "name unit" matches this regexp`)
 	flag.Parse()
-	var in io.Reader = os.Stdin
-	if *echo {
-		in = io.TeeReader(os.Stdin, os.Stderr)
-	}
-	rows, order, err := parse(in)
-	if err != nil {
+	o := options{echo: *echo, in: *in, save: *save, command: *command, commit: *commit, compare: *compare, match: *match, args: flag.Args()}
+	if err := run(o, os.Stdin, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "benchtable:", err)
 		os.Exit(1)
 	}
-	if len(order) == 0 {
-		fmt.Fprintln(os.Stderr, "benchtable: no Ladder benchmark lines in the input")
-		os.Exit(1)
-	}
-	fmt.Print(format(rows, order))
 }
 
-// parse collects metric values per sub-benchmark name (several with -count).
+// options are the command's flags and arguments.
+type options struct {
+	echo                      bool
+	in, save, command, commit string
+	compare                   bool
+	match                     string
+	args                      []string
+}
+
+func run(o options, stdin io.Reader, stdout, stderr io.Writer) error {
+	if o.compare {
+		if len(o.args) != 2 {
+			return fmt.Errorf("-compare needs two result files, OLD and NEW; got %d arguments", len(o.args))
+		}
+		var re *regexp.Regexp
+		if o.match != "" {
+			var err error
+			if re, err = regexp.Compile(o.match); err != nil {
+				return fmt.Errorf("-match: %w", err)
+			}
+		}
+		old, err := result.Load(o.args[0])
+		if err != nil {
+			return err
+		}
+		cur, err := result.Load(o.args[1])
+		if err != nil {
+			return err
+		}
+		fmt.Fprint(stdout, compareRuns(old, cur, re))
+		return nil
+	}
+	if len(o.args) > 0 {
+		return fmt.Errorf("unexpected arguments %q (a file to read goes after -in)", o.args)
+	}
+	var res *result.Result
+	var perr error // a garbled line: reported, the rest still saved and shown
+	if o.in != "" {
+		if res, perr = result.Load(o.in); res == nil {
+			return perr
+		}
+	} else {
+		// The machine as the run starts, before the benchmarks load it.
+		start, machine := time.Now().UTC(), result.ReadMachine()
+		r := stdin
+		if o.echo {
+			r = io.TeeReader(stdin, stderr)
+		}
+		if res, perr = result.Parse(r); res == nil {
+			return perr
+		}
+		res.Date, res.Machine, res.Command = start, machine, o.command
+		if res.Commit = o.commit; o.commit == "" {
+			res.Commit = result.Commit(".")
+		}
+		if o.save != "" && len(res.Benchmarks) > 0 {
+			p, err := res.Save(o.save)
+			if err != nil {
+				return fmt.Errorf("-save: %w", err)
+			}
+			fmt.Fprintln(stderr, "benchtable: wrote", p)
+		}
+	}
+	rows, order := ladderRows(res)
+	if len(order) == 0 {
+		return errors.Join(perr, errors.New("no Ladder benchmark lines in the input"))
+	}
+	if res.Commit != "" || !res.Date.IsZero() {
+		fmt.Fprintf(stdout, "Run: %s.\n", describe(res))
+		if res.Command != "" {
+			fmt.Fprintf(stdout, "Command: %s\n", res.Command)
+		}
+		fmt.Fprintln(stdout)
+	}
+	fmt.Fprint(stdout, format(rows, order))
+	return perr
+}
+
+// describe is the run in a few words: commit, date, machine, verdict,
+// each if known.
+func describe(r *result.Result) string {
+	var p []string
+	if r.Commit != "" {
+		p = append(p, "commit "+r.Commit)
+	}
+	if !r.Date.IsZero() {
+		p = append(p, r.Date.Format("2006-01-02 15:04 UTC"))
+	}
+	m := r.Machine
+	if cpu := cmp.Or(m.CPU, r.Config["cpu"]); cpu != "" {
+		p = append(p, cpu)
+	}
+	if m.Cores > 0 {
+		p = append(p, fmt.Sprintf("%d cores", m.Cores), fmt.Sprintf("load %.2f at start", m.LoadAvg[0]))
+	}
+	if m.Kernel != "" {
+		p = append(p, "kernel "+m.Kernel)
+	}
+	if r.Status != "" {
+		p = append(p, "go test "+r.Status)
+	}
+	return strings.Join(p, ", ")
+}
+
+// parse collects metric values per Ladder rung (several with -count).
 func parse(r io.Reader) (map[string]map[string][]float64, []string, error) {
+	res, err := result.Parse(r)
+	if res == nil {
+		return nil, nil, err
+	}
+	rows, order := ladderRows(res)
+	return rows, order, err
+}
+
+// ladderRows are the values of each unit per Ladder rung, the rungs in
+// name order (a-..g-, n-).
+func ladderRows(res *result.Result) (map[string]map[string][]float64, []string) {
 	rows := map[string]map[string][]float64{}
 	var order []string
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 4 || !strings.HasPrefix(f[0], "BenchmarkLadder/") {
+	for _, b := range res.Benchmarks {
+		name, ok := strings.CutPrefix(b.Name, "BenchmarkLadder/")
+		if !ok {
 			continue
-		}
-		name := strings.TrimPrefix(f[0], "BenchmarkLadder/")
-		if i := strings.LastIndexByte(name, '-'); i > 0 {
-			if _, err := strconv.Atoi(name[i+1:]); err == nil {
-				name = name[:i] // GOMAXPROCS suffix
-			}
 		}
 		if rows[name] == nil {
 			rows[name] = map[string][]float64{}
 			order = append(order, name)
 		}
-		// f[1] is the iteration count; then value unit pairs.
-		for i := 2; i+1 < len(f); i += 2 {
-			v, err := strconv.ParseFloat(f[i], 64)
-			if err != nil {
-				continue
-			}
-			rows[name][f[i+1]] = append(rows[name][f[i+1]], v)
+		for _, m := range b.Metrics {
+			rows[name][m.Unit] = append(rows[name][m.Unit], m.Value)
 		}
 	}
-	slices.Sort(order) // rungs are named a-..g-, n-
-	return rows, order, sc.Err()
+	slices.Sort(order)
+	return rows, order
+}
+
+// compareRuns is a Markdown table of every benchmark and unit of either
+// run (old's order, then what only new has), the medians of each and
+// new/old.
+func compareRuns(old, cur *result.Result, match *regexp.Regexp) string {
+	type key struct{ name, unit string }
+	vals := [2]map[key][]float64{{}, {}}
+	var keys []key
+	for i, r := range []*result.Result{old, cur} {
+		for _, b := range r.Benchmarks {
+			name := strings.TrimPrefix(b.Name, "Benchmark")
+			for _, m := range b.Metrics {
+				k := key{name, m.Unit}
+				if match != nil && !match.MatchString(k.name+" "+k.unit) {
+					continue
+				}
+				if _, seen := vals[0][k]; !seen {
+					if _, seen := vals[1][k]; !seen {
+						keys = append(keys, k)
+					}
+				}
+				vals[i][k] = append(vals[i][k], m.Value)
+			}
+		}
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "old: %s\nnew: %s\n\n", describe(old), describe(cur))
+	sb.WriteString("| benchmark | unit | old | new | new/old |\n|---|---|---:|---:|---:|\n")
+	cell := func(v float64, ok bool) string {
+		if !ok {
+			return "–"
+		}
+		return strconv.FormatFloat(v, 'g', 4, 64)
+	}
+	for _, k := range keys {
+		o, oko := median(vals[0][k])
+		n, okn := median(vals[1][k])
+		ratio := "–"
+		if oko && okn && o != 0 {
+			ratio = fmt.Sprintf("%.3f", n/o)
+		}
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s |\n", k.name, k.unit, cell(o, oko), cell(n, okn), ratio)
+	}
+	return sb.String()
 }
 
 func median(v []float64) (float64, bool) {
