@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -54,9 +55,14 @@ func BenchmarkAB(b *testing.B) {
 	install(*abOld)
 	l := lab.Setup(b, lab.Config{Cells: 2, WeftBin: weftBin})
 	ctA, ctB, ipB := twoContainers(b, l, "aba", "abb", "5201-5202")
-	// d/b and d's Gbit/s of each round, by binary and stream count.
+	if out, err := l.Weft(1, "add-network-policy", "aba", "abb", "--protocol", "udp", "--port", strconv.Itoa(udpPort)); err != nil {
+		b.Fatalf("add-network-policy udp: %v %s", err, out)
+	}
+	// d/b and d's Gbit/s of each round, by binary and stream count; UDP
+	// 64 B packets/s delivered and the machine's cores per Mpps.
 	ratio := map[string]*[2][]float64{"old": {}, "new": {}}
 	gbps := map[string]*[2][]float64{"old": {}, "new": {}}
+	udp := map[string]*[2][]float64{"old": {}, "new": {}}
 	for r := range *abRounds {
 		order := []string{"old", "new"}
 		if r%2 == 1 {
@@ -81,8 +87,22 @@ func BenchmarkAB(b *testing.B) {
 				x := 2 * d / (b1 + b2)
 				ratio[v][i] = append(ratio[v][i], x)
 			}
+			pps, cores := udpRate(b, ctA, ctB, netip.AddrPortFrom(ipB, udpPort), 64, "")
+			udp[v][0] = append(udp[v][0], pps)
+			udp[v][1] = append(udp[v][1], cores/(pps/1e6))
 		}
 	}
+	// UDP against the same round's other binary: the machine's drift
+	// between rounds cancels.
+	var qu, qc []float64
+	for r := range udp["new"][0] {
+		qu = append(qu, udp["new"][0][r]/udp["old"][0][r])
+		qc = append(qc, udp["new"][1][r]/udp["old"][1][r])
+	}
+	b.Logf("udp64: kpps old %.1f, new %.1f; new/old %.3f; cores per Mpps old %.1f, new %.1f",
+		medianOf(udp["old"][0])/1e3, medianOf(udp["new"][0])/1e3, qu, medianOf(udp["old"][1]), medianOf(udp["new"][1]))
+	b.ReportMetric(medianOf(qu), "x-new-old-udp64-median")
+	b.ReportMetric(medianOf(qc), "x-new-old-cores-per-Mpps-udp64-median")
 	for i, n := range []int{1, 4} {
 		var q []float64
 		for r := range ratio["new"][i] {
