@@ -70,6 +70,16 @@ func DefaultConfig() Config {
 	}
 }
 
+// CheckOverlayCIDR refuses an overlay the data plane cannot carry: an
+// IPv6 prefix (containers, routes and the guard are IPv4 only), before the
+// agent leases anything or touches the kernel.
+func CheckOverlayCIDR(p netip.Prefix) error {
+	if p.IsValid() && !p.Addr().Is4() {
+		return fmt.Errorf("--overlay-cidr %s: IPv6 overlays are not supported yet; give an IPv4 prefix such as 10.255.0.0/16", p)
+	}
+	return nil
+}
+
 // Agent is a running cell.
 type Agent struct {
 	cfg    Config
@@ -104,6 +114,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if !cfg.Bind.IsValid() {
 		return errors.New("--bind IP:PORT is required")
+	}
+	if err := CheckOverlayCIDR(cfg.OverlayCIDR); err != nil {
+		return err
 	}
 	keys, err := LoadKeys(cfg.StateDir)
 	if err != nil {
