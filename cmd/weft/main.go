@@ -37,7 +37,7 @@ func main() {
 	root.PersistentFlags().StringVar(&socketPath, "socket", def, "the agent's local API socket (env WEFT_SOCKET)")
 	root.AddCommand(initCmd(), agentCmd(), containerCmd(), runCmd(), statusCmd(),
 		addPolicyCmd(), removePolicyCmd(), listPoliciesCmd(), policyCmd(), enforcementCmd(), flowLogsCmd(),
-		mapRouteCmd(true), mapRouteCmd(false), routesCmd(), clusterKeyCmd())
+		mapRouteCmd(true), mapRouteCmd(false), routesCmd(), clusterKeyCmd(), versionCmd())
 
 	addCompletions(root)
 	err := root.Execute()
