@@ -2,7 +2,7 @@
 //
 //	weft init --state-dir DIR [--cluster-key FILE]
 //	weft agent --name NAME --state-dir DIR --bind IP:PORT [--join IP:PORT]...
-//	weft add-network-policy SRC DST [--protocol tcp|udp --port N|N-M]
+//	weft add-network-policy SRC DST [--protocol tcp|udp|all --port N|N-M | --protocol icmp|all]
 //	weft run --app APP -- CMD ARGS...
 //
 // Every client command talks to the local agent over --socket.
