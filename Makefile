@@ -6,14 +6,17 @@ SHELL := /bin/bash
 GO      ?= go
 BIN     := bin
 PKGS_RACE := ./policy/... ./mesh/... ./overlay/... ./cell/... ./cmd/...
+# `weft version`, weft_build_info and `weft status` show this.
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo devel)
+LDFLAGS := -X github.com/weft-net/weft/internal/buildinfo.version=$(VERSION)
 
 .PHONY: all build test unit e2e lint demo bench bench-throughput clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/weft ./cmd/weft
-	$(GO) build -o $(BIN)/weft-cni ./cmd/weft-cni
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/weft ./cmd/weft
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/weft-cni ./cmd/weft-cni
 	$(GO) build -o $(BIN)/weft-httpapp ./internal/lab/cmd/weft-httpapp
 	$(GO) build -o $(BIN)/weft-demo ./internal/lab/cmd/weft-demo
 

@@ -15,12 +15,14 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weft-net/weft/internal/buildinfo"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
@@ -49,6 +51,9 @@ type Config struct {
 	// toward cells that accept them, and announce that this one does
 	// (overlay.Config.PartialTCPChecksums, mesh.FeatPartialTCPChecksum).
 	PartialTCPChecksums bool
+	// Version is announced to the other cells and shown by status and
+	// metrics; "" (the default): buildinfo.Version().
+	Version string
 
 	// Service discovery: the DNS server containers use (invalid: none),
 	// the internal domains it answers, and the resolvers it forwards other
@@ -70,6 +75,16 @@ func DefaultConfig() Config {
 	}
 }
 
+// CheckOverlayCIDR refuses an overlay the data plane cannot carry: an
+// IPv6 prefix (containers, routes and the guard are IPv4 only), before the
+// agent leases anything or touches the kernel.
+func CheckOverlayCIDR(p netip.Prefix) error {
+	if p.IsValid() && !p.Addr().Is4() {
+		return fmt.Errorf("--overlay-cidr %s: IPv6 overlays are not supported yet; give an IPv4 prefix such as 10.255.0.0/16", p)
+	}
+	return nil
+}
+
 // Agent is a running cell.
 type Agent struct {
 	cfg    Config
@@ -85,6 +100,9 @@ type Agent struct {
 	membersCh chan struct{} // kicked by the mesh listener
 	stateCh   chan struct{}
 	ready     chan struct{} // closed once the data plane is up
+	stopping  atomic.Bool   // Run is returning: not ready any more
+
+	versionSkew string // the last version skew logged (checkVersions); loop goroutine only
 
 	mu       sync.Mutex       // serialises container changes and table compiles
 	ov       *overlay.Overlay // guarded by mu; nil until the subnet lease is taken
@@ -99,11 +117,17 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Version == "" {
+		cfg.Version = buildinfo.Version()
+	}
 	if cfg.Name == "" {
 		return errors.New("--name is required")
 	}
 	if !cfg.Bind.IsValid() {
 		return errors.New("--bind IP:PORT is required")
+	}
+	if err := CheckOverlayCIDR(cfg.OverlayCIDR); err != nil {
+		return err
 	}
 	keys, err := LoadKeys(cfg.StateDir)
 	if err != nil {
@@ -137,6 +161,7 @@ func Run(ctx context.Context, cfg Config) error {
 	mcfg.SubnetBits = cfg.SubnetBits
 	mcfg.WGPublicKey = keys.WireGuard.PublicKey().String()
 	mcfg.WGPort = cfg.WGPort
+	mcfg.Version = cfg.Version
 	mcfg.Logger = cfg.Logger
 	mcfg.LeaseHold = cfg.LeaseHold
 	mcfg.ClusterKeyFile = filepath.Join(cfg.StateDir, ClusterKeyFile)
@@ -157,7 +182,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer stopMetrics()
-	a.log.Info("agent started", "bind", cfg.Bind, "join", cfg.Join, "socket", cfg.Socket,
+	a.log.Info("agent started", "version", cfg.Version, "bind", cfg.Bind, "join", cfg.Join, "socket", cfg.Socket,
 		"public_key", keys.WireGuard.PublicKey().String())
 
 	subnet, err := a.mesh.WaitSubnet(ctx)
@@ -171,7 +196,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := a.startDNS(ctx); err != nil {
 		return fmt.Errorf("service discovery: %w", err)
 	}
+	a.notifyReady(subnet)
 	a.loop(ctx)
+	a.stopping.Store(true)
+	a.notify("STOPPING=1")
 	a.log.Info("agent stopping")
 	return nil
 }
@@ -252,6 +280,7 @@ func (a *Agent) loop(ctx context.Context) {
 		case <-a.membersCh:
 			a.syncPeers()
 			a.refreshDNS() // instances on dead cells go away
+			a.checkVersions(a.mesh.Members())
 		case <-a.stateCh:
 			a.compile()
 		case now := <-tick.C:
@@ -259,6 +288,7 @@ func (a *Agent) loop(ctx context.Context) {
 			a.compile()
 			a.engine.ExpireFlows(now)
 			a.warnEnforcementOff(now)
+			a.checkVersions(a.mesh.Members())
 		}
 	}
 }

@@ -85,6 +85,7 @@ func FromRule(r policy.Rule) PolicyRule {
 // Status is the answer of GET /v1/status.
 type Status struct {
 	Name       string            `json:"name"`
+	Version    string            `json:"version"` // this agent's (buildinfo.Version)
 	Subnet     string            `json:"subnet"`
 	Interface  string            `json:"interface"`
 	Members    []Member          `json:"members"`
@@ -109,6 +110,13 @@ type Status struct {
 	// PolicyEnforced is false while the data path passes every packet
 	// (--policy=off, or switched off: PUT /v1/policy-enforcement).
 	PolicyEnforced bool `json:"policy_enforced"`
+	// VersionWarning is set while the live members run different
+	// versions (an upgrade under way or stuck): which runs what.
+	VersionWarning string `json:"version_warning,omitempty"`
+	// Ready says whether the cell holds its lease and its data plane is
+	// up (as GET /readyz on the metrics listener); NotReady says why not.
+	Ready    bool   `json:"ready"`
+	NotReady string `json:"not_ready,omitempty"`
 }
 
 // Member is one cell as the mesh sees it.
@@ -118,6 +126,11 @@ type Member struct {
 	State  string `json:"state"`
 	Subnet string `json:"subnet,omitempty"`
 	Self   bool   `json:"self,omitempty"`
+	// Version is the software version the member announces; "" from a
+	// member older than the first weft that does.
+	Version string `json:"version,omitempty"`
+	// Features names what its data plane accepts (mesh.Features.Names).
+	Features []string `json:"features,omitempty"`
 }
 
 // Peer is a WireGuard peer as read through wgctrl from the UAPI socket.

@@ -194,3 +194,18 @@ func TestTableInputsEqual(t *testing.T) {
 		}
 	}
 }
+
+// Run refuses an IPv6 overlay before it reads keys, binds or leases.
+func TestRunRefusesIPv6Overlay(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Name, cfg.StateDir, cfg.Bind = "c1", t.TempDir(), netip.MustParseAddrPort("127.0.0.1:7946")
+	cfg.Socket = filepath.Join(t.TempDir(), "weft.sock")
+	cfg.OverlayCIDR = netip.MustParsePrefix("fd00:10::/16")
+	err := Run(context.Background(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "IPv6 overlays are not supported yet") {
+		t.Fatalf("Run with an IPv6 overlay: %v", err)
+	}
+	if _, err := os.Stat(cfg.Socket); err == nil {
+		t.Error("the API socket was made before the overlay was checked")
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/weft-net/weft/internal/buildinfo"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
@@ -43,6 +44,7 @@ import (
 //	weft_policy_enforced                     1 while the data path applies the policy, 0 while it passes every packet
 //	weft_lease{subnet}                       1 while the cell holds the subnet lease
 //	weft_containers                          containers on this cell
+//	weft_build_info{version,goversion}       1, labelled with this agent's version and Go toolchain
 //
 // plus the Go runtime and process collectors (go_*, process_*).
 
@@ -81,6 +83,8 @@ var (
 		"1 while this cell holds the subnet lease in the label.", []string{"subnet"}, nil)
 	descContainers = prometheus.NewDesc("weft_containers",
 		"Containers on this cell.", nil, nil)
+	descBuildInfo = prometheus.NewDesc("weft_build_info",
+		"1, labelled with the version of this agent and the Go toolchain that built it.", []string{"version", "goversion"}, nil)
 	descScrapeErrors = prometheus.NewDesc("weft_scrape_errors_total",
 		"Parts of this scrape that could not be read (e.g. the WireGuard device before the lease).", []string{"part"}, nil)
 )
@@ -95,7 +99,7 @@ var _ prometheus.Collector = collector{}
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAllowed, descDenied, descRejectsSent, descRejectsLimited,
 		descFlows, descEvictions, descMembers, descPeers, descNoSession, descPeerRx, descPeerTx, descPeerHandshake,
-		descPolicies, descPolicyVersion, descEnforced, descLease, descContainers, descScrapeErrors} {
+		descPolicies, descPolicyVersion, descEnforced, descLease, descContainers, descBuildInfo, descScrapeErrors} {
 		ch <- d
 	}
 }
@@ -146,6 +150,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descLease, 1, s.String())
 	}
 	gauge(descContainers, float64(len(a.localContainers())))
+	gauge(descBuildInfo, 1, a.cfg.Version, buildinfo.GoVersion())
 
 	peerErrors := uint64(0)
 	if ov := a.overlay(); ov != nil {
@@ -208,24 +213,31 @@ func (a *Agent) policyVersion(rules []policy.Rule) uint64 {
 	return a.pv
 }
 
-// serveMetrics serves /metrics on addr (IP:PORT, in the agent's network
-// namespace) until the returned stop is called. An address that cannot be
-// bound is an error, so a typo does not go unnoticed.
-func (a *Agent) serveMetrics(addr string) (stop func(), err error) {
-	if addr == "" {
-		return func() {}, nil
-	}
+// metricsHandler serves /metrics, /healthz and /readyz (health.go).
+func (a *Agent) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector{a},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", a.handleHealthz)
+	mux.HandleFunc("GET /readyz", a.handleReadyz)
+	return mux
+}
+
+// serveMetrics serves metricsHandler on addr (IP:PORT, in the agent's
+// network namespace) until the returned stop is called. An address that
+// cannot be bound is an error, so a typo does not go unnoticed.
+func (a *Agent) serveMetrics(addr string) (stop func(), err error) {
+	if addr == "" {
+		return func() {}, nil
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics-addr %s: %w", addr, err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: a.metricsHandler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("metrics server", "addr", addr, "err", err)

@@ -70,6 +70,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	rules := a.mesh.Policies()
 	st := Status{
 		Name:       a.cfg.Name,
+		Version:    a.cfg.Version,
 		Interface:  a.cfg.Interface,
 		Containers: len(a.localContainers()),
 		Policies:   len(rules),
@@ -83,11 +84,15 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	st.PolicyVersion = a.policyVersion(rules)
 	st.PolicyEnforced, _ = a.enforcing()
 	st.MemberCounts = map[string]int{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
+	st.Ready, st.NotReady = a.readiness()
 	keyNames := map[string]string{}
-	for _, m := range a.mesh.Members() {
+	members := a.mesh.Members()
+	st.VersionWarning = versionSkew(members)
+	for _, m := range members {
 		st.MemberCounts[m.State.String()]++
 		keyNames[m.WGPublicKey] = m.Name
-		mm := Member{Name: m.Name, Addr: m.Addr.String(), State: m.State.String(), Self: m.Self}
+		mm := Member{Name: m.Name, Addr: m.Addr.String(), State: m.State.String(), Self: m.Self,
+			Version: m.Version, Features: m.Features.Names()}
 		if m.Subnet.IsValid() {
 			mm.Subnet = m.Subnet.String()
 		}

@@ -107,6 +107,35 @@ func TestMetrics(t *testing.T) {
 	}
 	t.Logf("$ weft status\n%s", weft(t, l, 2, "status"))
 
+	// Versions and health (issue 25 item 4): both members announce the
+	// version `weft version` prints, the cell is ready, /healthz and
+	// /readyz answer on the metrics listener, weft_build_info names it.
+	var vs struct {
+		Version string `json:"version"`
+		Ready   bool   `json:"ready"`
+		Members []struct {
+			Name, Version string
+		} `json:"members"`
+	}
+	if err := json.Unmarshal(st.Raw, &vs); err != nil {
+		t.Fatal(err)
+	}
+	binVersion := strings.Fields(weft(t, l, 2, "version"))[1]
+	if vs.Version != binVersion || !vs.Ready || len(vs.Members) != 2 || vs.Members[0].Version != binVersion || vs.Members[1].Version != binVersion {
+		t.Errorf("status: version %q ready %v members %+v; want version %q (weft version) everywhere, ready", vs.Version, vs.Ready, vs.Members, binVersion)
+	}
+	c1, _ := l.Cell(1)
+	dst2, _ := l.Cell(2)
+	for path, want := range map[string]string{"/healthz": "ok\n", "/readyz": "ready\n"} {
+		url := fmt.Sprintf("http://%s%s", netip.AddrPortFrom(dst2.UnderlayIP, metricsPort), path)
+		if code, body, err := lab.HTTPGetIn(c1.Netns, url, 5*time.Second); err != nil || code != 200 || body != want {
+			t.Errorf("GET %s: %d %q %v; want 200 %q", url, code, body, err, want)
+		}
+	}
+	if n := sum(after, "weft_build_info"); n != 1 || !strings.Contains(text, `version="`+binVersion+`"`) {
+		t.Errorf("weft_build_info: sum %v, want one series with version=%q:\n%s", n, binVersion, grep(text, "weft_build_info"))
+	}
+
 	checks := map[string]float64{
 		`weft_members{state="alive"}`:                  2,
 		`weft_members{state="dead"}`:                   0,

@@ -105,6 +105,7 @@ type nodeMeta struct {
 	Time   int64        `json:"t,omitempty"` // lease time, unix ns
 	Over   int64        `json:"o,omitempty"` // lease time of the dead cell's lease it took over
 	Feat   Features     `json:"f,omitempty"` // what the cell's data plane accepts (SetFeatures)
+	Ver    string       `json:"v,omitempty"` // software version (Config.Version); absent from cells older than it
 }
 
 func parseMeta(b []byte) nodeMeta {
@@ -112,6 +113,7 @@ func parseMeta(b []byte) nodeMeta {
 	if json.Unmarshal(b, &nm) != nil {
 		return nodeMeta{}
 	}
+	nm.Ver = clipVersion(nm.Ver)
 	return nm
 }
 
@@ -216,7 +218,7 @@ var _ memberlist.Delegate = (*delegate)(nil)
 func (d *delegate) NodeMeta(limit int) []byte {
 	m := (*Mesh)(d)
 	m.mu.Lock()
-	nm := nodeMeta{Key: m.cfg.WGPublicKey, Port: m.cfg.WGPort, Subnet: m.lease.Subnet, Feat: m.features}
+	nm := nodeMeta{Key: m.cfg.WGPublicKey, Port: m.cfg.WGPort, Subnet: m.lease.Subnet, Feat: m.features, Ver: m.cfg.Version}
 	if nm.Subnet.IsValid() {
 		nm.Time, nm.Over = m.lease.Time, m.lease.Takeover
 	}

@@ -1,7 +1,7 @@
 // Package mesh is weft's control plane: memberlist membership with encrypted
-// gossip, node metadata (WireGuard key and port, subnet lease), subnet leases
-// and the replicated state (the endpoint registry and the policy set) with its
-// persistence in the cell's state directory.
+// gossip, node metadata (WireGuard key and port, subnet lease, features,
+// version), subnet leases and the replicated state (the endpoint registry
+// and the policy set) with its persistence in the cell's state directory.
 //
 // Locking: a Mesh has two mutexes, always taken in this order:
 //

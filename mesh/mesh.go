@@ -35,6 +35,11 @@ type Config struct {
 	WGPort      int            // WireGuard UDP port, put in the node metadata
 	Logger      *slog.Logger   // default slog.Default()
 
+	// Version is the software version this cell announces in its node
+	// metadata (buildinfo.Version); at most MaxVersionLen bytes of
+	// printable ASCII are sent, the rest is cut.
+	Version string
+
 	// OperatorKey, if set, lets AddPolicy and RemovePolicy sign changes
 	// made on this cell. Its public key must be trusted.
 	OperatorKey ed25519.PrivateKey
@@ -85,6 +90,10 @@ func DefaultConfig() Config {
 	}
 }
 
+// MaxVersionLen bounds the version a node announces, so that the node
+// metadata stays well under memberlist's 512 bytes.
+const MaxVersionLen = 64
+
 const (
 	maxNameLen      = 253             // node, app and container names
 	leaveTimeout    = 2 * time.Second // Shutdown waits this long for the leave broadcast
@@ -127,6 +136,7 @@ type Node struct {
 	WGPort      int
 	Subnet      netip.Prefix // zero if no lease yet
 	Features    Features     // what its data plane accepts, as it announces
+	Version     string       // software version it announces; "" if it announces none (older than weft's first version that does)
 	State       NodeState
 	Self        bool
 }
@@ -135,6 +145,43 @@ type Node struct {
 // on, announced in the node metadata. A cell that does not announce one
 // (an older version, or one that turned it off) is not sent what needs it.
 type Features uint32
+
+// featureNames names the known feature bits (Features.Names).
+var featureNames = []string{"partial_tcp_checksum"}
+
+// Names lists the features in f by name, a bit this version does not know
+// as "bitN", in bit order.
+func (f Features) Names() []string {
+	var out []string
+	for i := 0; i < 32; i++ {
+		if f&(1<<i) == 0 {
+			continue
+		}
+		if i < len(featureNames) {
+			out = append(out, featureNames[i])
+		} else {
+			out = append(out, fmt.Sprintf("bit%d", i))
+		}
+	}
+	return out
+}
+
+// clipVersion keeps at most MaxVersionLen bytes of v, with anything but
+// printable ASCII replaced by '?': a version is shown to operators, and
+// gossip from an authenticated but newer (or broken) cell must not carry
+// control characters into a terminal.
+func clipVersion(v string) string {
+	if len(v) > MaxVersionLen {
+		v = v[:MaxVersionLen]
+	}
+	b := []byte(v)
+	for i, c := range b {
+		if c < 0x20 || c > 0x7e {
+			b[i] = '?'
+		}
+	}
+	return string(b)
+}
 
 const (
 	// FeatPartialTCPChecksum: the cell hands every TCP packet it receives
@@ -350,6 +397,7 @@ func (c Config) withDefaults() (Config, error) {
 			return c, errors.New("mesh: WGPublicKey is not a base64 32-byte key")
 		}
 	}
+	c.Version = clipVersion(c.Version)
 	if c.WGPort < 0 || c.WGPort > 65535 {
 		return c, fmt.Errorf("mesh: WGPort %d out of range", c.WGPort)
 	}
@@ -482,6 +530,7 @@ func (m *Mesh) Members() []Node {
 		WGPort:      m.cfg.WGPort,
 		Subnet:      m.subnetLocked(),
 		Features:    m.features,
+		Version:     m.cfg.Version,
 		State:       NodeAlive,
 		Self:        true,
 	}
@@ -518,6 +567,7 @@ func (m *Mesh) Members() []Node {
 			WGPort:      mb.meta.Port,
 			Subnet:      mb.meta.Subnet,
 			Features:    mb.meta.Feat,
+			Version:     mb.meta.Ver,
 			State:       mb.state,
 		}
 		if w, ok := winner[n.Subnet]; ok && w.node != name {

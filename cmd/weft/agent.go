@@ -77,6 +77,9 @@ func agentCmd() *cobra.Command {
 			if cfg.OverlayCIDR, err = netip.ParsePrefix(overlay); err != nil {
 				return fmt.Errorf("--overlay-cidr %q: %w", overlay, err)
 			}
+			if err := cell.CheckOverlayCIDR(cfg.OverlayCIDR); err != nil {
+				return err
+			}
 			for _, j := range cfg.Join {
 				if _, err := netip.ParseAddrPort(j); err != nil {
 					return fmt.Errorf("--join %q: want IP:PORT: %w", j, err)

@@ -85,3 +85,17 @@ func TestCompletionWords(t *testing.T) {
 		t.Errorf("--protocol completes %v", words)
 	}
 }
+
+// An IPv6 overlay is refused with a clear error before the agent starts
+// (before any lease, TUN or route): the data plane is IPv4 only.
+func TestAgentRefusesIPv6Overlay(t *testing.T) {
+	c, err := parseAgent(t, "", "--name", "c1", "--state-dir", t.TempDir(), "--bind", "127.0.0.1:0",
+		"--overlay-cidr", "fd00:10::/16", "--subnet-prefix", "24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.RunE(c, nil)
+	if err == nil || !strings.Contains(err.Error(), "--overlay-cidr fd00:10::/16: IPv6 overlays are not supported yet") {
+		t.Fatalf("agent with an IPv6 overlay: %v", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 
@@ -161,13 +162,28 @@ func statusCmd() *cobra.Command {
 			if st.PartialTCPChecksums {
 				tcpSums = "partial accepted (announced to peers)"
 			}
-			fmt.Fprintf(out, "cell:       %s\nsubnet:     %s\ninterface:  %s\ncontainers: %d\npolicies:   %d (version %012x)\nenforced:   %s\nflows:      %d\ntcp sums:   %s\nmembers:    %d alive, %d suspect, %d dead, %d left\n\n",
-				st.Name, subnet, st.Interface, st.Containers, st.Policies, st.PolicyVersion, enforced, st.Flows, tcpSums,
+			ready := "yes"
+			if !st.Ready {
+				ready = "no: " + st.NotReady
+			}
+			fmt.Fprintf(out, "cell:       %s\nversion:    %s\nready:      %s\nsubnet:     %s\ninterface:  %s\ncontainers: %d\npolicies:   %d (version %012x)\nenforced:   %s\nflows:      %d\ntcp sums:   %s\nmembers:    %d alive, %d suspect, %d dead, %d left\n",
+				st.Name, st.Version, ready, subnet, st.Interface, st.Containers, st.Policies, st.PolicyVersion, enforced, st.Flows, tcpSums,
 				st.MemberCounts["alive"], st.MemberCounts["suspect"], st.MemberCounts["dead"], st.MemberCounts["left"])
+			if st.VersionWarning != "" {
+				fmt.Fprintf(out, "warning:    %s\n", st.VersionWarning)
+			}
+			fmt.Fprintln(out)
 			tw := tabwriter.NewWriter(out, 0, 4, 3, ' ', 0)
-			fmt.Fprintln(tw, "member\taddress\tstate\tsubnet")
+			fmt.Fprintln(tw, "member\taddress\tstate\tsubnet\tversion\tfeatures")
 			for _, m := range st.Members {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Name, m.Addr, m.State, m.Subnet)
+				v, feats := m.Version, strings.Join(m.Features, ",")
+				if v == "" {
+					v = "unknown (older)"
+				}
+				if feats == "" {
+					feats = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Addr, m.State, m.Subnet, v, feats)
 			}
 			fmt.Fprintln(tw, "\npeer\tpublic key\tendpoint\tallowed ips\thandshake\trx bytes\ttx bytes\ttcp sums out")
 			for _, p := range st.Peers {

@@ -2,7 +2,7 @@
 //
 //	weft init --state-dir DIR [--cluster-key FILE]
 //	weft agent --name NAME --state-dir DIR --bind IP:PORT [--join IP:PORT]...
-//	weft add-network-policy SRC DST [--protocol tcp|udp --port N|N-M]
+//	weft add-network-policy SRC DST [--protocol tcp|udp|all --port N|N-M | --protocol icmp|all]
 //	weft run --app APP -- CMD ARGS...
 //
 // Every client command talks to the local agent over --socket.
@@ -37,7 +37,7 @@ func main() {
 	root.PersistentFlags().StringVar(&socketPath, "socket", def, "the agent's local API socket (env WEFT_SOCKET)")
 	root.AddCommand(initCmd(), agentCmd(), containerCmd(), runCmd(), statusCmd(),
 		addPolicyCmd(), removePolicyCmd(), listPoliciesCmd(), policyCmd(), enforcementCmd(), flowLogsCmd(),
-		mapRouteCmd(true), mapRouteCmd(false), routesCmd(), clusterKeyCmd())
+		mapRouteCmd(true), mapRouteCmd(false), routesCmd(), clusterKeyCmd(), versionCmd())
 
 	addCompletions(root)
 	err := root.Execute()

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -13,25 +15,38 @@ import (
 	"github.com/weft-net/weft/policy"
 )
 
-// ruleFromArgs builds a rule from SRC DST and the --protocol/--port flags.
-// With neither flag the rule is tcp/8080 (as cf's add-network-policy).
+// ruleFromArgs builds a rule from SRC DST and the --protocol/--port flags,
+// as policy files do: tcp and udp need --port; icmp takes none; all takes
+// one optionally (every port when left out). With neither flag the rule is
+// tcp/8080 (as cf's add-network-policy) unless needFlags (remove).
 func ruleFromArgs(cmd *cobra.Command, args []string, proto, port string, needFlags bool) (cell.PolicyRule, error) {
 	pset, portSet := cmd.Flags().Changed("protocol"), cmd.Flags().Changed("port")
-	switch {
-	case pset != portSet:
-		return cell.PolicyRule{}, errors.New("--protocol and --port go together: give both or neither")
-	case !pset && needFlags:
-		return cell.PolicyRule{}, errors.New("the required flags --protocol and --port were not given")
-	case !pset:
-		proto, port = "tcp", "8080"
+	if !pset {
+		switch {
+		case portSet:
+			return cell.PolicyRule{}, errors.New("--port needs --protocol (tcp, udp or all)")
+		case needFlags:
+			return cell.PolicyRule{}, errors.New("the required flag --protocol was not given (and --port with tcp or udp)")
+		}
+		proto, port, portSet = "tcp", "8080", true
 	}
 	p, err := policy.ParseProtocol(proto)
 	if err != nil {
 		return cell.PolicyRule{}, fmt.Errorf("--protocol: %w", err)
 	}
-	pr, err := policy.ParsePorts(port)
-	if err != nil {
-		return cell.PolicyRule{}, fmt.Errorf("--port: %w", err)
+	var pr policy.PortRange
+	switch {
+	case p == policy.ProtoICMP && portSet:
+		return cell.PolicyRule{}, fmt.Errorf("--port %s: icmp rules take no ports: leave --port out", port)
+	case p == policy.ProtoICMP:
+	case portSet:
+		if pr, err = policy.ParsePorts(port); err != nil {
+			return cell.PolicyRule{}, fmt.Errorf("--port: %w", err)
+		}
+	case p == policy.ProtoAll:
+		pr = policy.PortRange{Start: 1, End: 65535} // as in policy files
+	default:
+		return cell.PolicyRule{}, fmt.Errorf("--protocol %s needs --port N or N-M", p)
 	}
 	r := policy.Rule{Source: args[0], Destination: args[1], Protocol: p, Ports: pr}
 	if err := r.Validate(); err != nil {
@@ -44,13 +59,14 @@ func addPolicyCmd() *cobra.Command    { return policyChangeCmd(true) }
 func removePolicyCmd() *cobra.Command { return policyChangeCmd(false) }
 
 // policyChangeCmd is add-network-policy (add) or remove-network-policy.
-// As cf's, add defaults to tcp 8080 and remove needs both flags.
+// As cf's, add defaults to tcp 8080 and remove needs the flags; removing a
+// policy that does not exist says so and succeeds.
 func policyChangeCmd(add bool) *cobra.Command {
-	var proto, port string
-	use, short, verb := "add-network-policy SOURCE_APP DESTINATION_APP [--protocol tcp|udp --port N|N-M]",
+	var proto, port, space, org string
+	use, short, verb := "add-network-policy SOURCE_APP DESTINATION_APP [--protocol tcp|udp|all --port N|N-M | --protocol icmp|all]",
 		"allow SOURCE_APP to connect to DESTINATION_APP (tcp 8080 unless given)", "Adding"
 	if !add {
-		use, short, verb = "remove-network-policy SOURCE_APP DESTINATION_APP --protocol tcp|udp --port N|N-M",
+		use, short, verb = "remove-network-policy SOURCE_APP DESTINATION_APP --protocol tcp|udp|all --port N|N-M | --protocol icmp|all",
 			"remove a policy; open connections it allowed are cut", "Removing"
 	}
 	c := &cobra.Command{
@@ -58,22 +74,34 @@ func policyChangeCmd(add bool) *cobra.Command {
 		Short: short,
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := noSpaces(space, org); err != nil {
+				return err
+			}
 			r, err := ruleFromArgs(cmd, args, proto, port, !add)
 			if err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "%s network policy from app %s to app %s (%s %s)...\n", verb, r.Source, r.Destination, r.Protocol, portString(r.Ports))
+			what := r.Protocol
+			if ports := portString(r.Ports); ports != "" {
+				what += " " + ports
+			}
+			fmt.Fprintf(out, "%s network policy from app %s to app %s (%s)...\n", verb, r.Source, r.Destination, what)
 			err = changePolicy(r, add)
-			if err := notFound(err, "Policy does not exist."); err != nil {
+			var se *cell.StatusError
+			switch {
+			case !add && errors.As(err, &se) && se.Code == http.StatusNotFound:
+				fmt.Fprintln(out, "Policy does not exist.") // and OK, as cf says
+			case err != nil:
 				return err
 			}
 			fmt.Fprintln(out, "OK")
 			return nil
 		},
 	}
-	c.Flags().StringVar(&proto, "protocol", "", "tcp or udp")
-	c.Flags().StringVar(&port, "port", "", "port N or range N-M")
+	c.Flags().StringVar(&proto, "protocol", "", "tcp, udp, icmp or all")
+	c.Flags().StringVar(&port, "port", "", "port N or range N-M (tcp, udp; all: default every port; icmp: none)")
+	spaceFlags(c, &space, &org)
 	operatorKeyFlag(c)
 	return c
 }
@@ -100,6 +128,20 @@ func changePolicy(r cell.PolicyRule, present bool) error {
 	return err
 }
 
+// spaceFlags adds cf's -s SPACE and -o ORG, which weft refuses with the
+// reason (noSpaces) rather than as unknown flags.
+func spaceFlags(c *cobra.Command, space, org *string) {
+	c.Flags().StringVarP(space, "space", "s", "", "cf's destination space: not supported, apps are named cluster-wide")
+	c.Flags().StringVarP(org, "org", "o", "", "cf's destination org: not supported, apps are named cluster-wide")
+}
+
+func noSpaces(space, org string) error {
+	if space == "" && org == "" {
+		return nil
+	}
+	return errors.New("-s SPACE / -o ORG: weft has no orgs or spaces: an app name means the same app on every cell; leave them out (or use names like space.app)")
+}
+
 func listPoliciesCmd() *cobra.Command {
 	var source, output string
 	c := &cobra.Command{
@@ -120,12 +162,23 @@ func listPoliciesCmd() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(cell.PolicyList{Policies: rules})
 			}
-			tw := tabwriter.NewWriter(out, 0, 4, 3, ' ', 0)
-			fmt.Fprintln(tw, "source\tdestination\tprotocol\tports")
+			// cf's columns; weft has no spaces or orgs, so the last two stay
+			// empty (and trailing blanks are cut).
+			var buf bytes.Buffer
+			tw := tabwriter.NewWriter(&buf, 0, 4, 3, ' ', 0)
+			fmt.Fprintln(tw, "source\tdestination\tprotocol\tports\tdestination space\tdestination org")
 			for _, r := range rules {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Source, r.Destination, r.Protocol, portString(r.Ports))
+				ports := portString(r.Ports)
+				if ports == "" {
+					ports = "-" // icmp: a column of its own all the same
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\t\n", r.Source, r.Destination, r.Protocol, ports)
 			}
-			return tw.Flush()
+			tw.Flush()
+			for line := range strings.Lines(buf.String()) {
+				fmt.Fprintln(out, strings.TrimRight(line, " \n"))
+			}
+			return nil
 		},
 	}
 	c.Flags().StringVar(&source, "source", "", "only policies whose source is this app")
@@ -133,6 +186,10 @@ func listPoliciesCmd() *cobra.Command {
 	return c
 }
 
+// portString is "N" or "N-M", "" for a rule without ports (icmp).
 func portString(p cell.PortRange) string {
+	if p == (cell.PortRange{}) {
+		return ""
+	}
 	return policy.PortRange{Start: p.Start, End: p.End}.String()
 }
