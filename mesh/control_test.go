@@ -604,14 +604,17 @@ func TestPolicyAntiEntropy(t *testing.T) {
 
 // TestBulkPolicySpread: a batch of changes reaches every cell in batches
 // over TCP, not through the gossip queue: four peers, three of which get
-// it from the applying cell and the fourth from one of them. Periodic
-// push/pull is off, so it cannot be what delivers.
+// it from the applying cell and the fourth, most of the time, from one of
+// them. Each forwards what was news to it to directFanout random members,
+// so all three miss the fourth with probability (1/4)^3, about 1 run in
+// 64 (seen in CI): the periodic push/pull's anti-entropy is what
+// guarantees it, here every second.
 func TestBulkPolicySpread(t *testing.T) {
-	quiet := func(c *Config) { c.PushPullInterval = time.Hour }
-	a := startNode(t, "cell-a", nodeOpts{mutate: quiet})
+	fast := func(c *Config) { c.PushPullInterval = time.Second }
+	a := startNode(t, "cell-a", nodeOpts{mutate: fast})
 	ms := []*Mesh{a}
 	for i := range 4 {
-		ms = append(ms, startNode(t, fmt.Sprintf("cell-%d", i), nodeOpts{mutate: quiet, join: a.joinAddr()}))
+		ms = append(ms, startNode(t, fmt.Sprintf("cell-%d", i), nodeOpts{mutate: fast, join: a.joinAddr()}))
 	}
 	waitMembers(t, ms, 5)
 	queued := a.queue.NumQueued()
@@ -619,7 +622,7 @@ func TestBulkPolicySpread(t *testing.T) {
 	if n := a.queue.NumQueued() - queued; n >= 300 { // one a change would be 600
 		t.Errorf("%d gossip messages queued for a batch of 600", n)
 	}
-	eventually(t, 5*time.Second, "every cell holds the 600 rules", func() error {
+	eventually(t, 20*time.Second, "every cell holds the 600 rules", func() error {
 		for _, m := range ms {
 			if n := len(m.Policies()); n != 600 {
 				return fmt.Errorf("%s holds %d", m.cfg.Name, n)
@@ -627,8 +630,11 @@ func TestBulkPolicySpread(t *testing.T) {
 		}
 		return nil
 	})
-	if a.aeSent.Load() != 3*600 {
-		t.Errorf("cell-a sent %d registers in batches, want %d (600 to each of directFanout peers)", a.aeSent.Load(), 3*600)
+	// The applying cell sent the batch whole to directFanout peers; what
+	// anti-entropy sent on top (none in most runs) comes from the
+	// periodic push/pull.
+	if n := a.aeSent.Load(); n < 3*600 {
+		t.Errorf("cell-a sent %d registers in batches, want at least %d (600 to each of directFanout peers)", n, 3*600)
 	}
 }
 
@@ -647,7 +653,7 @@ func TestLargeSetJoin(t *testing.T) {
 		t.Fatalf("join state of 1000 rules: %d listed, %d digest buckets; want 0 and %d", len(fs.Policies), len(fs.PolSum), polBuckets)
 	}
 	b := startNode(t, "cell-b", nodeOpts{mutate: quiet, join: a.joinAddr()})
-	eventually(t, 5*time.Second, "cell-b holds the 1000 rules", func() error {
+	eventually(t, 20*time.Second, "cell-b holds the 1000 rules", func() error {
 		if n := len(b.Policies()); n != 1000 {
 			return fmt.Errorf("cell-b holds %d", n)
 		}
