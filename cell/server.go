@@ -29,7 +29,7 @@ func (a *Agent) newServer() *http.Server {
 	mux.HandleFunc("POST /v1/route-changes", a.handleRouteChange)
 	mux.HandleFunc("GET /v1/flow-logs", a.handleGetFlowLogs)
 	mux.HandleFunc("PUT /v1/flow-logs", a.handleSetFlowLogs)
-	mux.HandleFunc("POST /v1/trace", a.handleTrace)
+	a.registerTraceRoutes(mux) // trace.go, flowlog.go
 	mux.HandleFunc("GET /v1/policy-enforcement", a.handleGetEnforcement)
 	mux.HandleFunc("PUT /v1/policy-enforcement", a.handleSetEnforcement)
 	mux.HandleFunc("POST /v1/attachments", a.handleAttach)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -86,5 +87,121 @@ func TestTrace(t *testing.T) {
 	// Bad input is refused with the reason.
 	if out, err := l.Weft(1, "trace", "appA", "appB", "--protocol", "icmp", "--port", "8080"); err == nil || !strings.Contains(out, "icmp has no ports") {
 		t.Errorf("icmp with a port: err %v, output %q", err, out)
+	}
+}
+
+// tailFlowLogs starts `weft flow-logs tail ARGS` on cell i and returns its
+// lines as they come; the process ends with the test.
+func tailFlowLogs(t *testing.T, l *lab.Lab, i int, args ...string) <-chan map[string]string {
+	t.Helper()
+	c, err := l.Cell(i)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := lab.ExecIn(c.Netns, weftBin, append([]string{"--socket", c.Socket, "flow-logs", "tail"}, args...)...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	lines := make(chan map[string]string, 100)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			var m map[string]string
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				lines <- m
+			}
+		}
+	}()
+	return lines
+}
+
+// nextFlow returns the next line from lines that has all of want, failing
+// after 10 s.
+func nextFlow(t *testing.T, lines <-chan map[string]string, want map[string]string) map[string]string {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case m, ok := <-lines:
+			if !ok {
+				t.Fatalf("flow-log tail ended before a line with %v", want)
+			}
+			match := true
+			for k, v := range want {
+				match = match && m[k] == v
+			}
+			if match {
+				return m
+			}
+		case <-timeout:
+			t.Fatalf("no flow-log line with %v within 10s", want)
+		}
+	}
+}
+
+// TestFlowLogTail: `weft flow-logs tail` follows the flow log through the
+// API: the destination cell explains a refused connection (no_policy,
+// inbound) where the source cell only saw it leave (accept, outbound, no
+// rule), and names the rule of an allowed one.
+func TestFlowLogTail(t *testing.T) {
+	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin})
+	a, b := l.Name("appA"), l.Name("appB")
+	if _, err := l.CreateContainer(1, "appA", a); err != nil {
+		t.Fatal(err)
+	}
+	ipB, err := l.CreateContainer(2, "appB", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveHTTP(t, b, 8080)
+	onB := tailFlowLogs(t, l, 2, "--app", "appA")
+	onA := tailFlowLogs(t, l, 1, "--verdict", "allowed")
+	// The tails switch the engines' logs on when they connect; retry the
+	// refused connection until both have seen one.
+	deadline := time.Now().Add(10 * time.Second)
+	var denied, out map[string]string
+	for denied == nil || out == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("within 10s: no_policy line on cell 2 %v, outbound accept on cell 1 %v", denied, out)
+		}
+		expectRefused(t, a, ipB, 8080)
+		wait := time.After(200 * time.Millisecond)
+	drain:
+		for {
+			select {
+			case m := <-onB:
+				if m["verdict"] == "no_policy" {
+					denied = m
+				}
+			case m := <-onA:
+				if m["verdict"] == "accept" && m["destination"] == ipB.String()+":8080" {
+					out = m
+				}
+			case <-wait:
+				break drain
+			}
+		}
+	}
+	t.Logf("cell 2: %v", denied)
+	if denied["direction"] != "inbound" || denied["source_app"] != "appA" || denied["destination_app"] != "appB" {
+		t.Errorf("denied line on cell 2: %v", denied)
+	}
+	t.Logf("cell 1: %v", out)
+	if out["direction"] != "outbound" || out["rule"] != "" {
+		t.Errorf("source cell's line for the refused flow: %v, want an outbound accept without a rule", out)
+	}
+
+	weft(t, l, 1, "add-network-policy", "appA", "appB", "--protocol", "tcp", "--port", "8080")
+	expectHTTP(t, a, ipB, 8080)
+	acc := nextFlow(t, onB, map[string]string{"verdict": "accept"})
+	t.Logf("cell 2: %v", acc)
+	if acc["direction"] != "inbound" || acc["rule"] != "appA>appB/tcp/8080-8080" {
+		t.Errorf("allowed line on cell 2: %v, want inbound with rule appA>appB/tcp/8080-8080", acc)
 	}
 }
