@@ -92,6 +92,7 @@ type Agent struct {
 	keys   *Keys
 	engine *policy.Engine
 	mesh   *mesh.Mesh
+	flows  flowLogs // where the engine's flow log goes (flowlog.go)
 
 	pvMu    sync.Mutex    // guards pvRules, pv
 	pvRules []policy.Rule // the mesh.Policies slice pv was computed from

@@ -29,6 +29,9 @@ import (
 //	weft_packets_allowed_total{verdict}      packets passed: accept (inbound/outbound), accept_local (hair-pin)
 //	weft_packets_denied_total{reason}        packets dropped, by verdict (no_policy, revoked, spoofed, ...)
 //	                                         and by the kernel guard (spoofed, to_cell, not_ipv4)
+//	weft_packets_denied_by_pair_total{source_app,destination_app,reason}
+//	                                         the engine's denials of the top 20 app pairs, the rest as
+//	                                         source_app="(other)",destination_app="(other)" (metrics_pairs.go)
 //	weft_rejects_sent_total                  TCP RST / ICMP unreachable built for denied packets
 //	weft_rejects_limited_total               rejects suppressed by the per-source rate limit
 //	weft_conntrack_entries                   tracked flows
@@ -102,6 +105,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		descPolicies, descPolicyVersion, descEnforced, descLease, descContainers, descBuildInfo, descScrapeErrors} {
 		ch <- d
 	}
+	ch <- descDeniedPairs // metrics_pairs.go
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -122,6 +126,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for reason, n := range a.denials() {
 		counter(descDenied, n, reason)
 	}
+	c.collectDeniedPairs(ch) // metrics_pairs.go
 	counter(descRejectsSent, cnt.RejectsSent)
 	counter(descRejectsLimited, cnt.RejectsLimited)
 	counter(descEvictions, cnt.Evictions)

@@ -29,6 +29,7 @@ func (a *Agent) newServer() *http.Server {
 	mux.HandleFunc("POST /v1/route-changes", a.handleRouteChange)
 	mux.HandleFunc("GET /v1/flow-logs", a.handleGetFlowLogs)
 	mux.HandleFunc("PUT /v1/flow-logs", a.handleSetFlowLogs)
+	a.registerTraceRoutes(mux) // trace.go, flowlog.go
 	mux.HandleFunc("GET /v1/policy-enforcement", a.handleGetEnforcement)
 	mux.HandleFunc("PUT /v1/policy-enforcement", a.handleSetEnforcement)
 	mux.HandleFunc("POST /v1/attachments", a.handleAttach)

@@ -179,6 +179,12 @@ func (o *Overlay) GuardCounters() (GuardCounters, error) {
 	return o.guard.Counters()
 }
 
+// GuardEntries returns the (veth, address) bindings the kernel's guard
+// holds, sorted.
+func (o *Overlay) GuardEntries() ([]GuardEntry, error) {
+	return o.guard.Entries()
+}
+
 // startDevice creates the WireGuard device on o.wrap and bind, with at
 // most nbufs message buffers (0: wireguard-go's unbounded pool) and, when
 // they are bounded, the stage gate, which the wrapper has before the

@@ -367,3 +367,17 @@ func forget(e *Engine, pkt []byte) (moved int) {
 	}
 	return int(before - sh.nurseN)
 }
+
+// BenchmarkDenied: a new flow no rule allows (flow log off), the path a
+// scan or a misconfigured client takes: the verdict, the reason counter
+// and the app-pair count (denials.go).
+func BenchmarkDenied(b *testing.B) {
+	e := benchEngine(b, 1000)
+	pkt := syn(ap(ipA, 40000), ap(ipB, 9999))
+	b.ReportAllocs()
+	for b.Loop() {
+		if e.Inbound(pkt) != DropNoPolicy {
+			b.Fatal("not denied")
+		}
+	}
+}

@@ -88,6 +88,7 @@ type Engine struct {
 
 	rejectsSent, rejectsLimited atomic.Uint64
 	flowLogState
+	pairs deniedPairs
 
 	// unseenUDP: until then (clock nanoseconds), a UDP datagram of an
 	// untracked flow may belong to a flow under way (ResumeTracking).
@@ -265,7 +266,11 @@ func (e *Engine) Outbound(pkt []byte) Verdict {
 	}
 	v = e.outbound(&p, s, now, hint)
 	if !v.Allowed() {
-		e.logFlow(v, &p, s.t)
+		dir := dirOutbound
+		if s.t.inSubnet(&p.dst, p.v6) {
+			dir = dirLocal
+		}
+		e.deny(v, &p, s.t, dir)
 	} else if p.firstFrag {
 		e.frags.remember(&p, now) // whichever path accepted it: see fragCache
 	}
@@ -291,7 +296,7 @@ func (e *Engine) Inbound(pkt []byte) Verdict {
 	}
 	v = e.inbound(&p, s, now, hint)
 	if !v.Allowed() {
-		e.logFlow(v, &p, s.t)
+		e.deny(v, &p, s.t, dirInbound)
 	} else if p.firstFrag {
 		e.frags.remember(&p, now) // whichever path accepted it: see fragCache
 	}
@@ -427,7 +432,7 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 		if e.frags.follows(p, now) {
 			return Accept
 		}
-		return DropUnsupported
+		return DropFragment
 	case kindUnsupported, kindICMPOther:
 		return DropUnsupported
 	}
@@ -482,7 +487,7 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	}
 	sh.unlock()
 	if isNew {
-		e.logFlow(Accept, p, t)
+		e.logFlow(Accept, p, t, dirOutbound)
 	}
 	return Accept
 }
@@ -514,7 +519,7 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 		if e.frags.follows(p, now) {
 			return Accept
 		}
-		return DropUnsupported
+		return DropFragment
 	case kindUnsupported, kindICMPOther:
 		return DropUnsupported
 	}
@@ -574,7 +579,11 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	}
 	e.ct.insertLocked(sh, &k, ent, now)
 	sh.unlock()
-	e.logFlow(Accept, p, t)
+	if src.local {
+		e.logFlow(Accept, p, t, dirLocal)
+	} else {
+		e.logFlow(Accept, p, t, dirInbound)
+	}
 	return Accept
 }
 

@@ -248,7 +248,7 @@ func TestFragments(t *testing.T) {
 		t.Fatalf("%d fragments", len(frags))
 	}
 	run(t, e, []step{
-		{"later fragment first", in, frags[1], DropUnsupported},
+		{"later fragment first", in, frags[1], DropFragment},
 		{"first", in, frags[0], Accept},
 		{"second", in, frags[1], Accept},
 		{"third", in, frags[2], Accept},
@@ -259,7 +259,7 @@ func TestFragments(t *testing.T) {
 	}
 	run(t, e, []step{
 		{"denied first", in, denied[0], DropNoPolicy},
-		{"denied second", in, denied[1], DropUnsupported},
+		{"denied second", in, denied[1], DropFragment},
 	})
 	hp := pkttest.Fragment4(pkttest.TCP(ap(ipC, 41000), ap(ipB, 9000), pkttest.ACK, 1, 1, make([]byte, 100)), 64)
 	run(t, e, []step{{"hairpin first", out, hp[0], AcceptLocal}, {"hairpin second", out, hp[1], AcceptLocal}})
@@ -318,7 +318,7 @@ func TestMalformedPrefixes(t *testing.T) {
 
 func TestVerdictStrings(t *testing.T) {
 	want := []string{"accept", "accept_local", "no_policy", "revoked", "spoofed", "unknown_source",
-		"unknown_destination", "malformed", "unsupported", "conntrack_full"}
+		"unknown_destination", "malformed", "unsupported", "conntrack_full", "fragment"}
 	var c Counters
 	i := 0
 	for v := range c.All() {
@@ -332,6 +332,14 @@ func TestVerdictStrings(t *testing.T) {
 	}
 	if i != len(want) {
 		t.Errorf("All yielded %d verdicts, want %d", i, len(want))
+	}
+	for i, name := range want {
+		if v, ok := ParseVerdict(name); !ok || v != Verdict(i) {
+			t.Errorf("ParseVerdict(%q) = %v %v, want %d", name, v, ok, i)
+		}
+	}
+	if _, ok := ParseVerdict("invalid"); ok {
+		t.Error(`ParseVerdict("invalid") ok`)
 	}
 }
 

@@ -1,42 +1,61 @@
 package policy
 
 import (
-	"io"
+	"context"
+	"log/slog"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// Flow logs: one JSON line for every denied packet and every new allowed
-// flow, like Cloud Foundry's iptables logging, e.g.
+// Flow logs: one log/slog record for every denied packet and every new
+// allowed flow, like Cloud Foundry's iptables logging. With a JSON handler:
 //
-//	{"time":"2026-01-02T15:04:05.123456789Z","verdict":"no_policy","protocol":"tcp",
+//	{"time":"2026-01-02T15:04:05.123456789Z","level":"INFO","msg":"flow",
+//	 "verdict":"no_policy","direction":"inbound","protocol":"tcp",
 //	 "source_app":"appA","source":"10.255.2.10:40000",
 //	 "destination_app":"appB","destination":"10.255.1.20:8081"}
 //
-// (one line). Ports are left out for icmp; an unregistered address has an
-// empty app. The packet path pays one atomic load when the log is off. When
-// it is on, a token bucket (Config.FlowLogRate lines a second, burst the
-// same) decides before anything is looked up or formatted; a packet that
-// passes copies a fixed-size record into a buffered channel, and a
-// goroutine of the engine formats and writes it. Lines over the rate, or
-// that find the channel full, are counted in Counters.FlowLogDropped.
+// (one line). direction is as this cell sees the packet: inbound (from a
+// peer cell), outbound (from a local container to another cell) or local
+// (between two containers of this cell, hair-pinned). An accept judged by a
+// rule (inbound or local) names it: "rule":"appA>appB/tcp/8080-8080"
+// (Rule.Key); an outbound accept has none, as the destination cell judges
+// it. Ports are left out for icmp; an unregistered address has an empty
+// app.
+//
+// The packet path pays one atomic load when the log is off. When it is on,
+// a token bucket (Config.FlowLogRate records a second, burst the same)
+// decides before anything is looked up; a packet that passes copies a
+// fixed-size record into a buffered channel, and a goroutine of the engine
+// looks up the apps and the rule and hands the slog.Record to the handler.
+// Records over the rate, or that find the channel full, are counted in
+// Counters.FlowLogDropped.
 
-// flowRecord is one flow log line before formatting.
+// Directions of a flow-log record.
+const (
+	dirInbound uint8 = iota
+	dirOutbound
+	dirLocal
+)
+
+var dirNames = [...]string{dirInbound: "inbound", dirOutbound: "outbound", dirLocal: "local"}
+
+// flowRecord is one flow log record before formatting.
 type flowRecord struct {
-	time           time.Time
-	verdict        Verdict
-	proto          Protocol
-	v6             bool
-	src, dst       [16]byte
-	sport, dport   uint16
-	srcApp, dstApp string
+	time         time.Time
+	t            *Table // the table that judged the packet
+	verdict      Verdict
+	dir          uint8
+	proto        Protocol
+	v6           bool
+	src, dst     [16]byte
+	sport, dport uint16
 }
 
 type flowLog struct {
-	w    io.Writer
+	h    slog.Handler
 	ch   chan flowRecord
 	stop chan struct{}
 	done chan struct{}
@@ -44,22 +63,21 @@ type flowLog struct {
 
 const flowLogBuffer = 1024
 
-// SetFlowLog switches the flow log on, writing to w, or off (w == nil).
-// Each line is written with one w.Write call from a goroutine of the
-// engine; w need not be safe for concurrent use. When SetFlowLog returns,
-// the previous writer has received every line accepted for it and will not
-// be written again. Safe for concurrent use.
-func (e *Engine) SetFlowLog(w io.Writer) {
+// SetFlowLog switches the flow log on, handing records to h, or off (h ==
+// nil). h is called from one goroutine of the engine at a time. When
+// SetFlowLog returns, the previous handler has received every record
+// accepted for it and will not be called again. Safe for concurrent use.
+func (e *Engine) SetFlowLog(h slog.Handler) {
 	e.flogMu.Lock()
 	defer e.flogMu.Unlock()
 	if old := e.flog.Swap(nil); old != nil {
 		close(old.stop)
 		<-old.done
 	}
-	if w == nil {
+	if h == nil {
 		return
 	}
-	fl := &flowLog{w: w, ch: make(chan flowRecord, flowLogBuffer), stop: make(chan struct{}), done: make(chan struct{})}
+	fl := &flowLog{h: h, ch: make(chan flowRecord, flowLogBuffer), stop: make(chan struct{}), done: make(chan struct{})}
 	go fl.run()
 	e.flog.Store(fl)
 }
@@ -69,18 +87,15 @@ func (e *Engine) FlowLogEnabled() bool { return e.flog.Load() != nil }
 
 func (fl *flowLog) run() {
 	defer close(fl.done)
-	buf := make([]byte, 0, 512)
 	for {
 		select {
 		case r := <-fl.ch:
-			buf = r.appendJSON(buf[:0])
-			fl.w.Write(buf) //nolint:errcheck // a failing log must not stop the engine
+			fl.handle(&r)
 		case <-fl.stop:
 			for {
 				select {
 				case r := <-fl.ch:
-					buf = r.appendJSON(buf[:0])
-					fl.w.Write(buf) //nolint:errcheck
+					fl.handle(&r)
 				default:
 					return
 				}
@@ -89,9 +104,17 @@ func (fl *flowLog) run() {
 	}
 }
 
-// logFlow sends a flow log line for packet p with verdict v, if the log is
-// on and the rate allows.
-func (e *Engine) logFlow(v Verdict, p *packet, t *Table) {
+func (fl *flowLog) handle(r *flowRecord) {
+	ctx := context.Background()
+	if !fl.h.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
+	fl.h.Handle(ctx, r.record()) //nolint:errcheck // a failing log must not stop the engine
+}
+
+// logFlow sends a flow log record for packet p with verdict v seen in
+// direction dir, if the log is on and the rate allows.
+func (e *Engine) logFlow(v Verdict, p *packet, t *Table, dir uint8) {
 	fl := e.flog.Load()
 	if fl == nil {
 		return
@@ -100,14 +123,8 @@ func (e *Engine) logFlow(v Verdict, p *packet, t *Table) {
 		e.flogDropped.Add(1)
 		return
 	}
-	r := flowRecord{time: time.Now(), verdict: v, proto: p.proto, v6: p.v6,
+	r := flowRecord{time: time.Now(), t: t, verdict: v, dir: dir, proto: p.proto, v6: p.v6,
 		src: p.src, dst: p.dst, sport: p.sport, dport: p.dport}
-	if ep, ok := t.endpoint(&p.src); ok {
-		r.srcApp = t.app(ep.app)
-	}
-	if ep, ok := t.endpoint(&p.dst); ok {
-		r.dstApp = t.app(ep.app)
-	}
 	select {
 	case fl.ch <- r:
 		e.flogLines.Add(1)
@@ -116,43 +133,45 @@ func (e *Engine) logFlow(v Verdict, p *packet, t *Table) {
 	}
 }
 
-func (r *flowRecord) addr(a *[16]byte, port uint16, b []byte) []byte {
+func (r *flowRecord) addr(a *[16]byte, port uint16) string {
 	ip := netip.AddrFrom16(*a)
 	if !r.v6 {
 		ip = ip.Unmap()
 	}
-	b = append(b, '"')
-	if r.v6 && r.proto.hasPorts() {
-		b = append(b, '[')
-	}
-	b = ip.AppendTo(b)
 	if r.proto.hasPorts() {
-		if r.v6 {
-			b = append(b, ']')
-		}
-		b = append(b, ':')
-		b = strconv.AppendUint(b, uint64(port), 10)
+		return netip.AddrPortFrom(ip, port).String()
 	}
-	return append(b, '"')
+	return ip.String()
 }
 
-// appendJSON appends the record as one JSON line.
-func (r *flowRecord) appendJSON(b []byte) []byte {
-	b = append(b, `{"time":"`...)
-	b = r.time.UTC().AppendFormat(b, time.RFC3339Nano)
-	b = append(b, `","verdict":"`...)
-	b = append(b, r.verdict.String()...)
-	b = append(b, `","protocol":"`...)
-	b = append(b, r.proto.String()...)
-	b = append(b, `","source_app":`...)
-	b = strconv.AppendQuote(b, r.srcApp)
-	b = append(b, `,"source":`...)
-	b = r.addr(&r.src, r.sport, b)
-	b = append(b, `,"destination_app":`...)
-	b = strconv.AppendQuote(b, r.dstApp)
-	b = append(b, `,"destination":`...)
-	b = r.addr(&r.dst, r.dport, b)
-	return append(b, "}\n"...)
+// appOf is the app of address a in the record's table, "" if none.
+func (r *flowRecord) appOf(a *[16]byte) string {
+	if ep, ok := r.t.endpoint(a); ok {
+		return r.t.app(ep.app)
+	}
+	return ""
+}
+
+// record is the slog record of r: message "flow", the attributes in the
+// package comment.
+func (r *flowRecord) record() slog.Record {
+	rec := slog.NewRecord(r.time, slog.LevelInfo, "flow", 0)
+	srcApp, dstApp := r.appOf(&r.src), r.appOf(&r.dst)
+	rec.AddAttrs(
+		slog.String("verdict", r.verdict.String()),
+		slog.String("direction", dirNames[r.dir]),
+		slog.String("protocol", r.proto.String()),
+		slog.String("source_app", srcApp),
+		slog.String("source", r.addr(&r.src, r.sport)),
+		slog.String("destination_app", dstApp),
+		slog.String("destination", r.addr(&r.dst, r.dport)),
+	)
+	if r.verdict.Allowed() && r.dir != dirOutbound {
+		if rule, ok := r.t.RuleFor(srcApp, dstApp, r.proto, r.dport); ok {
+			rec.AddAttrs(slog.String("rule", rule.Key()))
+		}
+	}
+	return rec
 }
 
 // gcraAllow is a token bucket as a GCRA over one theoretical arrival time:

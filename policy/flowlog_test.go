@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -13,6 +14,9 @@ type lineWriter chan string
 
 func (w lineWriter) Write(b []byte) (int, error) { w <- string(b); return len(b), nil }
 
+// jsonLines is a slog JSON handler writing to w.
+func jsonLines(w lineWriter) slog.Handler { return slog.NewJSONHandler(w, nil) }
+
 func TestFlowLog(t *testing.T) {
 	e := newTestEngine(t, Config{FlowLogRate: 3})
 	if e.FlowLogEnabled() {
@@ -20,7 +24,7 @@ func TestFlowLog(t *testing.T) {
 	}
 	e.Inbound(syn(ap(ipA, 1), ap(ipB, 1))) // denied while off: no line
 	w := make(lineWriter, 100)
-	e.SetFlowLog(w)
+	e.SetFlowLog(jsonLines(w))
 	if !e.FlowLogEnabled() {
 		t.Fatal("FlowLogEnabled = false after SetFlowLog(w)")
 	}
@@ -48,13 +52,16 @@ func TestFlowLog(t *testing.T) {
 		if m["time"] == "" {
 			t.Errorf("line %q has no time", l)
 		}
+		if m["level"] != "INFO" || m["msg"] != "flow" {
+			t.Errorf("line %q: want level INFO, msg flow", l)
+		}
 		delete(m, "time")
 		lines = append(lines, m)
 	}
 	want := []map[string]string{
-		{"verdict": "accept", "protocol": "tcp", "source_app": "appA", "source": "10.255.2.10:40000", "destination_app": "appB", "destination": "10.255.1.20:8080"},
-		{"verdict": "no_policy", "protocol": "udp", "source_app": "appA", "source": "[fd00:2::10]:5", "destination_app": "appB", "destination": "[fd00:1::20]:54"},
-		{"verdict": "unknown_source", "protocol": "icmp", "source_app": "", "source": "10.255.2.99", "destination_app": "appB", "destination": "10.255.1.20"},
+		{"verdict": "accept", "direction": "inbound", "rule": "appA>appB/tcp/8080-8080", "protocol": "tcp", "source_app": "appA", "source": "10.255.2.10:40000", "destination_app": "appB", "destination": "10.255.1.20:8080"},
+		{"verdict": "no_policy", "direction": "inbound", "rule": "", "protocol": "udp", "source_app": "appA", "source": "[fd00:2::10]:5", "destination_app": "appB", "destination": "[fd00:1::20]:54"},
+		{"verdict": "unknown_source", "direction": "inbound", "rule": "", "protocol": "icmp", "source_app": "", "source": "10.255.2.99", "destination_app": "appB", "destination": "10.255.1.20"},
 	}
 	if len(lines) != len(want) {
 		t.Fatalf("%d lines, want %d: %v", len(lines), len(want), lines)
@@ -75,7 +82,7 @@ func TestFlowLog(t *testing.T) {
 // nothing (TestNoAllocs covers the rest of the path).
 func TestFlowLogNoAllocs(t *testing.T) {
 	e := newTestEngine(t, Config{FlowLogRate: 1})
-	e.SetFlowLog(lineWriter(make(chan string, 10)))
+	e.SetFlowLog(jsonLines(make(lineWriter, 10)))
 	defer e.SetFlowLog(nil)
 	pkt := syn(ap(ipA, 1), ap(ipB, 1))
 	e.Inbound(pkt) // the one line the rate allows

@@ -13,7 +13,7 @@ import (
 // or the locked lookup). It is a fixed array of slots indexed by a seeded hash of
 // (src, dst, protocol, identification): it never grows, and a collision
 // just forgets an older datagram, whose remaining fragments are then
-// dropped (DropUnsupported). Fragments are rare on the overlay, whose MTU
+// dropped (DropFragment). Fragments are rare on the overlay, whose MTU
 // leaves room for the encapsulation. A non-first fragment that arrives
 // before its first fragment is dropped as well.
 type fragCache struct {

@@ -16,7 +16,7 @@ type Endpoint struct {
 
 // TableConfig is the input of [Compile].
 type TableConfig struct {
-	Rules       []Rule
+	Rules       []Rule // kept by the table when sorted (SortRules): not to be modified after Compile
 	Endpoints   []Endpoint
 	LocalSubnet netip.Prefix // this cell's overlay subnet; a destination in it is hair-pinned
 }
@@ -30,12 +30,15 @@ type TableConfig struct {
 // pairs and a binary search over that pair's merged port ranges; it never
 // scans the rules.
 type Table struct {
-	rules int      // distinct valid rules compiled
-	apps  []string // app id -> name; apps[0] is "" (no app)
-	ep4   epTable4
-	ep6   map[[16]byte]epInfo // IPv6 overlay IP -> app
-	pairs pairTable           // (src app, dst app, proto) -> ports[off:off+n]
-	ports []PortRange         // merged, sorted ranges of all pairs
+	rules int // distinct valid rules compiled
+	// sorted is the rules compiled from, in SortRules order (the caller's
+	// slice when it was sorted already: mesh.Policies is), for RuleFor.
+	sorted []Rule
+	apps   []string // app id -> name; apps[0] is "" (no app)
+	ep4    epTable4
+	ep6    map[[16]byte]epInfo // IPv6 overlay IP -> app
+	pairs  pairTable           // (src app, dst app, proto) -> ports[off:off+n]
+	ports  []PortRange         // merged, sorted ranges of all pairs
 	// subnet is the local subnet; subnet4/mask4 the same for IPv4 when it
 	// is one (mask4 == 0 otherwise: no IPv4 subnet).
 	subnet         prefix16
@@ -274,6 +277,11 @@ func Compile(cfg TableConfig) *Table {
 		}
 	}
 	t.rules = len(seen)
+	t.sorted = cfg.Rules
+	if !slices.IsSortedFunc(t.sorted, compareRules) {
+		t.sorted = slices.Clone(t.sorted)
+		SortRules(t.sorted)
+	}
 	slices.SortFunc(items, func(a, b item) int {
 		return cmp.Or(cmp.Compare(a.k, b.k), cmp.Compare(a.ports.Start, b.ports.Start))
 	})
@@ -298,6 +306,23 @@ func Compile(cfg TableConfig) *Table {
 		t.pairs.put(k, portSpan{off: uint32(off), n: uint32(len(t.ports) - off), first: t.ports[off]})
 	}
 	return t
+}
+
+// RuleFor returns a rule that allows app src to reach app dst over proto
+// at port dport (ignored for icmp): the first in SortRules order. It is a
+// binary search over the rules, for flow logs and tools, not the packet
+// path.
+func (t *Table) RuleFor(src, dst string, proto Protocol, dport uint16) (Rule, bool) {
+	i, _ := slices.BinarySearchFunc(t.sorted, Rule{Source: src, Destination: dst}, func(r, k Rule) int {
+		return cmp.Or(cmp.Compare(r.Source, k.Source), cmp.Compare(r.Destination, k.Destination))
+	})
+	for ; i < len(t.sorted) && t.sorted[i].Source == src && t.sorted[i].Destination == dst; i++ {
+		r := t.sorted[i]
+		if (r.Protocol == proto || r.Protocol == ProtoAll) && (!proto.hasPorts() || r.Ports.Contains(dport)) && r.Validate() == nil {
+			return r, true
+		}
+	}
+	return Rule{}, false
 }
 
 // Rules returns the number of distinct valid rules in the table.

@@ -15,8 +15,9 @@ const (
 	DropUnknownSource                     // Inbound: source IP not in the registry (and not a reply of a tracked flow)
 	DropUnknownDestination                // Inbound/hairpin: destination is not a registered local endpoint
 	DropMalformed                         // truncated or inconsistent headers
-	DropUnsupported                       // not IP, a protocol other than tcp/udp/icmp, an ICMP type that is neither echo nor error, an unmatched fragment
+	DropUnsupported                       // not IP, a protocol other than tcp/udp/icmp, an ICMP type that is neither echo nor error
 	DropConntrackFull                     // could not track the flow (not produced: a full table evicts instead)
+	DropFragment                          // a later fragment whose first fragment was not allowed (or not seen, or forgotten)
 	numVerdicts
 )
 
@@ -31,6 +32,17 @@ var verdictNames = [numVerdicts]string{
 	DropMalformed:          "malformed",
 	DropUnsupported:        "unsupported",
 	DropConntrackFull:      "conntrack_full",
+	DropFragment:           "fragment",
+}
+
+// ParseVerdict returns the verdict named s (Verdict.String).
+func ParseVerdict(s string) (Verdict, bool) {
+	for v, name := range verdictNames {
+		if name == s {
+			return Verdict(v), true
+		}
+	}
+	return 0, false
 }
 
 // String returns the verdict's metric label, e.g. "accept" or "no_policy".

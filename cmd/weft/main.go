@@ -39,6 +39,8 @@ func main() {
 		addPolicyCmd(), removePolicyCmd(), listPoliciesCmd(), policyCmd(), enforcementCmd(), flowLogsCmd(),
 		mapRouteCmd(true), mapRouteCmd(false), routesCmd(), clusterKeyCmd(), versionCmd())
 
+	root.AddCommand(traceCmd())
+
 	addCompletions(root)
 	err := root.Execute()
 	var exit *exec.ExitError

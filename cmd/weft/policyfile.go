@@ -239,7 +239,7 @@ warns once a minute and the metric weft_policy_enforced is 0.`,
 }
 
 func flowLogsCmd() *cobra.Command {
-	return &cobra.Command{
+	c := &cobra.Command{
 		Use:       "flow-logs on|off|status",
 		Short:     "switch the agent's flow logs (JSON lines for denied packets and new allowed flows)",
 		Args:      cobra.ExactArgs(1),
@@ -266,4 +266,6 @@ func flowLogsCmd() *cobra.Command {
 			return nil
 		},
 	}
+	c.AddCommand(flowLogsTailCmd()) // flowlogs.go
+	return c
 }

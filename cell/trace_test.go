@@ -1,0 +1,227 @@
+package cell
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/mesh"
+	"github.com/weft-net/weft/overlay"
+	"github.com/weft-net/weft/policy"
+)
+
+// leasedAgent is an agent with a real mesh that holds a subnet lease and an
+// API server on a unix socket, but no data plane.
+func leasedAgent(t *testing.T) (*Agent, *Client, netip.Prefix) {
+	t.Helper()
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	mcfg := mesh.DefaultConfig()
+	mcfg.Name = "c1"
+	mcfg.BindAddr = netip.MustParseAddrPort("127.0.0.1:0")
+	mcfg.ClusterKey = bytes.Repeat([]byte{7}, 32)
+	mcfg.StateDir = t.TempDir()
+	mcfg.WGPublicKey = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32))
+	mcfg.WGPort = 51820
+	mcfg.LeaseSettle = 10 * time.Millisecond
+	mcfg.Logger = slog.New(slog.DiscardHandler)
+	mcfg.OperatorKey, mcfg.TrustedOperators = priv, []ed25519.PublicKey{pub}
+	ready := make(chan struct{})
+	close(ready)
+	a := &Agent{cfg: Config{Name: "c1"}, log: mcfg.Logger, engine: policy.NewEngine(policy.DefaultConfig()), ready: ready}
+	m, err := mesh.New(mcfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Shutdown() })
+	a.mesh = m
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	subnet, err := m.WaitSubnet(ctx)
+	if err != nil {
+		t.Fatalf("no lease: %v", err)
+	}
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := a.newServer()
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return a, NewClient(sock), subnet
+}
+
+func stepOf(res *TraceResult, name string) TraceStep {
+	for _, s := range res.Steps {
+		if s.Step == name {
+			return s
+		}
+	}
+	return TraceStep{}
+}
+
+// TestTraceAPI: POST /v1/trace on a real server answers from the registry,
+// the policy set and the compiled table: the rule that allows a flow, the
+// closest rules of a denied one, an unregistered destination IP, and 4xx
+// with the reason for bad input.
+func TestTraceAPI(t *testing.T) {
+	a, c, subnet := leasedAgent(t)
+	ipA, ipB := subnet.Addr().Next().Next(), subnet.Addr().Next().Next().Next()
+	for _, e := range []mesh.Endpoint{{IP: ipA, App: "appA", Name: "ca"}, {IP: ipB, App: "appB", Name: "cb"}} {
+		if err := a.mesh.AddEndpoint(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rule := tcpRule("appA", "appB", 8080, 8080)
+	if _, err := a.mesh.AddPolicy(rule); err != nil {
+		t.Fatal(err)
+	}
+	a.compile()
+	ctx := context.Background()
+
+	res, err := c.Trace(ctx, TraceRequest{Source: "appA", Destination: "appB", Protocol: "tcp", Port: 8080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Verdict != "allow" || !strings.Contains(res.Reason, rule.Key()) || stepOf(res, "policy").RuleID != rule.Key() {
+		t.Fatalf("allowed flow: %+v", res)
+	}
+	if len(res.Sources) != 1 || res.Sources[0].IP != ipA.String() || len(res.Destinations) != 1 || res.Destinations[0].Cell != "c1" {
+		t.Fatalf("allowed flow: sources %+v destinations %+v", res.Sources, res.Destinations)
+	}
+	if s := stepOf(res, "destination_cell"); !s.OK || !strings.Contains(s.Detail, "hair-pinned") {
+		t.Fatalf("local destination: %+v", s)
+	}
+
+	// The same pair on another port: no rule, the 8080 rule is the closest.
+	res, err = c.Trace(ctx, TraceRequest{FromContainer: "ca", Destination: ipB.String(), Protocol: "tcp", Port: 9090})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := stepOf(res, "policy")
+	if res.Verdict != "no_policy" || len(pol.Closest) != 1 || pol.Closest[0] != FromRule(rule) {
+		t.Fatalf("other port: verdict %s, policy step %+v", res.Verdict, pol)
+	}
+	// Direction matters.
+	if res, err = c.Trace(ctx, TraceRequest{Source: "appB", Destination: "appA", Protocol: "tcp", Port: 8080}); err != nil || res.Verdict != "no_policy" {
+		t.Fatalf("reverse direction: %+v %v", res, err)
+	}
+
+	// An address nobody registered.
+	free := ipB.Next()
+	res, err = c.Trace(ctx, TraceRequest{Source: "appA", Destination: free.String(), Protocol: "udp", Port: 53})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := stepOf(res, "destination"); res.Verdict != "unknown_destination" || !strings.Contains(d.Detail, "cell c1's subnet") {
+		t.Fatalf("unregistered IP: %s %+v", res.Verdict, d)
+	}
+	// A source app with no container.
+	if res, err = c.Trace(ctx, TraceRequest{Source: "ghost", Destination: "appB", Protocol: "icmp"}); err != nil || res.Verdict != "unknown_source" {
+		t.Fatalf("unregistered source app: %+v %v", res, err)
+	}
+
+	bad := []struct {
+		req  TraceRequest
+		code int
+		want string
+	}{
+		{TraceRequest{Source: "appA", Destination: "appB", Protocol: "tcp"}, 400, "port is required"},
+		{TraceRequest{Source: "appA", Destination: "appB", Protocol: "icmp", Port: 1}, 400, "icmp has no ports"},
+		{TraceRequest{Source: "appA", Destination: "appB", Protocol: "gre", Port: 1}, 400, "gre"},
+		{TraceRequest{Source: "appA", Destination: "appB", Protocol: "all", Port: 1}, 400, "one packet"},
+		{TraceRequest{Source: "appA", Protocol: "tcp", Port: 1}, 400, "destination is required"},
+		{TraceRequest{Destination: "appB", Protocol: "tcp", Port: 1}, 400, "source is required"},
+		{TraceRequest{Source: "a b", Destination: "appB", Protocol: "tcp", Port: 1}, 400, "invalid source app"},
+		{TraceRequest{FromContainer: "nope", Destination: "appB", Protocol: "tcp", Port: 1}, 404, `no container "nope"`},
+		{TraceRequest{Source: "appB", FromContainer: "ca", Destination: "appB", Protocol: "tcp", Port: 1}, 400, "runs app appA"},
+	}
+	for _, b := range bad {
+		_, err := c.Trace(ctx, b.req)
+		var se *StatusError
+		if !errors.As(err, &se) || se.Code != b.code || !strings.Contains(se.Message, b.want) {
+			t.Errorf("trace %+v: %v, want %d mentioning %q", b.req, err, b.code, b.want)
+		}
+	}
+}
+
+// TestTraceView: the steps that need other cells and the data plane, on a
+// view built by hand.
+func TestTraceView(t *testing.T) {
+	ip := netip.MustParseAddr
+	key2 := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{2}, 32))
+	now := time.Unix(1_800_000_000, 0)
+	base := func() *traceView {
+		return &traceView{
+			self: "c1",
+			endpoints: []mesh.Endpoint{
+				{IP: ip("10.255.1.2"), App: "appA", Name: "ca", Cell: "c1"},
+				{IP: ip("10.255.2.2"), App: "appB", Name: "cb", Cell: "c2"},
+			},
+			members: []mesh.Node{
+				{Name: "c1", Subnet: netip.MustParsePrefix("10.255.1.0/24"), State: mesh.NodeAlive, Self: true},
+				{Name: "c2", Addr: ip("198.18.0.12"), WGPublicKey: key2, Subnet: netip.MustParsePrefix("10.255.2.0/24"), State: mesh.NodeAlive},
+			},
+			rules:       []policy.Rule{tcpRule("appA", "appB", 8080, 8080)},
+			enforcing:   true,
+			overlayUp:   true,
+			guard:       []overlay.GuardEntry{{Veth: overlay.HostVethName("ca"), IP: ip("10.255.1.2")}},
+			peers:       []Peer{{PublicKey: key2, Endpoint: "198.18.0.12:51820", LastHandshake: now.Add(-7 * time.Second)}},
+			overlayMTU:  1420,
+			underlayMTU: 1500,
+			vethMTU:     map[string]int{"ca": 1420},
+			now:         now,
+		}
+	}
+	req := TraceRequest{Source: "appA", Destination: "appB", Protocol: "tcp", Port: 8080}
+	trace := func(v *traceView) TraceResult {
+		t.Helper()
+		res, err := traceFlow(req, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+
+	res := trace(base())
+	if res.Verdict != "allow" || res.PathMTU != 1420 {
+		t.Fatalf("allowed: %+v", res)
+	}
+	if s := stepOf(&res, "destination_cell"); !s.OK || !strings.Contains(s.Detail, "last handshake 7s ago") {
+		t.Fatalf("destination cell: %+v", s)
+	}
+	if s := stepOf(&res, "anti_spoofing"); !s.OK || !strings.Contains(s.Detail, "wc") {
+		t.Fatalf("anti-spoofing: %+v", s)
+	}
+
+	cases := []struct {
+		name, verdict, step, want string
+		change                    func(v *traceView)
+	}{
+		{"no guard binding", "spoofed", "anti_spoofing", "not bound", func(v *traceView) { v.guard = nil }},
+		{"cell dead", "cell_down", "destination_cell", "is dead", func(v *traceView) { v.members[1].State = mesh.NodeDead }},
+		{"no peer", "no_peer", "destination_cell", "not a WireGuard peer", func(v *traceView) { v.peers = nil }},
+		{"no rule", "no_policy", "policy", "no rule allows appA -> appB tcp port 8080", func(v *traceView) { v.rules = nil }},
+		{"stale handshake", "allow", "destination_cell", "session has expired", func(v *traceView) { v.peers[0].LastHandshake = now.Add(-time.Hour) }},
+		{"big veth", "allow", "mtu", "more than the overlay's 1420", func(v *traceView) { v.vethMTU["ca"] = 1500 }},
+		{"overlay over underlay", "allow", "mtu", "exceeds it", func(v *traceView) { v.underlayMTU = 1400 }},
+		{"enforcement off", "allow", "enforcement", "OFF", func(v *traceView) { v.enforcing = false }},
+	}
+	for _, c := range cases {
+		v := base()
+		c.change(v)
+		res := trace(v)
+		if s := stepOf(&res, c.step); res.Verdict != c.verdict || !strings.Contains(s.Detail, c.want) {
+			t.Errorf("%s: verdict %s, step %+v; want %s and %q", c.name, res.Verdict, s, c.verdict, c.want)
+		}
+	}
+}
