@@ -159,6 +159,11 @@ func (m *Mesh) drainOutbox(peer string, ob *outbox) {
 			m.log.Debug("policy batch send failed", "to", peer, "rules", len(ps), "err", err)
 		} else {
 			m.aeSent.Add(uint64(len(ps)))
+			for n := uint64(len(ps)); ; {
+				if old := m.aeMaxMsg.Load(); n <= old || m.aeMaxMsg.CompareAndSwap(old, n) {
+					break
+				}
+			}
 		}
 	}
 }

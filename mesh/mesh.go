@@ -227,6 +227,7 @@ type Mesh struct {
 	rejectedPol atomic.Uint64
 	aeSent      atomic.Uint64   // policy registers sent in batches (antientropy.go)
 	aeSkipped   atomic.Uint64   // anti-entropy sends skipped: the peer's outbox was busy
+	aeMaxMsg    atomic.Uint64   // the most registers one batch message carried
 	trusted     map[string]bool // string(ed25519.PublicKey) of trusted operators; read-only
 	keyring     *memberlist.Keyring
 
