@@ -75,9 +75,12 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	if s := got.matching("spoof"); len(s) > 0 {
 		t.Fatalf("appB received datagrams appX sent as appA: %q", s)
 	}
-	if after := verdict(t, l, 1, "spoofed"); after < before+7 {
+	after := verdict(t, l, 1, "spoofed")
+	if after < before+7 {
 		t.Fatalf("cell 1 counted %d spoofed packets (from %d), want at least 7 more (3 UDP, 3 raw, 1+ TCP SYN)", after, before)
 	}
+	t.Logf("appX (%s) sending as appA (%v): TCP refused, appB received none of its datagrams (got %q); cell 1 spoofed %d -> %d",
+		ctX, ipA, got.matching("from-"), before, after)
 	// Cell 2 saw only honest traffic: spoofed means something only if it
 	// stays 0 there.
 	if n := verdict(t, l, 2, "spoofed"); n != 0 {
