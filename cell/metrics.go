@@ -43,6 +43,8 @@ import (
 //	weft_policy_enforced                     1 while the data path applies the policy, 0 while it passes every packet
 //	weft_lease{subnet}                       1 while the cell holds the subnet lease
 //	weft_containers                          containers on this cell
+//	weft_subnet_conflict{subnet,holder}      while another cell holds an older lease of this cell's subnet:
+//	                                         this cell's containers there (unreachable; new ones refused)
 //
 // plus the Go runtime and process collectors (go_*, process_*).
 
@@ -81,6 +83,9 @@ var (
 		"1 while this cell holds the subnet lease in the label.", []string{"subnet"}, nil)
 	descContainers = prometheus.NewDesc("weft_containers",
 		"Containers on this cell.", nil, nil)
+	descConflict = prometheus.NewDesc("weft_subnet_conflict",
+		"Present while another cell (holder) holds an older lease of this cell's subnet: this cell's containers in it, which are not reachable.",
+		[]string{"subnet", "holder"}, nil)
 	descScrapeErrors = prometheus.NewDesc("weft_scrape_errors_total",
 		"Parts of this scrape that could not be read (e.g. the WireGuard device before the lease).", []string{"part"}, nil)
 )
@@ -95,7 +100,7 @@ var _ prometheus.Collector = collector{}
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAllowed, descDenied, descRejectsSent, descRejectsLimited,
 		descFlows, descEvictions, descMembers, descPeers, descNoSession, descPeerRx, descPeerTx, descPeerHandshake,
-		descPolicies, descPolicyVersion, descEnforced, descLease, descContainers, descScrapeErrors} {
+		descPolicies, descPolicyVersion, descEnforced, descLease, descContainers, descConflict, descScrapeErrors} {
 		ch <- d
 	}
 }
@@ -145,7 +150,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	if s := a.mesh.Subnet(); s.IsValid() {
 		gauge(descLease, 1, s.String())
 	}
-	gauge(descContainers, float64(len(a.localContainers())))
+	local := a.localContainers()
+	gauge(descContainers, float64(len(local)))
+	if c, lost := a.mesh.Conflict(); lost {
+		gauge(descConflict, float64(conflicted(c, local)), c.Subnet.String(), c.Holder)
+	}
 
 	peerErrors := uint64(0)
 	if ov := a.overlay(); ov != nil {

@@ -553,9 +553,60 @@ func (m *Mesh) Policies() []policy.Rule {
 	return m.st.rules()
 }
 
+// LocalEndpoints returns this cell's own live endpoints, sorted by IP,
+// including those Endpoints leaves out because another cell won a conflict
+// over their subnet (see Conflict).
+func (m *Mesh) LocalEndpoints() []Endpoint {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	all := m.endpointsLocked()
+	out := all[:0]
+	for _, e := range all {
+		if e.Cell == m.cfg.Name {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// SubnetConflict is a subnet conflict this cell lost: Holder, another
+// cell, holds an older lease (or a takeover) of this cell's Subnet.
+type SubnetConflict struct {
+	Subnet netip.Prefix
+	Holder string
+}
+
+// ErrSubnetConflict is returned (wrapped) by AddEndpoint while this cell
+// has lost a conflict over its subnet.
+var ErrSubnetConflict = errors.New("subnet conflict")
+
+// Conflict reports the subnet conflict this cell has lost, if any. It
+// lasts while the cell has containers in the contested subnet (a cell with
+// containers never renumbers): Endpoints serves the holder's records, not
+// this cell's, and AddEndpoint refuses new ones. Once the last of them is
+// removed the cell re-picks a free subnet (Subnet changes).
+func (m *Mesh) Conflict() (SubnetConflict, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.conflictLocked()
+}
+
+func (m *Mesh) conflictLocked() (SubnetConflict, bool) {
+	cur := m.lease.Subnet
+	if !m.leaseFinal || !cur.IsValid() {
+		return SubnetConflict{}, false
+	}
+	self := claim{node: m.cfg.Name, time: m.lease.Time, takeover: m.lease.Takeover}
+	if sc, taken := m.claimsLocked()[cur]; taken && !older(self, sc.win) {
+		return SubnetConflict{Subnet: cur, Holder: sc.win.node}, true
+	}
+	return SubnetConflict{}, false
+}
+
 // AddEndpoint registers a local container. e.IP must be inside Subnet();
 // e.Cell is ignored and set to this cell. Re-adding an identical endpoint is
-// a no-op.
+// a no-op. While this cell has lost a conflict over its subnet (Conflict)
+// it refuses every endpoint with an error wrapping ErrSubnetConflict.
 func (m *Mesh) AddEndpoint(e Endpoint) error {
 	if !e.IP.IsValid() || e.App == "" || len(e.App) > maxNameLen || len(e.Name) > maxNameLen {
 		return fmt.Errorf("mesh: invalid endpoint %v app %q", e.IP, e.App)
@@ -565,6 +616,11 @@ func (m *Mesh) AddEndpoint(e Endpoint) error {
 	if sub := m.subnetLocked(); !sub.Contains(e.IP) {
 		m.mu.Unlock()
 		return fmt.Errorf("mesh: endpoint %v is outside this cell's subnet %v", e.IP, sub)
+	}
+	if c, lost := m.conflictLocked(); lost {
+		m.mu.Unlock()
+		return fmt.Errorf("mesh: endpoint %v refused: %w: cell %s holds an older lease of %v; "+
+			"remove this cell's containers in it and the cell re-picks a free subnet", e.IP, ErrSubnetConflict, c.Holder, c.Subnet)
 	}
 	ent, changed := m.st.setLocalEndpoint(e.IP, e.App, e.Name, false)
 	m.mu.Unlock()
@@ -583,6 +639,7 @@ func (m *Mesh) RemoveEndpoint(ip netip.Addr) error {
 	if !changed {
 		return nil
 	}
+	m.kick(m.kickLease) // the last container of a lost subnet gone: re-pick now
 	return m.localChange(endpointBroadcast(ent))
 }
 
