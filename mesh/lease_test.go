@@ -214,6 +214,11 @@ func TestConflictLoser(t *testing.T) {
 	if c, lost := a.Conflict(); lost {
 		t.Errorf("the winner reports a conflict: %v", c)
 	}
+	for _, n := range b.Members() {
+		if n.Subnet == contested && n.Name != "cell-a" {
+			t.Errorf("loser's Members report %s with the contested subnet", n.Name)
+		}
+	}
 	if eps := b.LocalEndpoints(); len(eps) != 1 || eps[0].Cell != "cell-b" || eps[0].IP != ip {
 		t.Errorf("loser's LocalEndpoints = %v, want its own container", eps)
 	}

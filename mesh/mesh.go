@@ -470,7 +470,8 @@ func (m *Mesh) Joined() bool {
 
 // Members returns every node known, self included, sorted by name. Dead and
 // left nodes stay listed. Of several nodes claiming one subnet, only the
-// winner (the older lease, or the takeover) is reported with it. NodeSuspect is not reported: memberlist v0.7.0
+// winner (the older lease, or the takeover) is reported with it, this cell
+// included (Subnet and Conflict still report its lease). NodeSuspect is not reported: memberlist v0.7.0
 // does not expose suspicion, so a suspect node is alive until declared dead.
 func (m *Mesh) Members() []Node {
 	m.mu.Lock()
@@ -506,6 +507,9 @@ func (m *Mesh) Members() []Node {
 		if name != m.cfg.Name {
 			consider(mb.meta.Subnet, claim{node: name, time: mb.meta.Time, takeover: mb.meta.Over})
 		}
+	}
+	if w, ok := winner[self.Subnet]; ok && w.node != m.cfg.Name {
+		out[0].Subnet = netip.Prefix{} // a conflict this cell lost: see Conflict
 	}
 	for name, mb := range m.nodes {
 		if name == m.cfg.Name {
