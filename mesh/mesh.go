@@ -401,11 +401,18 @@ func (m *Mesh) memberlistConfig() *memberlist.Config {
 	mc.ProbeInterval = m.cfg.ProbeInterval
 	mc.ProbeTimeout = min(mc.ProbeTimeout, m.cfg.ProbeInterval/2)
 	mc.PushPullInterval = m.cfg.PushPullInterval
-	// Suspicion lasts SuspicionMult*max(1,log10(n))*ProbeInterval, up to
-	// SuspicionMaxTimeoutMult times that without confirmations: 3-6 s for
-	// small clusters, so a killed cell is dead in < 10 s.
+	// Suspicion lasts SuspicionMult*max(1,log10(n))*ProbeInterval (3 s up
+	// to 10 cells, 6 s at 100), so a killed cell is dead in < 10 s. With
+	// SuspicionMaxTimeoutMult above 1 a suspicion that no other member
+	// confirms lasts that many times longer (memberlist suspicion.go: it
+	// shrinks to the minimum as confirmations arrive). The majority side
+	// of a partition gets a confirmation at once; an isolated cell never
+	// does, and at 2 took 9-10 s to declare two others dead against 4-5
+	// s on the other side (TestIsolatedCellDeclaresOthersDead). At 1 both
+	// wait the minimum; a falsely suspected cell still has 3 s (30 gossip
+	// rounds) to refute.
 	mc.SuspicionMult = 3
-	mc.SuspicionMaxTimeoutMult = 2
+	mc.SuspicionMaxTimeoutMult = 1
 	mc.Keyring = m.keyring
 	if m.cfg.Transport != nil {
 		// The transport has bound already: advertise what it chose.
