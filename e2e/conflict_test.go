@@ -72,7 +72,8 @@ func TestSubnetConflict(t *testing.T) {
 }
 
 func testSubnetConflict(t *testing.T, winnerSmaller bool) {
-	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin})
+	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin,
+		AgentArgs: []string{"--metrics-addr", fmt.Sprintf(":%d", metricsPort)}})
 	st2, err := l.Status(2)
 	if err != nil {
 		t.Fatal(err)
@@ -168,6 +169,13 @@ func testSubnetConflict(t *testing.T, winnerSmaller bool) {
 	})
 	if cs.Subnet != contested || cs.ConflictedContainers != 1 {
 		t.Errorf("loser's status: %+v, want subnet %s and 1 conflicted container", cs, contested)
+	}
+	series := fmt.Sprintf(`weft_subnet_conflict{holder="%s",subnet="%s"}`, winner, contested)
+	if m, body := scrape(t, l, 1, 4); m[series] != 1 {
+		t.Errorf("loser's metrics: %s = %v, want 1:\n%s", series, m[series], body)
+	}
+	if m, _ := scrape(t, l, 1, 3); sum(m, "weft_subnet_conflict") != 0 {
+		t.Errorf("the winner reports weft_subnet_conflict")
 	}
 	if st := containerStatus(t, l, 4); st[lC] != "conflict" {
 		t.Errorf("loser's container list: %v, want %s conflict", st, lC)
