@@ -69,8 +69,8 @@ func linkCount(t *testing.T, ns string) int {
 	return strings.Count(string(out), "\n")
 }
 
-// TestSoak (issue 28), on demand: `CI=true go test -count=1 -run TestSoak
-// ./e2e/ -soak 10m` (root). Three cells; for the given time, containers
+// TestSoak (issue 28), on demand: `CI=true go test -count=1 -timeout 20m
+// -run TestSoak ./e2e/ -soak 10m` (root). Three cells; for the given time, containers
 // are created and deleted on every cell in turn, a policy is added and
 // removed, and every minute cell 2 or 3 restarts. Throughout, appA -> appB
 // (allowed) must answer and appC -> appB (no policy) be refused. At the
@@ -81,6 +81,10 @@ func linkCount(t *testing.T, ns string) int {
 func TestSoak(t *testing.T) {
 	if *soakFor <= 0 {
 		t.Skip("on demand: -soak DURATION (e.g. -soak 10m)")
+	}
+	if d, ok := t.Deadline(); ok && time.Until(d) < *soakFor+5*time.Minute {
+		t.Fatalf("-soak %v needs setup and checks on top: run with -timeout %v or more (go test stops at 10m by default)",
+			*soakFor, *soakFor+5*time.Minute)
 	}
 	l := lab.Setup(t, lab.Config{Cells: 3, WeftBin: weftBin,
 		AgentArgs: []string{"--metrics-addr", fmt.Sprintf(":%d", metricsPort)}})
