@@ -198,9 +198,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("service discovery: %w", err)
 	}
 	a.notifyReady(subnet)
-	a.loop(ctx)
+	err = a.loop(ctx)
 	a.stopping.Store(true)
 	a.notify("STOPPING=1")
+	if err != nil {
+		return err
+	}
 	a.log.Info("agent stopping")
 	return nil
 }
@@ -270,21 +273,29 @@ func (a *Agent) stopOverlay() {
 }
 
 // loop applies mesh changes to the data plane. A periodic pass repairs
-// anything a missed notification left behind and expires idle flows.
-func (a *Agent) loop(ctx context.Context) {
+// anything a missed notification left behind and expires idle flows. It
+// returns an error when the mesh moved this cell to another subnet (see
+// renumbered).
+func (a *Agent) loop(ctx context.Context) error {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-a.membersCh:
+			if err := a.renumbered(); err != nil {
+				return err
+			}
 			a.syncPeers()
 			a.refreshDNS() // instances on dead cells go away
 			a.checkVersions(a.mesh.Members())
 		case <-a.stateCh:
 			a.compile()
 		case now := <-tick.C:
+			if err := a.renumbered(); err != nil {
+				return err
+			}
 			a.syncPeers()
 			a.compile()
 			a.engine.ExpireFlows(now)
@@ -292,6 +303,27 @@ func (a *Agent) loop(ctx context.Context) {
 			a.checkVersions(a.mesh.Members())
 		}
 	}
+}
+
+// renumbered returns an error once the mesh holds a settled lease of
+// another subnet than the data plane was built for: this cell lost a
+// conflict (or a takeover) and, having no containers there, re-picked.
+// The TUN address, routes, guard and DNS are built for one subnet; the
+// agent exits so that its service manager (deploy/weft-agent.service:
+// Restart=on-failure) starts it again on the new lease from lease.json,
+// the restart path every cell already takes.
+func (a *Agent) renumbered() error {
+	ov := a.overlay()
+	if ov == nil {
+		return nil
+	}
+	if s := a.mesh.Subnet(); s.IsValid() && s != ov.LocalSubnet() {
+		a.log.Error("SUBNET RENUMBERED: this cell's subnet lease moved; restarting to rebuild the data plane",
+			"from", ov.LocalSubnet(), "to", s)
+		return fmt.Errorf("subnet lease moved from %v to %v (a lost conflict): exiting so that the agent restarts on the new subnet",
+			ov.LocalSubnet(), s)
+	}
+	return nil
 }
 
 // syncPeers makes the WireGuard peers the live remote members with a lease.
@@ -406,14 +438,10 @@ func (x *tableInputs) equal(y *tableInputs) bool {
 	return y != nil && x.subnet == y.subnet && slices.Equal(x.rules, y.rules) && slices.Equal(x.eps, y.eps)
 }
 
-// localContainers returns this cell's containers, sorted by name.
+// localContainers returns this cell's containers, sorted by name, those
+// in a subnet whose conflict this cell lost included (mesh.Conflict).
 func (a *Agent) localContainers() []mesh.Endpoint {
-	var out []mesh.Endpoint
-	for _, e := range a.mesh.Endpoints() {
-		if e.Cell == a.cfg.Name {
-			out = append(out, e)
-		}
-	}
+	out := a.mesh.LocalEndpoints()
 	slices.SortFunc(out, func(x, y mesh.Endpoint) int {
 		if x.Name < y.Name {
 			return -1

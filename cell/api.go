@@ -33,7 +33,15 @@ type Container struct {
 	Name string `json:"name"`
 	App  string `json:"app"`
 	IP   string `json:"ip"`
+	// Status is "conflict" while another cell holds an older lease of the
+	// container's subnet (docs/control-plane.md, "Conflicts"): the
+	// container is not reachable until it is moved; else empty.
+	Status string `json:"status,omitempty"`
 }
+
+// StatusConflict is Container.Status of a container in a subnet whose
+// conflict this cell lost.
+const StatusConflict = "conflict"
 
 // PortRange is the JSON form of policy.PortRange (as in CF's policy server).
 type PortRange struct {
@@ -99,6 +107,11 @@ type Status struct {
 	PartialTCPChecksums bool `json:"partial_tcp_checksums,omitempty"`
 	// LeaseError says why the cell has no subnet (pool exhausted).
 	LeaseError string `json:"lease_error,omitempty"`
+	// SubnetConflict names the cell holding an older lease of this cell's
+	// subnet (a conflict this cell lost); ConflictedContainers counts this
+	// cell's containers in it (Container.Status "conflict").
+	SubnetConflict       string `json:"subnet_conflict,omitempty"`
+	ConflictedContainers int    `json:"conflicted_containers,omitempty"`
 	// RejectedPolicyChanges counts unsigned or wrongly signed changes.
 	RejectedPolicyChanges uint64 `json:"rejected_policy_changes"`
 

@@ -92,6 +92,9 @@ func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "cell %s has no subnet lease yet (still joining the mesh)", a.cfg.Name)
 		return
 	}
+	if a.refuseInConflict(w) {
+		return
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	local := a.localContainers()
@@ -127,7 +130,7 @@ func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := a.mesh.AddEndpoint(mesh.Endpoint{IP: ip, App: req.App, Name: name}); err != nil {
 		a.ov.DetachNetns(name)
-		writeError(w, http.StatusInternalServerError, "register %s: %v", name, err)
+		writeError(w, registerStatus(err), "register %s: %v", name, err)
 		return
 	}
 	a.compileLocked()

@@ -48,6 +48,8 @@ import (
 //	weft_lease{subnet}                       1 while the cell holds the subnet lease
 //	weft_containers                          containers on this cell
 //	weft_build_info{version,goversion}       1, labelled with this agent's version and Go toolchain
+//	weft_subnet_conflict{subnet,holder}      while another cell holds an older lease of this cell's subnet:
+//	                                         this cell's containers there (unreachable; new ones refused)
 //
 // plus the Go runtime and process collectors (go_*, process_*).
 
@@ -88,6 +90,9 @@ var (
 		"Containers on this cell.", nil, nil)
 	descBuildInfo = prometheus.NewDesc("weft_build_info",
 		"1, labelled with the version of this agent and the Go toolchain that built it.", []string{"version", "goversion"}, nil)
+	descConflict = prometheus.NewDesc("weft_subnet_conflict",
+		"Present while another cell (holder) holds an older lease of this cell's subnet: this cell's containers in it, which are not reachable.",
+		[]string{"subnet", "holder"}, nil)
 	descScrapeErrors = prometheus.NewDesc("weft_scrape_errors_total",
 		"Parts of this scrape that could not be read (e.g. the WireGuard device before the lease).", []string{"part"}, nil)
 )
@@ -102,7 +107,7 @@ var _ prometheus.Collector = collector{}
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAllowed, descDenied, descRejectsSent, descRejectsLimited,
 		descFlows, descEvictions, descMembers, descPeers, descNoSession, descPeerRx, descPeerTx, descPeerHandshake,
-		descPolicies, descPolicyVersion, descEnforced, descLease, descContainers, descBuildInfo, descScrapeErrors} {
+		descPolicies, descPolicyVersion, descEnforced, descLease, descContainers, descBuildInfo, descConflict, descScrapeErrors} {
 		ch <- d
 	}
 	ch <- descDeniedPairs // metrics_pairs.go
@@ -154,7 +159,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	if s := a.mesh.Subnet(); s.IsValid() {
 		gauge(descLease, 1, s.String())
 	}
-	gauge(descContainers, float64(len(a.localContainers())))
+	local := a.localContainers()
+	gauge(descContainers, float64(len(local)))
+	if c, lost := a.mesh.Conflict(); lost {
+		gauge(descConflict, float64(conflicted(c, local)), c.Subnet.String(), c.Holder)
+	}
 	gauge(descBuildInfo, 1, a.cfg.Version, buildinfo.GoVersion())
 
 	peerErrors := uint64(0)

@@ -82,6 +82,10 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 		st.Subnet = s.String()
 	}
 	st.LeaseError, st.RejectedPolicyChanges = a.mesh.LeaseError(), a.mesh.RejectedPolicies()
+	if c, lost := a.mesh.Conflict(); lost {
+		st.SubnetConflict = c.Holder
+		st.ConflictedContainers = conflicted(c, a.localContainers())
+	}
 	st.PolicyVersion = a.policyVersion(rules)
 	st.PolicyEnforced, _ = a.enforcing()
 	st.MemberCounts = map[string]int{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
@@ -166,10 +170,47 @@ func readPeers(iface string) ([]Peer, error) {
 func (a *Agent) handleListContainers(w http.ResponseWriter, r *http.Request) {
 	a.waitRecovered(r.Context())
 	out := []Container{}
+	c, lost := a.mesh.Conflict()
 	for _, e := range a.localContainers() {
-		out = append(out, Container{Name: e.Name, App: e.App, IP: e.IP.String()})
+		ct := Container{Name: e.Name, App: e.App, IP: e.IP.String()}
+		if lost && c.Subnet.Contains(e.IP) {
+			ct.Status = StatusConflict
+		}
+		out = append(out, ct)
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// conflicted counts the containers of local in the subnet of the lost
+// conflict c.
+func conflicted(c mesh.SubnetConflict, local []mesh.Endpoint) int {
+	n := 0
+	for _, e := range local {
+		if c.Subnet.Contains(e.IP) {
+			n++
+		}
+	}
+	return n
+}
+
+// registerStatus is the HTTP status of a failed mesh.AddEndpoint: 409 for
+// a conflict lost meanwhile (refuseInConflict checked before), else 500.
+func registerStatus(err error) int {
+	if errors.Is(err, mesh.ErrSubnetConflict) {
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
+}
+
+// refuseInConflict answers 409 and reports true while this cell has lost
+// a conflict over its subnet: a new container there would be unreachable.
+func (a *Agent) refuseInConflict(w http.ResponseWriter) bool {
+	c, lost := a.mesh.Conflict()
+	if lost {
+		writeError(w, http.StatusConflict, "cell %s lost its subnet %v to cell %s (an older lease): no new containers here; "+
+			"remove this cell's containers and it re-picks a free subnet (docs/control-plane.md, Conflicts)", a.cfg.Name, c.Subnet, c.Holder)
+	}
+	return lost
 }
 
 var appName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
@@ -197,6 +238,9 @@ func (a *Agent) handleCreateContainer(w http.ResponseWriter, r *http.Request) {
 	}
 	if !a.waitReady(r.Context(), 15*time.Second) {
 		writeError(w, http.StatusServiceUnavailable, "cell %s has no subnet lease yet (still joining the mesh)", a.cfg.Name)
+		return
+	}
+	if a.refuseInConflict(w) {
 		return
 	}
 	a.mu.Lock()
@@ -232,7 +276,7 @@ func (a *Agent) handleCreateContainer(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := a.mesh.AddEndpoint(mesh.Endpoint{IP: ip, App: req.App, Name: req.Name}); err != nil {
 		a.ov.DetachContainer(req.Name)
-		writeError(w, http.StatusInternalServerError, "register container %s: %v", req.Name, err)
+		writeError(w, registerStatus(err), "register container %s: %v", req.Name, err)
 		return
 	}
 	a.compileLocked()

@@ -329,7 +329,7 @@ func mustContainerIP(t *testing.T, l *lab.Lab, cell int, name string) netip.Addr
 	out := weft(t, l, cell, "container", "list")
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
-		if len(f) == 3 && f[0] == name {
+		if len(f) >= 3 && f[0] == name {
 			return netip.MustParseAddr(f[2])
 		}
 	}

@@ -129,9 +129,10 @@ func TestPartitionHeals(t *testing.T) {
 		return st.MemberState("c3") == "dead" && len(st.Peers) == 1
 	})
 	t.Logf("partition: c3 declared dead on cell 1 after %v", took)
-	waitStatus(t, l, 3, 15*time.Second, "c1 and c2 dead on cell 3", func(st lab.Status) bool {
+	took += waitStatus(t, l, 3, 15*time.Second, "c1 and c2 dead on cell 3", func(st lab.Status) bool {
 		return st.MemberState("c1") == "dead" && st.MemberState("c2") == "dead"
 	})
+	t.Logf("partition: c1 and c2 declared dead on the isolated cell 3 after %v", took)
 	// A change made while the partition lasts reaches the cut-off cell
 	// after the heal.
 	weft(t, l, 1, "add-network-policy", "appA", "appB", "--protocol", "tcp", "--port", "9090")

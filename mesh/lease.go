@@ -23,7 +23,7 @@ import (
 // smaller name); the loser re-picks (from a preferred index hashed with the
 // number of picks it lost, so that losers of one collision do not collide
 // again) unless it has local endpoints, in which case it keeps the subnet
-// and complains loudly.
+// until they are gone, complains loudly and refuses new ones (Conflict).
 //
 // A fresh pick is tentative until it has settled (see leaseStepLocked): for
 // settleTime (LeaseSettle, or a few gossip rounds × log N) no older claim
@@ -286,7 +286,7 @@ func (m *Mesh) leaseStepLocked() bool {
 			return true
 		case m.leaseFinal && m.st.hasLocalEndpoints():
 			m.logRateLimitedLocked("SUBNET CONFLICT: another cell holds an older lease of this cell's subnet; "+
-				"refusing to renumber a cell that has containers, traffic to them is ambiguous until one side is fixed",
+				"this cell's containers in it are not served and new ones are refused; remove them and the cell re-picks a free subnet",
 				"subnet", cur, "holder", c.node, "holder_lease", time.Unix(0, c.time), "our_lease", time.Unix(0, m.lease.Time))
 			return false
 		}

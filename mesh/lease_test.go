@@ -2,9 +2,11 @@ package mesh
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -180,5 +182,66 @@ func TestConflictServesWinner(t *testing.T) {
 				return nil
 			})
 		}
+	}
+}
+
+// TestConflictLoser: the loser of a conflict keeps its containers but
+// reports the conflict, lists them in LocalEndpoints only, refuses new
+// ones, and re-picks a free subnet once the last is removed.
+func TestConflictLoser(t *testing.T) {
+	contested := netip.MustParsePrefix("10.255.5.0/24")
+	ip := netip.MustParseAddr("10.255.5.7")
+	dirA, dirB := t.TempDir(), t.TempDir()
+	writeLease(t, dirA, contested.String(), 100) // cell-a: older, wins
+	writeLease(t, dirB, contested.String(), 200)
+	a := startNode(t, "cell-a", nodeOpts{dir: dirA, logger: slog.New(newCapture())})
+	b := startNode(t, "cell-b", nodeOpts{dir: dirB, logger: slog.New(newCapture())})
+	for _, m := range []*Mesh{a, b} {
+		if err := m.AddEndpoint(Endpoint{IP: ip, App: "x", Name: m.cfg.Name + "-c"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.ml.Join(a.joinAddr()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "cell-b sees the conflict", func() error {
+		c, lost := b.Conflict()
+		if !lost || c != (SubnetConflict{Subnet: contested, Holder: "cell-a"}) {
+			return fmt.Errorf("Conflict = %v, %v", c, lost)
+		}
+		return nil
+	})
+	if c, lost := a.Conflict(); lost {
+		t.Errorf("the winner reports a conflict: %v", c)
+	}
+	for _, n := range b.Members() {
+		if n.Subnet == contested && n.Name != "cell-a" {
+			t.Errorf("loser's Members report %s with the contested subnet", n.Name)
+		}
+	}
+	if eps := b.LocalEndpoints(); len(eps) != 1 || eps[0].Cell != "cell-b" || eps[0].IP != ip {
+		t.Errorf("loser's LocalEndpoints = %v, want its own container", eps)
+	}
+	if eps := a.LocalEndpoints(); len(eps) != 1 || eps[0].Cell != "cell-a" {
+		t.Errorf("winner's LocalEndpoints = %v, want its own container", eps)
+	}
+	err := b.AddEndpoint(Endpoint{IP: netip.MustParseAddr("10.255.5.8"), App: "x", Name: "new"})
+	if !errors.Is(err, ErrSubnetConflict) || !strings.Contains(err.Error(), "cell-a") {
+		t.Errorf("AddEndpoint on the loser: %v, want ErrSubnetConflict naming cell-a", err)
+	}
+	if err := b.RemoveEndpoint(ip); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "cell-b re-picks", func() error {
+		if s := b.Subnet(); !s.IsValid() || s == contested {
+			return fmt.Errorf("Subnet = %v", s)
+		}
+		if c, lost := b.Conflict(); lost {
+			return fmt.Errorf("still in conflict: %v", c)
+		}
+		return nil
+	})
+	if s := a.Subnet(); s != contested {
+		t.Errorf("winner's subnet = %v, want %v", s, contested)
 	}
 }

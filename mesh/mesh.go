@@ -450,11 +450,24 @@ func (m *Mesh) memberlistConfig() *memberlist.Config {
 	mc.ProbeInterval = m.cfg.ProbeInterval
 	mc.ProbeTimeout = min(mc.ProbeTimeout, m.cfg.ProbeInterval/2)
 	mc.PushPullInterval = m.cfg.PushPullInterval
-	// Suspicion lasts SuspicionMult*max(1,log10(n))*ProbeInterval, up to
-	// SuspicionMaxTimeoutMult times that without confirmations: 3-6 s for
-	// small clusters, so a killed cell is dead in < 10 s.
+	// Suspicion lasts SuspicionMult*max(1,log10(n))*ProbeInterval (3 s up
+	// to 10 cells, 6 s at 100), so a killed cell is dead in < 10 s. With
+	// SuspicionMaxTimeoutMult above 1 a suspicion that no other member
+	// confirms lasts that many times longer (memberlist suspicion.go: it
+	// shrinks to the minimum as confirmations arrive). The majority side
+	// of a partition gets a confirmation at once; an isolated cell never
+	// does, and at 2 took 9-10 s to declare two others dead against 4-5
+	// s on the other side (TestIsolatedCellDeclaresOthersDead). At 1 both
+	// wait the minimum; a falsely suspected cell still has 3 s (30 gossip
+	// rounds) to refute.
 	mc.SuspicionMult = 3
-	mc.SuspicionMaxTimeoutMult = 2
+	mc.SuspicionMaxTimeoutMult = 1
+	// Each probe nobody answers (nor nacks) makes the next one last
+	// longer, up to AwarenessMaxMultiplier × ProbeInterval (memberlist
+	// awareness.go). At the default 8 an isolated cell of three, probing
+	// one peer twice before the other, suspected the second after 1+2+3
+	// s; at 2, after at most 1+2+2 s: dead within 9 s of the cut.
+	mc.AwarenessMaxMultiplier = 2
 	mc.Keyring = m.keyring
 	if m.cfg.Transport != nil {
 		// The transport has bound already: advertise what it chose.
@@ -519,7 +532,8 @@ func (m *Mesh) Joined() bool {
 
 // Members returns every node known, self included, sorted by name. Dead and
 // left nodes stay listed. Of several nodes claiming one subnet, only the
-// winner (the older lease, or the takeover) is reported with it. NodeSuspect is not reported: memberlist v0.7.0
+// winner (the older lease, or the takeover) is reported with it, this cell
+// included (Subnet and Conflict still report its lease). NodeSuspect is not reported: memberlist v0.7.0
 // does not expose suspicion, so a suspect node is alive until declared dead.
 func (m *Mesh) Members() []Node {
 	m.mu.Lock()
@@ -556,6 +570,9 @@ func (m *Mesh) Members() []Node {
 		if name != m.cfg.Name {
 			consider(mb.meta.Subnet, claim{node: name, time: mb.meta.Time, takeover: mb.meta.Over})
 		}
+	}
+	if w, ok := winner[self.Subnet]; ok && w.node != m.cfg.Name {
+		out[0].Subnet = netip.Prefix{} // a conflict this cell lost: see Conflict
 	}
 	for name, mb := range m.nodes {
 		if name == m.cfg.Name {
@@ -604,9 +621,60 @@ func (m *Mesh) Policies() []policy.Rule {
 	return m.st.rules()
 }
 
+// LocalEndpoints returns this cell's own live endpoints, sorted by IP,
+// including those Endpoints leaves out because another cell won a conflict
+// over their subnet (see Conflict).
+func (m *Mesh) LocalEndpoints() []Endpoint {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	all := m.endpointsLocked()
+	out := all[:0]
+	for _, e := range all {
+		if e.Cell == m.cfg.Name {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// SubnetConflict is a subnet conflict this cell lost: Holder, another
+// cell, holds an older lease (or a takeover) of this cell's Subnet.
+type SubnetConflict struct {
+	Subnet netip.Prefix
+	Holder string
+}
+
+// ErrSubnetConflict is returned (wrapped) by AddEndpoint while this cell
+// has lost a conflict over its subnet.
+var ErrSubnetConflict = errors.New("subnet conflict")
+
+// Conflict reports the subnet conflict this cell has lost, if any. It
+// lasts while the cell has containers in the contested subnet (a cell with
+// containers never renumbers): Endpoints serves the holder's records, not
+// this cell's, and AddEndpoint refuses new ones. Once the last of them is
+// removed the cell re-picks a free subnet (Subnet changes).
+func (m *Mesh) Conflict() (SubnetConflict, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.conflictLocked()
+}
+
+func (m *Mesh) conflictLocked() (SubnetConflict, bool) {
+	cur := m.lease.Subnet
+	if !m.leaseFinal || !cur.IsValid() {
+		return SubnetConflict{}, false
+	}
+	self := claim{node: m.cfg.Name, time: m.lease.Time, takeover: m.lease.Takeover}
+	if sc, taken := m.claimsLocked()[cur]; taken && !older(self, sc.win) {
+		return SubnetConflict{Subnet: cur, Holder: sc.win.node}, true
+	}
+	return SubnetConflict{}, false
+}
+
 // AddEndpoint registers a local container. e.IP must be inside Subnet();
 // e.Cell is ignored and set to this cell. Re-adding an identical endpoint is
-// a no-op.
+// a no-op. While this cell has lost a conflict over its subnet (Conflict)
+// it refuses every endpoint with an error wrapping ErrSubnetConflict.
 func (m *Mesh) AddEndpoint(e Endpoint) error {
 	if !e.IP.IsValid() || e.App == "" || len(e.App) > maxNameLen || len(e.Name) > maxNameLen {
 		return fmt.Errorf("mesh: invalid endpoint %v app %q", e.IP, e.App)
@@ -616,6 +684,11 @@ func (m *Mesh) AddEndpoint(e Endpoint) error {
 	if sub := m.subnetLocked(); !sub.Contains(e.IP) {
 		m.mu.Unlock()
 		return fmt.Errorf("mesh: endpoint %v is outside this cell's subnet %v", e.IP, sub)
+	}
+	if c, lost := m.conflictLocked(); lost {
+		m.mu.Unlock()
+		return fmt.Errorf("mesh: endpoint %v refused: %w: cell %s holds an older lease of %v; "+
+			"remove this cell's containers in it and the cell re-picks a free subnet", e.IP, ErrSubnetConflict, c.Holder, c.Subnet)
 	}
 	ent, changed := m.st.setLocalEndpoint(e.IP, e.App, e.Name, false)
 	m.mu.Unlock()
@@ -634,6 +707,7 @@ func (m *Mesh) RemoveEndpoint(ip netip.Addr) error {
 	if !changed {
 		return nil
 	}
+	m.kick(m.kickLease) // the last container of a lost subnet gone: re-pick now
 	return m.localChange(endpointBroadcast(ent))
 }
 

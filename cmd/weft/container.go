@@ -60,9 +60,13 @@ func containerCmd() *cobra.Command {
 				return json.NewEncoder(out).Encode(cs)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 3, ' ', 0)
-			fmt.Fprintln(tw, "name\tapp\tip")
+			fmt.Fprintln(tw, "name\tapp\tip\tstatus")
 			for _, c := range cs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Name, c.App, c.IP)
+				status := c.Status
+				if status == "" {
+					status = "ok"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", c.Name, c.App, c.IP, status)
 			}
 			return tw.Flush()
 		},
@@ -153,6 +157,10 @@ func statusCmd() *cobra.Command {
 				if st.LeaseError != "" {
 					subnet = "(none: " + st.LeaseError + ")"
 				}
+			}
+			if st.SubnetConflict != "" {
+				subnet += fmt.Sprintf(" CONFLICT: lost to %s (older lease); %d containers unreachable, new ones refused",
+					st.SubnetConflict, st.ConflictedContainers)
 			}
 			enforced := "on"
 			if !st.PolicyEnforced {

@@ -42,16 +42,17 @@ func (l *Lab) initCell(c *Cell) error {
 }
 
 // joinsFor returns the --join addresses for starting c: cell 1 if it runs
-// (it is the seed), otherwise every other running cell. Cell 1's first
+// (it is the seed), otherwise every other running cell; while the
+// underlay is split (Partition), only cells on c's side. Cell 1's first
 // start joins nobody.
 func (l *Lab) joinsFor(c *Cell) []string {
 	cells := l.cells()
-	if c.Index != 1 && cells[0].PID() != 0 {
+	if c.Index != 1 && cells[0].PID() != 0 && l.sameSide(c, cells[0]) {
 		return []string{cells[0].GossipAddr}
 	}
 	var joins []string
 	for _, o := range cells {
-		if o != c && o.PID() != 0 {
+		if o != c && o.PID() != 0 && l.sameSide(c, o) {
 			joins = append(joins, o.GossipAddr)
 		}
 	}
@@ -176,8 +177,9 @@ func (c *Cell) stop(sig syscall.Signal, grace time.Duration) error {
 	return fmt.Errorf("lab: cell %d agent (pid %d) ignored %v for %v, killed", c.Index, p.pid, sig, grace)
 }
 
-// Name returns the cell's agent name (--name), "c<i>".
-func (c *Cell) Name() string { return fmt.Sprintf("c%d", c.Index) }
+// Name returns the cell's agent name (--name): "c<i>", or the name given
+// to AddCellWith.
+func (c *Cell) Name() string { return c.name }
 
 // Weft runs the weft CLI with --socket of cell i, inside the cell's
 // namespace, and returns its combined output. The error includes it.

@@ -95,7 +95,8 @@ type Lab struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	mu sync.Mutex // guards Cells growth in AddCell
+	mu   sync.Mutex   // guards Cells growth in AddCell, and side
+	side map[int]bool // cells on the second bridge (Partition); nil: not split
 }
 
 // Cell is one weft host of the lab.
@@ -109,6 +110,7 @@ type Cell struct {
 	Socket     string     // the agent's local API socket
 	LogPath    string     // stdout+stderr of every run of the agent
 
+	name       string // the agent's --name, "c<i>" unless AddCellWith named it
 	cellLink   string // veth end in the cell namespace, "<run>u<i>"
 	bridgeLink string // veth end on the bridge, "<run>b<i>"
 
@@ -252,6 +254,7 @@ func (l *Lab) newCell(i int) *Cell {
 	name := "c" + strconv.Itoa(i)
 	return &Cell{
 		Index:      i,
+		name:       name,
 		Netns:      l.Name(name),
 		UnderlayIP: ip,
 		GossipAddr: netip.AddrPortFrom(ip, GossipPort).String(),
@@ -291,6 +294,22 @@ func (l *Lab) cells() []*Cell {
 // AddCell creates a new cell that joins the running lab (namespace, veth,
 // weft init, agent) and returns once it has leased its subnet.
 func (l *Lab) AddCell() (*Cell, error) {
+	c, err := l.newCellOf("")
+	if err != nil {
+		return c, err
+	}
+	if l.cfg.NoStart && l.cfg.WeftBin == "" {
+		return c, nil
+	}
+	if err := l.initCell(c); err != nil {
+		return c, err
+	}
+	return c, l.StartCell(c.Index)
+}
+
+// newCellOf appends a new cell (agent name: name, or "c<i>") and creates
+// its namespace and veth.
+func (l *Lab) newCellOf(name string) (*Cell, error) {
 	if l.closed.Load() {
 		return nil, errors.New("lab: closed")
 	}
@@ -301,18 +320,12 @@ func (l *Lab) AddCell() (*Cell, error) {
 		return nil, fmt.Errorf("lab: at most %d cells", MaxCells)
 	}
 	c := l.newCell(i)
+	if name != "" {
+		c.name = name
+	}
 	l.Cells = append(l.Cells, c)
 	l.mu.Unlock()
-	if err := l.createCell(c); err != nil {
-		return c, err
-	}
-	if l.cfg.NoStart && l.cfg.WeftBin == "" {
-		return c, nil
-	}
-	if err := l.initCell(c); err != nil {
-		return c, err
-	}
-	return c, l.StartCell(i)
+	return c, l.createCell(c)
 }
 
 // Close stops every agent (SIGTERM, SIGKILL after 5 s) and deletes every

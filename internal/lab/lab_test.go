@@ -155,6 +155,31 @@ func TestTopology(t *testing.T) {
 	}
 	go echoOnce(ln)
 	roundTrip(t, l.Cells[2].Netns, ln.Addr().String())
+
+	// A split underlay: cells 1 and 2 on one bridge, 3 on the other, until
+	// Heal; then the second bridge is gone.
+	if err := l.Partition(3); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := DialIn(l.Cells[2].Netns, "tcp", ln.Addr().String(), 300*time.Millisecond); err == nil {
+		c.Close()
+		t.Fatal("dial across the split underlay succeeded")
+	}
+	go echoOnce(ln)
+	roundTrip(t, l.Cells[1].Netns, ln.Addr().String())
+	if err := l.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	go echoOnce(ln)
+	roundTrip(t, l.Cells[2].Netns, ln.Addr().String())
+	if err := withHandle(l.Underlay, func(h *netlink.Handle) error {
+		if _, err := h.LinkByName(l.bridge2()); err == nil {
+			return errors.New("second bridge left after Heal")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	ln.Close()
 
 	// The host namespace is untouched.

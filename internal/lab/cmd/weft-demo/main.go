@@ -187,7 +187,7 @@ func waitContainer(l *lab.Lab, cell int, name string) (netip.Addr, error) {
 	for time.Now().Before(deadline) {
 		out, _ := l.Weft(cell, "container", "list")
 		for _, line := range strings.Split(out, "\n") {
-			if f := strings.Fields(line); len(f) == 3 && f[0] == name {
+			if f := strings.Fields(line); len(f) >= 3 && f[0] == name {
 				return netip.ParseAddr(f[2])
 			}
 		}
