@@ -13,6 +13,8 @@ package bench
 //	d  weft, policy on, 10k rules loaded and 100k flows tracked
 //	e  weft, two containers on one cell (hair-pin), policy as in d
 //	f  weft as in d with the water TUN backend (--tun-backend water)
+//	n  nebula, two containers on two cells as in c and d, firewall on,
+//	   offloads on (nebula_test.go; needs -ladder.nebula DIR, else skipped)
 //
 // and d2-paired-b-c-d: rungs b, d and c taken in turn, -ladder.pairs
 // times each (TCP one and four streams), reported as the medians and their
@@ -22,10 +24,13 @@ package bench
 //
 // Each rung measures: one TCP stream and four (Gbit/s received, 0.5 s
 // warm-up then 3 s), UDP packets per second received at 64- and 1400-byte
-// IP packets (2 s each), and for b and d a UDP ping-pong round trip (p50,
-// p99). Every Gbit/s and packet rate is also reported as a ratio to rung b
-// ("x-b"). Weft rungs report the agents' RSS (VmRSS, VmHWM of the busier of
-// the two agents). -ladder.profile DIR writes the agents' CPU profiles of
+// IP packets (2 s each), the machine's busy cores during each, also per
+// Gbit/s and per million packets per second, and for b, d and n a UDP
+// ping-pong round trip (p50, p99) and TCP request/response (rr_test.go:
+// 1-byte transactions per second on one connection and on 32, new
+// connections per second). Every Gbit/s, packet and transaction rate is
+// also reported as a ratio to rung b ("x-b"). Weft rungs report the
+// agents' RSS (VmRSS, VmHWM of the busier of the two agents). -ladder.profile DIR writes the agents' CPU profiles of
 // rungs c and d (single TCP stream), and their block, mutex and heap
 // profiles after it, into DIR.
 
@@ -103,6 +108,20 @@ func BenchmarkLadder(b *testing.B) {
 	// (a) measured after (b) so that it can report its ratio to it.
 	b.Run("a-veth", func(b *testing.B) {
 		measureRungRatio(b, base, nsA, nsB, netip.MustParseAddr("198.18.0.202"), false)
+	})
+	// (n) nebula between two containers on two cells, after b for its
+	// ratios and next to it in time.
+	b.Run("n-nebula", func(b *testing.B) {
+		if *ladderNebula == "" {
+			b.Skip("rung n needs -ladder.nebula DIR, DIR holding nebula and nebula-cert built from github.com/slackhq/nebula at or after edc3c5e0 (docs/performance.md)")
+		}
+		n := startNebula(b, *ladderNebula)
+		measureRungRatio(b, base, n.ctA, n.ctB, n.ipB, true)
+		var peak int64
+		for _, pid := range n.pids {
+			peak = max(peak, procMem(pid).hwm)
+		}
+		b.ReportMetric(float64(peak)/(1<<20), "MB-rss-peak")
 	})
 
 	// One lab for the weft rungs: agents are restarted with other flags.
@@ -459,20 +478,20 @@ func udpCost(b *testing.B, nsA, nsB string) (cost, gbps float64) {
 
 // measureRungProfiled measures a weft rung, fetching the agents' CPU
 // profiles during the single-stream test when -ladder.profile is set.
-func measureRungProfiled(b *testing.B, l *lab.Lab, base rungResult, client, server string, dst netip.Addr, pingpong bool, tag string) {
+func measureRungProfiled(b *testing.B, l *lab.Lab, base rungResult, client, server string, dst netip.Addr, latency bool, tag string) {
 	var stop func()
 	if *ladderProfile != "" {
 		stop = startProfiles(b, l, tag)
 	}
-	measureRungRatioHook(b, base, client, server, dst, pingpong, stop, tag)
+	measureRungRatioHook(b, base, client, server, dst, latency, stop, tag)
 }
 
-func measureRungRatio(b *testing.B, base rungResult, client, server string, dst netip.Addr, pingpong bool) rungResult {
-	return measureRungRatioHook(b, base, client, server, dst, pingpong, nil, "")
+func measureRungRatio(b *testing.B, base rungResult, client, server string, dst netip.Addr, latency bool) rungResult {
+	return measureRungRatioHook(b, base, client, server, dst, latency, nil, "")
 }
 
-func measureRungRatioHook(b *testing.B, base rungResult, client, server string, dst netip.Addr, pingpong bool, afterTCP1 func(), tag string) rungResult {
-	r := measureRung(b, afterTCP1, client, server, dst, pingpong, tag)
+func measureRungRatioHook(b *testing.B, base rungResult, client, server string, dst netip.Addr, latency bool, afterTCP1 func(), tag string) rungResult {
+	r := measureRung(b, afterTCP1, client, server, dst, latency, tag)
 	for k, v := range r {
 		if bv := base[k]; bv > 0 && !strings.HasPrefix(k, "us-") && !strings.HasPrefix(k, "cores-") && !strings.HasPrefix(k, "bound-") {
 			b.ReportMetric(v/bv, "x-b-"+k)
@@ -487,10 +506,11 @@ func measureRungRatioHook(b *testing.B, base rungResult, client, server string, 
 }
 
 // measureRung runs every test of a rung from namespace client to dst in
-// namespace server and reports them. afterTCP1, if set, runs after the
-// single-stream test. With -ladder.perf and a tag, perf records the whole
-// machine during the single stream (reportShares).
-func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst netip.Addr, pingpong bool, tag string) rungResult {
+// namespace server and reports them; with latency also the UDP ping-pong
+// and the TCP request/response tests (measureRR). afterTCP1, if set, runs
+// after the single-stream test. With -ladder.perf and a tag, perf records
+// the whole machine during the single stream (reportShares).
+func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst netip.Addr, latency bool, tag string) rungResult {
 	r := rungResult{}
 	var cores1, cores4 float64
 	var rec func() (string, error)
@@ -516,8 +536,9 @@ func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst neti
 		afterTCP1()
 	}
 	r["tcp4"], cores4 = tcpStreams(b, client, server, netip.AddrPortFrom(dst, tcpPort+1), 4)
-	r["udp64"] = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort), 64)
-	r["udp1400"] = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort+1), 1400)
+	var coresU64, coresU1400 float64
+	r["udp64"], coresU64 = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort), 64)
+	r["udp1400"], coresU1400 = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort+1), 1400)
 	b.ReportMetric(r["tcp1"], "Gbit/s-tcp1")
 	b.ReportMetric(r["tcp4"], "Gbit/s-tcp4")
 	// The whole machine's busy cores while the TCP streams ran: at all of
@@ -527,11 +548,19 @@ func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst neti
 	r["cores-tcp1"], r["cores-tcp4"] = cores1, cores4
 	b.ReportMetric(r["udp64"]/1e3, "kpps-udp64")
 	b.ReportMetric(r["udp1400"]/1e3, "kpps-udp1400")
-	if pingpong {
+	// The busy cores per unit of work: unlike the busy cores themselves
+	// (2.0 whenever a rung is CPU-bound here), comparable between rungs
+	// and across machines of other core counts.
+	reportCostPerRate(b, cores1, r["tcp1"], "cores-per-Gbps-tcp1")
+	reportCostPerRate(b, cores4, r["tcp4"], "cores-per-Gbps-tcp4")
+	reportCostPerRate(b, coresU64, r["udp64"]/1e6, "cores-per-Mpps-udp64")
+	reportCostPerRate(b, coresU1400, r["udp1400"]/1e6, "cores-per-Mpps-udp1400")
+	if latency {
 		p50, p99 := pingPong(b, client, server, netip.AddrPortFrom(dst, udpPort+2))
 		b.ReportMetric(p50, "us-rtt-p50")
 		b.ReportMetric(p99, "us-rtt-p99")
 		r["us-rtt-p50"], r["us-rtt-p99"] = p50, p99
+		measureRR(b, r, client, server, dst)
 	}
 	return r
 }
@@ -680,8 +709,9 @@ func (t cpuTimes) cores(since cpuTimes) float64 {
 }
 
 // udpRate blasts size-byte IP packets (UDP payload size-28) from client to
-// dst for the measuring time and returns the packets per second received.
-func udpRate(b *testing.B, client, server string, dst netip.AddrPort, size int) float64 {
+// dst for the measuring time and returns the packets per second received
+// and the machine's busy cores meanwhile.
+func udpRate(b *testing.B, client, server string, dst netip.AddrPort, size int) (pps, cores float64) {
 	pc, err := lab.ListenPacketIn(server, "udp4", ":"+strconv.Itoa(int(dst.Port())))
 	if err != nil {
 		b.Fatal(err)
@@ -722,9 +752,9 @@ func udpRate(b *testing.B, client, server string, dst netip.AddrPort, size int) 
 		}
 	}()
 	time.Sleep(warmup / 2)
-	start, t0 := received.Load(), time.Now()
+	start, t0, cpu0 := received.Load(), time.Now(), machineBusy(b)
 	time.Sleep(*ladderUDPTime)
-	got, el := received.Load()-start, time.Since(t0)
+	got, el, cores := received.Load()-start, time.Since(t0), machineBusy(b).cores(cpu0)
 	close(stop)
 	<-sdone
 	pc.Close()
@@ -732,7 +762,7 @@ func udpRate(b *testing.B, client, server string, dst netip.AddrPort, size int) 
 	if got == 0 {
 		b.Fatalf("udp %d bytes to %v: nothing received", size, dst)
 	}
-	return float64(got) / el.Seconds()
+	return float64(got) / el.Seconds(), cores
 }
 
 // pingPong sends one 64-byte UDP request at a time to an echo server and
@@ -887,7 +917,7 @@ func loadRules(l *lab.Lab, n int) (int, error) {
 			Ports: cell.PortRange{Start: uint16(lo), End: uint16(hi)}}
 	}
 	want := []cell.PolicyRule{
-		rule("ladA", "ladB", "tcp", tcpPort, tcpPort+1),
+		rule("ladA", "ladB", "tcp", tcpPort, rrPort+2),
 		rule("ladA", "ladB", "udp", udpPort, udpPort+2),
 		rule("ladA", "ladB", "udp", flowBase, flowBase+9999),
 		rule("ladA", "ladC", "tcp", tcpPort, tcpPort+1),

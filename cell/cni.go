@@ -3,8 +3,10 @@ package cell
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"time"
 
 	"github.com/weft-net/weft/mesh"
@@ -14,23 +16,31 @@ import (
 // Attachments: containers whose network namespace a container runtime made,
 // joined through the CNI plugin (cmd/weft-cni). The agent gives them an IP,
 // registers them like `weft container create` does, and connects the
-// runtime's namespace with a veth pair named after the container id.
+// runtime's namespace with a veth pair. An attachment is keyed as the CNI
+// spec keys it, by network name, container id and interface name; it is
+// registered as overlay.AttachmentName "NETWORK/ID/IFNAME".
 //
 //	POST   /v1/attachments        AttachRequest -> Attachment (201)
-//	GET    /v1/attachments/{id}[?netns=PATH&ifname=NAME] -> Attachment; with
-//	       netns, the interface in it is checked too (409 when it is wrong)
-//	DELETE /v1/attachments/{id}   204, also when there is nothing to delete
+//	GET    /v1/attachments/{id}?network=NET&ifname=NAME[&netns=PATH] ->
+//	       Attachment; with netns, the interface in it is checked too (409
+//	       when it is wrong)
+//	DELETE /v1/attachments/{id}?network=NET&ifname=NAME   204, also when
+//	       there is nothing to delete
+//	POST   /v1/attachments/gc     GCRequest -> GCResult: removes the
+//	       attachments of the network that are not listed as valid
 
 // AttachRequest asks the agent to attach an existing network namespace.
 type AttachRequest struct {
+	Network     string `json:"network"` // the CNI network name
 	ContainerID string `json:"container_id"`
 	Netns       string `json:"netns"`  // path, e.g. /proc/PID/ns/net or /run/netns/NAME
 	IfName      string `json:"ifname"` // the interface to create inside it
 	App         string `json:"app"`
 }
 
-// Attachment is an attached container.
+// Attachment is an attached container interface.
 type Attachment struct {
+	Name        string   `json:"name"` // as registered: NETWORK/ID/IFNAME
 	ContainerID string   `json:"container_id"`
 	App         string   `json:"app"`
 	IP          string   `json:"ip"`      // the container's overlay address (a /32)
@@ -42,6 +52,25 @@ type Attachment struct {
 	Nameservers []string `json:"nameservers,omitempty"` // the cell's DNS server, for the CNI result
 }
 
+// GCAttachment names one attachment of a network, as the CNI spec's
+// cni.dev/valid-attachments does.
+type GCAttachment struct {
+	ContainerID string `json:"container_id"`
+	IfName      string `json:"ifname"`
+}
+
+// GCRequest asks the agent to remove every attachment of Network that is
+// not in Valid (CNI GC).
+type GCRequest struct {
+	Network string         `json:"network"`
+	Valid   []GCAttachment `json:"valid"`
+}
+
+// GCResult lists what a GC removed (attachment names).
+type GCResult struct {
+	Removed []string `json:"removed"`
+}
+
 func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 	var req AttachRequest
 	if !readJSON(w, r, &req) {
@@ -50,11 +79,8 @@ func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 	if !validApp(w, req.App) {
 		return
 	}
-	if err := overlay.ValidAttachmentID(req.ContainerID); err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
-		return
-	}
-	if err := overlay.ValidIfName(req.IfName); err != nil {
+	name, err := overlay.AttachmentName(req.Network, req.ContainerID, req.IfName)
+	if err != nil {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
@@ -70,8 +96,9 @@ func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 	defer a.mu.Unlock()
 	local := a.localContainers()
 	for _, e := range local {
-		if e.Name == req.ContainerID {
-			writeError(w, http.StatusConflict, "container %q is attached already on cell %s (app %s, %v)", e.Name, a.cfg.Name, e.App, e.IP)
+		if e.Name == name {
+			writeError(w, http.StatusConflict, "interface %s of container %q is attached already on network %s of cell %s (app %s, %v)",
+				req.IfName, req.ContainerID, req.Network, a.cfg.Name, e.App, e.IP)
 			return
 		}
 	}
@@ -84,35 +111,47 @@ func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInsufficientStorage, "subnet %v of cell %s is full", a.mesh.Subnet(), a.cfg.Name)
 		return
 	}
-	att, err := a.ov.AttachNetns(req.ContainerID, req.Netns, req.IfName, ip)
+	att, err := a.ov.AttachNetns(name, req.Netns, req.IfName, ip)
 	switch {
 	case errors.Is(err, overlay.ErrContainerExists), errors.Is(err, overlay.ErrInterfaceExists):
-		writeError(w, http.StatusConflict, "attach container %s: %v", req.ContainerID, err)
+		writeError(w, http.StatusConflict, "attach %s: %v", name, err)
 		return
 	case err != nil:
-		writeError(w, http.StatusInternalServerError, "attach container %s: %v", req.ContainerID, err)
+		writeError(w, http.StatusInternalServerError, "attach %s: %v", name, err)
 		return
 	}
-	if err := a.labelLocked(req.ContainerID, req.App); err != nil {
-		a.ov.DetachNetns(req.ContainerID)
-		writeError(w, http.StatusInternalServerError, "attach container %s: %v", req.ContainerID, err)
+	if err := a.labelLocked(name, req.App); err != nil {
+		a.ov.DetachNetns(name)
+		writeError(w, http.StatusInternalServerError, "attach %s: %v", name, err)
 		return
 	}
-	if err := a.mesh.AddEndpoint(mesh.Endpoint{IP: ip, App: req.App, Name: req.ContainerID}); err != nil {
-		a.ov.DetachNetns(req.ContainerID)
-		writeError(w, http.StatusInternalServerError, "register container %s: %v", req.ContainerID, err)
+	if err := a.mesh.AddEndpoint(mesh.Endpoint{IP: ip, App: req.App, Name: name}); err != nil {
+		a.ov.DetachNetns(name)
+		writeError(w, http.StatusInternalServerError, "register %s: %v", name, err)
 		return
 	}
 	a.compileLocked()
-	a.log.Info("container attached", "container", req.ContainerID, "app", req.App, "ip", ip,
-		"netns", req.Netns, "ifname", req.IfName)
-	writeJSON(w, http.StatusCreated, a.attachmentOf(req.ContainerID, req.App, att))
+	a.log.Info("container attached", "attachment", name, "app", req.App, "ip", ip, "netns", req.Netns)
+	writeJSON(w, http.StatusCreated, a.attachmentOf(name, req.App, att))
 }
 
-func (a *Agent) attachmentOf(id, app string, att overlay.Attachment) Attachment {
+// attachmentName is the registered name of the attachment a GET or DELETE
+// names: the container id in the path, network and ifname in the query.
+func attachmentName(w http.ResponseWriter, r *http.Request) (string, bool) {
+	q := r.URL.Query()
+	name, err := overlay.AttachmentName(q.Get("network"), r.PathValue("id"), q.Get("ifname"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "%v (an attachment is named by its network, container id and interface)", err)
+		return "", false
+	}
+	return name, true
+}
+
+func (a *Agent) attachmentOf(name, app string, att overlay.Attachment) Attachment {
+	_, id, ifname, _ := overlay.ParseAttachmentName(name)
 	out := Attachment{
-		ContainerID: id, App: app, IP: att.IP.String(), Gateway: overlay.Gateway.String(),
-		IfName: att.IfName, HostVeth: att.HostVeth,
+		Name: name, ContainerID: id, App: app, IP: att.IP.String(), Gateway: overlay.Gateway.String(),
+		IfName: ifname, HostVeth: att.HostVeth,
 	}
 	if a.cfg.DNSAddr.IsValid() {
 		out.Nameservers = []string{a.cfg.DNSAddr.String()}
@@ -127,54 +166,128 @@ func (a *Agent) attachmentOf(id, app string, att overlay.Attachment) Attachment 
 }
 
 func (a *Agent) handleGetAttachment(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	nsPath, ifname := r.URL.Query().Get("netns"), r.URL.Query().Get("ifname")
+	name, ok := attachmentName(w, r)
+	if !ok {
+		return
+	}
+	nsPath := r.URL.Query().Get("netns")
 	a.waitRecovered(r.Context())
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, e := range a.localContainers() {
-		if e.Name != id {
+		if e.Name != name {
 			continue
 		}
-		att := overlay.Attachment{HostVeth: overlay.HostVethName(id), IfName: ifname, IP: e.IP}
+		att := overlay.Attachment{HostVeth: overlay.HostVethName(name), IP: e.IP}
 		if nsPath != "" {
 			if a.ov == nil {
 				writeError(w, http.StatusServiceUnavailable, "cell %s has no data plane yet", a.cfg.Name)
 				return
 			}
-			if err := a.ov.CheckNetns(id, nsPath, ifname, e.IP); err != nil {
-				writeError(w, http.StatusConflict, "container %s: %v", id, err)
+			_, _, ifname, _ := overlay.ParseAttachmentName(name)
+			if err := a.ov.CheckNetns(name, nsPath, ifname, e.IP); err != nil {
+				writeError(w, http.StatusConflict, "%s: %v", name, err)
 				return
 			}
 		}
-		writeJSON(w, http.StatusOK, a.attachmentOf(id, e.App, att))
+		writeJSON(w, http.StatusOK, a.attachmentOf(name, e.App, att))
 		return
 	}
-	writeError(w, http.StatusNotFound, "no container %q on cell %s", id, a.cfg.Name)
+	writeError(w, http.StatusNotFound, "no attachment %s on cell %s", name, a.cfg.Name)
 }
 
-// handleDetach unregisters container id and removes its veth pair. Doing it
-// again, or for a container that never was, is not an error (CNI DEL).
+// handleDetach unregisters one attachment and removes its veth pair. Doing
+// it again, or for an attachment that never was, is not an error (CNI DEL);
+// other interfaces of the same container stay.
 func (a *Agent) handleDetach(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
+	name, ok := attachmentName(w, r)
+	if !ok {
+		return
+	}
 	a.waitRecovered(r.Context())
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	e, found, err := a.unregisterLocked(id)
-	if err != nil {
+	if err := a.detachLocked(name); err != nil {
 		writeError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// detachLocked unregisters attachment name and removes its veth pair;
+// neither needs to exist. Needs a.mu.
+func (a *Agent) detachLocked(name string) error {
+	e, found, err := a.unregisterLocked(name)
+	if err != nil {
+		return err
+	}
 	if found {
-		a.log.Info("container detached", "container", id, "ip", e.IP)
+		a.log.Info("container detached", "attachment", name, "ip", e.IP)
 	}
 	if a.ov != nil {
-		if err := a.ov.DetachNetns(id); err != nil {
-			writeError(w, http.StatusInternalServerError, "detach container %s: %v", id, err)
-			return
+		if err := a.ov.DetachNetns(name); err != nil {
+			return fmt.Errorf("detach %s: %w", name, err)
 		}
 	}
-	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// handleGC removes the attachments of a network that the runtime no longer
+// knows (CNI GC): every local attachment registered under that network, or
+// found in the kernel with a label of it, that is not listed as valid.
+// Containers made by `weft container create` are never touched.
+func (a *Agent) handleGC(w http.ResponseWriter, r *http.Request) {
+	var req GCRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	valid := map[string]bool{}
+	for _, v := range req.Valid {
+		name, err := overlay.AttachmentName(req.Network, v.ContainerID, v.IfName)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "valid attachment %q %q: %v", v.ContainerID, v.IfName, err)
+			return
+		}
+		valid[name] = true
+	}
+	if _, err := overlay.AttachmentName(req.Network, "x", "x"); err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	a.waitRecovered(r.Context())
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	stale := map[string]bool{}
+	for _, e := range a.localContainers() {
+		stale[e.Name] = true
+	}
+	if a.ov != nil {
+		found, err := a.ov.FindAttachments()
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+		for _, f := range found {
+			stale[f.Name] = true
+		}
+	}
+	res := GCResult{Removed: []string{}}
+	for name := range stale {
+		network, _, _, ok := overlay.ParseAttachmentName(name)
+		if !ok || network != req.Network || valid[name] {
+			continue
+		}
+		if err := a.detachLocked(name); err != nil {
+			writeError(w, http.StatusInternalServerError, "gc: %v (removed before: %v)", err, res.Removed)
+			return
+		}
+		res.Removed = append(res.Removed, name)
+	}
+	slices.Sort(res.Removed)
+	if len(res.Removed) > 0 {
+		a.log.Info("stale attachments removed (CNI GC)", "network", req.Network, "removed", res.Removed)
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
 // Attach asks the agent to attach an existing network namespace.
@@ -183,24 +296,39 @@ func (c *Client) Attach(ctx context.Context, req AttachRequest) (*Attachment, er
 	return &att, c.do(ctx, http.MethodPost, "/v1/attachments", req, &att)
 }
 
-// Attachment returns container id; with nsPath it also checks the interface
-// ifname in that namespace. A missing container is a *StatusError with code
-// 404, a broken attachment one with code 409.
-func (c *Client) Attachment(ctx context.Context, id, nsPath, ifname string) (*Attachment, error) {
+// AttachmentRef names an attachment: network, container id, interface.
+type AttachmentRef struct {
+	Network, ContainerID, IfName string
+}
+
+func (ref AttachmentRef) path(extra url.Values) string {
+	q := url.Values{"network": {ref.Network}, "ifname": {ref.IfName}}
+	for k, v := range extra {
+		q[k] = v
+	}
+	return "/v1/attachments/" + url.PathEscape(ref.ContainerID) + "?" + q.Encode()
+}
+
+// Attachment returns attachment ref; with nsPath it also checks its
+// interface in that namespace. A missing attachment is a *StatusError with
+// code 404, a broken one with code 409.
+func (c *Client) Attachment(ctx context.Context, ref AttachmentRef, nsPath string) (*Attachment, error) {
 	q := url.Values{}
 	if nsPath != "" {
 		q.Set("netns", nsPath)
-		q.Set("ifname", ifname)
-	}
-	path := "/v1/attachments/" + url.PathEscape(id)
-	if len(q) > 0 {
-		path += "?" + q.Encode()
 	}
 	var att Attachment
-	return &att, c.do(ctx, http.MethodGet, path, nil, &att)
+	return &att, c.do(ctx, http.MethodGet, ref.path(q), nil, &att)
 }
 
-// Detach removes container id; it succeeds when there is nothing to remove.
-func (c *Client) Detach(ctx context.Context, id string) error {
-	return c.do(ctx, http.MethodDelete, "/v1/attachments/"+url.PathEscape(id), nil, nil)
+// Detach removes attachment ref; it succeeds when there is nothing to
+// remove.
+func (c *Client) Detach(ctx context.Context, ref AttachmentRef) error {
+	return c.do(ctx, http.MethodDelete, ref.path(nil), nil, nil)
+}
+
+// GC removes the attachments of a network that are not in req.Valid.
+func (c *Client) GC(ctx context.Context, req GCRequest) (*GCResult, error) {
+	var res GCResult
+	return &res, c.do(ctx, http.MethodPost, "/v1/attachments/gc", req, &res)
 }

@@ -100,7 +100,7 @@ func InitOperators(stateDir, clusterKeyFile, operatorPubFile string) (*OperatorI
 			changed = true
 		}
 	}
-	if changed {
+	if _, err := os.Stat(pubPath); changed || errors.Is(err, fs.ErrNotExist) {
 		if err := writeTrusted(pubPath, trusted); err != nil {
 			return nil, err
 		}
@@ -116,8 +116,12 @@ func mustAbs(p string) string {
 	return a
 }
 
+// writeTrusted writes keys to path, or NoOperatorsLine if there are none.
 func writeTrusted(path string, keys []ed25519.PublicKey) error {
 	var b bytes.Buffer
+	if len(keys) == 0 {
+		fmt.Fprintf(&b, "%s: this cell refuses every policy change.\n# Add operator public keys (base64, one a line) and restart the agent.\n", NoOperatorsLine)
+	}
 	for _, k := range keys {
 		fmt.Fprintln(&b, base64.StdEncoding.EncodeToString(k))
 	}
@@ -170,18 +174,43 @@ func ReadTrustedOperators(path string) ([]ed25519.PublicKey, error) {
 	return out, sc.Err()
 }
 
+// NoOperatorsLine, at the start of a line of operators.pub, says that the cell trusts no
+// operator key on purpose (it then refuses every policy change). weft init
+// writes it when it is given no key to trust.
+const NoOperatorsLine = "# no trusted operator keys"
+
 // LoadOperators reads stateDir's operator key (nil if the cell holds none)
-// and trusted keys (none: every policy change is refused).
+// and trusted keys. operators.pub must exist and list a key, or say
+// NoOperatorsLine: a missing, empty or damaged file is an error, because
+// the agent would otherwise refuse every policy change, its persisted
+// ones included.
 func LoadOperators(stateDir string) (ed25519.PrivateKey, []ed25519.PublicKey, error) {
 	priv, err := ReadOperatorKey(filepath.Join(stateDir, OperatorKeyFile))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, err
 	}
-	trusted, err := ReadTrustedOperators(filepath.Join(stateDir, OperatorsPubFile))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, err
+	path := filepath.Join(stateDir, OperatorsPubFile)
+	const fix = "the agent verifies every policy change against the operator keys it lists; " +
+		"restore it, or run `weft init --state-dir %s --operator-pub FILE`"
+	trusted, err := ReadTrustedOperators(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, nil, fmt.Errorf("%s is missing: "+fix, path, stateDir)
+	case err != nil:
+		return nil, nil, fmt.Errorf("%w: "+fix, err, stateDir)
+	case len(trusted) == 0 && !saysNoOperators(path):
+		return nil, nil, fmt.Errorf("%s lists no operator key (a file that trusts none on purpose says %q): "+fix,
+			path, NoOperatorsLine, stateDir)
 	}
 	return priv, trusted, nil
+}
+
+// saysNoOperators reports whether the file at path has NoOperatorsLine.
+func saysNoOperators(path string) bool {
+	b, err := os.ReadFile(path)
+	return err == nil && slices.ContainsFunc(strings.Split(string(b), "\n"), func(l string) bool {
+		return strings.HasPrefix(strings.TrimSpace(l), NoOperatorsLine)
+	})
 }
 
 // SignedPolicyChange is the JSON form of mesh.PolicyChange.

@@ -185,3 +185,101 @@ func TestPolicyChangesUnsignedWithoutKey(t *testing.T) {
 		t.Fatalf("policies %v", got)
 	}
 }
+
+// TestOperatorsPubRequired: an operators.pub that is missing, empty or
+// damaged stops the agent before it touches state.json; one that trusts
+// no key on purpose (as weft init writes it when given none) does not.
+func TestOperatorsPubRequired(t *testing.T) {
+	d := t.TempDir()
+	if _, err := Init(d, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := InitOperators(d, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	pubPath := filepath.Join(d, OperatorsPubFile)
+	good, err := os.ReadFile(pubPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flip := slices.Clone(good)
+	flip[3] = '*' // not base64
+	for _, c := range []struct {
+		name string
+		pub  []byte // nil: no file
+		want string
+	}{
+		{"missing", nil, "operators.pub is missing"},
+		{"empty", []byte{}, "lists no operator key"},
+		{"blank lines", []byte("\n\n"), "lists no operator key"},
+		{"only a comment", []byte("# keys\n"), "lists no operator key"},
+		{"a byte changed", flip, "operators.pub:1: not a base64 ed25519 public key"},
+		{"truncated", good[:len(good)-3], "operators.pub:1: not a base64 ed25519 public key"},
+	} {
+		os.Remove(pubPath)
+		if c.pub != nil {
+			if err := os.WriteFile(pubPath, c.pub, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, _, err := LoadOperators(d)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "weft init") {
+			t.Errorf("%s: LoadOperators: %v, want an error saying %q and how to fix it", c.name, err, c.want)
+		}
+	}
+
+	// The agent refuses to start, and state.json stays as it was.
+	os.Remove(pubPath)
+	state := []byte(`{"version":1,"node":"c1","policies":[]}`)
+	if err := os.WriteFile(filepath.Join(d, "state.json"), state, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Name, cfg.StateDir, cfg.Socket = "c1", d, filepath.Join(d, "api.sock")
+	cfg.Bind = netip.MustParseAddrPort("127.0.0.1:0")
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // an agent that starts stops at once, before its data plane
+	if err := Run(ctx, cfg); err == nil || !strings.Contains(err.Error(), "operators.pub is missing") {
+		t.Errorf("agent without operators.pub: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(d, "state.json")); !bytes.Equal(b, state) {
+		t.Errorf("state.json changed: %s", b)
+	}
+
+	// weft init given no key to trust says so in operators.pub; that
+	// cell starts (and refuses every policy change).
+	d2 := t.TempDir()
+	if _, err := Init(d2, filepath.Join(d, ClusterKeyFile)); err != nil {
+		t.Fatal(err)
+	}
+	lone := filepath.Join(t.TempDir(), ClusterKeyFile) // no operators.pub next to it
+	if err := os.WriteFile(lone, mustRead(t, filepath.Join(d, ClusterKeyFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := InitOperators(d2, lone, ""); err != nil || len(r.Trusted) != 0 || r.HasKey {
+		t.Fatalf("init trusting nothing: %+v %v", r, err)
+	}
+	if _, trusted, err := LoadOperators(d2); err != nil || len(trusted) != 0 {
+		t.Fatalf("LoadOperators(no keys on purpose) = %d keys, %v", len(trusted), err)
+	}
+	// Trusting a key later replaces the line.
+	if err := os.WriteFile(pubPath, good, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := InitOperators(d2, "", filepath.Join(d, OperatorsPubFile)); err != nil || len(r.Trusted) != 1 {
+		t.Fatalf("trusting a key later: %+v %v", r, err)
+	}
+	if b := mustRead(t, filepath.Join(d2, OperatorsPubFile)); strings.Contains(string(b), NoOperatorsLine) {
+		t.Errorf("operators.pub still says %q: %s", NoOperatorsLine, b)
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

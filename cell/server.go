@@ -34,6 +34,7 @@ func (a *Agent) newServer() *http.Server {
 	mux.HandleFunc("POST /v1/attachments", a.handleAttach)
 	mux.HandleFunc("GET /v1/attachments/{id}", a.handleGetAttachment)
 	mux.HandleFunc("DELETE /v1/attachments/{id}", a.handleDetach)
+	mux.HandleFunc("POST /v1/attachments/gc", a.handleGC)
 	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 }
 

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/sha512"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,7 +66,7 @@ func (k *cniKit) conflist(t *testing.T, name, version, socket string) {
   "cniVersion": %q,
   "name": %q,
   "plugins": [
-    {"type": "weft-cni", "socket": %q, "capabilities": {"app": true}}
+    {"type": "weft-cni", "socket": %q, "capabilities": {"app": true, "io.kubernetes.cri.pod-annotations": true}}
   ]
 }
 `, version, name, socket)
@@ -330,5 +331,186 @@ func TestCNI(t *testing.T) {
 	c1, _ := l.Cell(1)
 	if _, _, err := lab.HTTPGetIn(c1.Netns, "http://"+netip.AddrPortFrom(c2.UnderlayIP, 9465).String()+"/metrics", 2*time.Second); !lab.IsConnRefused(err) {
 		t.Fatalf("metrics without --metrics-addr: %v, want connection refused", err)
+	}
+}
+
+// criCNIArgs is CNI_ARGS as containerd's CRI plugin sends it for a pod
+// (toCNILabels in internal/cri/server/sandbox_run.go: K8S_POD_NAMESPACE,
+// K8S_POD_NAME, K8S_POD_INFRA_CONTAINER_ID, K8S_POD_UID, IgnoreUnknown=1).
+func criCNIArgs(namespace, pod, sandboxID string) string {
+	return "CNI_ARGS=K8S_POD_NAMESPACE=" + namespace + ";K8S_POD_NAME=" + pod +
+		";K8S_POD_INFRA_CONTAINER_ID=" + sandboxID + ";K8S_POD_UID=6f1c2a8e-0b7d-4c55-9a11-2f3e4d5c6b7a;IgnoreUnknown=1"
+}
+
+// criCapArgs is the capability args containerd's CRI plugin passes
+// (cniNamespaceOpts: the pod's annotations always, port mappings and DNS
+// when the pod has them); libcni hands the plugin those its conflist
+// declares.
+func criCapArgs(annotations string) string {
+	return `CAP_ARGS={"io.kubernetes.cri.pod-annotations":` + annotations + `,` +
+		`"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":""}],` +
+		`"dns":{"servers":["10.96.0.10"],"searches":["shop.svc.cluster.local"],"options":["ndots:5"]}}`
+}
+
+// cnitoolID is the container id cnitool passes for a namespace path.
+func cnitoolID(nsPath string) string {
+	sum := sha512.Sum512([]byte(nsPath))
+	return fmt.Sprintf("cnitool-%x", sum[:10])
+}
+
+// cellContainers is `weft container list` of a cell: name -> "APP IP".
+func cellContainers(t *testing.T, l *lab.Lab, cell int) map[string]string {
+	t.Helper()
+	var list []struct{ Name, App, IP string }
+	if err := json.Unmarshal([]byte(weft(t, l, cell, "container", "list", "--output", "json")), &list); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, c := range list {
+		out[c.Name] = c.App + " " + c.IP
+	}
+	return out
+}
+
+// cniGC runs the plugin's GC as libcni does for a 1.1.0 conflist: the
+// network's config with cni.dev/valid-attachments on stdin.
+func (k *cniKit) gc(t *testing.T, network, socket string, valid ...[2]string) {
+	t.Helper()
+	type att struct {
+		ContainerID string `json:"containerID"`
+		IfName      string `json:"ifname"`
+	}
+	conf := map[string]any{"cniVersion": "1.1.0", "name": network, "type": "weft-cni", "socket": socket,
+		"cni.dev/valid-attachments": []att{}}
+	for _, v := range valid {
+		conf["cni.dev/valid-attachments"] = append(conf["cni.dev/valid-attachments"].([]att), att{v[0], v[1]})
+	}
+	b, _ := json.Marshal(conf)
+	cmd := exec.Command(filepath.Join(k.pluginDir, "weft-cni"))
+	cmd.Env = []string{"CNI_COMMAND=GC", "CNI_PATH=" + k.pluginDir}
+	cmd.Stdin = bytes.NewReader(b)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("weft-cni GC %s: %v: %s", b, err, out)
+	}
+	t.Logf("GC of network %s, valid %v", network, valid)
+}
+
+// TestCNIAttachments drives weft-cni as kubelet's runtime does (containerd's
+// CRI CNI_ARGS and capability args, with and without the weft.dev/app
+// annotation) with two interfaces on one container: each interface is its
+// own attachment (ADD, CHECK, DEL by container id and interface), traffic
+// to and from the second interface passes the guard, DEL twice and DEL of
+// an interface never added change nothing else, an agent restart keeps
+// them, GC removes exactly the attachments of its network not listed as
+// valid, and DEL after the namespace is gone succeeds.
+func TestCNIAttachments(t *testing.T) {
+	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin})
+	k := newCNIKit(t)
+	c2, _ := l.Cell(2)
+	k.conflist(t, "weft", "1.1.0", c2.Socket)
+	k.conflist(t, "weft-b", "1.1.0", c2.Socket)
+
+	a := l.Name("appA")
+	if _, err := l.CreateContainer(1, "appA", a); err != nil {
+		t.Fatal(err)
+	}
+
+	nsPath := addNetns(t, l, "pod")
+	nsName := filepath.Base(nsPath)
+	id := cnitoolID(nsPath)
+	name := func(network, ifname string) string { return network + "/" + id + "/" + ifname }
+	args := criCNIArgs("shop", "web-7d9c8b6f5-x2k9p", id)
+	capEth0 := criCapArgs(`{"weft.dev/app":"checkout","other":"x"}`) // a runtime sends the same on CHECK
+
+	// eth0: the pod annotation names the app.
+	out := k.must(t, l, 2, []string{args, capEth0}, "add", "weft", nsPath)
+	var res0 cniResult
+	if err := json.Unmarshal([]byte(out), &res0); err != nil || len(res0.IPs) != 1 {
+		t.Fatalf("ADD eth0 printed %q: %v", out, err)
+	}
+	ip0 := strings.TrimSuffix(res0.IPs[0].Address, "/32")
+	// net1 of the same container: no annotation, so the app comes from the
+	// pod name (a Deployment's pod: web.shop).
+	out = k.must(t, l, 2, []string{args, criCapArgs(`{}`), "CNI_IFNAME=net1"}, "add", "weft", nsPath)
+	var res1 cniResult
+	if err := json.Unmarshal([]byte(out), &res1); err != nil || len(res1.IPs) != 1 || res1.Interfaces[1].Name != "net1" {
+		t.Fatalf("ADD net1 printed %q: %v", out, err)
+	}
+	ip1 := strings.TrimSuffix(res1.IPs[0].Address, "/32")
+	if ip0 == ip1 {
+		t.Fatalf("eth0 and net1 both got %s", ip0)
+	}
+	want := map[string]string{name("weft", "eth0"): "checkout " + ip0, name("weft", "net1"): "web.shop " + ip1}
+	if got := cellContainers(t, l, 2); len(got) != 2 || got[name("weft", "eth0")] != want[name("weft", "eth0")] ||
+		got[name("weft", "net1")] != want[name("weft", "net1")] {
+		t.Fatalf("cell 2 containers %v, want %v", got, want)
+	}
+	if got := nsAddrs(t, nsName, "eth0") + " " + nsAddrs(t, nsName, "net1"); got != ip0+"/32 "+ip1+"/32" {
+		t.Fatalf("%s has %q, want %s on eth0 and %s on net1", nsName, got, ip0, ip1)
+	}
+	k.must(t, l, 2, []string{args, capEth0}, "check", "weft", nsPath)
+	k.must(t, l, 2, []string{args, criCapArgs(`{}`), "CNI_IFNAME=net1"}, "check", "weft", nsPath)
+
+	// Traffic to the second interface (its replies leave from its address,
+	// through its own veth, which the guard binds that address to): refused
+	// until appA may reach web.shop, then served; eth0 (checkout) stays
+	// refused.
+	serveHTTP(t, nsName, 8080)
+	ipNet1, ipEth0 := netip.MustParseAddr(ip1), netip.MustParseAddr(ip0)
+	expectRefused(t, a, ipNet1, 8080)
+	weft(t, l, 1, "add-network-policy", "appA", "web.shop", "--protocol", "tcp", "--port", "8080")
+	took := expectHTTP(t, a, ipNet1, 8080)
+	t.Logf("appA (cell 1) -> web.shop on net1 (cell 2): HTTP 200 %v after add-network-policy", took)
+	expectRefused(t, a, ipEth0, 8080)
+
+	// DEL of an interface never added, and of net1 twice: only net1 goes.
+	k.must(t, l, 2, []string{args, "CNI_IFNAME=net9"}, "del", "weft", nsPath)
+	k.must(t, l, 2, []string{args, "CNI_IFNAME=net1"}, "del", "weft", nsPath)
+	k.must(t, l, 2, []string{args, "CNI_IFNAME=net1"}, "del", "weft", nsPath)
+	if got := cellContainers(t, l, 2); len(got) != 1 || got[name("weft", "eth0")] != want[name("weft", "eth0")] {
+		t.Fatalf("after DEL net1: cell 2 containers %v, want only eth0 (%s)", got, want[name("weft", "eth0")])
+	}
+	if got := nsAddrs(t, nsName, "eth0"); got != ip0+"/32" {
+		t.Fatalf("after DEL net1 eth0 has %q, want %s", got, ip0)
+	}
+	k.must(t, l, 2, []string{args, capEth0}, "check", "weft", nsPath)
+
+	// After an agent restart: CHECK still passes and a new ADD works.
+	if err := l.StartCell(2); err != nil { // stops it first
+		t.Fatal(err)
+	}
+	k.must(t, l, 2, []string{args, capEth0}, "check", "weft", nsPath)
+	out = k.must(t, l, 2, []string{args, criCapArgs(`{"weft.dev/app":"checkout"}`), "CNI_IFNAME=net2"}, "add", "weft", nsPath)
+	var res2 cniResult
+	if err := json.Unmarshal([]byte(out), &res2); err != nil || len(res2.IPs) != 1 || strings.HasPrefix(res2.IPs[0].Address, ip0+"/") {
+		t.Fatalf("ADD net2 after restart printed %q: %v (eth0 has %s)", out, err, ip0)
+	}
+	// One more on another network of the same cell.
+	k.must(t, l, 2, []string{args, criCapArgs(`{}`), "CNI_IFNAME=net3"}, "add", "weft-b", nsPath)
+
+	// GC of network weft with eth0 valid: net2 goes; eth0, weft-b's net3
+	// and the CLI container on cell 1 stay.
+	k.gc(t, "weft", c2.Socket, [2]string{id, "eth0"})
+	got := cellContainers(t, l, 2)
+	if _, ok := got[name("weft", "net2")]; ok || len(got) != 2 || got[name("weft", "eth0")] == "" || got[name("weft-b", "net3")] == "" {
+		t.Fatalf("after GC of weft (eth0 valid): cell 2 containers %v, want weft eth0 and weft-b net3", got)
+	}
+	if nsAddrs(t, nsName, "net2") != "" || nsAddrs(t, nsName, "eth0") != ip0+"/32" {
+		t.Fatalf("after GC: net2 %q eth0 %q, want net2 gone and eth0 %s", nsAddrs(t, nsName, "net2"), nsAddrs(t, nsName, "eth0"), ip0)
+	}
+	// GC of weft-b with nothing valid removes net3.
+	k.gc(t, "weft-b", c2.Socket)
+	if got := cellContainers(t, l, 2); len(got) != 1 || got[name("weft", "eth0")] == "" {
+		t.Fatalf("after GC of weft-b: cell 2 containers %v, want weft eth0 only", got)
+	}
+
+	// DEL after the namespace is gone: success, and the attachment is gone.
+	delNetns(t, nsPath)
+	k.must(t, l, 2, []string{args}, "del", "weft", nsPath)
+	if got := cellContainers(t, l, 2); len(got) != 0 {
+		t.Fatalf("after DEL with the namespace gone: cell 2 containers %v, want none", got)
+	}
+	if _, ok := cellContainers(t, l, 1)[a]; !ok {
+		t.Fatalf("cell 1 lost its CLI container %s", a)
 	}
 }

@@ -5,8 +5,6 @@ import (
 	"cmp"
 	"compress/flate"
 	"encoding/json"
-	"fmt"
-	"io"
 	"net/netip"
 	"slices"
 	"sync"
@@ -30,15 +28,11 @@ const (
 	msgPolSetZ  byte = 'Q' // msgPolSet's JSON, DEFLATE-compressed
 )
 
-// Memberlist refuses a push/pull whose user state exceeds 20 MiB. A full
-// state above zipAbove bytes travels compressed (a join's list of 20k
-// signed rules is some 5 MB of JSON; a cell of the previous build lists
-// its whole set, 26 MB at 100k rules), and a compressed state or policy
-// batch may expand to at most maxFullState bytes.
-const (
-	zipAbove     = 64 << 10
-	maxFullState = 256 << 20
-)
+// Memberlist refuses a push/pull state or a user message over 20 MiB. A
+// full state above zipAbove bytes travels compressed (a join's list of 20k
+// signed rules is some 5 MB of JSON), and so does a policy batch. How far
+// a message may expand, and how many entries it may hold, is in wire.go.
+const zipAbove = 64 << 10
 
 // zipState compresses a msgFull message into a msgFullZ one.
 func zipState(full []byte) []byte { return zipMsg(msgFullZ, full) }
@@ -51,15 +45,6 @@ func zipMsg(typ byte, msg []byte) []byte {
 	w.Write(msg[1:])                             // a bytes.Buffer does not fail
 	w.Close()
 	return b.Bytes()
-}
-
-// unzipState returns the JSON of a msgFullZ or msgPolSetZ message.
-func unzipState(buf []byte) ([]byte, error) {
-	js, err := io.ReadAll(io.LimitReader(flate.NewReader(bytes.NewReader(buf[1:])), maxFullState+1))
-	if err == nil && len(js) > maxFullState {
-		err = fmt.Errorf("expands past %d bytes", maxFullState)
-	}
-	return js, err
 }
 
 // maxMsg bounds one gossip message; memberlist packs them into UDP packets
@@ -243,7 +228,10 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return b
 }
 
-// NotifyMsg applies one gossip message. borrowed: b is only read here.
+// NotifyMsg applies one gossip message (or TCP user message: msgPolSet).
+// A message carrying signed changes (policy, route, keyring) that is not
+// well formed is counted in RejectedPolicies, an endpoint one in
+// RejectedEndpoints. borrowed: b is only read here.
 func (d *delegate) NotifyMsg(b []byte) {
 	m := (*Mesh)(d)
 	if len(b) < 2 {
@@ -257,6 +245,10 @@ func (d *delegate) NotifyMsg(b []byte) {
 	case msgEndpoint:
 		var e epEntry
 		if err = json.Unmarshal(b[1:], &e); err == nil {
+			if err = e.wellFormed(); err != nil {
+				m.rejected.Add(1)
+				break
+			}
 			m.mu.Lock()
 			m.mergeEndpointLocked(e, true, &res)
 			m.mu.Unlock()
@@ -264,10 +256,15 @@ func (d *delegate) NotifyMsg(b []byte) {
 	case msgPolicy:
 		var p polEntry
 		if err = json.Unmarshal(b[1:], &p); err == nil {
-			m.mu.Lock()
-			m.mergePolicyLocked(p, true, &res)
-			m.mu.Unlock()
+			err = p.wellFormed()
 		}
+		if err != nil {
+			m.rejectSigned("policy change", "gossip", err)
+			return
+		}
+		m.mu.Lock()
+		m.mergePolicyLocked(p, true, &res)
+		m.mu.Unlock()
 	case msgLease:
 		var r leaseRec
 		if err = json.Unmarshal(b[1:], &r); err == nil {
@@ -278,42 +275,42 @@ func (d *delegate) NotifyMsg(b []byte) {
 	case msgRoute:
 		var e routeEntry
 		if err = json.Unmarshal(b[1:], &e); err == nil {
-			m.mu.Lock()
-			m.mergeRouteLocked(e, true, &res)
-			m.mu.Unlock()
+			err = e.wellFormed()
 		}
+		if err != nil {
+			m.rejectSigned("route change", "gossip", err)
+			return
+		}
+		m.mu.Lock()
+		m.mergeRouteLocked(e, true, &res)
+		m.mu.Unlock()
 	case msgKeyring:
 		var op KeyringOp
 		if err = json.Unmarshal(b[1:], &op); err == nil {
-			m.mu.Lock()
-			m.mergeKeyringLocked(op, true, &res)
-			m.mu.Unlock()
+			err = op.wellFormed()
 		}
+		if err != nil {
+			m.rejectSigned("keyring operation", "gossip", err)
+			return
+		}
+		m.mu.Lock()
+		m.mergeKeyringLocked(op, true, &res)
+		m.mu.Unlock()
 	case msgLeave:
 		var l leaveMsg
 		if err = json.Unmarshal(b[1:], &l); err == nil {
 			m.mergeLeave(l, &res)
 		}
 	case msgPolSet, msgPolSetZ:
-		js := b[1:]
-		if b[0] == msgPolSetZ {
-			js, err = unzipState(b)
+		ps, err := decodePolicyBatch(b, func(p polEntry, err error) { m.rejectSigned("policy change", p.Origin, err) })
+		if err != nil {
+			m.rejectSigned("policy batch", "gossip", err)
+			return
 		}
-		var ps []polEntry
-		if err == nil {
-			err = json.Unmarshal(js, &ps)
-		}
-		if err == nil {
-			news := ps[:0]
-			m.mu.Lock()
-			for _, p := range ps {
-				if m.mergePolicyLocked(p, false, &res) {
-					news = append(news, p)
-				}
-			}
-			m.mu.Unlock()
-			m.spreadPolicies(news) // news to this cell may be news to others
-		}
+		m.mu.Lock()
+		news := m.mergePoliciesLocked(ps, &res)
+		m.mu.Unlock()
+		m.spreadPolicies(news) // news to this cell may be news to others
 	default:
 		m.log.Debug("unknown gossip message", "type", b[0])
 		return
@@ -364,23 +361,23 @@ func (d *delegate) LocalState(join bool) []byte {
 	return b
 }
 
-// MergeRemoteState merges a peer's full state. borrowed: buf is only read.
+// MergeRemoteState merges a peer's full state. A state that is not well
+// formed is refused and counted in RejectedPolicies; entries of it that
+// are not well formed are left out and counted (RejectedPolicies,
+// RejectedEndpoints). borrowed: buf is only read.
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	m := (*Mesh)(d)
 	if len(buf) < 2 || buf[0] != msgFull && buf[0] != msgFullZ {
 		return
 	}
-	js := buf[1:]
-	if buf[0] == msgFullZ {
-		var err error
-		if js, err = unzipState(buf); err != nil {
-			m.log.Debug("bad push/pull state", "err", err)
-			return
-		}
-	}
-	var fs fullState
-	if err := json.Unmarshal(js, &fs); err != nil {
-		m.log.Debug("bad push/pull state", "err", err)
+	fs, err := decodeFullState(buf, stateRejects{
+		policy:   func(p polEntry, err error) { m.rejectSigned("policy change", p.Origin, err) },
+		endpoint: func(epEntry, error) { m.rejected.Add(1) },
+		route:    func(e routeEntry, err error) { m.rejectSigned("route change", e.Origin, err) },
+		keyring:  func(_ KeyringOp, err error) { m.rejectSigned("keyring operation", "push/pull", err) },
+	})
+	if err != nil {
+		m.rejectSigned("push/pull state", "push/pull", err)
 		return
 	}
 	var res mergeResult
@@ -403,9 +400,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	// both did, each has everything; otherwise the digests say what
 	// either side lacks.
 	bothListed := fs.PolList && join && len(m.st.pols) <= int(joinPolicyList.Load())
-	for _, p := range fs.Policies {
-		m.mergePolicyLocked(p, false, &res)
-	}
+	m.mergePoliciesLocked(fs.Policies, &res)
 	var differ []int
 	if len(fs.PolSum) == polBuckets && !bothListed {
 		differ = m.differingBucketsLocked(fs.PolSum)
@@ -432,7 +427,7 @@ var _ memberlist.EventDelegate = (*events)(nil)
 
 func (ev *events) NotifyJoin(n *memberlist.Node) {
 	m := (*Mesh)(ev)
-	m.setMember(n, NodeAlive)
+	m.setMember(n, NodeAlive, true)
 	if n.Name != m.cfg.Name {
 		m.mu.Lock()
 		joined := m.joined
@@ -447,11 +442,14 @@ func (ev *events) NotifyJoin(n *memberlist.Node) {
 
 // NotifyLeave: a node died or left (n.State does not say which).
 func (ev *events) NotifyLeave(n *memberlist.Node) {
-	(*Mesh)(ev).setMember(n, NodeDead)
+	(*Mesh)(ev).setMember(n, NodeDead, false)
 }
 
+// NotifyUpdate: an alive node's metadata changed. It does not undo a leave
+// announcement: a cell stopping within a second of its start can have an
+// UpdateNode in flight that reaches a peer after its leave message.
 func (ev *events) NotifyUpdate(n *memberlist.Node) {
-	(*Mesh)(ev).setMember(n, NodeAlive)
+	(*Mesh)(ev).setMember(n, NodeAlive, false)
 }
 
 // mergeLeave records that a node announced its graceful leave.
@@ -474,7 +472,9 @@ func (m *Mesh) mergeLeave(l leaveMsg, res *mergeResult) {
 	}
 }
 
-func (m *Mesh) setMember(n *memberlist.Node, st NodeState) {
+// setMember records a memberlist event. joined: n came (back) alive, which
+// ends an earlier leave.
+func (m *Mesh) setMember(n *memberlist.Node, st NodeState, joined bool) {
 	meta := parseMeta(n.Meta)
 	if !m.validSubnet(meta.Subnet) {
 		meta.Subnet, meta.Time, meta.Over = netip.Prefix{}, 0, 0
@@ -486,9 +486,9 @@ func (m *Mesh) setMember(n *memberlist.Node, st NodeState) {
 		m.nodes[n.Name] = mb
 	}
 	switch {
-	case st == NodeAlive:
+	case joined:
 		mb.leaving = false
-	case mb.leaving:
+	case st != NodeAlive && mb.leaving:
 		st = NodeLeft
 	}
 	switch {

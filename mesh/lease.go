@@ -221,8 +221,8 @@ func (m *Mesh) metaLoop() {
 			return
 		case <-m.kickMeta:
 		}
-		if m.mlDown.Load() {
-			return
+		if m.mlDown.Load() || m.leaving.Load() {
+			return // an update after the leave message would only confuse peers
 		}
 		if err := m.ml.UpdateNode(updateTimeout); err != nil {
 			m.log.Debug("announcing lease", "err", err)
@@ -507,4 +507,37 @@ func (m *Mesh) LeaseError() string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.leaseErr
+}
+
+// leaseHoldersLocked filters eps (in place) to the records whose owner
+// holds the lease of the subnet the record's IP is in: of the cells that
+// claim one subnet, the one whose claim wins by older. A conflict's loser
+// keeps its records (it refuses to renumber a cell that has containers)
+// but they are not served while the winner holds the subnet.
+func (m *Mesh) leaseHoldersLocked(eps []Endpoint) []Endpoint {
+	var claims map[netip.Prefix]subnetClaims
+	holder := func(owner string) bool {
+		sub, ok := m.ownerSubnetLocked(owner)
+		if !ok {
+			return true // endpointsLocked served it: nothing to compare
+		}
+		if claims == nil {
+			claims = m.claimsLocked()
+			if m.lease.Subnet.IsValid() {
+				self := claim{node: m.cfg.Name, time: m.lease.Time, takeover: m.lease.Takeover}
+				if sc, taken := claims[m.lease.Subnet]; !taken || older(self, sc.win) {
+					claims[m.lease.Subnet] = subnetClaims{win: self}
+				}
+			}
+		}
+		sc, ok := claims[sub]
+		return !ok || sc.win.node == owner
+	}
+	out := eps[:0]
+	for _, e := range eps {
+		if holder(e.Cell) {
+			out = append(out, e)
+		}
+	}
+	return out
 }

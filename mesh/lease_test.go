@@ -3,6 +3,8 @@ package mesh
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -139,5 +141,44 @@ func TestTentativeLeaseConfirmedByPushPull(t *testing.T) {
 	}
 	if p == ghost.Subnet {
 		t.Fatalf("%s settled on %v, which ghost holds (known to cell-m only)", name, p)
+	}
+}
+
+// TestConflictServesWinner: two cells with containers hold one subnet (a
+// partition healed); both keep their records, and every cell's Endpoints
+// serves only the record of the cell whose lease is older, whichever name
+// sorts first.
+func TestConflictServesWinner(t *testing.T) {
+	ip := netip.MustParseAddr("10.255.5.7")
+	for _, winnerFirst := range []bool{true, false} {
+		dirA, dirB := t.TempDir(), t.TempDir()
+		winner, tA, tB := "cell-a", int64(100), int64(200)
+		if !winnerFirst {
+			winner, tA, tB = "cell-b", 200, 100
+		}
+		writeLease(t, dirA, "10.255.5.0/24", tA)
+		writeLease(t, dirB, "10.255.5.0/24", tB)
+		a := startNode(t, "cell-a", nodeOpts{dir: dirA, logger: slog.New(newCapture())})
+		b := startNode(t, "cell-b", nodeOpts{dir: dirB, logger: slog.New(newCapture())})
+		for _, m := range []*Mesh{a, b} {
+			if err := m.AddEndpoint(Endpoint{IP: ip, App: "x"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := b.ml.Join(a.joinAddr()); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range []*Mesh{a, b} {
+			eventually(t, 5*time.Second, "winner's record served", func() error {
+				if m.Subnet() != netip.MustParsePrefix("10.255.5.0/24") {
+					return fmt.Errorf("a cell with containers renumbered to %v", m.Subnet())
+				}
+				eps := m.Endpoints()
+				if len(eps) != 1 || eps[0].IP != ip || eps[0].Cell != winner {
+					return fmt.Errorf("winner %s: Endpoints = %v", winner, eps)
+				}
+				return nil
+			})
+		}
 	}
 }

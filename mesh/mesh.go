@@ -164,6 +164,9 @@ type Listener interface {
 // Mesh is one cell's membership in the cluster. All exported methods are
 // safe for concurrent use.
 type Mesh struct {
+	peers      []string // from peers.json at start: joined along with cfg.Join
+	peersSaved string   // the addresses peers.json holds; written by notifyLoop under mu
+
 	cfg   Config
 	log   *slog.Logger
 	l     Listener
@@ -172,6 +175,7 @@ type Mesh struct {
 	local netip.AddrPort // gossip address, read from memberlist once (see LocalAddr)
 
 	numAlive    atomic.Int32 // alive nodes incl. self, for the broadcast queue
+	leaving     atomic.Bool  // Shutdown began: no more metadata updates
 	rejected    atomic.Uint64
 	rejectedPol atomic.Uint64
 	aeSent      atomic.Uint64   // policy registers sent in batches (antientropy.go)
@@ -274,6 +278,7 @@ func New(cfg Config, l Listener) (*Mesh, error) {
 	if err := m.loadKeyring(); err != nil {
 		return nil, err
 	}
+	m.loadPeers()
 	m.queue = &memberlist.TransmitLimitedQueue{
 		NumNodes:       func() int { return int(m.numAlive.Load()) },
 		RetransmitMult: 4,
@@ -526,11 +531,15 @@ func (m *Mesh) Members() []Node {
 func (m *Mesh) RejectedEndpoints() uint64 { return m.rejected.Load() }
 
 // Endpoints returns the live endpoints of all cells whose IP is inside the
-// owner's current subnet, sorted by IP (then cell).
+// owner's current subnet, sorted by IP (then cell). When two cells hold the
+// same subnet (a conflict after a partition), only the records of the cell
+// whose lease wins (older lease, tie the smaller name: see older) are
+// returned, so that the registry, the policy table, DNS and routes all
+// follow the lease rather than the names' order.
 func (m *Mesh) Endpoints() []Endpoint {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.endpointsLocked()
+	return m.leaseHoldersLocked(m.endpointsLocked())
 }
 
 // Policies returns the current policy set, sorted. The slice is shared:
@@ -643,6 +652,7 @@ func (m *Mesh) committed() error {
 func (m *Mesh) Shutdown() error {
 	m.shutdownOnce.Do(func() {
 		var errs []error
+		m.leaving.Store(true)
 		if !m.mlDown.Load() {
 			m.announceLeave()
 			if err := m.ml.Leave(leaveTimeout); err != nil {

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
+
 	"github.com/weft-net/weft/policy"
 )
 
@@ -466,4 +468,35 @@ func TestFeaturesAnnounced(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestLeaveThenLateUpdate: a leave announcement followed by a metadata
+// update still in flight from before it (a cell stopped within a second of
+// its start) and then memberlist's death notice: the node is left, not dead.
+func TestLeaveThenLateUpdate(t *testing.T) {
+	ms := cluster(t, 2)
+	a := ms[0]
+	ev := (*events)(a)
+	n := &memberlist.Node{Name: "ghost", Addr: net.ParseIP("198.18.0.99"), Port: 7946}
+	ev.NotifyJoin(n)
+	a.mergeLeave(leaveMsg{Node: "ghost", Seq: 1}, &mergeResult{})
+	ev.NotifyUpdate(n)
+	ev.NotifyLeave(n)
+	state := func() NodeState {
+		for _, x := range a.Members() {
+			if x.Name == "ghost" {
+				return x.State
+			}
+		}
+		return -1
+	}
+	if s := state(); s != NodeLeft {
+		t.Fatalf("after leave, late update, death: state %v, want %v", s, NodeLeft)
+	}
+	// Back alive after that: the leave is over, a later death is a death.
+	ev.NotifyJoin(n)
+	ev.NotifyLeave(n)
+	if s := state(); s != NodeDead {
+		t.Fatalf("after rejoin and death: state %v, want %v", s, NodeDead)
+	}
 }

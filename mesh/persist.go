@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -23,7 +24,7 @@ const (
 // checks their owner and mode before it starts); SecretStateFiles are the
 // ones among them that hold keys.
 var (
-	StateFiles       = []string{leaseFileName, stateFileName, keyringFileName}
+	StateFiles       = []string{leaseFileName, stateFileName, keyringFileName, peersFileName}
 	SecretStateFiles = []string{keyringFileName}
 )
 
@@ -48,13 +49,29 @@ type stateFileData struct {
 	Leases    []leaseRec   `json:"leases"`
 }
 
+// asideSuffix names a copy of state.json kept aside because some of its
+// signed changes failed verification: state.json.unverified-TIME.
+const asideSuffix = ".unverified-"
+
 // load reads lease.json and state.json; missing files are fine, corrupt
 // ones are an error (fail closed rather than run without the policy).
+//
+// Persisted policy changes and routes that the trusted operator keys do
+// not verify are not applied, and not dropped either: state.json is first
+// copied aside (asideSuffix), and an error names the copy. Whatever a copy
+// kept aside holds that the keys verify now is merged back (restoreAside):
+// an operators.pub damaged, then restored, loses nothing.
 func (m *Mesh) load() error {
-	var sf stateFileData
-	if ok, err := readJSON(filepath.Join(m.cfg.StateDir, stateFileName), &sf); err != nil {
-		return err
-	} else if ok {
+	path := filepath.Join(m.cfg.StateDir, stateFileName)
+	raw, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("mesh: %w", err)
+	}
+	if err == nil {
+		var sf stateFileData
+		if err := json.Unmarshal(raw, &sf); err != nil {
+			return fmt.Errorf("mesh: %s: %w", path, err)
+		}
 		if sf.Version != stateVersion {
 			return fmt.Errorf("mesh: %s: unsupported version %d", stateFileName, sf.Version)
 		}
@@ -66,7 +83,7 @@ func (m *Mesh) load() error {
 		m.st.observeStamp(sf.Clock)
 		now := m.st.now()
 		for _, e := range sf.Endpoints {
-			if e.Owner != m.cfg.Name || !e.IP.IsValid() {
+			if e.Owner != m.cfg.Name || e.wellFormed() != nil {
 				continue
 			}
 			if e.Deleted {
@@ -74,27 +91,32 @@ func (m *Mesh) load() error {
 			}
 			m.st.eps[epKey{e.Owner, e.IP}] = e
 		}
-		dropped := 0
+		unverified := make(map[string]int) // signer fingerprint -> changes
 		for _, p := range sf.Policies {
 			r := p.Rule.rule()
 			if err := r.Validate(); err != nil {
 				return fmt.Errorf("mesh: %s: policy %s>%s: %w", stateFileName, r.Source, r.Destination, err)
 			}
 			// The trusted keys may have changed since the file was
-			// written: keep only what they still vouch for.
-			if err := m.verifyPolicy(p); err != nil {
-				dropped++
+			// written: apply only what they still vouch for.
+			if p.wellFormed() != nil || m.verifyPolicy(p) != nil {
+				unverified[Fingerprint(p.Signer)]++
 				continue
 			}
 			m.st.putPolicy(r.Key(), p)
 		}
-		if dropped > 0 {
-			m.log.Warn("dropped persisted policy changes that no trusted operator key signed",
-				"file", stateFileName, "dropped", dropped)
-		}
-		var res mergeResult // verified like gossip; untrusted ones are dropped
+		var res mergeResult
 		for _, e := range sf.Routes {
+			if e.wellFormed() != nil || m.verifySig(e.Signer, e.Sig, routeSignedBytes(e)) != nil {
+				unverified[Fingerprint(e.Signer)]++
+				continue
+			}
 			m.mergeRouteLocked(e, false, &res)
+		}
+		if len(unverified) > 0 {
+			if err := m.keepAside(raw, unverified); err != nil {
+				return err
+			}
 		}
 		for _, r := range sf.Leases {
 			if m.validSubnet(r.Subnet) && r.Node != "" {
@@ -103,6 +125,7 @@ func (m *Mesh) load() error {
 			}
 		}
 	}
+	m.restoreAside()
 	var lf leaseFileData
 	ok, err := readJSON(filepath.Join(m.cfg.StateDir, leaseFileName), &lf)
 	if err != nil {
@@ -118,6 +141,69 @@ func (m *Mesh) load() error {
 	}
 	m.setLeaseLocked(lf.Subnet, lf.Time, lf.Takeover, true)
 	return nil
+}
+
+// keepAside copies raw, the state.json just read, to a file next to it
+// before anything rewrites it, and says so: unverified counts its changes
+// that no trusted key verifies, by signer.
+func (m *Mesh) keepAside(raw []byte, unverified map[string]int) error {
+	aside := filepath.Join(m.cfg.StateDir, stateFileName+asideSuffix+time.Now().UTC().Format("20060102T150405.000000000Z"))
+	n := 0
+	signers := make([]string, 0, len(unverified))
+	for k, c := range unverified {
+		n += c
+		signers = append(signers, k)
+	}
+	slices.Sort(signers)
+	if err := writeFileAtomic(aside, raw); err != nil {
+		return fmt.Errorf("mesh: %s holds %d signed changes that no trusted operator key verifies, and keeping it aside failed: %w",
+			stateFileName, n, err)
+	}
+	m.log.Error("persisted signed changes that no trusted operator key verifies are not applied; "+
+		"state.json is kept aside: check operators.pub (they come back at the next start once a trusted key verifies them)",
+		"kept_aside", aside, "unverified", n, "signers", signers)
+	return nil
+}
+
+// restoreAside merges the policy changes and routes of the copies kept
+// aside (keepAside) that the trusted keys verify now.
+func (m *Mesh) restoreAside() {
+	files, _ := filepath.Glob(filepath.Join(m.cfg.StateDir, stateFileName+asideSuffix+"*"))
+	for _, f := range files {
+		var sf stateFileData
+		if _, err := readJSON(f, &sf); err != nil {
+			m.log.Warn("unreadable copy of state.json kept aside", "err", err)
+			continue
+		}
+		var res mergeResult
+		verified, left := 0, 0
+		for _, p := range sf.Policies {
+			if p.wellFormed() != nil || m.verifyPolicy(p) != nil {
+				left++
+				continue
+			}
+			verified++
+			m.mergePolicyLocked(p, false, &res)
+		}
+		for _, e := range sf.Routes {
+			if e.wellFormed() != nil || m.verifySig(e.Signer, e.Sig, routeSignedBytes(e)) != nil {
+				left++
+				continue
+			}
+			verified++
+			m.mergeRouteLocked(e, false, &res)
+		}
+		if res.stored {
+			m.kick(m.kickPersist)
+		}
+		if verified > 0 {
+			m.log.Info("signed changes kept aside are verified now: merged", "file", f, "verified", verified, "news", res.stored)
+		}
+		if left > 0 {
+			m.log.Warn("signed changes kept aside are still not verified by a trusted operator key; "+
+				"delete the file once their keys are retired", "file", f, "unverified", left)
+		}
+	}
 }
 
 func readJSON(path string, v any) (bool, error) {

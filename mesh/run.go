@@ -69,6 +69,9 @@ func (m *Mesh) notifyLoop() {
 			return
 		case <-m.kickNotify:
 		}
+		if m.notifyMembers.Load() {
+			m.savePeers()
+		}
 		if m.l == nil {
 			continue
 		}
@@ -110,7 +113,8 @@ func (m *Mesh) maintainLoop() {
 // cell is joined by a peer or the mesh shuts down.
 func (m *Mesh) joinLoop() {
 	delay := time.Second
-	seeds := strings.Join(m.cfg.Join, ",")
+	addrs := m.joinAddrs()
+	seeds := strings.Join(addrs, ",")
 	for {
 		select {
 		case <-m.done:
@@ -119,7 +123,7 @@ func (m *Mesh) joinLoop() {
 			return
 		default:
 		}
-		n, err := m.ml.Join(m.cfg.Join)
+		n, err := m.ml.Join(addrs)
 		if n > 0 {
 			m.log.Info("joined cluster", "seeds", seeds, "contacted", n)
 			m.setJoined()
@@ -189,7 +193,7 @@ func (m *Mesh) reconnectAddrs() []string {
 	rand.Shuffle(len(dead), func(i, j int) { dead[i], dead[j] = dead[j], dead[i] })
 	dead = dead[:min(len(dead), reconnectMax)]
 	if m.numAlive.Load() <= 1 && m.Joined() {
-		for _, s := range m.cfg.Join {
+		for _, s := range m.joinAddrs() {
 			if !slices.Contains(dead, s) {
 				dead = append(dead, s)
 			}

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"slices"
 	"time"
@@ -343,22 +344,22 @@ func (m *Mesh) expireOwnerLocked(owner string, seq uint64, listed map[netip.Addr
 }
 
 // mergePolicyLocked applies a policy register from a peer and reports
-// whether it was news (stored).
-func (m *Mesh) mergePolicyLocked(p polEntry, relay bool, res *mergeResult) bool {
-	r := p.Rule.rule()
-	if p.Origin == "" || len(p.Origin) > maxNameLen || r.Validate() != nil {
-		return false
+// whether it was news (stored); err says why its signature was refused
+// (counted and logged).
+func (m *Mesh) mergePolicyLocked(p polEntry, relay bool, res *mergeResult) (news bool, err error) {
+	if p.wellFormed() != nil {
+		return false, nil
 	}
-	k := r.Key()
+	k := p.Rule.rule().Key()
 	have, ok := m.st.pols[k]
 	if ok && !p.newer(have) {
-		return false
+		return false, nil
 	}
 	// Verified only when it would win: a register we hold already was
 	// verified when it was stored.
 	if err := m.verifyPolicy(p); err != nil {
 		m.rejectSigned("policy change", p.Origin, err)
-		return false
+		return false, err
 	}
 	m.st.observeStamp(p.Stamp)
 	m.st.putPolicy(k, p)
@@ -369,7 +370,27 @@ func (m *Mesh) mergePolicyLocked(p polEntry, relay bool, res *mergeResult) bool 
 	if relay {
 		res.send(policyBroadcast(p))
 	}
-	return true
+	return true, nil
+}
+
+// mergePoliciesLocked merges the registers of one message from a peer and
+// returns those that were news. It stops at the first register whose
+// signature is wrong (a trusted signer, an invalid signature): a cell only
+// ever sends registers it verified, so that message is forged, and each
+// check costs an ed25519 verification. The rest count as refused.
+func (m *Mesh) mergePoliciesLocked(ps []polEntry, res *mergeResult) []polEntry {
+	var news []polEntry
+	for i, p := range ps {
+		ok, err := m.mergePolicyLocked(p, false, res)
+		if errors.Is(err, errBadSignature) {
+			m.rejectedPol.Add(uint64(len(ps) - i - 1))
+			break
+		}
+		if ok {
+			news = append(news, p)
+		}
+	}
+	return news
 }
 
 // mergeLeaseLocked applies a lease record from a peer.

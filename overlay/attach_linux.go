@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -14,8 +15,12 @@ import (
 
 // Attaching a network namespace that a container runtime made (the CNI
 // plugin's case): the runtime owns the namespace and names the interface;
-// the cell owns the veth pair, which is named after the container id like
-// the ones of AttachContainer.
+// the cell owns the veth pair. One container may have several interfaces,
+// even on one network, so an attachment is named by all three, as the CNI
+// spec keys it: AttachmentName "NETWORK/ID/IFNAME". Its host veth is named
+// after that (HostVethName) like the ones of AttachContainer after the
+// container name, and so are its registry entry, its guard binding and its
+// label.
 
 // ErrInterfaceExists is returned by AttachNetns when the namespace already
 // has an interface of the requested name.
@@ -33,7 +38,60 @@ type Attachment struct {
 var (
 	attachmentID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$`)
 	ifName       = regexp.MustCompile(`^[^/:\s]{1,15}$`)
+	// A CNI network name, as the spec allows it.
+	networkName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 )
+
+// maxAttachmentName is the longest name the registry takes (mesh: 253).
+const maxAttachmentName = 253
+
+// AttachmentName is the name of the attachment of interface ifname of
+// container id on CNI network network: "NETWORK/ID/IFNAME". None of the
+// three can hold a '/', so the name is unambiguous, and it can never be a
+// CLI container's name (ValidContainerName) either.
+func AttachmentName(network, id, ifname string) (string, error) {
+	if !networkName.MatchString(network) {
+		return "", fmt.Errorf("invalid network name %q: use letters, digits, '.', '_' or '-', starting with a letter or digit", network)
+	}
+	if err := ValidAttachmentID(id); err != nil {
+		return "", err
+	}
+	if err := ValidIfName(ifname); err != nil {
+		return "", err
+	}
+	name := network + "/" + id + "/" + ifname
+	if len(name) > maxAttachmentName {
+		return "", fmt.Errorf("network name, container id and interface name too long together (%d bytes, at most %d)", len(name), maxAttachmentName)
+	}
+	return name, nil
+}
+
+// ParseAttachmentName splits an AttachmentName; ok is false for any other
+// name (a CLI container's, or a container attached by an agent older than
+// the NETWORK/ID/IFNAME names, which used the bare container id).
+func ParseAttachmentName(name string) (network, id, ifname string, ok bool) {
+	network, rest, found := strings.Cut(name, "/")
+	if !found {
+		return "", "", "", false
+	}
+	id, ifname, found = strings.Cut(rest, "/")
+	if !found {
+		return "", "", "", false
+	}
+	if n, err := AttachmentName(network, id, ifname); err != nil || n != name {
+		return "", "", "", false
+	}
+	return network, id, ifname, true
+}
+
+// validRegisteredName reports whether name can name a container's veth: a
+// container name or id (ValidAttachmentID) or an AttachmentName.
+func validRegisteredName(name string) error {
+	if _, _, _, ok := ParseAttachmentName(name); ok {
+		return nil
+	}
+	return ValidAttachmentID(name)
+}
 
 // ValidAttachmentID reports whether id can name an attached container (a
 // CNI container id: letters, digits, '.', '_' and '-', at most 253).
@@ -54,30 +112,31 @@ func ValidIfName(name string) error {
 
 // AttachNetns connects the existing network namespace at nsPath (e.g.
 // /proc/PID/ns/net or /run/netns/NAME) to the cell as AttachContainer does
-// for a namespace it makes: a veth pair, the container end named ifname
-// with ip/32 and a default route via Gateway, ip/32 in the delivery table.
-// On error nothing is left behind; the namespace itself is never removed.
-func (o *Overlay) AttachNetns(id, nsPath, ifname string, ip netip.Addr) (Attachment, error) {
-	return attachNetns(id, nsPath, ifname, ip, o.cfg.MTU, o.cfg.DeliveryTable)
+// for a namespace it makes: a veth pair named after name (an
+// AttachmentName), the container end named ifname with ip/32 and a default
+// route via Gateway, ip/32 in the delivery table. On error nothing is left
+// behind; the namespace itself is never removed.
+func (o *Overlay) AttachNetns(name, nsPath, ifname string, ip netip.Addr) (Attachment, error) {
+	return attachNetns(name, nsPath, ifname, ip, o.cfg.MTU, o.cfg.DeliveryTable)
 }
 
-// DetachNetns removes the veth pair of container id (and with it its
+// DetachNetns removes the veth pair of attachment name (and with it its
 // delivery route). The namespace is the runtime's and stays. A missing veth
 // is not an error, so DEL can be repeated.
-func (o *Overlay) DetachNetns(id string) error {
-	return deleteHostVeth(id)
+func (o *Overlay) DetachNetns(name string) error {
+	return deleteHostVeth(name)
 }
 
-// CheckNetns verifies that container id is still attached as AttachNetns
-// left it: the cell end of the veth is up, and inside nsPath ifname is up
-// with ip/32 and a default route via Gateway.
-func (o *Overlay) CheckNetns(id, nsPath, ifname string, ip netip.Addr) error {
-	host, err := netlink.LinkByName(HostVethName(id))
+// CheckNetns verifies that attachment name is still as AttachNetns left
+// it: the cell end of the veth is up, and inside nsPath ifname is up with
+// ip/32 and a default route via Gateway.
+func (o *Overlay) CheckNetns(name, nsPath, ifname string, ip netip.Addr) error {
+	host, err := netlink.LinkByName(HostVethName(name))
 	if err != nil {
-		return fmt.Errorf("cell end of the veth %s: %w", HostVethName(id), err)
+		return fmt.Errorf("cell end of the veth %s: %w", HostVethName(name), err)
 	}
 	if host.Attrs().Flags&net.FlagUp == 0 {
-		return fmt.Errorf("cell end of the veth %s is down", HostVethName(id))
+		return fmt.Errorf("cell end of the veth %s is down", HostVethName(name))
 	}
 	return withNetnsPath(nsPath, func(ns netns.NsHandle, h *netlink.Handle) error {
 		link, err := h.LinkByName(ifname)
@@ -100,28 +159,33 @@ func (o *Overlay) CheckNetns(id, nsPath, ifname string, ip netip.Addr) error {
 		if !found {
 			return fmt.Errorf("interface %s in %s does not have %v", ifname, nsPath, ip)
 		}
-		routes, err := h.RouteList(link, unix.AF_INET)
-		if err != nil {
-			return err
-		}
-		for _, r := range routes {
-			if (r.Dst == nil || r.Dst.IP.IsUnspecified()) && Gateway.Compare(mustAddr(r.Gw)) == 0 {
-				return nil
+		// The default route is in the main table or, for a later interface
+		// of the namespace, in its own (routeContainerSide).
+		for _, table := range []int{unix.RT_TABLE_MAIN, sourceTableBase + link.Attrs().Index} {
+			routes, err := h.RouteListFiltered(unix.AF_INET,
+				&netlink.Route{LinkIndex: link.Attrs().Index, Table: table}, netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+			if err != nil {
+				return err
+			}
+			for _, r := range routes {
+				if (r.Dst == nil || r.Dst.IP.IsUnspecified()) && Gateway.Compare(mustAddr(r.Gw)) == 0 {
+					return nil
+				}
 			}
 		}
 		return fmt.Errorf("no default route via %v on %s in %s", Gateway, ifname, nsPath)
 	})
 }
 
-func attachNetns(id, nsPath, ifname string, ip netip.Addr, mtu, table int) (att Attachment, err error) {
-	if err := ValidAttachmentID(id); err != nil {
+func attachNetns(name, nsPath, ifname string, ip netip.Addr, mtu, table int) (att Attachment, err error) {
+	if err := validRegisteredName(name); err != nil {
 		return Attachment{}, err
 	}
 	if err := ValidIfName(ifname); err != nil {
 		return Attachment{}, err
 	}
-	if _, err := netlink.LinkByName(HostVethName(id)); err == nil {
-		return Attachment{}, fmt.Errorf("%w: container %s is attached already (veth %s)", ErrContainerExists, id, HostVethName(id))
+	if _, err := netlink.LinkByName(HostVethName(name)); err == nil {
+		return Attachment{}, fmt.Errorf("%w: %s is attached already (veth %s)", ErrContainerExists, name, HostVethName(name))
 	}
 	err = withNetnsPath(nsPath, func(ns netns.NsHandle, h *netlink.Handle) error {
 		if _, err := h.LinkByName(ifname); err == nil {
@@ -129,10 +193,10 @@ func attachNetns(id, nsPath, ifname string, ip netip.Addr, mtu, table int) (att 
 		}
 		defer func() {
 			if err != nil {
-				deleteHostVeth(id)
+				deleteHostVeth(name)
 			}
 		}()
-		att, err = attachVeth(vethSpec{id: id, ns: ns, ifname: ifname, ip: ip, mtu: mtu, table: table})
+		att, err = attachVeth(vethSpec{id: name, ns: ns, ifname: ifname, ip: ip, mtu: mtu, table: table})
 		return err
 	})
 	return att, err

@@ -153,6 +153,46 @@ func attachVeth(s vethSpec) (Attachment, error) {
 	}, nil
 }
 
+// sourceTableBase + the interface index is the routing table, inside a
+// container, of an interface that is not its first one.
+const sourceTableBase = 0x77650000 // "we"
+
+// routeContainerSide routes the container's traffic via Gateway on the
+// interface idx. The first interface of a namespace gets the main table's
+// link route to Gateway and default route. A namespace may hold several
+// (CNI attachments of one container on several interfaces): a later one
+// gets the same two routes in a table of its own, chosen by a rule for its
+// source address, so that what is sent from its address (replies to
+// connections it accepted, sockets bound to it) leaves through it and its
+// own veth, the only one the cell's guard accepts that address from.
+func routeContainerSide(h *netlink.Handle, idx int, ip netip.Addr) error {
+	table := unix.RT_TABLE_MAIN
+	routes, err := h.RouteList(nil, unix.AF_INET)
+	if err != nil {
+		return err
+	}
+	for _, r := range routes {
+		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+			table = sourceTableBase + idx
+		}
+	}
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: hostNet(Gateway), Scope: netlink.SCOPE_LINK, Table: table}); err != nil {
+		return fmt.Errorf("route to gateway: %w", err)
+	}
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: Gateway.AsSlice(), Table: table}); err != nil {
+		return fmt.Errorf("default route: %w", err)
+	}
+	if table == unix.RT_TABLE_MAIN {
+		return nil
+	}
+	rule := netlink.NewRule()
+	rule.Src, rule.Table, rule.Priority = hostNet(ip), table, 100
+	if err := h.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("rule from %v lookup %d: %w", ip, table, err)
+	}
+	return nil
+}
+
 // configureContainerSide sets up lo and the container end of the veth
 // (renamed to ifname) inside the container and returns its MAC address.
 func configureContainerSide(ns netns.NsHandle, peerName, ifname string, ip netip.Addr, mtu int, gwMAC net.HardwareAddr) (net.HardwareAddr, error) {
@@ -191,11 +231,8 @@ func configureContainerSide(ns netns.NsHandle, peerName, ifname string, ip netip
 		return nil, err
 	}
 	idx := eth.Attrs().Index
-	if err := h.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: hostNet(Gateway), Scope: netlink.SCOPE_LINK}); err != nil {
-		return nil, fmt.Errorf("route to gateway: %w", err)
-	}
-	if err := h.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: Gateway.AsSlice()}); err != nil {
-		return nil, fmt.Errorf("default route: %w", err)
+	if err := routeContainerSide(h, idx, ip); err != nil {
+		return nil, err
 	}
 	if err := h.NeighSet(&netlink.Neigh{
 		LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,

@@ -61,7 +61,7 @@ func parseLabel(alias, hostVeth string) (app, id string, ok bool) {
 		return "", "", false
 	}
 	app, id, found = strings.Cut(rest, ",name=")
-	if !found || app == "" || ValidAttachmentID(id) != nil || HostVethName(id) != hostVeth {
+	if !found || app == "" || validRegisteredName(id) != nil || HostVethName(id) != hostVeth {
 		return "", "", false
 	}
 	return app, id, true

@@ -118,12 +118,13 @@ func (k *ctKey) flowKey() flowKey {
 
 // Entry flags.
 const (
-	flOrigA   uint8 = 1 << iota // the flow was opened by side a
-	flPolicy                    // opened inbound under a rule: re-checked when the table changes
-	flClosing                   // tcp FIN or RST seen: short timeout
-	flALocal                    // side a is a local endpoint (as of gen)
-	flBLocal                    // side b is a local endpoint (as of gen)
-	flRevoked                   // cut by a table change: a tombstone that answers DropRevoked
+	flOrigA    uint8 = 1 << iota // the flow was opened by side a
+	flPolicy                     // opened inbound under a rule: re-checked when the table changes
+	flClosing                    // tcp FIN or RST seen: short timeout
+	flALocal                     // side a is a local endpoint (as of gen)
+	flBLocal                     // side b is a local endpoint (as of gen)
+	flRevoked                    // cut by a table change: a tombstone that answers DropRevoked
+	flAnswered                   // tcp: the side that did not open the flow sent a packet
 )
 
 // flowEntry is the state of one tracked flow, as stored in two words of a
@@ -194,7 +195,7 @@ type conntrack struct {
 	shards    []ctShard
 	mask      uint64
 	seed      uint64
-	timeouts  [4]int64 // by timeout class
+	timeouts  [5]int64 // by timeout class
 	evictions atomic.Uint64
 }
 
@@ -298,6 +299,7 @@ const (
 	toTCPClosing
 	toUDP
 	toICMP
+	toTCPUnanswered
 )
 
 func newConntrack(cfg *Config, seed uint64) *conntrack {
@@ -315,9 +317,10 @@ func newConntrack(cfg *Config, seed uint64) *conntrack {
 		sh.maxCap = (int(sh.limit)*maxLoadDen/maxLoadNum + 1 + 7) &^ 7
 		sh.rnd = mix(seed ^ uint64(i+1))
 	}
-	ct.timeouts = [4]int64{
+	ct.timeouts = [5]int64{
 		toTCP: int64(cfg.TCPTimeout), toTCPClosing: int64(cfg.TCPClosing),
 		toUDP: int64(cfg.UDPTimeout), toICMP: int64(cfg.ICMPTimeout),
+		toTCPUnanswered: int64(min(cfg.TCPUnanswered, cfg.TCPTimeout)),
 	}
 	return ct
 }
@@ -684,6 +687,9 @@ func (ct *conntrack) timeout(proto Protocol, flags uint8) int64 {
 	case ProtoTCP:
 		if flags&flClosing != 0 {
 			return ct.timeouts[toTCPClosing]
+		}
+		if flags&flAnswered == 0 {
+			return ct.timeouts[toTCPUnanswered] // a SYN flood does not hold the table for TCPTimeout
 		}
 		return ct.timeouts[toTCP]
 	case ProtoUDP:

@@ -75,6 +75,7 @@ func TestExpiry(t *testing.T) {
 		{"udp", out, pkttest.UDP(ap(ipB, 1), ap(ipD, 2), nil), Accept},
 		{"ping", out, pkttest.ICMPEcho(ipB, ipD, 1, 1, false), Accept},
 		{"tcp", out, syn(ap(ipB, 1), ap(ipD, 2)), Accept},
+		{"tcp answered", in, synack(ap(ipD, 2), ap(ipB, 1)), Accept}, // else TCPUnanswered
 	})
 	now := func() time.Time { return e.clk.epoch.Add(time.Duration(e.clk.now())) }
 	e.clk.advance(29 * time.Second)

@@ -13,6 +13,7 @@ type Config struct {
 	MaxFlows         int           // conntrack bound (entries); default 1<<20, at most maxFlows
 	TCPTimeout       time.Duration // idle timeout of an established tcp flow; default 1h
 	TCPClosing       time.Duration // idle timeout after a FIN or RST; default 10s
+	TCPUnanswered    time.Duration // idle timeout of a tcp flow the other side never answered; default 30s
 	UDPTimeout       time.Duration // default 60s
 	ICMPTimeout      time.Duration // default 30s
 	RejectsPerSecond int           // rejects per source IP and second (burst the same); default 50, negative: never reject
@@ -25,6 +26,7 @@ func DefaultConfig() Config {
 		MaxFlows:         1 << 20,
 		TCPTimeout:       time.Hour,
 		TCPClosing:       10 * time.Second,
+		TCPUnanswered:    30 * time.Second,
 		UDPTimeout:       60 * time.Second,
 		ICMPTimeout:      30 * time.Second,
 		RejectsPerSecond: 50,
@@ -47,6 +49,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.TCPClosing <= 0 {
 		c.TCPClosing = d.TCPClosing
+	}
+	if c.TCPUnanswered <= 0 {
+		c.TCPUnanswered = d.TCPUnanswered
 	}
 	if c.UDPTimeout <= 0 {
 		c.UDPTimeout = d.UDPTimeout
@@ -342,7 +347,7 @@ func (e *Engine) fast(proto Protocol, tcpFlags uint8, k *ctKey, srcIsA bool, s *
 		e.ct.expired(proto, ent, now) {
 		return fastSlow
 	}
-	if proto == ProtoTCP && tcpFlagsChange(tcpFlags, ent.flags) {
+	if proto == ProtoTCP && tcpFlagsChange(tcpFlags, ent.flags, srcIsA) {
 		return fastSlow
 	}
 	if now > seen {
@@ -351,10 +356,13 @@ func (e *Engine) fast(proto Protocol, tcpFlags uint8, k *ctKey, srcIsA bool, s *
 	return fastHit
 }
 
-// tcpFlagsChange reports whether a TCP packet with these flags changes the
-// state of an entry with these entry flags (see touch).
-func tcpFlagsChange(tcp, fl uint8) bool {
+// tcpFlagsChange reports whether a TCP packet with these flags, from side
+// a (srcIsA) or b, changes the state of an entry with these entry flags
+// (see touch): the first packet of the answering side does, once a flow.
+func tcpFlagsChange(tcp, fl uint8, srcIsA bool) bool {
 	switch {
+	case fl&flAnswered == 0 && srcIsA != (fl&flOrigA != 0):
+		return true
 	case tcp&(tcpFIN|tcpRST) != 0:
 		return fl&flClosing == 0
 	case tcp&(tcpSYN|tcpACK) == tcpSYN:
@@ -363,10 +371,14 @@ func tcpFlagsChange(tcp, fl uint8) bool {
 	return false
 }
 
-// touch returns the entry refreshed by packet p: last seen now, TCP
-// closing after a FIN or RST, open again after a new SYN.
-func touch(ent flowEntry, p *packet, now int64) flowEntry {
+// touch returns the entry refreshed by packet p, from side a (srcIsA) or
+// b: last seen now, TCP answered once the side that did not open the flow
+// sent a packet, closing after a FIN or RST, open again after a new SYN.
+func touch(ent flowEntry, p *packet, srcIsA bool, now int64) flowEntry {
 	if p.proto == ProtoTCP {
+		if srcIsA != (ent.flags&flOrigA != 0) {
+			ent.flags |= flAnswered
+		}
 		switch {
 		case p.tcpFlags&(tcpFIN|tcpRST) != 0:
 			ent.flags |= flClosing
@@ -423,7 +435,7 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	// fastAbsent): the other direction may have opened the flow since.
 	sh := e.ct.shard(&k)
 	sh.lock()
-	if v, ok := e.trackedLocked(sh, &k, p, s, now); ok {
+	if v, ok := e.trackedLocked(sh, &k, srcIsA, p, s, now); ok {
 		// Our own flow, or a reply of a flow allowed inbound.
 		sh.unlock()
 		if v == DropRevoked && p.proto == ProtoTCP && p.tcpFlags&tcpRST != 0 {
@@ -458,6 +470,9 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 		}
 		if t.isLocal(&p.dst) {
 			ent.flags |= sideFlag(!srcIsA)
+		}
+		if srcIsA != (ent.flags&flOrigA != 0) {
+			ent.flags |= flAnswered // an unseen flow's server spoke first
 		}
 		if p.proto == ProtoTCP && p.tcpFlags&tcpFIN != 0 {
 			ent.flags |= flClosing
@@ -508,7 +523,7 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	if fr != fastAbsent {
 		// A tracked flow, in either direction.
 		sh.lock()
-		if v, ok := e.trackedLocked(sh, &k, p, s, now); ok {
+		if v, ok := e.trackedLocked(sh, &k, srcIsA, p, s, now); ok {
 			sh.unlock()
 			return v
 		}
@@ -544,13 +559,16 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	if src.local {
 		ent.flags |= sideFlag(srcIsA)
 	}
+	if srcIsA != (ent.flags&flOrigA != 0) {
+		ent.flags |= flAnswered // an unseen flow's server spoke first
+	}
 	if p.proto == ProtoTCP && p.tcpFlags&tcpFIN != 0 {
 		ent.flags |= flClosing
 	}
 	sh.lock()
 	// Either direction may have opened the flow since the lookup above
 	// (or the lock-free miss): then this packet is one of that flow's.
-	if v, ok := e.trackedLocked(sh, &k, p, s, now); ok {
+	if v, ok := e.trackedLocked(sh, &k, srcIsA, p, s, now); ok {
 		sh.unlock()
 		return v
 	}
@@ -564,13 +582,13 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 // (locked) holds one: Accept, with the entry refreshed by p, or
 // DropRevoked (see settleLocked). ok=false: the flow is not tracked, and
 // the shard does not hold k.
-func (e *Engine) trackedLocked(sh *ctShard, k *ctKey, p *packet, s *snapshot, now int64) (v Verdict, ok bool) {
+func (e *Engine) trackedLocked(sh *ctShard, k *ctKey, srcIsA bool, p *packet, s *snapshot, now int64) (v Verdict, ok bool) {
 	base, ent, ok := e.ct.lookupLocked(sh, k, now)
 	if !ok {
 		return 0, false
 	}
 	if v, ok = e.settleLocked(sh, k, base, &ent, s, now); ok && v == Accept {
-		e.ct.updateLocked(sh, k, base, touch(ent, p, now))
+		e.ct.updateLocked(sh, k, base, touch(ent, p, srcIsA, now))
 	}
 	return v, ok
 }

@@ -268,7 +268,7 @@ func TestFragments(t *testing.T) {
 func TestTCPClosing(t *testing.T) {
 	a, b := ap(ipA, 40000), ap(ipB, 8080)
 	e := newTestEngine(t, Config{})
-	run(t, e, []step{{"syn", in, syn(a, b), Accept}})
+	run(t, e, []step{{"syn", in, syn(a, b), Accept}, {"syn-ack", out, synack(b, a), Accept}})
 	e.clk.advance(30 * time.Minute)
 	run(t, e, []step{{"idle but alive", out, ack(b, a), Accept}})
 	run(t, e, []step{{"rst", out, pkttest.TCP(b, a, pkttest.RST, 5001, 0, nil), Accept}})
@@ -516,5 +516,42 @@ func TestUnseenFlows(t *testing.T) {
 			{"b's datagram opens b's own flow", out, pkttest.UDP(b7, d, nil), Accept},
 			{"d's reply", in, pkttest.UDP(d, b7, nil), Accept},
 		})
+	})
+}
+
+// TestTCPUnanswered checks that a TCP flow nobody answered (a SYN flood of
+// random ports from an allowed container) expires after TCPUnanswered,
+// while an answered flow keeps TCPTimeout.
+func TestTCPUnanswered(t *testing.T) {
+	e := newTestEngine(t, Config{})
+	const flood = 2000
+	for i := range flood {
+		p := syn(ap(ipB, uint16(10000+i)), ap(ipD, uint16(20000+i*7%40000)))
+		if v := e.Outbound(p); v != Accept {
+			t.Fatalf("syn %d: %v", i, v)
+		}
+	}
+	// One answered flow each way: outbound (reply inbound), inbound (reply
+	// outbound).
+	run(t, e, []step{
+		{"out syn", out, syn(ap(ipB, 1234), ap(ipD, 80)), Accept},
+		{"in syn-ack", in, synack(ap(ipD, 80), ap(ipB, 1234)), Accept},
+		{"in syn", in, syn(ap(ipA, 40000), ap(ipB, 8080)), Accept},
+		{"out syn-ack", out, synack(ap(ipB, 8080), ap(ipA, 40000)), Accept},
+	})
+	if n := e.Flows(); n != flood+2 {
+		t.Fatalf("flows after the flood: %d, want %d", n, flood+2)
+	}
+	e.clk.advance(DefaultConfig().TCPUnanswered + time.Second)
+	if n := e.ExpireFlows(e.clk.epoch.Add(time.Duration(e.clk.now()))); n != flood {
+		t.Errorf("expired %d flows after TCPUnanswered, want the %d unanswered ones", n, flood)
+	}
+	if n := e.Flows(); n != 2 {
+		t.Errorf("flows left: %d, want the 2 answered ones", n)
+	}
+	e.clk.advance(30 * time.Minute)
+	run(t, e, []step{
+		{"answered out, idle but alive", in, ack(ap(ipD, 80), ap(ipB, 1234)), Accept},
+		{"answered in, idle but alive", in, ack(ap(ipA, 40000), ap(ipB, 8080)), Accept},
 	})
 }

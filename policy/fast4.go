@@ -177,7 +177,7 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 	if out && (!ent.local(srcIsA) || t.hasSubnet4 && dst&t.mask4 == t.subnet4 && !ent.local(!srcIsA)) ||
 		!out && !ent.local(!srcIsA) ||
 		ent.gen != s.gen || ent.flags&flRevoked != 0 || ct.expired(proto, ent, now) ||
-		proto == ProtoTCP && tcpFlagsChange(flags, ent.flags) {
+		proto == ProtoTCP && tcpFlagsChange(flags, ent.flags, srcIsA) {
 		return 0, fastUntried
 	}
 	if now > seen {

@@ -5,8 +5,9 @@
 // the registration of the container's app and the veth into the runtime's
 // namespace, and returns the result.
 //
-// The app comes from CNI_ARGS ("APP=appA") or from the runtime config
-// ({"app": "appA"}, capability "app"). The plugin config may name the agent
+// The app comes from CNI_ARGS ("APP=appA"), the runtime config ({"app":
+// "appA"}, capability "app"), the pod annotation weft.dev/app or the pod's
+// name (app.go). The plugin config may name the agent
 // socket ("socket", default /run/weft/weft.sock). docs/cni.md has an example
 // conflist and a cnitool session.
 package main
@@ -37,16 +38,14 @@ const (
 // NetConf is the plugin's configuration.
 type NetConf struct {
 	types.PluginConf
-	Socket        string `json:"socket,omitempty"`
-	RuntimeConfig struct {
-		App string `json:"app,omitempty"`
+	Socket string `json:"socket,omitempty"`
+	// libcni up to 1.2 also sent the valid attachments of a GC under this
+	// key (containernetworking/cni#1101); read when the right one is absent.
+	OldValidAttachments []types.GCAttachment `json:"cni.dev/attachments,omitempty"`
+	RuntimeConfig       struct {
+		App            string            `json:"app,omitempty"`
+		PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
 	} `json:"runtimeConfig"`
-}
-
-// Args are the CNI_ARGS the plugin reads.
-type Args struct {
-	types.CommonArgs
-	APP types.UnmarshallableString
 }
 
 func main() {
@@ -55,6 +54,7 @@ func main() {
 		Del:    cmdDel,
 		Check:  cmdCheck,
 		Status: cmdStatus,
+		GC:     cmdGC,
 	}, version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"), "CNI plugin weft-cni (weft container networking)")
 }
 
@@ -69,24 +69,10 @@ func loadConf(data []byte) (*NetConf, error) {
 	return conf, nil
 }
 
-// appOf returns the container's app: runtimeConfig "app" or CNI_ARGS APP.
-func appOf(conf *NetConf, args *skel.CmdArgs) (string, error) {
-	var a Args
-	if err := types.LoadArgs(args.Args, &a); err != nil {
-		return "", types.NewError(types.ErrInvalidEnvironmentVariables, "weft-cni: cannot parse CNI_ARGS", err.Error())
-	}
-	fromArgs, fromRuntime := string(a.APP), conf.RuntimeConfig.App
-	switch {
-	case fromArgs != "" && fromRuntime != "" && fromArgs != fromRuntime:
-		return "", types.NewError(types.ErrInvalidEnvironmentVariables, "weft-cni: conflicting app names",
-			fmt.Sprintf("CNI_ARGS APP=%s but runtimeConfig app %q", fromArgs, fromRuntime))
-	case fromRuntime != "":
-		return fromRuntime, nil
-	case fromArgs != "":
-		return fromArgs, nil
-	}
-	return "", types.NewError(types.ErrInvalidEnvironmentVariables, "weft-cni: no app for this container",
-		`set CNI_ARGS "APP=NAME" or the runtime config {"app": "NAME"} (capability "app")`)
+// refOf names the attachment a DEL or CHECK is about: the spec keys one by
+// network, container id and interface name.
+func refOf(conf *NetConf, args *skel.CmdArgs) cell.AttachmentRef {
+	return cell.AttachmentRef{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}
 }
 
 func client(conf *NetConf) *cell.Client { return cell.NewClient(conf.Socket) }
@@ -126,7 +112,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	ctx, cancel := timeout()
 	defer cancel()
 	att, err := client(conf).Attach(ctx, cell.AttachRequest{
-		ContainerID: args.ContainerID, Netns: args.Netns, IfName: args.IfName, App: app,
+		Network: conf.Name, ContainerID: args.ContainerID, Netns: args.Netns, IfName: args.IfName, App: app,
 	})
 	if err != nil {
 		return agentError("add", conf, err)
@@ -172,9 +158,10 @@ func cmdDel(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := timeout()
 	defer cancel()
-	// The agent removes the veth by container id: a namespace that is
-	// already gone, or a container it never saw, is not an error.
-	if err := client(conf).Detach(ctx, args.ContainerID); err != nil {
+	// The agent removes this interface's veth: a namespace that is already
+	// gone, or an attachment it never saw, is not an error; the
+	// container's other interfaces stay.
+	if err := client(conf).Detach(ctx, refOf(conf, args)); err != nil {
 		return agentError("del", conf, err)
 	}
 	return nil
@@ -190,7 +177,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := timeout()
 	defer cancel()
-	att, err := client(conf).Attachment(ctx, args.ContainerID, args.Netns, args.IfName)
+	att, err := client(conf).Attachment(ctx, refOf(conf, args), args.Netns)
 	if err != nil {
 		return agentError("check", conf, err)
 	}
@@ -232,6 +219,30 @@ func cmdStatus(args *skel.CmdArgs) error {
 	}
 	if st.Subnet == "" {
 		return types.NewError(types.ErrPluginNotAvailable, "weft-cni: the weft agent has no subnet lease yet", "cell "+st.Name)
+	}
+	return nil
+}
+
+// cmdGC removes every attachment of this network that is not among
+// cni.dev/valid-attachments (CNI 1.1): what a runtime forgot to DEL, for
+// example after a crash. A missing list means no attachment is valid.
+func cmdGC(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	valid := conf.ValidAttachments
+	if valid == nil {
+		valid = conf.OldValidAttachments
+	}
+	req := cell.GCRequest{Network: conf.Name, Valid: []cell.GCAttachment{}}
+	for _, v := range valid {
+		req.Valid = append(req.Valid, cell.GCAttachment{ContainerID: v.ContainerID, IfName: v.IfName})
+	}
+	ctx, cancel := timeout()
+	defer cancel()
+	if _, err := client(conf).GC(ctx, req); err != nil {
+		return agentError("gc", conf, err)
 	}
 	return nil
 }

@@ -25,18 +25,41 @@ type column struct {
 	prec  int
 }
 
-var columns = []column{
-	{"TCP 1 stream Gbit/s", "Gbit/s-tcp1", "x-b-tcp1", 2},
-	{"TCP 4 streams Gbit/s", "Gbit/s-tcp4", "x-b-tcp4", 2},
-	{"cores busy, TCP 1 stream", "cores-tcp1", "", 2},
-	{"cores busy, TCP 4 streams", "cores-tcp4", "", 2},
-	{"UDP 64 B kpps", "kpps-udp64", "x-b-udp64", 0},
-	{"UDP 1400 B kpps", "kpps-udp1400", "x-b-udp1400", 0},
-	{"RTT p50 µs", "us-rtt-p50", "", 0},
-	{"RTT p99 µs", "us-rtt-p99", "", 0},
-	{"RSS idle MB", "MB-rss-idle", "", 0},
-	{"RSS 100k flows MB", "MB-rss-flows", "", 0},
-	{"RSS peak MB", "MB-rss-peak", "", 0},
+// table is one Markdown table: a row for each rung with a value in one
+// of its columns.
+type table struct {
+	title   string // line above the table, or ""
+	columns []column
+}
+
+var tables = []table{
+	{"", []column{
+		{"TCP 1 stream Gbit/s", "Gbit/s-tcp1", "x-b-tcp1", 2},
+		{"TCP 4 streams Gbit/s", "Gbit/s-tcp4", "x-b-tcp4", 2},
+		{"cores busy, TCP 1 stream", "cores-tcp1", "", 2},
+		{"cores busy, TCP 4 streams", "cores-tcp4", "", 2},
+		{"UDP 64 B kpps", "kpps-udp64", "x-b-udp64", 0},
+		{"UDP 1400 B kpps", "kpps-udp1400", "x-b-udp1400", 0},
+		{"RTT p50 µs", "us-rtt-p50", "", 0},
+		{"RTT p99 µs", "us-rtt-p99", "", 0},
+		{"RSS idle MB", "MB-rss-idle", "", 0},
+		{"RSS 100k flows MB", "MB-rss-flows", "", 0},
+		{"RSS peak MB", "MB-rss-peak", "", 0},
+	}},
+	{"Cores busy per unit of work (the whole machine's, over the rate):", []column{
+		{"per Gbit/s, TCP 1 stream", "cores-per-Gbps-tcp1", "", 3},
+		{"per Gbit/s, TCP 4 streams", "cores-per-Gbps-tcp4", "", 3},
+		{"per Mpps, UDP 64 B", "cores-per-Mpps-udp64", "", 1},
+		{"per Mpps, UDP 1400 B", "cores-per-Mpps-udp1400", "", 1},
+		{"per M transactions, TCP RR 1 conn", "cores-per-Mtrans-rr1", "", 0},
+		{"per M transactions, TCP RR 32 conns", "cores-per-Mtrans-rr32", "", 0},
+		{"per M new connections", "cores-per-Mtrans-crr", "", 0},
+	}},
+	{"TCP request/response (1-byte request and answer):", []column{
+		{"1 connection, transactions/s", "trans/s-rr1", "x-b-rr1", 0},
+		{"32 connections, transactions/s", "trans/s-rr32", "x-b-rr32", 0},
+		{"new connections/s (32 at once)", "conn/s-crr", "x-b-crr", 0},
+	}},
 }
 
 func main() {
@@ -88,7 +111,7 @@ func parse(r io.Reader) (map[string]map[string][]float64, []string, error) {
 			rows[name][f[i+1]] = append(rows[name][f[i+1]], v)
 		}
 	}
-	slices.Sort(order) // rungs are named a-..f-
+	slices.Sort(order) // rungs are named a-..g-, n-
 	return rows, order, sc.Err()
 }
 
@@ -103,33 +126,18 @@ func median(v []float64) (float64, bool) {
 
 func format(rows map[string]map[string][]float64, order []string) string {
 	var sb strings.Builder
-	sb.WriteString("| rung |")
-	for _, c := range columns {
-		sb.WriteString(" " + c.head + " |")
-	}
-	sb.WriteString("\n|---|")
-	for range columns {
-		sb.WriteString("---:|")
-	}
-	sb.WriteString("\n")
-	for _, name := range order {
-		if !slices.ContainsFunc(columns, func(c column) bool { return len(rows[name][c.unit]) > 0 }) {
-			continue // d2-paired-b-c-d, d3-toggled-c-d, g-ceiling: lines below the table
+	for i, t := range tables {
+		tb := formatTable(rows, order, t.columns)
+		if tb == "" {
+			continue
 		}
-		sb.WriteString("| " + name + " |")
-		for _, c := range columns {
-			v, ok := median(rows[name][c.unit])
-			if !ok {
-				sb.WriteString(" – |")
-				continue
-			}
-			cell := strconv.FormatFloat(v, 'f', c.prec, 64)
-			if r, ok := median(rows[name][c.ratio]); ok && c.ratio != "" {
-				cell += fmt.Sprintf(" (%.2f×)", r)
-			}
-			sb.WriteString(" " + cell + " |")
+		if i > 0 {
+			sb.WriteString("\n")
 		}
-		sb.WriteString("\n")
+		if t.title != "" {
+			sb.WriteString(t.title + "\n\n")
+		}
+		sb.WriteString(tb)
 	}
 	// The targets of issue 5, when the rungs are there.
 	get := func(row, unit string) (float64, bool) {
@@ -196,5 +204,45 @@ func format(rows map[string]map[string][]float64, order []string) string {
 		}
 	}
 	sb.WriteString("\n")
+	return sb.String()
+}
+
+// formatTable is the table of columns, a row for each rung with a value
+// in one of them; "" if there is none.
+func formatTable(rows map[string]map[string][]float64, order []string, columns []column) string {
+	var sb strings.Builder
+	sb.WriteString("| rung |")
+	for _, c := range columns {
+		sb.WriteString(" " + c.head + " |")
+	}
+	sb.WriteString("\n|---|")
+	for range columns {
+		sb.WriteString("---:|")
+	}
+	sb.WriteString("\n")
+	n := 0
+	for _, name := range order {
+		if !slices.ContainsFunc(columns, func(c column) bool { return len(rows[name][c.unit]) > 0 }) {
+			continue // d2-paired-b-c-d, d3-toggled-c-d, g-ceiling: lines below the tables
+		}
+		n++
+		sb.WriteString("| " + name + " |")
+		for _, c := range columns {
+			v, ok := median(rows[name][c.unit])
+			if !ok {
+				sb.WriteString(" – |")
+				continue
+			}
+			cell := strconv.FormatFloat(v, 'f', c.prec, 64)
+			if r, ok := median(rows[name][c.ratio]); ok && c.ratio != "" {
+				cell += fmt.Sprintf(" (%.2f×)", r)
+			}
+			sb.WriteString(" " + cell + " |")
+		}
+		sb.WriteString("\n")
+	}
+	if n == 0 {
+		return ""
+	}
 	return sb.String()
 }
