@@ -550,6 +550,14 @@ func (m *Mesh) Policies() []policy.Rule {
 	return m.st.rules()
 }
 
+// EgressRules returns the current egress rules, sorted. The slice is
+// shared: callers must not modify it.
+func (m *Mesh) EgressRules() []policy.EgressRule {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st.egressRules()
+}
+
 // AddEndpoint registers a local container. e.IP must be inside Subnet();
 // e.Cell is ignored and set to this cell. Re-adding an identical endpoint is
 // a no-op.

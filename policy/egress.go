@@ -197,6 +197,9 @@ func (r EgressRule) String() string {
 	return s
 }
 
+// SortEgressRules sorts rules by app, destination, protocol and ports.
+func SortEgressRules(rules []EgressRule) { slices.SortFunc(rules, compareEgress) }
+
 func compareEgress(a, b EgressRule) int {
 	return cmp.Or(
 		cmp.Compare(a.App, b.App),
