@@ -85,7 +85,7 @@ func testAgent(t *testing.T, priv ed25519.PrivateKey, trusted ed25519.PublicKey)
 	mcfg.WGPort = 51820
 	mcfg.Logger = slog.New(slog.DiscardHandler)
 	mcfg.OperatorKey, mcfg.TrustedOperators = priv, []ed25519.PublicKey{trusted}
-	a := &Agent{cfg: Config{Name: "c1"}, log: mcfg.Logger, engine: policy.NewEngine(policy.DefaultConfig())}
+	a := &Agent{cfg: Config{Name: "c1", OverlayCIDR: mcfg.OverlayCIDR}, log: mcfg.Logger, engine: policy.NewEngine(policy.DefaultConfig())}
 	m, err := mesh.New(mcfg, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -25,7 +27,8 @@ import (
 //	chain egress {   # one rule per (egress rule, source address, protocol)
 //	  ip saddr APP_IP ip daddr A-B meta l4proto tcp th dport P-Q  counter egress_accepted accept
 //	  ip saddr APP_IP ip daddr A-B meta l4proto icmp icmp type echo-request  counter egress_accepted accept
-//	  counter egress drop
+//	  meta l4proto tcp  counter egress  reject with tcp reset
+//	  counter egress  reject with icmpx port-unreachable
 //	}
 //	chain postrouting { type nat hook postrouting priority srcnat
 //	  meta nfproto ipv4 ip saddr OVERLAY ip daddr != OVERLAY oifname != WEFT0  masquerade
@@ -63,7 +66,11 @@ func (g *guard) SyncEgress(rules []policy.EgressRule, appIPs map[string][]netip.
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	if _, err := g.readLocked(c); err != nil {
+	_, err = g.readLocked(c)
+	if err == nil && reflect.DeepEqual(exprs, g.egress) {
+		return nil // the periodic compile: nothing changed
+	}
+	if err != nil {
 		// The table is gone: build it again, with the bindings last written.
 		g.egress = exprs
 		if err := g.buildLocked(c, g.last); err != nil {
@@ -89,7 +96,24 @@ func (g *guard) addEgressRules(c *nftables.Conn, ch *nftables.Chain, exprs [][]e
 	for _, e := range exprs {
 		c.AddRule(&nftables.Rule{Table: g.table, Chain: ch, Exprs: e})
 	}
-	c.AddRule(&nftables.Rule{Table: g.table, Chain: ch, Exprs: countDrop(GuardEgress)})
+	for _, e := range egressRefusal() {
+		c.AddRule(&nftables.Rule{Table: g.table, Chain: ch, Exprs: e})
+	}
+}
+
+// egressRefusal is the egress chain's end: a packet no rule allowed is
+// counted and refused, so that the container sees "Connection refused" at
+// once rather than a hang (as the engine answers denied overlay packets):
+// a TCP reset for tcp, an ICMP port unreachable for the rest. The answer
+// goes only to the container that sent the packet.
+func egressRefusal() [][]expr.Any {
+	counter := &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: GuardEgress}
+	return [][]expr.Any{
+		{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+			counter, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}},
+		{counter, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}},
+	}
 }
 
 // buildEgressLocked queues the egress chain, the jump to it and the NAT
@@ -119,7 +143,7 @@ func (g *guard) buildEgressLocked(c *nftables.Conn, t *nftables.Table, fwd *nfta
 func egressExprs(rules []policy.EgressRule, appIPs map[string][]netip.Addr) [][]expr.Any {
 	rules = slices.Clone(rules)
 	slices.SortFunc(rules, func(a, b policy.EgressRule) int {
-		return cmpStrings(a.Key(), b.Key())
+		return strings.Compare(a.Key(), b.Key())
 	})
 	var out [][]expr.Any
 	for _, r := range rules {
@@ -170,16 +194,6 @@ func egressExprs(rules []policy.EgressRule, appIPs map[string][]netip.Addr) [][]
 		}
 	}
 	return out
-}
-
-func cmpStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // inPrefix matches the IPv4 address at offset off of the network header

@@ -125,10 +125,12 @@ func TestEgressRules(t *testing.T) {
 			return err
 		}
 
-		// Default deny, counted.
+		// Default deny, counted, refused at once (a reset, not a hang).
 		if c, err := l.dial(8080); err == nil {
 			c.Close()
 			return errors.New("container reached the internet without an egress rule")
+		} else if !lab.IsConnRefused(err) {
+			return fmt.Errorf("dial without an egress rule: %v, want connection refused", err)
 		}
 		if cnt, _ := g.Counters(); cnt.Egress == 0 || cnt.EgressAccepted != 0 {
 			return fmt.Errorf("counters after a denied dial: %+v; want egress > 0, egress_accepted 0", cnt)
