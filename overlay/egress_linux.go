@@ -33,6 +33,9 @@ import (
 //	chain postrouting { type nat hook postrouting priority srcnat
 //	  meta nfproto ipv4 ip saddr OVERLAY ip daddr != OVERLAY oifname != WEFT0  masquerade
 //	}
+//	chain egress_return { type filter hook prerouting priority filter
+//	  ct direction reply ct status snat ip daddr OVERLAY  meta mark set EgressReplyMark
+//	}   # + ip rule fwmark EgressReplyMark lookup DELIVERY
 //
 // Every packet a container sends out is checked, not only a flow's first:
 // a rule's removal cuts its open flows on their next packet, as the engine
@@ -135,8 +138,35 @@ func (g *guard) buildEgressLocked(c *nftables.Conn, t *nftables.Table, fwd *nfta
 			inPrefix(16, g.overlay, expr.CmpOpNeq),
 			ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, g.iface),
 			[]expr.Any{&expr.Masq{}})})
+		// Replies of masqueraded flows are addressed to the container once
+		// the kernel has undone the NAT (at dstnat), but the main table
+		// routes the overlay into weft0: mark them for the delivery table
+		// (the ip rule "fwmark EgressReplyMark", routes_linux.go).
+		ret := c.AddChain(&nftables.Chain{Name: "egress_return", Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityFilter})
+		c.AddRule(&nftables.Rule{Table: t, Chain: ret, Exprs: slices.Concat(
+			[]expr.Any{
+				&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}}, // IP_CT_DIR_REPLY
+				&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+					Mask: binary.NativeEndian.AppendUint32(nil, ipsSrcNAT), Xor: []byte{0, 0, 0, 0}},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+			},
+			nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
+			inPrefix(16, g.overlay, expr.CmpOpEq),
+			[]expr.Any{
+				&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, EgressReplyMark)},
+				&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+			})})
 	}
 }
+
+// EgressReplyMark is the packet mark of replies to containers' egress
+// flows; an ip rule sends them to the delivery table.
+const EgressReplyMark = 0x5746_0001
+
+const ipsSrcNAT = 1 << 4 // IPS_SRC_NAT of the conntrack status
 
 // egressExprs compiles rules into the egress chain's accept rules, sorted
 // so that the same set always gives the same chain.
