@@ -148,6 +148,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("start mesh on %v: %w", cfg.Bind, err)
 	}
 	defer a.mesh.Shutdown()
+	if err := a.applyEgressDefault(); err != nil {
+		return fmt.Errorf("egress default: %w", err)
+	}
 
 	srv := a.newServer()
 	go srv.Serve(ln)

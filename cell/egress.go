@@ -3,8 +3,14 @@ package cell
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io/fs"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/weft-net/weft/mesh"
@@ -126,4 +132,57 @@ func (c *Client) ChangeEgressRule(ctx context.Context, priv ed25519.PrivateKey, 
 		}
 		return got, nil
 	}
+}
+
+// EgressDefaultFile, in a state dir, holds the egress default that `weft
+// init --egress-default` chose for a new cluster ("public"); the agent
+// applies it once, signed by its operator key, and renames the file to
+// EgressDefaultFile + ".applied". "deny", the default, needs no rule.
+const EgressDefaultFile = "egress-default"
+
+// InitEgressDefault records the egress default of a new cluster: "deny"
+// (no rule: containers reach nothing outside the overlay) or "public"
+// (policy.PublicEgress: every public IPv4 address, no private range).
+// newCluster says that stateDir is the first cell of a new cluster with an
+// operator key: the default of a running cluster is its egress rules.
+func InitEgressDefault(stateDir, mode string, newCluster bool) error {
+	switch {
+	case mode == "deny":
+		return nil
+	case mode != "public":
+		return fmt.Errorf("--egress-default %q: want deny or public", mode)
+	case !newCluster:
+		return errors.New("--egress-default public applies to the first cell of a new cluster (which holds the operator key); " +
+			"in a running cluster use weft add-egress-rule --all")
+	}
+	return os.WriteFile(filepath.Join(stateDir, EgressDefaultFile), []byte(mode+"\n"), 0o600)
+}
+
+// applyEgressDefault applies the egress default InitEgressDefault recorded,
+// once: the file is renamed when the rules are in the replicated set.
+func (a *Agent) applyEgressDefault() error {
+	path := filepath.Join(a.cfg.StateDir, EgressDefaultFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if mode := strings.TrimSpace(string(b)); mode != "public" {
+		return fmt.Errorf("%s: %q: want public", path, mode)
+	}
+	var cs []mesh.PolicyChange
+	for _, r := range policy.PublicEgress() {
+		cs = append(cs, mesh.PolicyChange{Egress: r, Present: true})
+	}
+	if err := a.mesh.SignPolicyChanges(cs); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	_, errs := a.mesh.ApplyPolicyChanges(cs)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	a.log.Info("egress default applied: every app may reach public IPv4 addresses", "rules", len(cs))
+	return os.Rename(path, path+".applied")
 }

@@ -5,8 +5,13 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/weft-net/weft/policy"
 )
 
 // TestEgressAPI: egress rules through the operator API: added unsigned (the
@@ -71,5 +76,35 @@ func TestEgressAPI(t *testing.T) {
 	}
 	if n := len(a.mesh.Policies()); n != 0 {
 		t.Fatalf("egress rules counted as network policies: %d", n)
+	}
+}
+
+// TestEgressDefault: `weft init --egress-default public` on a new cluster
+// makes the first agent add policy.PublicEgress once, signed by its key.
+func TestEgressDefault(t *testing.T) {
+	dir := t.TempDir()
+	if err := InitEgressDefault(dir, "public", false); err == nil || !strings.Contains(err.Error(), "new cluster") {
+		t.Fatalf("public on a joining cell: %v; want an error naming the new cluster", err)
+	}
+	if err := InitEgressDefault(dir, "open", true); err == nil || !strings.Contains(err.Error(), "want deny or public") {
+		t.Fatalf("unknown mode: %v", err)
+	}
+	if err := InitEgressDefault(dir, "public", true); err != nil {
+		t.Fatal(err)
+	}
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	a, _ := testAgent(t, priv, pub)
+	a.cfg.StateDir = dir
+	for range 2 { // the second start finds the file renamed
+		if err := a.applyEgressDefault(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := policy.PublicEgress()
+	if got := a.mesh.EgressRules(); !slices.Equal(got, want) {
+		t.Fatalf("egress rules %v, want %v", got, want)
+	}
+	if _, err := os.Stat(filepath.Join(dir, EgressDefaultFile+".applied")); err != nil {
+		t.Fatal(err)
 	}
 }
