@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // Egress rules let containers reach addresses outside the overlay (through
@@ -322,4 +324,96 @@ func ParseASG(name, app string, data []byte, overlay netip.Prefix) ([]EgressRule
 		}
 	}
 	return CheckEgressRules(out, overlay)
+}
+
+// ParseEgressYAML reads the "egress" list of a YAML policy file (ParseYAML
+// reads its "policies"):
+//
+//	egress:
+//	  - {app: web, destination: 10.0.11.0/24, protocol: tcp, ports: "443"}
+//	  - {app: "*", destination: 0.0.0.0-9.255.255.255, protocol: all}   # every app
+//
+// given reports whether the file has the list at all (a file without it
+// leaves the egress rules alone). Errors name the file, line and entry; an
+// overlapping pair names both rules.
+func ParseEgressYAML(name string, data []byte, overlay netip.Prefix) (rules []EgressRule, given bool, err error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, false, yamlErr(name, "", err)
+	}
+	if len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return nil, false, nil // ParseYAML says what is wrong
+	}
+	errAt := func(n *yaml.Node, format string, args ...any) error {
+		return fmt.Errorf("%s:%d: %s", name, n.Line, fmt.Sprintf(format, args...))
+	}
+	root := doc.Content[0]
+	var list *yaml.Node
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value == "egress" {
+			list = root.Content[i+1]
+		}
+	}
+	if list == nil {
+		return nil, false, nil
+	}
+	if list.Kind == yaml.ScalarNode && list.Tag == "!!null" {
+		return nil, false, errAt(list, "egress: null: write \"egress: []\" for no egress rules")
+	}
+	if list.Kind != yaml.SequenceNode {
+		return nil, false, errAt(list, "egress: want a list")
+	}
+	fields := []string{"app", "destination", "protocol", "ports"}
+	for i, ent := range list.Content {
+		path := fmt.Sprintf("egress[%d]", i)
+		if ent.Kind != yaml.MappingNode {
+			return nil, false, errAt(ent, "%s: want a map with app, destination, protocol and ports", path)
+		}
+		var val [4]string
+		var have [4]bool
+		for j := 0; j+1 < len(ent.Content); j += 2 {
+			k, v := ent.Content[j], ent.Content[j+1]
+			idx := slices.Index(fields, k.Value)
+			switch {
+			case idx < 0:
+				return nil, false, errAt(k, "%s: unknown field %s", path, Quote(k.Value))
+			case have[idx]:
+				return nil, false, errAt(k, "%s.%s: given twice", path, k.Value)
+			case v.Kind != yaml.ScalarNode:
+				return nil, false, errAt(v, "%s.%s: want a string", path, k.Value)
+			}
+			have[idx], val[idx] = true, v.Value
+		}
+		for idx, f := range fields[:3] {
+			if !have[idx] {
+				return nil, false, errAt(ent, "%s: missing field %q", path, f)
+			}
+		}
+		r, err := ParseEgressRule(val[0], val[1], val[2], val[3], overlay)
+		if err != nil {
+			return nil, false, errAt(ent, "%s: %v", path, err)
+		}
+		rules = append(rules, r)
+	}
+	rules, err = CheckEgressRules(rules, overlay)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %w", name, err)
+	}
+	return rules, true, nil
+}
+
+// DiffEgress returns what to add and remove to turn have into want.
+func DiffEgress(have, want []EgressRule) (add, remove []EgressRule) {
+	in := func(set []EgressRule, r EgressRule) bool { return slices.Contains(set, r) }
+	for _, r := range want {
+		if !in(have, r) {
+			add = append(add, r)
+		}
+	}
+	for _, r := range have {
+		if !in(want, r) {
+			remove = append(remove, r)
+		}
+	}
+	return add, remove
 }

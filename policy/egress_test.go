@@ -153,3 +153,29 @@ func TestParseASG(t *testing.T) {
 		}
 	}
 }
+
+func TestParseEgressYAML(t *testing.T) {
+	ov := netip.MustParsePrefix("10.255.0.0/16")
+	good := "policies: []\negress:\n  - {app: web, destination: 10.0.11.0/24, protocol: tcp, ports: \"443\"}\n  - {app: \"*\", destination: 8.8.8.8, protocol: icmp}\n"
+	rules, given, err := ParseEgressYAML("p.yaml", []byte(good), ov)
+	if err != nil || !given || len(rules) != 2 {
+		t.Fatalf("good file: %v %v %v", rules, given, err)
+	}
+	if _, err := ParseYAML("p.yaml", []byte(good)); err != nil {
+		t.Fatalf("ParseYAML of a file with egress: %v", err)
+	}
+	if _, given, err := ParseEgressYAML("p.yaml", []byte("policies: []\n"), ov); given || err != nil {
+		t.Fatalf("file without egress: given %v, %v", given, err)
+	}
+	for _, tc := range []struct{ doc, want string }{
+		{"egress:\n  - {app: web, destination: 10.0.11.1/24, protocol: tcp}\n", "p.yaml:2: egress[0]: egress rule \"web\" -> \"10.0.11.1/24\""},
+		{"egress:\n  - {app: web, destination: 10.0.0.0/8, protocol: icmp, ports: \"8\"}\n", "p.yaml:2: egress[0]: egress rule \"web\" -> \"10.0.0.0/8\" \"icmp\" \"8\": icmp rules take no ports"},
+		{"egress:\n  - {app: web, destination: 10.0.0.0/8, protocol: tcp, log: true}\n", "p.yaml:2: egress[0]: unknown field \"log\""},
+		{"egress:\n  - {app: web, destination: 10.0.0.0/8, protocol: tcp}\n  - {app: web, destination: 10.1.0.0/16, protocol: tcp, ports: \"80\"}\n", "p.yaml: egress rule web -> 10.0.0.0/8 tcp 1-65535 overlaps egress rule web -> 10.1.0.0/16 tcp 80"},
+		{"egress:\n", "p.yaml:1: egress: null"},
+	} {
+		if _, _, err := ParseEgressYAML("p.yaml", []byte(tc.doc), ov); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v; want %q", tc.doc, err, tc.want)
+		}
+	}
+}
