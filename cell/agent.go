@@ -174,6 +174,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("start mesh on %v: %w", cfg.Bind, err)
 	}
 	defer a.mesh.Shutdown()
+	if err := a.applyEgressDefault(); err != nil {
+		return fmt.Errorf("egress default: %w", err)
+	}
 
 	srv := a.newServer()
 	go srv.Serve(ln)
@@ -385,7 +388,25 @@ func (a *Agent) compileLocked() {
 		a.compiled = in
 	}
 	a.syncGuardLocked()
+	a.syncEgressLocked()
 	a.updateDNSLocked()
+}
+
+// syncEgressLocked compiles the replicated egress rules for this cell's
+// containers (by app) into the guard's egress chain (overlay/egress_linux.go).
+// Like syncGuardLocked it runs with every compile; the guard rewrites the
+// chain only when the compiled rules differ from the last written.
+func (a *Agent) syncEgressLocked() {
+	if a.ov == nil {
+		return
+	}
+	appIPs := map[string][]netip.Addr{}
+	for _, e := range a.localContainers() {
+		appIPs[e.App] = append(appIPs[e.App], e.IP)
+	}
+	if err := a.ov.SyncEgress(a.mesh.EgressRules(), appIPs); err != nil {
+		a.log.Error("egress rules (nftables) not applied", "err", err)
+	}
 }
 
 // syncGuardLocked binds each local container's address to its host veth in
@@ -420,9 +441,21 @@ func (a *Agent) denials() map[string]uint64 {
 			out[overlay.GuardSpoofed] += g.Spoofed
 			out[overlay.GuardToCell] += g.ToCell
 			out[overlay.GuardNotIPv4] += g.NotIPv4
+			out[overlay.GuardEgress] += g.Egress
 		}
 	}
 	return out
+}
+
+// egressAccepted returns the packets that egress rules let out of this
+// cell (0 before the overlay is up).
+func (a *Agent) egressAccepted() uint64 {
+	if ov := a.overlay(); ov != nil {
+		if g, err := ov.GuardCounters(); err == nil {
+			return g.EgressAccepted
+		}
+	}
+	return 0
 }
 
 // tableInputs are what a policy table is compiled from.

@@ -128,6 +128,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			counter(descAllowed, n, v.String())
 		}
 	}
+	counter(descAllowed, a.egressAccepted(), overlay.GuardEgressAccepted)
 	for reason, n := range a.denials() {
 		counter(descDenied, n, reason)
 	}

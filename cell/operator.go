@@ -213,14 +213,16 @@ func saysNoOperators(path string) bool {
 	})
 }
 
-// SignedPolicyChange is the JSON form of mesh.PolicyChange.
+// SignedPolicyChange is the JSON form of mesh.PolicyChange: a change of an
+// app rule (Rule) or, with Egress set, of an egress rule.
 type SignedPolicyChange struct {
-	Rule    PolicyRule `json:"rule"`
-	Present bool       `json:"present"`
-	Stamp   uint64     `json:"stamp"`
-	Origin  string     `json:"origin"`
-	Signer  []byte     `json:"signer"` // ed25519 public key (base64 in JSON)
-	Sig     []byte     `json:"sig"`
+	Rule    PolicyRule  `json:"rule"`
+	Egress  *EgressRule `json:"egress,omitempty"`
+	Present bool        `json:"present"`
+	Stamp   uint64      `json:"stamp"`
+	Origin  string      `json:"origin"`
+	Signer  []byte      `json:"signer"` // ed25519 public key (base64 in JSON)
+	Sig     []byte      `json:"sig"`
 }
 
 // SignPolicyChange makes a change of r signed by priv, stamped with the
@@ -266,6 +268,9 @@ type PolicyChangeResult struct {
 	Code         int    `json:"code"`
 	Error        string `json:"error,omitempty"`
 	CurrentStamp uint64 `json:"current_stamp,omitempty"`
+	// Warnings about an added egress rule (policy.EgressRule.Warnings):
+	// 0.0.0.0/0, or a range that overlaps the overlay.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // PolicyChangesResponse answers POST /v1/policy-changes, one result per
@@ -288,10 +293,12 @@ type KeyringStatus struct {
 // registerOperatorRoutes adds the operator endpoints:
 //
 //	POST /v1/policy-changes  PolicyChangesRequest -> PolicyChangesResponse
+//	GET  /v1/egress-rules    -> EgressRuleList (egress.go)
 //	GET  /v1/cluster-keys    -> KeyringStatus
 //	POST /v1/cluster-keys    KeyringRequest -> KeyringStatus
 func (a *Agent) registerOperatorRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/policy-changes", a.handlePolicyChanges)
+	mux.HandleFunc("GET /v1/egress-rules", a.handleListEgressRules)
 	mux.HandleFunc("GET /v1/cluster-keys", a.handleListClusterKeys)
 	mux.HandleFunc("POST /v1/cluster-keys", a.handleClusterKeyOp)
 }
@@ -311,12 +318,17 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 	var cs, unsigned []mesh.PolicyChange
 	var at, unsignedAt []int // index in req.Changes of each of cs, unsigned
 	for i, c := range req.Changes {
-		rule, err := c.Rule.Rule()
+		mc := mesh.PolicyChange{Present: c.Present, Stamp: c.Stamp, Origin: c.Origin, Signer: c.Signer, Sig: c.Sig}
+		var err error
+		if c.Egress != nil {
+			mc.Egress, err = c.Egress.Rule(a.cfg.OverlayCIDR)
+		} else {
+			mc.Rule, err = c.Rule.Rule()
+		}
 		if err != nil {
 			res.Results[i] = PolicyChangeResult{Code: http.StatusBadRequest, Error: err.Error()}
 			continue
 		}
-		mc := mesh.PolicyChange{Rule: rule, Present: c.Present, Stamp: c.Stamp, Origin: c.Origin, Signer: c.Signer, Sig: c.Sig}
 		if len(c.Sig) == 0 && len(c.Signer) == 0 {
 			unsigned, unsignedAt = append(unsigned, mc), append(unsignedAt, i)
 			continue
@@ -328,6 +340,12 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusPreconditionFailed, "%s", LargeRemovalError(n, have))
 			return
 		}
+	}
+	// Egress rules of one app must not overlap: one would hide the other's
+	// removal. The whole batch is refused and the set stays as it was.
+	if err := a.checkEgressSet(append(cs, unsigned...)); err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
 	}
 	if len(unsigned) > 0 {
 		if err := a.mesh.SignPolicyChanges(unsigned); err != nil {
@@ -358,20 +376,30 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 // removals counts the changes of cs that remove a rule of the current set
 // (each rule once) and returns it with the size of the set.
 func (a *Agent) removals(cs []mesh.PolicyChange) (n, have int) {
-	gone := map[policy.Rule]bool{} // rules removed by cs: found in the set?
+	gone := map[string]bool{} // keys of rules removed by cs: found in the set?
 	for _, c := range cs {
-		if !c.Present {
-			gone[c.Rule] = false
+		switch {
+		case c.Present:
+		case c.IsEgress():
+			gone[c.Egress.Key()] = false
+		default:
+			gone[c.Rule.Key()] = false
 		}
 	}
-	rules := a.mesh.Policies()
-	for _, r := range rules {
-		if found, ok := gone[r]; ok && !found {
-			gone[r] = true
+	var keys []string
+	for _, r := range a.mesh.Policies() {
+		keys = append(keys, r.Key())
+	}
+	for _, r := range a.mesh.EgressRules() {
+		keys = append(keys, r.Key())
+	}
+	for _, k := range keys {
+		if found, ok := gone[k]; ok && !found {
+			gone[k] = true
 			n++
 		}
 	}
-	return n, len(rules)
+	return n, len(keys)
 }
 
 // policyChangeResult is the answer to change c that the mesh applied
@@ -394,15 +422,24 @@ func (a *Agent) policyChangeResult(c mesh.PolicyChange, changed bool, err error)
 	}
 	switch {
 	case changed:
-		a.log.Info("policy "+verb, "rule", c.Rule.String(), "origin", c.Origin, "signer", mesh.Fingerprint(c.Signer))
+		a.log.Info("policy "+verb, "rule", c.RuleString(), "origin", c.Origin, "signer", mesh.Fingerprint(c.Signer))
 		if c.Present {
-			return PolicyChangeResult{Code: http.StatusCreated}
+			return PolicyChangeResult{Code: http.StatusCreated, Warnings: a.egressWarnings(c)}
 		}
 		return PolicyChangeResult{Code: http.StatusNoContent}
 	case c.Present:
-		return PolicyChangeResult{Code: http.StatusOK}
+		return PolicyChangeResult{Code: http.StatusOK, Warnings: a.egressWarnings(c)}
+	case c.IsEgress():
+		return PolicyChangeResult{Code: http.StatusNotFound, Error: "Egress rule does not exist."}
 	}
 	return PolicyChangeResult{Code: http.StatusNotFound, Error: "Policy does not exist."}
+}
+
+func (a *Agent) egressWarnings(c mesh.PolicyChange) []string {
+	if !c.IsEgress() {
+		return nil
+	}
+	return c.Egress.Warnings(a.cfg.OverlayCIDR)
 }
 
 func (a *Agent) keyringStatus() KeyringStatus {

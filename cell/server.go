@@ -113,6 +113,9 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 			st.Verdicts[reason] = n
 		}
 	}
+	if n := a.egressAccepted(); n > 0 {
+		st.Verdicts[overlay.GuardEgressAccepted] = n
+	}
 	a.mu.Lock()
 	ov := a.ov
 	a.mu.Unlock()

@@ -173,7 +173,7 @@ func endpointBroadcast(e epEntry) *broadcast {
 }
 
 func policyBroadcast(p polEntry) *broadcast {
-	return &broadcast{name: "p/" + p.Rule.rule().Key(), msg: encode(msgPolicy, p)}
+	return &broadcast{name: "p/" + p.Rule.key(), msg: encode(msgPolicy, p)}
 }
 
 func leaseBroadcast(r leaseRec) *broadcast {

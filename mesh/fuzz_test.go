@@ -30,7 +30,7 @@ func fuzzMesh(dir string) *Mesh {
 func checkStored(t *testing.T, m *Mesh) {
 	t.Helper()
 	for k, p := range m.st.pols {
-		if err := p.wellFormed(); err != nil || p.Rule.rule().Key() != k {
+		if err := p.wellFormed(); err != nil || p.Rule.key() != k {
 			t.Fatalf("stored a policy register that is not well formed: %+v: %v", p, err)
 		}
 		if err := m.verifyPolicy(p); err != nil {

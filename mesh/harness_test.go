@@ -25,7 +25,12 @@ var testOperator = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, 32))
 
 // signed returns p signed by the test operator.
 func signed(p polEntry) polEntry {
-	c := PolicyChange{Rule: p.Rule.rule(), Present: p.Present, Stamp: p.Stamp, Origin: p.Origin}
+	c := PolicyChange{Present: p.Present, Stamp: p.Stamp, Origin: p.Origin}
+	if p.Rule.isEgress() {
+		c.Egress = p.Rule.egressRule()
+	} else {
+		c.Rule = p.Rule.rule()
+	}
 	SignPolicyChange(&c, testOperator)
 	return c.entry()
 }

@@ -671,6 +671,14 @@ func (m *Mesh) conflictLocked() (SubnetConflict, bool) {
 	return SubnetConflict{}, false
 }
 
+// EgressRules returns the current egress rules, sorted. The slice is
+// shared: callers must not modify it.
+func (m *Mesh) EgressRules() []policy.EgressRule {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st.egressRules()
+}
+
 // AddEndpoint registers a local container. e.IP must be inside Subnet();
 // e.Cell is ignored and set to this cell. Re-adding an identical endpoint is
 // a no-op. While this cell has lost a conflict over its subnet (Conflict)

@@ -59,8 +59,13 @@ func aheadBy(stamp uint64, now time.Time) string {
 // the rule is added (Present) or removed. Stamp orders changes of the same
 // rule (a hybrid logical clock value; the CLI uses wall-clock nanoseconds),
 // Origin names who made it (a cell or "cli@HOST").
+//
+// A change of an egress rule sets Egress (its App is not empty) and leaves
+// Rule zero: egress rules are registers of the same set, signed, merged,
+// gossiped and persisted as app rules are.
 type PolicyChange struct {
 	Rule    policy.Rule
+	Egress  policy.EgressRule
 	Present bool
 	Stamp   uint64
 	Origin  string
@@ -88,20 +93,41 @@ func Fingerprint(pub []byte) string {
 // SignPolicyChange signs c with priv and sets c.Signer and c.Sig.
 func SignPolicyChange(c *PolicyChange, priv ed25519.PrivateKey) {
 	c.Signer = priv.Public().(ed25519.PublicKey)
-	c.Sig = ed25519.Sign(priv, policySignedBytes(toWire(c.Rule), c.Present, c.Stamp, c.Origin))
+	c.Sig = ed25519.Sign(priv, policySignedBytes(c.wire(), c.Present, c.Stamp, c.Origin))
+}
+
+// IsEgress reports whether c changes an egress rule.
+func (c PolicyChange) IsEgress() bool { return c.Egress.App != "" }
+
+// RuleString names the changed rule.
+func (c PolicyChange) RuleString() string { return c.wire().String() }
+
+func (c PolicyChange) wire() wireRule {
+	if c.IsEgress() {
+		return toWireEgress(c.Egress)
+	}
+	return toWire(c.Rule)
 }
 
 func (c PolicyChange) entry() polEntry {
-	return polEntry{Rule: toWire(c.Rule), Present: c.Present, Stamp: c.Stamp, Origin: c.Origin, Signer: c.Signer, Sig: c.Sig}
+	return polEntry{Rule: c.wire(), Present: c.Present, Stamp: c.Stamp, Origin: c.Origin, Signer: c.Signer, Sig: c.Sig}
 }
 
 // policySignedBytes is the message an operator signs for a policy change:
-// a domain tag and the fields in a fixed binary layout.
+// a domain tag and the fields in a fixed binary layout. An egress rule has
+// its own tag, and its range where an app rule has its destination app.
 func policySignedBytes(r wireRule, present bool, stamp uint64, origin string) []byte {
 	b := make([]byte, 0, 64+len(r.Src)+len(r.Dst)+len(origin))
-	b = append(b, "weft policy change v1\x00"...)
-	b = appendStr(b, r.Src)
-	b = appendStr(b, r.Dst)
+	if r.isEgress() {
+		b = append(b, "weft egress change v1\x00"...)
+		b = appendStr(b, r.Src)
+		b = append(b, r.Lo.AsSlice()...)
+		b = append(b, r.Hi.AsSlice()...)
+	} else {
+		b = append(b, "weft policy change v1\x00"...)
+		b = appendStr(b, r.Src)
+		b = appendStr(b, r.Dst)
+	}
 	b = append(b, r.Proto)
 	b = binary.BigEndian.AppendUint16(b, r.Start)
 	b = binary.BigEndian.AppendUint16(b, r.End)
@@ -244,7 +270,10 @@ func (m *Mesh) SignPolicyChanges(cs []PolicyChange) error {
 // checkPolicyChange validates and verifies c (no lock needed) and returns
 // its register.
 func (m *Mesh) checkPolicyChange(c PolicyChange) (p polEntry, err error) {
-	if err := c.Rule.Validate(); err != nil {
+	if c.IsEgress() && c.Rule != (policy.Rule{}) {
+		return p, errors.New("mesh: a policy change names an app rule or an egress rule, not both")
+	}
+	if err := c.wire().validate(m.cfg.OverlayCIDR); err != nil {
 		return p, err
 	}
 	if c.Origin == "" || len(c.Origin) > maxNameLen {
@@ -268,14 +297,14 @@ func (m *Mesh) mergePolicyChangeLocked(c PolicyChange, p polEntry) (changed bool
 		return false, fmt.Errorf("policy change refused: its stamp is %s ahead of this cell's clock (check the clocks)",
 			aheadBy(c.Stamp, m.st.now()))
 	}
-	k := c.Rule.Key()
+	k := p.Rule.key()
 	have, ok := m.st.pols[k]
 	if (ok && have.Present) == c.Present {
 		m.st.observeStamp(c.Stamp)
 		return false, nil
 	}
 	if ok && !p.newer(have) {
-		return false, &StaleChangeError{Rule: c.Rule.String(), Current: have.Stamp}
+		return false, &StaleChangeError{Rule: c.RuleString(), Current: have.Stamp}
 	}
 	m.st.observeStamp(c.Stamp)
 	m.st.putPolicy(k, p)
@@ -285,6 +314,13 @@ func (m *Mesh) mergePolicyChangeLocked(c PolicyChange, p polEntry) (changed bool
 // PolicyStamp returns the stamp of the newest change of r this cell knows
 // (0 if none): a signer must stamp a new change of r above it.
 func (m *Mesh) PolicyStamp(r policy.Rule) uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st.pols[r.Key()].Stamp
+}
+
+// EgressStamp is PolicyStamp for an egress rule.
+func (m *Mesh) EgressStamp(r policy.EgressRule) uint64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.st.pols[r.Key()].Stamp

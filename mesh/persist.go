@@ -93,9 +93,8 @@ func (m *Mesh) load() error {
 		}
 		unverified := make(map[string]int) // signer fingerprint -> changes
 		for _, p := range sf.Policies {
-			r := p.Rule.rule()
-			if err := r.Validate(); err != nil {
-				return fmt.Errorf("mesh: %s: policy %s>%s: %w", stateFileName, r.Source, r.Destination, err)
+			if err := p.Rule.validate(netip.Prefix{}); err != nil {
+				return fmt.Errorf("mesh: %s: policy %s>%s: %w", stateFileName, p.Rule.Src, p.Rule.Dst, err)
 			}
 			// The trusted keys may have changed since the file was
 			// written: apply only what they still vouch for.
@@ -103,7 +102,7 @@ func (m *Mesh) load() error {
 				unverified[Fingerprint(p.Signer)]++
 				continue
 			}
-			m.st.putPolicy(r.Key(), p)
+			m.st.putPolicy(p.Rule.key(), p)
 		}
 		var res mergeResult
 		for _, e := range sf.Routes {

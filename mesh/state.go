@@ -20,7 +20,8 @@ import (
 // the entry with the highest owner sequence number wins, deletions are
 // tombstones pruned after tombstoneTTL.
 //
-// Policies: a CRDT keyed by Rule.Key(); per key the entry with the highest
+// Policies: a CRDT keyed by Rule.Key() (EgressRule.Key() for egress rules,
+// which are registers of the same set); per key the entry with the highest
 // (stamp, origin) wins. Stamps come from a hybrid logical clock, so a later
 // change anywhere beats an earlier one and concurrent changes resolve the
 // same way on every cell. Removals are tombstones, kept forever.
@@ -33,9 +34,10 @@ type state struct {
 	seq    uint64 // owner sequence of this cell's endpoint and lease records
 	clock  uint64 // hybrid logical clock of policy stamps
 	eps    map[epKey]epEntry
-	pols   map[string]polEntry   // by Rule.Key(); written by putPolicy only
+	pols   map[string]polEntry   // by wireRule.key(); written by putPolicy only
 	polSum polDigest             // of pols (putPolicy keeps it)
 	sorted []policy.Rule         // rules(), kept until pols changes
+	egress []policy.EgressRule   // egressRules(), kept until pols changes
 	routes map[string]routeEntry // by Route.key()
 	leases map[string]leaseRec   // by node name
 }
@@ -57,18 +59,61 @@ type epEntry struct {
 	deletedAt time.Time // local time the tombstone was stored, for pruning
 }
 
-// wireRule is policy.Rule in the replicated state, independent of any JSON
-// form the policy package may give Rule.
+// wireRule is policy.Rule, or policy.EgressRule, in the replicated state,
+// independent of any JSON form the policy package may give them. An egress
+// rule has Lo and Hi (its destination range) and no Dst; Src is its app.
 type wireRule struct {
-	Src   string `json:"s"`
-	Dst   string `json:"d"`
-	Proto uint8  `json:"p"`
-	Start uint16 `json:"a"`
-	End   uint16 `json:"b"`
+	Src   string     `json:"s"`
+	Dst   string     `json:"d,omitempty"`
+	Proto uint8      `json:"p"`
+	Start uint16     `json:"a"`
+	End   uint16     `json:"b"`
+	Lo    netip.Addr `json:"l,omitzero"`
+	Hi    netip.Addr `json:"h,omitzero"`
 }
 
 func toWire(r policy.Rule) wireRule {
-	return wireRule{r.Source, r.Destination, uint8(r.Protocol), r.Ports.Start, r.Ports.End}
+	return wireRule{Src: r.Source, Dst: r.Destination, Proto: uint8(r.Protocol), Start: r.Ports.Start, End: r.Ports.End}
+}
+
+func toWireEgress(r policy.EgressRule) wireRule {
+	return wireRule{Src: r.App, Proto: uint8(r.Protocol), Start: r.Ports.Start, End: r.Ports.End, Lo: r.Start, Hi: r.End}
+}
+
+// isEgress reports whether w is an egress rule.
+func (w wireRule) isEgress() bool { return w.Lo.IsValid() || w.Hi.IsValid() }
+
+func (w wireRule) egressRule() policy.EgressRule {
+	return policy.EgressRule{App: w.Src, Start: w.Lo, End: w.Hi, Protocol: policy.Protocol(w.Proto),
+		Ports: policy.PortRange{Start: w.Start, End: w.End}}
+}
+
+// key is the register's key: Rule.Key() or EgressRule.Key().
+func (w wireRule) key() string {
+	if w.isEgress() {
+		return w.egressRule().Key()
+	}
+	return w.rule().Key()
+}
+
+// validate checks w as Rule.Validate or EgressRule.Validate does; an egress
+// rule is checked against overlay when it is valid.
+func (w wireRule) validate(overlay netip.Prefix) error {
+	if w.isEgress() {
+		if w.Dst != "" {
+			return errors.New("egress rule with a destination app")
+		}
+		return w.egressRule().Validate(overlay)
+	}
+	return w.rule().Validate()
+}
+
+// String names the rule for errors and logs.
+func (w wireRule) String() string {
+	if w.isEgress() {
+		return "egress rule " + w.egressRule().String()
+	}
+	return w.rule().String()
 }
 
 func (w wireRule) rule() policy.Rule {
@@ -179,7 +224,7 @@ func (s *state) putPolicy(k string, p polEntry) {
 	}
 	s.pols[k] = p
 	s.polSum.toggle(k, p)
-	s.sorted = nil
+	s.sorted, s.egress = nil, nil
 }
 
 // polBuckets is the number of buckets of a polDigest.
@@ -225,13 +270,30 @@ func (s *state) rules() []policy.Rule {
 	}
 	out := make([]policy.Rule, 0, len(s.pols))
 	for _, p := range s.pols {
-		if p.Present {
+		if p.Present && !p.Rule.isEgress() {
 			out = append(out, p.Rule.rule())
 		}
 	}
 	policy.SortRules(out)
 	s.sorted = slices.Clip(out)
 	return s.sorted
+}
+
+// egressRules returns the present egress rules, sorted. The slice is
+// shared until the next change.
+func (s *state) egressRules() []policy.EgressRule {
+	if s.egress != nil {
+		return s.egress
+	}
+	out := []policy.EgressRule{}
+	for _, p := range s.pols {
+		if p.Present && p.Rule.isEgress() {
+			out = append(out, p.Rule.egressRule())
+		}
+	}
+	policy.SortEgressRules(out)
+	s.egress = slices.Clip(out)
+	return s.egress
 }
 
 func (s *state) hasLocalEndpoints() bool {
@@ -350,7 +412,7 @@ func (m *Mesh) mergePolicyLocked(p polEntry, relay bool, res *mergeResult) (news
 	if p.wellFormed() != nil {
 		return false, nil
 	}
-	k := p.Rule.rule().Key()
+	k := p.Rule.key()
 	have, ok := m.st.pols[k]
 	if ok && !p.newer(have) {
 		return false, nil

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 )
 
 // Decoding what peers send. Anyone holding the cluster key can send any
@@ -260,7 +261,7 @@ func (p *polEntry) wellFormed() error {
 	case len(p.Signer) != ed25519.PublicKeySize || len(p.Sig) != ed25519.SignatureSize:
 		return errSigShape
 	}
-	return p.Rule.rule().Validate()
+	return p.Rule.validate(netip.Prefix{}) // the overlay is checked where a change enters (checkPolicyChange)
 }
 
 func (e *routeEntry) wellFormed() error {

@@ -24,7 +24,7 @@ import (
 //	  chain prerouting { type filter hook prerouting priority raw
 //	    iifname "wc*" meta nfproto != ipv4              counter not_ipv4 drop
 //	    iifname "wc*" iifname . ip saddr != @containers counter spoofed  drop
-//	    iifname "wc*"  fib daddr type != local          notrack
+//	    iifname "wc*" ip daddr OVERLAY fib daddr type != local notrack
 //	    iifname WEFT0  fib daddr type != local          notrack
 //	    udp dport WG_PORT                               notrack
 //	  }
@@ -38,8 +38,11 @@ import (
 //	    iifname "wc*"                                   counter to_cell drop
 //	  }
 //	  chain forward { type filter hook forward priority filter
+//	    iifname "wc*" oifname != WEFT0 ip daddr != OVERLAY jump egress  # egress_linux.go
 //	    iifname "wc*" oifname != WEFT0                  counter to_cell drop
 //	  }
+//	  chain egress { ... }                                # egress_linux.go
+//	  chain postrouting { type nat ... masquerade }       # egress_linux.go
 //	}
 //
 // The spoofing check runs at the raw priority, before connection tracking
@@ -64,6 +67,9 @@ const (
 	GuardNotIPv4 = "not_ipv4" // a container sent a non-IPv4 packet
 )
 
+// guardCounters are the named counters of the table.
+var guardCounters = []string{GuardSpoofed, GuardToCell, GuardNotIPv4, GuardEgress, GuardEgressAccepted}
+
 // containerVethPrefix is what every container's host veth name starts with
 // (HostVethName).
 const containerVethPrefix = "wc"
@@ -79,6 +85,10 @@ type GuardCounters struct {
 	Spoofed uint64
 	ToCell  uint64
 	NotIPv4 uint64
+	// Egress verdicts (egress_linux.go): packets to outside the overlay
+	// that no egress rule allowed (dropped), and that one allowed.
+	Egress         uint64
+	EgressAccepted uint64
 }
 
 // guard owns the "inet weft" table. Its methods are safe for concurrent use.
@@ -86,16 +96,19 @@ type guard struct {
 	iface   string
 	dns     netip.Addr // the cell's DNS service address (invalid: none)
 	wgPort  uint16
+	overlay netip.Prefix // the whole overlay (invalid: no egress chain)
 	table   *nftables.Table
 	setType nftables.SetDatatype
 
-	mu   sync.Mutex
-	last []GuardEntry // guarded by mu: the set as last written, sorted
+	mu     sync.Mutex
+	last   []GuardEntry // guarded by mu: the set as last written, sorted
+	egress [][]expr.Any // guarded by mu: the egress chain's accept rules as last written
 }
 
-func newGuard(iface string, dns netip.Addr, wgPort int) *guard {
+func newGuard(iface string, dns netip.Addr, wgPort int, overlay netip.Prefix) *guard {
 	return &guard{
 		iface:   iface,
+		overlay: overlay,
 		dns:     dns,
 		wgPort:  uint16(wgPort),
 		table:   &nftables.Table{Family: nftables.TableFamilyINet, Name: GuardTable},
@@ -134,7 +147,7 @@ func (g *guard) install() error {
 // buildLocked queues the whole table with entries in the set.
 func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 	t := c.AddTable(g.table)
-	for _, name := range []string{GuardSpoofed, GuardToCell, GuardNotIPv4} {
+	for _, name := range guardCounters {
 		c.AddObj(&nftables.CounterObj{Table: t, Name: name})
 	}
 	set := g.set()
@@ -156,7 +169,12 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 		&expr.Payload{DestRegister: 12, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
 		&expr.Lookup{SourceRegister: 8, SetName: set.Name, SetID: set.ID, Invert: true},
 	}, countDrop(GuardSpoofed))
-	rule(pre, fromContainer(), notLocalDst(), notrack())
+	// Only overlay destinations skip conntrack: egress needs it for NAT.
+	if g.overlay.IsValid() {
+		rule(pre, fromContainer(), nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4), inPrefix(16, g.overlay, expr.CmpOpEq), notLocalDst(), notrack())
+	} else {
+		rule(pre, fromContainer(), notLocalDst(), notrack())
+	}
 	rule(pre, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, g.iface), notLocalDst(), notrack())
 	if g.wgPort != 0 {
 		rule(pre, udpPort(2, g.wgPort), notrack())
@@ -187,6 +205,7 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 	rule(in, fromContainer(), countDrop(GuardToCell))
 
 	fwd := chain("forward", nftables.ChainHookForward, nftables.ChainPriorityFilter)
+	g.buildEgressLocked(c, t, fwd)
 	rule(fwd, fromContainer(), ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, g.iface), countDrop(GuardToCell))
 	return nil
 }
@@ -288,6 +307,10 @@ func (g *guard) Counters() (GuardCounters, error) {
 			out.ToCell = co.Packets
 		case GuardNotIPv4:
 			out.NotIPv4 = co.Packets
+		case GuardEgress:
+			out.Egress = co.Packets
+		case GuardEgressAccepted:
+			out.EgressAccepted = co.Packets
 		}
 	}
 	return out, nil

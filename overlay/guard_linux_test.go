@@ -28,7 +28,7 @@ func inScratchNetns(t *testing.T, fn func() error) {
 
 func TestGuardSyncAndRepair(t *testing.T) {
 	inScratchNetns(t, func() error {
-		g := newGuard("weftg0", netip.MustParseAddr("169.254.0.2"), 51820)
+		g := newGuard("weftg0", netip.MustParseAddr("169.254.0.2"), 51820, netip.MustParsePrefix("10.255.0.0/16"))
 		if err := g.install(); err != nil {
 			t.Fatalf("install: %v", err)
 		}
@@ -48,7 +48,7 @@ func TestGuardSyncAndRepair(t *testing.T) {
 		}
 
 		// A restarted agent keeps the bindings it finds.
-		g2 := newGuard("weftg0", netip.MustParseAddr("169.254.0.2"), 51820)
+		g2 := newGuard("weftg0", netip.MustParseAddr("169.254.0.2"), 51820, netip.MustParsePrefix("10.255.0.0/16"))
 		if err := g2.install(); err != nil {
 			t.Fatalf("second install: %v", err)
 		}
@@ -86,7 +86,7 @@ func TestGuardSyncAndRepair(t *testing.T) {
 			}
 		}
 		slices.Sort(names)
-		if !slices.Equal(names, []string{"forward", "input", "output", "prerouting"}) {
+		if !slices.Equal(names, []string{"egress", "egress_return", "forward", "input", "output", "postrouting", "prerouting"}) {
 			t.Fatalf("chains after repair: %v", names)
 		}
 		if cnt, err := g2.Counters(); err != nil || cnt != (GuardCounters{}) {

@@ -156,7 +156,7 @@ func New(cfg Config) (*Overlay, error) {
 	if err := setupRouting(cfg); err != nil {
 		return fail(fmt.Errorf("routing for %s: %w", cfg.Interface, err))
 	}
-	o.guard = newGuard(cfg.Interface, cfg.DNS, cfg.ListenPort)
+	o.guard = newGuard(cfg.Interface, cfg.DNS, cfg.ListenPort, cfg.OverlayCIDR)
 	if err := o.guard.install(); err != nil {
 		return fail(err)
 	}

@@ -108,7 +108,14 @@ func rules(cfg Config) []*netlink.Rule {
 	fromHost.IifName = "lo"
 	fromHost.Dst = prefixToIPNet(cfg.LocalSubnet)
 	fromHost.Table = cfg.DeliveryTable
-	return []*netlink.Rule{fromTun, fromHost}
+
+	// Replies of containers' egress flows, after NAT (egress_linux.go).
+	egressReply := netlink.NewRule()
+	egressReply.Family = unix.AF_INET
+	egressReply.Priority = cfg.RulePriority + 2
+	egressReply.Mark = EgressReplyMark
+	egressReply.Table = cfg.DeliveryTable
+	return []*netlink.Rule{fromTun, fromHost, egressReply}
 }
 
 // deleteRules removes every IPv4 rule that points at the delivery table.

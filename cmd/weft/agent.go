@@ -17,12 +17,15 @@ import (
 )
 
 func initCmd() *cobra.Command {
-	var stateDir, clusterKey, operatorPub string
+	var stateDir, clusterKey, operatorPub, egressDefault string
 	c := &cobra.Command{
-		Use:   "init --state-dir DIR [--cluster-key FILE]",
+		Use:   "init --state-dir DIR [--cluster-key FILE] [--egress-default deny|public]",
 		Short: "create a cell's state dir with its cluster key and WireGuard key",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if egressDefault != "deny" && egressDefault != "public" {
+				return fmt.Errorf("--egress-default %q: want deny or public", egressDefault)
+			}
 			res, err := cell.Init(stateDir, clusterKey)
 			if err != nil {
 				return err
@@ -44,6 +47,12 @@ func initCmd() *cobra.Command {
 				key = say(op.KeyNew)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "operator key: %s\ntrusted operator keys: %v\n", key, op.Trusted)
+			if err := cell.InitEgressDefault(stateDir, egressDefault, res.ClusterKeyNew && op.KeyNew); err != nil {
+				return err
+			}
+			if egressDefault == "public" {
+				fmt.Fprintln(cmd.OutOrStdout(), "egress default: public (the agent adds the rules at its first start)")
+			}
 			if len(op.Trusted) == 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s trusts no operator key, so it will refuse every policy change: "+
 					"give --operator-pub FILE, or --cluster-key with operators.pub next to it\n", stateDir)
@@ -54,6 +63,7 @@ func initCmd() *cobra.Command {
 	c.Flags().StringVar(&stateDir, "state-dir", "", "the cell's state directory (required)")
 	c.Flags().StringVar(&clusterKey, "cluster-key", "", "copy the cluster key from this file (another cell's cluster.key), and trust the operator keys of the operators.pub next to it")
 	c.Flags().StringVar(&operatorPub, "operator-pub", "", "trust the operator public keys in this file (one base64 a line) instead of making an operator key")
+	c.Flags().StringVar(&egressDefault, "egress-default", "deny", "a new cluster's egress: deny (containers reach nothing outside the overlay) or public (every public IPv4 address, no private range, as Cloud Foundry's default security groups)")
 	c.MarkFlagRequired("state-dir")
 	return c
 }

@@ -92,6 +92,7 @@ type Lab struct {
 	ownDir    bool   // Dir was made by New and is removed by Close
 	sockDir   string // short directory for sockets when Dir is too long, or ""
 	closed    atomic.Bool
+	hosts     atomic.Int32 // AddUnderlayHost's count
 	closeOnce sync.Once
 	closeErr  error
 

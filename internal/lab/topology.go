@@ -38,40 +38,65 @@ func (l *Lab) createCell(c *Cell) error {
 	if err := newNamedNetns(c.Netns, true); err != nil {
 		return err
 	}
-	cellNs, err := netns.GetFromName(c.Netns)
+	return l.attachToBridge(c.Netns, c.bridgeLink, c.cellLink, c.UnderlayIP)
+}
+
+// attachToBridge joins namespace ns to the underlay bridge by a veth pair
+// (brLink on the bridge, nsLink in ns) and addresses nsLink ip/24.
+func (l *Lab) attachToBridge(ns, brLink, nsLink string, ip netip.Addr) error {
+	h2, err := netns.GetFromName(ns)
 	if err != nil {
-		return fmt.Errorf("lab: open netns %s: %w", c.Netns, err)
+		return fmt.Errorf("lab: open netns %s: %w", ns, err)
 	}
-	defer cellNs.Close()
+	defer h2.Close()
 	err = withHandle(l.Underlay, func(h *netlink.Handle) error {
 		br, err := h.LinkByName(l.bridge)
 		if err != nil {
 			return err
 		}
 		veth := &netlink.Veth{
-			LinkAttrs:     netlink.LinkAttrs{Name: c.bridgeLink, MasterIndex: br.Attrs().Index},
-			PeerName:      c.cellLink,
-			PeerNamespace: netlink.NsFd(cellNs),
+			LinkAttrs:     netlink.LinkAttrs{Name: brLink, MasterIndex: br.Attrs().Index},
+			PeerName:      nsLink,
+			PeerNamespace: netlink.NsFd(h2),
 		}
 		if err := h.LinkAdd(veth); err != nil {
-			return fmt.Errorf("add veth %s/%s: %w", c.bridgeLink, c.cellLink, err)
+			return fmt.Errorf("add veth %s/%s: %w", brLink, nsLink, err)
 		}
 		return h.LinkSetUp(veth)
 	})
 	if err != nil {
 		return err
 	}
-	return withHandle(c.Netns, func(h *netlink.Handle) error {
-		link, err := h.LinkByName(c.cellLink)
+	return withHandle(ns, func(h *netlink.Handle) error {
+		link, err := h.LinkByName(nsLink)
 		if err != nil {
 			return err
 		}
-		addr := &netlink.Addr{IPNet: prefixToIPNet(netip.PrefixFrom(c.UnderlayIP, 24))}
+		addr := &netlink.Addr{IPNet: prefixToIPNet(netip.PrefixFrom(ip, 24))}
 		if err := h.AddrAdd(link, addr); err != nil {
-			return fmt.Errorf("address %s: %w", c.cellLink, err)
+			return fmt.Errorf("address %s: %w", nsLink, err)
 		}
 		return h.LinkSetUp(link)
 	})
+}
+
+// AddUnderlayHost makes a namespace "<run>-h<N>" on the underlay bridge
+// with address ip (198.18.0.1-.10: the cells have .11 and above): a host outside
+// the overlay, such as "the internet" of the egress tests. Close deletes
+// it with the rest of the lab. It returns the namespace's name.
+func (l *Lab) AddUnderlayHost(ip netip.Addr) (string, error) {
+	if !netip.MustParsePrefix(UnderlayPrefix).Contains(ip) || ip.As4()[3] == 0 || ip.As4()[3] > 10 {
+		return "", fmt.Errorf("lab: underlay host address %v: want one of %s below the cells' (.1-.10)", ip, UnderlayPrefix)
+	}
+	n := l.hosts.Add(1)
+	ns := l.Name(fmt.Sprintf("h%d", n))
+	if err := newNamedNetns(ns, false); err != nil {
+		return "", err
+	}
+	if err := l.attachToBridge(ns, fmt.Sprintf("%shb%d", l.Run, n), fmt.Sprintf("%shu%d", l.Run, n), ip); err != nil {
+		return "", err
+	}
+	return ns, nil
 }
 
 // SetLink sets the underlay link of cell i up or down (its bridge port, so

@@ -1,0 +1,188 @@
+package cell
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/weft-net/weft/mesh"
+	"github.com/weft-net/weft/policy"
+)
+
+// Egress rules travel through the operator API as app rules do: a change is
+// a SignedPolicyChange with Egress set (POST /v1/policy-changes), signed by
+// the CLI or by the agent; GET /v1/egress-rules lists them.
+
+// EgressRule is the JSON form of policy.EgressRule. App "*" is every app
+// (--all); Destination is a CIDR, a range A-B or an address; Ports is "",
+// "N" or "N-M" (empty: every port; icmp takes none).
+type EgressRule struct {
+	App         string `json:"app"`
+	Destination string `json:"destination"`
+	Protocol    string `json:"protocol"`
+	Ports       string `json:"ports,omitempty"`
+}
+
+// EgressRuleList is the answer of GET /v1/egress-rules.
+type EgressRuleList struct {
+	EgressRules []EgressRule `json:"egress_rules"`
+}
+
+// Rule converts to a validated policy.EgressRule; an invalid overlay skips
+// the overlay check (the agent makes it).
+func (e EgressRule) Rule(overlay netip.Prefix) (policy.EgressRule, error) {
+	return policy.ParseEgressRule(e.App, e.Destination, e.Protocol, e.Ports, overlay)
+}
+
+// FromEgressRule is the JSON form of r.
+func FromEgressRule(r policy.EgressRule) EgressRule {
+	e := EgressRule{App: r.App, Destination: r.Destination(), Protocol: r.Protocol.String()}
+	if r.Ports != (policy.PortRange{}) {
+		e.Ports = r.Ports.String()
+	}
+	return e
+}
+
+// SignEgressChange makes a change of egress rule r signed by priv, stamped
+// with the wall clock (or just above minStamp).
+func SignEgressChange(r policy.EgressRule, present bool, origin string, minStamp uint64, priv ed25519.PrivateKey) SignedPolicyChange {
+	c := mesh.PolicyChange{Egress: r, Present: present, Stamp: max(uint64(time.Now().UnixNano()), minStamp+1), Origin: origin}
+	mesh.SignPolicyChange(&c, priv)
+	e := FromEgressRule(r)
+	return SignedPolicyChange{Egress: &e, Present: present, Stamp: c.Stamp, Origin: origin, Signer: c.Signer, Sig: c.Sig}
+}
+
+func (a *Agent) handleListEgressRules(w http.ResponseWriter, r *http.Request) {
+	out := EgressRuleList{EgressRules: []EgressRule{}}
+	for _, e := range a.mesh.EgressRules() {
+		out.EgressRules = append(out.EgressRules, FromEgressRule(e))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// checkEgressSet refuses a batch whose egress additions would leave the
+// set with overlapping rules (policy.CheckEgressRules); the error names
+// both rules.
+func (a *Agent) checkEgressSet(cs []mesh.PolicyChange) error {
+	set := map[string]policy.EgressRule{}
+	for _, r := range a.mesh.EgressRules() {
+		set[r.Key()] = r
+	}
+	added := false
+	for _, c := range cs {
+		switch {
+		case !c.IsEgress():
+		case c.Present:
+			set[c.Egress.Key()], added = c.Egress, true
+		default:
+			delete(set, c.Egress.Key())
+		}
+	}
+	if !added {
+		return nil
+	}
+	rules := make([]policy.EgressRule, 0, len(set))
+	for _, r := range set {
+		rules = append(rules, r)
+	}
+	_, err := policy.CheckEgressRules(rules, a.cfg.OverlayCIDR)
+	return err
+}
+
+// EgressRules lists the cluster's egress rules.
+func (c *Client) EgressRules(ctx context.Context) ([]EgressRule, error) {
+	var l EgressRuleList
+	return l.EgressRules, c.do(ctx, http.MethodGet, "/v1/egress-rules", nil, &l)
+}
+
+// ChangeEgressRule adds (present) or removes r: signed with priv when it is
+// not nil (re-signed once above a newer change the agent holds), else by
+// the agent. A refused change (400: bad rule or overlap, 403, 404: not
+// there) is a *StatusError; the result carries the agent's warnings.
+func (c *Client) ChangeEgressRule(ctx context.Context, priv ed25519.PrivateKey, r EgressRule, present bool) (PolicyChangeResult, error) {
+	rule, err := r.Rule(netip.Prefix{})
+	if err != nil {
+		return PolicyChangeResult{}, err
+	}
+	var above uint64
+	for try := 0; ; try++ {
+		ch := SignedPolicyChange{Egress: &r, Present: present}
+		if priv != nil {
+			ch = SignEgressChange(rule, present, CLIOrigin(), above, priv)
+		}
+		res, err := c.ApplyPolicyChanges(ctx, []SignedPolicyChange{ch})
+		if err != nil {
+			return PolicyChangeResult{}, err
+		}
+		got := res[0]
+		if got.Code == http.StatusConflict && try == 0 && priv != nil {
+			above = got.CurrentStamp
+			continue
+		}
+		if got.Code >= 400 {
+			return got, &StatusError{Code: got.Code, Message: got.Error}
+		}
+		return got, nil
+	}
+}
+
+// EgressDefaultFile, in a state dir, holds the egress default that `weft
+// init --egress-default` chose for a new cluster ("public"); the agent
+// applies it once, signed by its operator key, and renames the file to
+// EgressDefaultFile + ".applied". "deny", the default, needs no rule.
+const EgressDefaultFile = "egress-default"
+
+// InitEgressDefault records the egress default of a new cluster: "deny"
+// (no rule: containers reach nothing outside the overlay) or "public"
+// (policy.PublicEgress: every public IPv4 address, no private range).
+// newCluster says that stateDir is the first cell of a new cluster with an
+// operator key: the default of a running cluster is its egress rules.
+func InitEgressDefault(stateDir, mode string, newCluster bool) error {
+	switch {
+	case mode == "deny":
+		return nil
+	case mode != "public":
+		return fmt.Errorf("--egress-default %q: want deny or public", mode)
+	case !newCluster:
+		return errors.New("--egress-default public applies to the first cell of a new cluster (which holds the operator key); " +
+			"in a running cluster use weft add-egress-rule --all")
+	}
+	return os.WriteFile(filepath.Join(stateDir, EgressDefaultFile), []byte(mode+"\n"), 0o600)
+}
+
+// applyEgressDefault applies the egress default InitEgressDefault recorded,
+// once: the file is renamed when the rules are in the replicated set.
+func (a *Agent) applyEgressDefault() error {
+	path := filepath.Join(a.cfg.StateDir, EgressDefaultFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if mode := strings.TrimSpace(string(b)); mode != "public" {
+		return fmt.Errorf("%s: %q: want public", path, mode)
+	}
+	var cs []mesh.PolicyChange
+	for _, r := range policy.PublicEgress() {
+		cs = append(cs, mesh.PolicyChange{Egress: r, Present: true})
+	}
+	if err := a.mesh.SignPolicyChanges(cs); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	_, errs := a.mesh.ApplyPolicyChanges(cs)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	a.log.Info("egress default applied: every app may reach public IPv4 addresses", "rules", len(cs))
+	return os.Rename(path, path+".applied")
+}
