@@ -19,6 +19,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -129,6 +130,11 @@ func New(cfg Config) (*Overlay, error) {
 	o := &Overlay{cfg: cfg, log: log, peers: make(map[wgtypes.Key]Peer), backend: backend, stop: make(chan struct{})}
 	o.wrap = NewWrapper(tdev, cfg.Filter)
 	o.initPartial(tdev)
+	if dataPath == DataPathInline {
+		// Read every packet the TUN has queued, up to a batch: a burst
+		// of small packets leaves in one sendmmsg (WEFT-PATCHES.md).
+		tun.SetReadDrain(tdev, true)
+	}
 	nbufs := o.startDevice(conn.NewDefaultBind(), messageBuffers(cfg),
 		device.Options{RunToCompletion: dataPath == DataPathInline})
 

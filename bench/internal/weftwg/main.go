@@ -55,6 +55,9 @@ func run(iface, addr string, mtu int, inline bool) error {
 	if err != nil {
 		return fmt.Errorf("create TUN %s: %w", iface, err)
 	}
+	if inline {
+		tun.SetReadDrain(tdev, true) // as overlay.New does on the inline path
+	}
 	dev := device.NewDeviceWithOptions(tdev, conn.NewDefaultBind(), device.NewLogger(device.LogLevelError, "weftwg: "),
 		device.Options{RunToCompletion: inline})
 	defer dev.Close()

@@ -49,8 +49,11 @@ type NativeTun struct {
 	nameCache string    // name of interface
 	nameErr   error
 
-	readOpMu sync.Mutex                    // readOpMu guards readBuff
+	readOpMu sync.Mutex                    // readOpMu guards readBuff, pending, rawConn
 	readBuff [virtioNetHdrLen + 65535]byte // if vnetHdr every read() is prefixed by virtioNetHdr
+	drain    bool                          // weft: see readDrain
+	pending  int                           // weft: bytes of a packet left in readBuff by readDrain
+	rawConn  syscall.RawConn               // weft: tunFile's, for readDrain
 
 	writeOpMu   sync.Mutex // writeOpMu guards toWrite, tcpGROTable
 	toWrite     []int
@@ -400,6 +403,21 @@ func SetPartialTCPChecksums(dev Device, trust bool, elide func(dst []byte) bool)
 	return true
 }
 
+// SetReadDrain turns weft's read drain on or off (readDrain): with it,
+// Read returns every packet the kernel has queued, up to len(bufs), not
+// one read(2)'s worth. It reports whether dev supports it (a *NativeTun
+// with offloads, whose batch size is above 1).
+func SetReadDrain(dev Device, on bool) bool {
+	t, ok := dev.(*NativeTun)
+	if !ok || !t.vnetHdr {
+		return false
+	}
+	t.readOpMu.Lock()
+	t.drain = on
+	t.readOpMu.Unlock()
+	return true
+}
+
 // handleVirtioRead splits in into bufs, leaving offset bytes at the front of
 // each buffer. It mutates sizes to reflect the size of each element of bufs,
 // and returns the number of packets read.
@@ -499,28 +517,121 @@ func (tun *NativeTun) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 	case err := <-tun.errors:
 		return 0, err
 	default:
-		readInto := bufs[0][offset:]
-		if tun.vnetHdr {
-			readInto = tun.readBuff[:]
-		}
-		n, err := tun.tunFile.Read(readInto)
-		if errors.Is(err, syscall.EBADFD) {
-			err = os.ErrClosed
-		}
+	}
+	if tun.vnetHdr && tun.drain {
+		return tun.readDrain(bufs, sizes, offset)
+	}
+	readInto := bufs[0][offset:]
+	if tun.vnetHdr {
+		readInto = tun.readBuff[:]
+	}
+	n, err := tun.tunFile.Read(readInto)
+	if errors.Is(err, syscall.EBADFD) {
+		err = os.ErrClosed
+	}
+	if err != nil {
+		return 0, err
+	}
+	if tun.vnetHdr {
+		return handleVirtioRead(readInto[:n], bufs, sizes, offset, tun.elide())
+	}
+	sizes[0] = n
+	return 1, nil
+}
+
+func (tun *NativeTun) elide() func([]byte) bool {
+	if f := tun.elideTCPChecksum.Load(); f != nil {
+		return *f
+	}
+	return nil
+}
+
+// readDrain is weft's Read (WEFT-PATCHES.md, "TUN read drain"): it waits
+// through the runtime's poller until the TUN is readable, then reads
+// packets without waiting until the kernel's queue is empty or bufs are
+// full, so that a burst of small packets (one per read(2)) leaves in one
+// batch, one sendmmsg, UDP GSO where the sizes allow it. A packet whose
+// segments do not fit in what is left of bufs stays in readBuff and opens
+// the next call. It never waits once it holds a packet: the latency of a
+// lone packet is one read(2), as upstream's.
+func (tun *NativeTun) readDrain(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if tun.rawConn == nil {
+		rc, err := tun.tunFile.SyscallConn()
 		if err != nil {
 			return 0, err
 		}
-		if tun.vnetHdr {
-			var elide func([]byte) bool
-			if f := tun.elideTCPChecksum.Load(); f != nil {
-				elide = *f
-			}
-			return handleVirtioRead(readInto[:n], bufs, sizes, offset, elide)
-		} else {
-			sizes[0] = n
-			return 1, nil
+		tun.rawConn = rc
+	}
+	elide := tun.elide()
+	total := 0
+	var rerr error
+	// take splits the packet in readBuff[:n] into bufs[total:], or keeps
+	// it pending when it does not fit; it reports whether to go on.
+	take := func(n int) bool {
+		if total > 0 && virtioSegments(tun.readBuff[:n]) > len(bufs)-total {
+			tun.pending = n
+			return false
+		}
+		k, err := handleVirtioRead(tun.readBuff[:n], bufs[total:], sizes[total:], offset, elide)
+		total += k
+		if err != nil {
+			rerr = err
+			return false
+		}
+		return total < len(bufs)
+	}
+	if n := tun.pending; n > 0 {
+		tun.pending = 0
+		if !take(n) {
+			return total, rerr
 		}
 	}
+	err := tun.rawConn.Read(func(fd uintptr) bool {
+		for {
+			n, err := unix.Read(int(fd), tun.readBuff[:])
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return total > 0 // nothing yet: wait in the poller
+			case err != nil:
+				if total == 0 {
+					rerr = err
+				}
+				return true
+			}
+			if !take(n) {
+				return true
+			}
+		}
+	})
+	if total > 0 {
+		return total, rerr
+	}
+	if err != nil {
+		// The runtime's poller fails a wait only when the file is
+		// closing (no deadline is ever set): what os.File.Read says.
+		return 0, os.ErrClosed
+	}
+	if errors.Is(rerr, syscall.EBADFD) || errors.Is(rerr, unix.EBADF) {
+		rerr = os.ErrClosed
+	}
+	return 0, rerr
+}
+
+// virtioSegments is how many packets handleVirtioRead makes of in (a
+// virtio header and a packet): 1 without GSO, otherwise an upper bound
+// (the payload is measured from csum_start, before the transport header).
+func virtioSegments(in []byte) int {
+	var hdr virtioNetHdr
+	if hdr.decode(in) != nil || hdr.gsoType == unix.VIRTIO_NET_HDR_GSO_NONE || hdr.gsoSize == 0 {
+		return 1
+	}
+	payload := len(in) - virtioNetHdrLen - int(hdr.csumStart)
+	if payload <= 0 {
+		return 1
+	}
+	return (payload + int(hdr.gsoSize) - 1) / int(hdr.gsoSize)
 }
 
 func (tun *NativeTun) Events() <-chan Event {
