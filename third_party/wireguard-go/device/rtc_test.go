@@ -223,8 +223,20 @@ func TestRunToCompletionUpDownTraffic(t *testing.T) {
 		}
 		// Device 0 lost its sessions: its first packet starts a
 		// handshake and confirms the new session on device 1, whose
-		// packets would otherwise go under the old one.
-		pair.Send(t, Pong, nil)
+		// packets would otherwise go under the old one. Without the
+		// race detector a round takes less than RekeyTimeout, and the
+		// new handshake may then wait for a retry (as with upstream's
+		// queued path on both sides): longer than Send waits.
+		msg := tuntest.Ping(pair[1].ip, pair[0].ip)
+		pair[0].tun.Outbound <- msg
+		select {
+		case got := <-pair[1].tun.Inbound:
+			if !bytes.Equal(got, msg) {
+				t.Fatalf("round %d: the first packet after Up did not transit intact", r)
+			}
+		case <-time.After(RekeyTimeout + 10*time.Second):
+			t.Fatalf("round %d: the first packet after Up did not transit in %v", r, RekeyTimeout+10*time.Second)
+		}
 	}
 	pair.exchange(t, 9000, 128, 32)
 }
