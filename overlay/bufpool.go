@@ -1,15 +1,13 @@
 package overlay
 
 import (
-	"errors"
+	"fmt"
 	"os"
-	"reflect"
-	"runtime"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/device"
 )
 
@@ -37,103 +35,91 @@ const minMessageBuffers = 512
 // messageBuffersEnv overrides Config.MessageBuffers (benchmarks).
 const messageBuffersEnv = "WEFT_WG_BUFFERS"
 
-// msgPool bounds and recycles the message buffers of one wireguard-go
-// device.
+// msgPool holds the message buffers of one wireguard-go device, handed to
+// it as device.Options.MessageBuffers (a patch of weft's copy,
+// WEFT-PATCHES.md): a fixed set of max buffers, Get blocking while all are
+// out.
 //
-// On Linux wireguard-go keeps its 64 KiB message buffers in a sync.Pool with
-// no bound (device.PreallocatedBuffersPerPool = 0). Under a bulk TCP stream
-// that costs twice: every packet in flight holds a whole buffer, and
-// wireguard-go's queues hold up to 1024 batches, so the heap grows to
-// 300+ MB; and every garbage collection empties the sync.Pool, so the next
-// packets come from fresh allocations that the runtime zeroes (10+% of the
-// receiving agent) and that bring the next collection sooner — with a Go
-// memory limit near the live heap, a collection loop that halved
-// throughput (docs/performance.md).
-//
-// msgPool therefore (1) sets the bound of the device's buffer pool (the
-// device.WaitPool field that PreallocatedBuffersPerPool sets on Android and
-// iOS): Get blocks while max buffers are out, which pushes back on the
-// readers, and from them on the TUN queue and the UDP socket; and (2)
-// allocates all max buffers up front, each with a finalizer, into the
-// pool's sync.Pool. When a collection drops one from the sync.Pool, the
-// finalizer resurrects it: re-arms itself and puts the buffer back. So the
-// buffers are never freed, never zeroed again, and the pool never
-// allocates in steady state. A finalizer only runs for an unreachable
-// buffer, so a buffer wireguard-go holds is never put back twice; the
-// WaitPool's count (Gets minus wireguard-go's Puts) is not touched.
-//
-// The WaitPool's fields are unexported: they are reached with reflect and
-// unsafe, checked against the expected types (TestMsgPoolFields fails if a
-// wireguard-go update changes them; New then logs and runs unbounded).
+// The buffers live in one anonymous mapping outside the Go heap. On Linux
+// wireguard-go keeps its 64 KiB buffers in a sync.Pool with no bound. Under
+// a bulk TCP stream that costs twice: every packet in flight holds a whole
+// buffer, and wireguard-go's queues hold up to 1024 batches, so the heap
+// grows to 300+ MB; and every garbage collection empties the sync.Pool, so
+// the next packets come from fresh allocations that the runtime zeroes
+// (10+% of the receiving agent) and that bring the next collection sooner.
+// A bound on the heap (an earlier msgPool preallocated 768 heap buffers
+// and resurrected them with finalizers) fixed both, but left 48 MiB in the
+// heap whose pages the runtime touched when it zeroed reused spans: most
+// of an idle agent's RSS. Outside the heap a buffer is never zeroed,
+// scanned or freed, and a page becomes resident only when a packet is
+// first written to it. Gets are last in, first out, so the buffers in use
+// stay the same few; the run-to-completion readers keep their 3×128 for
+// good and touch only what their packets fill. Close gives the pages back
+// (MADV_DONTNEED) but keeps the mapping: a late access reads zeros instead
+// of faulting.
 type msgPool struct {
-	pool   *sync.Pool // the WaitPool's sync.Pool
-	max    int
-	closed atomic.Bool
-	reused atomic.Uint64 // buffers put back by a finalizer
+	mu    sync.Mutex
+	cond  sync.Cond
+	free  []*msgBuf
+	arena []byte
+	max   int
 }
 
 type msgBuf = [device.MaxMessageSize]byte
 
-// waitPoolFields finds the sync.Pool and the bound of dev's message-buffer
-// WaitPool.
-func waitPoolFields(dev *device.Device) (*sync.Pool, *uint32, error) {
-	d := reflect.ValueOf(dev).Elem()
-	pools := d.FieldByName("pool")
-	if pools.Kind() != reflect.Struct {
-		return nil, nil, errors.New("device.Device has no pool struct")
-	}
-	mb := pools.FieldByName("messageBuffers")
-	if mb.Type() != reflect.TypeFor[*device.WaitPool]() || mb.IsNil() {
-		return nil, nil, errors.New("device.Device.pool.messageBuffers is not a *WaitPool")
-	}
-	wp := mb.Elem()
-	sp, mx := wp.FieldByName("pool"), wp.FieldByName("max")
-	if !sp.IsValid() || sp.Type() != reflect.TypeFor[sync.Pool]() {
-		return nil, nil, errors.New("device.WaitPool has no sync.Pool field pool")
-	}
-	if !mx.IsValid() || mx.Kind() != reflect.Uint32 {
-		return nil, nil, errors.New("device.WaitPool has no uint32 field max")
-	}
-	return (*sync.Pool)(unsafe.Pointer(sp.UnsafeAddr())), (*uint32)(unsafe.Pointer(mx.UnsafeAddr())), nil
-}
+// msgStride is a buffer's share of the mapping, whole pages.
+const msgStride = (device.MaxMessageSize + 4095) &^ 4095
 
-// newMsgPool bounds dev's message buffers to n (at least
-// minMessageBuffers) and fills the pool with n recycled buffers. It must run before wireguard-go takes its first
-// buffer (Wrapper.holdReaders) — the bound counts Gets from that moment.
-func newMsgPool(dev *device.Device, n int) (*msgPool, error) {
-	if device.PreallocatedBuffersPerPool != 0 {
-		return nil, errors.New("wireguard-go bounds its pools already")
-	}
-	sp, mx, err := waitPoolFields(dev)
-	if err != nil {
-		return nil, err
-	}
+var _ device.MessageBuffers = (*msgPool)(nil)
+
+// newMsgPool maps n (at least minMessageBuffers) buffers.
+func newMsgPool(n int) (*msgPool, error) {
 	n = maxInt(n, minMessageBuffers)
-	*mx = uint32(n)
-	p := &msgPool{pool: sp, max: n}
-	for range n {
-		b := new(msgBuf)
-		runtime.SetFinalizer(b, p.recycle)
-		sp.Put(b)
+	arena, err := unix.Mmap(-1, 0, n*msgStride, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, fmt.Errorf("map %d message buffers: %w", n, err)
+	}
+	p := &msgPool{arena: arena, max: n, free: make([]*msgBuf, n)}
+	p.cond.L = &p.mu
+	for i := range n {
+		// Highest first: Get pops from the end, the start of the arena.
+		p.free[n-1-i] = (*msgBuf)(unsafe.Pointer(&arena[i*msgStride]))
 	}
 	return p, nil
 }
 
-// recycle is the finalizer of a buffer that became unreachable (dropped
-// from the sync.Pool by a collection).
-func (p *msgPool) recycle(b *msgBuf) {
-	if p.closed.Load() {
-		return // the device is gone: let the buffer be freed
+// Get takes a buffer, waiting while all max are out.
+func (p *msgPool) Get() *msgBuf {
+	p.mu.Lock()
+	for len(p.free) == 0 {
+		p.cond.Wait()
 	}
-	runtime.SetFinalizer(b, p.recycle)
-	p.reused.Add(1)
-	p.pool.Put(b)
+	b := p.free[len(p.free)-1]
+	p.free = p.free[:len(p.free)-1]
+	p.mu.Unlock()
+	return b
 }
 
-// close stops resurrecting buffers; later collections free them.
+// Put gives a buffer back.
+func (p *msgPool) Put(b *msgBuf) {
+	p.mu.Lock()
+	p.free = append(p.free, b)
+	p.mu.Unlock()
+	p.cond.Signal()
+}
+
+// out is the number of buffers taken and not given back.
+func (p *msgPool) out() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.max - len(p.free)
+}
+
+// close gives the buffers' pages back to the kernel once the device is
+// closed; the mapping stays (see msgPool).
 func (p *msgPool) close() {
 	if p != nil {
-		p.closed.Store(true)
+		unix.Madvise(p.arena, unix.MADV_DONTNEED)
 	}
 }
 

@@ -1,61 +1,30 @@
 package overlay
 
 import (
-	"runtime"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"golang.zx2c4.com/wireguard/conn/bindtest"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 )
 
-// newHeldDevice makes a wireguard-go device on a channel TUN behind a
-// Wrapper whose readers are held, as overlay.New does.
-func newHeldDevice(t *testing.T) (*device.Device, *Wrapper) {
-	t.Helper()
-	w := NewWrapper(tuntest.NewChannelTUN().TUN(), OpenFilter{})
-	w.holdReaders()
-	dev := device.NewDevice(w, bindtest.NewChannelBinds()[0], device.NewLogger(device.LogLevelError, "test: "))
-	return dev, w
-}
-
-// TestMsgPoolFields fails when a wireguard-go update renames or retypes the
-// unexported pool fields newMsgPool sets.
-func TestMsgPoolFields(t *testing.T) {
-	dev, w := newHeldDevice(t)
-	defer dev.Close()
-	defer w.releaseReaders()
-	if _, _, err := waitPoolFields(dev); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// TestMsgPoolBoundsAndRecycles checks that the pool is bounded (Get blocks
-// at the bound) and that its buffers come back after collections empty the
-// sync.Pool.
-func TestMsgPoolBoundsAndRecycles(t *testing.T) {
-	dev, w := newHeldDevice(t)
-	defer dev.Close()
-	p, err := newMsgPool(dev, minMessageBuffers)
-	w.releaseReaders()
+// TestMsgPoolBounds checks that a device takes its buffers from the pool,
+// each once, and that Get blocks at the bound until one is put back.
+func TestMsgPoolBounds(t *testing.T) {
+	p, err := newMsgPool(minMessageBuffers)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.close()
-	// Collections empty the sync.Pool (primary, then victim cache); the
-	// finalizers put the buffers back. Wait for that, bounded.
-	deadline := time.Now().Add(20 * time.Second)
-	for p.reused.Load() < 64 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d buffers recycled after GCs", p.reused.Load())
-		}
-		runtime.GC()
-		runtime.Gosched()
-	}
+	dev := device.NewDeviceWithOptions(NewWrapper(tuntest.NewChannelTUN().TUN(), OpenFilter{}),
+		bindtest.NewChannelBinds()[0], device.NewLogger(device.LogLevelError, "test: "),
+		device.Options{MessageBuffers: p})
+	defer dev.Close()
 
-	// Take buffers until Get blocks: that happens at the bound, less the
-	// few the device's readers hold (batch size 1 here).
 	got := make(chan *msgBuf)
 	go func() {
 		for {
@@ -64,7 +33,8 @@ func TestMsgPoolBoundsAndRecycles(t *testing.T) {
 	}()
 	var taken []*msgBuf
 	seen := map[*msgBuf]bool{}
-	deadline = time.Now().Add(20 * time.Second)
+	lo := uintptr(unsafe.Pointer(&p.arena[0]))
+	deadline := time.Now().Add(20 * time.Second)
 	for blocked := false; !blocked; {
 		select {
 		case b := <-got:
@@ -72,27 +42,86 @@ func TestMsgPoolBoundsAndRecycles(t *testing.T) {
 				t.Fatal("one buffer handed out twice")
 			}
 			seen[b] = true
+			if off := uintptr(unsafe.Pointer(b)) - lo; off%msgStride != 0 || off >= uintptr(len(p.arena)) {
+				t.Fatalf("buffer at offset %d of the %d-byte mapping", off, len(p.arena))
+			}
 			taken = append(taken, b)
 			if len(taken) > p.max {
 				t.Fatalf("more than %d buffers handed out", p.max)
 			}
 		case <-time.After(200 * time.Millisecond):
 			// Get has blocked, or the taker is slow (a busy host):
-			// blocked only at the bound; before it, wait on, bounded.
-			if len(taken) >= p.max-8 {
+			// blocked only when every buffer is out (the device's
+			// readers hold a few: batch size 1 here).
+			if p.out() == p.max {
 				blocked = true
 			} else if time.Now().After(deadline) {
 				t.Fatalf("Get blocked after %d of %d buffers", len(taken), p.max)
 			}
 		}
 	}
+	if len(taken) < p.max-8 {
+		t.Fatalf("the device holds %d buffers, the test %d of %d", p.max-len(taken), len(taken), p.max)
+	}
 	dev.PutMessageBuffer(taken[0])
-	taken = append(taken[1:], <-got) // unblocked by the Put
+	select {
+	case b := <-got: // unblocked by the Put
+		if b != taken[0] {
+			t.Fatal("Get after Put returned another buffer than the one put back")
+		}
+		taken[0] = b
+	case <-time.After(10 * time.Second):
+		t.Fatal("Get still blocked 10 s after a Put")
+	}
 	for _, b := range taken {
 		dev.PutMessageBuffer(b)
 	}
 	// The taker goroutine takes one more and stays blocked on the send
 	// until the test exits; the device is closed by then.
+}
+
+// TestMsgPoolPagesResidentOnlyWhenWritten: the point of the pool's
+// mapping. No page of it is resident until a packet is written; Gets
+// return the last buffer put back, so the resident ones are reused; close
+// gives them back.
+func TestMsgPoolPagesResidentOnlyWhenWritten(t *testing.T) {
+	p, err := newMsgPool(minMessageBuffers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resident := func() int {
+		vec := make([]byte, (len(p.arena)+4095)/4096)
+		if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&p.arena[0])), uintptr(len(p.arena)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+			t.Fatal("mincore:", e)
+		}
+		n := 0
+		for _, v := range vec {
+			n += int(v & 1)
+		}
+		return n
+	}
+	if n := resident(); n != 0 {
+		t.Fatalf("%d pages resident before any use", n)
+	}
+	for range 1000 { // a reader's cycle: take, write a packet, give back
+		b := p.Get()
+		copy(b[:], make([]byte, 1500))
+		p.Put(b)
+	}
+	if n := resident(); n != 1 {
+		t.Fatalf("%d pages resident after 1000 packets through one buffer, want 1", n)
+	}
+	b1, b2 := p.Get(), p.Get()
+	b1[0], b2[0] = 1, 1
+	p.Put(b1)
+	p.Put(b2)
+	if n := resident(); n != 2 {
+		t.Fatalf("%d pages resident with two buffers written, want 2", n)
+	}
+	p.close()
+	if n := resident(); n != 0 {
+		t.Fatalf("%d pages resident after close", n)
+	}
 }
 
 func TestMessageBuffersConfig(t *testing.T) {
@@ -111,53 +140,6 @@ func TestMessageBuffersConfig(t *testing.T) {
 		t.Setenv(messageBuffersEnv, tc.env) // "" counts as unset
 		if got := messageBuffers(Config{MessageBuffers: tc.cfg}); got != tc.want {
 			t.Errorf("env %q cfg %d: %d buffers, want %d", tc.env, tc.cfg, got, tc.want)
-		}
-	}
-}
-
-// TestMsgPoolClosed checks that a closed pool lets its buffers go.
-func TestMsgPoolClosed(t *testing.T) {
-	dev, w := newHeldDevice(t)
-	p, err := newMsgPool(dev, minMessageBuffers)
-	w.releaseReaders()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev.Close()
-	p.close()
-	// A finalizer that was already running when close was called may
-	// still put its buffer back; finalizers run one at a time, so once a
-	// later one has run, that one is done.
-	waitFinalizers(t)
-	before := p.reused.Load()
-	for range 4 {
-		runtime.GC()
-	}
-	waitFinalizers(t)
-	if got := p.reused.Load() - before; got != 0 {
-		t.Fatalf("closed pool put back %d buffers", got)
-	}
-}
-
-// waitFinalizers returns once a finalizer queued now has run. A single
-// goroutine runs all finalizers in turn, so any finalizer running when
-// waitFinalizers was called has returned by then.
-func waitFinalizers(t *testing.T) {
-	t.Helper()
-	done := make(chan struct{})
-	s := new([16]byte) // not tiny-allocated: gets its own finalizer
-	runtime.SetFinalizer(s, func(*[16]byte) { close(done) })
-	s = nil
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		runtime.GC()
-		select {
-		case <-done:
-			return
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a finalizer did not run within 20 s")
 		}
 	}
 }

@@ -143,17 +143,16 @@ func newGateDevice(t *testing.T, bind conn.Bind, name string, bounded bool) *gat
 	t.Helper()
 	d := &gateDevice{tun: tuntest.NewChannelTUN(), key: gateKey(t)}
 	d.wrap = NewWrapper(d.tun.TUN(), OpenFilter{})
-	d.wrap.holdReaders()
-	d.dev = device.NewDevice(d.wrap, bind, device.NewLogger(device.LogLevelSilent, name+": "))
+	var opts device.Options
 	if bounded {
-		p, err := newMsgPool(d.dev, minMessageBuffers)
+		p, err := newMsgPool(minMessageBuffers)
 		if err != nil {
-			d.wrap.releaseReaders()
 			t.Fatal(err)
 		}
-		t.Cleanup(p.close)
+		t.Cleanup(p.close) // after the device is closed
+		opts.MessageBuffers = p
 	}
-	d.wrap.releaseReaders()
+	d.dev = device.NewDeviceWithOptions(d.wrap, bind, device.NewLogger(device.LogLevelSilent, name+": "), opts)
 	if err := d.dev.IpcSet("private_key=" + hexKey(d.key) + "\nlisten_port=0\n"); err != nil {
 		t.Fatal(err)
 	}

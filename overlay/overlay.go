@@ -198,25 +198,22 @@ func (o *Overlay) GuardEntries() ([]GuardEntry, error) {
 // effect.
 func (o *Overlay) startDevice(bind conn.Bind, nbufs int, opts device.Options) int {
 	if nbufs > 0 {
-		// Keep wireguard-go's TUN reader from taking buffers until the
-		// pool is bounded.
-		o.wrap.holdReaders()
-	}
-	o.dev = device.NewDeviceWithOptions(o.wrap, bind, wgLogger(o.log), opts)
-	if nbufs > 0 {
-		var err error
-		o.bufs, err = newMsgPool(o.dev, nbufs)
+		p, err := newMsgPool(nbufs)
 		if err != nil {
 			o.log.Warn("WireGuard message buffers stay unbounded", "err", err)
 			nbufs = 0
 		} else {
+			o.bufs, opts.MessageBuffers = p, p
 			// Bounded buffers: keep peers without a session from
-			// holding them.
+			// holding them. The gate is in the wrapper before
+			// wireguard-go's TUN reader exists.
 			o.gate = newStageGate()
 			o.wrap.gate.Store(o.gate)
-			go o.gate.poll(o.dev, o.log, o.stop)
 		}
-		o.wrap.releaseReaders()
+	}
+	o.dev = device.NewDeviceWithOptions(o.wrap, bind, wgLogger(o.log), opts)
+	if nbufs > 0 {
+		go o.gate.poll(o.dev, o.log, o.stop)
 	}
 	return nbufs
 }

@@ -64,13 +64,9 @@ type Wrapper struct {
 
 	writePool sync.Pool // *[][]byte scratch for Write compaction
 
-	// readersHeld, if set, holds BatchSize and Events callers until it is
-	// closed (see holdReaders).
-	readersHeld chan struct{}
-
 	// gate, if set, limits what peers without a session may hold
-	// (gate.go). Set once, by Overlay.startDevice, while the TUN reader
-	// may already be reading: hence atomic.
+	// (gate.go). Set once, by Overlay.startDevice before the device
+	// starts; atomic so that a later Store stays safe.
 	gate atomic.Pointer[stageGate]
 
 	stats WrapperStats
@@ -126,35 +122,6 @@ func (w *Wrapper) SetFilter(f Filter) { w.filter.Store(&filterRef{f}) }
 
 // Filter returns the wrapper's current filter.
 func (w *Wrapper) Filter() Filter { return w.filter.Load().Filter }
-
-// holdReaders makes BatchSize and Events block until releaseReaders. Call
-// it before device.NewDevice: the device's TUN reader goroutine calls
-// BatchSize before it takes its first message buffers, its event reader
-// Events before it can bring the device up, so the device's pools can be
-// changed in between (newMsgPool) with a happens-before edge to every use.
-func (w *Wrapper) holdReaders() { w.readersHeld = make(chan struct{}) }
-
-// releaseReaders lets held BatchSize callers go. Call it exactly once after
-// holdReaders, on every path (the device cannot close while held).
-func (w *Wrapper) releaseReaders() { close(w.readersHeld) }
-
-// Events is the inner device's, once releaseReaders has run: wireguard-go
-// brings the device (and with it the UDP receivers, which take buffers) up
-// on the first EventUp.
-func (w *Wrapper) Events() <-chan tun.Event {
-	if w.readersHeld != nil {
-		<-w.readersHeld
-	}
-	return w.Device.Events()
-}
-
-// BatchSize is the inner device's, once releaseReaders has run.
-func (w *Wrapper) BatchSize() int {
-	if w.readersHeld != nil {
-		<-w.readersHeld
-	}
-	return w.Device.BatchSize()
-}
 
 // Stats returns the wrapper's counters.
 func (w *Wrapper) Stats() *WrapperStats { return &w.stats }

@@ -60,3 +60,56 @@ func TestAdaptMemoryLimit(t *testing.T) {
 	}
 	runtime.KeepAlive(keep)
 }
+
+func TestShouldTrim(t *testing.T) {
+	for _, c := range []struct {
+		free  int64
+		since time.Duration
+		want  bool
+	}{
+		{0, time.Hour, false},
+		{trimAbove, time.Hour, false},
+		{trimAbove + 1, trimEvery, true},
+		{64 << 20, trimEvery - time.Millisecond, false},
+	} {
+		if got := shouldTrim(c.free, c.since); got != c.want {
+			t.Errorf("free %d, %v since the last trim: %v, want %v", c.free, c.since, got, c.want)
+		}
+	}
+}
+
+// TestAdaptMemoryLimitTrims: 32 MiB freed by the program goes back to the
+// kernel within a few periods of the loop, not whenever the runtime's
+// scavenger gets to it.
+func TestAdaptMemoryLimitTrims(t *testing.T) {
+	old := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(old)
+	free := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+	garbage := make([][]byte, 32)
+	for i := range garbage {
+		garbage[i] = make([]byte, 1<<20)
+		for j := range garbage[i] {
+			garbage[i][j] = 1 // resident
+		}
+	}
+	garbage = nil
+	runtime.GC()
+	metrics.Read(free)
+	if f := free[0].Value.Uint64(); f <= trimAbove {
+		t.Skipf("the runtime released the garbage itself (%d bytes free): nothing to check", f)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { adaptMemoryLimit(ctx, 96<<20, 10*time.Millisecond); close(done) }()
+	defer func() { cancel(); <-done }()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		metrics.Read(free)
+		if free[0].Value.Uint64() <= trimAbove {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d MiB free and resident 5 s after the loop started", free[0].Value.Uint64()>>20)
+		}
+		time.Sleep(10 * time.Millisecond) // polling, with a deadline
+	}
+}

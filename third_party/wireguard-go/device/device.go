@@ -93,6 +93,8 @@ type Device struct {
 	// rtc: run to completion (weft, rtc.go). Set by NewDeviceWithOptions,
 	// never changed.
 	rtc bool
+	// msgBufs: Options.MessageBuffers (weft, pools.go); nil: device.pool.
+	msgBufs MessageBuffers
 }
 
 // deviceState represents the state of a Device.
@@ -293,6 +295,7 @@ func NewDevice(tunDevice tun.Device, bind conn.Bind, logger *Logger) *Device {
 func NewDeviceWithOptions(tunDevice tun.Device, bind conn.Bind, logger *Logger, opts Options) *Device {
 	device := new(Device)
 	device.rtc = opts.RunToCompletion
+	device.msgBufs = opts.MessageBuffers
 	device.state.state.Store(uint32(deviceStateDown))
 	device.closed = make(chan struct{})
 	device.log = logger

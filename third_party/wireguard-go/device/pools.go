@@ -94,11 +94,28 @@ func (device *Device) PutOutboundElementsContainer(c *QueueOutboundElementsConta
 	device.pool.outboundElementsContainer.Put(c)
 }
 
+// MessageBuffers is weft's (WEFT-PATCHES.md): where a Device created with
+// Options.MessageBuffers takes its message buffers instead of its own
+// sync.Pool. Get may block (a bounded pool); both are called from many
+// goroutines at once. A buffer is Put back once, after its last use; its
+// contents need not be zero.
+type MessageBuffers interface {
+	Get() *[MaxMessageSize]byte
+	Put(*[MaxMessageSize]byte)
+}
+
 func (device *Device) GetMessageBuffer() *[MaxMessageSize]byte {
+	if device.msgBufs != nil {
+		return device.msgBufs.Get()
+	}
 	return device.pool.messageBuffers.Get().(*[MaxMessageSize]byte)
 }
 
 func (device *Device) PutMessageBuffer(msg *[MaxMessageSize]byte) {
+	if device.msgBufs != nil {
+		device.msgBufs.Put(msg)
+		return
+	}
 	device.pool.messageBuffers.Put(msg)
 }
 

@@ -46,6 +46,9 @@ type Options struct {
 	// UDP socket) seals or opens it and sends or writes it, with no
 	// crypto workers and no per-peer routines (rtc.go).
 	RunToCompletion bool
+	// MessageBuffers, if set, gives the device its message buffers
+	// (pools.go); nil: its own sync.Pool, as upstream.
+	MessageBuffers MessageBuffers
 }
 
 // defaultRunToCompletion is NewDevice's Options.RunToCompletion; tests
