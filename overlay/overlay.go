@@ -128,6 +128,7 @@ func New(cfg Config) (*Overlay, error) {
 	}
 	o := &Overlay{cfg: cfg, log: log, peers: make(map[wgtypes.Key]Peer), backend: backend, stop: make(chan struct{})}
 	o.wrap = NewWrapper(tdev, cfg.Filter)
+	o.wrap.probe = newProbeFilter(cfg.LocalSubnet)
 	o.initPartial(tdev)
 	nbufs := o.startDevice(conn.NewDefaultBind(), messageBuffers(cfg),
 		device.Options{RunToCompletion: dataPath == DataPathInline})
