@@ -222,7 +222,7 @@ func TestTraceView(t *testing.T) {
 		{"path reduced", "allow", "mtu", "path to cell c2 1240 (probed 3s ago)", func(v *traceView) {
 			v.pathMTU = map[string]PeerPathMTU{"c2": {MTU: 1240, State: pmtuReduced, Probed: now.Add(-3 * time.Second)}}
 		}},
-		{"path no reply", "allow", "mtu", "no probe of 1280 bytes was answered", func(v *traceView) {
+		{"path no reply", "allow", "mtu", "no probe of 576 bytes was answered", func(v *traceView) {
 			v.pathMTU = map[string]PeerPathMTU{"c2": {State: pmtuNoReply}}
 		}},
 	}

@@ -8,10 +8,10 @@ import (
 // PMTUProbePort is the UDP port of path MTU probes on cell addresses.
 const PMTUProbePort = 51819
 
-// MinPathMTU is the smallest inner MTU probed: a path that cannot carry
-// 1280-byte packets inside WireGuard is not supported (nor is it by
-// WireGuard's own IPv6 minimum).
-const MinPathMTU = 1280
+// MinPathMTU is the smallest inner MTU probed: 576, the datagram every
+// IPv4 host must accept. An underlay of 1280 bytes (IPv6's minimum)
+// leaves 1220 inside WireGuard over IPv4, 1200 over IPv6.
+const MinPathMTU = 576
 
 // WireGuardOverhead is what WireGuard adds to an inner packet on the
 // underlay: outer IP header, UDP header, WireGuard's 16-byte data header
