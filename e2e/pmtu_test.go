@@ -78,6 +78,12 @@ func TestPathMTU(t *testing.T) {
 		t.Errorf("trace: path MTU %d, mtu step %+v; want %d", res.PathMTU, s, want)
 	}
 
+	// The SYN-ACK was clamped by cell 2's guard: the client's MSS fits
+	// the path before any ICMP (1216 - 40 bytes of headers, less 12 of
+	// TCP timestamps).
+	if mss := clientMSS(t, ctA, ctB, netip.AddrPortFrom(ipB, 9000)); mss > want-40 {
+		t.Errorf("MSS of a new connection %s -> %v is %d, want at most %d (clamped to the path)", ctA, ipB, mss, want-40)
+	}
 	bulk(t, ctA, ctB, netip.AddrPortFrom(ipB, 9000), 10<<20)
 	bulk(t, ctB, ctA, netip.AddrPortFrom(ipA, 9000), 10<<20)
 
@@ -134,4 +140,33 @@ func udpTooBig(t *testing.T, ns string, dst netip.AddrPort, want int) {
 		t.Errorf("%s: path MTU to %v learned from ICMP is %d, want %d", ns, dst, mtu, want)
 	}
 	t.Logf("%s: 1400-byte UDP with DF to %v refused with EMSGSIZE, path MTU %d", ns, dst, mtu)
+}
+
+// clientMSS opens a TCP connection from namespace client to a listener at
+// dst in namespace server and returns the client's MSS (TCP_MAXSEG) before
+// any data was sent.
+func clientMSS(t *testing.T, client, server string, dst netip.AddrPort) int {
+	t.Helper()
+	ln, err := lab.ListenIn(server, "tcp", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := lab.DialIn(client, "tcp", dst.String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	raw, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mss int
+	var serr error
+	raw.Control(func(fd uintptr) { mss, serr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_MAXSEG) })
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	t.Logf("%s -> %v: MSS %d", client, dst, mss)
+	return mss
 }
