@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -40,7 +41,8 @@ func peerPathMTU(st lab.Status) (mtu int, state string) {
 // vanishing in the underlay.
 func TestPathMTU(t *testing.T) {
 	lab.RequireRoot(t)
-	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin})
+	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin,
+		AgentArgs: []string{"--metrics-addr", fmt.Sprintf(":%d", metricsPort)}})
 	ctA, ctB := l.Name("pmtuA"), l.Name("pmtuB")
 	ipA := createContainer(t, l, 1, "pmtua", ctA)
 	ipB := createContainer(t, l, 2, "pmtub", ctB)
@@ -69,6 +71,16 @@ func TestPathMTU(t *testing.T) {
 			return mtu == want && state == "reduced"
 		})
 		t.Logf("cell %d found path MTU %d in %v", i, want, d.Round(time.Millisecond))
+	}
+	samples, text := scrape(t, l, 1, 1)
+	var got float64
+	for k, v := range samples {
+		if strings.HasPrefix(k, `weft_peer_path_mtu{peer="c2",`) {
+			got = v
+		}
+	}
+	if got != want {
+		t.Errorf("weft_peer_path_mtu of c2 on cell 1 is %v, want %d\n%s", got, want, grep(text, "weft_peer_path_mtu"))
 	}
 	if out := weft(t, l, 1, "status"); !strings.Contains(out, strconv.Itoa(want)+" (reduced)") {
 		t.Errorf("weft status on cell 1 does not show the reduced path MTU:\n%s", out)
