@@ -107,6 +107,7 @@ type Agent struct {
 
 	mu       sync.Mutex       // serialises container changes and table compiles
 	ov       *overlay.Overlay // guarded by mu; nil until the subnet lease is taken
+	pmtu     *pmtuProber      // guarded by mu; path MTU probes (pmtu.go), nil with ov or without a probe socket
 	compiled *tableInputs     // guarded by mu: the inputs of the engine's table
 	enf      enforcement      // guarded by mu
 	dns      agentDNS         // srv guarded by mu
@@ -239,8 +240,13 @@ func (a *Agent) startOverlay(subnet netip.Prefix) error {
 	if err != nil {
 		return err
 	}
+	pm, err := startPMTU(ov, a.log, defaultPMTUTiming())
+	if err != nil {
+		a.log.Warn("path MTU is not probed: peers keep the overlay MTU", "err", err)
+	}
 	a.mu.Lock()
 	a.ov = ov
+	a.pmtu = pm
 	a.recoverContainersLocked()
 	a.compileLocked()
 	a.mu.Unlock()
@@ -270,6 +276,9 @@ func (a *Agent) waitReady(ctx context.Context, timeout time.Duration) bool {
 func (a *Agent) stopOverlay() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.pmtu != nil {
+		a.pmtu.Close()
+	}
 	if a.ov != nil {
 		a.ov.Close()
 	}
@@ -332,6 +341,7 @@ func (a *Agent) renumbered() error {
 // syncPeers makes the WireGuard peers the live remote members with a lease.
 func (a *Agent) syncPeers() {
 	var peers []overlay.Peer
+	var targets []pmtuTarget
 	for _, m := range a.mesh.Members() {
 		if m.Self || !m.Subnet.IsValid() || (m.State != mesh.NodeAlive && m.State != mesh.NodeSuspect) {
 			continue
@@ -348,15 +358,20 @@ func (a *Agent) syncPeers() {
 
 			PartialTCPChecksum: m.Features&mesh.FeatPartialTCPChecksum != 0,
 		})
+		targets = append(targets, pmtuTarget{Name: m.Name, Key: m.WGPublicKey, Subnet: m.Subnet,
+			Endpoint: netip.AddrPortFrom(m.Addr, uint16(m.WGPort))})
 	}
 	a.mu.Lock()
-	ov := a.ov
+	ov, pm := a.ov, a.pmtu
 	a.mu.Unlock()
 	if ov == nil {
 		return
 	}
 	if err := ov.SyncPeers(peers); err != nil {
 		a.log.Error("sync WireGuard peers", "err", err)
+	}
+	if pm != nil {
+		pm.Sync(targets)
 	}
 }
 

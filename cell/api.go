@@ -159,6 +159,13 @@ type Peer struct {
 	// checksums (it announced that it accepts them).
 	PartialTCPChecksum bool `json:"partial_tcp_checksum,omitempty"`
 
+	// PathMTU is the largest inner packet the path to this peer carries,
+	// as probed (cell/pmtu.go); 0 while unknown. PathMTUState is probing,
+	// ok (the overlay MTU fits), reduced (the peer's route has PathMTU)
+	// or no_reply.
+	PathMTU      int    `json:"path_mtu,omitempty"`
+	PathMTUState string `json:"path_mtu_state,omitempty"`
+
 	Name string `json:"name,omitempty"` // the member with this key
 	// HandshakeAge is the time since LastHandshake in seconds (absent:
 	// never).

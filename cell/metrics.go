@@ -42,6 +42,7 @@ import (
 //	weft_peer_receive_bytes_total{peer,public_key}   bytes from a peer (wgctrl)
 //	weft_peer_transmit_bytes_total{peer,public_key}  bytes to a peer
 //	weft_peer_last_handshake_seconds{peer,public_key} seconds since the last handshake (absent: never)
+//	weft_peer_path_mtu{peer,public_key}      largest inner packet the path to a peer carries, as probed (absent: unknown)
 //	weft_policies                            rules in the policy set
 //	weft_policy_version                      48 bits of a SHA-256 of the sorted policy set: equal on cells that agree
 //	weft_policy_enforced                     1 while the data path applies the policy, 0 while it passes every packet
@@ -76,6 +77,8 @@ var (
 		"Bytes received from a WireGuard peer.", []string{"peer", "public_key"}, nil)
 	descPeerTx = prometheus.NewDesc("weft_peer_transmit_bytes_total",
 		"Bytes sent to a WireGuard peer.", []string{"peer", "public_key"}, nil)
+	descPeerPathMTU = prometheus.NewDesc("weft_peer_path_mtu",
+		"Largest inner packet the path to a peer carries, as probed through the tunnel (absent while unknown).", []string{"peer", "public_key"}, nil)
 	descPeerHandshake = prometheus.NewDesc("weft_peer_last_handshake_seconds",
 		"Seconds since the last WireGuard handshake with a peer (absent until the first).", []string{"peer", "public_key"}, nil)
 	descPolicies = prometheus.NewDesc("weft_policies",
@@ -106,7 +109,7 @@ var _ prometheus.Collector = collector{}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAllowed, descDenied, descRejectsSent, descRejectsLimited,
-		descFlows, descEvictions, descMembers, descPeers, descNoSession, descPeerRx, descPeerTx, descPeerHandshake,
+		descFlows, descEvictions, descMembers, descPeers, descNoSession, descPeerRx, descPeerTx, descPeerHandshake, descPeerPathMTU,
 		descPolicies, descPolicyVersion, descEnforced, descLease, descContainers, descBuildInfo, descConflict, descScrapeErrors} {
 		ch <- d
 	}
@@ -185,6 +188,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			counter(descPeerTx, uint64(p.TxBytes), name, p.PublicKey)
 			if !p.LastHandshake.IsZero() {
 				gauge(descPeerHandshake, now.Sub(p.LastHandshake).Seconds(), name, p.PublicKey)
+			}
+			if m, ok := a.peerPathMTU(p.PublicKey); ok && m.MTU > 0 {
+				gauge(descPeerPathMTU, float64(m.MTU), name, p.PublicKey)
 			}
 		}
 	}

@@ -117,7 +117,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 		st.Verdicts[overlay.GuardEgressAccepted] = n
 	}
 	a.mu.Lock()
-	ov := a.ov
+	ov, pm := a.ov, a.pmtu
 	a.mu.Unlock()
 	if ov != nil {
 		peers, err := readPeers(a.cfg.Interface)
@@ -130,6 +130,11 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 		for i := range peers {
 			peers[i].PartialTCPChecksum = partial[peers[i].PublicKey]
 			peers[i].Name = keyNames[peers[i].PublicKey]
+			if pm != nil {
+				if m, ok := pm.Get(peers[i].PublicKey); ok {
+					peers[i].PathMTU, peers[i].PathMTUState = m.MTU, m.State
+				}
+			}
 			if !peers[i].LastHandshake.IsZero() {
 				peers[i].HandshakeAge = time.Since(peers[i].LastHandshake).Round(time.Millisecond).Seconds()
 			}

@@ -42,8 +42,9 @@ type traceView struct {
 	peers       []Peer // WireGuard peers (overlayUp)
 	peersErr    error
 	overlayMTU  int
-	underlayMTU int            // 0: unknown
-	vethMTU     map[string]int // local container name -> host veth MTU
+	underlayMTU int                    // 0: unknown
+	vethMTU     map[string]int         // local container name -> host veth MTU
+	pathMTU     map[string]PeerPathMTU // peer cell name -> probed path MTU (pmtu.go)
 	now         time.Time
 }
 
@@ -75,6 +76,7 @@ func (a *Agent) traceView() *traceView {
 		table:     a.engine.Table(),
 		now:       time.Now(),
 		vethMTU:   map[string]int{},
+		pathMTU:   map[string]PeerPathMTU{},
 	}
 	v.enforcing, _ = a.enforcing()
 	ov := a.overlay()
@@ -85,6 +87,16 @@ func (a *Agent) traceView() *traceView {
 	v.guard, v.guardErr = ov.GuardEntries()
 	v.peers, v.peersErr = readPeers(a.cfg.Interface)
 	v.overlayMTU = ov.Config().MTU
+	a.mu.Lock()
+	pm := a.pmtu
+	a.mu.Unlock()
+	if pm != nil {
+		for _, m := range v.members {
+			if p, ok := pm.ByName(m.Name); ok {
+				v.pathMTU[m.Name] = p
+			}
+		}
+	}
 	if a.cfg.Bind.Addr().IsValid() {
 		v.underlayMTU = underlayMTU(a.cfg.Bind.Addr(), a.log)
 	}
@@ -209,7 +221,7 @@ func traceFlow(req TraceRequest, v *traceView) (TraceResult, error) {
 	for _, cell := range cellsOf(dsts) {
 		res.step(v.cellStep(cell))
 	}
-	res.step(v.mtuStep(srcs, &res))
+	res.step(v.mtuStep(srcs, dsts, &res))
 
 	res.Verdict, res.Reason = "allow", "every step passes"
 	for _, s := range res.Steps {
@@ -420,10 +432,11 @@ func short(key string) string {
 	return key
 }
 
-// mtuStep reports the interface MTUs known on the path: the source
-// containers' veths on this cell, the overlay TUN, and what the underlay
-// leaves for WireGuard (its MTU - 80).
-func (v *traceView) mtuStep(srcs []mesh.Endpoint, res *TraceResult) TraceStep {
+// mtuStep reports the MTUs known on the path: the source containers'
+// veths on this cell, the overlay TUN, what the local underlay link leaves
+// for WireGuard (its MTU - 80), and the path MTU probed to each
+// destination cell (pmtu.go).
+func (v *traceView) mtuStep(srcs, dsts []mesh.Endpoint, res *TraceResult) TraceStep {
 	s := TraceStep{Step: "mtu", OK: true}
 	if !v.overlayUp {
 		s.Detail = "unknown: the data plane of this cell is not up"
@@ -449,7 +462,33 @@ func (v *traceView) mtuStep(srcs []mesh.Endpoint, res *TraceResult) TraceStep {
 		}
 		path = min(path, v.underlayMTU-80)
 	}
+	probed := false
+	for _, cell := range cellsOf(dsts) {
+		if cell == v.self {
+			continue
+		}
+		p, ok := v.pathMTU[cell]
+		switch {
+		case !ok || p.State == pmtuProbing:
+			parts = append(parts, fmt.Sprintf("path to cell %s not probed yet", cell))
+		case p.State == pmtuNoReply:
+			s.OK = false
+			parts = append(parts, fmt.Sprintf("path to cell %s unknown: no probe of %d bytes was answered", cell, overlay.MinPathMTU))
+		default:
+			probed = true
+			parts = append(parts, fmt.Sprintf("path to cell %s %d (probed %v ago)", cell, p.MTU, v.now.Sub(p.Probed).Round(time.Second)))
+			if p.MTU < path {
+				s.OK = false
+				parts = append(parts, fmt.Sprintf("the underlay toward cell %s carries less than the overlay MTU: larger packets get ICMP fragmentation-needed from this cell and TCP's MSS is clamped to %d", cell, p.MTU-40))
+			}
+			path = min(path, p.MTU)
+		}
+	}
 	res.PathMTU = path
-	s.Detail = fmt.Sprintf("path MTU %d as far as this cell knows (%s); remote cells' links are not known here", path, strings.Join(parts, ", "))
+	if probed {
+		s.Detail = fmt.Sprintf("path MTU %d (%s)", path, strings.Join(parts, ", "))
+	} else {
+		s.Detail = fmt.Sprintf("path MTU %d as far as this cell knows (%s)", path, strings.Join(parts, ", "))
+	}
 	return s
 }

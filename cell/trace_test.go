@@ -215,6 +215,16 @@ func TestTraceView(t *testing.T) {
 		{"big veth", "allow", "mtu", "more than the overlay's 1420", func(v *traceView) { v.vethMTU["ca"] = 1500 }},
 		{"overlay over underlay", "allow", "mtu", "exceeds it", func(v *traceView) { v.underlayMTU = 1400 }},
 		{"enforcement off", "allow", "enforcement", "OFF", func(v *traceView) { v.enforcing = false }},
+		{"path not probed", "allow", "mtu", "path to cell c2 not probed yet", func(v *traceView) {}},
+		{"path probed", "allow", "mtu", "path MTU 1420 (", func(v *traceView) {
+			v.pathMTU = map[string]PeerPathMTU{"c2": {MTU: 1420, State: pmtuOK, Probed: now.Add(-3 * time.Second)}}
+		}},
+		{"path reduced", "allow", "mtu", "path to cell c2 1240 (probed 3s ago)", func(v *traceView) {
+			v.pathMTU = map[string]PeerPathMTU{"c2": {MTU: 1240, State: pmtuReduced, Probed: now.Add(-3 * time.Second)}}
+		}},
+		{"path no reply", "allow", "mtu", "no probe of 576 bytes was answered", func(v *traceView) {
+			v.pathMTU = map[string]PeerPathMTU{"c2": {State: pmtuNoReply}}
+		}},
 	}
 	for _, c := range cases {
 		v := base()
@@ -223,5 +233,11 @@ func TestTraceView(t *testing.T) {
 		if s := stepOf(&res, c.step); res.Verdict != c.verdict || !strings.Contains(s.Detail, c.want) {
 			t.Errorf("%s: verdict %s, step %+v; want %s and %q", c.name, res.Verdict, s, c.verdict, c.want)
 		}
+	}
+	// A reduced path is the trace's path MTU, with a warning.
+	v := base()
+	v.pathMTU = map[string]PeerPathMTU{"c2": {MTU: 1240, State: pmtuReduced, Probed: now}}
+	if res := trace(v); res.PathMTU != 1240 || stepOf(&res, "mtu").OK {
+		t.Errorf("reduced path: path MTU %d, step %+v; want 1240 and a warning", res.PathMTU, stepOf(&res, "mtu"))
 	}
 }

@@ -38,6 +38,7 @@ import (
 //	    iifname "wc*"                                   counter to_cell drop
 //	  }
 //	  chain forward { type filter hook forward priority filter
+//	    tcp flags syn tcp option maxseg size set rt mtu  # pmtu_linux.go
 //	    iifname "wc*" oifname != WEFT0 ip daddr != OVERLAY jump egress  # egress_linux.go
 //	    iifname "wc*" oifname != WEFT0                  counter to_cell drop
 //	  }
@@ -205,6 +206,7 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 	rule(in, fromContainer(), countDrop(GuardToCell))
 
 	fwd := chain("forward", nftables.ChainHookForward, nftables.ChainPriorityFilter)
+	rule(fwd, mssClamp()) // pmtu_linux.go
 	g.buildEgressLocked(c, t, fwd)
 	rule(fwd, fromContainer(), ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, g.iface), countDrop(GuardToCell))
 	return nil

@@ -129,6 +129,7 @@ func New(cfg Config) (*Overlay, error) {
 	}
 	o := &Overlay{cfg: cfg, log: log, peers: make(map[wgtypes.Key]Peer), backend: backend, stop: make(chan struct{})}
 	o.wrap = NewWrapper(tdev, cfg.Filter)
+	o.wrap.probe = newProbeFilter(cfg.LocalSubnet)
 	o.initPartial(tdev)
 	if dataPath == DataPathInline {
 		// Read every packet the TUN has queued, up to a batch: a burst

@@ -69,6 +69,11 @@ type Wrapper struct {
 	// starts; atomic so that a later Store stays safe.
 	gate atomic.Pointer[stageGate]
 
+	// probe recognises path MTU probes between cell addresses (probe.go),
+	// which pass without the filter. Set by Overlay.New before the
+	// device starts; the zero value recognises none.
+	probe probeFilter
+
 	stats WrapperStats
 }
 
@@ -146,9 +151,12 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		}
 		pkt := bufs[i][offset : offset+sizes[i]]
 		var v policy.Verdict
-		if eng != nil {
+		switch {
+		case w.probe.outbound(pkt):
+			v = policy.Accept
+		case eng != nil:
 			v = eng.OutboundRun(pkt, &run)
-		} else {
+		default:
 			v = f.Outbound(pkt)
 		}
 		switch {
@@ -194,9 +202,12 @@ func (w *Wrapper) Write(bufs [][]byte, offset int) (int, error) {
 	for i, b := range bufs {
 		pkt := b[offset:]
 		var v policy.Verdict
-		if eng != nil {
+		switch {
+		case w.probe.inbound(pkt):
+			v = policy.Accept
+		case eng != nil:
 			v = eng.InboundRun(pkt, &run)
-		} else {
+		default:
 			v = f.Inbound(pkt)
 		}
 		if v.Allowed() {

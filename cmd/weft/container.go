@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -193,7 +194,7 @@ func statusCmd() *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Addr, m.State, m.Subnet, v, feats)
 			}
-			fmt.Fprintln(tw, "\npeer\tpublic key\tendpoint\tallowed ips\thandshake\trx bytes\ttx bytes\ttcp sums out")
+			fmt.Fprintln(tw, "\npeer\tpublic key\tendpoint\tallowed ips\thandshake\trx bytes\ttx bytes\tpath mtu\ttcp sums out")
 			for _, p := range st.Peers {
 				hs := "never"
 				if !p.LastHandshake.IsZero() {
@@ -207,11 +208,26 @@ func statusCmd() *cobra.Command {
 				if p.PartialTCPChecksum {
 					sums = "partial"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%d\t%d\t%s\n", name, p.PublicKey, p.Endpoint, p.AllowedIPs, hs, p.RxBytes, p.TxBytes, sums)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%d\t%d\t%s\t%s\n", name, p.PublicKey, p.Endpoint, p.AllowedIPs, hs, p.RxBytes, p.TxBytes, pathMTU(p), sums)
 			}
 			return tw.Flush()
 		},
 	}
 	c.Flags().StringVar(&output, "output", "table", "table or json")
 	return c
+}
+
+// pathMTU shows a peer's probed path MTU for the status table.
+func pathMTU(p cell.Peer) string {
+	switch p.PathMTUState {
+	case "":
+		return "-"
+	case "ok":
+		return strconv.Itoa(p.PathMTU)
+	case "reduced":
+		return strconv.Itoa(p.PathMTU) + " (reduced)"
+	case "no_reply":
+		return "no reply"
+	}
+	return p.PathMTUState
 }
