@@ -37,7 +37,14 @@ func TestPeerDriftRepaired(t *testing.T) {
 	o.cfg.PrivateKey = newKey(t)
 	o.wrap = NewWrapper(tt.TUN(), OpenFilter{})
 	o.dev = device.NewDevice(o.wrap, bindtest.NewChannelBinds()[0], wgLogger(o.log))
-	defer o.dev.Close()
+	defer func() {
+		// As Close does: keepaliveOn, due a second after SyncPeers,
+		// then does nothing.
+		o.mu.Lock()
+		o.closed = true
+		o.mu.Unlock()
+		o.dev.Close()
+	}()
 
 	a, b, x := newKey(t).PublicKey(), newKey(t).PublicKey(), newKey(t).PublicKey()
 	want := []Peer{
