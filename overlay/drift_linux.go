@@ -126,7 +126,7 @@ func newReconciler(cfg Config, log *slog.Logger, g *guard, peers func() ([]drift
 		iv = DefaultDriftInterval
 	}
 	return &reconciler{
-		cfg: cfg, log: log.With("component", "drift"), guard: g, peers: peers, interval: iv,
+		cfg: cfg, log: log, guard: g, peers: peers, interval: iv,
 		kicks: make(chan struct{}, 1), done: make(chan struct{}), exited: make(chan struct{}),
 		errs: map[string]string{}, attempts: map[string]*attempt{},
 		containers: map[string]netip.Addr{},
