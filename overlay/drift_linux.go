@@ -359,15 +359,35 @@ func (r *reconciler) apply(ds []drift, now time.Time, found map[string]bool) {
 // overlay made. Needs r.cmu. Drift is returned in repair order: links
 // first (a link set down loses its routes), rules last.
 func (r *reconciler) netlinkDrift() ([]drift, error) {
+	// One dump of links and one of addresses, whatever the number of
+	// containers: a pass runs on every notification.
+	all, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	byName := make(map[string]netlink.Link, len(all))
+	for _, l := range all {
+		byName[l.Attrs().Name] = l
+	}
+	tun, ok := byName[r.cfg.Interface]
+	if !ok {
+		return nil, fmt.Errorf("%s is gone", r.cfg.Interface)
+	}
+	have, err := netlink.AddrList(nil, unix.AF_INET)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	addrSet := make(map[string]bool, len(have))
+	for _, a := range have {
+		if a.IPNet != nil {
+			addrSet[fmt.Sprint(a.LinkIndex, " ", a.IPNet)] = true
+		}
+	}
+
 	var links, addrs, routes []drift
 	var errs error
-	tun, err := netlink.LinkByName(r.cfg.Interface)
-	if err != nil {
-		return nil, fmt.Errorf("find %s: %w", r.cfg.Interface, err)
-	}
 	links = appendLinkDrift(links, tun)
-	addrs, err = appendAddrDrift(addrs, tun, cellAddrOf(r.cfg))
-	errs = errors.Join(errs, err)
+	addrs = appendAddrDrift(addrs, addrSet, tun, cellAddrOf(r.cfg))
 	routes, err = appendRouteDrift(routes, unix.RT_TABLE_MAIN, []*netlink.Route{overlayRoute(r.cfg, tun.Attrs().Index)},
 		map[int]string{tun.Attrs().Index: r.cfg.Interface})
 	errs = errors.Join(errs, err)
@@ -375,13 +395,12 @@ func (r *reconciler) netlinkDrift() ([]drift, error) {
 	var delivery []*netlink.Route
 	names := map[int]string{}
 	for veth, ip := range r.containers {
-		l, err := netlink.LinkByName(veth)
-		if err != nil {
+		l, ok := byName[veth]
+		if !ok {
 			continue // detached, or not yet attached: not ours to make
 		}
 		links = appendLinkDrift(links, l)
-		addrs, err = appendAddrDrift(addrs, l, gatewayAddr())
-		errs = errors.Join(errs, err)
+		addrs = appendAddrDrift(addrs, addrSet, l, gatewayAddr())
 		delivery = append(delivery, containerRoute(l.Attrs().Index, ip, r.cfg.DeliveryTable))
 		names[l.Attrs().Index] = veth
 	}
@@ -403,18 +422,13 @@ func appendLinkDrift(out []drift, l netlink.Link) []drift {
 	}})
 }
 
-func appendAddrDrift(out []drift, l netlink.Link, want *netlink.Addr) ([]drift, error) {
-	have, err := netlink.AddrList(l, unix.AF_INET)
-	if err != nil {
-		return out, fmt.Errorf("addresses of %s: %w", l.Attrs().Name, err)
-	}
-	for _, a := range have {
-		if a.IPNet != nil && a.IPNet.String() == want.IPNet.String() {
-			return out, nil
-		}
+// appendAddrDrift: want on l, unless have ("INDEX PREFIX") holds it.
+func appendAddrDrift(out []drift, have map[string]bool, l netlink.Link, want *netlink.Addr) []drift {
+	if have[fmt.Sprint(l.Attrs().Index, " ", want.IPNet)] {
+		return out
 	}
 	return append(out, drift{kind: DriftAddress, object: fmt.Sprintf("address %v dev %s", want.IPNet, l.Attrs().Name),
-		detail: "missing", fix: func() error { return netlink.AddrReplace(l, want) }}), nil
+		detail: "missing", fix: func() error { return netlink.AddrReplace(l, want) }})
 }
 
 // appendRouteDrift compares the routes of table with want by destination
