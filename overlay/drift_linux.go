@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -114,7 +115,7 @@ type reconciler struct {
 	stopOnce sync.Once               //
 	errs     map[string]string       // run only: the last error of each check, logged once
 	attempts map[string]*attempt     // run only: by kind + object
-	chains   []string                // run only: the guard's base chains, as first seen
+	chains   map[string]bool         // run only: the guard's base chains as first seen: had rules
 
 	cmu        sync.Mutex            // held while containers' state is checked and repaired
 	containers map[string]netip.Addr // guarded by cmu: host veth -> container address (SyncGuard)
@@ -516,7 +517,8 @@ func ruleString(r *netlink.Rule) string {
 }
 
 // guardDrift compares the guard's table with what it last wrote: the table, its
-// set and its base chains (each with rules) present, the set's bindings
+// set and its base chains present (those that had rules when first seen
+// still with some), the set's bindings
 // those of the last Sync. A table that lacks any part is installed again
 // whole (with the last bindings and egress rules); bindings alone are
 // rewritten.
@@ -550,16 +552,24 @@ func (r *reconciler) guardDrift() ([]drift, error) {
 	}
 	if r.chains == nil {
 		// First look at a complete table (New installed it just now):
-		// these are the chains it has.
-		for name := range base {
-			r.chains = append(r.chains, name)
+		// these are the chains it has, and whether each had rules.
+		r.chains = map[string]bool{}
+		for name, ch := range base {
+			rules, err := c.GetRules(g.table, ch)
+			if err != nil {
+				r.chains = nil
+				return nil, fmt.Errorf("nftables: rules of chain %s: %w", name, err)
+			}
+			r.chains[name] = len(rules) > 0
 		}
-		slices.Sort(r.chains)
 	}
-	for _, name := range r.chains {
+	for _, name := range slices.Sorted(maps.Keys(r.chains)) {
 		ch, ok := base[name]
 		if !ok {
 			return reinstall("chain " + name + " missing"), nil
+		}
+		if !r.chains[name] {
+			continue // was empty: its rules are not weft's to keep
 		}
 		rules, err := c.GetRules(g.table, ch)
 		if err != nil {
