@@ -49,6 +49,8 @@ import (
 //	weft_lease{subnet}                       1 while the cell holds the subnet lease
 //	weft_containers                          containers on this cell
 //	weft_build_info{version,goversion}       1, labelled with this agent's version and Go toolchain
+//	weft_drift_repaired_total{kind}          state of the data plane that something else changed and the agent put back:
+//	                                         peer, link, address, route, rule, nftables (overlay/drift_linux.go)
 //	weft_subnet_conflict{subnet,holder}      while another cell holds an older lease of this cell's subnet:
 //	                                         this cell's containers there (unreachable; new ones refused)
 //
@@ -96,6 +98,9 @@ var (
 	descConflict = prometheus.NewDesc("weft_subnet_conflict",
 		"Present while another cell (holder) holds an older lease of this cell's subnet: this cell's containers in it, which are not reachable.",
 		[]string{"subnet", "holder"}, nil)
+	descDriftRepaired = prometheus.NewDesc("weft_drift_repaired_total",
+		"Data-plane state that something else changed (a WireGuard peer, a link, an address, a route, a rule, the nftables table) and the agent put back, by kind.",
+		[]string{"kind"}, nil)
 	descScrapeErrors = prometheus.NewDesc("weft_scrape_errors_total",
 		"Parts of this scrape that could not be read (e.g. the WireGuard device before the lease).", []string{"part"}, nil)
 )
@@ -110,7 +115,7 @@ var _ prometheus.Collector = collector{}
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAllowed, descDenied, descRejectsSent, descRejectsLimited,
 		descFlows, descEvictions, descMembers, descPeers, descNoSession, descPeerRx, descPeerTx, descPeerHandshake, descPeerPathMTU,
-		descPolicies, descPolicyVersion, descEnforced, descLease, descContainers, descBuildInfo, descConflict, descScrapeErrors} {
+		descPolicies, descPolicyVersion, descEnforced, descLease, descContainers, descBuildInfo, descConflict, descDriftRepaired, descScrapeErrors} {
 		ch <- d
 	}
 	ch <- descDeniedPairs // metrics_pairs.go
@@ -173,6 +178,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	peerErrors := uint64(0)
 	if ov := a.overlay(); ov != nil {
 		counter(descNoSession, ov.Wrapper().Stats().DroppedNoSession.Load())
+		for kind, n := range ov.DriftRepairs() {
+			counter(descDriftRepaired, n, kind)
+		}
 	}
 	if a.overlayUp() {
 		peers, err := readPeers(a.cfg.Interface)

@@ -124,6 +124,7 @@ func (o *Overlay) AttachNetns(name, nsPath, ifname string, ip netip.Addr) (Attac
 // delivery route). The namespace is the runtime's and stays. A missing veth
 // is not an error, so DEL can be repeated.
 func (o *Overlay) DetachNetns(name string) error {
+	o.drift.forgetContainer(name)
 	return deleteHostVeth(name)
 }
 

@@ -63,6 +63,7 @@ func (o *Overlay) AttachContainer(name string, ip netip.Addr) error {
 // DetachContainer removes what AttachContainer made. Missing parts are not an
 // error, so it can finish an interrupted attach or detach.
 func (o *Overlay) DetachContainer(name string) error {
+	o.drift.forgetContainer(name)
 	return detachContainer(name)
 }
 
@@ -130,7 +131,7 @@ func attachVeth(s vethSpec) (Attachment, error) {
 
 	// Cell side: the gateway address, a static neighbour entry for the
 	// container and its /32 in the delivery table.
-	if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: hostNet(Gateway), Scope: unix.RT_SCOPE_LINK}); err != nil {
+	if err := netlink.AddrAdd(host, gatewayAddr()); err != nil {
 		return Attachment{}, fmt.Errorf("address %v on %s: %w", Gateway, hostName, err)
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
@@ -142,15 +143,24 @@ func attachVeth(s vethSpec) (Attachment, error) {
 	}); err != nil {
 		return Attachment{}, fmt.Errorf("neighbour %v on %s: %w", s.ip, hostName, err)
 	}
-	if err := netlink.RouteReplace(&netlink.Route{
-		LinkIndex: host.Attrs().Index, Dst: hostNet(s.ip), Scope: netlink.SCOPE_LINK, Table: s.table,
-	}); err != nil {
+	if err := netlink.RouteReplace(containerRoute(host.Attrs().Index, s.ip, s.table)); err != nil {
 		return Attachment{}, fmt.Errorf("route %v dev %s table %d: %w", s.ip, hostName, s.table, err)
 	}
 	return Attachment{
 		HostVeth: hostName, HostMAC: host.Attrs().HardwareAddr,
 		IfName: s.ifname, MAC: ctrMAC, IP: s.ip,
 	}, nil
+}
+
+// gatewayAddr is the address of the cell end of every container's veth.
+func gatewayAddr() *netlink.Addr {
+	return &netlink.Addr{IPNet: hostNet(Gateway), Scope: unix.RT_SCOPE_LINK}
+}
+
+// containerRoute is a container's /32 in the delivery table, through the
+// cell end of its veth (link: its index).
+func containerRoute(link int, ip netip.Addr, table int) *netlink.Route {
+	return &netlink.Route{LinkIndex: link, Dst: hostNet(ip), Scope: netlink.SCOPE_LINK, Table: table}
 }
 
 // sourceTableBase + the interface index is the routing table, inside a

@@ -104,6 +104,8 @@ type guard struct {
 	mu     sync.Mutex
 	last   []GuardEntry // guarded by mu: the set as last written, sorted
 	egress [][]expr.Any // guarded by mu: the egress chain's accept rules as last written
+
+	reinstalled func() // called when Sync found the table gone and built it again; set before use
 }
 
 func newGuard(iface string, dns netip.Addr, wgPort int, overlay netip.Prefix) *guard {
@@ -234,6 +236,9 @@ func (g *guard) Sync(want []GuardEntry) (changed bool, err error) {
 			return false, fmt.Errorf("nftables: re-install table inet %s: %w", GuardTable, err)
 		}
 		g.last = want
+		if g.reinstalled != nil {
+			g.reinstalled() // drift repair (drift_linux.go) counts it
+		}
 		return true, nil
 	}
 	if slices.Equal(have, want) {

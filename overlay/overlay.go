@@ -54,7 +54,10 @@ type Config struct {
 	// (upstream wireguard-go's crypto workers and per-peer routines);
 	// WEFT_WG_DATAPATH overrides. See datapath.go.
 	DataPath string
-	Logger   *slog.Logger
+	// DriftInterval is how often drift repair compares everything when
+	// no kernel notification came (drift_linux.go); 0: DefaultDriftInterval.
+	DriftInterval time.Duration
+	Logger        *slog.Logger
 }
 
 // DefaultConfig returns the defaults; callers fill in keys, subnet and filter.
@@ -93,6 +96,7 @@ type Overlay struct {
 
 	backend string // TUN backend in use
 	guard   *guard // the nftables table that fences containers
+	drift   *reconciler
 	partial partialTCP
 
 	mu     sync.Mutex
@@ -167,6 +171,12 @@ func New(cfg Config) (*Overlay, error) {
 	if err := o.guard.install(); err != nil {
 		return fail(err)
 	}
+	o.drift = newReconciler(cfg, log, o.guard, o.peerDrift)
+	o.guard.reinstalled = func() {
+		o.drift.count(DriftNFTables)
+		o.drift.log.Info("drift repaired", "kind", DriftNFTables, "object", "table inet "+GuardTable, "drift", "missing")
+	}
+	go o.drift.run()
 	log.Info("data plane up", "mtu", cfg.MTU, "listen_port", cfg.ListenPort,
 		"subnet", cfg.LocalSubnet, "tun_backend", backend, "offloads", tdev.BatchSize() > 1,
 		"message_buffers", nbufs, "data_path", dataPath)
@@ -178,7 +188,15 @@ func New(cfg Config) (*Overlay, error) {
 // counted. It reports whether the kernel's set changed. It also re-installs
 // the guard's table if something removed it.
 func (o *Overlay) SyncGuard(want []GuardEntry) (bool, error) {
+	o.drift.setContainers(want)
 	return o.guard.Sync(want)
+}
+
+// DriftRepairs returns the repairs of drift so far by kind (DriftKinds,
+// all present): state of the overlay that something else changed and
+// that it put back (drift_linux.go).
+func (o *Overlay) DriftRepairs() map[string]uint64 {
+	return o.drift.counts()
 }
 
 // GuardCounters returns the packets the guard dropped, by reason.
@@ -226,7 +244,11 @@ func (o *Overlay) serveUAPI() {
 		if err != nil {
 			return
 		}
-		go o.dev.IpcHandle(c)
+		go func() {
+			o.dev.IpcHandle(c)
+			// wg(8) may have changed the peers.
+			o.drift.kick(checkPeers)
+		}()
 	}
 }
 
@@ -250,6 +272,13 @@ func (o *Overlay) SyncPeers(want []Peer) error {
 	if o.closed {
 		return errors.New("overlay closed")
 	}
+	return o.syncPeersLocked(want)
+}
+
+// syncPeersLocked is SyncPeers with o.mu held. It changes what differs
+// between o.peers (what it believes the device has) and want; drift repair
+// (drift_peers.go) sets o.peers to what the device really has first.
+func (o *Overlay) syncPeersLocked(want []Peer) error {
 	uapi, next, later := peerDiff(o.cfg.PrivateKey.PublicKey(), o.peers, want)
 	if uapi != "" {
 		if err := o.dev.IpcSet(uapi); err != nil {
@@ -311,6 +340,7 @@ func (o *Overlay) Close() error {
 	o.closed = true
 	close(o.stop)
 	o.mu.Unlock()
+	o.drift.stop() // before the rules go, or it would put them back
 	err := teardownRouting(o.cfg)
 	if o.uapi != nil {
 		o.uapi.Close()

@@ -38,7 +38,7 @@ func setupRouting(cfg Config) error {
 	// interface without an address (even in loose mode) whose source is
 	// routed elsewhere, which is the case for rejects and hair-pinned
 	// packets: their source is a local container.
-	if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: hostNet(CellAddr(cfg.LocalSubnet))}); err != nil {
+	if err := netlink.AddrReplace(link, cellAddrOf(cfg)); err != nil {
 		return fmt.Errorf("address %v on %s: %w", CellAddr(cfg.LocalSubnet), cfg.Interface, err)
 	}
 	sysctls := []struct {
@@ -68,12 +68,7 @@ func setupRouting(cfg Config) error {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("bring %s up: %w", cfg.Interface, err)
 	}
-	route := &netlink.Route{
-		LinkIndex: link.Attrs().Index,
-		Dst:       prefixToIPNet(cfg.OverlayCIDR),
-		Scope:     netlink.SCOPE_LINK,
-	}
-	if err := netlink.RouteReplace(route); err != nil {
+	if err := netlink.RouteReplace(overlayRoute(cfg, link.Attrs().Index)); err != nil {
 		return fmt.Errorf("route %v dev %s: %w", cfg.OverlayCIDR, cfg.Interface, err)
 	}
 	deleteRules(cfg) // stale rules of an earlier run
@@ -83,6 +78,21 @@ func setupRouting(cfg Config) error {
 		}
 	}
 	return nil
+}
+
+// cellAddrOf is the address setupRouting gives weft0 (drift.go restores it).
+func cellAddrOf(cfg Config) *netlink.Addr {
+	return &netlink.Addr{IPNet: hostNet(CellAddr(cfg.LocalSubnet))}
+}
+
+// overlayRoute is the main table's route of the whole overlay into the TUN
+// (link: its index). Drift repair (drift.go) restores this same route.
+func overlayRoute(cfg Config, link int) *netlink.Route {
+	return &netlink.Route{
+		LinkIndex: link,
+		Dst:       prefixToIPNet(cfg.OverlayCIDR),
+		Scope:     netlink.SCOPE_LINK,
+	}
 }
 
 // CellAddr is the cell's own overlay address: the first host of its subnet.
