@@ -104,6 +104,13 @@ type vethSpec struct {
 // s.ip/32 and a default route via Gateway, the cell end with Gateway, a
 // static neighbour entry and the /32 in the delivery table. On error the
 // caller removes the host veth (deleting it removes both ends).
+//
+// It works from the cell's namespace through netlink handles bound to
+// s.ns, not as containernetworking/plugins' pkg/ip.SetupVethWithName does
+// (inside the container's namespace, by a thread setns through pkg/ns.Do):
+// that would save the LinkAdd/LinkSetNsFd/rename steps here, but switch
+// threads between namespaces and bring go-iptables and ethtool into the
+// agent, for the same calls to the same netlink library.
 func attachVeth(s vethSpec) (Attachment, error) {
 	hostName, peerName := HostVethName(s.id), peerVethName(s.id)
 	veth := &netlink.Veth{

@@ -17,6 +17,10 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
+// hexKey is a key as UAPI text takes it. The tests' devices are in-process
+// ones with no UAPI socket, configured with IpcSet.
+func hexKey(k wgtypes.Key) string { return hex.EncodeToString(k[:]) }
+
 func gateKey(t testing.TB) wgtypes.Key {
 	t.Helper()
 	k, err := wgtypes.GeneratePrivateKey()

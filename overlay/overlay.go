@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -93,6 +93,7 @@ type Overlay struct {
 	gate *stageGate // nil with wireguard-go's own pool
 	stop chan struct{}
 	uapi net.Listener
+	wg   *wgctrl.Client // configures the device over uapi (configure)
 
 	backend string // TUN backend in use
 	guard   *guard // the nftables table that fences containers
@@ -147,22 +148,16 @@ func New(cfg Config) (*Overlay, error) {
 		o.Close()
 		return nil, err
 	}
-	if err := o.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n",
-		hexKey(cfg.PrivateKey), cfg.ListenPort)); err != nil {
+	if err := o.listenUAPI(); err != nil {
+		return fail(err)
+	}
+	port := cfg.ListenPort
+	if err := o.configure(wgtypes.Config{PrivateKey: &cfg.PrivateKey, ListenPort: &port}); err != nil {
 		return fail(fmt.Errorf("configure WireGuard (port %d): %w", cfg.ListenPort, err))
 	}
 	if err := o.dev.Up(); err != nil {
 		return fail(fmt.Errorf("bring WireGuard device up: %w", err))
 	}
-	uf, err := ipc.UAPIOpen(cfg.Interface)
-	if err != nil {
-		return fail(fmt.Errorf("open UAPI socket for %s: %w", cfg.Interface, err))
-	}
-	o.uapi, err = ipc.UAPIListen(cfg.Interface, uf)
-	if err != nil {
-		return fail(fmt.Errorf("listen on UAPI socket for %s: %w", cfg.Interface, err))
-	}
-	go o.serveUAPI()
 
 	if err := setupRouting(cfg); err != nil {
 		return fail(fmt.Errorf("routing for %s: %w", cfg.Interface, err))
@@ -237,19 +232,46 @@ func (o *Overlay) startDevice(bind conn.Bind, nbufs int, opts device.Options) in
 	return nbufs
 }
 
-// serveUAPI answers wg(8) and wgctrl on the UAPI socket until Close.
-func (o *Overlay) serveUAPI() {
-	for {
-		c, err := o.uapi.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			o.dev.IpcHandle(c)
-			// wg(8) may have changed the peers.
-			o.drift.kick(checkPeers)
-		}()
+// listenUAPI opens the device's UAPI socket, /var/run/wireguard/IFACE.sock,
+// answers wg(8) and wgctrl on it until Close, and opens the wgctrl client
+// through which the overlay configures the device (configure).
+func (o *Overlay) listenUAPI() error {
+	uf, err := ipc.UAPIOpen(o.cfg.Interface)
+	if err != nil {
+		return fmt.Errorf("open UAPI socket for %s: %w", o.cfg.Interface, err)
 	}
+	o.uapi, err = ipc.UAPIListen(o.cfg.Interface, uf)
+	if err != nil {
+		uf.Close()
+		return fmt.Errorf("listen on UAPI socket for %s: %w", o.cfg.Interface, err)
+	}
+	go func() {
+		for {
+			c, err := o.uapi.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				o.dev.IpcHandle(c)
+				// wg(8) may have changed the peers.
+				o.drift.kick(checkPeers)
+			}()
+		}
+	}()
+	o.wg, err = wgctrl.New()
+	if err != nil {
+		return fmt.Errorf("wgctrl client for %s: %w", o.cfg.Interface, err)
+	}
+	return nil
+}
+
+// configure applies cfg to the device through wgctrl, over the UAPI socket
+// as wg(8) does, so that the agent and an operator's `wg set` take the same
+// path. wireguard-go answers a refused setting with an errno only; it logs
+// the reason (wgLogger). Called with o.mu held, or before o is shared: a
+// wgctrl.Client is not safe for concurrent use.
+func (o *Overlay) configure(cfg wgtypes.Config) error {
+	return o.wg.ConfigureDevice(o.cfg.Interface, cfg)
 }
 
 // LocalSubnet is this cell's subnet, as configured.
@@ -279,9 +301,9 @@ func (o *Overlay) SyncPeers(want []Peer) error {
 // between o.peers (what it believes the device has) and want; drift repair
 // (drift_peers.go) sets o.peers to what the device really has first.
 func (o *Overlay) syncPeersLocked(want []Peer) error {
-	uapi, next, later := peerDiff(o.cfg.PrivateKey.PublicKey(), o.peers, want)
-	if uapi != "" {
-		if err := o.dev.IpcSet(uapi); err != nil {
+	peers, next, later := peerDiff(o.cfg.PrivateKey.PublicKey(), o.peers, want)
+	if len(peers) > 0 {
+		if err := o.configure(wgtypes.Config{Peers: peers}); err != nil {
 			return fmt.Errorf("update WireGuard peers: %w", err)
 		}
 		if len(later) > 0 {
@@ -301,7 +323,7 @@ func (o *Overlay) syncPeersLocked(want []Peer) error {
 			o.gate.setPeers(next)
 		}
 	}
-	// Also without a UAPI change: Peer.PartialTCPChecksum may differ.
+	// Also without a WireGuard change: Peer.PartialTCPChecksum may differ.
 	o.peers = next
 	o.setPartialPeersLocked()
 	return nil
@@ -315,16 +337,16 @@ func (o *Overlay) keepaliveOn(keys []wgtypes.Key) {
 	if o.closed {
 		return
 	}
-	var b strings.Builder
+	var peers []wgtypes.PeerConfig
 	for _, k := range keys {
 		if _, ok := o.peers[k]; ok {
-			b.WriteString("public_key=" + hexKey(k) + "\nupdate_only=true\n" + keepaliveOn)
+			peers = append(peers, wgtypes.PeerConfig{PublicKey: k, UpdateOnly: true, PersistentKeepaliveInterval: &keepaliveInterval})
 		}
 	}
-	if b.Len() == 0 {
+	if len(peers) == 0 {
 		return
 	}
-	if err := o.dev.IpcSet(b.String()); err != nil {
+	if err := o.configure(wgtypes.Config{Peers: peers}); err != nil {
 		o.log.Warn("turn on WireGuard keepalive", "err", err)
 	}
 }
@@ -342,6 +364,9 @@ func (o *Overlay) Close() error {
 	o.mu.Unlock()
 	o.drift.stop() // before the rules go, or it would put them back
 	err := teardownRouting(o.cfg)
+	if o.wg != nil {
+		o.wg.Close()
+	}
 	if o.uapi != nil {
 		o.uapi.Close()
 	}

@@ -2,9 +2,9 @@ package overlay
 
 import (
 	"bytes"
-	"encoding/hex"
+	"net"
+	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -16,22 +16,30 @@ import (
 // small packet per peer every 25 s.
 const KeepaliveSeconds = 25
 
-func hexKey(k wgtypes.Key) string { return hex.EncodeToString(k[:]) }
+// keepaliveInterval is KeepaliveSeconds as wgtypes.PeerConfig takes it.
+// Setting it makes wireguard-go send a keepalive at once, and so start a
+// handshake.
+var keepaliveInterval = KeepaliveSeconds * time.Second
 
-// peerDiff returns the UAPI "set" text that turns the peer set have into want,
-// want as a map, and the new peers whose keepalive is to be turned on later
-// (see initiates). The text is empty when nothing changes. Order is stable
-// (by key) so that the result is deterministic.
-func peerDiff(self wgtypes.Key, have map[wgtypes.Key]Peer, want []Peer) (string, map[wgtypes.Key]Peer, []wgtypes.Key) {
+// peerDiff returns the peer configuration that turns the peer set have into
+// want, want as a map, and the new peers whose keepalive is to be turned on
+// later (see initiates). The configuration is empty when nothing changes.
+// Order is stable (removals, then changes, each by key) so that the result
+// is deterministic.
+//
+// It names each peer that changes rather than setting ReplacePeers: replace
+// would remove every peer first, and with it every session and staged
+// packet, on each change of one.
+func peerDiff(self wgtypes.Key, have map[wgtypes.Key]Peer, want []Peer) ([]wgtypes.PeerConfig, map[wgtypes.Key]Peer, []wgtypes.Key) {
 	var later []wgtypes.Key
+	var cfg []wgtypes.PeerConfig
 	next := make(map[wgtypes.Key]Peer, len(want))
 	for _, p := range want {
 		next[p.PublicKey] = p
 	}
-	var b strings.Builder
 	for _, k := range sortedKeys(have) {
 		if _, ok := next[k]; !ok {
-			b.WriteString("public_key=" + hexKey(k) + "\nremove=true\n")
+			cfg = append(cfg, wgtypes.PeerConfig{PublicKey: k, Remove: true})
 		}
 	}
 	for _, k := range sortedKeys(next) {
@@ -39,28 +47,30 @@ func peerDiff(self wgtypes.Key, have map[wgtypes.Key]Peer, want []Peer) (string,
 		if old, ok := have[k]; ok && samePeer(old, p) {
 			continue
 		}
-		b.WriteString("public_key=" + hexKey(k) + "\n")
+		pc := wgtypes.PeerConfig{PublicKey: k, ReplaceAllowedIPs: true, AllowedIPs: ipNets(p.AllowedIPs)}
 		if p.Endpoint.IsValid() {
-			b.WriteString("endpoint=" + p.Endpoint.String() + "\n")
+			pc.Endpoint = net.UDPAddrFromAddrPort(p.Endpoint)
 		}
 		if _, known := have[k]; !known {
 			if initiates(self, k) {
-				b.WriteString(keepaliveOn)
+				pc.PersistentKeepaliveInterval = &keepaliveInterval
 			} else {
 				later = append(later, k)
 			}
 		}
-		b.WriteString("replace_allowed_ips=true\n")
-		for _, a := range p.AllowedIPs {
-			b.WriteString("allowed_ip=" + a.String() + "\n")
-		}
+		cfg = append(cfg, pc)
 	}
-	return b.String(), next, later
+	return cfg, next, later
 }
 
-// keepaliveOn turns persistent keepalive on. Turning it on makes
-// wireguard-go send a keepalive at once, and so start a handshake.
-var keepaliveOn = "persistent_keepalive_interval=" + strconv.Itoa(KeepaliveSeconds) + "\n"
+// ipNets converts prefixes to the form wgtypes takes.
+func ipNets(ps []netip.Prefix) []net.IPNet {
+	out := make([]net.IPNet, len(ps))
+	for i, p := range ps {
+		out[i] = net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+	}
+	return out
+}
 
 // KeepaliveDelay is how long the cell that does not initiate waits before it
 // turns keepalive on for a new peer.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"net/netip"
 	"os"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"unsafe"
@@ -173,32 +172,6 @@ func TestWrapperWriteAllowedNoAllocs(t *testing.T) {
 type discardTUN struct{ *fakeTUN }
 
 func (discardTUN) Write(bufs [][]byte, offset int) (int, error) { return len(bufs), nil }
-
-func TestPeerDiff(t *testing.T) {
-	var self, k1, k2 [32]byte
-	self[0], k1[0], k2[0] = 5, 1, 9 // k1 < self < k2
-	p1 := Peer{PublicKey: k1}
-	text, next, later := peerDiff(self, nil, []Peer{p1})
-	if !strings.Contains(text, "public_key="+hexKey(k1)) || len(next) != 1 {
-		t.Fatalf("add: %q", text)
-	}
-	// k1 is smaller: k1 initiates, we turn keepalive on later.
-	if strings.Contains(text, "persistent_keepalive") || len(later) != 1 || later[0] != k1 {
-		t.Fatalf("larger key must wait: text %q later %v", text, later)
-	}
-	if text, _, _ := peerDiff(self, next, []Peer{p1}); text != "" {
-		t.Fatalf("no change produced %q", text)
-	}
-	text, next, later = peerDiff(self, next, []Peer{{PublicKey: k2}})
-	if !strings.Contains(text, "public_key="+hexKey(k1)+"\nremove=true") ||
-		!strings.Contains(text, "public_key="+hexKey(k2)) || len(next) != 1 {
-		t.Fatalf("replace: %q", text)
-	}
-	// We are smaller than k2: we initiate at once.
-	if !strings.Contains(text, keepaliveOn) || len(later) != 0 {
-		t.Fatalf("smaller key must initiate: text %q later %v", text, later)
-	}
-}
 
 // TestWrapperSetFilter: a filter set while the wrapper runs judges every
 // batch from then on, in both directions, rejects included.
