@@ -243,6 +243,8 @@ func SignPolicyChange(r policy.Rule, present bool, origin string, minStamp uint6
 // of the current set (removals > current/2, current > 0: removing the
 // only rule counts) is refused whole with 412 unless AllowLargeRemoval: a
 // file that lost its rules by mistake must not empty the cluster's set.
+// A Push with an invalid change (a 400 of its own) is refused whole with
+// 400, naming every bad change.
 type PolicyChangesRequest struct {
 	Changes           []SignedPolicyChange `json:"changes"`
 	Push              bool                 `json:"push,omitempty"`                // a policy push, checked even with one change
@@ -334,6 +336,19 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		cs, at = append(cs, mc), append(at, i)
+	}
+	// A push is all or nothing: one bad change refuses the whole batch.
+	if req.Push {
+		var bad []string
+		for _, r := range res.Results {
+			if r.Code == http.StatusBadRequest {
+				bad = append(bad, r.Error)
+			}
+		}
+		if len(bad) > 0 {
+			writeError(w, http.StatusBadRequest, "nothing changed: %s", strings.Join(bad, "; "))
+			return
+		}
 	}
 	if req.Push || len(req.Changes) > 1 {
 		if n, have := a.removals(append(cs, unsigned...)); !req.AllowLargeRemoval && LargeRemoval(n, have) {

@@ -81,6 +81,9 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if s := a.mesh.Subnet(); s.IsValid() {
 		st.Subnet = s.String()
 	}
+	if a.cfg.OverlayCIDR.IsValid() {
+		st.Overlay = a.cfg.OverlayCIDR.String()
+	}
 	st.LeaseError, st.RejectedPolicyChanges = a.mesh.LeaseError(), a.mesh.RejectedPolicies()
 	if c, lost := a.mesh.Conflict(); lost {
 		st.SubnetConflict = c.Holder
