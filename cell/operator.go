@@ -218,6 +218,7 @@ func saysNoOperators(path string) bool {
 type SignedPolicyChange struct {
 	Rule    PolicyRule  `json:"rule"`
 	Egress  *EgressRule `json:"egress,omitempty"`
+	Ingress *IngressRule `json:"ingress,omitempty"`
 	Present bool        `json:"present"`
 	Stamp   uint64      `json:"stamp"`
 	Origin  string      `json:"origin"`
@@ -296,11 +297,13 @@ type KeyringStatus struct {
 //
 //	POST /v1/policy-changes  PolicyChangesRequest -> PolicyChangesResponse
 //	GET  /v1/egress-rules    -> EgressRuleList (egress.go)
+//	GET  /v1/ingress-rules   -> IngressRuleList (ingress.go)
 //	GET  /v1/cluster-keys    -> KeyringStatus
 //	POST /v1/cluster-keys    KeyringRequest -> KeyringStatus
 func (a *Agent) registerOperatorRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/policy-changes", a.handlePolicyChanges)
 	mux.HandleFunc("GET /v1/egress-rules", a.handleListEgressRules)
+	mux.HandleFunc("GET /v1/ingress-rules", a.handleListIngressRules)
 	mux.HandleFunc("GET /v1/cluster-keys", a.handleListClusterKeys)
 	mux.HandleFunc("POST /v1/cluster-keys", a.handleClusterKeyOp)
 }
@@ -322,9 +325,14 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 	for i, c := range req.Changes {
 		mc := mesh.PolicyChange{Present: c.Present, Stamp: c.Stamp, Origin: c.Origin, Signer: c.Signer, Sig: c.Sig}
 		var err error
-		if c.Egress != nil {
+		switch {
+		case c.Egress != nil && c.Ingress != nil:
+			err = errors.New("a change names an egress rule or an ingress rule, not both")
+		case c.Ingress != nil:
+			mc.Ingress, err = c.Ingress.Rule(a.cfg.OverlayCIDR)
+		case c.Egress != nil:
 			mc.Egress, err = c.Egress.Rule(a.cfg.OverlayCIDR)
-		} else {
+		default:
 			mc.Rule, err = c.Rule.Rule()
 		}
 		if err != nil {
@@ -395,6 +403,8 @@ func (a *Agent) removals(cs []mesh.PolicyChange) (n, have int) {
 	for _, c := range cs {
 		switch {
 		case c.Present:
+		case c.IsIngress():
+			gone[c.Ingress.Key()] = false
 		case c.IsEgress():
 			gone[c.Egress.Key()] = false
 		default:
@@ -406,6 +416,9 @@ func (a *Agent) removals(cs []mesh.PolicyChange) (n, have int) {
 		keys = append(keys, r.Key())
 	}
 	for _, r := range a.mesh.EgressRules() {
+		keys = append(keys, r.Key())
+	}
+	for _, r := range a.mesh.IngressRules() {
 		keys = append(keys, r.Key())
 	}
 	for _, k := range keys {
@@ -446,6 +459,8 @@ func (a *Agent) policyChangeResult(c mesh.PolicyChange, changed bool, err error)
 		return PolicyChangeResult{Code: http.StatusOK, Warnings: a.egressWarnings(c)}
 	case c.IsEgress():
 		return PolicyChangeResult{Code: http.StatusNotFound, Error: "Egress rule does not exist."}
+	case c.IsIngress():
+		return PolicyChangeResult{Code: http.StatusNotFound, Error: "Ingress rule does not exist."}
 	}
 	return PolicyChangeResult{Code: http.StatusNotFound, Error: "Policy does not exist."}
 }

@@ -116,8 +116,8 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 			st.Verdicts[reason] = n
 		}
 	}
-	if n := a.egressAccepted(); n > 0 {
-		st.Verdicts[overlay.GuardEgressAccepted] = n
+	if eg, in := a.egressAccepted(); eg > 0 || in > 0 {
+		st.Verdicts[overlay.GuardEgressAccepted], st.Verdicts[overlay.GuardIngressAccepted] = eg, in
 	}
 	a.mu.Lock()
 	ov := a.ov
