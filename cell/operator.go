@@ -216,14 +216,14 @@ func saysNoOperators(path string) bool {
 // SignedPolicyChange is the JSON form of mesh.PolicyChange: a change of an
 // app rule (Rule) or, with Egress set, of an egress rule.
 type SignedPolicyChange struct {
-	Rule    PolicyRule  `json:"rule"`
-	Egress  *EgressRule `json:"egress,omitempty"`
+	Rule    PolicyRule   `json:"rule"`
+	Egress  *EgressRule  `json:"egress,omitempty"`
 	Ingress *IngressRule `json:"ingress,omitempty"`
-	Present bool        `json:"present"`
-	Stamp   uint64      `json:"stamp"`
-	Origin  string      `json:"origin"`
-	Signer  []byte      `json:"signer"` // ed25519 public key (base64 in JSON)
-	Sig     []byte      `json:"sig"`
+	Present bool         `json:"present"`
+	Stamp   uint64       `json:"stamp"`
+	Origin  string       `json:"origin"`
+	Signer  []byte       `json:"signer"` // ed25519 public key (base64 in JSON)
+	Sig     []byte       `json:"sig"`
 }
 
 // SignPolicyChange makes a change of r signed by priv, stamped with the
