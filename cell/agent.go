@@ -404,6 +404,7 @@ func (a *Agent) compileLocked() {
 	}
 	a.syncGuardLocked()
 	a.syncEgressLocked()
+	a.syncIngressLocked()
 	a.updateDNSLocked()
 }
 
@@ -457,20 +458,22 @@ func (a *Agent) denials() map[string]uint64 {
 			out[overlay.GuardToCell] += g.ToCell
 			out[overlay.GuardNotIPv4] += g.NotIPv4
 			out[overlay.GuardEgress] += g.Egress
+			out[overlay.GuardIngress] += g.Ingress
 		}
 	}
 	return out
 }
 
 // egressAccepted returns the packets that egress rules let out of this
-// cell (0 before the overlay is up).
-func (a *Agent) egressAccepted() uint64 {
+// cell, and ingress rules into its containers (0 before the overlay is
+// up).
+func (a *Agent) egressAccepted() (egress, ingress uint64) {
 	if ov := a.overlay(); ov != nil {
 		if g, err := ov.GuardCounters(); err == nil {
-			return g.EgressAccepted
+			return g.EgressAccepted, g.IngressAccepted
 		}
 	}
-	return 0
+	return 0, 0
 }
 
 // tableInputs are what a policy table is compiled from.

@@ -95,6 +95,7 @@ type Status struct {
 	Name       string            `json:"name"`
 	Version    string            `json:"version"` // this agent's (buildinfo.Version)
 	Subnet     string            `json:"subnet"`
+	Overlay    string            `json:"overlay,omitempty"` // the whole overlay CIDR
 	Interface  string            `json:"interface"`
 	Members    []Member          `json:"members"`
 	Peers      []Peer            `json:"peers"`

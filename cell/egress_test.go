@@ -108,3 +108,33 @@ func TestEgressDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPushAllOrNothing: a push (POST /v1/policy-changes with push set)
+// that holds an invalid change, here an egress rule inside the overlay,
+// is refused whole with 400 naming the rule: its valid app rule and
+// egress rule are not applied. Without push the valid changes apply.
+func TestPushAllOrNothing(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	a, c := testAgent(t, priv, pub)
+	ctx := context.Background()
+	good := EgressRule{App: "web", Destination: "198.18.0.0/24", Protocol: "tcp", Ports: "443"}
+	bad := EgressRule{App: "web", Destination: "10.255.3.0/24", Protocol: "tcp"}
+	changes := []SignedPolicyChange{
+		{Rule: FromRule(tcpRule("a", "b", 80, 80)), Present: true},
+		{Egress: &good, Present: true},
+		{Egress: &bad, Present: true},
+	}
+	_, err := c.PolicyChanges(ctx, PolicyChangesRequest{Push: true, Changes: changes})
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusBadRequest || !strings.Contains(se.Message, "nothing changed") ||
+		!strings.Contains(se.Message, `"10.255.3.0/24"`) || !strings.Contains(se.Message, "inside the overlay") {
+		t.Fatalf("push with a bad egress rule: %v; want 400 naming it", err)
+	}
+	if n, m := len(a.mesh.Policies()), len(a.mesh.EgressRules()); n != 0 || m != 0 {
+		t.Fatalf("a refused push changed the set: %d policies, %d egress rules", n, m)
+	}
+	res, err := c.PolicyChanges(ctx, PolicyChangesRequest{Changes: changes})
+	if err != nil || res[0].Code != http.StatusCreated || res[1].Code != http.StatusCreated || res[2].Code != http.StatusBadRequest {
+		t.Fatalf("the same changes, not a push: %+v %v; want 201, 201, 400", res, err)
+	}
+}

@@ -136,7 +136,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			counter(descAllowed, n, v.String())
 		}
 	}
-	counter(descAllowed, a.egressAccepted(), overlay.GuardEgressAccepted)
+	eg, in := a.egressAccepted()
+	counter(descAllowed, eg, overlay.GuardEgressAccepted)
+	counter(descAllowed, in, overlay.GuardIngressAccepted)
 	for reason, n := range a.denials() {
 		counter(descDenied, n, reason)
 	}

@@ -216,13 +216,14 @@ func saysNoOperators(path string) bool {
 // SignedPolicyChange is the JSON form of mesh.PolicyChange: a change of an
 // app rule (Rule) or, with Egress set, of an egress rule.
 type SignedPolicyChange struct {
-	Rule    PolicyRule  `json:"rule"`
-	Egress  *EgressRule `json:"egress,omitempty"`
-	Present bool        `json:"present"`
-	Stamp   uint64      `json:"stamp"`
-	Origin  string      `json:"origin"`
-	Signer  []byte      `json:"signer"` // ed25519 public key (base64 in JSON)
-	Sig     []byte      `json:"sig"`
+	Rule    PolicyRule   `json:"rule"`
+	Egress  *EgressRule  `json:"egress,omitempty"`
+	Ingress *IngressRule `json:"ingress,omitempty"`
+	Present bool         `json:"present"`
+	Stamp   uint64       `json:"stamp"`
+	Origin  string       `json:"origin"`
+	Signer  []byte       `json:"signer"` // ed25519 public key (base64 in JSON)
+	Sig     []byte       `json:"sig"`
 }
 
 // SignPolicyChange makes a change of r signed by priv, stamped with the
@@ -243,6 +244,8 @@ func SignPolicyChange(r policy.Rule, present bool, origin string, minStamp uint6
 // of the current set (removals > current/2, current > 0: removing the
 // only rule counts) is refused whole with 412 unless AllowLargeRemoval: a
 // file that lost its rules by mistake must not empty the cluster's set.
+// A Push with an invalid change (a 400 of its own) is refused whole with
+// 400, naming every bad change.
 type PolicyChangesRequest struct {
 	Changes           []SignedPolicyChange `json:"changes"`
 	Push              bool                 `json:"push,omitempty"`                // a policy push, checked even with one change
@@ -294,11 +297,13 @@ type KeyringStatus struct {
 //
 //	POST /v1/policy-changes  PolicyChangesRequest -> PolicyChangesResponse
 //	GET  /v1/egress-rules    -> EgressRuleList (egress.go)
+//	GET  /v1/ingress-rules   -> IngressRuleList (ingress.go)
 //	GET  /v1/cluster-keys    -> KeyringStatus
 //	POST /v1/cluster-keys    KeyringRequest -> KeyringStatus
 func (a *Agent) registerOperatorRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/policy-changes", a.handlePolicyChanges)
 	mux.HandleFunc("GET /v1/egress-rules", a.handleListEgressRules)
+	mux.HandleFunc("GET /v1/ingress-rules", a.handleListIngressRules)
 	mux.HandleFunc("GET /v1/cluster-keys", a.handleListClusterKeys)
 	mux.HandleFunc("POST /v1/cluster-keys", a.handleClusterKeyOp)
 }
@@ -320,9 +325,14 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 	for i, c := range req.Changes {
 		mc := mesh.PolicyChange{Present: c.Present, Stamp: c.Stamp, Origin: c.Origin, Signer: c.Signer, Sig: c.Sig}
 		var err error
-		if c.Egress != nil {
+		switch {
+		case c.Egress != nil && c.Ingress != nil:
+			err = errors.New("a change names an egress rule or an ingress rule, not both")
+		case c.Ingress != nil:
+			mc.Ingress, err = c.Ingress.Rule(a.cfg.OverlayCIDR)
+		case c.Egress != nil:
 			mc.Egress, err = c.Egress.Rule(a.cfg.OverlayCIDR)
-		} else {
+		default:
 			mc.Rule, err = c.Rule.Rule()
 		}
 		if err != nil {
@@ -334,6 +344,19 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		cs, at = append(cs, mc), append(at, i)
+	}
+	// A push is all or nothing: one bad change refuses the whole batch.
+	if req.Push {
+		var bad []string
+		for _, r := range res.Results {
+			if r.Code == http.StatusBadRequest {
+				bad = append(bad, r.Error)
+			}
+		}
+		if len(bad) > 0 {
+			writeError(w, http.StatusBadRequest, "nothing changed: %s", strings.Join(bad, "; "))
+			return
+		}
 	}
 	if req.Push || len(req.Changes) > 1 {
 		if n, have := a.removals(append(cs, unsigned...)); !req.AllowLargeRemoval && LargeRemoval(n, have) {
@@ -380,6 +403,8 @@ func (a *Agent) removals(cs []mesh.PolicyChange) (n, have int) {
 	for _, c := range cs {
 		switch {
 		case c.Present:
+		case c.IsIngress():
+			gone[c.Ingress.Key()] = false
 		case c.IsEgress():
 			gone[c.Egress.Key()] = false
 		default:
@@ -391,6 +416,9 @@ func (a *Agent) removals(cs []mesh.PolicyChange) (n, have int) {
 		keys = append(keys, r.Key())
 	}
 	for _, r := range a.mesh.EgressRules() {
+		keys = append(keys, r.Key())
+	}
+	for _, r := range a.mesh.IngressRules() {
 		keys = append(keys, r.Key())
 	}
 	for _, k := range keys {
@@ -431,6 +459,8 @@ func (a *Agent) policyChangeResult(c mesh.PolicyChange, changed bool, err error)
 		return PolicyChangeResult{Code: http.StatusOK, Warnings: a.egressWarnings(c)}
 	case c.IsEgress():
 		return PolicyChangeResult{Code: http.StatusNotFound, Error: "Egress rule does not exist."}
+	case c.IsIngress():
+		return PolicyChangeResult{Code: http.StatusNotFound, Error: "Ingress rule does not exist."}
 	}
 	return PolicyChangeResult{Code: http.StatusNotFound, Error: "Policy does not exist."}
 }

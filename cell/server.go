@@ -81,6 +81,9 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if s := a.mesh.Subnet(); s.IsValid() {
 		st.Subnet = s.String()
 	}
+	if a.cfg.OverlayCIDR.IsValid() {
+		st.Overlay = a.cfg.OverlayCIDR.String()
+	}
 	st.LeaseError, st.RejectedPolicyChanges = a.mesh.LeaseError(), a.mesh.RejectedPolicies()
 	if c, lost := a.mesh.Conflict(); lost {
 		st.SubnetConflict = c.Holder
@@ -113,8 +116,8 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 			st.Verdicts[reason] = n
 		}
 	}
-	if n := a.egressAccepted(); n > 0 {
-		st.Verdicts[overlay.GuardEgressAccepted] = n
+	if eg, in := a.egressAccepted(); eg > 0 || in > 0 {
+		st.Verdicts[overlay.GuardEgressAccepted], st.Verdicts[overlay.GuardIngressAccepted] = eg, in
 	}
 	a.mu.Lock()
 	ov, pm := a.ov, a.pmtu

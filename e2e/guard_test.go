@@ -131,7 +131,9 @@ func TestContainerCannotReachCell(t *testing.T) {
 	if _, err := resolveIn(ctA, "appA.apps.internal"); err != nil {
 		t.Errorf("container -> cell DNS: %v", err)
 	}
-	// The cell reaches its own container (replies pass by connection state).
+	// The cell reaches its own container once an ingress rule lets the
+	// cell hosts in (replies pass by connection state).
+	weft(t, l, 1, "add-ingress-rule", "appA", "--from-host", "--protocol", "tcp", "--port", "8080")
 	code, _, err := lab.HTTPGetIn(c1.Netns, url(ipA, 8080), 3*time.Second)
 	if err != nil || code != 200 {
 		t.Errorf("cell -> its container: %d %v, want 200", code, err)

@@ -679,6 +679,14 @@ func (m *Mesh) EgressRules() []policy.EgressRule {
 	return m.st.egressRules()
 }
 
+// IngressRules returns the current ingress rules, sorted. The slice is
+// shared: callers must not modify it.
+func (m *Mesh) IngressRules() []policy.IngressRule {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st.ingressRules()
+}
+
 // AddEndpoint registers a local container. e.IP must be inside Subnet();
 // e.Cell is ignored and set to this cell. Re-adding an identical endpoint is
 // a no-op. While this cell has lost a conflict over its subnet (Conflict)

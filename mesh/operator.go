@@ -63,9 +63,13 @@ func aheadBy(stamp uint64, now time.Time) string {
 // A change of an egress rule sets Egress (its App is not empty) and leaves
 // Rule zero: egress rules are registers of the same set, signed, merged,
 // gossiped and persisted as app rules are.
+//
+// A change of an ingress rule sets Ingress (its App is not empty) the
+// same way, with its own signature domain.
 type PolicyChange struct {
 	Rule    policy.Rule
 	Egress  policy.EgressRule
+	Ingress policy.IngressRule
 	Present bool
 	Stamp   uint64
 	Origin  string
@@ -99,10 +103,16 @@ func SignPolicyChange(c *PolicyChange, priv ed25519.PrivateKey) {
 // IsEgress reports whether c changes an egress rule.
 func (c PolicyChange) IsEgress() bool { return c.Egress.App != "" }
 
+// IsIngress reports whether c changes an ingress rule.
+func (c PolicyChange) IsIngress() bool { return c.Ingress.App != "" }
+
 // RuleString names the changed rule.
 func (c PolicyChange) RuleString() string { return c.wire().String() }
 
 func (c PolicyChange) wire() wireRule {
+	if c.IsIngress() {
+		return toWireIngress(c.Ingress)
+	}
 	if c.IsEgress() {
 		return toWireEgress(c.Egress)
 	}
@@ -118,12 +128,23 @@ func (c PolicyChange) entry() polEntry {
 // its own tag, and its range where an app rule has its destination app.
 func policySignedBytes(r wireRule, present bool, stamp uint64, origin string) []byte {
 	b := make([]byte, 0, 64+len(r.Src)+len(r.Dst)+len(origin))
-	if r.isEgress() {
+	switch {
+	case r.isIngress():
+		b = append(b, "weft ingress change v1\x00"...)
+		b = appendStr(b, r.Src)
+		if r.Lo.IsValid() || r.Hi.IsValid() {
+			b = append(b, 1)
+			b = append(b, r.Lo.AsSlice()...)
+			b = append(b, r.Hi.AsSlice()...)
+		} else {
+			b = append(b, 0) // from the cell hosts
+		}
+	case r.isEgress():
 		b = append(b, "weft egress change v1\x00"...)
 		b = appendStr(b, r.Src)
 		b = append(b, r.Lo.AsSlice()...)
 		b = append(b, r.Hi.AsSlice()...)
-	} else {
+	default:
 		b = append(b, "weft policy change v1\x00"...)
 		b = appendStr(b, r.Src)
 		b = appendStr(b, r.Dst)
@@ -270,8 +291,8 @@ func (m *Mesh) SignPolicyChanges(cs []PolicyChange) error {
 // checkPolicyChange validates and verifies c (no lock needed) and returns
 // its register.
 func (m *Mesh) checkPolicyChange(c PolicyChange) (p polEntry, err error) {
-	if c.IsEgress() && c.Rule != (policy.Rule{}) {
-		return p, errors.New("mesh: a policy change names an app rule or an egress rule, not both")
+	if n := btoi(c.Rule != (policy.Rule{})) + btoi(c.IsEgress()) + btoi(c.IsIngress()); n > 1 {
+		return p, errors.New("mesh: a policy change names one of an app rule, an egress rule or an ingress rule")
 	}
 	if err := c.wire().validate(m.cfg.OverlayCIDR); err != nil {
 		return p, err
@@ -321,6 +342,20 @@ func (m *Mesh) PolicyStamp(r policy.Rule) uint64 {
 
 // EgressStamp is PolicyStamp for an egress rule.
 func (m *Mesh) EgressStamp(r policy.EgressRule) uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st.pols[r.Key()].Stamp
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// IngressStamp is PolicyStamp for an ingress rule.
+func (m *Mesh) IngressStamp(r policy.IngressRule) uint64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.st.pols[r.Key()].Stamp

@@ -29,17 +29,18 @@ import (
 // Leases: each cell's last lease record, written by that cell only (highest
 // seq wins); they keep the subnets of cells memberlist has forgotten taken.
 type state struct {
-	self   string
-	now    func() time.Time
-	seq    uint64 // owner sequence of this cell's endpoint and lease records
-	clock  uint64 // hybrid logical clock of policy stamps
-	eps    map[epKey]epEntry
-	pols   map[string]polEntry   // by wireRule.key(); written by putPolicy only
-	polSum polDigest             // of pols (putPolicy keeps it)
-	sorted []policy.Rule         // rules(), kept until pols changes
-	egress []policy.EgressRule   // egressRules(), kept until pols changes
-	routes map[string]routeEntry // by Route.key()
-	leases map[string]leaseRec   // by node name
+	self    string
+	now     func() time.Time
+	seq     uint64 // owner sequence of this cell's endpoint and lease records
+	clock   uint64 // hybrid logical clock of policy stamps
+	eps     map[epKey]epEntry
+	pols    map[string]polEntry   // by wireRule.key(); written by putPolicy only
+	polSum  polDigest             // of pols (putPolicy keeps it)
+	sorted  []policy.Rule         // rules(), kept until pols changes
+	egress  []policy.EgressRule   // egressRules(), kept until pols changes
+	ingress []policy.IngressRule  // ingressRules(), kept until pols changes
+	routes  map[string]routeEntry // by Route.key()
+	leases  map[string]leaseRec   // by node name
 }
 
 type epKey struct {
@@ -59,9 +60,11 @@ type epEntry struct {
 	deletedAt time.Time // local time the tombstone was stored, for pruning
 }
 
-// wireRule is policy.Rule, or policy.EgressRule, in the replicated state,
-// independent of any JSON form the policy package may give them. An egress
-// rule has Lo and Hi (its destination range) and no Dst; Src is its app.
+// wireRule is policy.Rule, policy.EgressRule or policy.IngressRule in the
+// replicated state, independent of any JSON form the policy package may
+// give them. An egress rule has Lo and Hi (its destination range) and no
+// Dst; Src is its app. An ingress rule has In set, Src its app, and Lo and
+// Hi its source range (none: from the cell hosts).
 type wireRule struct {
 	Src   string     `json:"s"`
 	Dst   string     `json:"d,omitempty"`
@@ -70,6 +73,7 @@ type wireRule struct {
 	End   uint16     `json:"b"`
 	Lo    netip.Addr `json:"l,omitzero"`
 	Hi    netip.Addr `json:"h,omitzero"`
+	In    bool       `json:"i,omitempty"`
 }
 
 func toWire(r policy.Rule) wireRule {
@@ -80,29 +84,48 @@ func toWireEgress(r policy.EgressRule) wireRule {
 	return wireRule{Src: r.App, Proto: uint8(r.Protocol), Start: r.Ports.Start, End: r.Ports.End, Lo: r.Start, Hi: r.End}
 }
 
+func toWireIngress(r policy.IngressRule) wireRule {
+	return wireRule{Src: r.App, Proto: uint8(r.Protocol), Start: r.Ports.Start, End: r.Ports.End, Lo: r.Start, Hi: r.End, In: true}
+}
+
 // isEgress reports whether w is an egress rule.
-func (w wireRule) isEgress() bool { return w.Lo.IsValid() || w.Hi.IsValid() }
+func (w wireRule) isEgress() bool { return !w.In && (w.Lo.IsValid() || w.Hi.IsValid()) }
+
+// isIngress reports whether w is an ingress rule.
+func (w wireRule) isIngress() bool { return w.In }
 
 func (w wireRule) egressRule() policy.EgressRule {
 	return policy.EgressRule{App: w.Src, Start: w.Lo, End: w.Hi, Protocol: policy.Protocol(w.Proto),
 		Ports: policy.PortRange{Start: w.Start, End: w.End}}
 }
 
-// key is the register's key: Rule.Key() or EgressRule.Key().
+func (w wireRule) ingressRule() policy.IngressRule {
+	return policy.IngressRule{App: w.Src, FromHost: !w.Lo.IsValid() && !w.Hi.IsValid(), Start: w.Lo, End: w.Hi,
+		Protocol: policy.Protocol(w.Proto), Ports: policy.PortRange{Start: w.Start, End: w.End}}
+}
+
+// key is the register's key: Rule.Key(), EgressRule.Key() or
+// IngressRule.Key().
 func (w wireRule) key() string {
-	if w.isEgress() {
+	switch {
+	case w.isIngress():
+		return w.ingressRule().Key()
+	case w.isEgress():
 		return w.egressRule().Key()
 	}
 	return w.rule().Key()
 }
 
-// validate checks w as Rule.Validate or EgressRule.Validate does; an egress
-// rule is checked against overlay when it is valid.
+// validate checks w as Rule.Validate, EgressRule.Validate or
+// IngressRule.Validate does; egress and ingress rules are checked against
+// overlay when it is valid.
 func (w wireRule) validate(overlay netip.Prefix) error {
-	if w.isEgress() {
-		if w.Dst != "" {
-			return errors.New("egress rule with a destination app")
-		}
+	switch {
+	case (w.isEgress() || w.isIngress()) && w.Dst != "":
+		return errors.New("egress or ingress rule with a destination app")
+	case w.isIngress():
+		return w.ingressRule().Validate(overlay)
+	case w.isEgress():
 		return w.egressRule().Validate(overlay)
 	}
 	return w.rule().Validate()
@@ -110,7 +133,10 @@ func (w wireRule) validate(overlay netip.Prefix) error {
 
 // String names the rule for errors and logs.
 func (w wireRule) String() string {
-	if w.isEgress() {
+	switch {
+	case w.isIngress():
+		return "ingress rule " + w.ingressRule().String()
+	case w.isEgress():
 		return "egress rule " + w.egressRule().String()
 	}
 	return w.rule().String()
@@ -224,7 +250,7 @@ func (s *state) putPolicy(k string, p polEntry) {
 	}
 	s.pols[k] = p
 	s.polSum.toggle(k, p)
-	s.sorted, s.egress = nil, nil
+	s.sorted, s.egress, s.ingress = nil, nil, nil
 }
 
 // polBuckets is the number of buckets of a polDigest.
@@ -270,7 +296,7 @@ func (s *state) rules() []policy.Rule {
 	}
 	out := make([]policy.Rule, 0, len(s.pols))
 	for _, p := range s.pols {
-		if p.Present && !p.Rule.isEgress() {
+		if p.Present && !p.Rule.isEgress() && !p.Rule.isIngress() {
 			out = append(out, p.Rule.rule())
 		}
 	}
@@ -294,6 +320,23 @@ func (s *state) egressRules() []policy.EgressRule {
 	policy.SortEgressRules(out)
 	s.egress = slices.Clip(out)
 	return s.egress
+}
+
+// ingressRules returns the present ingress rules, sorted. The slice is
+// shared until the next change.
+func (s *state) ingressRules() []policy.IngressRule {
+	if s.ingress != nil {
+		return s.ingress
+	}
+	out := []policy.IngressRule{}
+	for _, p := range s.pols {
+		if p.Present && p.Rule.isIngress() {
+			out = append(out, p.Rule.ingressRule())
+		}
+	}
+	policy.SortIngressRules(out)
+	s.ingress = slices.Clip(out)
+	return s.ingress
 }
 
 func (s *state) hasLocalEndpoints() bool {

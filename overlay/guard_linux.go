@@ -5,12 +5,16 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/policy"
 )
 
 // The guard is the part of the data path the kernel enforces before a packet
@@ -69,7 +73,8 @@ const (
 )
 
 // guardCounters are the named counters of the table.
-var guardCounters = []string{GuardSpoofed, GuardToCell, GuardNotIPv4, GuardEgress, GuardEgressAccepted}
+var guardCounters = []string{GuardSpoofed, GuardToCell, GuardNotIPv4, GuardEgress, GuardEgressAccepted,
+	GuardIngress, GuardIngressAccepted}
 
 // containerVethPrefix is what every container's host veth name starts with
 // (HostVethName).
@@ -90,6 +95,11 @@ type GuardCounters struct {
 	// that no egress rule allowed (dropped), and that one allowed.
 	Egress         uint64
 	EgressAccepted uint64
+	// Ingress verdicts: packets from outside the overlay (a host port,
+	// the underlay, the cell host) to a local container that no ingress
+	// rule allowed (refused), and that one allowed.
+	Ingress         uint64
+	IngressAccepted uint64
 }
 
 // guard owns the "inet weft" table. Its methods are safe for concurrent use.
@@ -106,6 +116,8 @@ type guard struct {
 	egress [][]expr.Any // guarded by mu: the egress chain's accept rules as last written
 
 	reinstalled func() // called when Sync found the table gone and built it again; set before use
+	// guarded by mu: the ingress chains' accept rules as last written
+	ingress, ingressHost [][]expr.Any
 }
 
 func newGuard(iface string, dns netip.Addr, wgPort int, overlay netip.Prefix) *guard {
@@ -209,9 +221,184 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 
 	fwd := chain("forward", nftables.ChainHookForward, nftables.ChainPriorityFilter)
 	rule(fwd, mssClamp()) // pmtu_linux.go
+	g.buildIngressLocked(c, t, fwd)
 	g.buildEgressLocked(c, t, fwd)
 	rule(fwd, fromContainer(), ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, g.iface), countDrop(GuardToCell))
 	return nil
+}
+
+// Ingress: a packet from outside the overlay to a local container (a host
+// port that portmap DNATs, a router on the underlay, the cell host) passes
+// only when an ingress rule of the container's app allows it:
+//
+//	chain ingress_route { type filter hook prerouting priority filter   # after DNAT
+//	  iifname != "wc*" iifname != WEFT0 ip daddr OVERLAY  meta mark set EgressReplyMark
+//	}   # the ip rule "fwmark EgressReplyMark lookup DELIVERY" sends it to the veth
+//	chain forward { ...
+//	  iifname "wc*" oifname != WEFT0 ct direction reply        accept   # a container answers
+//	  oifname "wc*" iifname != WEFT0                            jump ingress
+//	}
+//	chain ingress {   # one rule per (ingress rule with a source range, container)
+//	  ct direction reply accept ; ct state related accept
+//	  ip daddr APP_IP ip saddr A-B meta l4proto tcp th dport P-Q  counter ingress_accepted accept
+//	  meta l4proto tcp counter ingress reject with tcp reset
+//	  counter ingress reject with icmpx port-unreachable
+//	}
+//	chain output { type filter hook output priority filter
+//	  oifname "wc*" jump ingress_host
+//	}
+//	chain ingress_host { ... the same, for the --from-host rules, without saddr }
+//
+// Every packet of the opening side is checked, so removing a rule cuts its
+// open flows on their next packet; the container's answers pass by
+// connection state.
+
+// Counter names of ingress verdicts.
+const (
+	GuardIngress         = "ingress"          // a packet from outside the overlay to a container that no ingress rule allows
+	GuardIngressAccepted = "ingress_accepted" // packets that an ingress rule allowed
+)
+
+const (
+	ingressChain     = "ingress"
+	ingressHostChain = "ingress_host"
+)
+
+// SyncIngress makes the ingress chains allow exactly rules, for the
+// local containers of each app in appIPs.
+func (o *Overlay) SyncIngress(rules []policy.IngressRule, appIPs map[string][]netip.Addr) error {
+	return o.guard.SyncIngress(rules, appIPs)
+}
+
+// SyncIngress replaces the ingress chains' rules in one transaction.
+func (g *guard) SyncIngress(rules []policy.IngressRule, appIPs map[string][]netip.Addr) error {
+	fwd, host := ingressExprs(rules, appIPs)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	_, err = g.readLocked(c)
+	if err == nil && reflect.DeepEqual(fwd, g.ingress) && reflect.DeepEqual(host, g.ingressHost) {
+		return nil
+	}
+	g.ingress, g.ingressHost = fwd, host
+	if err != nil {
+		if err := g.buildLocked(c, g.last); err != nil {
+			return err
+		}
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("nftables: re-install table inet %s: %w", GuardTable, err)
+		}
+		return nil
+	}
+	for name, exprs := range map[string][][]expr.Any{ingressChain: fwd, ingressHostChain: host} {
+		ch := &nftables.Chain{Name: name, Table: g.table}
+		c.FlushChain(ch)
+		g.addIngressRules(c, ch, exprs)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: update ingress chains: %w", err)
+	}
+	return nil
+}
+
+// buildIngressLocked queues the ingress chains, the jumps to them and the
+// mark that routes packets from outside the overlay to the delivery
+// table; buildLocked calls it before the egress jump.
+func (g *guard) buildIngressLocked(c *nftables.Conn, t *nftables.Table, fwd *nftables.Chain) {
+	if !g.overlay.IsValid() {
+		return
+	}
+	in := c.AddChain(&nftables.Chain{Name: ingressChain, Table: t})
+	g.addIngressRules(c, in, g.ingress)
+	host := c.AddChain(&nftables.Chain{Name: ingressHostChain, Table: t})
+	g.addIngressRules(c, host, g.ingressHost)
+
+	route := c.AddChain(&nftables.Chain{Name: "ingress_route", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityFilter})
+	c.AddRule(&nftables.Rule{Table: t, Chain: route, Exprs: slices.Concat(
+		notFromContainer(),
+		ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, g.iface),
+		nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
+		inPrefix(16, g.overlay, expr.CmpOpEq),
+		[]expr.Any{
+			&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, EgressReplyMark)},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+		})})
+
+	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: slices.Concat(fromContainer(),
+		ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, g.iface), ctReply(), accept())})
+	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: slices.Concat(toContainer(),
+		ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, g.iface), nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
+		[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: ingressChain}})})
+	out := c.AddChain(&nftables.Chain{Name: "output_ingress", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter})
+	c.AddRule(&nftables.Rule{Table: t, Chain: out, Exprs: slices.Concat(toContainer(), nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
+		[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: ingressHostChain}})})
+}
+
+// addIngressRules queues an ingress chain: replies and related packets
+// pass, then the rules, then the refusal.
+func (g *guard) addIngressRules(c *nftables.Conn, ch *nftables.Chain, exprs [][]expr.Any) {
+	add := func(e []expr.Any) { c.AddRule(&nftables.Rule{Table: g.table, Chain: ch, Exprs: e}) }
+	add(slices.Concat(ctReply(), accept()))
+	add(slices.Concat([]expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binary.NativeEndian.AppendUint32(nil, expr.CtStateBitRELATED), Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+	}, accept()))
+	for _, e := range exprs {
+		add(e)
+	}
+	counter := &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: GuardIngress}
+	add([]expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		counter, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})
+	add([]expr.Any{counter, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}})
+}
+
+// ingressExprs compiles rules into the accept rules of the ingress chain
+// (source ranges) and of the ingress_host chain (FromHost), sorted so that
+// the same set always gives the same chains.
+func ingressExprs(rules []policy.IngressRule, appIPs map[string][]netip.Addr) (fwd, host [][]expr.Any) {
+	rules = slices.Clone(rules)
+	slices.SortFunc(rules, func(a, b policy.IngressRule) int { return strings.Compare(a.Key(), b.Key()) })
+	for _, r := range rules {
+		dsts := slices.Clone(appIPs[r.App])
+		slices.SortFunc(dsts, netip.Addr.Compare)
+		for _, dst := range dsts {
+			if !dst.Is4() {
+				continue
+			}
+			e := []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: dst.AsSlice()},
+			}
+			if !r.FromHost {
+				e = append(e,
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+					&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: r.Start.AsSlice(), ToData: r.End.AsSlice()})
+			}
+			e = append(e,
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(r.Protocol)}},
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+				&expr.Range{Op: expr.CmpOpEq, Register: 1,
+					FromData: binary.BigEndian.AppendUint16(nil, r.Ports.Start),
+					ToData:   binary.BigEndian.AppendUint16(nil, r.Ports.End)},
+				&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: GuardIngressAccepted},
+				&expr.Verdict{Kind: expr.VerdictAccept})
+			if r.FromHost {
+				host = append(host, e)
+			} else {
+				fwd = append(fwd, e)
+			}
+		}
+	}
+	return fwd, host
 }
 
 // Sync makes the set of (veth, address) bindings equal to want. It writes
@@ -318,6 +505,10 @@ func (g *guard) Counters() (GuardCounters, error) {
 			out.Egress = co.Packets
 		case GuardEgressAccepted:
 			out.EgressAccepted = co.Packets
+		case GuardIngress:
+			out.Ingress = co.Packets
+		case GuardIngressAccepted:
+			out.IngressAccepted = co.Packets
 		}
 	}
 	return out, nil
@@ -358,6 +549,28 @@ func fromContainer() []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(containerVethPrefix)},
+	}
+}
+
+func notFromContainer() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte(containerVethPrefix)},
+	}
+}
+
+func toContainer() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(containerVethPrefix)},
+	}
+}
+
+// ctReply: the packet goes in the reply direction of its connection.
+func ctReply() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}}, // IP_CT_DIR_REPLY
 	}
 }
 

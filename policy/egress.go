@@ -417,3 +417,45 @@ func DiffEgress(have, want []EgressRule) (add, remove []EgressRule) {
 	}
 	return add, remove
 }
+
+// MarshalYAMLWithEgress writes rules as MarshalYAML does followed by the
+// "egress" list that ParseEgressYAML reads (sorted; left out when egress
+// is nil, so that pushing the file leaves the egress rules alone). It
+// fails on a rule that does not validate.
+func MarshalYAMLWithEgress(rules []Rule, egress []EgressRule) ([]byte, error) {
+	b, err := MarshalYAML(rules)
+	if err != nil || egress == nil {
+		return b, err
+	}
+	egress, err = CheckEgressRules(egress, netip.Prefix{})
+	if err != nil {
+		return nil, err
+	}
+	type yamlEgress struct {
+		App         string `yaml:"app"`
+		Destination string `yaml:"destination"`
+		Protocol    string `yaml:"protocol"`
+		Ports       string `yaml:"ports,omitempty"`
+	}
+	doc := struct {
+		Egress []yamlEgress `yaml:"egress"`
+	}{Egress: make([]yamlEgress, 0, len(egress))}
+	for _, r := range egress {
+		y := yamlEgress{App: r.App, Destination: r.Destination(), Protocol: r.Protocol.String()}
+		if r.Protocol.hasPorts() {
+			y.Ports = r.Ports.String()
+		}
+		doc.Egress = append(doc.Egress, y)
+	}
+	var buf bytes.Buffer
+	buf.Write(b)
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(doc); err != nil {
+		return nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}

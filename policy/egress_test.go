@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -177,5 +178,32 @@ func TestParseEgressYAML(t *testing.T) {
 		if _, _, err := ParseEgressYAML("p.yaml", []byte(tc.doc), ov); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v; want %q", tc.doc, err, tc.want)
 		}
+	}
+}
+
+// TestMarshalYAMLWithEgress: the export's egress list parses back to the
+// same rules, and nil leaves the list out (a push of it leaves egress
+// alone).
+func TestMarshalYAMLWithEgress(t *testing.T) {
+	overlay := netip.MustParsePrefix("10.255.0.0/16")
+	rules := []Rule{{Source: "a", Destination: "b", Protocol: ProtoTCP, Ports: PortRange{8080, 8080}}}
+	egress := append(PublicEgress(), EgressRule{App: "web", Start: netip.MustParseAddr("10.0.11.0"), End: netip.MustParseAddr("10.0.11.255"),
+		Protocol: ProtoICMP})
+	b, err := MarshalYAMLWithEgress(rules, egress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotRules, err := ParseYAML("x.yaml", b)
+	if err != nil || !slices.Equal(gotRules, rules) {
+		t.Fatalf("policies: %v %v\n%s", gotRules, err, b)
+	}
+	got, given, err := ParseEgressYAML("x.yaml", b, overlay)
+	SortEgressRules(egress)
+	if err != nil || !given || !slices.Equal(got, egress) {
+		t.Fatalf("egress: %v %v %v, want %v\n%s", got, given, err, egress, b)
+	}
+	b, err = MarshalYAMLWithEgress(rules, nil)
+	if _, given, _ := ParseEgressYAML("x.yaml", b, overlay); err != nil || given {
+		t.Fatalf("nil egress: %v, list given %v\n%s", err, given, b)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -106,5 +107,81 @@ func listEgressCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&output, "output", "table", "table or json")
+	c.AddCommand(importEgressCmd())
+	return c
+}
+
+// importEgressCmd adds the rules of a Cloud Foundry security group's JSON
+// file, as binding the group to APP (or, --all, as a running security
+// group) would.
+func importEgressCmd() *cobra.Command {
+	var all, dryRun bool
+	c := &cobra.Command{
+		Use:   "import APP|--all FILE.json [--dry-run]",
+		Short: "add the egress rules of a Cloud Foundry security group (ASG) JSON file for APP or every app",
+		Long: `Add the rules of a Cloud Foundry application security group, the file
+that 'cf create-security-group NAME FILE.json' takes:
+
+  [{"protocol":"tcp","destination":"10.0.11.0/24","ports":"80,443"},
+   {"protocol":"icmp","destination":"0.0.0.0/0","type":-1,"code":-1}]
+
+as egress rules of APP, or of every app with --all (as 'cf
+bind-running-security-group' would). Rules already present stay; the
+others are added as one batch. A bad file changes nothing: unknown fields,
+invalid destinations or ports, ports on icmp, or a rule that overlaps one
+of the app's rules give an error naming the rule.`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			app := policy.EgressAll
+			switch {
+			case all && len(args) != 1:
+				return errors.New("give APP or --all, not both, and the file")
+			case !all && len(args) != 2:
+				return errors.New("give APP (or --all) and the file")
+			case !all:
+				app, args = args[0], args[1:]
+			}
+			data, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			overlay, err := agentOverlay()
+			if err != nil {
+				return err
+			}
+			rules, err := policy.ParseASG(args[0], app, data, overlay)
+			if err != nil {
+				return err
+			}
+			have, err := currentEgress()
+			if err != nil {
+				return err
+			}
+			add, _ := policy.DiffEgress(have, rules)
+			out := cmd.OutOrStdout()
+			for _, r := range add {
+				fmt.Fprintf(out, "+ egress %s\n", r)
+				for _, w := range r.Warnings(overlay) {
+					fmt.Fprintln(out, "  warning:", w)
+				}
+			}
+			if dryRun {
+				fmt.Fprintf(out, "dry run: %d to add, %d already present, nothing changed\n", len(add), len(rules)-len(add))
+				return nil
+			}
+			changes := make([]policyChange, len(add))
+			for i, r := range add {
+				changes[i] = policyChange{egress: r, isEgress: true, present: true}
+			}
+			if err := pushChanges(changes, false); err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			fmt.Fprintf(out, "%d added, %d already present\n", len(add), len(rules)-len(add))
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&all, "all", false, "the rules apply to every app")
+	c.Flags().BoolVar(&dryRun, "dry-run", false, "print the rules to add, change nothing")
+	operatorKeyFlag(c)
 	return c
 }

@@ -36,7 +36,7 @@ func main() {
 	}
 	root.PersistentFlags().StringVar(&socketPath, "socket", def, "the agent's local API socket (env WEFT_SOCKET)")
 	root.AddCommand(initCmd(), agentCmd(), containerCmd(), runCmd(), statusCmd(),
-		addPolicyCmd(), removePolicyCmd(), listPoliciesCmd(), addEgressCmd(), removeEgressCmd(), listEgressCmd(), policyCmd(), enforcementCmd(), flowLogsCmd(),
+		addPolicyCmd(), removePolicyCmd(), listPoliciesCmd(), addEgressCmd(), removeEgressCmd(), listEgressCmd(), addIngressCmd(), removeIngressCmd(), listIngressCmd(), policyCmd(), enforcementCmd(), flowLogsCmd(),
 		mapRouteCmd(true), mapRouteCmd(false), routesCmd(), clusterKeyCmd(), versionCmd())
 
 	root.AddCommand(traceCmd())

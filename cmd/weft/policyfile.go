@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"time"
 
@@ -18,18 +19,22 @@ func policyCmd() *cobra.Command {
 	var dryRun, allowLarge bool
 	push := &cobra.Command{
 		Use:   "push FILE [--dry-run] [--allow-large-removal]",
-		Short: "make the policy set equal to FILE (YAML or CF policy-server JSON), printing the +/- diff",
+		Short: "make the policy set (and the egress rules the file lists) equal to FILE, printing the +/- diff",
 		Long: `Make the policy set equal to FILE, a YAML file
 
   policies:
     - {source: appA, destination: appB, protocol: tcp, ports: "8080"}
+  egress:        # optional: without it the egress rules stay as they are
+    - {app: appA, destination: 10.0.11.0/24, protocol: tcp, ports: "443"}
+    - {app: "*", destination: 0.0.0.0-9.255.255.255, protocol: all}
 
-or Cloud Foundry's policy-server v1 JSON. Only "policies: []" (JSON:
-{"policies": []}) means no policies: an empty file or a null or missing
-"policies" is an error. The whole file is checked before anything changes:
-a bad file changes nothing and its error names the line or entry and the
-field. The changes are applied as one batch: no cell ever holds part of
-them. A push that removes more than half of the policies (the only one
+or Cloud Foundry's policy-server v1 JSON (network policies only). Only
+"policies: []" (JSON: {"policies": []}) means no policies: an empty file or
+a null or missing "policies" is an error; "egress: []" means no egress
+rules. The whole file is checked before anything changes: a bad file
+changes nothing and its error names the line or entry and the field. The
+changes are applied as one batch: no cell ever holds part of them. A push
+that removes more than half of the policies and egress rules (the only one
 included) needs --allow-large-removal.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -41,33 +46,63 @@ included) needs --allow-large-removal.`,
 			if err != nil {
 				return err
 			}
+			overlay, err := agentOverlay()
+			if err != nil {
+				return err
+			}
+			egWant, egGiven, err := policy.ParseEgressYAML(args[0], data, overlay)
+			if err != nil {
+				return err
+			}
 			have, err := currentRules()
 			if err != nil {
 				return err
 			}
+			egHave, err := currentEgress()
+			if err != nil {
+				return err
+			}
 			d := policy.DiffRules(have, want)
+			var eg egressDiff
+			if egGiven {
+				eg.add, eg.remove = policy.DiffEgress(egHave, egWant)
+			}
 			out := cmd.OutOrStdout()
 			for _, r := range d.Remove {
 				fmt.Fprintf(out, "- %s\n", r)
 			}
+			for _, r := range eg.remove {
+				fmt.Fprintf(out, "- egress %s\n", r)
+			}
 			for _, r := range d.Add {
 				fmt.Fprintf(out, "+ %s\n", r)
 			}
-			large := cell.LargeRemoval(len(d.Remove), len(have)) && !allowLarge
+			for _, r := range eg.add {
+				fmt.Fprintf(out, "+ egress %s\n", r)
+				for _, w := range r.Warnings(overlay) {
+					fmt.Fprintln(out, "  warning:", w)
+				}
+			}
+			removals, current := len(d.Remove)+len(eg.remove), len(have)+len(egHave)
+			large := cell.LargeRemoval(removals, current) && !allowLarge
 			if dryRun {
-				fmt.Fprintf(out, "dry run: %d to add, %d to remove, nothing changed\n", len(d.Add), len(d.Remove))
+				fmt.Fprintf(out, "dry run: %d to add, %d to remove, nothing changed\n", len(d.Add)+len(eg.add), removals)
 				if large {
-					fmt.Fprintf(out, "the push would be refused: %s\n", cell.LargeRemovalError(len(d.Remove), len(have)))
+					fmt.Fprintf(out, "the push would be refused: %s\n", cell.LargeRemovalError(removals, current))
 				}
 				return nil
 			}
 			if large {
-				return errors.New(cell.LargeRemovalError(len(d.Remove), len(have)))
+				return errors.New(cell.LargeRemovalError(removals, current))
 			}
-			if err := applyDiff(d, allowLarge); err != nil {
+			if err := applyDiff(d, eg, allowLarge); err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "%d added, %d removed, %d policies now\n", len(d.Add), len(d.Remove), len(want))
+			fmt.Fprintf(out, "%d added, %d removed, %d policies now", len(d.Add)+len(eg.add), removals, len(want))
+			if egGiven {
+				fmt.Fprintf(out, ", %d egress rules", len(egWant))
+			}
+			fmt.Fprintln(out)
 			return nil
 		},
 	}
@@ -78,19 +113,29 @@ included) needs --allow-large-removal.`,
 	var format string
 	export := &cobra.Command{
 		Use:   "export [--format yaml|cf-json]",
-		Short: "print the whole policy set as a file that `weft policy push` takes",
+		Short: "print the whole policy set (yaml: and the egress rules) as a file that `weft policy push` takes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rules, err := currentRules()
 			if err != nil {
 				return err
 			}
+			egress, err := currentEgress()
+			if err != nil {
+				return err
+			}
 			var b []byte
 			switch format {
 			case "yaml":
-				b, err = policy.MarshalYAML(rules)
+				if len(egress) == 0 {
+					egress = nil // no "egress:" list: a push of the file leaves egress rules alone
+				}
+				b, err = policy.MarshalYAMLWithEgress(rules, egress)
 			case "cf-json":
 				b, err = policy.MarshalCFJSON(rules)
+				if len(egress) > 0 {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %d egress rules left out: cf-json holds network policies only (use --format yaml)\n", len(egress))
+				}
 			default:
 				return fmt.Errorf("--format %q: want yaml or cf-json", format)
 			}
@@ -130,30 +175,93 @@ func currentRules() ([]policy.Rule, error) {
 // 100k rules made 100 of each.
 const pushBatch = 10000
 
-// applyDiff makes the changes of d, signed here with the operator key or,
-// without one, by the agent, sent as one request of at most pushBatch
-// changes, which the agent applies as one batch. A larger diff goes in
-// several, additions first: in between, the set holds both the rules
-// removed and those added, never neither.
-func applyDiff(d policy.Diff, allowLarge bool) error {
-	type change struct {
-		rule    policy.Rule
-		present bool
+// egressDiff is what a push changes in the egress rules.
+type egressDiff struct{ add, remove []policy.EgressRule }
+
+// currentEgress is the agent's egress rule set.
+func currentEgress() ([]policy.EgressRule, error) {
+	ers, err := client().EgressRules(ctx())
+	if err != nil {
+		return nil, err
 	}
-	var all []change
+	out := make([]policy.EgressRule, 0, len(ers))
+	for _, e := range ers {
+		r, err := e.Rule(netip.Prefix{})
+		if err != nil {
+			return nil, fmt.Errorf("agent listed an invalid egress rule %+v: %w", e, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// agentOverlay is the overlay CIDR of the local agent, for checking egress
+// rules against it before anything is sent (invalid from an agent that
+// does not say: it checks them itself).
+func agentOverlay() (netip.Prefix, error) {
+	st, err := client().Status(ctx())
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if st.Overlay == "" {
+		return netip.Prefix{}, nil
+	}
+	return netip.ParsePrefix(st.Overlay)
+}
+
+// policyChange is one change of a push: an app rule or, with isEgress,
+// an egress rule.
+type policyChange struct {
+	rule     policy.Rule
+	egress   policy.EgressRule
+	isEgress bool
+	present  bool
+}
+
+func (c policyChange) String() string {
+	if c.isEgress {
+		return "egress rule " + c.egress.String()
+	}
+	return c.rule.String()
+}
+
+// applyDiff makes the changes of d and eg, signed here with the operator
+// key or, without one, by the agent, sent as one request of at most
+// pushBatch changes, which the agent applies as one batch. A larger diff
+// goes in several, additions first: in between, the set holds both the
+// rules removed and those added, never neither.
+func applyDiff(d policy.Diff, eg egressDiff, allowLarge bool) error {
+	var all []policyChange
 	for _, r := range d.Add {
-		all = append(all, change{r, true})
+		all = append(all, policyChange{rule: r, present: true})
+	}
+	for _, r := range eg.add {
+		all = append(all, policyChange{egress: r, isEgress: true, present: true})
 	}
 	for _, r := range d.Remove {
-		all = append(all, change{r, false})
+		all = append(all, policyChange{rule: r})
 	}
+	for _, r := range eg.remove {
+		all = append(all, policyChange{egress: r, isEgress: true})
+	}
+	return pushChanges(all, allowLarge)
+}
+
+// pushChanges sends changes as push batches (see applyDiff).
+func pushChanges(all []policyChange, allowLarge bool) error {
 	priv, err := signer()
 	if err != nil {
 		return err
 	}
 	origin := cell.CLIOrigin()
-	sign := func(c change, above uint64) cell.SignedPolicyChange {
-		if priv == nil { // the agent signs
+	sign := func(c policyChange, above uint64) cell.SignedPolicyChange {
+		switch {
+		case c.isEgress && priv == nil: // the agent signs
+			e := cell.FromEgressRule(c.egress)
+			return cell.SignedPolicyChange{Egress: &e, Present: c.present}
+		case c.isEgress:
+			return cell.SignEgressChange(c.egress, c.present, origin, above, priv)
+		case priv == nil:
 			return cell.SignedPolicyChange{Rule: cell.FromRule(c.rule), Present: c.present}
 		}
 		return cell.SignPolicyChange(c.rule, c.present, origin, above, priv)
@@ -171,7 +279,7 @@ func applyDiff(d policy.Diff, allowLarge bool) error {
 		}
 		// The agent holds a newer stamp for some rules (our clock is
 		// behind): sign those above it and send them again, as one batch.
-		var again []change
+		var again []policyChange
 		var retry cell.PolicyChangesRequest
 		for i, res := range results {
 			switch {
@@ -179,7 +287,7 @@ func applyDiff(d policy.Diff, allowLarge bool) error {
 				again = append(again, batch[i])
 				retry.Changes = append(retry.Changes, sign(batch[i], res.CurrentStamp))
 			case res.Code >= 400 && res.Code != http.StatusNotFound:
-				return fmt.Errorf("%s: %s", batch[i].rule, res.Error)
+				return fmt.Errorf("%s: %s", batch[i], res.Error)
 			}
 		}
 		if len(again) == 0 {
@@ -192,7 +300,7 @@ func applyDiff(d policy.Diff, allowLarge bool) error {
 		}
 		for i, res := range results {
 			if res.Code >= 400 && res.Code != http.StatusNotFound {
-				return fmt.Errorf("%s: %s", again[i].rule, res.Error)
+				return fmt.Errorf("%s: %s", again[i], res.Error)
 			}
 		}
 	}

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,6 +25,7 @@ import (
 type fakeAgent struct {
 	mu     sync.Mutex
 	set    map[cell.PolicyRule]bool
+	egress map[policy.EgressRule]bool
 	reqs   []string                    // "METHOD PATH" of each change request
 	pushes []cell.PolicyChangesRequest // bodies of POST /v1/policy-changes
 	states [][]cell.PolicyRule         // the set after each change request
@@ -39,6 +42,34 @@ func (f *fakeAgent) list() []cell.PolicyRule {
 		return strings.Compare(a.Key(), b.Key())
 	})
 	return out
+}
+
+// fakeOverlay is the overlay of the fake agent.
+var fakeOverlay = netip.MustParsePrefix("10.255.0.0/16")
+
+func (f *fakeAgent) egressList() []policy.EgressRule {
+	var out []policy.EgressRule
+	for e := range f.egress {
+		out = append(out, e)
+	}
+	policy.SortEgressRules(out)
+	return out
+}
+
+// applyEgress changes e and returns the API's answer code.
+func (f *fakeAgent) applyEgress(e policy.EgressRule, present bool) int {
+	had := f.egress[e]
+	switch {
+	case present && had:
+		return http.StatusOK
+	case present:
+		f.egress[e] = true
+		return http.StatusCreated
+	case had:
+		delete(f.egress, e)
+		return http.StatusNoContent
+	}
+	return http.StatusNotFound
 }
 
 // apply changes r and returns the API's answer code.
@@ -61,8 +92,19 @@ func (f *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
-	if r.Method == http.MethodGet && r.URL.Path == "/v1/policies" {
+	switch {
+	case r.Method == http.MethodGet && r.URL.Path == "/v1/policies":
 		json.NewEncoder(w).Encode(cell.PolicyList{Policies: f.list()})
+		return
+	case r.Method == http.MethodGet && r.URL.Path == "/v1/status":
+		json.NewEncoder(w).Encode(cell.Status{Name: "c1", Overlay: fakeOverlay.String()})
+		return
+	case r.Method == http.MethodGet && r.URL.Path == "/v1/egress-rules":
+		l := cell.EgressRuleList{EgressRules: []cell.EgressRule{}}
+		for _, e := range f.egressList() {
+			l.EgressRules = append(l.EgressRules, cell.FromEgressRule(e))
+		}
+		json.NewEncoder(w).Encode(l)
 		return
 	}
 	f.reqs = append(f.reqs, r.Method+" "+r.URL.Path)
@@ -78,8 +120,38 @@ func (f *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		var req cell.PolicyChangesRequest
 		json.NewDecoder(r.Body).Decode(&req)
 		f.pushes = append(f.pushes, req)
+		// As the agent: egress rules of one app must not overlap, else
+		// the whole batch is refused.
+		after := maps.Clone(f.egress)
+		for _, c := range req.Changes {
+			if c.Egress != nil {
+				e, err := c.Egress.Rule(fakeOverlay)
+				if err != nil {
+					w.WriteHeader(http.StatusBadRequest)
+					json.NewEncoder(w).Encode(map[string]string{"error": "nothing changed: " + err.Error()})
+					return
+				}
+				after[e] = c.Present
+			}
+		}
+		var rules []policy.EgressRule
+		for e, ok := range after {
+			if ok {
+				rules = append(rules, e)
+			}
+		}
+		if _, err := policy.CheckEgressRules(rules, fakeOverlay); err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+			return
+		}
 		res := cell.PolicyChangesResponse{}
 		for _, c := range req.Changes {
+			if c.Egress != nil {
+				e, _ := c.Egress.Rule(fakeOverlay)
+				res.Results = append(res.Results, cell.PolicyChangeResult{Code: f.applyEgress(e, c.Present)})
+				continue
+			}
 			res.Results = append(res.Results, cell.PolicyChangeResult{Code: f.apply(c.Rule, c.Present)})
 		}
 		json.NewEncoder(w).Encode(res)
@@ -92,7 +164,7 @@ func (f *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // startFakeAgent serves f on a unix socket and points --socket at it.
 func startFakeAgent(t *testing.T, rules ...policy.Rule) *fakeAgent {
 	t.Helper()
-	f := &fakeAgent{set: map[cell.PolicyRule]bool{}}
+	f := &fakeAgent{set: map[cell.PolicyRule]bool{}, egress: map[policy.EgressRule]bool{}}
 	for _, r := range rules {
 		f.set[cell.FromRule(r)] = true
 	}
