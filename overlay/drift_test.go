@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"errors"
+	"github.com/weft-net/weft/internal/lab"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -32,9 +33,11 @@ func newKey(t *testing.T) wgtypes.Key {
 // and a peer whose allowed IPs were changed are each put back as SyncPeers
 // last configured them, and counted.
 func TestPeerDriftRepaired(t *testing.T) {
+	lab.RequireRoot(t) // peers are configured through the UAPI socket, in /var/run/wireguard
 	tt := tuntest.NewChannelTUN()
 	o := &Overlay{log: testLogger(t), stop: make(chan struct{}), peers: map[wgtypes.Key]Peer{}}
 	o.cfg.PrivateKey = newKey(t)
+	o.cfg.Interface = lab.RunPrefix() + "c998" // the lab's stale cleanup knows the form; no cell has it
 	o.wrap = NewWrapper(tt.TUN(), OpenFilter{})
 	o.dev = device.NewDevice(o.wrap, bindtest.NewChannelBinds()[0], wgLogger(o.log))
 	defer func() {
@@ -43,8 +46,17 @@ func TestPeerDriftRepaired(t *testing.T) {
 		o.mu.Lock()
 		o.closed = true
 		o.mu.Unlock()
+		if o.wg != nil {
+			o.wg.Close()
+		}
+		if o.uapi != nil {
+			o.uapi.Close()
+		}
 		o.dev.Close()
 	}()
+	if err := o.listenUAPI(); err != nil {
+		t.Fatal(err)
+	}
 
 	a, b, x := newKey(t).PublicKey(), newKey(t).PublicKey(), newKey(t).PublicKey()
 	want := []Peer{
