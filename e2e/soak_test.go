@@ -15,13 +15,20 @@ var soakFor = flag.Duration("soak", 0, "run TestSoak for this long (e.g. 10m); 0
 
 // agentUsage is what TestSoak watches for leaks in one agent.
 type agentUsage struct {
-	goroutines, fds, rss float64
+	goroutines, fds, rss   float64
+	heapInuse, heapObjects float64 // the Go heap, to tell a leak from allocator pages
 }
 
 func usage(t *testing.T, l *lab.Lab, cell int) agentUsage {
 	t.Helper()
 	m, _ := scrape(t, l, 1, cell)
-	return agentUsage{goroutines: m["go_goroutines"], fds: m["process_open_fds"], rss: m["process_resident_memory_bytes"]}
+	return agentUsage{goroutines: m["go_goroutines"], fds: m["process_open_fds"], rss: m["process_resident_memory_bytes"],
+		heapInuse: m["go_memstats_heap_inuse_bytes"], heapObjects: m["go_memstats_heap_objects"]}
+}
+
+func (u agentUsage) String() string {
+	return fmt.Sprintf("%d goroutines, %d fds, %.1f MB RSS, %.1f MB heap in use, %d heap objects",
+		int(u.goroutines), int(u.fds), u.rss/(1<<20), u.heapInuse/(1<<20), int(u.heapObjects))
 }
 
 // leaked reports what grew in u against base beyond bounds that a leak
@@ -137,8 +144,7 @@ func TestSoak(t *testing.T) {
 		links[i] = linkCount(t, cl.Netns)
 	}
 	namespaces := netnsCount(t, l)
-	t.Logf("baseline of cell 1: %d goroutines, %d fds, %.0f MB RSS; %d namespaces",
-		int(base.goroutines), int(base.fds), base.rss/(1<<20), namespaces)
+	t.Logf("baseline of cell 1: %v; %d namespaces", base, namespaces)
 
 	start := time.Now()
 	end := start.Add(*soakFor)
@@ -148,6 +154,11 @@ func TestSoak(t *testing.T) {
 		churn(i)
 		iters++
 		if time.Now().After(nextRestart) {
+			// The trend, every minute, before the restart (cells 2 and 3
+			// start afresh every other minute).
+			for i := 1; i <= 3; i++ {
+				t.Logf("after %v, cell %d: %v", time.Since(start).Round(time.Second), i, usage(t, l, i))
+			}
 			cell := 2 + restarts%2
 			if err := l.StartCell(cell); err != nil {
 				t.Fatalf("restart cell %d: %v", cell, err)
@@ -181,7 +192,7 @@ func TestSoak(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	t.Logf("end of cell 1: %d goroutines, %d fds, %.0f MB RSS", int(last.goroutines), int(last.fds), last.rss/(1<<20))
+	t.Logf("end of cell 1: %v", last)
 	for i := 1; i <= 3; i++ {
 		cl, _ := l.Cell(i)
 		if n := linkCount(t, cl.Netns); n != links[i] {

@@ -228,6 +228,7 @@ type Mesh struct {
 	aeSent      atomic.Uint64   // policy registers sent in batches (antientropy.go)
 	aeSkipped   atomic.Uint64   // anti-entropy sends skipped: the peer's outbox was busy
 	aeMaxMsg    atomic.Uint64   // the most registers one batch message carried
+	sweeps      atomic.Uint64   // isolation sweeps: every peer pinged (isolation.go)
 	trusted     map[string]bool // string(ed25519.PublicKey) of trusted operators; read-only
 	keyring     *memberlist.Keyring
 
@@ -267,6 +268,7 @@ type Mesh struct {
 	aeDone      map[string]time.Time // when the last send to a peer ended (antientropy.go)
 	closing     bool                 // Shutdown is waiting for wg
 	kr          keyringState         // applied keyring operations (keyring.go)
+	isolated    bool                 // no peer answers: Members reports them dead (isolation.go)
 
 	// afterChange, if set (by tests), is called with no lock held after
 	// each change of the replicated state that the listener is told of:
@@ -364,6 +366,7 @@ func New(cfg Config, l Listener) (*Mesh, error) {
 		go m.joinLoop()
 	}
 	go m.reconnectLoop()
+	go m.isolationLoop()
 	go m.metaLoop()
 	m.kick(m.kickLease)
 	return m, nil
@@ -437,6 +440,18 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
+// suspicionMult is memberlist's SuspicionMult: a suspected cell has
+// suspicionTimeout to refute before it is declared dead.
+const suspicionMult = 3
+
+// suspicionTimeout is memberlist's suspicion time (util.go
+// suspicionTimeout) for n cells: suspicionMult × max(1, log10 n) ×
+// the probe interval.
+func suspicionTimeout(probe time.Duration, n int) time.Duration {
+	scale := math.Max(1, math.Log10(float64(max(n, 1))))
+	return time.Duration(float64(suspicionMult) * scale * float64(probe))
+}
+
 func (m *Mesh) memberlistConfig() *memberlist.Config {
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = m.cfg.Name
@@ -460,13 +475,16 @@ func (m *Mesh) memberlistConfig() *memberlist.Config {
 	// s on the other side (TestIsolatedCellDeclaresOthersDead). At 1 both
 	// wait the minimum; a falsely suspected cell still has 3 s (30 gossip
 	// rounds) to refute.
-	mc.SuspicionMult = 3
+	mc.SuspicionMult = suspicionMult
 	mc.SuspicionMaxTimeoutMult = 1
 	// Each probe nobody answers (nor nacks) makes the next one last
 	// longer, up to AwarenessMaxMultiplier × ProbeInterval (memberlist
 	// awareness.go). At the default 8 an isolated cell of three, probing
 	// one peer twice before the other, suspected the second after 1+2+3
-	// s; at 2, after at most 1+2+2 s: dead within 9 s of the cut.
+	// s; at 2, after at most 1+2+2 s: dead within 9 s of the cut. Among
+	// more cells it is later still (one probe per peer): isolation.go.
+	// Shorter probes instead (500 ms, suspicion kept at 3 s) flapped
+	// under CPU load (TestNoFlapUnderCPULoad).
 	mc.AwarenessMaxMultiplier = 2
 	mc.Keyring = m.keyring
 	if m.cfg.Transport != nil {
@@ -535,6 +553,8 @@ func (m *Mesh) Joined() bool {
 // winner (the older lease, or the takeover) is reported with it, this cell
 // included (Subnet and Conflict still report its lease). NodeSuspect is not reported: memberlist v0.7.0
 // does not expose suspicion, so a suspect node is alive until declared dead.
+// While this cell is isolated (no peer has answered its probes for the
+// suspicion time, isolation.go) every peer is reported dead.
 func (m *Mesh) Members() []Node {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -587,6 +607,9 @@ func (m *Mesh) Members() []Node {
 			Features:    mb.meta.Feat,
 			Version:     mb.meta.Ver,
 			State:       mb.state,
+		}
+		if m.isolated && n.State == NodeAlive {
+			n.State = NodeDead
 		}
 		if w, ok := winner[n.Subnet]; ok && w.node != name {
 			n.Subnet = netip.Prefix{}

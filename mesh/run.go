@@ -12,8 +12,8 @@ import (
 )
 
 // The mesh's own goroutines: notifyLoop (listener calls), maintainLoop
-// (lease, persistence of remote changes, pruning), joinLoop and
-// reconnectLoop.
+// (lease, persistence of remote changes, pruning), joinLoop,
+// reconnectLoop and isolationLoop (isolation.go).
 
 const (
 	reconnectEvery = 2 * time.Second // a healed partition is whole again within about this
