@@ -240,6 +240,7 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 //	}
 //	chain ingress {   # one rule per (ingress rule with a source range, container)
 //	  ct direction reply accept ; ct state related accept
+//	  icmp type { destination-unreachable, time-exceeded } accept
 //	  ip daddr APP_IP ip saddr A-B meta l4proto tcp th dport P-Q  counter ingress_accepted accept
 //	  meta l4proto tcp counter ingress reject with tcp reset
 //	  counter ingress reject with icmpx port-unreachable
@@ -350,6 +351,18 @@ func (g *guard) addIngressRules(c *nftables.Conn, ch *nftables.Chain, exprs [][]
 			Mask: binary.NativeEndian.AppendUint32(nil, expr.CtStateBitRELATED), Xor: []byte{0, 0, 0, 0}},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
 	}, accept()))
+	// ICMP errors about what the container sent: "fragmentation needed"
+	// from the cell's own route MTU (path MTU, pmtu_linux.go) and the
+	// like. Overlay forwarding is untracked, so they are not "related";
+	// an error opens nothing.
+	for _, typ := range []byte{3, 11} { // destination unreachable, time exceeded
+		add(slices.Concat([]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMP}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{typ}},
+		}, accept()))
+	}
 	for _, e := range exprs {
 		add(e)
 	}
