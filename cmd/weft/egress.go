@@ -1,12 +1,10 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -88,22 +86,15 @@ func listEgressCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
-			if output == "json" {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(cell.EgressRuleList{EgressRules: rules})
-			}
-			tw := tabwriter.NewWriter(out, 0, 4, 3, ' ', 0)
-			fmt.Fprintln(tw, "app\tdestination\tprotocol\tports")
+			rows := make([][]string, 0, len(rules))
 			for _, r := range rules {
 				app := r.App
 				if app == policy.EgressAll {
 					app = "(all apps)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", app, r.Destination, r.Protocol, r.Ports)
+				rows = append(rows, []string{app, r.Destination, r.Protocol, r.Ports})
 			}
-			return tw.Flush()
+			return writeListing(cmd.OutOrStdout(), output, cell.EgressRuleList{EgressRules: rules}, "app\tdestination\tprotocol\tports", rows)
 		},
 	}
 	c.Flags().StringVar(&output, "output", "table", "table or json")

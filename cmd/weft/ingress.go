@@ -1,11 +1,9 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -83,22 +81,15 @@ func listIngressCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
-			if output == "json" {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(cell.IngressRuleList{IngressRules: rules})
-			}
-			tw := tabwriter.NewWriter(out, 0, 4, 3, ' ', 0)
-			fmt.Fprintln(tw, "app\tsource\tprotocol\tports")
+			rows := make([][]string, 0, len(rules))
 			for _, r := range rules {
 				src := r.Source
 				if src == policy.IngressFromHost {
 					src = "(cell hosts)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.App, src, r.Protocol, r.Ports)
+				rows = append(rows, []string{r.App, src, r.Protocol, r.Ports})
 			}
-			return tw.Flush()
+			return writeListing(cmd.OutOrStdout(), output, cell.IngressRuleList{IngressRules: rules}, "app\tsource\tprotocol\tports", rows)
 		},
 	}
 	c.Flags().StringVar(&output, "output", "table", "table or json")
