@@ -52,20 +52,29 @@ func (c *Client) SignedPolicy(ctx context.Context, priv ed25519.PrivateKey, r Po
 	if err != nil {
 		return PolicyChangeResult{}, err
 	}
+	got, err := c.applyOneChange(ctx, true, func(above uint64) SignedPolicyChange {
+		return SignPolicyChange(rule, present, CLIOrigin(), above, priv)
+	})
+	if err == nil && got.Code >= 400 && got.Code != http.StatusNotFound {
+		err = &StatusError{Code: got.Code, Message: got.Error}
+	}
+	return got, err
+}
+
+// applyOneChange applies the change mk(0). When it is signed (by the
+// caller) and the agent holds a newer change of the same rule (409: the
+// signer's clock is behind), it applies mk(that stamp) once more.
+func (c *Client) applyOneChange(ctx context.Context, signed bool, mk func(above uint64) SignedPolicyChange) (PolicyChangeResult, error) {
 	var above uint64
 	for try := 0; ; try++ {
-		ch := SignPolicyChange(rule, present, CLIOrigin(), above, priv)
-		res, err := c.ApplyPolicyChanges(ctx, []SignedPolicyChange{ch})
+		res, err := c.ApplyPolicyChanges(ctx, []SignedPolicyChange{mk(above)})
 		if err != nil {
 			return PolicyChangeResult{}, err
 		}
 		got := res[0]
-		if got.Code == http.StatusConflict && try == 0 {
+		if got.Code == http.StatusConflict && try == 0 && signed {
 			above = got.CurrentStamp
 			continue
-		}
-		if got.Code >= 400 && got.Code != http.StatusNotFound {
-			return got, &StatusError{Code: got.Code, Message: got.Error}
 		}
 		return got, nil
 	}

@@ -112,26 +112,16 @@ func (c *Client) ChangeEgressRule(ctx context.Context, priv ed25519.PrivateKey, 
 	if err != nil {
 		return PolicyChangeResult{}, err
 	}
-	var above uint64
-	for try := 0; ; try++ {
-		ch := SignedPolicyChange{Egress: &r, Present: present}
-		if priv != nil {
-			ch = SignEgressChange(rule, present, CLIOrigin(), above, priv)
+	got, err := c.applyOneChange(ctx, priv != nil, func(above uint64) SignedPolicyChange {
+		if priv == nil {
+			return SignedPolicyChange{Egress: &r, Present: present}
 		}
-		res, err := c.ApplyPolicyChanges(ctx, []SignedPolicyChange{ch})
-		if err != nil {
-			return PolicyChangeResult{}, err
-		}
-		got := res[0]
-		if got.Code == http.StatusConflict && try == 0 && priv != nil {
-			above = got.CurrentStamp
-			continue
-		}
-		if got.Code >= 400 {
-			return got, &StatusError{Code: got.Code, Message: got.Error}
-		}
-		return got, nil
+		return SignEgressChange(rule, present, CLIOrigin(), above, priv)
+	})
+	if err == nil && got.Code >= 400 {
+		err = &StatusError{Code: got.Code, Message: got.Error}
 	}
+	return got, err
 }
 
 // EgressDefaultFile, in a state dir, holds the egress default that `weft

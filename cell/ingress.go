@@ -69,26 +69,16 @@ func (c *Client) ChangeIngressRule(ctx context.Context, priv ed25519.PrivateKey,
 	if err != nil {
 		return PolicyChangeResult{}, err
 	}
-	var above uint64
-	for try := 0; ; try++ {
-		ch := SignedPolicyChange{Ingress: &r, Present: present}
-		if priv != nil {
-			ch = SignIngressChange(rule, present, CLIOrigin(), above, priv)
+	got, err := c.applyOneChange(ctx, priv != nil, func(above uint64) SignedPolicyChange {
+		if priv == nil {
+			return SignedPolicyChange{Ingress: &r, Present: present}
 		}
-		res, err := c.ApplyPolicyChanges(ctx, []SignedPolicyChange{ch})
-		if err != nil {
-			return PolicyChangeResult{}, err
-		}
-		got := res[0]
-		if got.Code == http.StatusConflict && try == 0 && priv != nil {
-			above = got.CurrentStamp
-			continue
-		}
-		if got.Code >= 400 {
-			return got, &StatusError{Code: got.Code, Message: got.Error}
-		}
-		return got, nil
+		return SignIngressChange(rule, present, CLIOrigin(), above, priv)
+	})
+	if err == nil && got.Code >= 400 {
+		err = &StatusError{Code: got.Code, Message: got.Error}
 	}
+	return got, err
 }
 
 // syncIngressLocked compiles the replicated ingress rules for this cell's
