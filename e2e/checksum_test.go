@@ -9,8 +9,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -108,36 +106,11 @@ func TestPartialTCPChecksums(t *testing.T) {
 // in namespace ns (Tcp InCsumErrors of /proc/net/snmp).
 func tcpInCsumErrors(t *testing.T, ns string) uint64 {
 	t.Helper()
-	var data []byte
-	err := lab.InNetns(ns, func() (err error) {
-		data, err = os.ReadFile("/proc/thread-self/net/snmp")
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
+	n, ok := procCounters(t, ns, "snmp", "Tcp:")["InCsumErrors"]
+	if !ok {
+		t.Fatalf("%s: no Tcp InCsumErrors in /proc/net/snmp", ns)
 	}
-	var names []string
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "Tcp:" {
-			continue
-		}
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, name := range names {
-			if name == "InCsumErrors" && i < len(f) {
-				n, err := strconv.ParseUint(f[i], 10, 64)
-				if err != nil {
-					t.Fatalf("%s: /proc/net/snmp: %v", ns, err)
-				}
-				return n
-			}
-		}
-	}
-	t.Fatalf("%s: no Tcp InCsumErrors in /proc/net/snmp", ns)
-	return 0
+	return n
 }
 
 // bulk sends n pseudo-random bytes over one TCP connection from namespace
@@ -163,7 +136,7 @@ func bulk(t *testing.T, client, server string, dst netip.AddrPort, n int64) {
 			return
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(30 * time.Second))
+		c.SetDeadline(time.Now().Add(bulkTimeout(n)))
 		h := sha256.New()
 		k, err := io.Copy(h, c)
 		var r result
@@ -183,7 +156,7 @@ func bulk(t *testing.T, client, server string, dst netip.AddrPort, n int64) {
 	if err != nil {
 		t.Fatalf("dial %v from %s: %v", dst, client, err)
 	}
-	c.SetDeadline(time.Now().Add(30 * time.Second))
+	c.SetDeadline(time.Now().Add(bulkTimeout(n)))
 	h := sha256.New()
 	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{byte(n), 1}), n), h)
 	start := time.Now()
@@ -197,4 +170,14 @@ func bulk(t *testing.T, client, server string, dst netip.AddrPort, n int64) {
 		t.Fatalf("%s -> %v: sink got %d of %d bytes (err %v), sha256 %x, sent %x", client, dst, r.n, n, r.err, r.sum, h.Sum(nil))
 	}
 	t.Logf("%s -> %v: %d MB intact in %v", client, dst, n>>20, time.Since(start).Round(time.Millisecond))
+}
+
+// bulkTimeout bounds a transfer of n bytes: 30 s, and 1 s more for each
+// 16 MB beyond 64 MB (1 GB: 90 s, about 100 Mbit/s).
+func bulkTimeout(n int64) time.Duration {
+	d := 30 * time.Second
+	if n > 64<<20 {
+		d += time.Duration((n-64<<20)>>24) * time.Second
+	}
+	return d
 }

@@ -1,0 +1,206 @@
+package e2e
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/lab"
+)
+
+// TestGigabyteInOrder: the run-to-completion path keeps each flow in order
+// and intact. One gigabyte of TCP crosses two cells and arrives with the
+// same SHA-256, the sender's kernel detecting no reordering; then a stream
+// of UDP datagrams of random sizes (so that the TUN read drain, the UDP GSO
+// batches and the split of a batch at a size change all occur) arrives in
+// sequence: every datagram after a higher sequence number is a
+// reordering, every corrupted payload a failure. UDP loss is allowed (the
+// sender is not paced), reordering and corruption are not.
+func TestGigabyteInOrder(t *testing.T) {
+	lab.RequireRoot(t)
+	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin})
+	ctA, ctB := l.Name("ordA"), l.Name("ordB")
+	if _, err := l.CreateContainer(1, "orda", ctA); err != nil {
+		t.Fatal(err)
+	}
+	ipB, err := l.CreateContainer(2, "ordb", ctB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, proto := range []string{"tcp", "udp"} {
+		if out, err := l.Weft(1, "add-network-policy", "orda", "ordb", "--protocol", proto, "--port", "9000"); err != nil {
+			t.Fatalf("add-network-policy %s: %v %s", proto, err, out)
+		}
+	}
+
+	before, retransBefore := tcpExt(t, ctA), tcpRetransSegs(t, ctA)
+	bulk(t, ctA, ctB, netip.AddrPortFrom(ipB, 9000), 1<<30)
+	after := tcpExt(t, ctA)
+	// The kernel counts the reorderings it detects by SACK, timestamps or
+	// duplicate ACKs. Loss (a full TUN queue) retransmits, which is not
+	// reordering and is logged only.
+	for _, k := range []string{"TCPSACKReorder", "TCPTSReorder", "TCPRenoReorder"} {
+		if d := after[k] - before[k]; d != 0 {
+			t.Errorf("sender detected reordering: TcpExt %s +%d", k, d)
+		}
+	}
+	t.Logf("sender: TCPLostRetransmit +%d, retransmitted segments +%d (TCPRetransFail +%d)",
+		after["TCPLostRetransmit"]-before["TCPLostRetransmit"], tcpRetransSegs(t, ctA)-retransBefore,
+		after["TCPRetransFail"]-before["TCPRetransFail"])
+
+	udpInOrder(t, ctA, ctB, netip.AddrPortFrom(ipB, 9000), 200000)
+}
+
+// udpInOrder sends n numbered datagrams of random sizes from namespace
+// client to dst in namespace server and checks that the ones that arrive
+// do so in order and intact.
+func udpInOrder(t *testing.T, client, server string, dst netip.AddrPort, n int) {
+	t.Helper()
+	pc, err := lab.ListenPacketIn(server, "udp", fmt.Sprintf(":%d", dst.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	type result struct{ got, reordered, corrupt, last int }
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		r.last = -1
+		buf := make([]byte, 2048)
+		want := make([]byte, 2048)
+		for {
+			// The sender ends with a datagram of sequence n; a
+			// second without any ends a lossy tail.
+			pc.SetReadDeadline(time.Now().Add(2 * time.Second))
+			k, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				break
+			}
+			if k < 8 {
+				r.corrupt++
+				continue
+			}
+			seq := int(binary.BigEndian.Uint64(buf))
+			if seq == n {
+				break
+			}
+			fillPayload(want[:k], seq)
+			if string(buf[8:k]) != string(want[8:k]) {
+				r.corrupt++
+				continue
+			}
+			r.got++
+			if seq <= r.last {
+				r.reordered++
+			} else {
+				r.last = seq
+			}
+		}
+		done <- r
+	}()
+
+	var c interface {
+		Write([]byte) (int, error)
+		Close() error
+	}
+	c, err = lab.DialIn(client, "udp", dst.String(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rng := rand.New(rand.NewPCG(uint64(n), 7))
+	buf := make([]byte, 1400)
+	start := time.Now()
+	for seq := 0; seq < n; seq++ {
+		size := 8 + rng.IntN(len(buf)-8)
+		if seq%16 < 8 {
+			size = 64 // runs of equal small sizes: one GSO batch each
+		}
+		fillPayload(buf[:size], seq)
+		if _, err := c.Write(buf[:size]); err != nil {
+			t.Fatalf("udp send %d: %v", seq, err)
+		}
+	}
+	end := make([]byte, 8)
+	binary.BigEndian.PutUint64(end, uint64(n))
+	for i := 0; i < 3; i++ {
+		c.Write(end)
+	}
+	r := <-done
+	t.Logf("udp: %d of %d datagrams arrived in %v, %d reordered, %d corrupt", r.got, n, time.Since(start).Round(time.Millisecond), r.reordered, r.corrupt)
+	if r.reordered != 0 || r.corrupt != 0 {
+		t.Errorf("udp %s -> %v: %d datagrams out of order, %d corrupt", client, dst, r.reordered, r.corrupt)
+	}
+	if r.got < n/10 {
+		t.Errorf("udp %s -> %v: only %d of %d datagrams arrived", client, dst, r.got, n)
+	}
+}
+
+// fillPayload writes seq into b[:8] and bytes derived from seq after it.
+func fillPayload(b []byte, seq int) {
+	binary.BigEndian.PutUint64(b, uint64(seq))
+	x := uint32(seq)*2654435761 + 1
+	for i := 8; i < len(b); i++ {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		b[i] = byte(x)
+	}
+}
+
+// tcpExt reads the TcpExt counters of /proc/net/netstat in namespace ns.
+func tcpExt(t *testing.T, ns string) map[string]uint64 {
+	t.Helper()
+	return procCounters(t, ns, "netstat", "TcpExt:")
+}
+
+// tcpRetransSegs is Tcp RetransSegs of /proc/net/snmp in namespace ns.
+func tcpRetransSegs(t *testing.T, ns string) uint64 {
+	t.Helper()
+	return procCounters(t, ns, "snmp", "Tcp:")["RetransSegs"]
+}
+
+// procCounters parses the header/value line pairs of /proc/net/FILE that
+// start with prefix, read inside namespace ns.
+func procCounters(t *testing.T, ns, file, prefix string) map[string]uint64 {
+	t.Helper()
+	var data []byte
+	err := lab.InNetns(ns, func() (err error) {
+		data, err = os.ReadFile("/proc/thread-self/net/" + file)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]uint64{}
+	var names []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != prefix {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i := 1; i < len(names) && i < len(f); i++ {
+			// Tcp MaxConn is -1: signed values are kept as read.
+			v, err := strconv.ParseInt(f[i], 10, 64)
+			if err != nil {
+				t.Fatalf("%s: /proc/net/%s %s: %v", ns, file, names[i], err)
+			}
+			m[names[i]] = uint64(v)
+		}
+		break
+	}
+	if names == nil {
+		t.Fatalf("%s: no %s lines in /proc/net/%s", ns, prefix, file)
+	}
+	return m
+}
