@@ -484,6 +484,8 @@ func TestApplyPolicyChanges(t *testing.T) {
 // as JSON and under it compressed, and now refused (more than
 // maxStatePolicies).
 func TestFullStateCompressed(t *testing.T) {
+	defer func(l int64) { joinPolicyList.Store(l) }(joinPolicyList.Load())
+	joinPolicyList.Store(2000)
 	a := startNode(t, "cell-a", nodeOpts{})
 	cs := applyRules(t, a, 2000)
 	stamp := cs[len(cs)-1].Stamp
@@ -678,6 +680,47 @@ func TestLargeSetJoin(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // a batch would be out by now
 	if n := a.aeSent.Load(); n != 1000 {
 		t.Errorf("cell-a sent %d more registers after a join that listed them", n-1000)
+	}
+}
+
+// TestRestartedCellJoinsWithoutLists: a cell restarted with the set its
+// peer holds (from its state.json) joins without either side listing or
+// sending a policy. At the default joinPolicyList the join's push/pull of
+// two cells holding 2000 rules is a digest each way. Listing them (the
+// default was 20 000) made every restart of a cell with 10k rules decode,
+// verify and merge its peer's whole list: the agents' peak RSS rose from
+// 44 to 70 MB in the ladder's restarts.
+func TestRestartedCellJoinsWithoutLists(t *testing.T) {
+	quiet := func(c *Config) { c.PushPullInterval = time.Hour }
+	a := startNode(t, "cell-a", nodeOpts{mutate: quiet})
+	cs := applyRules(t, a, 2000)
+	dir := t.TempDir()
+	b := startNode(t, "cell-b", nodeOpts{mutate: quiet, dir: dir})
+	if _, errs := b.ApplyPolicyChanges(cs); errors.Join(errs...) != nil {
+		t.Fatal(errors.Join(errs...))
+	}
+	if err := b.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	st := (*delegate)(a).LocalState(true)
+	fs, err := decodeFullState(st, stateRejects{})
+	if err != nil || len(fs.Policies) != 0 || len(fs.PolSum) != polBuckets {
+		t.Fatalf("join state of 2000 rules (%d bytes): %d listed, %d digest buckets (%v); want 0 and %d", len(st), len(fs.Policies), len(fs.PolSum), err, polBuckets)
+	}
+	b = startNode(t, "cell-b", nodeOpts{mutate: quiet, dir: dir, join: a.joinAddr()})
+	if n := len(b.Policies()); n != 2000 {
+		t.Fatalf("restarted cell-b loaded %d rules from its state, want 2000", n)
+	}
+	eventually(t, 5*time.Second, "cell-a sees cell-b", func() error {
+		for _, n := range a.Members() {
+			if n.Name == "cell-b" && n.State == NodeAlive {
+				return nil
+			}
+		}
+		return errors.New("not yet")
+	})
+	if sa, sb := a.aeSent.Load(), b.aeSent.Load(); sa != 0 || sb != 0 {
+		t.Errorf("equal sets sent %d and %d registers after the join, want none", sa, sb)
 	}
 }
 

@@ -148,7 +148,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&policyMode, "policy", "on", "policy enforcement: on, or off to pass every packet (benchmarks only)")
 	f.StringVar(&cfg.TUNBackend, "tun-backend", "auto", "TUN backend: auto (wireguard, water if the kernel refuses TUN offloads), wireguard or water")
 	f.BoolVar(&cfg.PartialTCPChecksums, "partial-tcp-checksums", true, "leave the checksums of TCP segments partial toward cells that accept them, and announce that this one does (needs the wireguard TUN backend)")
-	f.Int64Var(&memLimitMiB, "memory-limit", defaultMemoryLimit>>20, "soft Go heap limit in MiB, raised to 1.25x the live heap when that is more (0: none; GOMEMLIMIT overrides)")
+	f.Int64Var(&memLimitMiB, "memory-limit", defaultMemoryLimit>>20, "soft Go memory limit in MiB, raised to 4/3 of the live heap plus the runtime's overhead when that is more (0: none; GOMEMLIMIT overrides)")
 	f.StringVar(&pprofAddr, "pprof-addr", "", "serve net/http/pprof on this loopback IP:PORT (in the agent's namespace) and record blocking; also WEFT_CPUPROFILE=FILE writes a CPU profile at exit")
 	agentExtraFlags(c, &cfg, &configFile, &logFormat)
 	for _, n := range []string{"name", "state-dir", "bind"} {

@@ -9,12 +9,14 @@ import (
 )
 
 // defaultMemoryLimit is the agent's soft Go memory limit unless GOMEMLIMIT
-// is set. wireguard-go's 64 KiB message buffers used to grow the heap to
-// 300+ MB under load; overlay now bounds them (overlay/bufpool.go, 48 MiB
-// by default), and the limit stays as a safety net. The live heap under
-// load with 100k flows is about 70 MB: a limit close to it makes the GC
-// run continuously (docs/performance.md has the measurements).
-const defaultMemoryLimit = 96 << 20
+// is set (adaptMemoryLimit raises it above a large live heap). An agent's
+// live heap is 10-15 MB with 10k rules, but the heap goal of GOGC=100 let
+// transients (a fresh cell merging 10k rules, a policy push) grow the
+// heap to twice the live heap, and the resident pages stayed: a fresh
+// cell peaked at 62 MB of RSS with a 96 MiB limit, 52 with 40 MiB. The
+// message buffers are outside the heap (overlay/bufpool.go) and outside
+// the limit.
+const defaultMemoryLimit = 40 << 20
 
 // setMemoryLimit applies limit (bytes; 0 = none) unless GOMEMLIMIT is set,
 // and keeps it above the live heap until ctx ends (adaptMemoryLimit).
