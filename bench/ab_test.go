@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"strconv"
 	"testing"
 	"time"
 
@@ -23,7 +22,9 @@ var (
 // order in odd rounds), and each weft TCP test (rung d's path, policy on,
 // one rule) runs between two tests of plain wireguard-go (rung b), so that
 // the machine's drift cancels in d/b. It reports the mean and median of
-// new/old over the rounds' d/b, for one stream and four.
+// new/old over the rounds' d/b, for one stream and four, and the median
+// over rounds of new/old for UDP 64 B packets/s, TCP transactions/s on 1
+// and 32 connections and the UDP ping-pong round trip (p50, p99).
 //
 //	go build -o /tmp/weft-old ./cmd/weft   # at the old commit
 //	go build -o /tmp/weft-new ./cmd/weft
@@ -55,14 +56,20 @@ func BenchmarkAB(b *testing.B) {
 	install(*abOld)
 	l := lab.Setup(b, lab.Config{Cells: 2, WeftBin: weftBin})
 	ctA, ctB, ipB := twoContainers(b, l, "aba", "abb", "5201-5202")
-	if out, err := l.Weft(1, "add-network-policy", "aba", "abb", "--protocol", "udp", "--port", strconv.Itoa(udpPort)); err != nil {
-		b.Fatalf("add-network-policy udp: %v %s", err, out)
+	for _, p := range [][2]string{{"udp", fmt.Sprintf("%d-%d", udpPort, udpPort+2)}, {"tcp", fmt.Sprintf("%d-%d", rrPort, rrPort+1)}} {
+		if out, err := l.Weft(1, "add-network-policy", "aba", "abb", "--protocol", p[0], "--port", p[1]); err != nil {
+			b.Fatalf("add-network-policy %s: %v %s", p[0], err, out)
+		}
 	}
+	rrBin := buildTool(b, "./internal/tcprr")
 	// d/b and d's Gbit/s of each round, by binary and stream count; UDP
 	// 64 B packets/s delivered and the machine's cores per Mpps.
 	ratio := map[string]*[2][]float64{"old": {}, "new": {}}
 	gbps := map[string]*[2][]float64{"old": {}, "new": {}}
 	udp := map[string]*[2][]float64{"old": {}, "new": {}}
+	// Request/response: transactions/s on 1 and 32 connections, and the
+	// UDP ping-pong round trip p50 and p99 (µs).
+	rr := map[string]*[4][]float64{"old": {}, "new": {}}
 	for r := range *abRounds {
 		order := []string{"old", "new"}
 		if r%2 == 1 {
@@ -90,6 +97,13 @@ func BenchmarkAB(b *testing.B) {
 			pps, cores := udpRate(b, ctA, ctB, netip.AddrPortFrom(ipB, udpPort), 64, "")
 			udp[v][0] = append(udp[v][0], pps)
 			udp[v][1] = append(udp[v][1], cores/(pps/1e6))
+			for k, conns := range []int{1, rrConns} {
+				res := tcpRR(b, rrBin, ctA, ctB, netip.AddrPortFrom(ipB, rrPort+uint16(k)), conns, false)
+				rr[v][k] = append(rr[v][k], res.tps)
+			}
+			p50, p99 := pingPong(b, ctA, ctB, netip.AddrPortFrom(ipB, udpPort+2))
+			rr[v][2] = append(rr[v][2], p50)
+			rr[v][3] = append(rr[v][3], p99)
 		}
 	}
 	// UDP against the same round's other binary: the machine's drift
@@ -101,6 +115,16 @@ func BenchmarkAB(b *testing.B) {
 	}
 	b.Logf("udp64: kpps old %.1f, new %.1f; new/old %.3f; cores per Mpps old %.1f, new %.1f",
 		medianOf(udp["old"][0])/1e3, medianOf(udp["new"][0])/1e3, qu, medianOf(udp["old"][1]), medianOf(udp["new"][1]))
+	for k, name := range []string{"rr1", "rr32", "rtt-p50", "rtt-p99"} {
+		var q []float64
+		for r := range rr["new"][k] {
+			q = append(q, rr["new"][k][r]/rr["old"][k][r])
+		}
+		b.Logf("%s: old %.0f, new %.0f (medians); new/old by round %.3f", name, medianOf(rr["old"][k]), medianOf(rr["new"][k]), q)
+		b.ReportMetric(medianOf(q), "x-new-old-"+name+"-median")
+		b.ReportMetric(medianOf(rr["old"][k]), name+"-old")
+		b.ReportMetric(medianOf(rr["new"][k]), name+"-new")
+	}
 	b.ReportMetric(medianOf(qu), "x-new-old-udp64-median")
 	b.ReportMetric(medianOf(qc), "x-new-old-cores-per-Mpps-udp64-median")
 	for i, n := range []int{1, 4} {
