@@ -32,6 +32,7 @@ import (
 //	}
 //	chain postrouting { type nat hook postrouting priority srcnat
 //	  meta nfproto ipv4 ip saddr OVERLAY ip daddr != OVERLAY oifname != WEFT0  masquerade
+//	  oifname WEFT0 meta nfproto ipv4 ip saddr != OVERLAY  masquerade   # the cell host's own
 //	}
 //	chain egress_return { type filter hook prerouting priority filter
 //	  ct direction reply ct status snat ip daddr OVERLAY  meta mark set EgressReplyMark
@@ -137,6 +138,16 @@ func (g *guard) buildEgressLocked(c *nftables.Conn, t *nftables.Table, fwd *nfta
 			inPrefix(12, g.overlay, expr.CmpOpEq),
 			inPrefix(16, g.overlay, expr.CmpOpNeq),
 			ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, g.iface),
+			[]expr.Any{&expr.Masq{}})})
+		// The cell host's own packets into the overlay leave from weft0's
+		// address, the cell's address that the other cells know
+		// (policy.HostApp), whatever source they were given (the
+		// underlay's, a bound socket's). Packets forwarded from outside
+		// never get here: the forward chain refuses them (guard_linux.go).
+		c.AddRule(&nftables.Rule{Table: t, Chain: nat, Exprs: slices.Concat(
+			ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, g.iface),
+			nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
+			inPrefix(12, g.overlay, expr.CmpOpNeq),
 			[]expr.Any{&expr.Masq{}})})
 		// Replies of masqueraded flows are addressed to the container once
 		// the kernel has undone the NAT (at dstnat), but the main table
