@@ -198,6 +198,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer a.stopOverlay()
+	a.startEgressLog(ctx.Done())
 	if err := a.startDNS(ctx); err != nil {
 		return fmt.Errorf("service discovery: %w", err)
 	}
