@@ -198,6 +198,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer a.stopOverlay()
+	a.startEgressLog(ctx.Done())
 	if err := a.startDNS(ctx); err != nil {
 		return fmt.Errorf("service discovery: %w", err)
 	}
@@ -300,6 +301,7 @@ func (a *Agent) loop(ctx context.Context) error {
 				return err
 			}
 			a.syncPeers()
+			a.compile()    // the cell hosts' addresses (policy.HostApp)
 			a.refreshDNS() // instances on dead cells go away
 			a.checkVersions(a.mesh.Members())
 		case <-a.stateCh:
@@ -394,10 +396,24 @@ func (a *Agent) compileLocked() {
 	for _, e := range a.mesh.Endpoints() {
 		in.eps = append(in.eps, policy.Endpoint{IP: e.IP, App: e.App, Local: e.Cell == a.cfg.Name})
 	}
+	// The cell hosts' addresses (weft0's, overlay.CellAddr): a host
+	// reaches another cell's containers from it, with an ingress rule
+	// from the cell hosts (docs/policy.md).
+	for _, n := range a.mesh.Members() {
+		if n.Subnet.IsValid() {
+			in.eps = append(in.eps, policy.Endpoint{IP: overlay.CellAddr(n.Subnet), App: policy.HostApp, Local: n.Self})
+		}
+	}
+	for _, r := range a.mesh.IngressRules() {
+		if r.FromHost {
+			in.hostRules = append(in.hostRules, r)
+		}
+	}
 	if !in.equal(a.compiled) {
 		a.engine.SetTable(policy.Compile(policy.TableConfig{
 			Rules:       in.rules,
 			Endpoints:   in.eps,
+			HostRules:   in.hostRules,
 			LocalSubnet: in.subnet,
 		}))
 		a.compiled = in
@@ -478,15 +494,17 @@ func (a *Agent) egressAccepted() (egress, ingress uint64) {
 
 // tableInputs are what a policy table is compiled from.
 type tableInputs struct {
-	rules  []policy.Rule
-	eps    []policy.Endpoint
-	subnet netip.Prefix
+	rules     []policy.Rule
+	eps       []policy.Endpoint
+	hostRules []policy.IngressRule
+	subnet    netip.Prefix
 }
 
 // equal reports whether x and y (nil: no table compiled yet) compile to
 // the same table.
 func (x *tableInputs) equal(y *tableInputs) bool {
-	return y != nil && x.subnet == y.subnet && slices.Equal(x.rules, y.rules) && slices.Equal(x.eps, y.eps)
+	return y != nil && x.subnet == y.subnet && slices.Equal(x.rules, y.rules) && slices.Equal(x.eps, y.eps) &&
+		slices.Equal(x.hostRules, y.hostRules)
 }
 
 // localContainers returns this cell's containers, sorted by name, those

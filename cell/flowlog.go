@@ -11,6 +11,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -106,7 +107,7 @@ func (s *flowSink) Handle(ctx context.Context, r slog.Record) error {
 		return true
 	})
 	v, _ := policy.ParseVerdict(l.verdict)
-	l.allowed = v.Allowed()
+	l.allowed = v.Allowed() || l.verdict == overlay.GuardEgressAccepted // egresslog.go
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.buf.Reset()
@@ -232,8 +233,11 @@ func (a *Agent) handleTailFlowLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if _, ok := policy.ParseVerdict(f.verdict); !ok && f.verdict != "" && f.verdict != "allowed" && f.verdict != "denied" {
-		writeError(w, http.StatusBadRequest, "verdict %q: want allowed, denied or a verdict name (accept, no_policy, revoked, spoofed, unknown_source, fragment, ...)", f.verdict)
+	switch _, ok := policy.ParseVerdict(f.verdict); {
+	case ok, f.verdict == "", f.verdict == "allowed", f.verdict == "denied",
+		f.verdict == overlay.GuardEgress, f.verdict == overlay.GuardEgressAccepted:
+	default:
+		writeError(w, http.StatusBadRequest, "verdict %q: want allowed, denied or a verdict name (accept, no_policy, revoked, spoofed, unknown_source, fragment, egress, egress_accepted, ...)", f.verdict)
 		return
 	}
 	a.flows.mu.Lock()

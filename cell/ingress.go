@@ -3,8 +3,10 @@ package cell
 import (
 	"context"
 	"crypto/ed25519"
+	"maps"
 	"net/http"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/weft-net/weft/mesh"
@@ -79,6 +81,30 @@ func (c *Client) ChangeIngressRule(ctx context.Context, priv ed25519.PrivateKey,
 		err = &StatusError{Code: got.Code, Message: got.Error}
 	}
 	return got, err
+}
+
+// checkIngressSet checks the ingress rules as they would be after cs, as
+// checkEgressSet does for egress rules: an error names two overlapping rules.
+func (a *Agent) checkIngressSet(cs []mesh.PolicyChange) error {
+	set := map[string]policy.IngressRule{}
+	for _, r := range a.mesh.IngressRules() {
+		set[r.Key()] = r
+	}
+	added := false
+	for _, c := range cs {
+		switch {
+		case !c.IsIngress():
+		case c.Present:
+			set[c.Ingress.Key()], added = c.Ingress, true
+		default:
+			delete(set, c.Ingress.Key())
+		}
+	}
+	if !added {
+		return nil
+	}
+	_, err := policy.CheckIngressRules(slices.Collect(maps.Values(set)), a.cfg.OverlayCIDR)
+	return err
 }
 
 // syncIngressLocked compiles the replicated ingress rules for this cell's

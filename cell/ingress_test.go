@@ -46,10 +46,37 @@ func TestIngressAPI(t *testing.T) {
 	if len(a.mesh.IngressRules()) != 2 || len(a.mesh.EgressRules()) != 0 || len(a.mesh.Policies()) != 0 {
 		t.Fatalf("sets after bad input: %v %v %v", a.mesh.IngressRules(), a.mesh.EgressRules(), a.mesh.Policies())
 	}
+	// Overlapping rules of one app: 400 naming both, the set unchanged,
+	// whether added alone or in a push with other changes.
+	wide := IngressRule{App: "web", Source: "host", Protocol: "tcp", Ports: "8000-8100"}
+	var se *StatusError
+	if _, err := c.ChangeIngressRule(ctx, priv, wide, true); !errors.As(err, &se) || se.Code != http.StatusBadRequest ||
+		!strings.Contains(se.Message, "ingress rule web <- cell hosts tcp 8000-8100 overlaps ingress rule web <- cell hosts tcp 8080") {
+		t.Errorf("overlapping rule: %v; want 400 naming both rules", err)
+	}
+	other := IngressRule{App: "api", Source: "host", Protocol: "tcp", Ports: "9000"}
+	_, err = c.PolicyChanges(ctx, PolicyChangesRequest{Push: true, Changes: []SignedPolicyChange{
+		{Ingress: &other, Present: true}, {Ingress: &wide, Present: true}}})
+	if !errors.As(err, &se) || se.Code != http.StatusBadRequest || !strings.Contains(se.Message, "overlaps ingress rule") {
+		t.Errorf("push with an overlapping rule: %v; want 400", err)
+	}
+	if got, _ := c.IngressRules(ctx); len(got) != 2 {
+		t.Errorf("ingress rules after overlapping changes: %+v; want the 2 there were", got)
+	}
+	// Replacing a rule by an overlapping one in one batch is no overlap.
+	if _, err := c.PolicyChanges(ctx, PolicyChangesRequest{Push: true, Changes: []SignedPolicyChange{
+		{Ingress: &wide, Present: true}, {Ingress: &host}}}); err != nil {
+		t.Errorf("replace 8080 by 8000-8100 in one push: %v", err)
+	}
+	if _, err := c.ChangeIngressRule(ctx, priv, wide, false); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	if _, err := c.ChangeIngressRule(ctx, priv, host, true); err != nil {
+		t.Fatalf("add again: %v", err)
+	}
 	if _, err := c.ChangeIngressRule(ctx, priv, host, false); err != nil {
 		t.Fatalf("remove: %v", err)
 	}
-	var se *StatusError
 	if _, err := c.ChangeIngressRule(ctx, nil, host, false); !errors.As(err, &se) || se.Code != http.StatusNotFound {
 		t.Fatalf("remove again: %v; want 404", err)
 	}

@@ -364,9 +364,14 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	// Egress rules of one app must not overlap: one would hide the other's
-	// removal. The whole batch is refused and the set stays as it was.
+	// Egress rules of one app must not overlap, nor ingress rules: one
+	// would hide the other's removal. The whole batch is refused and the
+	// set stays as it was.
 	if err := a.checkEgressSet(append(cs, unsigned...)); err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	if err := a.checkIngressSet(append(cs, unsigned...)); err != nil {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}

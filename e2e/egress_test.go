@@ -50,6 +50,35 @@ func TestEgress(t *testing.T) {
 	if n := verdict(t, l, 1, "egress"); n == 0 {
 		t.Errorf("cell 1 counted no egress denial")
 	}
+	// The refusal in the flow log (the kernel's NFLOG record), through
+	// `weft flow-logs tail`: dial again until the tail, connected
+	// asynchronously, shows one.
+	lines := tailFlowLogs(t, l, 1, "--app", "appA")
+	flowOf := func(what string, want map[string]string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			get()
+			for drained := false; !drained; {
+				select {
+				case m := <-lines:
+					match := true
+					for k, v := range want {
+						match = match && m[k] == v
+					}
+					if match {
+						t.Logf("%s: %v", what, m)
+						return
+					}
+				case <-time.After(300 * time.Millisecond):
+					drained = true
+				}
+			}
+		}
+		t.Errorf("no flow-log line for the %s with %v within 10 s", what, want)
+	}
+	flowOf("refused egress", map[string]string{"verdict": "egress", "direction": "outbound", "protocol": "tcp",
+		"source_app": "appA", "destination": "198.18.0.2:8088"})
 
 	rule := []string{"appA", "--destination", "198.18.0.0/29", "--protocol", "tcp", "--port", "8088"}
 	added := time.Now()
@@ -76,6 +105,8 @@ func TestEgress(t *testing.T) {
 	if n := verdict(t, l, 1, "egress_accepted"); n == 0 {
 		t.Errorf("cell 1 counted no egress_accepted packet")
 	}
+	flowOf("accepted egress", map[string]string{"verdict": "egress_accepted", "direction": "outbound",
+		"source_app": "appA", "destination": "198.18.0.2:8088"})
 
 	// An open connection (HTTP keep-alive), then the rule's removal.
 	conn, err := lab.DialIn(ctA, "tcp", netip.AddrPortFrom(inetIP, 8088).String(), 2*time.Second)

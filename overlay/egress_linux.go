@@ -25,13 +25,19 @@ import (
 //	  iifname "wc*" oifname != WEFT0                      counter to_cell drop
 //	}
 //	chain egress {   # one rule per (egress rule, source address, protocol)
-//	  ip saddr APP_IP ip daddr A-B meta l4proto tcp th dport P-Q  counter egress_accepted accept
-//	  ip saddr APP_IP ip daddr A-B meta l4proto icmp icmp type echo-request  counter egress_accepted accept
+//	  ip saddr APP_IP ip daddr A-B meta l4proto tcp th dport P-Q  counter egress_accepted goto egress_accept
+//	  ip saddr APP_IP ip daddr A-B meta l4proto icmp icmp type echo-request  counter egress_accepted goto egress_accept
+//	  ct state new limit rate 100/second log group 22342 prefix "egress"   # nflog_linux.go
 //	  meta l4proto tcp  counter egress  reject with tcp reset
 //	  counter egress  reject with icmpx port-unreachable
 //	}
+//	chain egress_accept {
+//	  ct state new limit rate 100/second log group 22342 prefix "egress_accepted"
+//	  accept
+//	}
 //	chain postrouting { type nat hook postrouting priority srcnat
 //	  meta nfproto ipv4 ip saddr OVERLAY ip daddr != OVERLAY oifname != WEFT0  masquerade
+//	  oifname WEFT0 meta nfproto ipv4 ip saddr != OVERLAY  masquerade   # the cell host's own
 //	}
 //	chain egress_return { type filter hook prerouting priority filter
 //	  ct direction reply ct status snat ip daddr OVERLAY  meta mark set EgressReplyMark
@@ -50,7 +56,10 @@ const (
 	GuardEgressAccepted = "egress_accepted" // packets that an egress rule allowed
 )
 
-const egressChain = "egress"
+const (
+	egressChain       = "egress"
+	egressAcceptChain = "egress_accept" // logs a flow's first packet (nflog_linux.go), accepts
+)
 
 // SyncEgress makes the egress chain allow exactly rules, for the local
 // containers of each app in appIPs (rules of policy.EgressAll apply to
@@ -99,8 +108,24 @@ func (g *guard) addEgressRules(c *nftables.Conn, ch *nftables.Chain, exprs [][]e
 	for _, e := range exprs {
 		c.AddRule(&nftables.Rule{Table: g.table, Chain: ch, Exprs: e})
 	}
+	c.AddRule(&nftables.Rule{Table: g.table, Chain: ch, Exprs: egressLog(egressLogRefused)})
 	for _, e := range egressRefusal() {
 		c.AddRule(&nftables.Rule{Table: g.table, Chain: ch, Exprs: e})
+	}
+}
+
+// egressLog logs a flow's first packet (ct state new) to EgressLogGroup
+// with prefix as the verdict, at most egressLogRate a second; the rule has
+// no verdict, so the packet goes on to the next rule either way.
+func egressLog(prefix string) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binary.NativeEndian.AppendUint32(nil, expr.CtStateBitNEW), Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+		&expr.Limit{Type: expr.LimitTypePkts, Rate: egressLogRate, Unit: expr.LimitTimeSecond, Burst: egressLogRate},
+		&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_SNAPLEN,
+			Group: EgressLogGroup, Snaplen: egressLogSnap, Data: []byte(prefix)},
 	}
 }
 
@@ -122,6 +147,9 @@ func egressRefusal() [][]expr.Any {
 // buildEgressLocked queues the egress chain, the jump to it and the NAT
 // chain; buildLocked calls it before the forward chain's to_cell drop.
 func (g *guard) buildEgressLocked(c *nftables.Conn, t *nftables.Table, fwd *nftables.Chain) {
+	ok := c.AddChain(&nftables.Chain{Name: egressAcceptChain, Table: t})
+	c.AddRule(&nftables.Rule{Table: t, Chain: ok, Exprs: egressLog(egressLogAccepted)})
+	c.AddRule(&nftables.Rule{Table: t, Chain: ok, Exprs: accept()})
 	ch := c.AddChain(&nftables.Chain{Name: egressChain, Table: t})
 	g.addEgressRules(c, ch, g.egress)
 	if g.overlay.IsValid() {
@@ -137,6 +165,16 @@ func (g *guard) buildEgressLocked(c *nftables.Conn, t *nftables.Table, fwd *nfta
 			inPrefix(12, g.overlay, expr.CmpOpEq),
 			inPrefix(16, g.overlay, expr.CmpOpNeq),
 			ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, g.iface),
+			[]expr.Any{&expr.Masq{}})})
+		// The cell host's own packets into the overlay leave from weft0's
+		// address, the cell's address that the other cells know
+		// (policy.HostApp), whatever source they were given (the
+		// underlay's, a bound socket's). Packets forwarded from outside
+		// never get here: the forward chain refuses them (guard_linux.go).
+		c.AddRule(&nftables.Rule{Table: t, Chain: nat, Exprs: slices.Concat(
+			ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, g.iface),
+			nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
+			inPrefix(12, g.overlay, expr.CmpOpNeq),
 			[]expr.Any{&expr.Masq{}})})
 		// Replies of masqueraded flows are addressed to the container once
 		// the kernel has undone the NAT (at dstnat), but the main table
@@ -218,7 +256,7 @@ func egressExprs(rules []policy.EgressRule, appIPs map[string][]netip.Addr) [][]
 				}
 				e = append(e,
 					&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: GuardEgressAccepted},
-					&expr.Verdict{Kind: expr.VerdictAccept})
+					&expr.Verdict{Kind: expr.VerdictGoto, Chain: egressAcceptChain})
 				out = append(out, e)
 			}
 		}

@@ -237,6 +237,7 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 //	chain forward { ...
 //	  iifname "wc*" oifname != WEFT0 ct direction reply        accept   # a container answers
 //	  oifname "wc*" iifname != WEFT0                            jump ingress
+//	  oifname WEFT0 iifname != WEFT0 iifname != "wc*"  counter ingress reject  # to another cell's containers
 //	}
 //	chain ingress {   # one rule per (ingress rule with a source range, container)
 //	  ct direction reply accept ; ct state related accept
@@ -334,6 +335,14 @@ func (g *guard) buildIngressLocked(c *nftables.Conn, t *nftables.Table, fwd *nft
 	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: slices.Concat(toContainer(),
 		ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, g.iface), nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
 		[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: ingressChain}})})
+	// From outside the overlay to a container of another cell (a router
+	// on the underlay routing the overlay to this cell): no ingress rule
+	// of this cell can allow it (the container's own cell judges ingress),
+	// and the engine would count it as spoofed.
+	for _, e := range ingressRefusal() {
+		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: slices.Concat(notFromContainer(),
+			ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, g.iface), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, g.iface), e)})
+	}
 	out := c.AddChain(&nftables.Chain{Name: "output_ingress", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter})
 	c.AddRule(&nftables.Rule{Table: t, Chain: out, Exprs: slices.Concat(toContainer(), nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
@@ -366,11 +375,21 @@ func (g *guard) addIngressRules(c *nftables.Conn, ch *nftables.Chain, exprs [][]
 	for _, e := range exprs {
 		add(e)
 	}
+	for _, e := range ingressRefusal() {
+		add(e)
+	}
+}
+
+// ingressRefusal counts a packet as ingress and refuses it: a TCP reset
+// for tcp, an ICMP port unreachable for the rest.
+func ingressRefusal() [][]expr.Any {
 	counter := &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: GuardIngress}
-	add([]expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-		counter, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})
-	add([]expr.Any{counter, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}})
+	return [][]expr.Any{
+		{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+			counter, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}},
+		{counter, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}},
+	}
 }
 
 // ingressExprs compiles rules into the accept rules of the ingress chain

@@ -337,6 +337,37 @@ func ParseASG(name, app string, data []byte, overlay netip.Prefix) ([]EgressRule
 // leaves the egress rules alone). Errors name the file, line and entry; an
 // overlapping pair names both rules.
 func ParseEgressYAML(name string, data []byte, overlay netip.Prefix) (rules []EgressRule, given bool, err error) {
+	ents, given, err := yamlList(name, data, "egress", []string{"app", "destination", "protocol", "ports"}, 3)
+	if err != nil || !given {
+		return nil, false, err
+	}
+	for _, e := range ents {
+		r, err := ParseEgressRule(e.val[0], e.val[1], e.val[2], e.val[3], overlay)
+		if err != nil {
+			return nil, false, fmt.Errorf("%s: %v", e.at, err)
+		}
+		rules = append(rules, r)
+	}
+	rules, err = CheckEgressRules(rules, overlay)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %w", name, err)
+	}
+	return rules, true, nil
+}
+
+// yamlEntry is one entry of a list yamlList read: where it is ("FILE:LINE:
+// KEY[i]") and its fields' values in the order asked for ("" when absent).
+type yamlEntry struct {
+	at  string
+	val []string
+}
+
+// yamlList reads the list under key of a YAML policy file whose entries
+// are maps of the given string fields, the first required of them needed.
+// given reports whether the file has the key; an unknown, repeated or
+// non-string field or a missing one is an error naming file, line and
+// entry.
+func yamlList(name string, data []byte, key string, fields []string, required int) (ents []yamlEntry, given bool, err error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, false, yamlErr(name, "", err)
@@ -350,7 +381,10 @@ func ParseEgressYAML(name string, data []byte, overlay netip.Prefix) (rules []Eg
 	root := doc.Content[0]
 	var list *yaml.Node
 	for i := 0; i+1 < len(root.Content); i += 2 {
-		if root.Content[i].Value == "egress" {
+		if root.Content[i].Value == key {
+			if list != nil {
+				return nil, false, errAt(root.Content[i], "%s: given twice", key)
+			}
 			list = root.Content[i+1]
 		}
 	}
@@ -358,19 +392,19 @@ func ParseEgressYAML(name string, data []byte, overlay netip.Prefix) (rules []Eg
 		return nil, false, nil
 	}
 	if list.Kind == yaml.ScalarNode && list.Tag == "!!null" {
-		return nil, false, errAt(list, "egress: null: write \"egress: []\" for no egress rules")
+		return nil, false, errAt(list, "%s: null: write \"%s: []\" for no %s rules", key, key, key)
 	}
 	if list.Kind != yaml.SequenceNode {
-		return nil, false, errAt(list, "egress: want a list")
+		return nil, false, errAt(list, "%s: want a list", key)
 	}
-	fields := []string{"app", "destination", "protocol", "ports"}
+	ents = []yamlEntry{}
 	for i, ent := range list.Content {
-		path := fmt.Sprintf("egress[%d]", i)
+		path := fmt.Sprintf("%s[%d]", key, i)
 		if ent.Kind != yaml.MappingNode {
-			return nil, false, errAt(ent, "%s: want a map with app, destination, protocol and ports", path)
+			return nil, false, errAt(ent, "%s: want a map with %s", path, strings.Join(fields, ", "))
 		}
-		var val [4]string
-		var have [4]bool
+		val := make([]string, len(fields))
+		have := make([]bool, len(fields))
 		for j := 0; j+1 < len(ent.Content); j += 2 {
 			k, v := ent.Content[j], ent.Content[j+1]
 			idx := slices.Index(fields, k.Value)
@@ -384,27 +418,23 @@ func ParseEgressYAML(name string, data []byte, overlay netip.Prefix) (rules []Eg
 			}
 			have[idx], val[idx] = true, v.Value
 		}
-		for idx, f := range fields[:3] {
+		for idx, f := range fields[:required] {
 			if !have[idx] {
 				return nil, false, errAt(ent, "%s: missing field %q", path, f)
 			}
 		}
-		r, err := ParseEgressRule(val[0], val[1], val[2], val[3], overlay)
-		if err != nil {
-			return nil, false, errAt(ent, "%s: %v", path, err)
-		}
-		rules = append(rules, r)
+		ents = append(ents, yamlEntry{at: fmt.Sprintf("%s:%d: %s", name, ent.Line, path), val: val})
 	}
-	rules, err = CheckEgressRules(rules, overlay)
-	if err != nil {
-		return nil, false, fmt.Errorf("%s: %w", name, err)
-	}
-	return rules, true, nil
+	return ents, true, nil
 }
 
 // DiffEgress returns what to add and remove to turn have into want.
-func DiffEgress(have, want []EgressRule) (add, remove []EgressRule) {
-	in := func(set []EgressRule, r EgressRule) bool { return slices.Contains(set, r) }
+func DiffEgress(have, want []EgressRule) (add, remove []EgressRule) { return diffSets(have, want) }
+
+// diffSets returns the elements of want not in have (add) and those of
+// have not in want (remove).
+func diffSets[T comparable](have, want []T) (add, remove []T) {
+	in := func(set []T, r T) bool { return slices.Contains(set, r) }
 	for _, r := range want {
 		if !in(have, r) {
 			add = append(add, r)
@@ -418,44 +448,77 @@ func DiffEgress(have, want []EgressRule) (add, remove []EgressRule) {
 	return add, remove
 }
 
-// MarshalYAMLWithEgress writes rules as MarshalYAML does followed by the
-// "egress" list that ParseEgressYAML reads (sorted; left out when egress
-// is nil, so that pushing the file leaves the egress rules alone). It
-// fails on a rule that does not validate.
+// MarshalYAMLWithEgress is MarshalYAMLFile without ingress rules.
 func MarshalYAMLWithEgress(rules []Rule, egress []EgressRule) ([]byte, error) {
+	return MarshalYAMLFile(rules, egress, nil)
+}
+
+// MarshalYAMLFile writes rules as MarshalYAML does followed by the
+// "egress" list that ParseEgressYAML reads and the "ingress" list that
+// ParseIngressYAML reads (sorted; each left out when nil, so that pushing
+// the file leaves those rules alone). It fails on a rule that does not
+// validate.
+func MarshalYAMLFile(rules []Rule, egress []EgressRule, ingress []IngressRule) ([]byte, error) {
 	b, err := MarshalYAML(rules)
-	if err != nil || egress == nil {
-		return b, err
-	}
-	egress, err = CheckEgressRules(egress, netip.Prefix{})
 	if err != nil {
 		return nil, err
 	}
-	type yamlEgress struct {
+	type yamlRule struct {
 		App         string `yaml:"app"`
-		Destination string `yaml:"destination"`
+		Source      string `yaml:"source,omitempty"`
+		Destination string `yaml:"destination,omitempty"`
 		Protocol    string `yaml:"protocol"`
 		Ports       string `yaml:"ports,omitempty"`
 	}
-	doc := struct {
-		Egress []yamlEgress `yaml:"egress"`
-	}{Egress: make([]yamlEgress, 0, len(egress))}
-	for _, r := range egress {
-		y := yamlEgress{App: r.App, Destination: r.Destination(), Protocol: r.Protocol.String()}
-		if r.Protocol.hasPorts() {
-			y.Ports = r.Ports.String()
+	var doc struct {
+		Egress  []yamlRule `yaml:"egress,omitempty"`
+		Ingress []yamlRule `yaml:"ingress,omitempty"`
+	}
+	if egress != nil {
+		if egress, err = CheckEgressRules(egress, netip.Prefix{}); err != nil {
+			return nil, err
 		}
-		doc.Egress = append(doc.Egress, y)
+		doc.Egress = make([]yamlRule, 0, len(egress))
+		for _, r := range egress {
+			y := yamlRule{App: r.App, Destination: r.Destination(), Protocol: r.Protocol.String()}
+			if r.Protocol.hasPorts() {
+				y.Ports = r.Ports.String()
+			}
+			doc.Egress = append(doc.Egress, y)
+		}
+	}
+	if ingress != nil {
+		if ingress, err = CheckIngressRules(ingress, netip.Prefix{}); err != nil {
+			return nil, err
+		}
+		doc.Ingress = make([]yamlRule, 0, len(ingress))
+		for _, r := range ingress {
+			doc.Ingress = append(doc.Ingress, yamlRule{App: r.App, Source: r.Source(), Protocol: r.Protocol.String(), Ports: r.Ports.String()})
+		}
 	}
 	var buf bytes.Buffer
 	buf.Write(b)
-	enc := yaml.NewEncoder(&buf)
-	enc.SetIndent(2)
-	if err := enc.Encode(doc); err != nil {
-		return nil, err
-	}
-	if err := enc.Close(); err != nil {
-		return nil, err
+	// An empty list that was given ("egress: []") is written: omitempty
+	// would leave it out, and a push would then keep the rules.
+	for _, part := range []struct {
+		key  string
+		list []yamlRule
+	}{{"egress", doc.Egress}, {"ingress", doc.Ingress}} {
+		if part.list == nil {
+			continue
+		}
+		if len(part.list) == 0 {
+			fmt.Fprintf(&buf, "%s: []\n", part.key)
+			continue
+		}
+		enc := yaml.NewEncoder(&buf)
+		enc.SetIndent(2)
+		if err := enc.Encode(map[string][]yamlRule{part.key: part.list}); err != nil {
+			return nil, err
+		}
+		if err := enc.Close(); err != nil {
+			return nil, err
+		}
 	}
 	return buf.Bytes(), nil
 }

@@ -96,11 +96,11 @@ func ParseYAML(name string, data []byte) ([]Rule, error) {
 	var list *yaml.Node
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		k, v := root.Content[i], root.Content[i+1]
-		if k.Value == "egress" {
-			continue // ParseEgressYAML's
+		if k.Value == "egress" || k.Value == "ingress" {
+			continue // ParseEgressYAML's, ParseIngressYAML's
 		}
 		if k.Value != "policies" {
-			return nil, errAt(k, "unknown field %s: only \"policies\" and \"egress\" are allowed", Quote(k.Value))
+			return nil, errAt(k, "unknown field %s: only \"policies\", \"egress\" and \"ingress\" are allowed", Quote(k.Value))
 		}
 		if list != nil {
 			return nil, errAt(k, "policies: given twice")

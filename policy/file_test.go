@@ -79,7 +79,7 @@ func TestParseFileErrors(t *testing.T) {
 		{"p.yaml", "policies:\n- source: a b\n  destination: b\n  protocol: tcp\n  ports: \"1\"\n",
 			`p.yaml:2: policies[0].source: invalid source app "a b": must be 1-128 characters from A-Z a-z 0-9 . _ -`},
 		{"p.yaml", "policies:\n- destination: b\n  protocol: tcp\n  ports: \"1\"\n", `p.yaml:2: policies[0]: missing field "source"`},
-		{"p.yaml", "rules: []\n", `p.yaml:1: unknown field "rules": only "policies" and "egress" are allowed`},
+		{"p.yaml", "rules: []\n", `p.yaml:1: unknown field "rules": only "policies", "egress" and "ingress" are allowed`},
 		// Only "policies: []" means no policies (issue 22, item 5).
 		{"p.yaml", "", `p.yaml: empty file: write "policies: []" to mean no policies`},
 		{"p.yaml", "# nothing\n\n", `p.yaml: empty file: write "policies: []" to mean no policies`},

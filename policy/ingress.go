@@ -132,3 +132,68 @@ func SortIngressRules(rules []IngressRule) {
 		)
 	})
 }
+
+// CheckIngressRules validates a whole set: every rule, and no two distinct
+// rules of the same app and protocol whose sources and ports overlap (one
+// would hide the other's removal). It returns the set sorted with exact
+// duplicates merged; on error the caller keeps its old set.
+func CheckIngressRules(rules []IngressRule, overlay netip.Prefix) ([]IngressRule, error) {
+	rules = slices.Clone(rules)
+	SortIngressRules(rules)
+	rules = slices.Compact(rules)
+	for i, r := range rules {
+		if err := r.Validate(overlay); err != nil {
+			return nil, fmt.Errorf("ingress rule %s: %w", r, err)
+		}
+		for _, o := range rules[i+1:] {
+			if o.App != r.App {
+				break
+			}
+			if overlapsIngress(r, o) {
+				return nil, fmt.Errorf("ingress rule %s overlaps ingress rule %s: merge them into one", r, o)
+			}
+		}
+	}
+	return rules, nil
+}
+
+func overlapsIngress(a, b IngressRule) bool {
+	if a.Protocol != b.Protocol || a.FromHost != b.FromHost {
+		return false
+	}
+	if !a.FromHost && (a.Start.Compare(b.End) > 0 || b.Start.Compare(a.End) > 0) {
+		return false
+	}
+	return a.Ports.Start <= b.Ports.End && b.Ports.Start <= a.Ports.End
+}
+
+// ParseIngressYAML reads the "ingress" list of a YAML policy file:
+//
+//	ingress:
+//	  - {app: web, source: host, protocol: tcp, ports: "8080"}            # the cell hosts
+//	  - {app: web, source: 198.18.0.0/24, protocol: tcp, ports: "8080"}
+//
+// given reports whether the file has the list at all (a file without it
+// leaves the ingress rules alone). Errors name the file, line and entry;
+// an overlapping pair names both rules.
+func ParseIngressYAML(name string, data []byte, overlay netip.Prefix) (rules []IngressRule, given bool, err error) {
+	ents, given, err := yamlList(name, data, "ingress", []string{"app", "source", "protocol", "ports"}, 4)
+	if err != nil || !given {
+		return nil, false, err
+	}
+	for _, e := range ents {
+		r, err := ParseIngressRule(e.val[0], e.val[1], e.val[2], e.val[3], overlay)
+		if err != nil {
+			return nil, false, fmt.Errorf("%s: %v", e.at, err)
+		}
+		rules = append(rules, r)
+	}
+	rules, err = CheckIngressRules(rules, overlay)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %w", name, err)
+	}
+	return rules, true, nil
+}
+
+// DiffIngress returns what to add and remove to turn have into want.
+func DiffIngress(have, want []IngressRule) (add, remove []IngressRule) { return diffSets(have, want) }

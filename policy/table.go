@@ -14,10 +14,22 @@ type Endpoint struct {
 	Local bool // true: a container on this cell
 }
 
+// HostApp is the app of the cell hosts' own overlay addresses (each cell's
+// first address, on weft0) in the registry: a cell host reaches another
+// cell's containers through the tunnel from that address. No rule names
+// it (no app name may hold '@'); an ingress rule from the cell hosts
+// (IngressRule.FromHost) allows HostApp to reach its app.
+const HostApp = "@host"
+
 // TableConfig is the input of [Compile].
 type TableConfig struct {
-	Rules       []Rule // kept by the table when sorted (SortRules): not to be modified after Compile
-	Endpoints   []Endpoint
+	Rules []Rule // kept by the table when sorted (SortRules): not to be modified after Compile
+	// Endpoints: containers, and the cell hosts' addresses as HostApp
+	// (this cell's own Local).
+	Endpoints []Endpoint
+	// HostRules: the ingress rules whose FromHost is set; the others
+	// are skipped (the kernel enforces them, overlay/guard_linux.go).
+	HostRules   []IngressRule
 	LocalSubnet netip.Prefix // this cell's overlay subnet; a destination in it is hair-pinned
 }
 
@@ -230,7 +242,7 @@ func Compile(cfg TableConfig) *Table {
 	}
 	t.ep4 = newEPTable4(n4)
 	for _, ep := range cfg.Endpoints {
-		if !ep.IP.IsValid() || !validAppName(ep.App) {
+		if !ep.IP.IsValid() || !validAppName(ep.App) && ep.App != HostApp {
 			continue
 		}
 		info := epInfo{app: id(ep.App), local: ep.Local}
@@ -274,6 +286,14 @@ func Compile(cfg TableConfig) *Table {
 				pr = PortRange{}
 			}
 			items = append(items, item{pairKeyOf(src, dst, proto), pr})
+		}
+	}
+	for _, r := range cfg.HostRules {
+		if !r.FromHost || r.Validate(netip.Prefix{}) != nil {
+			continue
+		}
+		if src, dst := id(HostApp), id(r.App); src != 0 && dst != 0 {
+			items = append(items, item{pairKeyOf(src, dst, r.Protocol), r.Ports})
 		}
 	}
 	t.rules = len(seen)

@@ -19,7 +19,7 @@ func policyCmd() *cobra.Command {
 	var dryRun, allowLarge bool
 	push := &cobra.Command{
 		Use:   "push FILE [--dry-run] [--allow-large-removal]",
-		Short: "make the policy set (and the egress rules the file lists) equal to FILE, printing the +/- diff",
+		Short: "make the policy set (and the egress and ingress rules the file lists) equal to FILE, printing the +/- diff",
 		Long: `Make the policy set equal to FILE, a YAML file
 
   policies:
@@ -27,15 +27,18 @@ func policyCmd() *cobra.Command {
   egress:        # optional: without it the egress rules stay as they are
     - {app: appA, destination: 10.0.11.0/24, protocol: tcp, ports: "443"}
     - {app: "*", destination: 0.0.0.0-9.255.255.255, protocol: all}
+  ingress:       # optional, the same way
+    - {app: appB, source: host, protocol: tcp, ports: "8080"}   # the cell hosts
+    - {app: appB, source: 198.18.0.0/24, protocol: tcp, ports: "8080"}
 
 or Cloud Foundry's policy-server v1 JSON (network policies only). Only
 "policies: []" (JSON: {"policies": []}) means no policies: an empty file or
 a null or missing "policies" is an error; "egress: []" means no egress
-rules. The whole file is checked before anything changes: a bad file
+rules, "ingress: []" no ingress rules. The whole file is checked before anything changes: a bad file
 changes nothing and its error names the line or entry and the field. The
 changes are applied as one batch: no cell ever holds part of them. A push
-that removes more than half of the policies and egress rules (the only one
-included) needs --allow-large-removal.`,
+that removes more than half of the policies, egress and ingress rules (the
+only one included) needs --allow-large-removal.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			data, err := os.ReadFile(args[0])
@@ -54,6 +57,10 @@ included) needs --allow-large-removal.`,
 			if err != nil {
 				return err
 			}
+			inWant, inGiven, err := policy.ParseIngressYAML(args[0], data, overlay)
+			if err != nil {
+				return err
+			}
 			have, err := currentRules()
 			if err != nil {
 				return err
@@ -62,10 +69,17 @@ included) needs --allow-large-removal.`,
 			if err != nil {
 				return err
 			}
+			inHave, err := currentIngress()
+			if err != nil {
+				return err
+			}
 			d := policy.DiffRules(have, want)
-			var eg egressDiff
+			var eg edgeDiff
 			if egGiven {
 				eg.add, eg.remove = policy.DiffEgress(egHave, egWant)
+			}
+			if inGiven {
+				eg.inAdd, eg.inRemove = policy.DiffIngress(inHave, inWant)
 			}
 			out := cmd.OutOrStdout()
 			for _, r := range d.Remove {
@@ -73,6 +87,9 @@ included) needs --allow-large-removal.`,
 			}
 			for _, r := range eg.remove {
 				fmt.Fprintf(out, "- egress %s\n", r)
+			}
+			for _, r := range eg.inRemove {
+				fmt.Fprintf(out, "- ingress %s\n", r)
 			}
 			for _, r := range d.Add {
 				fmt.Fprintf(out, "+ %s\n", r)
@@ -83,10 +100,15 @@ included) needs --allow-large-removal.`,
 					fmt.Fprintln(out, "  warning:", w)
 				}
 			}
-			removals, current := len(d.Remove)+len(eg.remove), len(have)+len(egHave)
+			for _, r := range eg.inAdd {
+				fmt.Fprintf(out, "+ ingress %s\n", r)
+			}
+			removals := len(d.Remove) + len(eg.remove) + len(eg.inRemove)
+			current := len(have) + len(egHave) + len(inHave)
+			added := len(d.Add) + len(eg.add) + len(eg.inAdd)
 			large := cell.LargeRemoval(removals, current) && !allowLarge
 			if dryRun {
-				fmt.Fprintf(out, "dry run: %d to add, %d to remove, nothing changed\n", len(d.Add)+len(eg.add), removals)
+				fmt.Fprintf(out, "dry run: %d to add, %d to remove, nothing changed\n", added, removals)
 				if large {
 					fmt.Fprintf(out, "the push would be refused: %s\n", cell.LargeRemovalError(removals, current))
 				}
@@ -98,9 +120,12 @@ included) needs --allow-large-removal.`,
 			if err := applyDiff(d, eg, allowLarge); err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "%d added, %d removed, %d policies now", len(d.Add)+len(eg.add), removals, len(want))
+			fmt.Fprintf(out, "%d added, %d removed, %d policies now", added, removals, len(want))
 			if egGiven {
 				fmt.Fprintf(out, ", %d egress rules", len(egWant))
+			}
+			if inGiven {
+				fmt.Fprintf(out, ", %d ingress rules", len(inWant))
 			}
 			fmt.Fprintln(out)
 			return nil
@@ -113,7 +138,7 @@ included) needs --allow-large-removal.`,
 	var format string
 	export := &cobra.Command{
 		Use:   "export [--format yaml|cf-json]",
-		Short: "print the whole policy set (yaml: and the egress rules) as a file that `weft policy push` takes",
+		Short: "print the whole policy set (yaml: and the egress and ingress rules) as a file that `weft policy push` takes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rules, err := currentRules()
@@ -124,17 +149,30 @@ included) needs --allow-large-removal.`,
 			if err != nil {
 				return err
 			}
+			ingress, err := currentIngress()
+			if err != nil {
+				return err
+			}
 			var b []byte
 			switch format {
 			case "yaml":
+				// No list for none: a push of the file leaves those rules alone.
 				if len(egress) == 0 {
-					egress = nil // no "egress:" list: a push of the file leaves egress rules alone
+					egress = nil
 				}
-				b, err = policy.MarshalYAMLWithEgress(rules, egress)
+				if len(ingress) == 0 {
+					ingress = nil
+				}
+				b, err = policy.MarshalYAMLFile(rules, egress, ingress)
 			case "cf-json":
 				b, err = policy.MarshalCFJSON(rules)
-				if len(egress) > 0 {
-					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %d egress rules left out: cf-json holds network policies only (use --format yaml)\n", len(egress))
+				for _, left := range []struct {
+					n    int
+					what string
+				}{{len(egress), "egress"}, {len(ingress), "ingress"}} {
+					if left.n > 0 {
+						fmt.Fprintf(cmd.ErrOrStderr(), "warning: %d %s rules left out: cf-json holds network policies only (use --format yaml)\n", left.n, left.what)
+					}
 				}
 			default:
 				return fmt.Errorf("--format %q: want yaml or cf-json", format)
@@ -175,8 +213,11 @@ func currentRules() ([]policy.Rule, error) {
 // 100k rules made 100 of each.
 const pushBatch = 10000
 
-// egressDiff is what a push changes in the egress rules.
-type egressDiff struct{ add, remove []policy.EgressRule }
+// edgeDiff is what a push changes in the egress and ingress rules.
+type edgeDiff struct {
+	add, remove     []policy.EgressRule
+	inAdd, inRemove []policy.IngressRule
+}
 
 // currentEgress is the agent's egress rule set.
 func currentEgress() ([]policy.EgressRule, error) {
@@ -189,6 +230,23 @@ func currentEgress() ([]policy.EgressRule, error) {
 		r, err := e.Rule(netip.Prefix{})
 		if err != nil {
 			return nil, fmt.Errorf("agent listed an invalid egress rule %+v: %w", e, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// currentIngress is the agent's ingress rule set.
+func currentIngress() ([]policy.IngressRule, error) {
+	irs, err := client().IngressRules(ctx())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]policy.IngressRule, 0, len(irs))
+	for _, e := range irs {
+		r, err := e.Rule(netip.Prefix{})
+		if err != nil {
+			return nil, fmt.Errorf("agent listed an invalid ingress rule %+v: %w", e, err)
 		}
 		out = append(out, r)
 	}
@@ -209,18 +267,23 @@ func agentOverlay() (netip.Prefix, error) {
 	return netip.ParsePrefix(st.Overlay)
 }
 
-// policyChange is one change of a push: an app rule or, with isEgress,
-// an egress rule.
+// policyChange is one change of a push: an app rule, an egress rule
+// (isEgress) or an ingress rule (isIngress).
 type policyChange struct {
-	rule     policy.Rule
-	egress   policy.EgressRule
-	isEgress bool
-	present  bool
+	rule      policy.Rule
+	egress    policy.EgressRule
+	ingress   policy.IngressRule
+	isEgress  bool
+	isIngress bool
+	present   bool
 }
 
 func (c policyChange) String() string {
-	if c.isEgress {
+	switch {
+	case c.isEgress:
 		return "egress rule " + c.egress.String()
+	case c.isIngress:
+		return "ingress rule " + c.ingress.String()
 	}
 	return c.rule.String()
 }
@@ -230,7 +293,7 @@ func (c policyChange) String() string {
 // pushBatch changes, which the agent applies as one batch. A larger diff
 // goes in several, additions first: in between, the set holds both the
 // rules removed and those added, never neither.
-func applyDiff(d policy.Diff, eg egressDiff, allowLarge bool) error {
+func applyDiff(d policy.Diff, eg edgeDiff, allowLarge bool) error {
 	var all []policyChange
 	for _, r := range d.Add {
 		all = append(all, policyChange{rule: r, present: true})
@@ -238,11 +301,17 @@ func applyDiff(d policy.Diff, eg egressDiff, allowLarge bool) error {
 	for _, r := range eg.add {
 		all = append(all, policyChange{egress: r, isEgress: true, present: true})
 	}
+	for _, r := range eg.inAdd {
+		all = append(all, policyChange{ingress: r, isIngress: true, present: true})
+	}
 	for _, r := range d.Remove {
 		all = append(all, policyChange{rule: r})
 	}
 	for _, r := range eg.remove {
 		all = append(all, policyChange{egress: r, isEgress: true})
+	}
+	for _, r := range eg.inRemove {
+		all = append(all, policyChange{ingress: r, isIngress: true})
 	}
 	return pushChanges(all, allowLarge)
 }
@@ -261,6 +330,11 @@ func pushChanges(all []policyChange, allowLarge bool) error {
 			return cell.SignedPolicyChange{Egress: &e, Present: c.present}
 		case c.isEgress:
 			return cell.SignEgressChange(c.egress, c.present, origin, above, priv)
+		case c.isIngress && priv == nil:
+			e := cell.FromIngressRule(c.ingress)
+			return cell.SignedPolicyChange{Ingress: &e, Present: c.present}
+		case c.isIngress:
+			return cell.SignIngressChange(c.ingress, c.present, origin, above, priv)
 		case priv == nil:
 			return cell.SignedPolicyChange{Rule: cell.FromRule(c.rule), Present: c.present}
 		}

@@ -23,12 +23,13 @@ import (
 // fakeAgent serves the policy part of the local API from a set in memory
 // and records every request that changes it and the set after it.
 type fakeAgent struct {
-	mu     sync.Mutex
-	set    map[cell.PolicyRule]bool
-	egress map[policy.EgressRule]bool
-	reqs   []string                    // "METHOD PATH" of each change request
-	pushes []cell.PolicyChangesRequest // bodies of POST /v1/policy-changes
-	states [][]cell.PolicyRule         // the set after each change request
+	mu      sync.Mutex
+	set     map[cell.PolicyRule]bool
+	egress  map[policy.EgressRule]bool
+	ingress map[policy.IngressRule]bool
+	reqs    []string                    // "METHOD PATH" of each change request
+	pushes  []cell.PolicyChangesRequest // bodies of POST /v1/policy-changes
+	states  [][]cell.PolicyRule         // the set after each change request
 }
 
 func (f *fakeAgent) list() []cell.PolicyRule {
@@ -54,6 +55,28 @@ func (f *fakeAgent) egressList() []policy.EgressRule {
 	}
 	policy.SortEgressRules(out)
 	return out
+}
+
+func (f *fakeAgent) ingressList() []policy.IngressRule {
+	out := slices.Collect(maps.Keys(f.ingress))
+	policy.SortIngressRules(out)
+	return out
+}
+
+// applyIngress changes e and returns the API's answer code.
+func (f *fakeAgent) applyIngress(e policy.IngressRule, present bool) int {
+	had := f.ingress[e]
+	switch {
+	case present && had:
+		return http.StatusOK
+	case present:
+		f.ingress[e] = true
+		return http.StatusCreated
+	case had:
+		delete(f.ingress, e)
+		return http.StatusNoContent
+	}
+	return http.StatusNotFound
 }
 
 // applyEgress changes e and returns the API's answer code.
@@ -106,6 +129,13 @@ func (f *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		json.NewEncoder(w).Encode(l)
 		return
+	case r.Method == http.MethodGet && r.URL.Path == "/v1/ingress-rules":
+		l := cell.IngressRuleList{IngressRules: []cell.IngressRule{}}
+		for _, e := range f.ingressList() {
+			l.IngressRules = append(l.IngressRules, cell.FromIngressRule(e))
+		}
+		json.NewEncoder(w).Encode(l)
+		return
 	}
 	f.reqs = append(f.reqs, r.Method+" "+r.URL.Path)
 	defer func() { f.states = append(f.states, f.list()) }()
@@ -123,7 +153,17 @@ func (f *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// As the agent: egress rules of one app must not overlap, else
 		// the whole batch is refused.
 		after := maps.Clone(f.egress)
+		inAfter := maps.Clone(f.ingress)
 		for _, c := range req.Changes {
+			if c.Ingress != nil {
+				e, err := c.Ingress.Rule(fakeOverlay)
+				if err != nil {
+					w.WriteHeader(http.StatusBadRequest)
+					json.NewEncoder(w).Encode(map[string]string{"error": "nothing changed: " + err.Error()})
+					return
+				}
+				inAfter[e] = c.Present
+			}
 			if c.Egress != nil {
 				e, err := c.Egress.Rule(fakeOverlay)
 				if err != nil {
@@ -140,13 +180,28 @@ func (f *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				rules = append(rules, e)
 			}
 		}
-		if _, err := policy.CheckEgressRules(rules, fakeOverlay); err != nil {
+		var inRules []policy.IngressRule
+		for e, ok := range inAfter {
+			if ok {
+				inRules = append(inRules, e)
+			}
+		}
+		_, err := policy.CheckEgressRules(rules, fakeOverlay)
+		if err == nil {
+			_, err = policy.CheckIngressRules(inRules, fakeOverlay)
+		}
+		if err != nil {
 			w.WriteHeader(http.StatusBadRequest)
 			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
 			return
 		}
 		res := cell.PolicyChangesResponse{}
 		for _, c := range req.Changes {
+			if c.Ingress != nil {
+				e, _ := c.Ingress.Rule(fakeOverlay)
+				res.Results = append(res.Results, cell.PolicyChangeResult{Code: f.applyIngress(e, c.Present)})
+				continue
+			}
 			if c.Egress != nil {
 				e, _ := c.Egress.Rule(fakeOverlay)
 				res.Results = append(res.Results, cell.PolicyChangeResult{Code: f.applyEgress(e, c.Present)})
@@ -164,7 +219,7 @@ func (f *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // startFakeAgent serves f on a unix socket and points --socket at it.
 func startFakeAgent(t *testing.T, rules ...policy.Rule) *fakeAgent {
 	t.Helper()
-	f := &fakeAgent{set: map[cell.PolicyRule]bool{}, egress: map[policy.EgressRule]bool{}}
+	f := &fakeAgent{set: map[cell.PolicyRule]bool{}, egress: map[policy.EgressRule]bool{}, ingress: map[policy.IngressRule]bool{}}
 	for _, r := range rules {
 		f.set[cell.FromRule(r)] = true
 	}
