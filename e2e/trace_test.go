@@ -205,3 +205,72 @@ func TestFlowLogTail(t *testing.T) {
 		t.Errorf("allowed line on cell 2: %v, want inbound with rule appA>appB/tcp/8080-8080", acc)
 	}
 }
+
+// TestTraceLive: `weft trace --live` sends one probe from appA's container
+// on cell 1 to appB's on cell 2: without a rule, cell 2's engine drops it
+// (no_policy, asked through the tunnel); with one it is delivered (nothing
+// listens, so appB's kernel refuses the connection); from a spoofed
+// source the guard of cell 1 drops it. A cell without a container of the
+// source app says so.
+func TestTraceLive(t *testing.T) {
+	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin})
+	a, b := l.Name("appA"), l.Name("appB")
+	ipA, err := l.CreateContainer(1, "appA", a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.CreateContainer(2, "appB", b); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--live", "appA", "appB", "--protocol", "tcp", "--port", "8080"}
+
+	// appB's registration and cell 2's peer reach cell 1 asynchronously.
+	var res cell.TraceResult
+	try := func() cell.TraceResult {
+		out, err := l.Weft(1, append([]string{"trace", "--output", "json"}, args...)...)
+		var r cell.TraceResult
+		if err == nil {
+			json.Unmarshal([]byte(out), &r)
+		}
+		return r
+	}
+	waitFor(t, 20*time.Second, "live trace appA -> appB dropped at cell 2", func() bool {
+		res = try()
+		return res.Verdict == "no_policy"
+	})
+	t.Logf("$ weft trace --live appA appB --port 8080\n%s", weft(t, l, 1, append([]string{"trace"}, args...)...))
+	if s := traceStep(res, "destination_cell"); res.DroppedAt != "destination_cell" || !strings.Contains(s.Detail, "cell c2") {
+		t.Errorf("no policy: dropped at %q, destination step %+v", res.DroppedAt, s)
+	}
+	if s := traceStep(res, "source_cell"); !s.OK {
+		t.Errorf("no policy: source cell step %+v, want passed to WireGuard", s)
+	}
+
+	weft(t, l, 1, "add-network-policy", "appA", "appB", "--protocol", "tcp", "--port", "8080")
+	waitFor(t, 20*time.Second, "live trace appA -> appB delivered", func() bool {
+		res = try()
+		return res.Verdict == "delivered"
+	})
+	t.Logf("$ weft trace --live appA appB --port 8080\n%s", weft(t, l, 1, append([]string{"trace"}, args...)...))
+	if s := traceStep(res, "destination_cell"); !s.OK || !strings.Contains(s.Detail, "appA>appB/tcp/8080-8080") {
+		t.Errorf("allowed: destination step %+v, want the rule", s)
+	}
+	if s := traceStep(res, "delivery"); !s.OK || !strings.Contains(s.Detail, "refused") {
+		t.Errorf("allowed: delivery step %+v, want refused by appB (nothing listens)", s)
+	}
+
+	// A spoofed source: the guard of cell 1 drops it before the engine.
+	spoofed := ipA.Next()
+	res = traceJSON(t, l, 1, append(args, "--source-ip", spoofed.String())...)
+	t.Logf("$ weft trace --live appA appB --port 8080 --source-ip %v\n%s", spoofed,
+		weft(t, l, 1, append([]string{"trace", "--source-ip", spoofed.String()}, args...)...))
+	if res.Verdict != "spoofed" || res.DroppedAt != "source_guard" {
+		t.Errorf("spoofed source: verdict %s at %q, want spoofed at source_guard; steps %+v", res.Verdict, res.DroppedAt, res.Steps)
+	}
+
+	// No container of appA on cell 2.
+	out, err := l.Weft(2, append([]string{"trace"}, args...)...)
+	if err == nil || !strings.Contains(out, "has no container on cell c2") {
+		t.Errorf("live trace from a cell without the source: err %v, output %q", err, out)
+	}
+}
