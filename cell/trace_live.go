@@ -274,10 +274,6 @@ func (a *Agent) liveTrace(ctx context.Context, req TraceRequest) (TraceResult, e
 	case req.SourceIP != "" && proto == policy.ProtoICMP:
 		return res, badTrace(http.StatusBadRequest, "source_ip: a spoofed probe is tcp or udp")
 	}
-	ov := a.overlay()
-	if ov == nil {
-		return res, badTrace(http.StatusServiceUnavailable, "cell %s has no data plane yet (no subnet lease): nothing can be sent", a.cfg.Name)
-	}
 	eps := a.mesh.Endpoints()
 	src, err := a.liveSource(req, eps)
 	if err != nil {
@@ -290,6 +286,10 @@ func (a *Agent) liveTrace(ctx context.Context, req TraceRequest) (TraceResult, e
 	}
 	if dstEP.IP.IsValid() {
 		res.Destinations = append(res.Destinations, traceEndpoint(dstEP))
+	}
+	ov := a.overlay()
+	if ov == nil {
+		return res, badTrace(http.StatusServiceUnavailable, "cell %s has no data plane yet (no subnet lease): nothing can be sent", a.cfg.Name)
 	}
 
 	p := &liveProbe{id: randomID(), container: src.Name, proto: proto, src: src.IP, dst: dst, dport: req.Port}
