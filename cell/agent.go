@@ -94,6 +94,7 @@ type Agent struct {
 	mesh   *mesh.Mesh
 	flows  flowLogs    // where the engine's flow log goes (flowlog.go)
 	live   liveWatches // probe watches of live traces (trace_live.go)
+	gdrops guardDrops  // the guard's drops by app (metrics_guard.go)
 
 	pvMu    sync.Mutex    // guards pvRules, pv
 	pvRules []policy.Rule // the mesh.Policies slice pv was computed from

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -210,10 +211,12 @@ func TestFlowLogTail(t *testing.T) {
 // on cell 1 to appB's on cell 2: without a rule, cell 2's engine drops it
 // (no_policy, asked through the tunnel); with one it is delivered (nothing
 // listens, so appB's kernel refuses the connection); from a spoofed
-// source the guard of cell 1 drops it. A cell without a container of the
-// source app says so.
+// source the guard of cell 1 drops it, counted under appA in
+// weft_guard_drops_by_app_total. A cell without a container of the source
+// app says so.
 func TestTraceLive(t *testing.T) {
-	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin})
+	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin,
+		AgentArgs: []string{"--metrics-addr", fmt.Sprintf(":%d", metricsPort)}})
 	a, b := l.Name("appA"), l.Name("appB")
 	ipA, err := l.CreateContainer(1, "appA", a)
 	if err != nil {
@@ -266,6 +269,10 @@ func TestTraceLive(t *testing.T) {
 		weft(t, l, 1, append([]string{"trace", "--source-ip", spoofed.String()}, args...)...))
 	if res.Verdict != "spoofed" || res.DroppedAt != "source_guard" {
 		t.Errorf("spoofed source: verdict %s at %q, want spoofed at source_guard; steps %+v", res.Verdict, res.DroppedAt, res.Steps)
+	}
+	samples, _ := scrape(t, l, 2, 1)
+	if n := samples[`weft_guard_drops_by_app_total{app="appA",reason="spoofed"}`]; n < 1 {
+		t.Errorf("weft_guard_drops_by_app_total{app=appA,reason=spoofed} = %v after a spoofed probe, want >= 1", n)
 	}
 
 	// No container of appA on cell 2.

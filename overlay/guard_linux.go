@@ -25,6 +25,7 @@ import (
 //
 //	table inet weft {
 //	  set containers { type ifname . ipv4_addr }   # host veth . container IP
+//	  set drops { ... }  # every counter ... drop also counts under its veth: guard_drops_linux.go
 //	  chain prerouting { type filter hook prerouting priority raw
 //	    iifname "wc*" meta nfproto != ipv4              counter not_ipv4 drop
 //	    iifname "wc*" iifname . ip saddr != @containers counter spoofed  drop
@@ -168,6 +169,9 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 	set := g.set()
 	if err := c.AddSet(set, g.elements(entries)); err != nil {
 		return fmt.Errorf("nftables: set: %w", err)
+	}
+	if err := c.AddSet(g.dropsSet(), nil); err != nil { // guard_drops_linux.go
+		return fmt.Errorf("nftables: set %s: %w", dropsSetName, err)
 	}
 	chain := func(name string, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
 		return c.AddChain(&nftables.Chain{Name: name, Table: t, Type: nftables.ChainTypeFilter, Hooknum: hook, Priority: prio})
@@ -366,11 +370,11 @@ func (g *guard) addIngressRules(c *nftables.Conn, ch *nftables.Chain, exprs [][]
 	for _, e := range exprs {
 		add(e)
 	}
-	counter := &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: GuardIngress}
-	add([]expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-		counter, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})
-	add([]expr.Any{counter, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}})
+	counter := append(countByVeth(expr.MetaKeyOIFNAME, GuardIngress), &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: GuardIngress})
+	add(slices.Concat([]expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}}},
+		counter, []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}))
+	add(append(slices.Clone(counter), &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}))
 }
 
 // ingressExprs compiles rules into the accept rules of the ingress chain
@@ -620,11 +624,13 @@ func udpPort(off uint32, port uint16) []expr.Any {
 	}
 }
 
+// countDrop counts a container's packet under counter, and under its veth
+// (guard_drops_linux.go), and drops it.
 func countDrop(counter string) []expr.Any {
-	return []expr.Any{
+	return append(countByVeth(expr.MetaKeyIIFNAME, counter),
 		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: counter},
 		&expr.Verdict{Kind: expr.VerdictDrop},
-	}
+	)
 }
 
 func accept() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}} }
