@@ -281,3 +281,38 @@ func TestTraceLive(t *testing.T) {
 		t.Errorf("live trace from a cell without the source: err %v, output %q", err, out)
 	}
 }
+
+// TestOrgSpaceLive: cf's -s SPACE -o ORG name the destination app of that
+// org and space; the rule lets appA reach acme/prod/db's container and not
+// acme/dev/db's (same app name, another space), live probes show it, and
+// network-policies lists the space and org in cf's columns.
+func TestOrgSpaceLive(t *testing.T) {
+	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin})
+	if _, err := l.CreateContainer(1, "appA", l.Name("appA")); err != nil {
+		t.Fatal(err)
+	}
+	prod, err := l.CreateContainer(2, "acme/prod/db", l.Name("prod-db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := l.CreateContainer(2, "acme/dev/db", l.Name("dev-db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	weft(t, l, 1, "add-network-policy", "appA", "db", "-s", "prod", "-o", "acme", "--protocol", "tcp", "--port", "5432")
+	if out := weft(t, l, 1, "network-policies"); !strings.Contains(strings.Join(strings.Fields(out), " "), "appA db tcp 5432 prod acme") {
+		t.Errorf("network-policies:\n%s", out)
+	}
+	live := func(dst string) cell.TraceResult {
+		out, err := l.Weft(1, "trace", "--live", "--output", "json", "appA", dst, "--protocol", "tcp", "--port", "5432")
+		var r cell.TraceResult
+		if err == nil {
+			json.Unmarshal([]byte(out), &r)
+		}
+		return r
+	}
+	waitFor(t, 20*time.Second, "appA -> acme/prod/db delivered", func() bool { return live(prod.String()).Verdict == "delivered" })
+	waitFor(t, 20*time.Second, "appA -> acme/dev/db dropped for no_policy", func() bool { return live(dev.String()).Verdict == "no_policy" })
+	t.Logf("$ weft trace --live appA %v --port 5432 (acme/dev/db)\n%s", dev,
+		weft(t, l, 1, "trace", "--live", "appA", dev.String(), "--protocol", "tcp", "--port", "5432"))
+}
