@@ -22,6 +22,7 @@ func (a *Agent) newServer() *http.Server {
 	mux.HandleFunc("POST /v1/containers", a.handleCreateContainer)
 	mux.HandleFunc("DELETE /v1/containers/{name}", a.handleDeleteContainer)
 	mux.HandleFunc("GET /v1/policies", a.handleListPolicies)
+	mux.HandleFunc("GET /v1/apps", a.handleListApps) // apps.go
 	mux.HandleFunc("POST /v1/policies", a.handleAddPolicy)
 	mux.HandleFunc("DELETE /v1/policies", a.handleRemovePolicy)
 	a.registerOperatorRoutes(mux) // operator.go

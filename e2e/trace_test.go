@@ -284,8 +284,9 @@ func TestTraceLive(t *testing.T) {
 
 // TestOrgSpaceLive: cf's -s SPACE -o ORG name the destination app of that
 // org and space; the rule lets appA reach acme/prod/db's container and not
-// acme/dev/db's (same app name, another space), live probes show it, and
-// network-policies lists the space and org in cf's columns.
+// acme/dev/db's (same app name, another space), live probes show it,
+// network-policies lists the space and org in cf's columns, and shell
+// completion offers the apps the agent knows.
 func TestOrgSpaceLive(t *testing.T) {
 	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin})
 	if _, err := l.CreateContainer(1, "appA", l.Name("appA")); err != nil {
@@ -302,6 +303,15 @@ func TestOrgSpaceLive(t *testing.T) {
 	weft(t, l, 1, "add-network-policy", "appA", "db", "-s", "prod", "-o", "acme", "--protocol", "tcp", "--port", "5432")
 	if out := weft(t, l, 1, "network-policies"); !strings.Contains(strings.Join(strings.Fields(out), " "), "appA db tcp 5432 prod acme") {
 		t.Errorf("network-policies:\n%s", out)
+	}
+	// Shell completion asks cell 1's agent for the app names it knows
+	// (`weft __complete` is what the completion scripts run).
+	waitFor(t, 10*time.Second, "completion of the apps of both cells", func() bool {
+		out, _ := l.Weft(1, "__complete", "add-network-policy", "appA", "-s", "prod", "-o", "acme", "")
+		return strings.HasPrefix(out, "db\n:4\n")
+	})
+	if out := weft(t, l, 1, "__complete", "add-network-policy", "a"); !strings.HasPrefix(out, "acme/dev/db\nacme/prod/db\nappA\n:4\n") {
+		t.Errorf("weft __complete add-network-policy a:\n%s", out)
 	}
 	live := func(dst string) cell.TraceResult {
 		out, err := l.Weft(1, "trace", "--live", "--output", "json", "appA", dst, "--protocol", "tcp", "--port", "5432")

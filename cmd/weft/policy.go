@@ -75,9 +75,10 @@ func policyChangeCmd(add bool) *cobra.Command {
 			"remove a policy; open connections it allowed are cut", "Removing"
 	}
 	c := &cobra.Command{
-		Use:   use,
-		Short: short,
-		Args:  cobra.ExactArgs(2),
+		Use:               use,
+		Short:             short,
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: completeAppPair, // complete.go
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := ruleFromArgs(cmd, args, proto, port, space, org, !add)
 			if err != nil {
@@ -201,6 +202,7 @@ func listPoliciesCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&source, "source", "", "only policies whose source is this app")
+	c.RegisterFlagCompletionFunc("source", completeApp)
 	c.Flags().StringVar(&output, "output", "table", "table or json")
 	return c
 }

@@ -30,7 +30,8 @@ echo) from a source container on this cell, inside its network namespace, and
 reports where it went: the source guard, this cell's engine, the tunnel, the
 destination cell's engine (asked through the tunnel) and what came back.
 --source-ip sends it from another address, to see the guard drop a spoofed packet.`,
-		Args: cobra.RangeArgs(1, 2),
+		Args:              cobra.RangeArgs(1, 2),
+		ValidArgsFunction: completeAppPair, // complete.go
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "text" && output != "json" {
 				return fmt.Errorf("--output %q: want text or json", output)
