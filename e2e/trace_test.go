@@ -262,6 +262,19 @@ func TestTraceLive(t *testing.T) {
 		t.Errorf("allowed: delivery step %+v, want refused by appB (nothing listens)", s)
 	}
 
+	// UDP and ICMP probes: no rule for them, then an icmp rule.
+	if res := traceJSON(t, l, 1, "--live", "appA", "appB", "--protocol", "udp", "--port", "8080"); res.Verdict != "no_policy" {
+		t.Errorf("udp without a rule: verdict %s, steps %+v", res.Verdict, res.Steps)
+	}
+	if res := traceJSON(t, l, 1, "--live", "appA", "appB", "--protocol", "icmp"); res.Verdict != "no_policy" {
+		t.Errorf("icmp without a rule: verdict %s, steps %+v", res.Verdict, res.Steps)
+	}
+	weft(t, l, 1, "add-network-policy", "appA", "appB", "--protocol", "icmp")
+	waitFor(t, 10*time.Second, "live icmp appA -> appB answered", func() bool {
+		res := traceJSON(t, l, 1, "--live", "appA", "appB", "--protocol", "icmp")
+		return res.Verdict == "delivered" && strings.Contains(traceStep(res, "delivery").Detail, "echo reply")
+	})
+
 	// A spoofed source: the guard of cell 1 drops it before the engine.
 	spoofed := ipA.Next()
 	res = traceJSON(t, l, 1, append(args, "--source-ip", spoofed.String())...)
