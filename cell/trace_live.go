@@ -5,14 +5,12 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/weft-net/weft/mesh"
@@ -49,187 +47,6 @@ const (
 	liveLost      = "lost" // left this cell, and the destination cell saw nothing
 )
 
-// probeWatchTime is how long a cell keeps a probe watch.
-const probeWatchTime = 10 * time.Second
-
-// maxProbeWatches bounds the watches a cell keeps at once.
-const maxProbeWatches = 32
-
-// probeMatch selects a probe's flow-log records: the fields as the
-// record writes them (policy/flowlog.go).
-type probeMatch struct {
-	Protocol    string `json:"protocol"`
-	Source      string `json:"source"`      // IP:PORT, or IP for icmp
-	Destination string `json:"destination"` // IP:PORT, or IP for icmp
-}
-
-func (m probeMatch) matches(l flowLine) bool {
-	return l.protocol == m.Protocol && l.src == m.Source && l.dst == m.Destination
-}
-
-// probeRecord is what a cell's engine logged of a probe.
-type probeRecord struct {
-	Verdict   string `json:"verdict"`
-	Direction string `json:"direction"`
-	Rule      string `json:"rule,omitempty"`
-}
-
-// probeWatch watches the flow log for one probe.
-type probeWatch struct {
-	match    probeMatch
-	matched  chan struct{} // closed at the first matching record
-	rec      probeRecord   // written before matched is closed
-	dropped0 uint64        // the engine's FlowLogDropped when armed
-}
-
-// liveWatches are a cell's probe watches, by trace id.
-type liveWatches struct {
-	mu   sync.Mutex
-	byID map[string]*probeWatch // guarded by mu
-}
-
-// armProbe starts watching the flow log for m under id (again: the watch
-// there is). When it returns, every record of a packet judged after it is
-// seen.
-func (a *Agent) armProbe(id string, m probeMatch) (*probeWatch, error) {
-	a.live.mu.Lock()
-	if w := a.live.byID[id]; w != nil {
-		a.live.mu.Unlock()
-		return w, nil
-	}
-	if len(a.live.byID) >= maxProbeWatches {
-		a.live.mu.Unlock()
-		return nil, fmt.Errorf("%d live traces are under way on cell %s; try again in %v", maxProbeWatches, a.cfg.Name, probeWatchTime)
-	}
-	if a.live.byID == nil {
-		a.live.byID = map[string]*probeWatch{}
-	}
-	w := &probeWatch{match: m, matched: make(chan struct{}), dropped0: a.engine.Counters().FlowLogDropped}
-	a.live.byID[id] = w
-	a.live.mu.Unlock()
-
-	a.flows.mu.Lock()
-	a.flows.tailers++
-	a.updateFlowLogLocked()
-	sink := a.flows.sink
-	a.flows.mu.Unlock()
-	t, _ := sink.subscribe()
-	go func() {
-		timer := time.NewTimer(probeWatchTime)
-		defer timer.Stop()
-		unsubscribe := func() {
-			sink.unsubscribe(t)
-			a.flows.mu.Lock()
-			a.flows.tailers--
-			a.updateFlowLogLocked()
-			a.flows.mu.Unlock()
-		}
-	watch:
-		for {
-			select {
-			case l := <-t.ch:
-				if m.matches(l) {
-					w.rec = probeRecord{Verdict: l.verdict, Direction: l.direction, Rule: l.rule}
-					close(w.matched)
-					break watch
-				}
-			case <-timer.C:
-				unsubscribe()
-				a.forgetProbe(id)
-				return
-			}
-		}
-		unsubscribe()
-		<-timer.C // kept for requests that are resent
-		a.forgetProbe(id)
-	}()
-	return w, nil
-}
-
-func (a *Agent) forgetProbe(id string) {
-	a.live.mu.Lock()
-	delete(a.live.byID, id)
-	a.live.mu.Unlock()
-}
-
-// probeResult is what a cell saw of a probe.
-type probeResult struct {
-	Cell           string      `json:"cell"`
-	Seen           bool        `json:"seen"`
-	Record         probeRecord `json:"record"`
-	FlowLogDropped uint64      `json:"flow_log_dropped"` // records the rate limit suppressed meanwhile
-	Error          string      `json:"error,omitempty"`
-}
-
-// collectProbe waits up to wait for the record of watch id.
-func (a *Agent) collectProbe(ctx context.Context, id string, wait time.Duration) probeResult {
-	res := probeResult{Cell: a.cfg.Name}
-	a.live.mu.Lock()
-	w := a.live.byID[id]
-	a.live.mu.Unlock()
-	if w == nil {
-		res.Error = "no probe watch " + id + " on cell " + a.cfg.Name
-		return res
-	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-w.matched:
-		res.Seen, res.Record = true, w.rec
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	res.FlowLogDropped = a.engine.Counters().FlowLogDropped - w.dropped0
-	return res
-}
-
-// cellMsg is a cell-to-cell request (cellrpc.go).
-type cellMsg struct {
-	Op     string      `json:"op"` // arm_probe or collect_probe
-	ID     string      `json:"id"`
-	Match  *probeMatch `json:"match,omitempty"`
-	WaitMS int         `json:"wait_ms,omitempty"`
-}
-
-// serveCellCall answers a request of a peer cell.
-func (a *Agent) serveCellCall(body []byte) []byte {
-	var m cellMsg
-	res := probeResult{Cell: a.cfg.Name}
-	switch err := json.Unmarshal(body, &m); {
-	case err != nil:
-		res.Error = "bad request: " + err.Error()
-	case m.Op == "arm_probe" && m.Match != nil:
-		if _, err := a.armProbe(m.ID, *m.Match); err != nil {
-			res.Error = err.Error()
-		}
-	case m.Op == "collect_probe":
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		res = a.collectProbe(ctx, m.ID, min(time.Duration(m.WaitMS)*time.Millisecond, 3*time.Second))
-		cancel()
-	default:
-		res.Error = fmt.Sprintf("unknown request %q", m.Op)
-	}
-	out, _ := json.Marshal(res)
-	return out
-}
-
-// callCell sends m to the cell holding subnet and decodes its answer.
-func (a *Agent) callCell(ctx context.Context, subnet netip.Prefix, m cellMsg, timeout time.Duration, tries int) (probeResult, error) {
-	body, _ := json.Marshal(m)
-	ans, err := a.cellCall(ctx, subnet, body, timeout, tries)
-	if err != nil {
-		return probeResult{}, err
-	}
-	var res probeResult
-	if err := json.Unmarshal(ans, &res); err != nil {
-		return probeResult{}, fmt.Errorf("bad answer: %v", err)
-	}
-	if res.Error != "" {
-		return res, errors.New(res.Error)
-	}
-	return res, nil
-}
-
 // liveProbe is the probe a live trace sends.
 type liveProbe struct {
 	id        string
@@ -259,20 +76,9 @@ func (p *liveProbe) String() string {
 // liveTrace sends one probe as req says and reports where it went.
 func (a *Agent) liveTrace(ctx context.Context, req TraceRequest) (TraceResult, error) {
 	res := TraceResult{Cell: a.cfg.Name, Live: true, Sources: []TraceEndpoint{}, Destinations: []TraceEndpoint{}}
-	proto, err := policy.ParseProtocol(req.Protocol)
-	switch {
-	case err != nil || proto == policy.ProtoAll:
-		return res, badTrace(http.StatusBadRequest, "protocol %q: a live probe is tcp, udp or icmp", req.Protocol)
-	case proto == policy.ProtoICMP && req.Port != 0:
-		return res, badTrace(http.StatusBadRequest, "port %d: icmp has no ports", req.Port)
-	case proto != policy.ProtoICMP && req.Port == 0:
-		return res, badTrace(http.StatusBadRequest, "port is required for %s (1-65535)", proto)
-	case req.Destination == "":
-		return res, badTrace(http.StatusBadRequest, "destination is required: an app name or an IPv4 address")
-	case req.Source == "" && req.FromContainer == "":
-		return res, badTrace(http.StatusBadRequest, "source is required: an app name, or from_container")
-	case req.SourceIP != "" && proto == policy.ProtoICMP:
-		return res, badTrace(http.StatusBadRequest, "source_ip: a spoofed probe is tcp or udp")
+	proto, err := validLive(req)
+	if err != nil {
+		return res, err
 	}
 	eps := a.mesh.Endpoints()
 	src, err := a.liveSource(req, eps)
@@ -312,19 +118,17 @@ func (a *Agent) liveTrace(ctx context.Context, req TraceRequest) (TraceResult, e
 
 	// Where the packet should be judged: a peer cell, this one, or the
 	// guard's egress chain (outside the overlay).
-	var peer *mesh.Node
-	inOverlay := a.cfg.OverlayCIDR.Contains(dst)
-	if inOverlay {
+	run := &probeRun{p: p, veth: overlay.HostVethName(src.Name), inOverlay: a.cfg.OverlayCIDR.Contains(dst), dstKnown: dstEP.IP.IsValid()}
+	if run.inOverlay {
 		for _, m := range a.mesh.Members() {
 			if m.Subnet.IsValid() && m.Subnet.Contains(dst) && !m.Self {
-				peer = &m
+				run.peer = &m
 				break
 			}
 		}
 	}
-	var remoteErr error
-	if peer != nil {
-		_, remoteErr = a.callCell(ctx, peer.Subnet, cellMsg{Op: "arm_probe", ID: p.id, Match: ptr(p.match())}, 500*time.Millisecond, 3)
+	if run.peer != nil {
+		_, run.remoteErr = a.callCell(ctx, run.peer.Subnet, cellMsg{Op: "arm_probe", ID: p.id, Match: ptr(p.match())}, 500*time.Millisecond, 3)
 	}
 	if _, err := a.armProbe(p.id, p.match()); err != nil {
 		return res, badTrace(http.StatusServiceUnavailable, "%v", err)
@@ -332,97 +136,24 @@ func (a *Agent) liveTrace(ctx context.Context, req TraceRequest) (TraceResult, e
 	before, gerr := ov.GuardCounters()
 	out := sendProbe(p)
 	after, gerr2 := ov.GuardCounters()
-	local := a.collectProbe(ctx, p.id, time.Second)
-
-	// The source guard.
-	guardStep := TraceStep{Step: "source_guard", OK: true}
-	moved := guardDelta(before, after)
-	switch {
-	case gerr != nil || gerr2 != nil:
-		guardStep.OK, guardStep.Detail = false, fmt.Sprintf("cannot read the guard's counters: %v", errors.Join(gerr, gerr2))
-	case len(moved) > 0 && !local.Seen && moved[0].drop:
-		guardStep.OK, guardStep.Code = false, moved[0].name
-		guardStep.Detail = fmt.Sprintf("the guard (table inet weft) dropped the probe on %s: counter %s moved by %d during the probe", overlay.HostVethName(src.Name), moved[0].name, moved[0].n)
-	case local.Seen:
-		guardStep.Detail = "passed the guard of " + overlay.HostVethName(src.Name) + " (this cell's engine logged the probe)"
-	case !inOverlay && slices.ContainsFunc(moved, func(d counterDelta) bool { return d.name == overlay.GuardEgressAccepted }):
-		guardStep.Detail = fmt.Sprintf("an egress rule let the probe out of the overlay to %v (counter %s moved)", dst, overlay.GuardEgressAccepted)
-	default:
-		guardStep.OK = false
-		guardStep.Detail = "no guard counter moved, and this cell's engine logged nothing of the probe"
-	}
-	res.step(guardStep)
-
-	// This cell's engine: outbound (to a peer), or local (hair-pinned:
-	// this cell is also the destination's).
-	if inOverlay && guardStep.Code == "" {
-		s := TraceStep{Step: "source_cell"}
-		switch {
-		case local.Seen && local.Record.Verdict == policy.Accept.String() && local.Record.Direction == "outbound":
-			s.OK = true
-			s.Detail = "this cell's engine passed the probe to WireGuard"
-			if peer != nil {
-				s.Detail += " for cell " + peer.Name
-			}
-		case local.Seen && local.Record.Direction == "local":
-			s.Step = "destination_cell"
-			s.OK = local.Record.Verdict == policy.Accept.String()
-			s.Detail = fmt.Sprintf("the destination is on this cell: its engine's verdict %s", local.Record.Verdict)
-			if local.Record.Rule != "" {
-				s.Detail += " by rule " + local.Record.Rule
-			}
-			if !s.OK {
-				s.Code = local.Record.Verdict
-			}
-		case local.Seen:
-			s.Code = local.Record.Verdict
-			s.Detail = fmt.Sprintf("this cell's engine dropped the probe (%s, %s)", local.Record.Verdict, local.Record.Direction)
-		default:
-			s.Detail = "this cell's engine logged nothing of the probe" + droppedNote(local.FlowLogDropped)
-		}
-		res.step(s)
+	run.moved, run.guardErr = guardDelta(before, after), errors.Join(gerr, gerr2)
+	run.local = a.collectProbe(ctx, p.id, time.Second)
+	if run.peer != nil && run.remoteErr == nil {
+		run.remote, run.remoteErr = a.callCell(ctx, run.peer.Subnet, cellMsg{Op: "collect_probe", ID: p.id, WaitMS: 1500}, 2*time.Second, 2)
 	}
 
-	// The tunnel and the destination cell's engine.
-	var remote probeResult
-	if peer != nil && guardStep.Code == "" {
-		if remoteErr == nil {
-			remote, remoteErr = a.callCell(ctx, peer.Subnet, cellMsg{Op: "collect_probe", ID: p.id, WaitMS: 1500}, 2*time.Second, 2)
-		}
-		t := TraceStep{Step: "tunnel", OK: remoteErr == nil}
-		if remoteErr != nil {
-			t.Detail = fmt.Sprintf("cell %s did not answer through the tunnel (%v): its verdict is unknown", peer.Name, remoteErr)
-		} else {
-			t.Detail = fmt.Sprintf("cell %s answers through the tunnel", peer.Name)
-		}
-		res.step(t)
-		if remoteErr == nil {
-			s := TraceStep{Step: "destination_cell"}
-			switch {
-			case remote.Seen && remote.Record.Verdict == policy.Accept.String():
-				s.OK = true
-				s.Detail = fmt.Sprintf("cell %s's engine accepted the probe", peer.Name)
-				if remote.Record.Rule != "" {
-					s.Detail += " by rule " + remote.Record.Rule
-				}
-			case remote.Seen:
-				s.Code = remote.Record.Verdict
-				s.Detail = fmt.Sprintf("cell %s's engine dropped the probe (%s)", peer.Name, remote.Record.Verdict)
-			case local.Seen:
-				s.Code = liveLost
-				s.Detail = fmt.Sprintf("the probe left this cell, and cell %s's engine logged nothing of it%s", peer.Name, droppedNote(remote.FlowLogDropped))
-			default:
-				s.Detail = fmt.Sprintf("cell %s's engine logged nothing of the probe%s", peer.Name, droppedNote(remote.FlowLogDropped))
+	res.step(run.guardStep())
+	if run.inOverlay && res.Steps[len(res.Steps)-1].Code == "" {
+		res.step(run.sourceCellStep())
+		if run.peer != nil {
+			for _, s := range run.remoteSteps() {
+				res.step(s)
 			}
-			res.step(s)
+		} else if !run.dstKnown && !run.hairpinned() {
+			res.step(TraceStep{Step: "destination_cell", Detail: fmt.Sprintf("no live cell holds the subnet of %v", dst)})
 		}
 	}
-	if inOverlay && peer == nil && !dstEP.IP.IsValid() && !(local.Seen && local.Record.Direction == "local") {
-		res.step(TraceStep{Step: "destination_cell", Detail: fmt.Sprintf("no live cell holds the subnet of %v", dst)})
-	}
-
-	// What came back to the container.
-	res.step(deliveryStep(out, res.Steps))
+	res.step(deliveryStep(out, res.Steps)) // what came back to the container
 	res.Verdict, res.Reason = liveUnknown, "no step shows where the probe went"
 	for _, s := range res.Steps {
 		if s.Code != "" {
@@ -434,6 +165,122 @@ func (a *Agent) liveTrace(ctx context.Context, req TraceRequest) (TraceResult, e
 		res.Verdict, res.Reason = liveDelivered, d.Detail
 	}
 	return res, nil
+}
+
+// validLive checks a live trace's request and returns its protocol.
+func validLive(req TraceRequest) (policy.Protocol, error) {
+	proto, err := policy.ParseProtocol(req.Protocol)
+	switch {
+	case err != nil || proto == policy.ProtoAll:
+		return proto, badTrace(http.StatusBadRequest, "protocol %q: a live probe is tcp, udp or icmp", req.Protocol)
+	case proto == policy.ProtoICMP && req.Port != 0:
+		return proto, badTrace(http.StatusBadRequest, "port %d: icmp has no ports", req.Port)
+	case proto != policy.ProtoICMP && req.Port == 0:
+		return proto, badTrace(http.StatusBadRequest, "port is required for %s (1-65535)", proto)
+	case req.Destination == "":
+		return proto, badTrace(http.StatusBadRequest, "destination is required: an app name or an IPv4 address")
+	case req.Source == "" && req.FromContainer == "":
+		return proto, badTrace(http.StatusBadRequest, "source is required: an app name, or from_container")
+	case req.SourceIP != "" && proto == policy.ProtoICMP:
+		return proto, badTrace(http.StatusBadRequest, "source_ip: a spoofed probe is tcp or udp")
+	}
+	return proto, nil
+}
+
+// probeRun is what a live trace observed of its probe.
+type probeRun struct {
+	p         *liveProbe
+	veth      string     // the source container's host veth
+	inOverlay bool       // the destination is an overlay address
+	dstKnown  bool       // a registered container has it
+	peer      *mesh.Node // the destination's cell, if another one
+	moved     []counterDelta
+	guardErr  error
+	local     probeResult // this cell's flow-log record
+	remote    probeResult // the peer's, asked through the tunnel
+	remoteErr error
+}
+
+func (r *probeRun) hairpinned() bool { return r.local.Seen && r.local.Record.Direction == "local" }
+
+// guardStep: a drop counter of the guard moved and the engine saw nothing
+// (spoofed, to_cell, egress, not_ipv4), or the probe passed it.
+func (r *probeRun) guardStep() TraceStep {
+	s := TraceStep{Step: "source_guard", OK: true}
+	switch {
+	case r.guardErr != nil:
+		s.OK, s.Detail = false, fmt.Sprintf("cannot read the guard's counters: %v", r.guardErr)
+	case len(r.moved) > 0 && !r.local.Seen && r.moved[0].drop:
+		s.OK, s.Code = false, r.moved[0].name
+		s.Detail = fmt.Sprintf("the guard (table inet weft) dropped the probe on %s: counter %s moved by %d during the probe", r.veth, r.moved[0].name, r.moved[0].n)
+	case r.local.Seen:
+		s.Detail = "passed the guard of " + r.veth + " (this cell's engine logged the probe)"
+	case !r.inOverlay && slices.ContainsFunc(r.moved, func(d counterDelta) bool { return d.name == overlay.GuardEgressAccepted }):
+		s.Detail = fmt.Sprintf("an egress rule let the probe out of the overlay to %v (counter %s moved)", r.p.dst, overlay.GuardEgressAccepted)
+	default:
+		s.OK = false
+		s.Detail = "no guard counter moved, and this cell's engine logged nothing of the probe"
+	}
+	return s
+}
+
+// sourceCellStep is this cell's engine: outbound (to a peer), or local
+// (hair-pinned: this cell is also the destination's).
+func (r *probeRun) sourceCellStep() TraceStep {
+	s := TraceStep{Step: "source_cell"}
+	rec := r.local.Record
+	switch {
+	case r.local.Seen && rec.Verdict == policy.Accept.String() && rec.Direction == "outbound":
+		s.OK = true
+		s.Detail = "this cell's engine passed the probe to WireGuard"
+		if r.peer != nil {
+			s.Detail += " for cell " + r.peer.Name
+		}
+	case r.hairpinned():
+		s.Step = "destination_cell"
+		s.OK = rec.Verdict == policy.Accept.String()
+		s.Detail = fmt.Sprintf("the destination is on this cell: its engine's verdict %s", rec.Verdict)
+		if rec.Rule != "" {
+			s.Detail += " by rule " + rec.Rule
+		}
+		if !s.OK {
+			s.Code = rec.Verdict
+		}
+	case r.local.Seen:
+		s.Code = rec.Verdict
+		s.Detail = fmt.Sprintf("this cell's engine dropped the probe (%s, %s)", rec.Verdict, rec.Direction)
+	default:
+		s.Detail = "this cell's engine logged nothing of the probe" + droppedNote(r.local.FlowLogDropped)
+	}
+	return s
+}
+
+// remoteSteps are the tunnel (did the peer answer) and the peer's engine.
+func (r *probeRun) remoteSteps() []TraceStep {
+	name := r.peer.Name
+	if r.remoteErr != nil {
+		return []TraceStep{{Step: "tunnel", Detail: fmt.Sprintf("cell %s did not answer through the tunnel (%v): its verdict is unknown", name, r.remoteErr)}}
+	}
+	t := TraceStep{Step: "tunnel", OK: true, Detail: fmt.Sprintf("cell %s answers through the tunnel", name)}
+	s := TraceStep{Step: "destination_cell"}
+	rec := r.remote.Record
+	switch {
+	case r.remote.Seen && rec.Verdict == policy.Accept.String():
+		s.OK = true
+		s.Detail = fmt.Sprintf("cell %s's engine accepted the probe", name)
+		if rec.Rule != "" {
+			s.Detail += " by rule " + rec.Rule
+		}
+	case r.remote.Seen:
+		s.Code = rec.Verdict
+		s.Detail = fmt.Sprintf("cell %s's engine dropped the probe (%s)", name, rec.Verdict)
+	case r.local.Seen:
+		s.Code = liveLost
+		s.Detail = fmt.Sprintf("the probe left this cell, and cell %s's engine logged nothing of it%s", name, droppedNote(r.remote.FlowLogDropped))
+	default:
+		s.Detail = fmt.Sprintf("cell %s's engine logged nothing of the probe%s", name, droppedNote(r.remote.FlowLogDropped))
+	}
+	return []TraceStep{t, s}
 }
 
 func ptr[T any](v T) *T { return &v }
