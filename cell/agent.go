@@ -92,7 +92,9 @@ type Agent struct {
 	keys   *Keys
 	engine *policy.Engine
 	mesh   *mesh.Mesh
-	flows  flowLogs // where the engine's flow log goes (flowlog.go)
+	flows  flowLogs    // where the engine's flow log goes (flowlog.go)
+	live   liveWatches // probe watches of live traces (trace_live.go)
+	gdrops guardDrops  // the guard's drops by app (metrics_guard.go)
 
 	pvMu    sync.Mutex    // guards pvRules, pv
 	pvRules []policy.Rule // the mesh.Policies slice pv was computed from
@@ -241,7 +243,7 @@ func (a *Agent) startOverlay(subnet netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	pm, err := startPMTU(ov, a.log, defaultPMTUTiming())
+	pm, err := startPMTU(ov, a.log, defaultPMTUTiming(), a.serveCellCall)
 	if err != nil {
 		a.log.Warn("path MTU is not probed: peers keep the overlay MTU", "err", err)
 	}

@@ -56,6 +56,8 @@ type flowLine struct {
 	verdict         string
 	srcApp, destApp string
 	allowed         bool
+	// What a live trace matches its probe on (trace_live.go).
+	direction, protocol, src, dst, rule string
 }
 
 // flowSink is the slog.Handler the engine logs to. Handle is called by the
@@ -103,6 +105,16 @@ func (s *flowSink) Handle(ctx context.Context, r slog.Record) error {
 			l.srcApp = a.Value.String()
 		case "destination_app":
 			l.destApp = a.Value.String()
+		case "direction":
+			l.direction = a.Value.String()
+		case "protocol":
+			l.protocol = a.Value.String()
+		case "source":
+			l.src = a.Value.String()
+		case "destination":
+			l.dst = a.Value.String()
+		case "rule":
+			l.rule = a.Value.String()
 		}
 		return true
 	})

@@ -119,6 +119,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	ch <- descDeniedPairs // metrics_pairs.go
+	ch <- descGuardDrops  // metrics_guard.go
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -143,6 +144,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descDenied, n, reason)
 	}
 	c.collectDeniedPairs(ch) // metrics_pairs.go
+	guardErrors := uint64(0)
+	if !c.collectGuardDrops(ch) { // metrics_guard.go
+		guardErrors = 1
+	}
 	counter(descRejectsSent, cnt.RejectsSent)
 	counter(descRejectsLimited, cnt.RejectsLimited)
 	counter(descEvictions, cnt.Evictions)
@@ -205,6 +210,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	counter(descScrapeErrors, peerErrors, "wireguard")
+	counter(descScrapeErrors, guardErrors, "guard_drops")
 }
 
 // overlayUp reports whether the data plane (and so the WireGuard device)

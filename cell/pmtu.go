@@ -85,10 +85,13 @@ type pmtuProber struct {
 	timing pmtuTiming
 
 	mu      sync.Mutex
-	peers   map[string]*pmtuPeer  // guarded by mu; by public key
-	waits   map[uint64]chan<- int // guarded by mu; answers awaited, by nonce
-	nonce   uint64                // guarded by mu
-	stopped bool                  // guarded by mu
+	peers   map[string]*pmtuPeer     // guarded by mu; by public key
+	waits   map[uint64]chan<- int    // guarded by mu; answers awaited, by nonce
+	calls   map[uint64]chan<- []byte // guarded by mu; cell-to-cell answers awaited (cellrpc.go)
+	serveFn func([]byte) []byte      // answers cell-to-cell requests (cellrpc.go); nil: none
+	callSem chan struct{}            // bounds the requests answered at once
+	nonce   uint64                   // guarded by mu
+	stopped bool                     // guarded by mu
 	wg      sync.WaitGroup
 }
 
@@ -100,19 +103,24 @@ type pmtuPeer struct {
 
 // startPMTU opens the probe socket on ov's cell address and starts
 // answering probes.
-func startPMTU(ov *overlay.Overlay, log *slog.Logger, timing pmtuTiming) (*pmtuProber, error) {
+// serveFn, if not nil, answers cell-to-cell requests on the same socket
+// (cellrpc.go).
+func startPMTU(ov *overlay.Overlay, log *slog.Logger, timing pmtuTiming, serveFn func([]byte) []byte) (*pmtuProber, error) {
 	conn, err := ov.ListenProbes()
 	if err != nil {
 		return nil, err
 	}
 	p := &pmtuProber{
-		log:    log.With("component", "pmtu"),
-		ov:     ov,
-		conn:   conn,
-		max:    ov.Config().MTU,
-		timing: timing,
-		peers:  map[string]*pmtuPeer{},
-		waits:  map[uint64]chan<- int{},
+		log:     log.With("component", "pmtu"),
+		ov:      ov,
+		conn:    conn,
+		max:     ov.Config().MTU,
+		timing:  timing,
+		peers:   map[string]*pmtuPeer{},
+		waits:   map[uint64]chan<- int{},
+		calls:   map[uint64]chan<- []byte{},
+		serveFn: serveFn,
+		callSem: make(chan struct{}, maxCellCalls),
 	}
 	p.wg.Go(p.serve)
 	return p, nil
@@ -358,6 +366,8 @@ func (p *pmtuProber) serve() {
 				default:
 				}
 			}
+		case cellRequest, cellAnswer:
+			p.handleCall(buf[4], binary.BigEndian.Uint64(buf[5:]), bytes.Clone(buf[pmtuHeader:n]), from)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
+	"github.com/weft-net/weft/policy"
 )
 
 // The kernel outlives state.json: a container's namespace, veth and
@@ -69,7 +70,7 @@ func (a *Agent) recoverContainersLocked() {
 		byIP[e.IP], byName[e.Name] = e, e
 	}
 	for _, f := range found {
-		if f.Name == "" || !appName.MatchString(f.App) {
+		if f.Name == "" || !policy.ValidAppName(f.App) {
 			if _, ok := byIP[f.IP]; !ok {
 				a.log.Warn("address routed to a device without a weft label: not handed out, not registered",
 					"ip", f.IP, "device", f.HostVeth)

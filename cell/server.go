@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
-	"regexp"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
+	"github.com/weft-net/weft/policy"
 )
 
 func (a *Agent) newServer() *http.Server {
@@ -22,6 +22,7 @@ func (a *Agent) newServer() *http.Server {
 	mux.HandleFunc("POST /v1/containers", a.handleCreateContainer)
 	mux.HandleFunc("DELETE /v1/containers/{name}", a.handleDeleteContainer)
 	mux.HandleFunc("GET /v1/policies", a.handleListPolicies)
+	mux.HandleFunc("GET /v1/apps", a.handleListApps) // apps.go
 	mux.HandleFunc("POST /v1/policies", a.handleAddPolicy)
 	mux.HandleFunc("DELETE /v1/policies", a.handleRemovePolicy)
 	a.registerOperatorRoutes(mux) // operator.go
@@ -224,12 +225,11 @@ func (a *Agent) refuseInConflict(w http.ResponseWriter) bool {
 	return lost
 }
 
-var appName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
-
-// validApp reports whether app is a valid app name, answering 400 if not.
+// validApp reports whether app is a valid app name (policy.ValidAppName),
+// answering 400 if not.
 func validApp(w http.ResponseWriter, app string) bool {
-	if !appName.MatchString(app) {
-		writeError(w, http.StatusBadRequest, "invalid app name %q: use 1-128 letters, digits, '.', '_' or '-'", app)
+	if !policy.ValidAppName(app) {
+		writeError(w, http.StatusBadRequest, "invalid app name %q: use 1-128 letters, digits, '.', '_' or '-', or ORG/SPACE/APP of those", app)
 		return false
 	}
 	return true

@@ -54,7 +54,15 @@ func (a *Agent) handleTrace(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.waitRecovered(r.Context())
-	res, err := traceFlow(req, a.traceView())
+	var res TraceResult
+	var err error
+	if req.Live {
+		res, err = a.liveTrace(r.Context(), req)
+	} else if req.SourceIP != "" {
+		err = badTrace(http.StatusBadRequest, "source_ip is for a live trace only")
+	} else {
+		res, err = traceFlow(req, a.traceView())
+	}
 	var se *StatusError
 	switch {
 	case errors.As(err, &se):

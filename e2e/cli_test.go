@@ -37,7 +37,7 @@ func TestCLIBadInput(t *testing.T) {
 		{[]string{"add-network-policy", "a", "b", "--protocol", "tcp"}, "--protocol tcp needs --port"},
 		{[]string{"add-network-policy", "a", "b", "--port", "80"}, "--port needs --protocol"},
 		{[]string{"add-network-policy", "a", "b", "--protocol", "icmp", "--port", "80"}, "icmp rules take no ports"},
-		{[]string{"add-network-policy", "a", "b", "-s", "prod"}, "weft has no orgs or spaces"},
+		{[]string{"add-network-policy", "a", "b", "-s", "prod"}, "-s prod needs -o ORG"},
 		{[]string{"add-network-policy", "a", "b", "--protocol", "sctp", "--port", "80"}, "sctp"},
 		{[]string{"add-network-policy", "a", "b", "--protocol", "tcp", "--port", "0"}, "--port"},
 		{[]string{"add-network-policy", "a", "b", "--protocol", "tcp", "--port", "9000-8000"}, "9000-8000"},

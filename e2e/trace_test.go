@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -204,4 +205,137 @@ func TestFlowLogTail(t *testing.T) {
 	if acc["direction"] != "inbound" || acc["rule"] != "appA>appB/tcp/8080-8080" {
 		t.Errorf("allowed line on cell 2: %v, want inbound with rule appA>appB/tcp/8080-8080", acc)
 	}
+}
+
+// TestTraceLive: `weft trace --live` sends one probe from appA's container
+// on cell 1 to appB's on cell 2: without a rule, cell 2's engine drops it
+// (no_policy, asked through the tunnel); with one it is delivered (nothing
+// listens, so appB's kernel refuses the connection); from a spoofed
+// source the guard of cell 1 drops it, counted under appA in
+// weft_guard_drops_by_app_total. A cell without a container of the source
+// app says so.
+func TestTraceLive(t *testing.T) {
+	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin,
+		AgentArgs: []string{"--metrics-addr", fmt.Sprintf(":%d", metricsPort)}})
+	a, b := l.Name("appA"), l.Name("appB")
+	ipA, err := l.CreateContainer(1, "appA", a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.CreateContainer(2, "appB", b); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--live", "appA", "appB", "--protocol", "tcp", "--port", "8080"}
+
+	// appB's registration and cell 2's peer reach cell 1 asynchronously.
+	var res cell.TraceResult
+	try := func() cell.TraceResult {
+		out, err := l.Weft(1, append([]string{"trace", "--output", "json"}, args...)...)
+		var r cell.TraceResult
+		if err == nil {
+			json.Unmarshal([]byte(out), &r)
+		}
+		return r
+	}
+	waitFor(t, 20*time.Second, "live trace appA -> appB dropped at cell 2", func() bool {
+		res = try()
+		return res.Verdict == "no_policy"
+	})
+	t.Logf("$ weft trace --live appA appB --port 8080\n%s", weft(t, l, 1, append([]string{"trace"}, args...)...))
+	if s := traceStep(res, "destination_cell"); res.DroppedAt != "destination_cell" || !strings.Contains(s.Detail, "cell c2") {
+		t.Errorf("no policy: dropped at %q, destination step %+v", res.DroppedAt, s)
+	}
+	if s := traceStep(res, "source_cell"); !s.OK {
+		t.Errorf("no policy: source cell step %+v, want passed to WireGuard", s)
+	}
+
+	weft(t, l, 1, "add-network-policy", "appA", "appB", "--protocol", "tcp", "--port", "8080")
+	waitFor(t, 20*time.Second, "live trace appA -> appB delivered", func() bool {
+		res = try()
+		return res.Verdict == "delivered"
+	})
+	t.Logf("$ weft trace --live appA appB --port 8080\n%s", weft(t, l, 1, append([]string{"trace"}, args...)...))
+	if s := traceStep(res, "destination_cell"); !s.OK || !strings.Contains(s.Detail, "appA>appB/tcp/8080-8080") {
+		t.Errorf("allowed: destination step %+v, want the rule", s)
+	}
+	if s := traceStep(res, "delivery"); !s.OK || !strings.Contains(s.Detail, "refused") {
+		t.Errorf("allowed: delivery step %+v, want refused by appB (nothing listens)", s)
+	}
+
+	// UDP and ICMP probes: no rule for them, then an icmp rule.
+	if res := traceJSON(t, l, 1, "--live", "appA", "appB", "--protocol", "udp", "--port", "8080"); res.Verdict != "no_policy" {
+		t.Errorf("udp without a rule: verdict %s, steps %+v", res.Verdict, res.Steps)
+	}
+	if res := traceJSON(t, l, 1, "--live", "appA", "appB", "--protocol", "icmp"); res.Verdict != "no_policy" {
+		t.Errorf("icmp without a rule: verdict %s, steps %+v", res.Verdict, res.Steps)
+	}
+	weft(t, l, 1, "add-network-policy", "appA", "appB", "--protocol", "icmp")
+	waitFor(t, 10*time.Second, "live icmp appA -> appB answered", func() bool {
+		res := traceJSON(t, l, 1, "--live", "appA", "appB", "--protocol", "icmp")
+		return res.Verdict == "delivered" && strings.Contains(traceStep(res, "delivery").Detail, "echo reply")
+	})
+
+	// A spoofed source: the guard of cell 1 drops it before the engine.
+	spoofed := ipA.Next()
+	res = traceJSON(t, l, 1, append(args, "--source-ip", spoofed.String())...)
+	t.Logf("$ weft trace --live appA appB --port 8080 --source-ip %v\n%s", spoofed,
+		weft(t, l, 1, append([]string{"trace", "--source-ip", spoofed.String()}, args...)...))
+	if res.Verdict != "spoofed" || res.DroppedAt != "source_guard" {
+		t.Errorf("spoofed source: verdict %s at %q, want spoofed at source_guard; steps %+v", res.Verdict, res.DroppedAt, res.Steps)
+	}
+	samples, _ := scrape(t, l, 2, 1)
+	if n := samples[`weft_guard_drops_by_app_total{app="appA",reason="spoofed"}`]; n < 1 {
+		t.Errorf("weft_guard_drops_by_app_total{app=appA,reason=spoofed} = %v after a spoofed probe, want >= 1", n)
+	}
+
+	// No container of appA on cell 2.
+	out, err := l.Weft(2, append([]string{"trace"}, args...)...)
+	if err == nil || !strings.Contains(out, "has no container on cell c2") {
+		t.Errorf("live trace from a cell without the source: err %v, output %q", err, out)
+	}
+}
+
+// TestOrgSpaceLive: cf's -s SPACE -o ORG name the destination app of that
+// org and space; the rule lets appA reach acme/prod/db's container and not
+// acme/dev/db's (same app name, another space), live probes show it,
+// network-policies lists the space and org in cf's columns, and shell
+// completion offers the apps the agent knows.
+func TestOrgSpaceLive(t *testing.T) {
+	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin})
+	if _, err := l.CreateContainer(1, "appA", l.Name("appA")); err != nil {
+		t.Fatal(err)
+	}
+	prod, err := l.CreateContainer(2, "acme/prod/db", l.Name("prod-db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := l.CreateContainer(2, "acme/dev/db", l.Name("dev-db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	weft(t, l, 1, "add-network-policy", "appA", "db", "-s", "prod", "-o", "acme", "--protocol", "tcp", "--port", "5432")
+	if out := weft(t, l, 1, "network-policies"); !strings.Contains(strings.Join(strings.Fields(out), " "), "appA db tcp 5432 prod acme") {
+		t.Errorf("network-policies:\n%s", out)
+	}
+	// Shell completion asks cell 1's agent for the app names it knows
+	// (`weft __complete` is what the completion scripts run).
+	waitFor(t, 10*time.Second, "completion of the apps of both cells", func() bool {
+		out, _ := l.Weft(1, "__complete", "add-network-policy", "appA", "-s", "prod", "-o", "acme", "")
+		return strings.HasPrefix(out, "db\n:4\n")
+	})
+	if out := weft(t, l, 1, "__complete", "add-network-policy", "a"); !strings.HasPrefix(out, "acme/dev/db\nacme/prod/db\nappA\n:4\n") {
+		t.Errorf("weft __complete add-network-policy a:\n%s", out)
+	}
+	live := func(dst string) cell.TraceResult {
+		out, err := l.Weft(1, "trace", "--live", "--output", "json", "appA", dst, "--protocol", "tcp", "--port", "5432")
+		var r cell.TraceResult
+		if err == nil {
+			json.Unmarshal([]byte(out), &r)
+		}
+		return r
+	}
+	waitFor(t, 20*time.Second, "appA -> acme/prod/db delivered", func() bool { return live(prod.String()).Verdict == "delivered" })
+	waitFor(t, 20*time.Second, "appA -> acme/dev/db dropped for no_policy", func() bool { return live(dev.String()).Verdict == "no_policy" })
+	t.Logf("$ weft trace --live appA %v --port 5432 (acme/dev/db)\n%s", dev,
+		weft(t, l, 1, "trace", "--live", "appA", dev.String(), "--protocol", "tcp", "--port", "5432"))
 }

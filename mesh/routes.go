@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/weft-net/weft/policy"
 )
 
 // Internal routes: HOST.DOMAIN -> APP, as `cf map-route APP DOMAIN
@@ -30,7 +32,6 @@ func (r Route) String() string { return r.Host + "." + r.Domain + " -> " + r.App
 
 var (
 	dnsLabel = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
-	appName  = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 )
 
 // Validate checks that r names a DNS label in a DNS domain and an app.
@@ -44,7 +45,7 @@ func (r Route) Validate() error {
 			return fmt.Errorf("invalid domain %q", r.Domain)
 		}
 	}
-	if !appName.MatchString(r.App) {
+	if !policy.ValidAppName(r.App) {
 		return fmt.Errorf("invalid app name %q", r.App)
 	}
 	return nil

@@ -135,12 +135,12 @@ func egressLog(prefix string) []expr.Any {
 // a TCP reset for tcp, an ICMP port unreachable for the rest. The answer
 // goes only to the container that sent the packet.
 func egressRefusal() [][]expr.Any {
-	counter := &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: GuardEgress}
+	counter := append(countByVeth(expr.MetaKeyIIFNAME, GuardEgress), &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: GuardEgress})
 	return [][]expr.Any{
-		{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-			counter, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}},
-		{counter, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}},
+		slices.Concat([]expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}}},
+			counter, []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}),
+		append(slices.Clone(counter), &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}),
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 //
 //	table inet weft {
 //	  set containers { type ifname . ipv4_addr }   # host veth . container IP
+//	  set drops { ... }  # every counter ... drop also counts under its veth: guard_drops_linux.go
 //	  chain prerouting { type filter hook prerouting priority raw
 //	    iifname "wc*" meta nfproto != ipv4              counter not_ipv4 drop
 //	    iifname "wc*" iifname . ip saddr != @containers counter spoofed  drop
@@ -168,6 +169,9 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 	set := g.set()
 	if err := c.AddSet(set, g.elements(entries)); err != nil {
 		return fmt.Errorf("nftables: set: %w", err)
+	}
+	if err := c.AddSet(g.dropsSet(), nil); err != nil { // guard_drops_linux.go
+		return fmt.Errorf("nftables: set %s: %w", dropsSetName, err)
 	}
 	chain := func(name string, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
 		return c.AddChain(&nftables.Chain{Name: name, Table: t, Type: nftables.ChainTypeFilter, Hooknum: hook, Priority: prio})
@@ -339,7 +343,7 @@ func (g *guard) buildIngressLocked(c *nftables.Conn, t *nftables.Table, fwd *nft
 	// on the underlay routing the overlay to this cell): no ingress rule
 	// of this cell can allow it (the container's own cell judges ingress),
 	// and the engine would count it as spoofed.
-	for _, e := range ingressRefusal() {
+	for _, e := range ingressRefusal(false) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: slices.Concat(notFromContainer(),
 			ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, g.iface), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, g.iface), e)})
 	}
@@ -375,20 +379,24 @@ func (g *guard) addIngressRules(c *nftables.Conn, ch *nftables.Chain, exprs [][]
 	for _, e := range exprs {
 		add(e)
 	}
-	for _, e := range ingressRefusal() {
+	for _, e := range ingressRefusal(true) {
 		add(e)
 	}
 }
 
 // ingressRefusal counts a packet as ingress and refuses it: a TCP reset
-// for tcp, an ICMP port unreachable for the rest.
-func ingressRefusal() [][]expr.Any {
-	counter := &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: GuardIngress}
+// for tcp, an ICMP port unreachable for the rest. byVeth also counts it
+// under the receiving container's veth (the drops set).
+func ingressRefusal(byVeth bool) [][]expr.Any {
+	counter := []expr.Any{&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: GuardIngress}}
+	if byVeth {
+		counter = append(countByVeth(expr.MetaKeyOIFNAME, GuardIngress), counter...)
+	}
 	return [][]expr.Any{
-		{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-			counter, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}},
-		{counter, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}},
+		slices.Concat([]expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}}},
+			counter, []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}),
+		append(slices.Clone(counter), &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}),
 	}
 }
 
@@ -639,11 +647,13 @@ func udpPort(off uint32, port uint16) []expr.Any {
 	}
 }
 
+// countDrop counts a container's packet under counter, and under its veth
+// (guard_drops_linux.go), and drops it.
 func countDrop(counter string) []expr.Any {
-	return []expr.Any{
+	return append(countByVeth(expr.MetaKeyIIFNAME, counter),
 		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: counter},
 		&expr.Verdict{Kind: expr.VerdictDrop},
-	}
+	)
 }
 
 func accept() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}} }

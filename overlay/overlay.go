@@ -199,6 +199,12 @@ func (o *Overlay) GuardCounters() (GuardCounters, error) {
 	return o.guard.Counters()
 }
 
+// GuardDropsByVeth returns the guard's drops by container veth and
+// reason (guard_drops_linux.go).
+func (o *Overlay) GuardDropsByVeth() ([]VethDrops, error) {
+	return o.guard.DropsByVeth()
+}
+
 // GuardEntries returns the (veth, address) bindings the kernel's guard
 // holds, sorted.
 func (o *Overlay) GuardEntries() ([]GuardEntry, error) {

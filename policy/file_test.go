@@ -77,7 +77,7 @@ func TestParseFileErrors(t *testing.T) {
 		{"p.yaml", "policies:\n- source: a\n  destination: b\n  protocol: tcp\n  port: \"1\"\n",
 			`p.yaml:5: policies[0]: unknown field "port"`},
 		{"p.yaml", "policies:\n- source: a b\n  destination: b\n  protocol: tcp\n  ports: \"1\"\n",
-			`p.yaml:2: policies[0].source: invalid source app "a b": must be 1-128 characters from A-Z a-z 0-9 . _ -`},
+			`p.yaml:2: policies[0].source: invalid source app "a b": must be 1-128 characters from A-Z a-z 0-9 . _ - (or ORG/SPACE/APP)`},
 		{"p.yaml", "policies:\n- destination: b\n  protocol: tcp\n  ports: \"1\"\n", `p.yaml:2: policies[0]: missing field "source"`},
 		{"p.yaml", "rules: []\n", `p.yaml:1: unknown field "rules": only "policies", "egress" and "ingress" are allowed`},
 		// Only "policies: []" means no policies (issue 22, item 5).
@@ -98,7 +98,7 @@ func TestParseFileErrors(t *testing.T) {
 		{"p.yaml", "policies:\n- source: a\n  destination: b\n  protocol: " + strings.Repeat("x", 10240) + "\n",
 			`p.yaml:4: policies[0].protocol: invalid protocol "` + strings.Repeat("x", 100) + `"… (10240 bytes): must be tcp, udp, icmp or all`},
 		{"p.yaml", "policies:\n- source: " + strings.Repeat("x", 10240) + "\n  destination: b\n  protocol: tcp\n  ports: \"1\"\n",
-			`p.yaml:2: policies[0].source: invalid source app "` + strings.Repeat("x", 100) + `"… (10240 bytes): must be 1-128 characters from A-Z a-z 0-9 . _ -`},
+			`p.yaml:2: policies[0].source: invalid source app "` + strings.Repeat("x", 100) + `"… (10240 bytes): must be 1-128 characters from A-Z a-z 0-9 . _ - (or ORG/SPACE/APP)`},
 		{"p.yaml", "policies:\n- {source: a, destination: b, protocol: tcp, ports: \"" + strings.Repeat("9", 5000) + "\"}\n",
 			`p.yaml:2: policies[0].ports: invalid ports "` + strings.Repeat("9", 100) + `"… (5000 bytes): port ` + strings.Repeat("9", 100) + `… (5000 bytes) is out of range 1-65535`},
 		{"p.yaml", "policies: [\n", `p.yaml:1: did not find expected node content`},

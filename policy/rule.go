@@ -188,32 +188,63 @@ type Rule struct {
 
 const maxAppName = 128
 
+// An app name is plain (APP: 1-128 characters from A-Z a-z 0-9 . _ -) or
+// qualified by a Cloud Foundry org and space (ORG/SPACE/APP: three such
+// segments, 128 characters in all). Names are compared whole: a rule for
+// o/s/app matches only containers registered as o/s/app, not app
+// (docs/policy.md, "Orgs and spaces").
 func validAppName(s string) bool {
 	if len(s) == 0 || len(s) > maxAppName {
 		return false
 	}
+	seg, slashes := 0, 0
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		switch {
 		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
 			c == '.', c == '_', c == '-':
+			seg++
+		case c == '/' && seg > 0 && slashes < 2:
+			seg, slashes = 0, slashes+1
 		default:
 			return false
 		}
 	}
-	return true
+	return seg > 0 && (slashes == 0 || slashes == 2)
 }
 
-// Validate checks the app names ([A-Za-z0-9._-], 1-128 characters), the
+// ValidAppName reports whether s is a plain or qualified app name.
+func ValidAppName(s string) bool { return validAppName(s) }
+
+// QualifyApp is ORG/SPACE/APP, or app when org and space are empty.
+func QualifyApp(org, space, app string) string {
+	if org == "" && space == "" {
+		return app
+	}
+	return org + "/" + space + "/" + app
+}
+
+// SplitApp splits a qualified name into its org, space and app; a plain
+// name has no org or space.
+func SplitApp(name string) (org, space, app string) {
+	parts := strings.SplitN(name, "/", 3)
+	if len(parts) != 3 {
+		return "", "", name
+	}
+	return parts[0], parts[1], parts[2]
+}
+
+// Validate checks the app names ([A-Za-z0-9._-], 1-128 characters, or
+// ORG/SPACE/APP of those), the
 // protocol and the ports: tcp, udp and all need a range within 1-65535
 // with start <= end; icmp must have no ports. Errors name the field:
 // "source", "destination", "protocol" or "ports".
 func (r Rule) Validate() error {
 	if !validAppName(r.Source) {
-		return fmt.Errorf("invalid source app %s: must be 1-%d characters from A-Z a-z 0-9 . _ -", Quote(r.Source), maxAppName)
+		return fmt.Errorf("invalid source app %s: must be 1-%d characters from A-Z a-z 0-9 . _ - (or ORG/SPACE/APP)", Quote(r.Source), maxAppName)
 	}
 	if !validAppName(r.Destination) {
-		return fmt.Errorf("invalid destination app %s: must be 1-%d characters from A-Z a-z 0-9 . _ -", Quote(r.Destination), maxAppName)
+		return fmt.Errorf("invalid destination app %s: must be 1-%d characters from A-Z a-z 0-9 . _ - (or ORG/SPACE/APP)", Quote(r.Destination), maxAppName)
 	}
 	if !r.Protocol.valid() {
 		return fmt.Errorf("invalid protocol %s: must be tcp, udp, icmp or all", r.Protocol)

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -108,11 +109,11 @@ func TestRuleValidate(t *testing.T) {
 		{"icmp", func(r *Rule) { r.Protocol, r.Ports = ProtoICMP, PortRange{} }, ""},
 		{"128-char name", func(r *Rule) { r.Source = strings.Repeat("a", 128) }, ""},
 		{"empty source", func(r *Rule) { r.Source = "" },
-			`invalid source app "": must be 1-128 characters from A-Z a-z 0-9 . _ -`},
+			`invalid source app "": must be 1-128 characters from A-Z a-z 0-9 . _ - (or ORG/SPACE/APP)`},
 		{"long source", func(r *Rule) { r.Source = strings.Repeat("a", 129) },
-			`invalid source app "` + strings.Repeat("a", 100) + `"… (129 bytes): must be 1-128 characters from A-Z a-z 0-9 . _ -`},
+			`invalid source app "` + strings.Repeat("a", 100) + `"… (129 bytes): must be 1-128 characters from A-Z a-z 0-9 . _ - (or ORG/SPACE/APP)`},
 		{"bad destination", func(r *Rule) { r.Destination = "app b" },
-			`invalid destination app "app b": must be 1-128 characters from A-Z a-z 0-9 . _ -`},
+			`invalid destination app "app b": must be 1-128 characters from A-Z a-z 0-9 . _ - (or ORG/SPACE/APP)`},
 		{"unknown protocol", func(r *Rule) { r.Protocol = 132 }, `invalid protocol 132: must be tcp, udp, icmp or all`},
 		{"tcp without ports", func(r *Rule) { r.Ports = PortRange{} },
 			`invalid ports 0-0 for tcp: ports must be within 1-65535`},
@@ -173,4 +174,39 @@ func errText(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// TestQualifiedApps: ORG/SPACE/APP names are valid, parts split and join
+// back, and a rule naming a space matches only containers registered with
+// that org and space: not the plain app, not the same app in another space.
+func TestQualifiedApps(t *testing.T) {
+	for name, ok := range map[string]bool{
+		"app": true, "acme/prod/app": true, "a.b/c_d/e-f": true,
+		"acme/app": false, "a/b/c/d": false, "/prod/app": false, "acme//app": false, "acme/prod/": false, "a/b/c d": false,
+		"acme/prod/" + strings.Repeat("x", 118): true, "acme/prod/" + strings.Repeat("x", 119): false,
+	} {
+		if got := ValidAppName(name); got != ok {
+			t.Errorf("ValidAppName(%q) = %v, want %v", name, got, ok)
+		}
+	}
+	if o, s, a := SplitApp("acme/prod/app"); o != "acme" || s != "prod" || a != "app" || QualifyApp(o, s, a) != "acme/prod/app" {
+		t.Errorf("SplitApp: %q %q %q", o, s, a)
+	}
+	if o, s, a := SplitApp("app"); o != "" || s != "" || a != "app" || QualifyApp("", "", "app") != "app" {
+		t.Errorf("SplitApp plain: %q %q %q", o, s, a)
+	}
+
+	src := netip.MustParseAddr("10.255.1.2")
+	prod, dev, plain := netip.MustParseAddr("10.255.1.3"), netip.MustParseAddr("10.255.1.4"), netip.MustParseAddr("10.255.1.5")
+	tab := Compile(TableConfig{
+		LocalSubnet: netip.MustParsePrefix("10.255.1.0/24"),
+		Endpoints: []Endpoint{{IP: src, App: "acme/prod/web", Local: true}, {IP: prod, App: "acme/prod/db", Local: true},
+			{IP: dev, App: "acme/dev/db", Local: true}, {IP: plain, App: "db", Local: true}},
+		Rules: []Rule{{Source: "acme/prod/web", Destination: "acme/prod/db", Protocol: ProtoTCP, Ports: PortRange{Start: 5432, End: 5432}}},
+	})
+	for dst, want := range map[netip.Addr]bool{prod: true, dev: false, plain: false} {
+		if got := tab.Allowed(src, dst, ProtoTCP, 5432); got != want {
+			t.Errorf("acme/prod/web -> %v: allowed %v, want %v", dst, got, want)
+		}
+	}
 }

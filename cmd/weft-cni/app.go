@@ -3,9 +3,12 @@ package main
 import (
 	"fmt"
 	"regexp"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/weft-net/weft/policy"
 )
 
 // The app of a container, from what container runtimes send. The first of
@@ -22,6 +25,10 @@ import (
 //     ReplicaSet, DaemonSet, Job or StatefulSet share one app.
 //
 // Without any of them ADD fails with CNI error 4, naming what to set.
+//
+// CNI_ARGS "ORG=O;SPACE=S" (both or neither) qualify the app as a Cloud
+// Foundry app of that org and space: it registers as O/S/APP, which rules
+// name that way (docs/policy.md, "Orgs and spaces").
 
 // AnnotationApp is the pod annotation that names a pod's app.
 const AnnotationApp = "weft.dev/app"
@@ -37,14 +44,13 @@ const capPodAnnotations = "io.kubernetes.cri.pod-annotations"
 type Args struct {
 	types.CommonArgs
 	APP                        types.UnmarshallableString
+	ORG                        types.UnmarshallableString
+	SPACE                      types.UnmarshallableString
 	K8S_POD_NAMESPACE          types.UnmarshallableString
 	K8S_POD_NAME               types.UnmarshallableString
 	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString
 	K8S_POD_UID                types.UnmarshallableString
 }
-
-// appName is what the agent accepts as an app name (cell/server.go).
-var appName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 
 // Suffixes that Kubernetes controllers append to pod names. Both use the
 // alphabet of k8s.io/apimachinery/pkg/util/rand.SafeEncodeString (no
@@ -101,9 +107,19 @@ func appOf(conf *NetConf, args *skel.CmdArgs) (string, error) {
 				`the pod annotation `+AnnotationApp+` (capability "`+capPodAnnotations+`"), `+
 				`or pass K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS`)
 	}
-	if !appName.MatchString(app) {
+	switch org, space := string(a.ORG), string(a.SPACE); {
+	case (org == "") != (space == ""):
+		return "", types.NewError(types.ErrInvalidEnvironmentVariables, "weft-cni: ORG and SPACE go together",
+			fmt.Sprintf("CNI_ARGS has ORG=%q and SPACE=%q: give both (the app registers as ORG/SPACE/APP) or neither", org, space))
+	case org != "" && strings.Contains(app, "/"):
+		return "", types.NewError(types.ErrInvalidEnvironmentVariables, "weft-cni: app qualified twice",
+			fmt.Sprintf("%q from %s is already ORG/SPACE/APP; leave ORG and SPACE out of CNI_ARGS", app, from))
+	case org != "":
+		app, from = policy.QualifyApp(org, space, app), from+" with CNI_ARGS ORG and SPACE"
+	}
+	if !policy.ValidAppName(app) {
 		return "", types.NewError(types.ErrInvalidEnvironmentVariables, "weft-cni: invalid app name",
-			fmt.Sprintf("%q from %s: use 1-128 letters, digits, '.', '_' or '-'", app, from))
+			fmt.Sprintf("%q from %s: use 1-128 letters, digits, '.', '_' or '-', or ORG/SPACE/APP of those", app, from))
 	}
 	return app, nil
 }

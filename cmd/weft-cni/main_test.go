@@ -40,6 +40,14 @@ func TestAppOf(t *testing.T) {
 		{`{"runtimeConfig": {"app": "appB"}}`, "APP=appA", "appA", 0}, // CNI_ARGS first
 		{`{}`, "", "", types.ErrInvalidEnvironmentVariables},
 		{`{}`, "APP=a/b", "", types.ErrInvalidEnvironmentVariables},
+		// Cloud Foundry org and space qualify the app (both or neither).
+		{`{}`, "APP=appA;ORG=o1;SPACE=s1", "o1/s1/appA", 0},
+		{`{}`, "APP=o1/s1/appA", "o1/s1/appA", 0},
+		{`{"runtimeConfig": {"app": "appB"}}`, "ORG=o1;SPACE=s1", "o1/s1/appB", 0},
+		{`{}`, "APP=appA;SPACE=s1", "", types.ErrInvalidEnvironmentVariables},
+		{`{}`, "APP=appA;ORG=o1", "", types.ErrInvalidEnvironmentVariables},
+		{`{}`, "APP=o1/s1/appA;ORG=o1;SPACE=s1", "", types.ErrInvalidEnvironmentVariables},
+		{`{}`, "APP=appA;ORG=o 1;SPACE=s1", "", types.ErrInvalidEnvironmentVariables},
 		{`{}`, "OTHER=x", "", types.ErrInvalidEnvironmentVariables},          // unknown key
 		{`{}`, "OTHER=x;APP=appC", "", types.ErrInvalidEnvironmentVariables}, // unknown key, no IgnoreUnknown
 		{`{}`, "IgnoreUnknown=1;OTHER=x;APP=appC", "appC", 0},                // ignored

@@ -87,7 +87,9 @@ func runCmd() *cobra.Command {
 			if name == "" {
 				var b [4]byte
 				rand.Read(b[:])
-				name = app + "-" + hex.EncodeToString(b[:])
+				// ORG/SPACE/APP names container ORG.SPACE.APP-RANDOM
+				// (a namespace name has no '/').
+				name = strings.ReplaceAll(app, "/", ".") + "-" + hex.EncodeToString(b[:])
 			}
 			ct, err := client().CreateContainer(ctx(), cell.ContainerRequest{App: app, Name: name})
 			if err != nil {

@@ -31,6 +31,7 @@ allowed or denied.`,
 		},
 	}
 	c.Flags().StringVar(&app, "app", "", "only lines with this app as source or destination")
+	c.RegisterFlagCompletionFunc("app", completeApp) // complete.go
 	c.Flags().StringVar(&verdict, "verdict", "", "only lines with this verdict (a verdict name, allowed or denied)")
 	return c
 }

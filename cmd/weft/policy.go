@@ -18,8 +18,13 @@ import (
 // ruleFromArgs builds a rule from SRC DST and the --protocol/--port flags,
 // as policy files do: tcp and udp need --port; icmp takes none; all takes
 // one optionally (every port when left out). With neither flag the rule is
-// tcp/8080 (as cf's add-network-policy) unless needFlags (remove).
-func ruleFromArgs(cmd *cobra.Command, args []string, proto, port string, needFlags bool) (cell.PolicyRule, error) {
+// tcp/8080 (as cf's add-network-policy) unless needFlags (remove). space
+// and org (cf's -s and -o) qualify the destination: ORG/SPACE/DST.
+func ruleFromArgs(cmd *cobra.Command, args []string, proto, port, space, org string, needFlags bool) (cell.PolicyRule, error) {
+	dst, err := qualifyDestination(args[1], space, org)
+	if err != nil {
+		return cell.PolicyRule{}, err
+	}
 	pset, portSet := cmd.Flags().Changed("protocol"), cmd.Flags().Changed("port")
 	if !pset {
 		switch {
@@ -48,7 +53,7 @@ func ruleFromArgs(cmd *cobra.Command, args []string, proto, port string, needFla
 	default:
 		return cell.PolicyRule{}, fmt.Errorf("--protocol %s needs --port N or N-M", p)
 	}
-	r := policy.Rule{Source: args[0], Destination: args[1], Protocol: p, Ports: pr}
+	r := policy.Rule{Source: args[0], Destination: dst, Protocol: p, Ports: pr}
 	if err := r.Validate(); err != nil {
 		return cell.PolicyRule{}, err
 	}
@@ -63,21 +68,19 @@ func removePolicyCmd() *cobra.Command { return policyChangeCmd(false) }
 // policy that does not exist says so and succeeds.
 func policyChangeCmd(add bool) *cobra.Command {
 	var proto, port, space, org string
-	use, short, verb := "add-network-policy SOURCE_APP DESTINATION_APP [--protocol tcp|udp|all --port N|N-M | --protocol icmp|all]",
+	use, short, verb := "add-network-policy SOURCE_APP DESTINATION_APP [-s SPACE -o ORG] [--protocol tcp|udp|all --port N|N-M | --protocol icmp|all]",
 		"allow SOURCE_APP to connect to DESTINATION_APP (tcp 8080 unless given)", "Adding"
 	if !add {
-		use, short, verb = "remove-network-policy SOURCE_APP DESTINATION_APP --protocol tcp|udp|all --port N|N-M | --protocol icmp|all",
+		use, short, verb = "remove-network-policy SOURCE_APP DESTINATION_APP [-s SPACE -o ORG] --protocol tcp|udp|all --port N|N-M | --protocol icmp|all",
 			"remove a policy; open connections it allowed are cut", "Removing"
 	}
 	c := &cobra.Command{
-		Use:   use,
-		Short: short,
-		Args:  cobra.ExactArgs(2),
+		Use:               use,
+		Short:             short,
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: completeAppPair, // complete.go
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := noSpaces(space, org); err != nil {
-				return err
-			}
-			r, err := ruleFromArgs(cmd, args, proto, port, !add)
+			r, err := ruleFromArgs(cmd, args, proto, port, space, org, !add)
 			if err != nil {
 				return err
 			}
@@ -128,24 +131,39 @@ func changePolicy(r cell.PolicyRule, present bool) error {
 	return err
 }
 
-// spaceFlags adds cf's -s SPACE and -o ORG, which weft refuses with the
-// reason (noSpaces) rather than as unknown flags.
+// spaceFlags adds cf's -s SPACE and -o ORG: the destination app's space
+// and org (docs/policy.md, "Orgs and spaces").
 func spaceFlags(c *cobra.Command, space, org *string) {
-	c.Flags().StringVarP(space, "space", "s", "", "cf's destination space: not supported, apps are named cluster-wide")
-	c.Flags().StringVarP(org, "org", "o", "", "cf's destination org: not supported, apps are named cluster-wide")
+	c.Flags().StringVarP(space, "space", "s", "", "the destination app's space (with -o): the rule names ORG/SPACE/DESTINATION_APP")
+	c.Flags().StringVarP(org, "org", "o", "", "the destination app's org (with -s)")
 }
 
-func noSpaces(space, org string) error {
-	if space == "" && org == "" {
-		return nil
+// qualifyDestination is dst in space and org: ORG/SPACE/DST, or dst
+// without them. weft has no targeted org or space (cf's `cf target`), so
+// -s and -o go together.
+func qualifyDestination(dst, space, org string) (string, error) {
+	switch {
+	case space == "" && org == "":
+		return dst, nil
+	case space == "":
+		return "", fmt.Errorf("-o %s needs -s SPACE: the destination app's space in that org", org)
+	case org == "":
+		return "", fmt.Errorf("-s %s needs -o ORG: weft has no targeted org (cf target), so name the space's org", space)
+	case strings.Contains(dst, "/"):
+		return "", fmt.Errorf("destination %s is already ORG/SPACE/APP: leave -s and -o out", dst)
 	}
-	return errors.New("-s SPACE / -o ORG: weft has no orgs or spaces: an app name means the same app on every cell; leave them out (or use names like space.app)")
+	for _, f := range []struct{ flag, v string }{{"-s", space}, {"-o", org}} {
+		if strings.Contains(f.v, "/") || !policy.ValidAppName(f.v) {
+			return "", fmt.Errorf("%s %s: must be 1-128 characters from A-Z a-z 0-9 . _ -", f.flag, policy.Quote(f.v))
+		}
+	}
+	return policy.QualifyApp(org, space, dst), nil
 }
 
 func listPoliciesCmd() *cobra.Command {
 	var source, output string
 	c := &cobra.Command{
-		Use:   "network-policies [--source APP]",
+		Use:   "network-policies [--source APP|ORG/SPACE/APP]",
 		Short: "list network policies",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -162,8 +180,9 @@ func listPoliciesCmd() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(cell.PolicyList{Policies: rules})
 			}
-			// cf's columns; weft has no spaces or orgs, so the last two stay
-			// empty (and trailing blanks are cut).
+			// cf's columns: a qualified destination (ORG/SPACE/APP)
+			// shows its app, space and org apart; a plain one leaves the
+			// last two empty (and trailing blanks are cut).
 			var buf bytes.Buffer
 			tw := tabwriter.NewWriter(&buf, 0, 4, 3, ' ', 0)
 			fmt.Fprintln(tw, "source\tdestination\tprotocol\tports\tdestination space\tdestination org")
@@ -172,7 +191,8 @@ func listPoliciesCmd() *cobra.Command {
 				if ports == "" {
 					ports = "-" // icmp: a column of its own all the same
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\t\n", r.Source, r.Destination, r.Protocol, ports)
+				org, space, dst := policy.SplitApp(r.Destination)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Source, dst, r.Protocol, ports, space, org)
 			}
 			tw.Flush()
 			for line := range strings.Lines(buf.String()) {
@@ -182,6 +202,7 @@ func listPoliciesCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&source, "source", "", "only policies whose source is this app")
+	c.RegisterFlagCompletionFunc("source", completeApp)
 	c.Flags().StringVar(&output, "output", "table", "table or json")
 	return c
 }

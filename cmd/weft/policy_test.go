@@ -97,17 +97,60 @@ func TestNetworkPoliciesHeader(t *testing.T) {
 	}
 }
 
-// TestSpaceOrgRefused: cf's -s SPACE / -o ORG get a reason, not "unknown
-// shorthand flag".
-func TestSpaceOrgRefused(t *testing.T) {
+// TestSpaceOrg: cf's -s SPACE -o ORG qualify the destination app as
+// ORG/SPACE/APP, on add and remove; one without the other, or with an
+// already qualified destination, is refused before the agent is asked;
+// network-policies shows the destination's space and org in cf's columns.
+func TestSpaceOrg(t *testing.T) {
 	f := startFakeAgent(t)
-	for _, args := range [][]string{{"-s", "prod"}, {"-o", "acme", "-s", "prod"}} {
-		_, err := execCmd(t, addPolicyCmd(), append([]string{"a", "b"}, args...)...)
-		if err == nil || !strings.Contains(err.Error(), "weft has no orgs or spaces") {
-			t.Errorf("add %v: %v", args, err)
+	out, err := execCmd(t, addPolicyCmd(), "a", "b", "-s", "prod", "-o", "acme", "--protocol", "tcp", "--port", "443")
+	want := cell.PolicyRule{Source: "a", Destination: "acme/prod/b", Protocol: "tcp", Ports: cell.PortRange{Start: 443, End: 443}}
+	if err != nil || !f.set[want] {
+		t.Fatalf("add -s prod -o acme: %v, agent has %v\n%s", err, f.list(), out)
+	}
+	if !strings.Contains(out, "to app acme/prod/b (tcp 443)") {
+		t.Errorf("add printed %q", out)
+	}
+	// A qualified source is named in full.
+	if _, err := execCmd(t, addPolicyCmd(), "acme/dev/a", "c", "--space", "prod", "--org", "acme", "--protocol", "icmp"); err != nil {
+		t.Fatal(err)
+	}
+	n := len(f.reqs)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"a", "b", "-s", "prod"}, "-s prod needs -o ORG"},
+		{[]string{"a", "b", "-o", "acme"}, "-o acme needs -s SPACE"},
+		{[]string{"a", "acme/prod/b", "-s", "prod", "-o", "acme"}, "already ORG/SPACE/APP"},
+		{[]string{"a", "b", "-s", "pr/od", "-o", "acme"}, `-s "pr/od": must be`},
+		{[]string{"a", "b", "-s", "prod", "-o", "ac me"}, `-o "ac me": must be`},
+		{[]string{"a/b", "c"}, `invalid source app "a/b"`},
+	} {
+		if _, err := execCmd(t, addPolicyCmd(), tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("add %v: %v, want an error containing %q", tc.args, err, tc.want)
 		}
 	}
-	if len(f.reqs) != 0 {
-		t.Errorf("refused commands reached the agent: %v", f.reqs)
+	if len(f.reqs) != n {
+		t.Errorf("refused commands reached the agent: %v", f.reqs[n:])
+	}
+
+	out, err = execCmd(t, listPoliciesCmd())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSuffix(out, "\n"), "\n")[1:] {
+		rows[strings.Join(strings.Fields(l), " ")] = true
+	}
+	for _, r := range []string{"a b tcp 443 prod acme", "acme/dev/a c icmp - prod acme"} {
+		if !rows[r] {
+			t.Errorf("no row %q in\n%s", r, out)
+		}
+	}
+
+	out, err = execCmd(t, removePolicyCmd(), "a", "b", "-s", "prod", "-o", "acme", "--protocol", "tcp", "--port", "443")
+	if err != nil || f.set[want] || !strings.HasSuffix(out, "(tcp 443)...\nOK\n") {
+		t.Errorf("remove -s prod -o acme: %v, agent has %v\n%s", err, f.list(), out)
 	}
 }
