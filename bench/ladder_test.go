@@ -13,6 +13,9 @@ package bench
 //	d  weft, policy on, 10k rules loaded and 100k flows tracked
 //	e  weft, two containers on one cell (hair-pin), policy as in d
 //	f  weft as in d with the water TUN backend (--tun-backend water)
+//	h  weft egress: a container of cell 1 to a host on the underlay through
+//	   the cell's NAT (an egress rule), against cell 1's host to the same
+//	   host, TCP one stream
 //	n  nebula, two containers on two cells as in c and d, firewall on,
 //	   offloads on (nebula_test.go; needs -ladder.nebula DIR, else skipped)
 //
@@ -242,6 +245,35 @@ func BenchmarkLadder(b *testing.B) {
 		r := measureRungRatio(b, base, ctA, ctC, ipC, false)
 		b.ReportMetric(float64(agentMem(l).hwm)/(1<<20), "MB-rss-peak")
 		hairpin = min((r["cores-tcp1"]-idle)/r["tcp1"], (r["cores-tcp4"]-idle)/r["tcp4"])
+	})
+	// h: d's agents, rules and flows; container -> underlay host through
+	// the guard's egress chain and masquerade (issue 23), against the
+	// cell's own namespace -> the same host (no weft on the path) in turn.
+	b.Run("h-weft-egress", func(b *testing.B) {
+		hostIP := netip.MustParseAddr("198.18.0.5")
+		host, err := l.AddUnderlayHost(hostIP)
+		if err != nil {
+			b.Fatal(err)
+		}
+		dst := netip.AddrPortFrom(hostIP, tcpPort)
+		if out, err := l.Weft(1, "add-egress-rule", "ladA", "--destination", hostIP.String()+"/32", "--protocol", "tcp", "--port", strconv.Itoa(tcpPort)); err != nil {
+			b.Fatalf("add-egress-rule: %v %s", err, out)
+		}
+		var egress, direct, cores []float64
+		for range 3 {
+			g, c := tcpStreams(b, ctA, host, dst, 1)
+			egress, cores = append(egress, g), append(cores, c)
+			g, _ = tcpStreams(b, l.Cells[0].Netns, host, dst, 1)
+			direct = append(direct, g)
+		}
+		e, d := medianOf(egress), medianOf(direct)
+		b.ReportMetric(e, "Gbit/s-tcp1")
+		b.ReportMetric(d, "Gbit/s-tcp1-cell-host")
+		b.ReportMetric(e/d, "x-cell-host-tcp1")
+		b.ReportMetric(medianOf(cores), "cores-tcp1")
+		if base["tcp1"] > 0 {
+			b.ReportMetric(e/base["tcp1"], "x-b-tcp1")
+		}
 	})
 	// Rungs c and d under one running TCP test: d's agents, rules and
 	// flows, with policy enforcement switched off (c: the data path of
