@@ -89,6 +89,8 @@ func TestPathMTU(t *testing.T) {
 	if s := traceStep(res, "mtu"); res.PathMTU != want || !strings.Contains(s.Detail, "path to cell c2 1216") {
 		t.Errorf("trace: path MTU %d, mtu step %+v; want %d", res.PathMTU, s, want)
 	}
+	t.Logf("$ weft trace pmtua pmtub --protocol tcp --port 9000 (path narrowed to 1280)\n%s",
+		weft(t, l, 1, "trace", "pmtua", "pmtub", "--protocol", "tcp", "--port", "9000"))
 
 	// The SYN-ACK was clamped by cell 2's guard: the client's MSS fits
 	// the path before any ICMP (1216 - 40 bytes of headers, less 12 of
