@@ -1,12 +1,8 @@
 package overlay
 
 import (
-	"bufio"
-	"encoding/hex"
 	"log/slog"
 	"net/netip"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,7 +39,7 @@ const (
 // keepalives keep sessions up between live cells, so the gate only ever
 // drops packets for a cell that is unreachable or just appeared.
 //
-// Sessions are read from the device (last handshake younger than
+// Sessions are read from the device (Peer.LastHandshakeNano younger than
 // RejectAfterTime) by a poller, every 100 ms while some peer has none and
 // every second otherwise; with every session up the packet path only loads
 // one atomic flag.
@@ -155,16 +151,16 @@ func (g *stageGate) refreshActiveLocked() {
 	g.active.Store(active)
 }
 
-// update records which peers have a session (handshakes: the last
-// handshake of each peer, unix ns, 0 for never) and drops the packets
-// peers without one have held for longer than stageFlushAfter (flush).
-// It returns whether some peer has no session.
-func (g *stageGate) update(handshakes map[wgtypes.Key]int64, flush func(wgtypes.Key)) bool {
+// update records which peers have a session (lastHandshake: the last
+// handshake of a peer, unix ns, 0 for never) and drops the packets peers
+// without one have held for longer than stageFlushAfter (flush). It
+// returns whether some peer has no session.
+func (g *stageGate) update(lastHandshake func(wgtypes.Key) int64, flush func(wgtypes.Key)) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.now()
 	for k, pg := range g.peers {
-		hs := handshakes[k]
+		hs := lastHandshake(k)
 		if hs != 0 && now-hs < int64(sessionLifetime) {
 			pg.noSession.Store(false)
 			g.total.Add(-pg.staged.Swap(0)) // sent when the session came up
@@ -180,38 +176,6 @@ func (g *stageGate) update(handshakes map[wgtypes.Key]int64, flush func(wgtypes.
 	return g.active.Load()
 }
 
-// handshakes parses the last handshake time of every peer from a UAPI
-// get response.
-func handshakes(uapi string) map[wgtypes.Key]int64 {
-	hs := make(map[wgtypes.Key]int64)
-	var key wgtypes.Key
-	var sec int64
-	sc := bufio.NewScanner(strings.NewReader(uapi))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), "=")
-		if !ok {
-			continue
-		}
-		switch k {
-		case "public_key":
-			b, err := hex.DecodeString(v)
-			if err != nil || len(b) != len(key) {
-				key = wgtypes.Key{}
-				continue
-			}
-			key, sec = wgtypes.Key(b), 0
-			hs[key] = 0
-		case "last_handshake_time_sec":
-			sec, _ = strconv.ParseInt(v, 10, 64)
-		case "last_handshake_time_nsec":
-			if nsec, err := strconv.ParseInt(v, 10, 64); err == nil && key != (wgtypes.Key{}) && sec != 0 {
-				hs[key] = sec*1e9 + nsec
-			}
-		}
-	}
-	return hs
-}
-
 // poll feeds the gate from dev until stop is closed.
 func (g *stageGate) poll(dev *device.Device, log *slog.Logger, stop <-chan struct{}) {
 	flush := func(k wgtypes.Key) {
@@ -219,6 +183,14 @@ func (g *stageGate) poll(dev *device.Device, log *slog.Logger, stop <-chan struc
 			p.ZeroAndFlushAll()
 		}
 		log.Debug("dropped the packets staged for a peer without a WireGuard session", "key", k.String())
+	}
+	// The device's own record of each peer (a patch of weft's copy,
+	// WEFT-PATCHES.md "Session state"), not UAPI text.
+	lastHandshake := func(k wgtypes.Key) int64 {
+		if p := dev.LookupPeer(device.NoisePublicKey(k)); p != nil {
+			return p.LastHandshakeNano()
+		}
+		return 0
 	}
 	t := time.NewTimer(gatePollBusy)
 	defer t.Stop()
@@ -229,7 +201,7 @@ func (g *stageGate) poll(dev *device.Device, log *slog.Logger, stop <-chan struc
 		case <-t.C:
 		}
 		interval := gatePollBusy
-		if uapi, err := dev.IpcGet(); err == nil && !g.update(handshakes(uapi), flush) {
+		if !g.update(lastHandshake, flush) {
 			interval = gatePollIdle
 		}
 		t.Reset(interval)
