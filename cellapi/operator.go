@@ -5,7 +5,8 @@ import (
 	"fmt"
 )
 
-// The operator endpoints (served by cell/operator.go):
+// The operator endpoints (served by cell/operator.go, egress.go, ingress.go
+// and routes.go):
 //
 //	POST /v1/policy-changes  PolicyChangesRequest -> PolicyChangesResponse
 //	GET  /v1/egress-rules    -> EgressRuleList
@@ -15,8 +16,8 @@ import (
 //	GET  /v1/cluster-keys    -> KeyringStatus
 //	POST /v1/cluster-keys    KeyringRequest -> KeyringStatus
 //
-// A change is signed by an operator key (the CLI signs with
-// cell.SignPolicyChange and its kin, which need the mesh's signatures) or
+// A change is signed by an operator key (the CLI signs with cell.SignedPolicy
+// and its kin in cell/client_sign.go, which need the mesh's signatures) or
 // sent unsigned for the agent to sign with its own operator key.
 
 // SignedPolicyChange is the JSON form of mesh.PolicyChange: a change of an
@@ -82,7 +83,9 @@ type PolicyChangesResponse struct {
 
 // KeyringRequest is the body of POST /v1/cluster-keys: an operator-signed
 // keyring operation, or an unsigned one (no Sig) for the agent to sign with
-// its own operator key.
+// its own operator key. It has mesh.KeyringOp's fields, so that the agent
+// and the CLI's signer convert between the two (a field added to one alone
+// fails to compile there).
 type KeyringRequest struct {
 	Op     string            `json:"op"`
 	Key    []byte            `json:"key,omitempty"`    // install, use: 32 bytes
