@@ -63,7 +63,7 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/internal/lab"
 )
 
@@ -295,9 +295,9 @@ func BenchmarkLadder(b *testing.B) {
 			if !dReady {
 				b.Skip("needs rung d in the same run")
 			}
-			var clients []*cell.Client
+			var clients []*cellapi.Client
 			for _, c := range l.Cells[:2] {
-				clients = append(clients, cell.NewClient(c.Socket))
+				clients = append(clients, cellapi.NewClient(c.Socket))
 			}
 			setEnforcement := func(on bool) {
 				for i, c := range clients {
@@ -955,14 +955,14 @@ func startPlainWG(b *testing.B, nsA, nsB string) error {
 // through the agent API (replicated to both cells, persisted, so they
 // survive restarts). It returns the number of rules cell 1 reports.
 func loadRules(l *lab.Lab, n int) (int, error) {
-	c := cell.NewClient(l.Cells[0].Socket)
+	c := cellapi.NewClient(l.Cells[0].Socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rule := func(src, dst, proto string, lo, hi int) cell.PolicyRule {
-		return cell.PolicyRule{Source: src, Destination: dst, Protocol: proto,
-			Ports: cell.PortRange{Start: uint16(lo), End: uint16(hi)}}
+	rule := func(src, dst, proto string, lo, hi int) cellapi.PolicyRule {
+		return cellapi.PolicyRule{Source: src, Destination: dst, Protocol: proto,
+			Ports: cellapi.PortRange{Start: uint16(lo), End: uint16(hi)}}
 	}
-	want := []cell.PolicyRule{
+	want := []cellapi.PolicyRule{
 		rule("ladA", "ladB", "tcp", tcpPort, rrPort+2),
 		rule("ladA", "ladB", "udp", udpPort, udpPort+2),
 		rule("ladA", "ladB", "udp", flowBase, flowBase+9999),
@@ -983,9 +983,9 @@ func loadRules(l *lab.Lab, n int) (int, error) {
 	// state.json 10k times and took minutes on a busy machine).
 	const batch = 2000
 	for lo := 0; lo < len(want); lo += batch {
-		var req cell.PolicyChangesRequest
+		var req cellapi.PolicyChangesRequest
 		for _, r := range want[lo:min(lo+batch, len(want))] {
-			req.Changes = append(req.Changes, cell.SignedPolicyChange{Rule: r, Present: true})
+			req.Changes = append(req.Changes, cellapi.SignedPolicyChange{Rule: r, Present: true})
 		}
 		res, err := c.PolicyChanges(ctx, req)
 		if err != nil {
@@ -998,7 +998,7 @@ func loadRules(l *lab.Lab, n int) (int, error) {
 		}
 	}
 	// Wait for cell 2 to have them all (gossip).
-	c2 := cell.NewClient(l.Cells[1].Socket)
+	c2 := cellapi.NewClient(l.Cells[1].Socket)
 	for {
 		st1, err1 := c.Status(ctx)
 		st2, err2 := c2.Status(ctx)
@@ -1086,7 +1086,7 @@ func minFlows(b *testing.B, l *lab.Lab) int {
 	defer cancel()
 	least := -1
 	for _, c := range l.Cells[:2] {
-		st, err := cell.NewClient(c.Socket).Status(ctx)
+		st, err := cellapi.NewClient(c.Socket).Status(ctx)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -1106,7 +1106,7 @@ func waitPeers(b *testing.B, l *lab.Lab) {
 	for {
 		ok := true
 		for _, c := range l.Cells[:2] {
-			st, err := cell.NewClient(c.Socket).Status(ctx)
+			st, err := cellapi.NewClient(c.Socket).Status(ctx)
 			if err != nil || len(st.Peers) != 1 {
 				ok = false
 			}

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/internal/lab"
 )
 
@@ -50,7 +50,7 @@ func BenchmarkPolicyScale(b *testing.B) {
 		have := make([]int, len(l.Cells))
 		all := true
 		for i, c := range l.Cells {
-			st, err := cell.NewClient(c.Socket).Status(context.Background())
+			st, err := cellapi.NewClient(c.Socket).Status(context.Background())
 			if err != nil {
 				b.Fatal(err)
 			}

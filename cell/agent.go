@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/internal/buildinfo"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
@@ -70,7 +71,7 @@ func DefaultConfig() Config {
 		Interface:   "weft0",
 		OverlayCIDR: netip.MustParsePrefix("10.255.0.0/16"),
 		SubnetBits:  24,
-		Socket:      DefaultSocket,
+		Socket:      cellapi.DefaultSocket,
 		DNSAddr:     DefaultDNSAddr,
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"slices"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -11,11 +12,6 @@ import (
 // (`weft add-network-policy <TAB>`): the apps of registered containers on
 // every cell, and those that network policies, egress and ingress rules
 // name. Sorted, each once.
-
-// AppList is the body of GET /v1/apps.
-type AppList struct {
-	Apps []string `json:"apps"`
-}
 
 func (a *Agent) handleListApps(w http.ResponseWriter, r *http.Request) {
 	var apps []string
@@ -34,5 +30,5 @@ func (a *Agent) handleListApps(w http.ResponseWriter, r *http.Request) {
 		apps = append(apps, i.App)
 	}
 	slices.Sort(apps)
-	writeJSON(w, http.StatusOK, AppList{Apps: append([]string{}, slices.Compact(apps)...)})
+	writeJSON(w, http.StatusOK, cellapi.AppList{Apps: append([]string{}, slices.Compact(apps)...)})
 }

@@ -1,14 +1,13 @@
 package cell
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"slices"
 	"time"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 )
@@ -29,50 +28,8 @@ import (
 //	POST   /v1/attachments/gc     GCRequest -> GCResult: removes the
 //	       attachments of the network that are not listed as valid
 
-// AttachRequest asks the agent to attach an existing network namespace.
-type AttachRequest struct {
-	Network     string `json:"network"` // the CNI network name
-	ContainerID string `json:"container_id"`
-	Netns       string `json:"netns"`  // path, e.g. /proc/PID/ns/net or /run/netns/NAME
-	IfName      string `json:"ifname"` // the interface to create inside it
-	App         string `json:"app"`
-}
-
-// Attachment is an attached container interface.
-type Attachment struct {
-	Name        string   `json:"name"` // as registered: NETWORK/ID/IFNAME
-	ContainerID string   `json:"container_id"`
-	App         string   `json:"app"`
-	IP          string   `json:"ip"`      // the container's overlay address (a /32)
-	Gateway     string   `json:"gateway"` // its default gateway, overlay.Gateway
-	IfName      string   `json:"ifname,omitempty"`
-	MAC         string   `json:"mac,omitempty"`
-	HostVeth    string   `json:"host_veth"`
-	HostMAC     string   `json:"host_mac,omitempty"`
-	Nameservers []string `json:"nameservers,omitempty"` // the cell's DNS server, for the CNI result
-}
-
-// GCAttachment names one attachment of a network, as the CNI spec's
-// cni.dev/valid-attachments does.
-type GCAttachment struct {
-	ContainerID string `json:"container_id"`
-	IfName      string `json:"ifname"`
-}
-
-// GCRequest asks the agent to remove every attachment of Network that is
-// not in Valid (CNI GC).
-type GCRequest struct {
-	Network string         `json:"network"`
-	Valid   []GCAttachment `json:"valid"`
-}
-
-// GCResult lists what a GC removed (attachment names).
-type GCResult struct {
-	Removed []string `json:"removed"`
-}
-
 func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
-	var req AttachRequest
+	var req cellapi.AttachRequest
 	if !readJSON(w, r, &req) {
 		return
 	}
@@ -150,9 +107,9 @@ func attachmentName(w http.ResponseWriter, r *http.Request) (string, bool) {
 	return name, true
 }
 
-func (a *Agent) attachmentOf(name, app string, att overlay.Attachment) Attachment {
+func (a *Agent) attachmentOf(name, app string, att overlay.Attachment) cellapi.Attachment {
 	_, id, ifname, _ := overlay.ParseAttachmentName(name)
-	out := Attachment{
+	out := cellapi.Attachment{
 		Name: name, ContainerID: id, App: app, IP: att.IP.String(), Gateway: overlay.Gateway.String(),
 		IfName: ifname, HostVeth: att.HostVeth,
 	}
@@ -240,7 +197,7 @@ func (a *Agent) detachLocked(name string) error {
 // found in the kernel with a label of it, that is not listed as valid.
 // Containers made by `weft container create` are never touched.
 func (a *Agent) handleGC(w http.ResponseWriter, r *http.Request) {
-	var req GCRequest
+	var req cellapi.GCRequest
 	if !readJSON(w, r, &req) {
 		return
 	}
@@ -274,7 +231,7 @@ func (a *Agent) handleGC(w http.ResponseWriter, r *http.Request) {
 			stale[f.Name] = true
 		}
 	}
-	res := GCResult{Removed: []string{}}
+	res := cellapi.GCResult{Removed: []string{}}
 	for name := range stale {
 		network, _, _, ok := overlay.ParseAttachmentName(name)
 		if !ok || network != req.Network || valid[name] {
@@ -291,47 +248,4 @@ func (a *Agent) handleGC(w http.ResponseWriter, r *http.Request) {
 		a.log.Info("stale attachments removed (CNI GC)", "network", req.Network, "removed", res.Removed)
 	}
 	writeJSON(w, http.StatusOK, res)
-}
-
-// Attach asks the agent to attach an existing network namespace.
-func (c *Client) Attach(ctx context.Context, req AttachRequest) (*Attachment, error) {
-	var att Attachment
-	return &att, c.do(ctx, http.MethodPost, "/v1/attachments", req, &att)
-}
-
-// AttachmentRef names an attachment: network, container id, interface.
-type AttachmentRef struct {
-	Network, ContainerID, IfName string
-}
-
-func (ref AttachmentRef) path(extra url.Values) string {
-	q := url.Values{"network": {ref.Network}, "ifname": {ref.IfName}}
-	for k, v := range extra {
-		q[k] = v
-	}
-	return "/v1/attachments/" + url.PathEscape(ref.ContainerID) + "?" + q.Encode()
-}
-
-// Attachment returns attachment ref; with nsPath it also checks its
-// interface in that namespace. A missing attachment is a *StatusError with
-// code 404, a broken one with code 409.
-func (c *Client) Attachment(ctx context.Context, ref AttachmentRef, nsPath string) (*Attachment, error) {
-	q := url.Values{}
-	if nsPath != "" {
-		q.Set("netns", nsPath)
-	}
-	var att Attachment
-	return &att, c.do(ctx, http.MethodGet, ref.path(q), nil, &att)
-}
-
-// Detach removes attachment ref; it succeeds when there is nothing to
-// remove.
-func (c *Client) Detach(ctx context.Context, ref AttachmentRef) error {
-	return c.do(ctx, http.MethodDelete, ref.path(nil), nil, nil)
-}
-
-// GC removes the attachments of a network that are not in req.Valid.
-func (c *Client) GC(ctx context.Context, req GCRequest) (*GCResult, error) {
-	var res GCResult
-	return &res, c.do(ctx, http.MethodPost, "/v1/attachments/gc", req, &res)
 }

@@ -1,18 +1,17 @@
 package cell
 
 import (
-	"context"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/policy"
 )
@@ -21,49 +20,19 @@ import (
 // a SignedPolicyChange with Egress set (POST /v1/policy-changes), signed by
 // the CLI or by the agent; GET /v1/egress-rules lists them.
 
-// EgressRule is the JSON form of policy.EgressRule. App "*" is every app
-// (--all); Destination is a CIDR, a range A-B or an address; Ports is "",
-// "N" or "N-M" (empty: every port; icmp takes none).
-type EgressRule struct {
-	App         string `json:"app"`
-	Destination string `json:"destination"`
-	Protocol    string `json:"protocol"`
-	Ports       string `json:"ports,omitempty"`
-}
-
-// EgressRuleList is the answer of GET /v1/egress-rules.
-type EgressRuleList struct {
-	EgressRules []EgressRule `json:"egress_rules"`
-}
-
-// Rule converts to a validated policy.EgressRule; an invalid overlay skips
-// the overlay check (the agent makes it).
-func (e EgressRule) Rule(overlay netip.Prefix) (policy.EgressRule, error) {
-	return policy.ParseEgressRule(e.App, e.Destination, e.Protocol, e.Ports, overlay)
-}
-
-// FromEgressRule is the JSON form of r.
-func FromEgressRule(r policy.EgressRule) EgressRule {
-	e := EgressRule{App: r.App, Destination: r.Destination(), Protocol: r.Protocol.String()}
-	if r.Ports != (policy.PortRange{}) {
-		e.Ports = r.Ports.String()
-	}
-	return e
-}
-
 // SignEgressChange makes a change of egress rule r signed by priv, stamped
 // with the wall clock (or just above minStamp).
-func SignEgressChange(r policy.EgressRule, present bool, origin string, minStamp uint64, priv ed25519.PrivateKey) SignedPolicyChange {
+func SignEgressChange(r policy.EgressRule, present bool, origin string, minStamp uint64, priv ed25519.PrivateKey) cellapi.SignedPolicyChange {
 	c := mesh.PolicyChange{Egress: r, Present: present, Stamp: max(uint64(time.Now().UnixNano()), minStamp+1), Origin: origin}
 	mesh.SignPolicyChange(&c, priv)
-	e := FromEgressRule(r)
-	return SignedPolicyChange{Egress: &e, Present: present, Stamp: c.Stamp, Origin: origin, Signer: c.Signer, Sig: c.Sig}
+	e := cellapi.FromEgressRule(r)
+	return cellapi.SignedPolicyChange{Egress: &e, Present: present, Stamp: c.Stamp, Origin: origin, Signer: c.Signer, Sig: c.Sig}
 }
 
 func (a *Agent) handleListEgressRules(w http.ResponseWriter, r *http.Request) {
-	out := EgressRuleList{EgressRules: []EgressRule{}}
+	out := cellapi.EgressRuleList{EgressRules: []cellapi.EgressRule{}}
 	for _, e := range a.mesh.EgressRules() {
-		out.EgressRules = append(out.EgressRules, FromEgressRule(e))
+		out.EgressRules = append(out.EgressRules, cellapi.FromEgressRule(e))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -95,33 +64,6 @@ func (a *Agent) checkEgressSet(cs []mesh.PolicyChange) error {
 	}
 	_, err := policy.CheckEgressRules(rules, a.cfg.OverlayCIDR)
 	return err
-}
-
-// EgressRules lists the cluster's egress rules.
-func (c *Client) EgressRules(ctx context.Context) ([]EgressRule, error) {
-	var l EgressRuleList
-	return l.EgressRules, c.do(ctx, http.MethodGet, "/v1/egress-rules", nil, &l)
-}
-
-// ChangeEgressRule adds (present) or removes r: signed with priv when it is
-// not nil (re-signed once above a newer change the agent holds), else by
-// the agent. A refused change (400: bad rule or overlap, 403, 404: not
-// there) is a *StatusError; the result carries the agent's warnings.
-func (c *Client) ChangeEgressRule(ctx context.Context, priv ed25519.PrivateKey, r EgressRule, present bool) (PolicyChangeResult, error) {
-	rule, err := r.Rule(netip.Prefix{})
-	if err != nil {
-		return PolicyChangeResult{}, err
-	}
-	got, err := c.applyOneChange(ctx, priv != nil, func(above uint64) SignedPolicyChange {
-		if priv == nil {
-			return SignedPolicyChange{Egress: &r, Present: present}
-		}
-		return SignEgressChange(rule, present, CLIOrigin(), above, priv)
-	})
-	if err == nil && got.Code >= 400 {
-		err = &StatusError{Code: got.Code, Message: got.Error}
-	}
-	return got, err
 }
 
 // EgressDefaultFile, in a state dir, holds the egress default that `weft

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -21,12 +22,12 @@ func TestEgressAPI(t *testing.T) {
 	pub, priv, _ := ed25519.GenerateKey(nil)
 	a, c := testAgent(t, priv, pub)
 	ctx := context.Background()
-	web := EgressRule{App: "web", Destination: "198.18.0.0/24", Protocol: "tcp", Ports: "80"}
-	if res, err := c.ChangeEgressRule(ctx, nil, web, true); err != nil || res.Code != http.StatusCreated {
+	web := cellapi.EgressRule{App: "web", Destination: "198.18.0.0/24", Protocol: "tcp", Ports: "80"}
+	if res, err := ChangeEgressRule(ctx, c, nil, web, true); err != nil || res.Code != http.StatusCreated {
 		t.Fatalf("add (agent signs): %+v %v", res, err)
 	}
-	all := EgressRule{App: "*", Destination: "0.0.0.0/0", Protocol: "icmp"}
-	res, err := c.ChangeEgressRule(ctx, priv, all, true)
+	all := cellapi.EgressRule{App: "*", Destination: "0.0.0.0/0", Protocol: "icmp"}
+	res, err := ChangeEgressRule(ctx, c, priv, all, true)
 	if err != nil || res.Code != http.StatusCreated || len(res.Warnings) != 2 ||
 		!strings.Contains(res.Warnings[0], "0.0.0.0/0 allows every address") {
 		t.Fatalf("add 0.0.0.0/0 (client signs): %+v %v; want 201 and warnings (every address, overlay part)", res, err)
@@ -37,18 +38,18 @@ func TestEgressAPI(t *testing.T) {
 	}
 
 	for _, tc := range []struct {
-		r    EgressRule
+		r    cellapi.EgressRule
 		want string
 	}{
-		{EgressRule{App: "web", Destination: "198.18.0.0/16", Protocol: "tcp", Ports: "80-81"}, "web -> 198.18.0.0/24 tcp 80 overlaps egress rule web -> 198.18.0.0/16 tcp 80-81"},
-		{EgressRule{App: "web", Destination: "10.0.0.1/24", Protocol: "tcp"}, "host bits are set; the network is 10.0.0.0/24"},
-		{EgressRule{App: "web", Destination: "10.255.3.0/24", Protocol: "tcp"}, "inside the overlay"},
-		{EgressRule{App: "web", Destination: "10.0.0.0/8", Protocol: "icmp", Ports: "8"}, "icmp rules take no ports"},
-		{EgressRule{App: "web", Destination: "nowhere", Protocol: "tcp"}, `invalid destination "nowhere"`},
+		{cellapi.EgressRule{App: "web", Destination: "198.18.0.0/16", Protocol: "tcp", Ports: "80-81"}, "web -> 198.18.0.0/24 tcp 80 overlaps egress rule web -> 198.18.0.0/16 tcp 80-81"},
+		{cellapi.EgressRule{App: "web", Destination: "10.0.0.1/24", Protocol: "tcp"}, "host bits are set; the network is 10.0.0.0/24"},
+		{cellapi.EgressRule{App: "web", Destination: "10.255.3.0/24", Protocol: "tcp"}, "inside the overlay"},
+		{cellapi.EgressRule{App: "web", Destination: "10.0.0.0/8", Protocol: "icmp", Ports: "8"}, "icmp rules take no ports"},
+		{cellapi.EgressRule{App: "web", Destination: "nowhere", Protocol: "tcp"}, `invalid destination "nowhere"`},
 	} {
 		// Unsigned, so that the agent, not the client, judges the rule.
-		res, err := c.ApplyPolicyChanges(ctx, []SignedPolicyChange{{Egress: &tc.r, Present: true}})
-		var se *StatusError
+		res, err := c.ApplyPolicyChanges(ctx, []cellapi.SignedPolicyChange{{Egress: &tc.r, Present: true}})
+		var se *cellapi.StatusError
 		switch {
 		case errors.As(err, &se):
 			if se.Code != http.StatusBadRequest || !strings.Contains(se.Message, tc.want) {
@@ -64,11 +65,11 @@ func TestEgressAPI(t *testing.T) {
 		t.Fatalf("bad input changed the set: %d rules", n)
 	}
 
-	if _, err := c.ChangeEgressRule(ctx, priv, web, false); err != nil {
+	if _, err := ChangeEgressRule(ctx, c, priv, web, false); err != nil {
 		t.Fatalf("remove: %v", err)
 	}
-	var se *StatusError
-	if _, err := c.ChangeEgressRule(ctx, nil, web, false); !errors.As(err, &se) || se.Code != http.StatusNotFound {
+	var se *cellapi.StatusError
+	if _, err := ChangeEgressRule(ctx, c, nil, web, false); !errors.As(err, &se) || se.Code != http.StatusNotFound {
 		t.Fatalf("remove again: %v; want 404", err)
 	}
 	if got := a.mesh.EgressRules(); len(got) != 1 || got[0].App != "*" {
@@ -117,15 +118,15 @@ func TestPushAllOrNothing(t *testing.T) {
 	pub, priv, _ := ed25519.GenerateKey(nil)
 	a, c := testAgent(t, priv, pub)
 	ctx := context.Background()
-	good := EgressRule{App: "web", Destination: "198.18.0.0/24", Protocol: "tcp", Ports: "443"}
-	bad := EgressRule{App: "web", Destination: "10.255.3.0/24", Protocol: "tcp"}
-	changes := []SignedPolicyChange{
-		{Rule: FromRule(tcpRule("a", "b", 80, 80)), Present: true},
+	good := cellapi.EgressRule{App: "web", Destination: "198.18.0.0/24", Protocol: "tcp", Ports: "443"}
+	bad := cellapi.EgressRule{App: "web", Destination: "10.255.3.0/24", Protocol: "tcp"}
+	changes := []cellapi.SignedPolicyChange{
+		{Rule: cellapi.FromRule(tcpRule("a", "b", 80, 80)), Present: true},
 		{Egress: &good, Present: true},
 		{Egress: &bad, Present: true},
 	}
-	_, err := c.PolicyChanges(ctx, PolicyChangesRequest{Push: true, Changes: changes})
-	var se *StatusError
+	_, err := c.PolicyChanges(ctx, cellapi.PolicyChangesRequest{Push: true, Changes: changes})
+	var se *cellapi.StatusError
 	if !errors.As(err, &se) || se.Code != http.StatusBadRequest || !strings.Contains(se.Message, "nothing changed") ||
 		!strings.Contains(se.Message, `"10.255.3.0/24"`) || !strings.Contains(se.Message, "inside the overlay") {
 		t.Fatalf("push with a bad egress rule: %v; want 400 naming it", err)
@@ -133,7 +134,7 @@ func TestPushAllOrNothing(t *testing.T) {
 	if n, m := len(a.mesh.Policies()), len(a.mesh.EgressRules()); n != 0 || m != 0 {
 		t.Fatalf("a refused push changed the set: %d policies, %d egress rules", n, m)
 	}
-	res, err := c.PolicyChanges(ctx, PolicyChangesRequest{Changes: changes})
+	res, err := c.PolicyChanges(ctx, cellapi.PolicyChangesRequest{Changes: changes})
 	if err != nil || res[0].Code != http.StatusCreated || res[1].Code != http.StatusCreated || res[2].Code != http.StatusBadRequest {
 		t.Fatalf("the same changes, not a push: %+v %v; want 201, 201, 400", res, err)
 	}

@@ -1,20 +1,12 @@
 package cell
 
 import (
-	"context"
 	"net/http"
 	"time"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/overlay"
 )
-
-// EnforcementState is the body of GET and PUT /v1/policy-enforcement.
-type EnforcementState struct {
-	Enabled bool `json:"enabled"`
-	// Since is when enforcement last changed at run time (absent: as the
-	// agent started).
-	Since time.Time `json:"since,omitzero"`
-}
 
 // Policy enforcement can be switched off and on at run time, on this cell
 // only, to find out whether the policy is what breaks an application (as
@@ -46,11 +38,11 @@ func (a *Agent) enforcing() (on bool, since time.Time) {
 }
 
 // setEnforcement switches the policy on the data path on or off.
-func (a *Agent) setEnforcement(on bool) EnforcementState {
+func (a *Agent) setEnforcement(on bool) cellapi.EnforcementState {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if on == !a.enf.off {
-		return EnforcementState{Enabled: on, Since: a.enf.since}
+		return cellapi.EnforcementState{Enabled: on, Since: a.enf.since}
 	}
 	f := overlay.Filter(a.engine)
 	if on {
@@ -65,7 +57,7 @@ func (a *Agent) setEnforcement(on bool) EnforcementState {
 	} else {
 		a.log.Warn("policy enforcement switched off: every packet passes until it is switched on again or the agent restarts")
 	}
-	return EnforcementState{Enabled: on, Since: a.enf.since}
+	return cellapi.EnforcementState{Enabled: on, Since: a.enf.since}
 }
 
 // warnEnforcementOff logs, at most once per enforcementWarnEvery, that
@@ -86,11 +78,11 @@ func (a *Agent) warnEnforcementOff(now time.Time) {
 
 func (a *Agent) handleGetEnforcement(w http.ResponseWriter, r *http.Request) {
 	on, since := a.enforcing()
-	writeJSON(w, http.StatusOK, EnforcementState{Enabled: on, Since: since})
+	writeJSON(w, http.StatusOK, cellapi.EnforcementState{Enabled: on, Since: since})
 }
 
 func (a *Agent) handleSetEnforcement(w http.ResponseWriter, r *http.Request) {
-	var st EnforcementState
+	var st cellapi.EnforcementState
 	if !readJSON(w, r, &st) {
 		return
 	}
@@ -103,18 +95,4 @@ func (a *Agent) handleSetEnforcement(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, a.setEnforcement(st.Enabled))
-}
-
-// PolicyEnforcement reports whether the agent enforces the policy.
-func (c *Client) PolicyEnforcement(ctx context.Context) (EnforcementState, error) {
-	var st EnforcementState
-	err := c.do(ctx, http.MethodGet, "/v1/policy-enforcement", nil, &st)
-	return st, err
-}
-
-// SetPolicyEnforcement switches the agent's policy enforcement on or off.
-func (c *Client) SetPolicyEnforcement(ctx context.Context, on bool) (EnforcementState, error) {
-	var st EnforcementState
-	err := c.do(ctx, http.MethodPut, "/v1/policy-enforcement", EnforcementState{Enabled: on}, &st)
-	return st, err
 }

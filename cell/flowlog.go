@@ -11,14 +11,10 @@ import (
 	"os"
 	"sync"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
 )
-
-// FlowLogState is the body of GET and PUT /v1/flow-logs.
-type FlowLogState struct {
-	Enabled bool `json:"enabled"`
-}
 
 // Flow logs: the engine's flow-log records (policy/flowlog.go: one per
 // denied packet and per new allowed flow, rate-limited in the engine
@@ -199,11 +195,11 @@ func (a *Agent) handleGetFlowLogs(w http.ResponseWriter, r *http.Request) {
 	a.flows.mu.Lock()
 	on := a.flows.stderr
 	a.flows.mu.Unlock()
-	writeJSON(w, http.StatusOK, FlowLogState{Enabled: on})
+	writeJSON(w, http.StatusOK, cellapi.FlowLogState{Enabled: on})
 }
 
 func (a *Agent) handleSetFlowLogs(w http.ResponseWriter, r *http.Request) {
-	var st FlowLogState
+	var st cellapi.FlowLogState
 	if !readJSON(w, r, &st) {
 		return
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/policy/pkttest"
 )
@@ -108,7 +109,7 @@ func TestFlowLogTail(t *testing.T) {
 		{"a b", "", "invalid source app"},
 	} {
 		err := c.TailFlowLogs(context.Background(), q.app, q.verdict, io.Discard)
-		var se *StatusError
+		var se *cellapi.StatusError
 		if !errors.As(err, &se) || se.Code != 400 || !strings.Contains(se.Message, q.want) {
 			t.Errorf("tail app=%q verdict=%q: %v, want 400 mentioning %q", q.app, q.verdict, err, q.want)
 		}

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/weft-net/weft/cellapi"
 )
 
 // TestIngressAPI: ingress rules through the operator API: added unsigned
@@ -17,12 +19,12 @@ func TestIngressAPI(t *testing.T) {
 	pub, priv, _ := ed25519.GenerateKey(nil)
 	a, c := testAgent(t, priv, pub)
 	ctx := context.Background()
-	host := IngressRule{App: "web", Source: "host", Protocol: "tcp", Ports: "8080"}
-	lan := IngressRule{App: "web", Source: "198.18.0.0/24", Protocol: "udp", Ports: "53-54"}
-	if res, err := c.ChangeIngressRule(ctx, nil, host, true); err != nil || res.Code != http.StatusCreated {
+	host := cellapi.IngressRule{App: "web", Source: "host", Protocol: "tcp", Ports: "8080"}
+	lan := cellapi.IngressRule{App: "web", Source: "198.18.0.0/24", Protocol: "udp", Ports: "53-54"}
+	if res, err := ChangeIngressRule(ctx, c, nil, host, true); err != nil || res.Code != http.StatusCreated {
 		t.Fatalf("add (agent signs): %+v %v", res, err)
 	}
-	if res, err := c.ChangeIngressRule(ctx, priv, lan, true); err != nil || res.Code != http.StatusCreated {
+	if res, err := ChangeIngressRule(ctx, c, priv, lan, true); err != nil || res.Code != http.StatusCreated {
 		t.Fatalf("add (client signs): %+v %v", res, err)
 	}
 	got, err := c.IngressRules(ctx)
@@ -30,15 +32,15 @@ func TestIngressAPI(t *testing.T) {
 		t.Fatalf("ingress rules: %+v %v", got, err)
 	}
 	for _, tc := range []struct {
-		r    IngressRule
+		r    cellapi.IngressRule
 		want string
 	}{
-		{IngressRule{App: "web", Source: "10.255.3.0/24", Protocol: "tcp", Ports: "80"}, "overlaps the overlay"},
-		{IngressRule{App: "web", Source: "host", Protocol: "icmp", Ports: "80"}, "ingress rules are tcp or udp"},
-		{IngressRule{App: "web", Source: "host", Protocol: "tcp"}, "needs a port"},
-		{IngressRule{App: "web", Source: "nowhere", Protocol: "tcp", Ports: "80"}, `source "nowhere"`},
+		{cellapi.IngressRule{App: "web", Source: "10.255.3.0/24", Protocol: "tcp", Ports: "80"}, "overlaps the overlay"},
+		{cellapi.IngressRule{App: "web", Source: "host", Protocol: "icmp", Ports: "80"}, "ingress rules are tcp or udp"},
+		{cellapi.IngressRule{App: "web", Source: "host", Protocol: "tcp"}, "needs a port"},
+		{cellapi.IngressRule{App: "web", Source: "nowhere", Protocol: "tcp", Ports: "80"}, `source "nowhere"`},
 	} {
-		res, err := c.ApplyPolicyChanges(ctx, []SignedPolicyChange{{Ingress: &tc.r, Present: true}})
+		res, err := c.ApplyPolicyChanges(ctx, []cellapi.SignedPolicyChange{{Ingress: &tc.r, Present: true}})
 		if err != nil || res[0].Code != http.StatusBadRequest || !strings.Contains(res[0].Error, tc.want) {
 			t.Errorf("%+v: %+v %v; want 400 %q", tc.r, res, err, tc.want)
 		}
@@ -48,14 +50,14 @@ func TestIngressAPI(t *testing.T) {
 	}
 	// Overlapping rules of one app: 400 naming both, the set unchanged,
 	// whether added alone or in a push with other changes.
-	wide := IngressRule{App: "web", Source: "host", Protocol: "tcp", Ports: "8000-8100"}
-	var se *StatusError
-	if _, err := c.ChangeIngressRule(ctx, priv, wide, true); !errors.As(err, &se) || se.Code != http.StatusBadRequest ||
+	wide := cellapi.IngressRule{App: "web", Source: "host", Protocol: "tcp", Ports: "8000-8100"}
+	var se *cellapi.StatusError
+	if _, err := ChangeIngressRule(ctx, c, priv, wide, true); !errors.As(err, &se) || se.Code != http.StatusBadRequest ||
 		!strings.Contains(se.Message, "ingress rule web <- cell hosts tcp 8000-8100 overlaps ingress rule web <- cell hosts tcp 8080") {
 		t.Errorf("overlapping rule: %v; want 400 naming both rules", err)
 	}
-	other := IngressRule{App: "api", Source: "host", Protocol: "tcp", Ports: "9000"}
-	_, err = c.PolicyChanges(ctx, PolicyChangesRequest{Push: true, Changes: []SignedPolicyChange{
+	other := cellapi.IngressRule{App: "api", Source: "host", Protocol: "tcp", Ports: "9000"}
+	_, err = c.PolicyChanges(ctx, cellapi.PolicyChangesRequest{Push: true, Changes: []cellapi.SignedPolicyChange{
 		{Ingress: &other, Present: true}, {Ingress: &wide, Present: true}}})
 	if !errors.As(err, &se) || se.Code != http.StatusBadRequest || !strings.Contains(se.Message, "overlaps ingress rule") {
 		t.Errorf("push with an overlapping rule: %v; want 400", err)
@@ -64,20 +66,20 @@ func TestIngressAPI(t *testing.T) {
 		t.Errorf("ingress rules after overlapping changes: %+v; want the 2 there were", got)
 	}
 	// Replacing a rule by an overlapping one in one batch is no overlap.
-	if _, err := c.PolicyChanges(ctx, PolicyChangesRequest{Push: true, Changes: []SignedPolicyChange{
+	if _, err := c.PolicyChanges(ctx, cellapi.PolicyChangesRequest{Push: true, Changes: []cellapi.SignedPolicyChange{
 		{Ingress: &wide, Present: true}, {Ingress: &host}}}); err != nil {
 		t.Errorf("replace 8080 by 8000-8100 in one push: %v", err)
 	}
-	if _, err := c.ChangeIngressRule(ctx, priv, wide, false); err != nil {
+	if _, err := ChangeIngressRule(ctx, c, priv, wide, false); err != nil {
 		t.Fatalf("remove: %v", err)
 	}
-	if _, err := c.ChangeIngressRule(ctx, priv, host, true); err != nil {
+	if _, err := ChangeIngressRule(ctx, c, priv, host, true); err != nil {
 		t.Fatalf("add again: %v", err)
 	}
-	if _, err := c.ChangeIngressRule(ctx, priv, host, false); err != nil {
+	if _, err := ChangeIngressRule(ctx, c, priv, host, false); err != nil {
 		t.Fatalf("remove: %v", err)
 	}
-	if _, err := c.ChangeIngressRule(ctx, nil, host, false); !errors.As(err, &se) || se.Code != http.StatusNotFound {
+	if _, err := ChangeIngressRule(ctx, c, nil, host, false); !errors.As(err, &se) || se.Code != http.StatusNotFound {
 		t.Fatalf("remove again: %v; want 404", err)
 	}
 }

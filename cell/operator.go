@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/policy"
 )
@@ -213,84 +214,12 @@ func saysNoOperators(path string) bool {
 	})
 }
 
-// SignedPolicyChange is the JSON form of mesh.PolicyChange: a change of an
-// app rule (Rule) or, with Egress set, of an egress rule.
-type SignedPolicyChange struct {
-	Rule    PolicyRule   `json:"rule"`
-	Egress  *EgressRule  `json:"egress,omitempty"`
-	Ingress *IngressRule `json:"ingress,omitempty"`
-	Present bool         `json:"present"`
-	Stamp   uint64       `json:"stamp"`
-	Origin  string       `json:"origin"`
-	Signer  []byte       `json:"signer"` // ed25519 public key (base64 in JSON)
-	Sig     []byte       `json:"sig"`
-}
-
 // SignPolicyChange makes a change of r signed by priv, stamped with the
 // wall clock (or just above minStamp).
-func SignPolicyChange(r policy.Rule, present bool, origin string, minStamp uint64, priv ed25519.PrivateKey) SignedPolicyChange {
+func SignPolicyChange(r policy.Rule, present bool, origin string, minStamp uint64, priv ed25519.PrivateKey) cellapi.SignedPolicyChange {
 	c := mesh.PolicyChange{Rule: r, Present: present, Stamp: max(uint64(time.Now().UnixNano()), minStamp+1), Origin: origin}
 	mesh.SignPolicyChange(&c, priv)
-	return SignedPolicyChange{Rule: FromRule(r), Present: present, Stamp: c.Stamp, Origin: origin, Signer: c.Signer, Sig: c.Sig}
-}
-
-// PolicyChangesRequest is the body of POST /v1/policy-changes. The agent
-// applies the changes as one batch: every cell goes from the set before
-// to the set after, with no state in between (a policy push that replaces
-// a rule never cuts the flows it allowed). A change without Sig and Signer
-// is signed by the agent with its own operator key (403 without one).
-//
-// A batch (more than one change, or Push) that would remove more than half
-// of the current set (removals > current/2, current > 0: removing the
-// only rule counts) is refused whole with 412 unless AllowLargeRemoval: a
-// file that lost its rules by mistake must not empty the cluster's set.
-// A Push with an invalid change (a 400 of its own) is refused whole with
-// 400, naming every bad change.
-type PolicyChangesRequest struct {
-	Changes           []SignedPolicyChange `json:"changes"`
-	Push              bool                 `json:"push,omitempty"`                // a policy push, checked even with one change
-	AllowLargeRemoval bool                 `json:"allow_large_removal,omitempty"` // weft policy push --allow-large-removal
-}
-
-// LargeRemoval reports whether removing removals of current rules is more
-// than half of the set, which a push needs --allow-large-removal for.
-func LargeRemoval(removals, current int) bool {
-	return current > 0 && 2*removals > current
-}
-
-// LargeRemovalError is the error of a push refused by LargeRemoval.
-func LargeRemovalError(removals, current int) string {
-	return fmt.Sprintf("this push removes %d of the %d policies (more than half): "+
-		"check the file, and push again with --allow-large-removal if that is meant", removals, current)
-}
-
-// PolicyChangeResult answers one change: Code is 201 (added), 200 (was
-// there already), 204 (removed), 404 (was not there), 409 (stale: re-sign
-// above CurrentStamp), 403 (signature refused), 400 (bad change).
-type PolicyChangeResult struct {
-	Code         int    `json:"code"`
-	Error        string `json:"error,omitempty"`
-	CurrentStamp uint64 `json:"current_stamp,omitempty"`
-	// Warnings about an added egress rule (policy.EgressRule.Warnings):
-	// 0.0.0.0/0, or a range that overlaps the overlay.
-	Warnings []string `json:"warnings,omitempty"`
-}
-
-// PolicyChangesResponse answers POST /v1/policy-changes, one result per
-// change in order.
-type PolicyChangesResponse struct {
-	Results []PolicyChangeResult `json:"results"`
-}
-
-// KeyringRequest is the body of POST /v1/cluster-keys: an operator-signed
-// keyring operation, or an unsigned one (no Sig) for the agent to sign with
-// its own operator key.
-type KeyringRequest = mesh.KeyringOp
-
-// KeyringStatus answers GET /v1/cluster-keys.
-type KeyringStatus struct {
-	Keys    []string `json:"keys"` // fingerprints, primary first
-	Primary string   `json:"primary"`
+	return cellapi.SignedPolicyChange{Rule: cellapi.FromRule(r), Present: present, Stamp: c.Stamp, Origin: origin, Signer: c.Signer, Sig: c.Sig}
 }
 
 // registerOperatorRoutes adds the operator endpoints:
@@ -313,11 +242,11 @@ func (a *Agent) registerOperatorRoutes(mux *http.ServeMux) {
 const maxPolicyChangesBody = 16 << 20
 
 func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
-	var req PolicyChangesRequest
+	var req cellapi.PolicyChangesRequest
 	if !readJSONLimit(w, r, &req, maxPolicyChangesBody) {
 		return
 	}
-	res := PolicyChangesResponse{Results: make([]PolicyChangeResult, len(req.Changes))}
+	res := cellapi.PolicyChangesResponse{Results: make([]cellapi.PolicyChangeResult, len(req.Changes))}
 	// The valid changes go to the mesh in one batch: it applies them under
 	// one lock and writes state.json once for all of them.
 	var cs, unsigned []mesh.PolicyChange
@@ -336,7 +265,7 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 			mc.Rule, err = c.Rule.Rule()
 		}
 		if err != nil {
-			res.Results[i] = PolicyChangeResult{Code: http.StatusBadRequest, Error: err.Error()}
+			res.Results[i] = cellapi.PolicyChangeResult{Code: http.StatusBadRequest, Error: err.Error()}
 			continue
 		}
 		if len(c.Sig) == 0 && len(c.Signer) == 0 {
@@ -359,8 +288,8 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if req.Push || len(req.Changes) > 1 {
-		if n, have := a.removals(append(cs, unsigned...)); !req.AllowLargeRemoval && LargeRemoval(n, have) {
-			writeError(w, http.StatusPreconditionFailed, "%s", LargeRemovalError(n, have))
+		if n, have := a.removals(append(cs, unsigned...)); !req.AllowLargeRemoval && cellapi.LargeRemoval(n, have) {
+			writeError(w, http.StatusPreconditionFailed, "%s", cellapi.LargeRemovalError(n, have))
 			return
 		}
 	}
@@ -383,7 +312,7 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 				msg = fmt.Sprintf("cell %s cannot sign: %v (or WEFT_OPERATOR_KEY)", a.cfg.Name, err)
 			}
 			for _, i := range unsignedAt {
-				res.Results[i] = PolicyChangeResult{Code: code, Error: msg}
+				res.Results[i] = cellapi.PolicyChangeResult{Code: code, Error: msg}
 			}
 		} else {
 			cs, at = append(cs, unsigned...), append(at, unsignedAt...)
@@ -437,17 +366,17 @@ func (a *Agent) removals(cs []mesh.PolicyChange) (n, have int) {
 
 // policyChangeResult is the answer to change c that the mesh applied
 // (changed) or refused (err).
-func (a *Agent) policyChangeResult(c mesh.PolicyChange, changed bool, err error) PolicyChangeResult {
+func (a *Agent) policyChangeResult(c mesh.PolicyChange, changed bool, err error) cellapi.PolicyChangeResult {
 	var stale *mesh.StaleChangeError
 	switch {
 	case errors.As(err, &stale):
-		return PolicyChangeResult{Code: http.StatusConflict, Error: err.Error(), CurrentStamp: stale.Current}
+		return cellapi.PolicyChangeResult{Code: http.StatusConflict, Error: err.Error(), CurrentStamp: stale.Current}
 	case err != nil && strings.HasPrefix(err.Error(), "policy change refused"):
-		return PolicyChangeResult{Code: http.StatusForbidden, Error: err.Error()}
+		return cellapi.PolicyChangeResult{Code: http.StatusForbidden, Error: err.Error()}
 	case err != nil && changed:
-		return PolicyChangeResult{Code: http.StatusInternalServerError, Error: err.Error()}
+		return cellapi.PolicyChangeResult{Code: http.StatusInternalServerError, Error: err.Error()}
 	case err != nil:
-		return PolicyChangeResult{Code: http.StatusBadRequest, Error: err.Error()}
+		return cellapi.PolicyChangeResult{Code: http.StatusBadRequest, Error: err.Error()}
 	}
 	verb := "removed"
 	if c.Present {
@@ -457,17 +386,17 @@ func (a *Agent) policyChangeResult(c mesh.PolicyChange, changed bool, err error)
 	case changed:
 		a.log.Info("policy "+verb, "rule", c.RuleString(), "origin", c.Origin, "signer", mesh.Fingerprint(c.Signer))
 		if c.Present {
-			return PolicyChangeResult{Code: http.StatusCreated, Warnings: a.egressWarnings(c)}
+			return cellapi.PolicyChangeResult{Code: http.StatusCreated, Warnings: a.egressWarnings(c)}
 		}
-		return PolicyChangeResult{Code: http.StatusNoContent}
+		return cellapi.PolicyChangeResult{Code: http.StatusNoContent}
 	case c.Present:
-		return PolicyChangeResult{Code: http.StatusOK, Warnings: a.egressWarnings(c)}
+		return cellapi.PolicyChangeResult{Code: http.StatusOK, Warnings: a.egressWarnings(c)}
 	case c.IsEgress():
-		return PolicyChangeResult{Code: http.StatusNotFound, Error: "Egress rule does not exist."}
+		return cellapi.PolicyChangeResult{Code: http.StatusNotFound, Error: "Egress rule does not exist."}
 	case c.IsIngress():
-		return PolicyChangeResult{Code: http.StatusNotFound, Error: "Ingress rule does not exist."}
+		return cellapi.PolicyChangeResult{Code: http.StatusNotFound, Error: "Ingress rule does not exist."}
 	}
-	return PolicyChangeResult{Code: http.StatusNotFound, Error: "Policy does not exist."}
+	return cellapi.PolicyChangeResult{Code: http.StatusNotFound, Error: "Policy does not exist."}
 }
 
 func (a *Agent) egressWarnings(c mesh.PolicyChange) []string {
@@ -477,9 +406,9 @@ func (a *Agent) egressWarnings(c mesh.PolicyChange) []string {
 	return c.Egress.Warnings(a.cfg.OverlayCIDR)
 }
 
-func (a *Agent) keyringStatus() KeyringStatus {
+func (a *Agent) keyringStatus() cellapi.KeyringStatus {
 	ks := a.mesh.Keyring()
-	st := KeyringStatus{Keys: ks}
+	st := cellapi.KeyringStatus{Keys: ks}
 	if len(ks) > 0 {
 		st.Primary = ks[0]
 	}
@@ -491,7 +420,7 @@ func (a *Agent) handleListClusterKeys(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) handleClusterKeyOp(w http.ResponseWriter, r *http.Request) {
-	var op KeyringRequest
+	var op cellapi.KeyringRequest
 	if !readJSON(w, r, &op) {
 		return
 	}
@@ -499,7 +428,7 @@ func (a *Agent) handleClusterKeyOp(w http.ResponseWriter, r *http.Request) {
 	if len(op.Sig) == 0 {
 		apply = a.mesh.SignKeyringOp // with this cell's operator key
 	}
-	if err := apply(op); err != nil {
+	if err := apply(mesh.KeyringOp(op)); err != nil {
 		code := http.StatusBadRequest
 		if errors.Is(err, mesh.ErrNoOperatorKey) || strings.Contains(err.Error(), "refused") {
 			code = http.StatusForbidden

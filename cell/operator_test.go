@@ -16,6 +16,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/policy"
 )
@@ -74,7 +75,7 @@ func TestInitOperators(t *testing.T) {
 // testAgent is an agent with a real mesh (a cluster of one, holding
 // operator key priv, trusting trusted) and its API on a unix socket; no
 // data plane.
-func testAgent(t *testing.T, priv ed25519.PrivateKey, trusted ed25519.PublicKey) (*Agent, *Client) {
+func testAgent(t *testing.T, priv ed25519.PrivateKey, trusted ed25519.PublicKey) (*Agent, *cellapi.Client) {
 	t.Helper()
 	mcfg := mesh.DefaultConfig()
 	mcfg.Name = "c1"
@@ -101,7 +102,7 @@ func testAgent(t *testing.T, priv ed25519.PrivateKey, trusted ed25519.PublicKey)
 	srv := a.newServer()
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	return a, NewClient(sock)
+	return a, cellapi.NewClient(sock)
 }
 
 func tcpRule(src, dst string, lo, hi uint16) policy.Rule {
@@ -119,15 +120,13 @@ func TestPolicyChangesBatch(t *testing.T) {
 	ctx := context.Background()
 	r8082, r8081, dns, web := tcpRule("appA", "appB", 8082, 8082), tcpRule("appA", "appB", 8081, 8090),
 		tcpRule("appA", "dns", 53, 53), tcpRule("appC", "web", 80, 80)
-	unsigned := func(r policy.Rule, present bool) SignedPolicyChange {
-		return SignedPolicyChange{Rule: FromRule(r), Present: present}
+	unsigned := func(r policy.Rule, present bool) cellapi.SignedPolicyChange {
+		return cellapi.SignedPolicyChange{Rule: cellapi.FromRule(r), Present: present}
 	}
-	apply := func(req PolicyChangesRequest) ([]PolicyChangeResult, error) {
-		var res PolicyChangesResponse
-		err := c.do(ctx, http.MethodPost, "/v1/policy-changes", req, &res)
-		return res.Results, err
+	apply := func(req cellapi.PolicyChangesRequest) ([]cellapi.PolicyChangeResult, error) {
+		return c.PolicyChanges(ctx, req)
 	}
-	res, err := apply(PolicyChangesRequest{Changes: []SignedPolicyChange{unsigned(r8082, true), unsigned(dns, true), unsigned(web, true)}})
+	res, err := apply(cellapi.PolicyChangesRequest{Changes: []cellapi.SignedPolicyChange{unsigned(r8082, true), unsigned(dns, true), unsigned(web, true)}})
 	if err != nil || len(res) != 3 || res[0].Code != http.StatusCreated || res[2].Code != http.StatusCreated {
 		t.Fatalf("unsigned batch: %+v %v; want 3 x 201", res, err)
 	}
@@ -135,7 +134,7 @@ func TestPolicyChangesBatch(t *testing.T) {
 	// The replacement: one removal and one addition, one signed by the
 	// client, one by the agent.
 	signed := SignPolicyChange(r8081, true, "cli@test", 0, priv)
-	res, err = apply(PolicyChangesRequest{Push: true, Changes: []SignedPolicyChange{unsigned(r8082, false), signed}})
+	res, err = apply(cellapi.PolicyChangesRequest{Push: true, Changes: []cellapi.SignedPolicyChange{unsigned(r8082, false), signed}})
 	if err != nil || res[0].Code != http.StatusNoContent || res[1].Code != http.StatusCreated {
 		t.Fatalf("replacement: %+v %v; want 204, 201", res, err)
 	}
@@ -144,9 +143,9 @@ func TestPolicyChangesBatch(t *testing.T) {
 	}
 
 	// Removing 2 of 3 is refused whole; 1 of 3 is not; allowed, 2 of 3 is.
-	removeTwo := PolicyChangesRequest{Push: true, Changes: []SignedPolicyChange{unsigned(dns, false), unsigned(web, false), unsigned(r8082, true)}}
+	removeTwo := cellapi.PolicyChangesRequest{Push: true, Changes: []cellapi.SignedPolicyChange{unsigned(dns, false), unsigned(web, false), unsigned(r8082, true)}}
 	_, err = apply(removeTwo)
-	var se *StatusError
+	var se *cellapi.StatusError
 	if !errors.As(err, &se) || se.Code != http.StatusPreconditionFailed ||
 		!strings.Contains(se.Message, "removes 2 of the 3 policies") || !strings.Contains(se.Message, "--allow-large-removal") {
 		t.Fatalf("removing 2 of 3: %v; want 412 naming --allow-large-removal", err)
@@ -160,13 +159,13 @@ func TestPolicyChangesBatch(t *testing.T) {
 	}
 	// One change that is not a push (remove-network-policy) is not checked,
 	// even for the last rules; a push of one is (1 of 2 is not more than half).
-	if res, err := apply(PolicyChangesRequest{Push: true, Changes: []SignedPolicyChange{unsigned(r8082, false)}}); err != nil || res[0].Code != http.StatusNoContent {
+	if res, err := apply(cellapi.PolicyChangesRequest{Push: true, Changes: []cellapi.SignedPolicyChange{unsigned(r8082, false)}}); err != nil || res[0].Code != http.StatusNoContent {
 		t.Fatalf("push removing 1 of 2: %+v %v", res, err)
 	}
-	if _, err := apply(PolicyChangesRequest{Push: true, Changes: []SignedPolicyChange{unsigned(r8081, false)}}); !errors.As(err, &se) || se.Code != http.StatusPreconditionFailed {
+	if _, err := apply(cellapi.PolicyChangesRequest{Push: true, Changes: []cellapi.SignedPolicyChange{unsigned(r8081, false)}}); !errors.As(err, &se) || se.Code != http.StatusPreconditionFailed {
 		t.Fatalf("push removing 1 of 1: %v; want 412", err)
 	}
-	if res, err := apply(PolicyChangesRequest{Changes: []SignedPolicyChange{unsigned(r8081, false)}}); err != nil || res[0].Code != http.StatusNoContent {
+	if res, err := apply(cellapi.PolicyChangesRequest{Changes: []cellapi.SignedPolicyChange{unsigned(r8081, false)}}); err != nil || res[0].Code != http.StatusNoContent {
 		t.Fatalf("single removal of the last rule: %+v %v", res, err)
 	}
 }
@@ -177,8 +176,8 @@ func TestPolicyChangesUnsignedWithoutKey(t *testing.T) {
 	pub, priv, _ := ed25519.GenerateKey(nil)
 	a, c := testAgent(t, nil, pub)
 	r1, r2 := tcpRule("a", "b", 1, 1), tcpRule("a", "b", 2, 2)
-	res, err := c.ApplyPolicyChanges(context.Background(), []SignedPolicyChange{
-		{Rule: FromRule(r1), Present: true}, SignPolicyChange(r2, true, "cli@test", 0, priv)})
+	res, err := c.ApplyPolicyChanges(context.Background(), []cellapi.SignedPolicyChange{
+		{Rule: cellapi.FromRule(r1), Present: true}, SignPolicyChange(r2, true, "cli@test", 0, priv)})
 	if err != nil || res[0].Code != http.StatusForbidden || !strings.Contains(res[0].Error, "cannot sign") || res[1].Code != http.StatusCreated {
 		t.Fatalf("results %+v %v; want 403 (cannot sign), 201", res, err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
@@ -47,7 +48,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeError(w http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(w, code, apiError{Error: fmt.Sprintf(format, args...)})
+	writeJSON(w, code, cellapi.ErrorBody{Error: fmt.Sprintf(format, args...)})
 }
 
 // readJSON decodes a request body of at most 1 MiB strictly: unknown
@@ -70,7 +71,7 @@ func readJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) b
 func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	a.waitRecovered(r.Context())
 	rules := a.mesh.Policies()
-	st := Status{
+	st := cellapi.Status{
 		Name:       a.cfg.Name,
 		Version:    a.cfg.Version,
 		Interface:  a.cfg.Interface,
@@ -100,7 +101,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	for _, m := range members {
 		st.MemberCounts[m.State.String()]++
 		keyNames[m.WGPublicKey] = m.Name
-		mm := Member{Name: m.Name, Addr: m.Addr.String(), State: m.State.String(), Self: m.Self,
+		mm := cellapi.Member{Name: m.Name, Addr: m.Addr.String(), State: m.State.String(), Self: m.Self,
 			Version: m.Version, Features: m.Features.Names()}
 		if m.Subnet.IsValid() {
 			mm.Subnet = m.Subnet.String()
@@ -150,7 +151,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 
 // readPeers reads the WireGuard peers through wgctrl, i.e. through the UAPI
 // socket, as `wg show` does.
-func readPeers(iface string) ([]Peer, error) {
+func readPeers(iface string) ([]cellapi.Peer, error) {
 	c, err := wgctrl.New()
 	if err != nil {
 		return nil, err
@@ -160,9 +161,9 @@ func readPeers(iface string) ([]Peer, error) {
 	if err != nil {
 		return nil, err
 	}
-	peers := make([]Peer, 0, len(d.Peers))
+	peers := make([]cellapi.Peer, 0, len(d.Peers))
 	for _, p := range d.Peers {
-		pp := Peer{
+		pp := cellapi.Peer{
 			PublicKey:     p.PublicKey.String(),
 			LastHandshake: p.LastHandshakeTime,
 			RxBytes:       p.ReceiveBytes,
@@ -181,12 +182,12 @@ func readPeers(iface string) ([]Peer, error) {
 
 func (a *Agent) handleListContainers(w http.ResponseWriter, r *http.Request) {
 	a.waitRecovered(r.Context())
-	out := []Container{}
+	out := []cellapi.Container{}
 	c, lost := a.mesh.Conflict()
 	for _, e := range a.localContainers() {
-		ct := Container{Name: e.Name, App: e.App, IP: e.IP.String()}
+		ct := cellapi.Container{Name: e.Name, App: e.App, IP: e.IP.String()}
 		if lost && c.Subnet.Contains(e.IP) {
-			ct.Status = StatusConflict
+			ct.Status = cellapi.StatusConflict
 		}
 		out = append(out, ct)
 	}
@@ -236,7 +237,7 @@ func validApp(w http.ResponseWriter, app string) bool {
 }
 
 func (a *Agent) handleCreateContainer(w http.ResponseWriter, r *http.Request) {
-	var req ContainerRequest
+	var req cellapi.ContainerRequest
 	if !readJSON(w, r, &req) {
 		return
 	}
@@ -295,7 +296,7 @@ func (a *Agent) handleCreateContainer(w http.ResponseWriter, r *http.Request) {
 		a.log.Warn("write resolv.conf", "container", req.Name, "err", err)
 	}
 	a.log.Info("container created", "container", req.Name, "app", req.App, "ip", ip)
-	writeJSON(w, http.StatusCreated, Container{Name: req.Name, App: req.App, IP: ip.String()})
+	writeJSON(w, http.StatusCreated, cellapi.Container{Name: req.Name, App: req.App, IP: ip.String()})
 }
 
 // freeIP is the lowest address of subnet neither used by a registered
@@ -366,10 +367,10 @@ func (a *Agent) unregisterLocked(name string) (e mesh.Endpoint, found bool, err 
 
 func (a *Agent) handleListPolicies(w http.ResponseWriter, r *http.Request) {
 	src := r.URL.Query().Get("source")
-	out := PolicyList{Policies: []PolicyRule{}}
+	out := cellapi.PolicyList{Policies: []cellapi.PolicyRule{}}
 	for _, p := range a.mesh.Policies() {
 		if src == "" || p.Source == src {
-			out.Policies = append(out.Policies, FromRule(p))
+			out.Policies = append(out.Policies, cellapi.FromRule(p))
 		}
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -384,7 +385,7 @@ func (a *Agent) handleRemovePolicy(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) changePolicy(w http.ResponseWriter, r *http.Request, present bool) {
-	var pr PolicyRule
+	var pr cellapi.PolicyRule
 	if !readJSON(w, r, &pr) {
 		return
 	}
@@ -412,9 +413,9 @@ func (a *Agent) changePolicy(w http.ResponseWriter, r *http.Request, present boo
 	}
 	switch {
 	case present && changed:
-		writeJSON(w, http.StatusCreated, FromRule(rule))
+		writeJSON(w, http.StatusCreated, cellapi.FromRule(rule))
 	case present:
-		writeJSON(w, http.StatusOK, FromRule(rule))
+		writeJSON(w, http.StatusOK, cellapi.FromRule(rule))
 	case changed:
 		w.WriteHeader(http.StatusNoContent)
 	default:

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
@@ -39,7 +40,7 @@ type traceView struct {
 	overlayUp   bool
 	guard       []overlay.GuardEntry // the kernel's bindings (overlayUp)
 	guardErr    error
-	peers       []Peer // WireGuard peers (overlayUp)
+	peers       []cellapi.Peer // WireGuard peers (overlayUp)
 	peersErr    error
 	overlayMTU  int
 	underlayMTU int                    // 0: unknown
@@ -49,12 +50,12 @@ type traceView struct {
 }
 
 func (a *Agent) handleTrace(w http.ResponseWriter, r *http.Request) {
-	var req TraceRequest
+	var req cellapi.TraceRequest
 	if !readJSON(w, r, &req) {
 		return
 	}
 	a.waitRecovered(r.Context())
-	var res TraceResult
+	var res cellapi.TraceResult
 	var err error
 	if req.Live {
 		res, err = a.liveTrace(r.Context(), req)
@@ -63,7 +64,7 @@ func (a *Agent) handleTrace(w http.ResponseWriter, r *http.Request) {
 	} else {
 		res, err = traceFlow(req, a.traceView())
 	}
-	var se *StatusError
+	var se *cellapi.StatusError
 	switch {
 	case errors.As(err, &se):
 		writeError(w, se.Code, "%s", se.Message)
@@ -120,13 +121,13 @@ func (a *Agent) traceView() *traceView {
 }
 
 func badTrace(code int, format string, args ...any) error {
-	return &StatusError{Code: code, Message: fmt.Sprintf(format, args...)}
+	return &cellapi.StatusError{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
 // traceFlow answers a trace from a view. Bad input is a *StatusError
 // (400, or 404 for a container that is not registered).
-func traceFlow(req TraceRequest, v *traceView) (TraceResult, error) {
-	res := TraceResult{Cell: v.self, Sources: []TraceEndpoint{}, Destinations: []TraceEndpoint{}}
+func traceFlow(req cellapi.TraceRequest, v *traceView) (cellapi.TraceResult, error) {
+	res := cellapi.TraceResult{Cell: v.self, Sources: []cellapi.TraceEndpoint{}, Destinations: []cellapi.TraceEndpoint{}}
 	proto, err := policy.ParseProtocol(req.Protocol)
 	switch {
 	case req.Protocol == "":
@@ -179,12 +180,12 @@ func traceFlow(req TraceRequest, v *traceView) (TraceResult, error) {
 		res.Sources = append(res.Sources, traceEndpoint(e))
 	}
 	if len(srcs) == 0 {
-		res.step(TraceStep{Step: "source", Code: policy.DropUnknownSource.String(),
+		addStep(&res, cellapi.TraceStep{Step: "source", Code: policy.DropUnknownSource.String(),
 			Detail: fmt.Sprintf("no container of app %s is registered on any cell: its cell drops what it sends (spoofed), and no other cell knows its address (unknown_source)", srcApp)})
 	} else {
-		res.step(TraceStep{Step: "source", OK: true,
+		addStep(&res, cellapi.TraceStep{Step: "source", OK: true,
 			Detail: fmt.Sprintf("app %s: %s", srcApp, describeEndpoints(srcs))})
-		res.step(v.antiSpoofing(srcs))
+		addStep(&res, v.antiSpoofing(srcs))
 	}
 
 	// The destination: an overlay IP, or every container of the app.
@@ -196,7 +197,7 @@ func traceFlow(req TraceRequest, v *traceView) (TraceResult, error) {
 			dsts = []mesh.Endpoint{v.endpoints[i]}
 			dstApp = dsts[0].App
 		} else {
-			res.step(TraceStep{Step: "destination", Code: policy.DropUnknownDestination.String(),
+			addStep(&res, cellapi.TraceStep{Step: "destination", Code: policy.DropUnknownDestination.String(),
 				Detail: fmt.Sprintf("%v is not registered: %s; the cell that owns the address drops packets for it (unknown_destination)", ip, v.subnetOwner(ip))})
 		}
 	} else {
@@ -210,7 +211,7 @@ func traceFlow(req TraceRequest, v *traceView) (TraceResult, error) {
 			}
 		}
 		if len(dsts) == 0 {
-			res.step(TraceStep{Step: "destination", Code: policy.DropUnknownDestination.String(),
+			addStep(&res, cellapi.TraceStep{Step: "destination", Code: policy.DropUnknownDestination.String(),
 				Detail: fmt.Sprintf("no container of app %s is registered on any cell", dstApp)})
 		}
 	}
@@ -218,18 +219,18 @@ func traceFlow(req TraceRequest, v *traceView) (TraceResult, error) {
 		res.Destinations = append(res.Destinations, traceEndpoint(e))
 	}
 	if len(dsts) > 0 {
-		res.step(TraceStep{Step: "destination", OK: true,
+		addStep(&res, cellapi.TraceStep{Step: "destination", OK: true,
 			Detail: fmt.Sprintf("app %s: %s", dstApp, describeEndpoints(dsts))})
 	}
 
 	if dstApp != "" {
-		res.step(v.policyStep(srcApp, dstApp, proto, req.Port, flow, srcs, dsts))
+		addStep(&res, v.policyStep(srcApp, dstApp, proto, req.Port, flow, srcs, dsts))
 	}
-	res.step(v.enforcementStep(dsts))
+	addStep(&res, v.enforcementStep(dsts))
 	for _, cell := range cellsOf(dsts) {
-		res.step(v.cellStep(cell))
+		addStep(&res, v.cellStep(cell))
 	}
-	res.step(v.mtuStep(srcs, dsts, &res))
+	addStep(&res, v.mtuStep(srcs, dsts, &res))
 
 	res.Verdict, res.Reason = "allow", "every step passes"
 	for _, s := range res.Steps {
@@ -244,10 +245,10 @@ func traceFlow(req TraceRequest, v *traceView) (TraceResult, error) {
 	return res, nil
 }
 
-func (r *TraceResult) step(s TraceStep) { r.Steps = append(r.Steps, s) }
+func addStep(r *cellapi.TraceResult, s cellapi.TraceStep) { r.Steps = append(r.Steps, s) }
 
-func traceEndpoint(e mesh.Endpoint) TraceEndpoint {
-	return TraceEndpoint{App: e.App, IP: e.IP.String(), Name: e.Name, Cell: e.Cell}
+func traceEndpoint(e mesh.Endpoint) cellapi.TraceEndpoint {
+	return cellapi.TraceEndpoint{App: e.App, IP: e.IP.String(), Name: e.Name, Cell: e.Cell}
 }
 
 func describeEndpoints(es []mesh.Endpoint) string {
@@ -280,8 +281,8 @@ func (v *traceView) subnetOwner(ip netip.Addr) string {
 
 // antiSpoofing checks that every source container of this cell has its
 // address bound to its veth in the guard (overlay/guard_linux.go).
-func (v *traceView) antiSpoofing(srcs []mesh.Endpoint) TraceStep {
-	s := TraceStep{Step: "anti_spoofing", OK: true}
+func (v *traceView) antiSpoofing(srcs []mesh.Endpoint) cellapi.TraceStep {
+	s := cellapi.TraceStep{Step: "anti_spoofing", OK: true}
 	var here, missing, elsewhere []string
 	for _, e := range srcs {
 		if e.Cell != v.self {
@@ -320,15 +321,15 @@ func (v *traceView) antiSpoofing(srcs []mesh.Endpoint) TraceStep {
 // policyStep finds the rule that allows srcApp -> dstApp, or the closest
 // ones, and checks this cell's compiled table against the rule set for the
 // local destinations.
-func (v *traceView) policyStep(srcApp, dstApp string, proto policy.Protocol, port uint16, flow string, srcs, dsts []mesh.Endpoint) TraceStep {
-	s := TraceStep{Step: "policy"}
+func (v *traceView) policyStep(srcApp, dstApp string, proto policy.Protocol, port uint16, flow string, srcs, dsts []mesh.Endpoint) cellapi.TraceStep {
+	s := cellapi.TraceStep{Step: "policy"}
 	var pair, near []policy.Rule
 	for _, r := range v.rules {
 		sameProto := r.Protocol == proto || r.Protocol == policy.ProtoAll
 		switch {
 		case r.Source == srcApp && r.Destination == dstApp:
 			if sameProto && (proto == policy.ProtoICMP || r.Ports.Contains(port)) && s.Rule == nil {
-				pr := FromRule(r)
+				pr := cellapi.FromRule(r)
 				s.Rule, s.RuleID = &pr, r.Key()
 				continue
 			}
@@ -357,7 +358,7 @@ func (v *traceView) policyStep(srcApp, dstApp string, proto policy.Protocol, por
 			closest = near
 		}
 		for _, r := range closest[:min(len(closest), 5)] {
-			s.Closest = append(s.Closest, FromRule(r))
+			s.Closest = append(s.Closest, cellapi.FromRule(r))
 		}
 	}
 	// The table this cell enforces must agree for its own destinations.
@@ -377,21 +378,21 @@ func (v *traceView) policyStep(srcApp, dstApp string, proto policy.Protocol, por
 }
 
 // enforcementStep reports whether this cell applies the policy.
-func (v *traceView) enforcementStep(dsts []mesh.Endpoint) TraceStep {
+func (v *traceView) enforcementStep(dsts []mesh.Endpoint) cellapi.TraceStep {
 	if v.enforcing {
-		return TraceStep{Step: "enforcement", OK: true, Detail: "policy enforced on this cell"}
+		return cellapi.TraceStep{Step: "enforcement", OK: true, Detail: "policy enforced on this cell"}
 	}
 	d := "policy enforcement is OFF on this cell (weft policy-enforcement on): its data path passes every packet"
 	if len(dsts) > 0 && len(cellsOf(dsts)) == 1 && dsts[0].Cell == v.self {
 		d += ", so this flow passes here whatever the rules say"
 	}
-	return TraceStep{Step: "enforcement", Detail: d}
+	return cellapi.TraceStep{Step: "enforcement", Detail: d}
 }
 
 // cellStep is the destination cell as this one sees it: its membership
 // and its WireGuard peer.
-func (v *traceView) cellStep(name string) TraceStep {
-	s := TraceStep{Step: "destination_cell"}
+func (v *traceView) cellStep(name string) cellapi.TraceStep {
+	s := cellapi.TraceStep{Step: "destination_cell"}
 	if name == v.self {
 		s.OK, s.Detail = true, fmt.Sprintf("cell %s is this cell: the packet is hair-pinned through its TUN, no WireGuard", name)
 		return s
@@ -414,7 +415,7 @@ func (v *traceView) cellStep(name string) TraceStep {
 		s.Detail = fmt.Sprintf("cell %s (%v) is %s; cannot read the WireGuard peers: %v", name, m.Addr, m.State, v.peersErr)
 		return s
 	}
-	j := slices.IndexFunc(v.peers, func(p Peer) bool { return p.PublicKey == m.WGPublicKey })
+	j := slices.IndexFunc(v.peers, func(p cellapi.Peer) bool { return p.PublicKey == m.WGPublicKey })
 	if j < 0 {
 		s.Code, s.Detail = traceNoPeer, fmt.Sprintf("cell %s (%v) is %s but not a WireGuard peer of this cell (yet: peers are synced every few seconds)", name, m.Addr, m.State)
 		return s
@@ -444,8 +445,8 @@ func short(key string) string {
 // veths on this cell, the overlay TUN, what the local underlay link leaves
 // for WireGuard (its MTU - 80), and the path MTU probed to each
 // destination cell (pmtu.go).
-func (v *traceView) mtuStep(srcs, dsts []mesh.Endpoint, res *TraceResult) TraceStep {
-	s := TraceStep{Step: "mtu", OK: true}
+func (v *traceView) mtuStep(srcs, dsts []mesh.Endpoint, res *cellapi.TraceResult) cellapi.TraceStep {
+	s := cellapi.TraceStep{Step: "mtu", OK: true}
 	if !v.overlayUp {
 		s.Detail = "unknown: the data plane of this cell is not up"
 		return s

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
@@ -74,8 +75,8 @@ func (p *liveProbe) String() string {
 }
 
 // liveTrace sends one probe as req says and reports where it went.
-func (a *Agent) liveTrace(ctx context.Context, req TraceRequest) (TraceResult, error) {
-	res := TraceResult{Cell: a.cfg.Name, Live: true, Sources: []TraceEndpoint{}, Destinations: []TraceEndpoint{}}
+func (a *Agent) liveTrace(ctx context.Context, req cellapi.TraceRequest) (cellapi.TraceResult, error) {
+	res := cellapi.TraceResult{Cell: a.cfg.Name, Live: true, Sources: []cellapi.TraceEndpoint{}, Destinations: []cellapi.TraceEndpoint{}}
 	proto, err := validLive(req)
 	if err != nil {
 		return res, err
@@ -114,7 +115,7 @@ func (a *Agent) liveTrace(ctx context.Context, req TraceRequest) (TraceResult, e
 	if p.spoofed {
 		srcDetail += fmt.Sprintf(", with the spoofed source %v", p.src)
 	}
-	res.step(TraceStep{Step: "source", OK: true, Detail: srcDetail})
+	addStep(&res, cellapi.TraceStep{Step: "source", OK: true, Detail: srcDetail})
 
 	// Where the packet should be judged: a peer cell, this one, or the
 	// guard's egress chain (outside the overlay).
@@ -142,18 +143,18 @@ func (a *Agent) liveTrace(ctx context.Context, req TraceRequest) (TraceResult, e
 		run.remote, run.remoteErr = a.callCell(ctx, run.peer.Subnet, cellMsg{Op: "collect_probe", ID: p.id, WaitMS: 1500}, 2*time.Second, 2)
 	}
 
-	res.step(run.guardStep())
+	addStep(&res, run.guardStep())
 	if run.inOverlay && res.Steps[len(res.Steps)-1].Code == "" {
-		res.step(run.sourceCellStep())
+		addStep(&res, run.sourceCellStep())
 		if run.peer != nil {
 			for _, s := range run.remoteSteps() {
-				res.step(s)
+				addStep(&res, s)
 			}
 		} else if !run.dstKnown && !run.hairpinned() {
-			res.step(TraceStep{Step: "destination_cell", Detail: fmt.Sprintf("no live cell holds the subnet of %v", dst)})
+			addStep(&res, cellapi.TraceStep{Step: "destination_cell", Detail: fmt.Sprintf("no live cell holds the subnet of %v", dst)})
 		}
 	}
-	res.step(deliveryStep(out, res.Steps)) // what came back to the container
+	addStep(&res, deliveryStep(out, res.Steps)) // what came back to the container
 	res.Verdict, res.Reason = liveUnknown, "no step shows where the probe went"
 	for _, s := range res.Steps {
 		if s.Code != "" {
@@ -168,7 +169,7 @@ func (a *Agent) liveTrace(ctx context.Context, req TraceRequest) (TraceResult, e
 }
 
 // validLive checks a live trace's request and returns its protocol.
-func validLive(req TraceRequest) (policy.Protocol, error) {
+func validLive(req cellapi.TraceRequest) (policy.Protocol, error) {
 	proto, err := policy.ParseProtocol(req.Protocol)
 	switch {
 	case err != nil || proto == policy.ProtoAll:
@@ -205,8 +206,8 @@ func (r *probeRun) hairpinned() bool { return r.local.Seen && r.local.Record.Dir
 
 // guardStep: a drop counter of the guard moved and the engine saw nothing
 // (spoofed, to_cell, egress, not_ipv4), or the probe passed it.
-func (r *probeRun) guardStep() TraceStep {
-	s := TraceStep{Step: "source_guard", OK: true}
+func (r *probeRun) guardStep() cellapi.TraceStep {
+	s := cellapi.TraceStep{Step: "source_guard", OK: true}
 	switch {
 	case r.guardErr != nil:
 		s.OK, s.Detail = false, fmt.Sprintf("cannot read the guard's counters: %v", r.guardErr)
@@ -226,8 +227,8 @@ func (r *probeRun) guardStep() TraceStep {
 
 // sourceCellStep is this cell's engine: outbound (to a peer), or local
 // (hair-pinned: this cell is also the destination's).
-func (r *probeRun) sourceCellStep() TraceStep {
-	s := TraceStep{Step: "source_cell"}
+func (r *probeRun) sourceCellStep() cellapi.TraceStep {
+	s := cellapi.TraceStep{Step: "source_cell"}
 	rec := r.local.Record
 	switch {
 	case r.local.Seen && rec.Verdict == policy.Accept.String() && rec.Direction == "outbound":
@@ -256,13 +257,13 @@ func (r *probeRun) sourceCellStep() TraceStep {
 }
 
 // remoteSteps are the tunnel (did the peer answer) and the peer's engine.
-func (r *probeRun) remoteSteps() []TraceStep {
+func (r *probeRun) remoteSteps() []cellapi.TraceStep {
 	name := r.peer.Name
 	if r.remoteErr != nil {
-		return []TraceStep{{Step: "tunnel", Detail: fmt.Sprintf("cell %s did not answer through the tunnel (%v): its verdict is unknown", name, r.remoteErr)}}
+		return []cellapi.TraceStep{{Step: "tunnel", Detail: fmt.Sprintf("cell %s did not answer through the tunnel (%v): its verdict is unknown", name, r.remoteErr)}}
 	}
-	t := TraceStep{Step: "tunnel", OK: true, Detail: fmt.Sprintf("cell %s answers through the tunnel", name)}
-	s := TraceStep{Step: "destination_cell"}
+	t := cellapi.TraceStep{Step: "tunnel", OK: true, Detail: fmt.Sprintf("cell %s answers through the tunnel", name)}
+	s := cellapi.TraceStep{Step: "destination_cell"}
 	rec := r.remote.Record
 	switch {
 	case r.remote.Seen && rec.Verdict == policy.Accept.String():
@@ -280,7 +281,7 @@ func (r *probeRun) remoteSteps() []TraceStep {
 	default:
 		s.Detail = fmt.Sprintf("cell %s's engine logged nothing of the probe%s", name, droppedNote(r.remote.FlowLogDropped))
 	}
-	return []TraceStep{t, s}
+	return []cellapi.TraceStep{t, s}
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -299,7 +300,7 @@ func droppedNote(n uint64) string {
 }
 
 // liveSource is the container the probe leaves from: one on this cell.
-func (a *Agent) liveSource(req TraceRequest, eps []mesh.Endpoint) (mesh.Endpoint, error) {
+func (a *Agent) liveSource(req cellapi.TraceRequest, eps []mesh.Endpoint) (mesh.Endpoint, error) {
 	if req.FromContainer != "" {
 		ip, ipErr := netip.ParseAddr(req.FromContainer)
 		i := slices.IndexFunc(eps, func(e mesh.Endpoint) bool {
@@ -349,7 +350,7 @@ func (a *Agent) liveSource(req TraceRequest, eps []mesh.Endpoint) (mesh.Endpoint
 
 // liveDestination is the address the probe goes to, and its container if
 // one is registered.
-func liveDestination(req TraceRequest, eps []mesh.Endpoint) (netip.Addr, mesh.Endpoint, error) {
+func liveDestination(req cellapi.TraceRequest, eps []mesh.Endpoint) (netip.Addr, mesh.Endpoint, error) {
 	if ip, err := netip.ParseAddr(req.Destination); err == nil {
 		ip = ip.Unmap()
 		if !ip.Is4() {
@@ -401,11 +402,11 @@ func guardDelta(b, a overlay.GuardCounters) []counterDelta {
 
 // deliveryStep reads what came back to the source container, in the light
 // of the steps before it.
-func deliveryStep(out probeOutcome, steps []TraceStep) TraceStep {
-	s := TraceStep{Step: "delivery"}
-	accepted := slices.ContainsFunc(steps, func(s TraceStep) bool { return s.Step == "destination_cell" && s.OK })
-	denied := slices.ContainsFunc(steps, func(s TraceStep) bool { return s.Code != "" })
-	egress := slices.ContainsFunc(steps, func(s TraceStep) bool {
+func deliveryStep(out probeOutcome, steps []cellapi.TraceStep) cellapi.TraceStep {
+	s := cellapi.TraceStep{Step: "delivery"}
+	accepted := slices.ContainsFunc(steps, func(s cellapi.TraceStep) bool { return s.Step == "destination_cell" && s.OK })
+	denied := slices.ContainsFunc(steps, func(s cellapi.TraceStep) bool { return s.Code != "" })
+	egress := slices.ContainsFunc(steps, func(s cellapi.TraceStep) bool {
 		return s.Step == "source_guard" && s.OK && strings.Contains(s.Detail, "egress rule")
 	})
 	switch {

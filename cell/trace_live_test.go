@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 )
 
@@ -72,21 +73,21 @@ func TestLiveTraceSource(t *testing.T) {
 		{IP: netip.MustParseAddr("10.255.1.2"), App: "appB", Name: "cb1", Cell: "c1"},
 	}
 	cases := []struct {
-		req  TraceRequest
+		req  cellapi.TraceRequest
 		code int
 		want string
 	}{
-		{TraceRequest{Source: "appA"}, http.StatusConflict, "app appA has no container on cell c1 (its containers run on cell c2)"},
-		{TraceRequest{FromContainer: "ca"}, http.StatusConflict, "runs on cell c2, not c1"},
-		{TraceRequest{Source: "appC"}, http.StatusNotFound, "app appC has no container registered on any cell"},
-		{TraceRequest{FromContainer: "10.255.1.9"}, http.StatusNotFound, `no container "10.255.1.9"`},
-		{TraceRequest{Source: "appA", FromContainer: "cb1"}, http.StatusBadRequest, "runs app appB, not appA"},
-		{TraceRequest{Source: "appB"}, 0, "cb1"},
-		{TraceRequest{FromContainer: "10.255.1.3"}, 0, "cb2"},
+		{cellapi.TraceRequest{Source: "appA"}, http.StatusConflict, "app appA has no container on cell c1 (its containers run on cell c2)"},
+		{cellapi.TraceRequest{FromContainer: "ca"}, http.StatusConflict, "runs on cell c2, not c1"},
+		{cellapi.TraceRequest{Source: "appC"}, http.StatusNotFound, "app appC has no container registered on any cell"},
+		{cellapi.TraceRequest{FromContainer: "10.255.1.9"}, http.StatusNotFound, `no container "10.255.1.9"`},
+		{cellapi.TraceRequest{Source: "appA", FromContainer: "cb1"}, http.StatusBadRequest, "runs app appB, not appA"},
+		{cellapi.TraceRequest{Source: "appB"}, 0, "cb1"},
+		{cellapi.TraceRequest{FromContainer: "10.255.1.3"}, 0, "cb2"},
 	}
 	for _, c := range cases {
 		e, err := a.liveSource(c.req, eps)
-		var se *StatusError
+		var se *cellapi.StatusError
 		switch {
 		case c.code == 0 && (err != nil || e.Name != c.want):
 			t.Errorf("%+v: %v, %v; want %s", c.req, e.Name, err, c.want)
@@ -104,15 +105,15 @@ func TestLiveTraceAPI(t *testing.T) {
 	if err := a.mesh.AddEndpoint(mesh.Endpoint{IP: ipB, App: "appB", Name: "cb"}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := c.Trace(context.Background(), TraceRequest{Live: true, Source: "appA", Destination: "appB", Protocol: "tcp", Port: 8080})
+	_, err := c.Trace(context.Background(), cellapi.TraceRequest{Live: true, Source: "appA", Destination: "appB", Protocol: "tcp", Port: 8080})
 	if err == nil || !strings.Contains(err.Error(), "app appA has no container registered") {
 		t.Errorf("unknown source: %v", err)
 	}
-	_, err = c.Trace(context.Background(), TraceRequest{Live: true, Source: "appB", Destination: "appB", Protocol: "tcp", Port: 8080})
+	_, err = c.Trace(context.Background(), cellapi.TraceRequest{Live: true, Source: "appB", Destination: "appB", Protocol: "tcp", Port: 8080})
 	if err == nil || !strings.Contains(err.Error(), "no data plane yet") {
 		t.Errorf("no data plane: %v", err)
 	}
-	_, err = c.Trace(context.Background(), TraceRequest{Source: "appB", Destination: "appB", Protocol: "tcp", Port: 8080, SourceIP: "10.0.0.1"})
+	_, err = c.Trace(context.Background(), cellapi.TraceRequest{Source: "appB", Destination: "appB", Protocol: "tcp", Port: 8080, SourceIP: "10.0.0.1"})
 	if err == nil || !strings.Contains(err.Error(), "source_ip is for a live trace only") {
 		t.Errorf("source_ip without live: %v", err)
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
@@ -21,7 +22,7 @@ import (
 
 // leasedAgent is an agent with a real mesh that holds a subnet lease and an
 // API server on a unix socket, but no data plane.
-func leasedAgent(t *testing.T) (*Agent, *Client, netip.Prefix) {
+func leasedAgent(t *testing.T) (*Agent, *cellapi.Client, netip.Prefix) {
 	t.Helper()
 	pub, priv, _ := ed25519.GenerateKey(nil)
 	mcfg := mesh.DefaultConfig()
@@ -57,16 +58,16 @@ func leasedAgent(t *testing.T) (*Agent, *Client, netip.Prefix) {
 	srv := a.newServer()
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	return a, NewClient(sock), subnet
+	return a, cellapi.NewClient(sock), subnet
 }
 
-func stepOf(res *TraceResult, name string) TraceStep {
+func stepOf(res *cellapi.TraceResult, name string) cellapi.TraceStep {
 	for _, s := range res.Steps {
 		if s.Step == name {
 			return s
 		}
 	}
-	return TraceStep{}
+	return cellapi.TraceStep{}
 }
 
 // TestTraceAPI: POST /v1/trace on a real server answers from the registry,
@@ -88,7 +89,7 @@ func TestTraceAPI(t *testing.T) {
 	a.compile()
 	ctx := context.Background()
 
-	res, err := c.Trace(ctx, TraceRequest{Source: "appA", Destination: "appB", Protocol: "tcp", Port: 8080})
+	res, err := c.Trace(ctx, cellapi.TraceRequest{Source: "appA", Destination: "appB", Protocol: "tcp", Port: 8080})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,22 +104,22 @@ func TestTraceAPI(t *testing.T) {
 	}
 
 	// The same pair on another port: no rule, the 8080 rule is the closest.
-	res, err = c.Trace(ctx, TraceRequest{FromContainer: "ca", Destination: ipB.String(), Protocol: "tcp", Port: 9090})
+	res, err = c.Trace(ctx, cellapi.TraceRequest{FromContainer: "ca", Destination: ipB.String(), Protocol: "tcp", Port: 9090})
 	if err != nil {
 		t.Fatal(err)
 	}
 	pol := stepOf(res, "policy")
-	if res.Verdict != "no_policy" || len(pol.Closest) != 1 || pol.Closest[0] != FromRule(rule) {
+	if res.Verdict != "no_policy" || len(pol.Closest) != 1 || pol.Closest[0] != cellapi.FromRule(rule) {
 		t.Fatalf("other port: verdict %s, policy step %+v", res.Verdict, pol)
 	}
 	// Direction matters.
-	if res, err = c.Trace(ctx, TraceRequest{Source: "appB", Destination: "appA", Protocol: "tcp", Port: 8080}); err != nil || res.Verdict != "no_policy" {
+	if res, err = c.Trace(ctx, cellapi.TraceRequest{Source: "appB", Destination: "appA", Protocol: "tcp", Port: 8080}); err != nil || res.Verdict != "no_policy" {
 		t.Fatalf("reverse direction: %+v %v", res, err)
 	}
 
 	// An address nobody registered.
 	free := ipB.Next()
-	res, err = c.Trace(ctx, TraceRequest{Source: "appA", Destination: free.String(), Protocol: "udp", Port: 53})
+	res, err = c.Trace(ctx, cellapi.TraceRequest{Source: "appA", Destination: free.String(), Protocol: "udp", Port: 53})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,28 +127,28 @@ func TestTraceAPI(t *testing.T) {
 		t.Fatalf("unregistered IP: %s %+v", res.Verdict, d)
 	}
 	// A source app with no container.
-	if res, err = c.Trace(ctx, TraceRequest{Source: "ghost", Destination: "appB", Protocol: "icmp"}); err != nil || res.Verdict != "unknown_source" {
+	if res, err = c.Trace(ctx, cellapi.TraceRequest{Source: "ghost", Destination: "appB", Protocol: "icmp"}); err != nil || res.Verdict != "unknown_source" {
 		t.Fatalf("unregistered source app: %+v %v", res, err)
 	}
 
 	bad := []struct {
-		req  TraceRequest
+		req  cellapi.TraceRequest
 		code int
 		want string
 	}{
-		{TraceRequest{Source: "appA", Destination: "appB", Protocol: "tcp"}, 400, "port is required"},
-		{TraceRequest{Source: "appA", Destination: "appB", Protocol: "icmp", Port: 1}, 400, "icmp has no ports"},
-		{TraceRequest{Source: "appA", Destination: "appB", Protocol: "gre", Port: 1}, 400, "gre"},
-		{TraceRequest{Source: "appA", Destination: "appB", Protocol: "all", Port: 1}, 400, "one packet"},
-		{TraceRequest{Source: "appA", Protocol: "tcp", Port: 1}, 400, "destination is required"},
-		{TraceRequest{Destination: "appB", Protocol: "tcp", Port: 1}, 400, "source is required"},
-		{TraceRequest{Source: "a b", Destination: "appB", Protocol: "tcp", Port: 1}, 400, "invalid source app"},
-		{TraceRequest{FromContainer: "nope", Destination: "appB", Protocol: "tcp", Port: 1}, 404, `no container "nope"`},
-		{TraceRequest{Source: "appB", FromContainer: "ca", Destination: "appB", Protocol: "tcp", Port: 1}, 400, "runs app appA"},
+		{cellapi.TraceRequest{Source: "appA", Destination: "appB", Protocol: "tcp"}, 400, "port is required"},
+		{cellapi.TraceRequest{Source: "appA", Destination: "appB", Protocol: "icmp", Port: 1}, 400, "icmp has no ports"},
+		{cellapi.TraceRequest{Source: "appA", Destination: "appB", Protocol: "gre", Port: 1}, 400, "gre"},
+		{cellapi.TraceRequest{Source: "appA", Destination: "appB", Protocol: "all", Port: 1}, 400, "one packet"},
+		{cellapi.TraceRequest{Source: "appA", Protocol: "tcp", Port: 1}, 400, "destination is required"},
+		{cellapi.TraceRequest{Destination: "appB", Protocol: "tcp", Port: 1}, 400, "source is required"},
+		{cellapi.TraceRequest{Source: "a b", Destination: "appB", Protocol: "tcp", Port: 1}, 400, "invalid source app"},
+		{cellapi.TraceRequest{FromContainer: "nope", Destination: "appB", Protocol: "tcp", Port: 1}, 404, `no container "nope"`},
+		{cellapi.TraceRequest{Source: "appB", FromContainer: "ca", Destination: "appB", Protocol: "tcp", Port: 1}, 400, "runs app appA"},
 	}
 	for _, b := range bad {
 		_, err := c.Trace(ctx, b.req)
-		var se *StatusError
+		var se *cellapi.StatusError
 		if !errors.As(err, &se) || se.Code != b.code || !strings.Contains(se.Message, b.want) {
 			t.Errorf("trace %+v: %v, want %d mentioning %q", b.req, err, b.code, b.want)
 		}
@@ -175,15 +176,15 @@ func TestTraceView(t *testing.T) {
 			enforcing:   true,
 			overlayUp:   true,
 			guard:       []overlay.GuardEntry{{Veth: overlay.HostVethName("ca"), IP: ip("10.255.1.2")}},
-			peers:       []Peer{{PublicKey: key2, Endpoint: "198.18.0.12:51820", LastHandshake: now.Add(-7 * time.Second)}},
+			peers:       []cellapi.Peer{{PublicKey: key2, Endpoint: "198.18.0.12:51820", LastHandshake: now.Add(-7 * time.Second)}},
 			overlayMTU:  1420,
 			underlayMTU: 1500,
 			vethMTU:     map[string]int{"ca": 1420},
 			now:         now,
 		}
 	}
-	req := TraceRequest{Source: "appA", Destination: "appB", Protocol: "tcp", Port: 8080}
-	trace := func(v *traceView) TraceResult {
+	req := cellapi.TraceRequest{Source: "appA", Destination: "appB", Protocol: "tcp", Port: 8080}
+	trace := func(v *traceView) cellapi.TraceResult {
 		t.Helper()
 		res, err := traceFlow(req, v)
 		if err != nil {

@@ -8,28 +8,28 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/internal/lab"
 )
 
 // traceJSON runs `weft trace ARGS --output json` on cell i.
-func traceJSON(t *testing.T, l *lab.Lab, i int, args ...string) cell.TraceResult {
+func traceJSON(t *testing.T, l *lab.Lab, i int, args ...string) cellapi.TraceResult {
 	t.Helper()
 	out := weft(t, l, i, append([]string{"trace", "--output", "json"}, args...)...)
-	var res cell.TraceResult
+	var res cellapi.TraceResult
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("weft trace %v: %v\n%s", args, err, out)
 	}
 	return res
 }
 
-func traceStep(res cell.TraceResult, name string) cell.TraceStep {
+func traceStep(res cellapi.TraceResult, name string) cellapi.TraceStep {
 	for _, s := range res.Steps {
 		if s.Step == name {
 			return s
 		}
 	}
-	return cell.TraceStep{}
+	return cellapi.TraceStep{}
 }
 
 // TestTrace: `weft trace` on a two-cell lab explains an allowed flow (the
@@ -49,7 +49,7 @@ func TestTrace(t *testing.T) {
 	weft(t, l, 1, "add-network-policy", "appA", "appB", "--protocol", "tcp", "--port", "8080")
 
 	// appB's registration and cell 2's peer reach cell 1 asynchronously.
-	var res cell.TraceResult
+	var res cellapi.TraceResult
 	waitFor(t, 10*time.Second, "trace appA -> appB allowed on cell 1", func() bool {
 		res = traceJSON(t, l, 1, "appA", "appB", "--protocol", "tcp", "--port", "8080")
 		return res.Verdict == "allow"
@@ -228,10 +228,10 @@ func TestTraceLive(t *testing.T) {
 	args := []string{"--live", "appA", "appB", "--protocol", "tcp", "--port", "8080"}
 
 	// appB's registration and cell 2's peer reach cell 1 asynchronously.
-	var res cell.TraceResult
-	try := func() cell.TraceResult {
+	var res cellapi.TraceResult
+	try := func() cellapi.TraceResult {
 		out, err := l.Weft(1, append([]string{"trace", "--output", "json"}, args...)...)
-		var r cell.TraceResult
+		var r cellapi.TraceResult
 		if err == nil {
 			json.Unmarshal([]byte(out), &r)
 		}
@@ -326,9 +326,9 @@ func TestOrgSpaceLive(t *testing.T) {
 	if out := weft(t, l, 1, "__complete", "add-network-policy", "a"); !strings.HasPrefix(out, "acme/dev/db\nacme/prod/db\nappA\n:4\n") {
 		t.Errorf("weft __complete add-network-policy a:\n%s", out)
 	}
-	live := func(dst string) cell.TraceResult {
+	live := func(dst string) cellapi.TraceResult {
 		out, err := l.Weft(1, "trace", "--live", "--output", "json", "appA", dst, "--protocol", "tcp", "--port", "5432")
-		var r cell.TraceResult
+		var r cellapi.TraceResult
 		if err == nil {
 			json.Unmarshal([]byte(out), &r)
 		}

@@ -26,7 +26,7 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 )
 
 // Error codes of our own (CNI reserves 0-99).
@@ -64,18 +64,18 @@ func loadConf(data []byte) (*NetConf, error) {
 		return nil, types.NewError(types.ErrDecodingFailure, "weft-cni: cannot parse the network configuration", err.Error())
 	}
 	if conf.Socket == "" {
-		conf.Socket = cell.DefaultSocket
+		conf.Socket = cellapi.DefaultSocket
 	}
 	return conf, nil
 }
 
 // refOf names the attachment a DEL or CHECK is about: the spec keys one by
 // network, container id and interface name.
-func refOf(conf *NetConf, args *skel.CmdArgs) cell.AttachmentRef {
-	return cell.AttachmentRef{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}
+func refOf(conf *NetConf, args *skel.CmdArgs) cellapi.AttachmentRef {
+	return cellapi.AttachmentRef{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}
 }
 
-func client(conf *NetConf) *cell.Client { return cell.NewClient(conf.Socket) }
+func client(conf *NetConf) *cellapi.Client { return cellapi.NewClient(conf.Socket) }
 
 func timeout() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 25*time.Second)
@@ -83,7 +83,7 @@ func timeout() (context.Context, context.CancelFunc) {
 
 // agentError turns an agent failure into a CNI error.
 func agentError(op string, conf *NetConf, err error) *types.Error {
-	var se *cell.StatusError
+	var se *cellapi.StatusError
 	switch {
 	case errors.As(err, &se) && se.Code == http.StatusServiceUnavailable:
 		return types.NewError(types.ErrTryAgainLater, "weft-cni: "+op+": the weft agent is not ready", se.Message)
@@ -111,7 +111,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := timeout()
 	defer cancel()
-	att, err := client(conf).Attach(ctx, cell.AttachRequest{
+	att, err := client(conf).Attach(ctx, cellapi.AttachRequest{
 		Network: conf.Name, ContainerID: args.ContainerID, Netns: args.Netns, IfName: args.IfName, App: app,
 	})
 	if err != nil {
@@ -128,7 +128,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 // container end (in its sandbox), the /32 with the link-local gateway and a
 // default route via it, and the cell's DNS server (internal routes such as
 // APP.apps.internal resolve there).
-func resultOf(att *cell.Attachment, netnsPath string) (*types100.Result, error) {
+func resultOf(att *cellapi.Attachment, netnsPath string) (*types100.Result, error) {
 	ip := net.ParseIP(att.IP)
 	gw := net.ParseIP(att.Gateway)
 	if ip == nil || ip.To4() == nil || gw == nil {
@@ -235,9 +235,9 @@ func cmdGC(args *skel.CmdArgs) error {
 	if valid == nil {
 		valid = conf.OldValidAttachments
 	}
-	req := cell.GCRequest{Network: conf.Name, Valid: []cell.GCAttachment{}}
+	req := cellapi.GCRequest{Network: conf.Name, Valid: []cellapi.GCAttachment{}}
 	for _, v := range valid {
-		req.Valid = append(req.Valid, cell.GCAttachment{ContainerID: v.ContainerID, IfName: v.IfName})
+		req.Valid = append(req.Valid, cellapi.GCAttachment{ContainerID: v.ContainerID, IfName: v.IfName})
 	}
 	ctx, cancel := timeout()
 	defer cancel()

@@ -8,7 +8,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 )
 
 // criArgs is CNI_ARGS as containerd's CRI plugin sends it (toCNILabels in
@@ -113,13 +113,13 @@ func TestPodBase(t *testing.T) {
 
 func TestDefaultSocket(t *testing.T) {
 	conf, err := loadConf([]byte(`{"cniVersion":"1.0.0","name":"weft","type":"weft-cni"}`))
-	if err != nil || conf.Socket != cell.DefaultSocket {
-		t.Fatalf("socket %q err %v, want %s", conf.Socket, err, cell.DefaultSocket)
+	if err != nil || conf.Socket != cellapi.DefaultSocket {
+		t.Fatalf("socket %q err %v, want %s", conf.Socket, err, cellapi.DefaultSocket)
 	}
 }
 
 func TestResult(t *testing.T) {
-	res, err := resultOf(&cell.Attachment{IP: "10.255.2.2", Gateway: "169.254.0.1", IfName: "eth0",
+	res, err := resultOf(&cellapi.Attachment{IP: "10.255.2.2", Gateway: "169.254.0.1", IfName: "eth0",
 		MAC: "0e:fe:32:67:8a:3b", HostVeth: "wc0123456789", HostMAC: "1e:53:6c:c9:ef:bf"}, "/run/netns/x")
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +131,7 @@ func TestResult(t *testing.T) {
 			t.Errorf("result %s lacks %s", b, want)
 		}
 	}
-	if _, err := resultOf(&cell.Attachment{IP: "nonsense", Gateway: "169.254.0.1"}, "/x"); err == nil {
+	if _, err := resultOf(&cellapi.Attachment{IP: "nonsense", Gateway: "169.254.0.1"}, "/x"); err == nil {
 		t.Error("bad IP accepted")
 	}
 }

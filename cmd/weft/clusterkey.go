@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 )
 
@@ -67,7 +68,7 @@ or the agent's own operator.key) and applied by every cell.`,
 			default:
 				return errors.New("give a key FILE or --generate, not both")
 			}
-			return keyringOp(cmd, mesh.KeyringOp{Op: mesh.KeyInstall, Key: key})
+			return keyringOp(cmd, cellapi.KeyringRequest{Op: mesh.KeyInstall, Key: key})
 		},
 	}
 	install.Flags().BoolVar(&generate, "generate", false, "make a new random key")
@@ -81,7 +82,7 @@ or the agent's own operator.key) and applied by every cell.`,
 			if err != nil {
 				return err
 			}
-			return keyringOp(cmd, mesh.KeyringOp{Op: mesh.KeyUse, Key: key})
+			return keyringOp(cmd, cellapi.KeyringRequest{Op: mesh.KeyUse, Key: key})
 		},
 	}
 	remove := &cobra.Command{
@@ -93,7 +94,7 @@ or the agent's own operator.key) and applied by every cell.`,
 			if err != nil {
 				return err
 			}
-			return keyringOp(cmd, mesh.KeyringOp{Op: mesh.KeyRemove, KeyID: mesh.Fingerprint(key)})
+			return keyringOp(cmd, cellapi.KeyringRequest{Op: mesh.KeyRemove, KeyID: mesh.Fingerprint(key)})
 		},
 	}
 	list := &cobra.Command{
@@ -116,12 +117,12 @@ or the agent's own operator.key) and applied by every cell.`,
 	return c
 }
 
-func keyringOp(cmd *cobra.Command, op mesh.KeyringOp) error {
+func keyringOp(cmd *cobra.Command, op cellapi.KeyringRequest) error {
 	priv, err := signer()
 	if err != nil {
 		return err
 	}
-	ks, err := client().ClusterKeyOp(ctx(), priv, op)
+	ks, err := cell.ClusterKeyOp(ctx(), client(), priv, op)
 	if err != nil {
 		return err
 	}
@@ -129,7 +130,7 @@ func keyringOp(cmd *cobra.Command, op mesh.KeyringOp) error {
 	return nil
 }
 
-func printKeyring(cmd *cobra.Command, ks *cell.KeyringStatus) {
+func printKeyring(cmd *cobra.Command, ks *cellapi.KeyringStatus) {
 	for i, k := range ks.Keys {
 		mark := ""
 		if i == 0 {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 )
 
 // complete runs cobra's hidden __complete command, as a shell's completion
@@ -45,7 +45,7 @@ func TestCompleteApps(t *testing.T) {
 			http.NotFound(w, r)
 			return
 		}
-		json.NewEncoder(w).Encode(cell.AppList{Apps: []string{"acme/dev/db", "acme/prod/db", "acme/prod/web", "backend", "frontend"}})
+		json.NewEncoder(w).Encode(cellapi.AppList{Apps: []string{"acme/dev/db", "acme/prod/db", "acme/prod/web", "backend", "frontend"}})
 	}))
 	for _, tc := range []struct {
 		args []string

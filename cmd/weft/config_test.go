@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 )
 
 // parseAgent parses args with `weft agent`'s flags and applies --config as
@@ -17,7 +17,7 @@ func parseAgent(t *testing.T, file string, args ...string) (*cobra.Command, erro
 	t.Helper()
 	c := agentCmd()
 	root := &cobra.Command{Use: "weft"}
-	root.PersistentFlags().StringVar(&socketPath, "socket", cell.DefaultSocket, "")
+	root.PersistentFlags().StringVar(&socketPath, "socket", cellapi.DefaultSocket, "")
 	root.AddCommand(c)
 	if file != "" {
 		p := filepath.Join(t.TempDir(), "agent.yaml")

@@ -15,7 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 )
 
 func containerCmd() *cobra.Command {
@@ -26,7 +26,7 @@ func containerCmd() *cobra.Command {
 		Short: "create a container (a network namespace named ID) and print its overlay IP",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ct, err := client().CreateContainer(ctx(), cell.ContainerRequest{App: app, Name: name})
+			ct, err := client().CreateContainer(ctx(), cellapi.ContainerRequest{App: app, Name: name})
 			if err != nil {
 				return err
 			}
@@ -91,7 +91,7 @@ func runCmd() *cobra.Command {
 				// (a namespace name has no '/').
 				name = strings.ReplaceAll(app, "/", ".") + "-" + hex.EncodeToString(b[:])
 			}
-			ct, err := client().CreateContainer(ctx(), cell.ContainerRequest{App: app, Name: name})
+			ct, err := client().CreateContainer(ctx(), cellapi.ContainerRequest{App: app, Name: name})
 			if err != nil {
 				return err
 			}
@@ -220,7 +220,7 @@ func statusCmd() *cobra.Command {
 }
 
 // pathMTU shows a peer's probed path MTU for the status table.
-func pathMTU(p cell.Peer) string {
+func pathMTU(p cellapi.Peer) string {
 	switch p.PathMTUState {
 	case "":
 		return "-"

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -42,7 +43,7 @@ func egressChangeCmd(add bool) *cobra.Command {
 			if dst == "" || proto == "" {
 				return errors.New("the required flags --destination and --protocol were not given")
 			}
-			r := cell.EgressRule{App: app, Destination: dst, Protocol: proto, Ports: port}
+			r := cellapi.EgressRule{App: app, Destination: dst, Protocol: proto, Ports: port}
 			rule, err := r.Rule(netip.Prefix{}) // the agent checks the overlay
 			if err != nil {
 				return err
@@ -53,7 +54,7 @@ func egressChangeCmd(add bool) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := client().ChangeEgressRule(ctx(), priv, r, add)
+			res, err := cell.ChangeEgressRule(ctx(), client(), priv, r, add)
 			if err := notFound(err, "Egress rule does not exist."); err != nil {
 				return err
 			}
@@ -94,7 +95,7 @@ func listEgressCmd() *cobra.Command {
 				}
 				rows = append(rows, []string{app, r.Destination, r.Protocol, r.Ports})
 			}
-			return writeListing(cmd.OutOrStdout(), output, cell.EgressRuleList{EgressRules: rules}, "app\tdestination\tprotocol\tports", rows)
+			return writeListing(cmd.OutOrStdout(), output, cellapi.EgressRuleList{EgressRules: rules}, "app\tdestination\tprotocol\tports", rows)
 		},
 	}
 	c.Flags().StringVar(&output, "output", "table", "table or json")

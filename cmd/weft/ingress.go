@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -40,7 +41,7 @@ func ingressChangeCmd(add bool) *cobra.Command {
 			if proto == "" || port == "" {
 				return errors.New("the required flags --protocol and --port were not given")
 			}
-			r := cell.IngressRule{App: args[0], Source: src, Protocol: proto, Ports: port}
+			r := cellapi.IngressRule{App: args[0], Source: src, Protocol: proto, Ports: port}
 			rule, err := r.Rule(netip.Prefix{}) // the agent checks the overlay
 			if err != nil {
 				return err
@@ -51,7 +52,7 @@ func ingressChangeCmd(add bool) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			_, err = client().ChangeIngressRule(ctx(), priv, r, add)
+			_, err = cell.ChangeIngressRule(ctx(), client(), priv, r, add)
 			if err := notFound(err, "Ingress rule does not exist."); err != nil {
 				return err
 			}
@@ -89,7 +90,7 @@ func listIngressCmd() *cobra.Command {
 				}
 				rows = append(rows, []string{r.App, src, r.Protocol, r.Ports})
 			}
-			return writeListing(cmd.OutOrStdout(), output, cell.IngressRuleList{IngressRules: rules}, "app\tsource\tprotocol\tports", rows)
+			return writeListing(cmd.OutOrStdout(), output, cellapi.IngressRuleList{IngressRules: rules}, "app\tsource\tprotocol\tports", rows)
 		},
 	}
 	c.Flags().StringVar(&output, "output", "table", "table or json")

@@ -17,7 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 )
 
 // socketPath is the global --socket flag.
@@ -32,7 +32,7 @@ func main() {
 	}
 	def := os.Getenv("WEFT_SOCKET")
 	if def == "" {
-		def = cell.DefaultSocket
+		def = cellapi.DefaultSocket
 	}
 	root.PersistentFlags().StringVar(&socketPath, "socket", def, "the agent's local API socket (env WEFT_SOCKET)")
 	root.AddCommand(initCmd(), agentCmd(), containerCmd(), runCmd(), statusCmd(),
@@ -54,6 +54,6 @@ func main() {
 	}
 }
 
-func client() *cell.Client { return cell.NewClient(socketPath) }
+func client() *cellapi.Client { return cellapi.NewClient(socketPath) }
 
 func ctx() context.Context { return context.Background() }

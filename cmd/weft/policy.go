@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -20,44 +21,44 @@ import (
 // one optionally (every port when left out). With neither flag the rule is
 // tcp/8080 (as cf's add-network-policy) unless needFlags (remove). space
 // and org (cf's -s and -o) qualify the destination: ORG/SPACE/DST.
-func ruleFromArgs(cmd *cobra.Command, args []string, proto, port, space, org string, needFlags bool) (cell.PolicyRule, error) {
+func ruleFromArgs(cmd *cobra.Command, args []string, proto, port, space, org string, needFlags bool) (cellapi.PolicyRule, error) {
 	dst, err := qualifyDestination(args[1], space, org)
 	if err != nil {
-		return cell.PolicyRule{}, err
+		return cellapi.PolicyRule{}, err
 	}
 	pset, portSet := cmd.Flags().Changed("protocol"), cmd.Flags().Changed("port")
 	if !pset {
 		switch {
 		case portSet:
-			return cell.PolicyRule{}, errors.New("--port needs --protocol (tcp, udp or all)")
+			return cellapi.PolicyRule{}, errors.New("--port needs --protocol (tcp, udp or all)")
 		case needFlags:
-			return cell.PolicyRule{}, errors.New("the required flag --protocol was not given (and --port with tcp or udp)")
+			return cellapi.PolicyRule{}, errors.New("the required flag --protocol was not given (and --port with tcp or udp)")
 		}
 		proto, port, portSet = "tcp", "8080", true
 	}
 	p, err := policy.ParseProtocol(proto)
 	if err != nil {
-		return cell.PolicyRule{}, fmt.Errorf("--protocol: %w", err)
+		return cellapi.PolicyRule{}, fmt.Errorf("--protocol: %w", err)
 	}
 	var pr policy.PortRange
 	switch {
 	case p == policy.ProtoICMP && portSet:
-		return cell.PolicyRule{}, fmt.Errorf("--port %s: icmp rules take no ports: leave --port out", port)
+		return cellapi.PolicyRule{}, fmt.Errorf("--port %s: icmp rules take no ports: leave --port out", port)
 	case p == policy.ProtoICMP:
 	case portSet:
 		if pr, err = policy.ParsePorts(port); err != nil {
-			return cell.PolicyRule{}, fmt.Errorf("--port: %w", err)
+			return cellapi.PolicyRule{}, fmt.Errorf("--port: %w", err)
 		}
 	case p == policy.ProtoAll:
 		pr = policy.PortRange{Start: 1, End: 65535} // as in policy files
 	default:
-		return cell.PolicyRule{}, fmt.Errorf("--protocol %s needs --port N or N-M", p)
+		return cellapi.PolicyRule{}, fmt.Errorf("--protocol %s needs --port N or N-M", p)
 	}
 	r := policy.Rule{Source: args[0], Destination: dst, Protocol: p, Ports: pr}
 	if err := r.Validate(); err != nil {
-		return cell.PolicyRule{}, err
+		return cellapi.PolicyRule{}, err
 	}
-	return cell.FromRule(r), nil
+	return cellapi.FromRule(r), nil
 }
 
 func addPolicyCmd() *cobra.Command    { return policyChangeCmd(true) }
@@ -91,7 +92,7 @@ func policyChangeCmd(add bool) *cobra.Command {
 			}
 			fmt.Fprintf(out, "%s network policy from app %s to app %s (%s)...\n", verb, r.Source, r.Destination, what)
 			err = changePolicy(r, add)
-			var se *cell.StatusError
+			var se *cellapi.StatusError
 			switch {
 			case !add && errors.As(err, &se) && se.Code == http.StatusNotFound:
 				fmt.Fprintln(out, "Policy does not exist.") // and OK, as cf says
@@ -111,8 +112,8 @@ func policyChangeCmd(add bool) *cobra.Command {
 
 // changePolicy adds (present) or removes r: signed here with the operator
 // key (--operator-key, WEFT_OPERATOR_KEY), else by the local agent. Removing
-// a missing rule is a *cell.StatusError with code 404.
-func changePolicy(r cell.PolicyRule, present bool) error {
+// a missing rule is a *cellapi.StatusError with code 404.
+func changePolicy(r cellapi.PolicyRule, present bool) error {
 	priv, err := signer() // operator.go
 	if err != nil {
 		return err
@@ -124,9 +125,9 @@ func changePolicy(r cell.PolicyRule, present bool) error {
 		}
 		return client().RemovePolicy(ctx(), r)
 	}
-	res, err := client().SignedPolicy(ctx(), priv, r, present)
+	res, err := cell.SignedPolicy(ctx(), client(), priv, r, present)
 	if err == nil && res.Code == http.StatusNotFound {
-		err = &cell.StatusError{Code: res.Code, Message: res.Error}
+		err = &cellapi.StatusError{Code: res.Code, Message: res.Error}
 	}
 	return err
 }
@@ -178,7 +179,7 @@ func listPoliciesCmd() *cobra.Command {
 			if output == "json" {
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
-				return enc.Encode(cell.PolicyList{Policies: rules})
+				return enc.Encode(cellapi.PolicyList{Policies: rules})
 			}
 			// cf's columns: a qualified destination (ORG/SPACE/APP)
 			// shows its app, space and org apart; a plain one leaves the
@@ -208,8 +209,8 @@ func listPoliciesCmd() *cobra.Command {
 }
 
 // portString is "N" or "N-M", "" for a rule without ports (icmp).
-func portString(p cell.PortRange) string {
-	if p == (cell.PortRange{}) {
+func portString(p cellapi.PortRange) string {
+	if p == (cellapi.PortRange{}) {
 		return ""
 	}
 	return policy.PortRange{Start: p.Start, End: p.End}.String()

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -15,13 +15,13 @@ func TestPolicyCLIProtocols(t *testing.T) {
 	f := startFakeAgent(t)
 	for _, tc := range []struct {
 		args []string
-		want cell.PolicyRule
+		want cellapi.PolicyRule
 		out  string
 	}{
-		{[]string{"--protocol", "icmp"}, cell.PolicyRule{Source: "a", Destination: "b", Protocol: "icmp"}, "(icmp)"},
-		{[]string{"--protocol", "all"}, cell.PolicyRule{Source: "a", Destination: "b", Protocol: "all", Ports: cell.PortRange{Start: 1, End: 65535}}, "(all 1-65535)"},
-		{[]string{"--protocol", "all", "--port", "8000-8100"}, cell.PolicyRule{Source: "a", Destination: "b", Protocol: "all", Ports: cell.PortRange{Start: 8000, End: 8100}}, "(all 8000-8100)"},
-		{nil, cell.PolicyRule{Source: "a", Destination: "b", Protocol: "tcp", Ports: cell.PortRange{Start: 8080, End: 8080}}, "(tcp 8080)"},
+		{[]string{"--protocol", "icmp"}, cellapi.PolicyRule{Source: "a", Destination: "b", Protocol: "icmp"}, "(icmp)"},
+		{[]string{"--protocol", "all"}, cellapi.PolicyRule{Source: "a", Destination: "b", Protocol: "all", Ports: cellapi.PortRange{Start: 1, End: 65535}}, "(all 1-65535)"},
+		{[]string{"--protocol", "all", "--port", "8000-8100"}, cellapi.PolicyRule{Source: "a", Destination: "b", Protocol: "all", Ports: cellapi.PortRange{Start: 8000, End: 8100}}, "(all 8000-8100)"},
+		{nil, cellapi.PolicyRule{Source: "a", Destination: "b", Protocol: "tcp", Ports: cellapi.PortRange{Start: 8080, End: 8080}}, "(tcp 8080)"},
 	} {
 		out, err := execCmd(t, addPolicyCmd(), append([]string{"a", "b"}, tc.args...)...)
 		if err != nil || !strings.Contains(out, tc.out+"...\nOK\n") {
@@ -50,7 +50,7 @@ func TestPolicyCLIProtocols(t *testing.T) {
 	if out, err := execCmd(t, removePolicyCmd(), "a", "b", "--protocol", "icmp"); err != nil || !strings.HasSuffix(out, "(icmp)...\nOK\n") {
 		t.Errorf("remove icmp: %v\n%s", err, out)
 	}
-	if f.set[cell.PolicyRule{Source: "a", Destination: "b", Protocol: "icmp"}] {
+	if f.set[cellapi.PolicyRule{Source: "a", Destination: "b", Protocol: "icmp"}] {
 		t.Error("icmp rule still there after its removal")
 	}
 }
@@ -104,7 +104,7 @@ func TestNetworkPoliciesHeader(t *testing.T) {
 func TestSpaceOrg(t *testing.T) {
 	f := startFakeAgent(t)
 	out, err := execCmd(t, addPolicyCmd(), "a", "b", "-s", "prod", "-o", "acme", "--protocol", "tcp", "--port", "443")
-	want := cell.PolicyRule{Source: "a", Destination: "acme/prod/b", Protocol: "tcp", Ports: cell.PortRange{Start: 443, End: 443}}
+	want := cellapi.PolicyRule{Source: "a", Destination: "acme/prod/b", Protocol: "tcp", Ports: cellapi.PortRange{Start: 443, End: 443}}
 	if err != nil || !f.set[want] {
 		t.Fatalf("add -s prod -o acme: %v, agent has %v\n%s", err, f.list(), out)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -106,16 +107,16 @@ only one included) needs --allow-large-removal.`,
 			removals := len(d.Remove) + len(eg.remove) + len(eg.inRemove)
 			current := len(have) + len(egHave) + len(inHave)
 			added := len(d.Add) + len(eg.add) + len(eg.inAdd)
-			large := cell.LargeRemoval(removals, current) && !allowLarge
+			large := cellapi.LargeRemoval(removals, current) && !allowLarge
 			if dryRun {
 				fmt.Fprintf(out, "dry run: %d to add, %d to remove, nothing changed\n", added, removals)
 				if large {
-					fmt.Fprintf(out, "the push would be refused: %s\n", cell.LargeRemovalError(removals, current))
+					fmt.Fprintf(out, "the push would be refused: %s\n", cellapi.LargeRemovalError(removals, current))
 				}
 				return nil
 			}
 			if large {
-				return errors.New(cell.LargeRemovalError(removals, current))
+				return errors.New(cellapi.LargeRemovalError(removals, current))
 			}
 			if err := applyDiff(d, eg, allowLarge); err != nil {
 				return err
@@ -322,28 +323,28 @@ func pushChanges(all []policyChange, allowLarge bool) error {
 	if err != nil {
 		return err
 	}
-	origin := cell.CLIOrigin()
-	sign := func(c policyChange, above uint64) cell.SignedPolicyChange {
+	origin := cellapi.CLIOrigin()
+	sign := func(c policyChange, above uint64) cellapi.SignedPolicyChange {
 		switch {
 		case c.isEgress && priv == nil: // the agent signs
-			e := cell.FromEgressRule(c.egress)
-			return cell.SignedPolicyChange{Egress: &e, Present: c.present}
+			e := cellapi.FromEgressRule(c.egress)
+			return cellapi.SignedPolicyChange{Egress: &e, Present: c.present}
 		case c.isEgress:
 			return cell.SignEgressChange(c.egress, c.present, origin, above, priv)
 		case c.isIngress && priv == nil:
-			e := cell.FromIngressRule(c.ingress)
-			return cell.SignedPolicyChange{Ingress: &e, Present: c.present}
+			e := cellapi.FromIngressRule(c.ingress)
+			return cellapi.SignedPolicyChange{Ingress: &e, Present: c.present}
 		case c.isIngress:
 			return cell.SignIngressChange(c.ingress, c.present, origin, above, priv)
 		case priv == nil:
-			return cell.SignedPolicyChange{Rule: cell.FromRule(c.rule), Present: c.present}
+			return cellapi.SignedPolicyChange{Rule: cellapi.FromRule(c.rule), Present: c.present}
 		}
 		return cell.SignPolicyChange(c.rule, c.present, origin, above, priv)
 	}
 	for start := 0; start < len(all); start += pushBatch {
 		batch := all[start:min(start+pushBatch, len(all))]
-		req := cell.PolicyChangesRequest{Push: true, AllowLargeRemoval: allowLarge,
-			Changes: make([]cell.SignedPolicyChange, len(batch))}
+		req := cellapi.PolicyChangesRequest{Push: true, AllowLargeRemoval: allowLarge,
+			Changes: make([]cellapi.SignedPolicyChange, len(batch))}
 		for i, c := range batch {
 			req.Changes[i] = sign(c, 0)
 		}
@@ -354,7 +355,7 @@ func pushChanges(all []policyChange, allowLarge bool) error {
 		// The agent holds a newer stamp for some rules (our clock is
 		// behind): sign those above it and send them again, as one batch.
 		var again []policyChange
-		var retry cell.PolicyChangesRequest
+		var retry cellapi.PolicyChangesRequest
 		for i, res := range results {
 			switch {
 			case res.Code == http.StatusConflict && priv != nil:
@@ -394,7 +395,7 @@ warns once a minute and the metric weft_policy_enforced is 0.`,
 		Args:      cobra.ExactArgs(1),
 		ValidArgs: []string{"on", "off", "status"},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var st cell.EnforcementState
+			var st cellapi.EnforcementState
 			var err error
 			switch args[0] {
 			case "on", "off":

@@ -16,7 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -24,20 +24,20 @@ import (
 // and records every request that changes it and the set after it.
 type fakeAgent struct {
 	mu      sync.Mutex
-	set     map[cell.PolicyRule]bool
+	set     map[cellapi.PolicyRule]bool
 	egress  map[policy.EgressRule]bool
 	ingress map[policy.IngressRule]bool
-	reqs    []string                    // "METHOD PATH" of each change request
-	pushes  []cell.PolicyChangesRequest // bodies of POST /v1/policy-changes
-	states  [][]cell.PolicyRule         // the set after each change request
+	reqs    []string                       // "METHOD PATH" of each change request
+	pushes  []cellapi.PolicyChangesRequest // bodies of POST /v1/policy-changes
+	states  [][]cellapi.PolicyRule         // the set after each change request
 }
 
-func (f *fakeAgent) list() []cell.PolicyRule {
-	var out []cell.PolicyRule
+func (f *fakeAgent) list() []cellapi.PolicyRule {
+	var out []cellapi.PolicyRule
 	for r := range f.set {
 		out = append(out, r)
 	}
-	slices.SortFunc(out, func(x, y cell.PolicyRule) int {
+	slices.SortFunc(out, func(x, y cellapi.PolicyRule) int {
 		a, _ := x.Rule()
 		b, _ := y.Rule()
 		return strings.Compare(a.Key(), b.Key())
@@ -96,7 +96,7 @@ func (f *fakeAgent) applyEgress(e policy.EgressRule, present bool) int {
 }
 
 // apply changes r and returns the API's answer code.
-func (f *fakeAgent) apply(r cell.PolicyRule, present bool) int {
+func (f *fakeAgent) apply(r cellapi.PolicyRule, present bool) int {
 	had := f.set[r]
 	switch {
 	case present && had:
@@ -117,22 +117,22 @@ func (f *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	switch {
 	case r.Method == http.MethodGet && r.URL.Path == "/v1/policies":
-		json.NewEncoder(w).Encode(cell.PolicyList{Policies: f.list()})
+		json.NewEncoder(w).Encode(cellapi.PolicyList{Policies: f.list()})
 		return
 	case r.Method == http.MethodGet && r.URL.Path == "/v1/status":
-		json.NewEncoder(w).Encode(cell.Status{Name: "c1", Overlay: fakeOverlay.String()})
+		json.NewEncoder(w).Encode(cellapi.Status{Name: "c1", Overlay: fakeOverlay.String()})
 		return
 	case r.Method == http.MethodGet && r.URL.Path == "/v1/egress-rules":
-		l := cell.EgressRuleList{EgressRules: []cell.EgressRule{}}
+		l := cellapi.EgressRuleList{EgressRules: []cellapi.EgressRule{}}
 		for _, e := range f.egressList() {
-			l.EgressRules = append(l.EgressRules, cell.FromEgressRule(e))
+			l.EgressRules = append(l.EgressRules, cellapi.FromEgressRule(e))
 		}
 		json.NewEncoder(w).Encode(l)
 		return
 	case r.Method == http.MethodGet && r.URL.Path == "/v1/ingress-rules":
-		l := cell.IngressRuleList{IngressRules: []cell.IngressRule{}}
+		l := cellapi.IngressRuleList{IngressRules: []cellapi.IngressRule{}}
 		for _, e := range f.ingressList() {
-			l.IngressRules = append(l.IngressRules, cell.FromIngressRule(e))
+			l.IngressRules = append(l.IngressRules, cellapi.FromIngressRule(e))
 		}
 		json.NewEncoder(w).Encode(l)
 		return
@@ -141,13 +141,13 @@ func (f *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer func() { f.states = append(f.states, f.list()) }()
 	switch {
 	case r.URL.Path == "/v1/policies": // one rule: the agent signs
-		var pr cell.PolicyRule
+		var pr cellapi.PolicyRule
 		json.NewDecoder(r.Body).Decode(&pr)
 		code := f.apply(pr, r.Method == http.MethodPost)
 		w.WriteHeader(code)
 		json.NewEncoder(w).Encode(map[string]string{"error": http.StatusText(code)})
 	case r.URL.Path == "/v1/policy-changes":
-		var req cell.PolicyChangesRequest
+		var req cellapi.PolicyChangesRequest
 		json.NewDecoder(r.Body).Decode(&req)
 		f.pushes = append(f.pushes, req)
 		// As the agent: egress rules of one app must not overlap, else
@@ -195,19 +195,19 @@ func (f *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
 			return
 		}
-		res := cell.PolicyChangesResponse{}
+		res := cellapi.PolicyChangesResponse{}
 		for _, c := range req.Changes {
 			if c.Ingress != nil {
 				e, _ := c.Ingress.Rule(fakeOverlay)
-				res.Results = append(res.Results, cell.PolicyChangeResult{Code: f.applyIngress(e, c.Present)})
+				res.Results = append(res.Results, cellapi.PolicyChangeResult{Code: f.applyIngress(e, c.Present)})
 				continue
 			}
 			if c.Egress != nil {
 				e, _ := c.Egress.Rule(fakeOverlay)
-				res.Results = append(res.Results, cell.PolicyChangeResult{Code: f.applyEgress(e, c.Present)})
+				res.Results = append(res.Results, cellapi.PolicyChangeResult{Code: f.applyEgress(e, c.Present)})
 				continue
 			}
-			res.Results = append(res.Results, cell.PolicyChangeResult{Code: f.apply(c.Rule, c.Present)})
+			res.Results = append(res.Results, cellapi.PolicyChangeResult{Code: f.apply(c.Rule, c.Present)})
 		}
 		json.NewEncoder(w).Encode(res)
 	default:
@@ -219,9 +219,9 @@ func (f *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // startFakeAgent serves f on a unix socket and points --socket at it.
 func startFakeAgent(t *testing.T, rules ...policy.Rule) *fakeAgent {
 	t.Helper()
-	f := &fakeAgent{set: map[cell.PolicyRule]bool{}, egress: map[policy.EgressRule]bool{}, ingress: map[policy.IngressRule]bool{}}
+	f := &fakeAgent{set: map[cellapi.PolicyRule]bool{}, egress: map[policy.EgressRule]bool{}, ingress: map[policy.IngressRule]bool{}}
 	for _, r := range rules {
-		f.set[cell.FromRule(r)] = true
+		f.set[cellapi.FromRule(r)] = true
 	}
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	ln, err := net.Listen("unix", sock)
@@ -287,7 +287,7 @@ func TestPushIsOneBatch(t *testing.T) {
 		}
 	}
 	for i, st := range f.states {
-		if !slices.Contains(st, cell.FromRule(old)) && !slices.Contains(st, cell.FromRule(repl)) {
+		if !slices.Contains(st, cellapi.FromRule(old)) && !slices.Contains(st, cellapi.FromRule(repl)) {
 			t.Errorf("state %d after %s holds neither 8082 nor 8081-8090: %v", i, f.reqs[i], st)
 		}
 	}

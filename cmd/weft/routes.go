@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 )
 
 // mapRouteCmd is `weft map-route APP DOMAIN --hostname HOST` (map) or
@@ -24,7 +25,7 @@ func mapRouteCmd(mapping bool) *cobra.Command {
 		Short: short,
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rt := cell.InternalRoute{Host: host, Domain: args[1], App: args[0]}
+			rt := cellapi.InternalRoute{Host: host, Domain: args[1], App: args[0]}
 			priv, err := signer()
 			if err != nil {
 				return err
@@ -35,7 +36,7 @@ func mapRouteCmd(mapping bool) *cobra.Command {
 				verb = "Unmapping"
 			}
 			fmt.Fprintf(out, "%s route %s.%s to app %s...\n", verb, rt.Host, rt.Domain, rt.App)
-			err = client().ChangeRoute(ctx(), priv, rt, mapping)
+			err = cell.ChangeRoute(ctx(), client(), priv, rt, mapping)
 			if err := notFound(err, "Route does not exist."); err != nil {
 				return err
 			}
@@ -72,7 +73,7 @@ func routesCmd() *cobra.Command {
 // notFound replaces an API 404 with msg (the CLI's words for a missing
 // policy or route); other errors pass unchanged.
 func notFound(err error, msg string) error {
-	var se *cell.StatusError
+	var se *cellapi.StatusError
 	if errors.As(err, &se) && se.Code == http.StatusNotFound {
 		return errors.New(msg)
 	}

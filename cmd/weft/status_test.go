@@ -11,7 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 )
 
 // serveAPI serves h as the agent's API on a unix socket and points
@@ -47,10 +47,10 @@ func execCmd(t *testing.T, c *cobra.Command, args ...string) (string, error) {
 // readiness, each member's version and features ("unknown (older)" for a
 // member that announces none) and the agent's version warning.
 func TestStatusShowsVersions(t *testing.T) {
-	st := cell.Status{
+	st := cellapi.Status{
 		Name: "c1", Version: "v1.3.0", Subnet: "10.255.1.0/24", Ready: true,
 		VersionWarning: "members run different versions: unknown (older) (c3); v1.2.0 (c2); v1.3.0 (c1)",
-		Members: []cell.Member{
+		Members: []cellapi.Member{
 			{Name: "c1", Addr: "198.18.0.11", State: "alive", Subnet: "10.255.1.0/24", Self: true, Version: "v1.3.0", Features: []string{"partial_tcp_checksum"}},
 			{Name: "c2", Addr: "198.18.0.12", State: "alive", Subnet: "10.255.2.0/24", Version: "v1.2.0"},
 			{Name: "c3", Addr: "198.18.0.13", State: "alive", Subnet: "10.255.3.0/24"},

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/weft-net/weft/cell"
+	"github.com/weft-net/weft/cellapi"
 )
 
 // traceCmd is `weft trace`: would a flow pass, and why (POST /v1/trace).
@@ -36,7 +36,7 @@ destination cell's engine (asked through the tunnel) and what came back.
 			if output != "text" && output != "json" {
 				return fmt.Errorf("--output %q: want text or json", output)
 			}
-			req := cell.TraceRequest{FromContainer: from, Protocol: proto, Live: live, SourceIP: sourceIP}
+			req := cellapi.TraceRequest{FromContainer: from, Protocol: proto, Live: live, SourceIP: sourceIP}
 			if sourceIP != "" && !live {
 				return errors.New("--source-ip needs --live")
 			}
@@ -81,7 +81,7 @@ destination cell's engine (asked through the tunnel) and what came back.
 	return c
 }
 
-func printTrace(w io.Writer, req cell.TraceRequest, res *cell.TraceResult) {
+func printTrace(w io.Writer, req cellapi.TraceRequest, res *cellapi.TraceResult) {
 	src := req.Source
 	if req.FromContainer != "" {
 		src = "container " + req.FromContainer

@@ -1,4 +1,4 @@
-package cell
+package cellapi
 
 import (
 	"bufio"
@@ -53,7 +53,7 @@ func (c *Client) TailFlowLogs(ctx context.Context, app, verdict string, w io.Wri
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		var e apiError
+		var e ErrorBody
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("agent answered %s: %s", resp.Status, bytes.TrimSpace(data))
 		}

@@ -1,4 +1,4 @@
-package cell
+package cellapi
 
 import (
 	"bytes"
@@ -119,7 +119,7 @@ func (c *Client) doCode(ctx context.Context, method, path string, in, out any) (
 		return resp.StatusCode, err
 	}
 	if resp.StatusCode >= 400 {
-		var e apiError
+		var e ErrorBody
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("agent answered %s: %s", resp.Status, bytes.TrimSpace(data))
 		}
@@ -131,4 +131,18 @@ func (c *Client) doCode(ctx context.Context, method, path string, in, out any) (
 		}
 	}
 	return resp.StatusCode, nil
+}
+
+// PolicyEnforcement reports whether the agent enforces the policy.
+func (c *Client) PolicyEnforcement(ctx context.Context) (EnforcementState, error) {
+	var st EnforcementState
+	err := c.do(ctx, http.MethodGet, "/v1/policy-enforcement", nil, &st)
+	return st, err
+}
+
+// SetPolicyEnforcement switches the agent's policy enforcement on or off.
+func (c *Client) SetPolicyEnforcement(ctx context.Context, on bool) (EnforcementState, error) {
+	var st EnforcementState
+	err := c.do(ctx, http.MethodPut, "/v1/policy-enforcement", EnforcementState{Enabled: on}, &st)
+	return st, err
 }

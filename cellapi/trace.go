@@ -1,4 +1,4 @@
-package cell
+package cellapi
 
 // POST /v1/trace: would a flow pass, and if not, why. The agent answers
 // from the replicated state (endpoint registry, members, policy set) and

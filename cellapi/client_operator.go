@@ -1,15 +1,10 @@
-package cell
+package cellapi
 
 import (
 	"context"
-	"crypto/ed25519"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
-	"time"
-
-	"github.com/weft-net/weft/mesh"
 )
 
 // ApplyPolicyChanges sends operator-signed policy changes to the agent; the
@@ -43,28 +38,10 @@ func CLIOrigin() string {
 	return "cli@" + h
 }
 
-// SignedPolicy adds (present) or removes r, signed with priv. When the agent
-// holds a newer change of r (the signer's clock is behind), it re-signs once
-// above that. The result's Code says what happened (see PolicyChangeResult);
-// codes of 400 and above other than 404 are returned as a *StatusError.
-func (c *Client) SignedPolicy(ctx context.Context, priv ed25519.PrivateKey, r PolicyRule, present bool) (PolicyChangeResult, error) {
-	rule, err := r.Rule()
-	if err != nil {
-		return PolicyChangeResult{}, err
-	}
-	got, err := c.applyOneChange(ctx, true, func(above uint64) SignedPolicyChange {
-		return SignPolicyChange(rule, present, CLIOrigin(), above, priv)
-	})
-	if err == nil && got.Code >= 400 && got.Code != http.StatusNotFound {
-		err = &StatusError{Code: got.Code, Message: got.Error}
-	}
-	return got, err
-}
-
-// applyOneChange applies the change mk(0). When it is signed (by the
-// caller) and the agent holds a newer change of the same rule (409: the
-// signer's clock is behind), it applies mk(that stamp) once more.
-func (c *Client) applyOneChange(ctx context.Context, signed bool, mk func(above uint64) SignedPolicyChange) (PolicyChangeResult, error) {
+// ApplyChange applies the change mk(0). When it is signed (by the caller)
+// and the agent holds a newer change of the same rule (409: the signer's
+// clock is behind), it applies mk(that stamp) once more.
+func (c *Client) ApplyChange(ctx context.Context, signed bool, mk func(above uint64) SignedPolicyChange) (PolicyChangeResult, error) {
 	var above uint64
 	for try := 0; ; try++ {
 		res, err := c.ApplyPolicyChanges(ctx, []SignedPolicyChange{mk(above)})
@@ -80,21 +57,40 @@ func (c *Client) applyOneChange(ctx context.Context, signed bool, mk func(above 
 	}
 }
 
+// EgressRules lists the cluster's egress rules.
+func (c *Client) EgressRules(ctx context.Context) ([]EgressRule, error) {
+	var l EgressRuleList
+	return l.EgressRules, c.do(ctx, http.MethodGet, "/v1/egress-rules", nil, &l)
+}
+
+// IngressRules lists the cluster's ingress rules.
+func (c *Client) IngressRules(ctx context.Context) ([]IngressRule, error) {
+	var l IngressRuleList
+	return l.IngressRules, c.do(ctx, http.MethodGet, "/v1/ingress-rules", nil, &l)
+}
+
+// Routes lists the internal routes.
+func (c *Client) Routes(ctx context.Context) ([]InternalRoute, error) {
+	var l RouteList
+	return l.Routes, c.do(ctx, http.MethodGet, "/v1/routes", nil, &l)
+}
+
+// RouteChange sends req as it is (signed, or unsigned for the agent to
+// sign). A missing route is a *StatusError with 404, a stale signed change
+// one with 409 and the agent's stamp in CurrentStamp.
+func (c *Client) RouteChange(ctx context.Context, req RouteChangeRequest) error {
+	return c.do(ctx, http.MethodPost, "/v1/route-changes", req, nil)
+}
+
 // ClusterKeys lists the agent's cluster keyring.
 func (c *Client) ClusterKeys(ctx context.Context) (*KeyringStatus, error) {
 	var ks KeyringStatus
 	return &ks, c.do(ctx, http.MethodGet, "/v1/cluster-keys", nil, &ks)
 }
 
-// ClusterKeyOp applies a keyring operation: signed with priv when it is not
-// nil, else signed by the agent with its own operator key.
-func (c *Client) ClusterKeyOp(ctx context.Context, priv ed25519.PrivateKey, op KeyringRequest) (*KeyringStatus, error) {
-	if priv != nil {
-		op.Stamp = uint64(time.Now().UnixNano())
-		mesh.SignKeyringOp(&op, priv)
-	} else if len(op.Sig) > 0 {
-		return nil, errors.New("ClusterKeyOp: op is already signed")
-	}
+// ClusterKeyOp sends a keyring operation as it is: signed by an operator
+// key, or without Sig for the agent to sign with its own.
+func (c *Client) ClusterKeyOp(ctx context.Context, op KeyringRequest) (*KeyringStatus, error) {
 	var ks KeyringStatus
 	return &ks, c.do(ctx, http.MethodPost, "/v1/cluster-keys", op, &ks)
 }

@@ -1,4 +1,9 @@
-package cell
+// Package cellapi is the local API of a weft cell: the wire types of the
+// agent's HTTP+JSON unix-socket API and its client. The agent (package
+// cell) serves it; the CLI and the CNI plugin are its clients. It imports
+// neither the agent nor the mesh nor the data plane, so that a client
+// links only the client (cmd/weft-cni's TestLinksOnlyTheClient).
+package cellapi
 
 import (
 	"fmt"
@@ -173,8 +178,8 @@ type Peer struct {
 	HandshakeAge float64 `json:"handshake_age_seconds,omitempty"`
 }
 
-// apiError is the body of every error answer.
-type apiError struct {
+// ErrorBody is the body of every error answer.
+type ErrorBody struct {
 	Error        string `json:"error"`
 	CurrentStamp uint64 `json:"current_stamp,omitempty"` // with 409: the stamp to sign above
 }
@@ -191,4 +196,22 @@ func (e *StatusError) Error() string {
 		return fmt.Sprintf("agent answered %d", e.Code)
 	}
 	return e.Message
+}
+
+// AppList is the body of GET /v1/apps.
+type AppList struct {
+	Apps []string `json:"apps"`
+}
+
+// FlowLogState is the body of GET and PUT /v1/flow-logs.
+type FlowLogState struct {
+	Enabled bool `json:"enabled"`
+}
+
+// EnforcementState is the body of GET and PUT /v1/policy-enforcement.
+type EnforcementState struct {
+	Enabled bool `json:"enabled"`
+	// Since is when enforcement last changed at run time (absent: as the
+	// agent started).
+	Since time.Time `json:"since,omitzero"`
 }
