@@ -124,26 +124,36 @@ func badTrace(code int, format string, args ...any) error {
 	return &cellapi.StatusError{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
+// validTrace checks what every trace, with or without --live, needs and
+// returns its protocol.
+func validTrace(req cellapi.TraceRequest) (policy.Protocol, error) {
+	proto, err := policy.ParseProtocol(req.Protocol)
+	switch {
+	case req.Protocol == "":
+		return proto, badTrace(http.StatusBadRequest, "protocol is required: tcp, udp or icmp")
+	case err != nil:
+		return proto, badTrace(http.StatusBadRequest, "%v", err)
+	case proto == policy.ProtoAll:
+		return proto, badTrace(http.StatusBadRequest, "protocol all: a trace follows one packet, name tcp, udp or icmp")
+	case proto == policy.ProtoICMP && req.Port != 0:
+		return proto, badTrace(http.StatusBadRequest, "port %d: icmp has no ports", req.Port)
+	case proto != policy.ProtoICMP && req.Port == 0:
+		return proto, badTrace(http.StatusBadRequest, "port is required for %s (1-65535)", proto)
+	case req.Destination == "":
+		return proto, badTrace(http.StatusBadRequest, "destination is required: an app name or an IP address")
+	case req.Source == "" && req.FromContainer == "":
+		return proto, badTrace(http.StatusBadRequest, "source is required: an app name, or from_container")
+	}
+	return proto, nil
+}
+
 // traceFlow answers a trace from a view. Bad input is a *StatusError
 // (400, or 404 for a container that is not registered).
 func traceFlow(req cellapi.TraceRequest, v *traceView) (cellapi.TraceResult, error) {
 	res := cellapi.TraceResult{Cell: v.self, Sources: []cellapi.TraceEndpoint{}, Destinations: []cellapi.TraceEndpoint{}}
-	proto, err := policy.ParseProtocol(req.Protocol)
-	switch {
-	case req.Protocol == "":
-		return res, badTrace(http.StatusBadRequest, "protocol is required: tcp, udp or icmp")
-	case err != nil:
-		return res, badTrace(http.StatusBadRequest, "%v", err)
-	case proto == policy.ProtoAll:
-		return res, badTrace(http.StatusBadRequest, "protocol all: a trace follows one packet, name tcp, udp or icmp")
-	case proto == policy.ProtoICMP && req.Port != 0:
-		return res, badTrace(http.StatusBadRequest, "port %d: icmp has no ports", req.Port)
-	case proto != policy.ProtoICMP && req.Port == 0:
-		return res, badTrace(http.StatusBadRequest, "port is required for %s (1-65535)", proto)
-	case req.Destination == "":
-		return res, badTrace(http.StatusBadRequest, "destination is required: an app name or an overlay IP")
-	case req.Source == "" && req.FromContainer == "":
-		return res, badTrace(http.StatusBadRequest, "source is required: an app name, or from_container")
+	proto, err := validTrace(req)
+	if err != nil {
+		return res, err
 	}
 	flow := proto.String()
 	if proto != policy.ProtoICMP {

@@ -168,24 +168,14 @@ func (a *Agent) liveTrace(ctx context.Context, req cellapi.TraceRequest) (cellap
 	return res, nil
 }
 
-// validLive checks a live trace's request and returns its protocol.
+// validLive checks a live trace's request and returns its protocol:
+// validTrace's checks, and a spoofed source only for tcp and udp.
 func validLive(req cellapi.TraceRequest) (policy.Protocol, error) {
-	proto, err := policy.ParseProtocol(req.Protocol)
-	switch {
-	case err != nil || proto == policy.ProtoAll:
-		return proto, badTrace(http.StatusBadRequest, "protocol %q: a live probe is tcp, udp or icmp", req.Protocol)
-	case proto == policy.ProtoICMP && req.Port != 0:
-		return proto, badTrace(http.StatusBadRequest, "port %d: icmp has no ports", req.Port)
-	case proto != policy.ProtoICMP && req.Port == 0:
-		return proto, badTrace(http.StatusBadRequest, "port is required for %s (1-65535)", proto)
-	case req.Destination == "":
-		return proto, badTrace(http.StatusBadRequest, "destination is required: an app name or an IPv4 address")
-	case req.Source == "" && req.FromContainer == "":
-		return proto, badTrace(http.StatusBadRequest, "source is required: an app name, or from_container")
-	case req.SourceIP != "" && proto == policy.ProtoICMP:
-		return proto, badTrace(http.StatusBadRequest, "source_ip: a spoofed probe is tcp or udp")
+	proto, err := validTrace(req)
+	if err == nil && req.SourceIP != "" && proto == policy.ProtoICMP {
+		err = badTrace(http.StatusBadRequest, "source_ip: a spoofed probe is tcp or udp")
 	}
-	return proto, nil
+	return proto, err
 }
 
 // probeRun is what a live trace observed of its probe.
