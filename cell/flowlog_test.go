@@ -103,6 +103,9 @@ func TestFlowLogTail(t *testing.T) {
 		t.Fatalf("kept denied line: %q", sc.Text())
 	}
 	cancel2()
+	// A live tail keeps the engine's log on; the on/off checks below
+	// start once the server has seen this one end.
+	waitUntil(t, "the flow log to switch off after the second tail", func() bool { return !a.engine.FlowLogEnabled() })
 
 	for _, q := range []struct{ app, verdict, want string }{
 		{"", "nonsense", `verdict "nonsense"`},
