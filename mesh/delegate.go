@@ -518,6 +518,7 @@ func (m *Mesh) setMember(n *memberlist.Node, st NodeState, joined bool) {
 			alive++
 		}
 	}
+	m.noteViewLocked()
 	m.mu.Unlock()
 	m.numAlive.Store(int32(max(alive, 1)))
 	m.signal(&m.notifyMembers)

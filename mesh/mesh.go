@@ -73,6 +73,11 @@ type Config struct {
 	// rounds a rumour needs to reach them all (300 ms for 2-4 cells, 500 ms
 	// for 17-64, 600 ms for 65-256 at 100 ms gossip).
 	LeaseSettle time.Duration
+
+	// ignoreAlive, in tests, makes memberlist drop alive messages (gossip
+	// and push/pull alike) about the nodes for which it returns true:
+	// gossip lost without a partition's suspicions.
+	ignoreAlive func(node string) bool
 }
 
 // DefaultConfig returns a Config with every default filled in. Name,
@@ -225,12 +230,22 @@ type Mesh struct {
 	leaving     atomic.Bool  // Shutdown began: no more metadata updates
 	rejected    atomic.Uint64
 	rejectedPol atomic.Uint64
-	aeSent      atomic.Uint64   // policy registers sent in batches (antientropy.go)
-	aeSkipped   atomic.Uint64   // anti-entropy sends skipped: the peer's outbox was busy
-	aeMaxMsg    atomic.Uint64   // the most registers one batch message carried
-	sweeps      atomic.Uint64   // isolation sweeps: every peer pinged (isolation.go)
-	trusted     map[string]bool // string(ed25519.PublicKey) of trusted operators; read-only
-	keyring     *memberlist.Keyring
+	aeSent      atomic.Uint64 // policy registers sent in batches (antientropy.go)
+	aeSkipped   atomic.Uint64 // anti-entropy sends skipped: the peer's outbox was busy
+	aeMaxMsg    atomic.Uint64 // the most registers one batch message carried
+	sweeps      atomic.Uint64 // isolation sweeps: every peer pinged (isolation.go)
+	viewPulls   atomic.Uint64 // push/pulls started because views differed (views.go)
+	viewMu      sync.Mutex    // guards view; taken under mu, never the other way
+	view        struct {      // this cell's alive set, for probe acks (views.go)
+		digest   uint64
+		alive    int
+		since    time.Time // when digest last changed
+		pulling  bool      // a push/pull for a differing view is under way
+		lastPull time.Time
+		spacing  time.Duration // least time from lastPull to the next
+	}
+	trusted map[string]bool // string(ed25519.PublicKey) of trusted operators; read-only
+	keyring *memberlist.Keyring
 
 	rejMu         sync.Mutex // guards rejPolLog
 	rejPolLog     time.Time  // last "rejected policy change" log
@@ -494,6 +509,10 @@ func (m *Mesh) memberlistConfig() *memberlist.Config {
 	}
 	mc.Delegate = (*delegate)(m)
 	mc.Events = (*events)(m)
+	mc.Ping = (*pings)(m)
+	if f := m.cfg.ignoreAlive; f != nil {
+		mc.Alive = aliveFilter(f)
+	}
 	mc.Logger = slog.NewLogLogger(m.cfg.Logger.With("component", "memberlist").Handler(), slog.LevelDebug)
 	return mc
 }
