@@ -792,8 +792,16 @@ func udpRate(b *testing.B, client, server string, dst netip.AddrPort, size int, 
 	if tag != "" && *ladderPerf != "" {
 		rec = perfRecorder(b, *ladderPerf, fmt.Sprintf("%s-udp%d", tag, size), *ladderUDPTime-200*time.Millisecond)
 	}
+	var snap0 map[string]nsCounters
+	prefix, _, _ := strings.Cut(server, "-")
+	if *ladderDrops {
+		snap0 = snapshotCounters(b, prefix+"-")
+	}
 	time.Sleep(*ladderUDPTime)
 	got, el, cores := received.Load()-start, time.Since(t0), machineBusy(b).cores(cpu0)
+	if *ladderDrops {
+		logCounterRates(b, fmt.Sprintf("%s udp%d (%.1fk/s received)", tag, size, float64(got)/el.Seconds()/1e3), snap0, snapshotCounters(b, prefix+"-"), el)
+	}
 	if rec != nil {
 		if file, err := rec(); err != nil {
 			b.Logf("-ladder.perf %s: %v", tag, err)
