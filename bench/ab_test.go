@@ -98,7 +98,7 @@ func BenchmarkAB(b *testing.B) {
 			udp[v][0] = append(udp[v][0], pps)
 			udp[v][1] = append(udp[v][1], cores/(pps/1e6))
 			for k, conns := range []int{1, rrConns} {
-				res := tcpRR(b, rrBin, ctA, ctB, netip.AddrPortFrom(ipB, rrPort+uint16(k)), conns, false)
+				res := tcpRR(b, rrBin, ctA, ctB, netip.AddrPortFrom(ipB, rrPort+uint16(k)), conns, false, "")
 				rr[v][k] = append(rr[v][k], res.tps)
 			}
 			p50, p99 := pingPong(b, ctA, ctB, netip.AddrPortFrom(ipB, udpPort+2))

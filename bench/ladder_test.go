@@ -595,7 +595,7 @@ func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst neti
 		b.ReportMetric(p50, "us-rtt-p50")
 		b.ReportMetric(p99, "us-rtt-p99")
 		r["us-rtt-p50"], r["us-rtt-p99"] = p50, p99
-		measureRR(b, r, client, server, dst)
+		measureRR(b, r, client, server, dst, tag)
 	}
 	return r
 }

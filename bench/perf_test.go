@@ -14,7 +14,7 @@ import (
 	"time"
 )
 
-var ladderPerf = flag.String("ladder.perf", "", "record the whole machine (perf record -a -g) during the single-stream TCP test of rungs b, c, d and n into this directory and report where its time went, and during their UDP 64 B test (DIR/RUNG-udp64.perf.data)")
+var ladderPerf = flag.String("ladder.perf", "", "record the whole machine (perf record -a -g) during the single-stream TCP test of rungs b, c, d and n into this directory and report where its time went, and during their UDP 64 B test (DIR/RUNG-udp64.perf.data) and their request/response tests (DIR/RUNG-rr1, -rr32, -crr.perf.data)")
 
 // machineShares is where the whole machine's time went while perf
 // recorded, as fractions of every sample on every CPU (idle included).

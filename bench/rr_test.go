@@ -47,7 +47,7 @@ func buildTool(b *testing.B, dir string) string {
 // measureRR runs the three request/response tests from namespace client to
 // dst in namespace server, reports them, and adds them to r ("rr1",
 // "rr32", "crr", and their cores as "cores-rr1" ...).
-func measureRR(b *testing.B, r rungResult, client, server string, dst netip.Addr) {
+func measureRR(b *testing.B, r rungResult, client, server string, dst netip.Addr, tag string) {
 	bin := buildTool(b, "./internal/tcprr")
 	// Many short connections: reuse ports in TIME_WAIT after a second, and
 	// take them from a wide range (the client namespace is this run's).
@@ -72,7 +72,11 @@ func measureRR(b *testing.B, r rungResult, client, server string, dst netip.Addr
 		{"crr", "conn/s-crr", rrConns, true},
 	}
 	for i, t := range tests {
-		res := tcpRR(b, bin, client, server, netip.AddrPortFrom(dst, rrPort+uint16(i)), t.conns, t.newConn)
+		perfTag := ""
+		if tag != "" && *ladderPerf != "" {
+			perfTag = tag + "-" + t.key
+		}
+		res := tcpRR(b, bin, client, server, netip.AddrPortFrom(dst, rrPort+uint16(i)), t.conns, t.newConn, perfTag)
 		r[t.key], r["cores-"+t.key] = res.tps, res.cores
 		b.ReportMetric(res.tps, t.unit)
 		b.ReportMetric(res.cores, "cores-"+t.key)
@@ -85,7 +89,7 @@ func measureRR(b *testing.B, r rungResult, client, server string, dst netip.Addr
 // own or, with newConn, on a new connection per transaction, for a
 // warm-up and then the TCP measuring time. It returns the transactions
 // per second and the machine's busy cores while tcprr measured.
-func tcpRR(b *testing.B, bin, client, server string, dst netip.AddrPort, conns int, newConn bool) rrResult {
+func tcpRR(b *testing.B, bin, client, server string, dst netip.AddrPort, conns int, newConn bool, perfTag string) rrResult {
 	stop := echoServer(b, server, dst.Port())
 	defer stop()
 	args := []string{"-to", dst.String(), "-conns", strconv.Itoa(conns),
@@ -111,6 +115,10 @@ func tcpRR(b *testing.B, bin, client, server string, dst netip.AddrPort, conns i
 	lines := bufio.NewReader(out)
 	line, err := lines.ReadString('\n')
 	cpu0 := machineBusy(b)
+	var rec func() (string, error)
+	if perfTag != "" && err == nil {
+		rec = perfRecorder(b, *ladderPerf, perfTag, *ladderTCPTime-200*time.Millisecond)
+	}
 	if err != nil || line != "start\n" {
 		io.Copy(io.Discard, lines)
 		cmd.Wait()
@@ -118,6 +126,13 @@ func tcpRR(b *testing.B, bin, client, server string, dst netip.AddrPort, conns i
 	}
 	line, err = lines.ReadString('\n')
 	cores := machineBusy(b).cores(cpu0)
+	if rec != nil {
+		if file, err := rec(); err != nil {
+			b.Logf("-ladder.perf %s: %v", perfTag, err)
+		} else {
+			b.Logf("-ladder.perf: %s recorded in %s", perfTag, file)
+		}
+	}
 	werr := cmd.Wait()
 	var n, secs float64
 	if err == nil && werr == nil {
