@@ -351,7 +351,7 @@ func (a *Agent) handleDeleteContainer(w http.ResponseWriter, r *http.Request) {
 }
 
 // unregisterLocked removes this cell's container name from the endpoint
-// registry and recompiles the policy table, so its address is refused at
+// registry and reconciles (the policy table recompiled), so its address is refused at
 // once. found is false when the cell has no such container. The caller
 // removes the container's network side. Needs a.mu.
 func (a *Agent) unregisterLocked(name string) (e mesh.Endpoint, found bool, err error) {

@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/overlay"
@@ -221,6 +224,9 @@ func testSubnetConflict(t *testing.T, winnerSmaller bool) {
 	if got := cell4.PID(); got != pid {
 		t.Fatalf("loser's agent: pid %d, was %d: it renumbered by restarting, want in place", got, pid)
 	}
+	if raw, err := os.ReadFile(cell4.LogPath); err == nil {
+		t.Logf("loser's log:\n%s", grep(string(raw), "data plane rebuilt"))
+	}
 	ip4, err := l.CreateContainer(4, "appW", l.Name("srv4"))
 	if err != nil {
 		t.Fatal(err)
@@ -240,6 +246,11 @@ func testSubnetConflict(t *testing.T, winnerSmaller bool) {
 		expectFrom(t, c, ip4, 8080, l.Name("srv4"))
 	}
 	waitResolve(t, cli4, "appW.apps.internal.", ipW.String(), ip4.String())
+	// The rebuilt data plane is kept as the first was: cell 1's peer
+	// removed behind the loser's back (`wg set IFACE peer KEY remove`
+	// over the UAPI socket) comes back and carries traffic again.
+	removePeerAndWait(t, l, 4, 1)
+	expectFrom(t, clients[0], ip4, 8080, l.Name("srv4"))
 	for i := 1; i <= 3; i++ {
 		waitStatus(t, l, i, 15*time.Second, "the loser's new subnet", func(st lab.Status) bool {
 			for _, m := range st.Members {
@@ -262,6 +273,51 @@ func testSubnetConflict(t *testing.T, winnerSmaller bool) {
 	for _, c := range clients {
 		expectFrom(t, c, ip4, 8080, l.Name("srv4"))
 	}
+}
+
+// removePeerAndWait removes cell peer's WireGuard peer from cell i's
+// device as `wg set IFACE peer KEY remove` does (UAPI) and waits until
+// drift repair has put it back with its allowed IPs.
+func removePeerAndWait(t *testing.T, l *lab.Lab, i, peer int) {
+	t.Helper()
+	c, _ := l.Cell(i)
+	st, err := l.Status(peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sti, err := l.Status(i)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var key wgtypes.Key
+	for _, p := range sti.Peers {
+		if k, err := wgtypes.ParseKey(p.PublicKey); err == nil && slices.Contains(p.AllowedIPs, st.Subnet) {
+			key = k
+		}
+	}
+	if key == (wgtypes.Key{}) {
+		t.Fatalf("cell %d has no peer for cell %d's subnet %s: %s", i, peer, st.Subnet, sti.Raw)
+	}
+	wg, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wg.Close()
+	if err := wg.ConfigureDevice(c.Interface, wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: key, Remove: true}}}); err != nil {
+		t.Fatalf("remove cell %d's peer %v on cell %d: %v", peer, key, i, err)
+	}
+	waitFor(t, 10*time.Second, fmt.Sprintf("cell %d's peer back on cell %d", peer, i), func() bool {
+		dev, err := wg.Device(c.Interface)
+		if err != nil {
+			return false
+		}
+		for _, p := range dev.Peers {
+			if p.PublicKey == key && len(p.AllowedIPs) == 1 && p.AllowedIPs[0].String() == st.Subnet {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // cellAddrsAndRule returns the IPv4 addresses on cell c's TUN and whether
