@@ -351,9 +351,9 @@ func (a *Agent) handleDeleteContainer(w http.ResponseWriter, r *http.Request) {
 }
 
 // unregisterLocked removes this cell's container name from the endpoint
-// registry and reconciles (the policy table recompiled), so its address is refused at
-// once. found is false when the cell has no such container. The caller
-// removes the container's network side. Needs a.mu.
+// registry and reconciles (the policy table is compiled again), so its
+// address is refused at once. found is false when the cell has no such
+// container. The caller removes the container's network side. Needs a.mu.
 func (a *Agent) unregisterLocked(name string) (e mesh.Endpoint, found bool, err error) {
 	for _, e := range a.localContainers() {
 		if e.Name != name {
