@@ -306,7 +306,11 @@ func (a *Agent) refuseWhileRenumberingLocked(w http.ResponseWriter) bool {
 		return false
 	}
 	kick(a.membersCh)
-	writeError(w, http.StatusServiceUnavailable, "cell %s is moving from subnet %v to %v (its lease was re-picked): retry in a few seconds",
-		a.cfg.Name, a.ov.LocalSubnet(), s)
+	to := "a new one (being picked)"
+	if s.IsValid() {
+		to = s.String()
+	}
+	writeError(w, http.StatusServiceUnavailable, "cell %s is moving from subnet %v to %s (its lease was re-picked): retry in a few seconds",
+		a.cfg.Name, a.ov.LocalSubnet(), to)
 	return true
 }
