@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/internal/buildinfo"
@@ -106,14 +105,13 @@ type Agent struct {
 	ready     chan struct{} // closed once the data plane is up
 	stopping  atomic.Bool   // Run is returning: not ready any more
 
-	versionSkew string // the last version skew logged (checkVersions); loop goroutine only
-
-	mu       sync.Mutex       // serialises container changes and table compiles
-	ov       *overlay.Overlay // guarded by mu; nil until the subnet lease is taken
-	pmtu     *pmtuProber      // guarded by mu; path MTU probes (pmtu.go), nil with ov or without a probe socket
-	compiled *tableInputs     // guarded by mu: the inputs of the engine's table
-	enf      enforcement      // guarded by mu
-	dns      agentDNS         // srv guarded by mu
+	mu          sync.Mutex       // serialises container changes and reconciles
+	ov          *overlay.Overlay // guarded by mu; nil until the subnet lease is taken
+	pmtu        *pmtuProber      // guarded by mu; path MTU probes (pmtu.go), nil with ov or without a probe socket
+	applied     *applied         // guarded by mu: what the last reconcile applied (reconcile.go); nil: nothing yet
+	versionSkew string           // guarded by mu: the last version skew logged (logVersionSkewLocked)
+	enf         enforcement      // guarded by mu
+	dns         agentDNS         // srv guarded by mu
 }
 
 // Run runs the agent until ctx is cancelled, then leaves the mesh and
@@ -216,7 +214,30 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// startOverlay builds the data plane on the cell's first settled subnet,
+// takes back the containers found in the kernel and applies the mesh.
 func (a *Agent) startOverlay(subnet netip.Prefix) error {
+	a.engine.ResumeTracking() // flows may be under way from before a restart
+	if a.cfg.PolicyOff {
+		a.log.Warn("policy enforcement is off: every packet passes")
+	}
+	a.mu.Lock()
+	a.enf.off, a.enf.warned = a.cfg.PolicyOff, time.Now()
+	if err := a.startOverlayLocked(subnet); err != nil {
+		a.mu.Unlock()
+		return err
+	}
+	a.recoverContainersLocked()
+	a.reconcileLocked()
+	a.mu.Unlock()
+	close(a.ready)
+	return nil
+}
+
+// startOverlayLocked creates the overlay on subnet (with the engine, or
+// the open filter while enforcement is off) and its path MTU prober. At
+// start and when the lease moved (renumberLocked). Needs a.mu.
+func (a *Agent) startOverlayLocked(subnet netip.Prefix) error {
 	ocfg := overlay.DefaultConfig()
 	ocfg.Interface = a.cfg.Interface
 	ocfg.MTU = a.cfg.MTU
@@ -228,14 +249,9 @@ func (a *Agent) startOverlay(subnet netip.Prefix) error {
 	ocfg.OverlayCIDR = a.cfg.OverlayCIDR
 	ocfg.LocalSubnet = subnet
 	ocfg.Filter = a.engine
-	a.engine.ResumeTracking() // flows may be under way from before a restart
-	if a.cfg.PolicyOff {
+	if a.enf.off {
 		ocfg.Filter = overlay.OpenFilter{LocalSubnet: subnet}
-		a.log.Warn("policy enforcement is off: every packet passes")
 	}
-	a.mu.Lock()
-	a.enf.off, a.enf.warned = a.cfg.PolicyOff, time.Now()
-	a.mu.Unlock()
 	ocfg.TUNBackend = a.cfg.TUNBackend
 	ocfg.PartialTCPChecksums = a.cfg.PartialTCPChecksums
 	ocfg.DNS = a.cfg.DNSAddr
@@ -248,17 +264,10 @@ func (a *Agent) startOverlay(subnet netip.Prefix) error {
 	if err != nil {
 		a.log.Warn("path MTU is not probed: peers keep the overlay MTU", "err", err)
 	}
-	a.mu.Lock()
-	a.ov = ov
-	a.pmtu = pm
-	a.recoverContainersLocked()
-	a.compileLocked()
-	a.mu.Unlock()
+	a.ov, a.pmtu = ov, pm
 	if ov.AcceptsPartialTCPChecksum() {
 		a.mesh.SetFeatures(mesh.FeatPartialTCPChecksum)
 	}
-	close(a.ready)
-	a.syncPeers()
 	return nil
 }
 
@@ -288,10 +297,11 @@ func (a *Agent) stopOverlay() {
 	}
 }
 
-// loop applies mesh changes to the data plane. A periodic pass repairs
-// anything a missed notification left behind and expires idle flows. It
-// returns an error when the mesh moved this cell to another subnet (see
-// renumbered).
+// loop reconciles the data plane with the mesh (reconcile.go) on every
+// membership or replicated-state change, and every 5 s a pass that also
+// catches what a missed notification left behind and expires idle flows.
+// It returns an error when the data plane cannot follow the mesh in
+// process (renumberLocked).
 func (a *Agent) loop(ctx context.Context) error {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
@@ -300,164 +310,14 @@ func (a *Agent) loop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-a.membersCh:
-			if err := a.renumbered(); err != nil {
-				return err
-			}
-			a.syncPeers()
-			a.compile()    // the cell hosts' addresses (policy.HostApp)
-			a.refreshDNS() // instances on dead cells go away
-			a.checkVersions(a.mesh.Members())
 		case <-a.stateCh:
-			a.compile()
 		case now := <-tick.C:
-			if err := a.renumbered(); err != nil {
-				return err
-			}
-			a.syncPeers()
-			a.compile()
 			a.engine.ExpireFlows(now)
 			a.warnEnforcementOff(now)
-			a.checkVersions(a.mesh.Members())
 		}
-	}
-}
-
-// renumbered returns an error once the mesh holds a settled lease of
-// another subnet than the data plane was built for: this cell lost a
-// conflict (or a takeover) and, having no containers there, re-picked.
-// The TUN address, routes, guard and DNS are built for one subnet; the
-// agent exits so that its service manager (deploy/weft-agent.service:
-// Restart=on-failure) starts it again on the new lease from lease.json,
-// the restart path every cell already takes.
-func (a *Agent) renumbered() error {
-	ov := a.overlay()
-	if ov == nil {
-		return nil
-	}
-	if s := a.mesh.Subnet(); s.IsValid() && s != ov.LocalSubnet() {
-		a.log.Error("SUBNET RENUMBERED: this cell's subnet lease moved; restarting to rebuild the data plane",
-			"from", ov.LocalSubnet(), "to", s)
-		return fmt.Errorf("subnet lease moved from %v to %v (a lost conflict): exiting so that the agent restarts on the new subnet",
-			ov.LocalSubnet(), s)
-	}
-	return nil
-}
-
-// syncPeers makes the WireGuard peers the live remote members with a lease.
-func (a *Agent) syncPeers() {
-	var peers []overlay.Peer
-	var targets []pmtuTarget
-	for _, m := range a.mesh.Members() {
-		if m.Self || !m.Subnet.IsValid() || (m.State != mesh.NodeAlive && m.State != mesh.NodeSuspect) {
-			continue
+		if err := a.reconcile(); err != nil {
+			return err
 		}
-		key, err := wgtypes.ParseKey(m.WGPublicKey)
-		if err != nil {
-			a.log.Warn("member has an invalid WireGuard key", "member", m.Name, "err", err)
-			continue
-		}
-		peers = append(peers, overlay.Peer{
-			PublicKey:  key,
-			Endpoint:   netip.AddrPortFrom(m.Addr, uint16(m.WGPort)),
-			AllowedIPs: []netip.Prefix{m.Subnet},
-
-			PartialTCPChecksum: m.Features&mesh.FeatPartialTCPChecksum != 0,
-		})
-		targets = append(targets, pmtuTarget{Name: m.Name, Key: m.WGPublicKey, Subnet: m.Subnet,
-			Endpoint: netip.AddrPortFrom(m.Addr, uint16(m.WGPort))})
-	}
-	a.mu.Lock()
-	ov, pm := a.ov, a.pmtu
-	a.mu.Unlock()
-	if ov == nil {
-		return
-	}
-	if err := ov.SyncPeers(peers); err != nil {
-		a.log.Error("sync WireGuard peers", "err", err)
-	}
-	if pm != nil {
-		pm.Sync(targets)
-	}
-}
-
-func (a *Agent) compile() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.compileLocked()
-}
-
-// compileLocked builds a new policy table from the replicated state and
-// swaps it in. Conntrack survives; flows whose rule is gone are cut on their
-// next packet.
-//
-// A table is compiled only when its inputs changed: the periodic pass then
-// costs a comparison, not a compile (50 ms and 34 MB of garbage for 100k
-// rules) and a new generation, which sends every tracked flow through the
-// locked revalidation on its next packet.
-func (a *Agent) compileLocked() {
-	in := &tableInputs{rules: a.mesh.Policies(), subnet: a.mesh.Subnet()}
-	for _, e := range a.mesh.Endpoints() {
-		in.eps = append(in.eps, policy.Endpoint{IP: e.IP, App: e.App, Local: e.Cell == a.cfg.Name})
-	}
-	// The cell hosts' addresses (weft0's, overlay.CellAddr): a host
-	// reaches another cell's containers from it, with an ingress rule
-	// from the cell hosts (docs/policy.md).
-	for _, n := range a.mesh.Members() {
-		if n.Subnet.IsValid() {
-			in.eps = append(in.eps, policy.Endpoint{IP: overlay.CellAddr(n.Subnet), App: policy.HostApp, Local: n.Self})
-		}
-	}
-	for _, r := range a.mesh.IngressRules() {
-		if r.FromHost {
-			in.hostRules = append(in.hostRules, r)
-		}
-	}
-	if !in.equal(a.compiled) {
-		a.engine.SetTable(policy.Compile(policy.TableConfig{
-			Rules:       in.rules,
-			Endpoints:   in.eps,
-			HostRules:   in.hostRules,
-			LocalSubnet: in.subnet,
-		}))
-		a.compiled = in
-	}
-	a.syncGuardLocked()
-	a.syncEgressLocked()
-	a.syncIngressLocked()
-	a.updateDNSLocked()
-}
-
-// syncEgressLocked compiles the replicated egress rules for this cell's
-// containers (by app) into the guard's egress chain (overlay/egress_linux.go).
-// Like syncGuardLocked it runs with every compile; the guard rewrites the
-// chain only when the compiled rules differ from the last written.
-func (a *Agent) syncEgressLocked() {
-	if a.ov == nil {
-		return
-	}
-	appIPs := map[string][]netip.Addr{}
-	for _, e := range a.localContainers() {
-		appIPs[e.App] = append(appIPs[e.App], e.IP)
-	}
-	if err := a.ov.SyncEgress(a.mesh.EgressRules(), appIPs); err != nil {
-		a.log.Error("egress rules (nftables) not applied", "err", err)
-	}
-}
-
-// syncGuardLocked binds each local container's address to its host veth in
-// the overlay's guard (overlay/guard_linux.go), so that a container can send
-// only from its own address. It runs with every compile, the periodic one
-// included, which also repairs a table that was removed from the kernel.
-func (a *Agent) syncGuardLocked() {
-	if a.ov == nil {
-		return
-	}
-	var want []overlay.GuardEntry
-	for _, e := range a.localContainers() {
-		want = append(want, overlay.GuardEntry{Veth: overlay.HostVethName(e.Name), IP: e.IP})
-	}
-	if _, err := a.ov.SyncGuard(want); err != nil {
-		a.log.Error("container source binding (nftables) not applied", "err", err)
 	}
 }
 

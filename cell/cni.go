@@ -54,6 +54,9 @@ func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.refuseWhileRenumberingLocked(w) {
+		return
+	}
 	local := a.localContainers()
 	for _, e := range local {
 		if e.Name == name {
@@ -90,7 +93,7 @@ func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 		writeError(w, registerStatus(err), "register %s: %v", name, err)
 		return
 	}
-	a.compileLocked()
+	a.reconcileLocked()
 	a.log.Info("container attached", "attachment", name, "app", req.App, "ip", ip, "netns", req.Netns)
 	writeJSON(w, http.StatusCreated, a.attachmentOf(name, req.App, att))
 }

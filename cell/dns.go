@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 
 	"github.com/weft-net/weft/discovery"
-	"github.com/weft-net/weft/mesh"
 )
 
 // DefaultDNSAddr is where containers find the cell's DNS server: a
@@ -51,7 +50,7 @@ func (a *Agent) startDNS(ctx context.Context) error {
 	a.mu.Lock()
 	err := a.ov.AddServiceAddr(a.cfg.DNSAddr)
 	a.dns.srv = srv
-	a.updateDNSLocked()
+	a.reconcileLocked() // the records, from the last reconcile's mesh state
 	a.mu.Unlock()
 	if err != nil {
 		return err
@@ -66,12 +65,6 @@ func (a *Agent) startDNS(ctx context.Context) error {
 		}
 	}()
 	return nil
-}
-
-func (a *Agent) refreshDNS() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.updateDNSLocked()
 }
 
 // usableUpstreams leaves out resolvers this cell cannot reach: an address
@@ -89,32 +82,6 @@ func (a *Agent) usableUpstreams(ups []string) []string {
 		out = append(out, u)
 	}
 	return out
-}
-
-// updateDNSLocked gives the DNS server the instances on live cells. Called
-// with a.mu held whenever the registry or membership may have changed.
-func (a *Agent) updateDNSLocked() {
-	if a.dns.srv == nil {
-		return
-	}
-	live := map[string]bool{a.cfg.Name: true}
-	for _, m := range a.mesh.Members() {
-		if m.State == mesh.NodeAlive || m.State == mesh.NodeSuspect {
-			live[m.Name] = true
-		}
-	}
-	var insts []discovery.Instance
-	local := map[netip.Addr]bool{}
-	for _, e := range a.mesh.Endpoints() {
-		if e.Cell == a.cfg.Name {
-			local[e.IP] = true
-		}
-		if live[e.Cell] {
-			insts = append(insts, discovery.Instance{IP: e.IP, App: e.App, Name: e.Name})
-		}
-	}
-	a.dns.localIPs.Store(&local)
-	a.dns.srv.SetRecords(insts, a.routes())
 }
 
 // routes are the internal routes of the replicated state.

@@ -50,7 +50,7 @@ func TestFlowLogTail(t *testing.T) {
 	if _, err := a.mesh.AddPolicy(tcpRule("appA", "appB", 8080, 8080)); err != nil {
 		t.Fatal(err)
 	}
-	a.compile()
+	a.reconcileNow()
 	if a.engine.FlowLogEnabled() {
 		t.Fatal("flow log on before anyone tails")
 	}
@@ -145,7 +145,7 @@ func TestDeniedPairsMetric(t *testing.T) {
 		if err := a.mesh.AddEndpoint(mesh.Endpoint{IP: ip, App: fmt.Sprint("app", i), Name: fmt.Sprint("c", i)}); err != nil {
 			t.Fatal(err)
 		}
-		a.compile()
+		a.reconcileNow()
 		for range i + 1 { // app i is denied i+1 times: the top are the last ones
 			a.engine.Outbound(synTo(ip, dst, 40000, 5432))
 		}

@@ -124,10 +124,9 @@ func TestVersionSkew(t *testing.T) {
 
 	var buf bytes.Buffer
 	a := &Agent{cfg: Config{Version: "v1"}, log: slog.New(slog.NewTextHandler(&buf, nil))}
-	a.checkVersions(same)
-	a.checkVersions(mixed)
-	a.checkVersions(mixed) // no second warning for the same skew
-	a.checkVersions(same)
+	for _, ms := range [][]mesh.Node{same, mixed, mixed, same} { // no second warning for the same skew
+		a.applyLocked(desired{skew: versionSkew(ms)})
+	}
 	logs := buf.String()
 	if n := strings.Count(logs, "level=WARN"); n != 1 || !strings.Contains(logs, want) {
 		t.Errorf("want one warning naming the versions, got:\n%s", logs)

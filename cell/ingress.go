@@ -4,7 +4,6 @@ import (
 	"crypto/ed25519"
 	"maps"
 	"net/http"
-	"net/netip"
 	"slices"
 	"time"
 
@@ -56,20 +55,4 @@ func (a *Agent) checkIngressSet(cs []mesh.PolicyChange) error {
 	}
 	_, err := policy.CheckIngressRules(slices.Collect(maps.Values(set)), a.cfg.OverlayCIDR)
 	return err
-}
-
-// syncIngressLocked compiles the replicated ingress rules for this cell's
-// containers (by app) into the guard's ingress chains
-// (overlay/guard_linux.go), as syncEgressLocked does for egress.
-func (a *Agent) syncIngressLocked() {
-	if a.ov == nil {
-		return
-	}
-	appIPs := map[string][]netip.Addr{}
-	for _, e := range a.localContainers() {
-		appIPs[e.App] = append(appIPs[e.App], e.IP)
-	}
-	if err := a.ov.SyncIngress(a.mesh.IngressRules(), appIPs); err != nil {
-		a.log.Error("ingress rules (nftables) not applied", "err", err)
-	}
 }

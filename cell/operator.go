@@ -325,7 +325,7 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 		applied = applied || changed[j]
 	}
 	if applied {
-		a.compile()
+		a.reconcileNow()
 	}
 	writeJSON(w, http.StatusOK, res)
 }

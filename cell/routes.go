@@ -62,7 +62,7 @@ func (a *Agent) handleRouteChange(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if changed {
-		a.compile() // refreshes DNS
+		a.reconcileNow() // refreshes DNS
 		a.log.Info("internal route changed", "route", rt.String(), "mapped", req.Present)
 	}
 	switch {

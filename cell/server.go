@@ -257,6 +257,9 @@ func (a *Agent) handleCreateContainer(w http.ResponseWriter, r *http.Request) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.refuseWhileRenumberingLocked(w) {
+		return
+	}
 	local := a.localContainers()
 	for _, e := range local {
 		if e.Name == req.Name {
@@ -291,7 +294,7 @@ func (a *Agent) handleCreateContainer(w http.ResponseWriter, r *http.Request) {
 		writeError(w, registerStatus(err), "register container %s: %v", req.Name, err)
 		return
 	}
-	a.compileLocked()
+	a.reconcileLocked()
 	if err := a.writeResolvConf(req.Name); err != nil {
 		a.log.Warn("write resolv.conf", "container", req.Name, "err", err)
 	}
@@ -348,9 +351,9 @@ func (a *Agent) handleDeleteContainer(w http.ResponseWriter, r *http.Request) {
 }
 
 // unregisterLocked removes this cell's container name from the endpoint
-// registry and recompiles the policy table, so its address is refused at
-// once. found is false when the cell has no such container. The caller
-// removes the container's network side. Needs a.mu.
+// registry and reconciles (the policy table is compiled again), so its
+// address is refused at once. found is false when the cell has no such
+// container. The caller removes the container's network side. Needs a.mu.
 func (a *Agent) unregisterLocked(name string) (e mesh.Endpoint, found bool, err error) {
 	for _, e := range a.localContainers() {
 		if e.Name != name {
@@ -359,7 +362,7 @@ func (a *Agent) unregisterLocked(name string) (e mesh.Endpoint, found bool, err 
 		if err := a.mesh.RemoveEndpoint(e.IP); err != nil {
 			return e, true, fmt.Errorf("unregister container %s: %w", name, err)
 		}
-		a.compileLocked()
+		a.reconcileLocked()
 		return e, true, nil
 	}
 	return mesh.Endpoint{}, false, nil
@@ -408,7 +411,7 @@ func (a *Agent) changePolicy(w http.ResponseWriter, r *http.Request, present boo
 		return
 	}
 	if changed {
-		a.compile()
+		a.reconcileNow()
 		a.log.Info("policy "+verb, "rule", rule.String())
 	}
 	switch {

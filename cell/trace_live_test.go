@@ -28,7 +28,7 @@ func TestProbeWatch(t *testing.T) {
 	if _, err := a.mesh.AddPolicy(tcpRule("appA", "appB", 8080, 8080)); err != nil {
 		t.Fatal(err)
 	}
-	a.compile()
+	a.reconcileNow()
 	call := func(m cellMsg) probeResult {
 		body, _ := json.Marshal(m)
 		var res probeResult

@@ -86,7 +86,7 @@ func TestTraceAPI(t *testing.T) {
 	if _, err := a.mesh.AddPolicy(rule); err != nil {
 		t.Fatal(err)
 	}
-	a.compile()
+	a.reconcileNow()
 	ctx := context.Background()
 
 	res, err := c.Trace(ctx, cellapi.TraceRequest{Source: "appA", Destination: "appB", Protocol: "tcp", Port: 8080})

@@ -47,14 +47,11 @@ func versionSkew(members []mesh.Node) string {
 	return "members run different versions: " + strings.Join(parts, "; ")
 }
 
-// checkVersions logs a warning when the live members start to run
+// logVersionSkewLocked logs a warning when the live members start to run
 // different versions (or the set of versions changes), and once when they
-// agree again. Called from the agent loop only.
-func (a *Agent) checkVersions(members []mesh.Node) {
-	skew := versionSkew(members)
-	if skew == a.versionSkew {
-		return
-	}
+// agree again; skew is versionSkew's. Called by applyLocked (a.mu held)
+// when skew differs from the last one logged.
+func (a *Agent) logVersionSkewLocked(skew string) {
 	switch {
 	case skew != "":
 		a.log.Warn("version skew: "+skew+"; finish the upgrade (docs/operations.md, \"Upgrading a cell\")", "version", a.cfg.Version)

@@ -6,12 +6,19 @@ import (
 	"hash/fnv"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/overlay"
 )
 
 // preferredIndex is mesh/lease.go's preferredIndex for a cell that lost no
@@ -58,7 +65,8 @@ type conflictStatus struct {
 // lease wins everywhere whatever the names' order: the winner's container
 // answers from the other cells' containers; the loser reports its
 // container as conflicted and refuses new ones; once that container is
-// removed the loser re-picks and, restarted, holds another subnet.
+// removed the loser re-picks and renumbers in place (the same agent
+// process), and a container there is reachable from the other cells.
 func TestSubnetConflict(t *testing.T) {
 	for _, tc := range []struct {
 		name          string
@@ -192,28 +200,152 @@ func testSubnetConflict(t *testing.T, winnerSmaller bool) {
 		expectFrom(t, c, ipW, 8080, wC)
 	}
 
-	// The operator removes the conflicted container: the loser re-picks,
-	// its agent exits to rebuild the data plane, and restarted it holds
-	// another subnet.
+	// The operator removes the conflicted container: the loser re-picks
+	// and its agent rebuilds the data plane on the new subnet in place
+	// (issue 27): the same process, weft0 with the new cell address and
+	// the `iif lo` rule to the new subnet, and a new container there that
+	// reaches and is reached from the other cells and resolves names.
+	cell4, _ := l.Cell(4)
+	pid := cell4.PID()
 	if err := l.DeleteContainer(4, lC); err != nil {
 		t.Fatal(err)
 	}
-	cell4, _ := l.Cell(4)
-	waitFor(t, 15*time.Second, "the loser's agent exits to renumber", func() bool { return cell4.PID() == 0 })
+	var st4 lab.Status
+	took := waitStatus(t, l, 4, 15*time.Second, "the loser holds a new subnet", func(st lab.Status) bool {
+		st4 = st
+		return st.Subnet != "" && st.Subnet != contested
+	})
+	renumbered := netip.MustParsePrefix(st4.Subnet)
+	t.Logf("loser renumbered to %s after %v", renumbered, took)
+	waitFor(t, 15*time.Second, "the loser's data plane on "+renumbered.String(), func() bool {
+		addrs, rule, err := cellAddrsAndRule(cell4, renumbered)
+		return err == nil && slices.Equal(addrs, []netip.Addr{overlay.CellAddr(renumbered)}) && rule
+	})
+	if got := cell4.PID(); got != pid {
+		t.Fatalf("loser's agent: pid %d, was %d: it renumbered by restarting, want in place", got, pid)
+	}
+	if raw, err := os.ReadFile(cell4.LogPath); err == nil {
+		t.Logf("loser's log:\n%s", grep(string(raw), "data plane rebuilt"))
+	}
+	ip4, err := l.CreateContainer(4, "appW", l.Name("srv4"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !renumbered.Contains(ip4) {
+		t.Fatalf("new container on the loser at %v, outside its subnet %v", ip4, renumbered)
+	}
+	serveHTTP(t, l.Name("srv4"), 8080)
+	cli4 := l.Name("cli4")
+	if _, err := l.CreateContainer(4, "appC", cli4); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range append(clients, cli4) {
+		expectFrom(t, c, ipW, 8080, wC)
+	}
+	for _, c := range clients {
+		expectFrom(t, c, ip4, 8080, l.Name("srv4"))
+	}
+	waitResolve(t, cli4, "appW.apps.internal.", ipW.String(), ip4.String())
+	// The rebuilt data plane is kept as the first was: cell 1's peer
+	// removed behind the loser's back (`wg set IFACE peer KEY remove`
+	// over the UAPI socket) comes back and carries traffic again.
+	removePeerAndWait(t, l, 4, 1)
+	expectFrom(t, clients[0], ip4, 8080, l.Name("srv4"))
+	for i := 1; i <= 3; i++ {
+		waitStatus(t, l, i, 15*time.Second, "the loser's new subnet", func(st lab.Status) bool {
+			for _, m := range st.Members {
+				if m.Name == loser {
+					return m.Subnet == renumbered.String()
+				}
+			}
+			return false
+		})
+	}
+
+	// The restart path still works: restarted, the loser takes back the
+	// new lease and serves its containers.
 	if err := l.StartCell(4); err != nil {
 		t.Fatal(err)
 	}
-	st4, err := l.Status(4)
-	if err != nil || st4.Subnet == contested || st4.Subnet == "" {
-		t.Fatalf("restarted loser: subnet %q (%v), want a new one", st4.Subnet, err)
+	if st, err := l.Status(4); err != nil || st.Subnet != renumbered.String() {
+		t.Fatalf("restarted loser: subnet %q (%v), want %s", st.Subnet, err, renumbered)
 	}
-	t.Logf("loser renumbered to %s", st4.Subnet)
-	if _, err := l.CreateContainer(4, "appC", l.Name("cli4")); err != nil {
+	for _, c := range clients {
+		expectFrom(t, c, ip4, 8080, l.Name("srv4"))
+	}
+}
+
+// removePeerAndWait removes cell peer's WireGuard peer from cell i's
+// device as `wg set IFACE peer KEY remove` does (UAPI) and waits until
+// drift repair has put it back with its allowed IPs.
+func removePeerAndWait(t *testing.T, l *lab.Lab, i, peer int) {
+	t.Helper()
+	c, _ := l.Cell(i)
+	st, err := l.Status(peer)
+	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range append(clients, l.Name("cli4")) {
-		expectFrom(t, c, ipW, 8080, wC)
+	sti, err := l.Status(i)
+	if err != nil {
+		t.Fatal(err)
 	}
+	var key wgtypes.Key
+	for _, p := range sti.Peers {
+		if k, err := wgtypes.ParseKey(p.PublicKey); err == nil && slices.Contains(p.AllowedIPs, st.Subnet) {
+			key = k
+		}
+	}
+	if key == (wgtypes.Key{}) {
+		t.Fatalf("cell %d has no peer for cell %d's subnet %s: %s", i, peer, st.Subnet, sti.Raw)
+	}
+	wg, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wg.Close()
+	if err := wg.ConfigureDevice(c.Interface, wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: key, Remove: true}}}); err != nil {
+		t.Fatalf("remove cell %d's peer %v on cell %d: %v", peer, key, i, err)
+	}
+	waitFor(t, 10*time.Second, fmt.Sprintf("cell %d's peer back on cell %d", peer, i), func() bool {
+		dev, err := wg.Device(c.Interface)
+		if err != nil {
+			return false
+		}
+		for _, p := range dev.Peers {
+			if p.PublicKey == key && len(p.AllowedIPs) == 1 && p.AllowedIPs[0].String() == st.Subnet {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// cellAddrsAndRule returns the IPv4 addresses on cell c's TUN and whether
+// the `iif lo to SUBNET lookup DELIVERY` rule is there for subnet.
+func cellAddrsAndRule(c *lab.Cell, subnet netip.Prefix) (addrs []netip.Addr, rule bool, err error) {
+	err = lab.InNetns(c.Netns, func() error {
+		link, err := netlink.LinkByName(c.Interface)
+		if err != nil {
+			return err
+		}
+		as, err := netlink.AddrList(link, unix.AF_INET)
+		if err != nil {
+			return err
+		}
+		for _, a := range as {
+			ip, _ := netip.AddrFromSlice(a.IP)
+			if ip = ip.Unmap(); !ip.IsLinkLocalUnicast() { // the DNS address 169.254.0.2 aside
+				addrs = append(addrs, ip)
+			}
+		}
+		rules, err := netlink.RuleList(unix.AF_INET)
+		for _, r := range rules {
+			rule = rule || (r.IifName == "lo" && r.Dst != nil && r.Dst.String() == subnet.String() &&
+				r.Table == overlay.DefaultConfig().DeliveryTable)
+		}
+		return err
+	})
+	return addrs, rule, err
 }
 
 // containerStatus is `weft container list` of a cell: name -> status.
