@@ -46,10 +46,17 @@ func TestGigabyteInOrder(t *testing.T) {
 	after := tcpExt(t, ctA)
 	// The kernel counts the reorderings it detects by SACK, timestamps or
 	// duplicate ACKs. Loss (a full TUN queue) retransmits, which is not
-	// reordering and is logged only.
+	// reordering and is logged only. As for UDP below, the kernel's
+	// per-CPU backlogs swap a segment now and then (CI, with the machine
+	// loaded: one event in a gigabyte); a weft batching bug would swap
+	// one per batch, thousands here.
+	const maxReorderEvents = 10
 	for _, k := range []string{"TCPSACKReorder", "TCPTSReorder", "TCPRenoReorder"} {
-		if d := after[k] - before[k]; d != 0 {
-			t.Errorf("sender detected reordering: TcpExt %s +%d", k, d)
+		d := after[k] - before[k]
+		if d > maxReorderEvents {
+			t.Errorf("sender detected reordering: TcpExt %s +%d (at most %d allowed: kernel backlog races)", k, d, maxReorderEvents)
+		} else if d != 0 {
+			t.Logf("sender detected reordering: TcpExt %s +%d (within %d)", k, d, maxReorderEvents)
 		}
 	}
 	t.Logf("sender: TCPLostRetransmit +%d, retransmitted segments +%d (TCPRetransFail +%d)",

@@ -2,11 +2,10 @@ package mesh
 
 import (
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/hashicorp/memberlist"
 )
 
 // Isolation. memberlist probes one peer per probe interval, and a probe
@@ -56,12 +55,25 @@ func (m *Mesh) isolationLoop() {
 	}
 }
 
-// probeTargets are the peers memberlist holds alive or suspect.
-func (m *Mesh) probeTargets() []*memberlist.Node {
-	var out []*memberlist.Node
-	for _, n := range m.ml.Members() {
-		if n.Name != m.cfg.Name {
-			out = append(out, n)
+// probeTarget is a peer to ping: its name and gossip address, copied.
+type probeTarget struct {
+	name string
+	addr *net.UDPAddr
+}
+
+// probeTargets are the peers memberlist holds alive or suspect (weft's
+// member records, which memberlist's events keep: suspicion does not
+// change them). They are read from those records under m.mu rather than
+// from memberlist's Members, whose *Node fields memberlist rewrites
+// without a lock the caller could take (a refuting alive message sets
+// Addr and Port).
+func (m *Mesh) probeTargets() []probeTarget {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []probeTarget
+	for name, mb := range m.nodes {
+		if name != m.cfg.Name && mb.state == NodeAlive && mb.addr.IsValid() {
+			out = append(out, probeTarget{name, net.UDPAddrFromAddrPort(netip.AddrPortFrom(mb.addr, mb.port))})
 		}
 	}
 	return out
@@ -69,13 +81,13 @@ func (m *Mesh) probeTargets() []*memberlist.Node {
 
 // sweep pings every peer at once and reports whether any answered within
 // memberlist's ProbeTimeout.
-func (m *Mesh) sweep(peers []*memberlist.Node) bool {
+func (m *Mesh) sweep(peers []probeTarget) bool {
 	m.sweeps.Add(1)
 	var answered atomic.Bool
 	var wg sync.WaitGroup
-	for _, n := range peers {
+	for _, p := range peers {
 		wg.Go(func() {
-			if _, err := m.ml.Ping(n.Name, &net.UDPAddr{IP: n.Addr, Port: int(n.Port)}); err == nil {
+			if _, err := m.ml.Ping(p.name, p.addr); err == nil {
 				answered.Store(true)
 			}
 		})

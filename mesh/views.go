@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
-	"net"
+	"net/netip"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -117,8 +117,23 @@ func (p *pings) NotifyPingComplete(other *memberlist.Node, _ time.Duration, payl
 	// push/pull's interval; a change of this cell's view starts over.
 	m.view.spacing = min(2*max(settle, m.view.spacing), max(settle, m.cfg.PushPullInterval))
 	m.viewMu.Unlock()
+	// The address from weft's member record: memberlist may rewrite
+	// other's fields meanwhile (see probeTargets). Its name never changes.
+	m.mu.Lock()
+	mb := m.nodes[other.Name]
+	var ap netip.AddrPort
+	if mb != nil {
+		ap = netip.AddrPortFrom(mb.addr, mb.port)
+	}
+	m.mu.Unlock()
+	if !ap.Addr().IsValid() {
+		m.viewMu.Lock()
+		m.view.pulling = false
+		m.viewMu.Unlock()
+		return
+	}
 	m.viewPulls.Add(1)
-	addr := (&net.UDPAddr{IP: other.Addr, Port: int(other.Port)}).String()
+	addr := ap.String()
 	m.log.Info("membership views differ; exchanging full state", "peer", other.Name, "addr", addr,
 		"alive_here", ourAlive, "alive_there", theirAlive)
 	// Not in wg, like confirmLease: a push/pull may block for
