@@ -27,6 +27,7 @@ import (
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
 // Config configures an agent. Not modified after Run starts.
@@ -91,7 +92,7 @@ type Agent struct {
 	cfg    Config
 	log    *slog.Logger
 	keys   *Keys
-	engine *policy.Engine
+	engine *engine.Engine
 	mesh   *mesh.Mesh
 	flows  flowLogs    // where the engine's flow log goes (flowlog.go)
 	live   liveWatches // probe watches of live traces (trace_live.go)
@@ -149,12 +150,12 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg:       cfg,
 		log:       cfg.Logger.With("cell", cfg.Name),
 		keys:      keys,
-		engine:    policy.NewEngine(policy.DefaultConfig()),
+		engine:    engine.NewEngine(engine.DefaultConfig()),
 		membersCh: make(chan struct{}, 1),
 		stateCh:   make(chan struct{}, 1),
 		ready:     make(chan struct{}),
 	}
-	a.engine.SetTable(policy.Compile(policy.TableConfig{}))
+	a.engine.SetTable(engine.Compile(engine.TableConfig{}))
 
 	mcfg := mesh.DefaultConfig()
 	mcfg.Name = cfg.Name
@@ -304,7 +305,7 @@ func (a *Agent) loop(ctx context.Context) error {
 				return err
 			}
 			a.syncPeers()
-			a.compile()    // the cell hosts' addresses (policy.HostApp)
+			a.compile()    // the cell hosts' addresses (engine.HostApp)
 			a.refreshDNS() // instances on dead cells go away
 			a.checkVersions(a.mesh.Members())
 		case <-a.stateCh:
@@ -397,14 +398,14 @@ func (a *Agent) compile() {
 func (a *Agent) compileLocked() {
 	in := &tableInputs{rules: a.mesh.Policies(), subnet: a.mesh.Subnet()}
 	for _, e := range a.mesh.Endpoints() {
-		in.eps = append(in.eps, policy.Endpoint{IP: e.IP, App: e.App, Local: e.Cell == a.cfg.Name})
+		in.eps = append(in.eps, engine.Endpoint{IP: e.IP, App: e.App, Local: e.Cell == a.cfg.Name})
 	}
 	// The cell hosts' addresses (weft0's, overlay.CellAddr): a host
 	// reaches another cell's containers from it, with an ingress rule
 	// from the cell hosts (docs/policy.md).
 	for _, n := range a.mesh.Members() {
 		if n.Subnet.IsValid() {
-			in.eps = append(in.eps, policy.Endpoint{IP: overlay.CellAddr(n.Subnet), App: policy.HostApp, Local: n.Self})
+			in.eps = append(in.eps, engine.Endpoint{IP: overlay.CellAddr(n.Subnet), App: engine.HostApp, Local: n.Self})
 		}
 	}
 	for _, r := range a.mesh.IngressRules() {
@@ -413,7 +414,7 @@ func (a *Agent) compileLocked() {
 		}
 	}
 	if !in.equal(a.compiled) {
-		a.engine.SetTable(policy.Compile(policy.TableConfig{
+		a.engine.SetTable(engine.Compile(engine.TableConfig{
 			Rules:       in.rules,
 			Endpoints:   in.eps,
 			HostRules:   in.hostRules,
@@ -498,7 +499,7 @@ func (a *Agent) egressAccepted() (egress, ingress uint64) {
 // tableInputs are what a policy table is compiled from.
 type tableInputs struct {
 	rules     []policy.Rule
-	eps       []policy.Endpoint
+	eps       []engine.Endpoint
 	hostRules []policy.IngressRule
 	subnet    netip.Prefix
 }

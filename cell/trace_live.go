@@ -17,6 +17,7 @@ import (
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
 // Live traces (`weft trace --live`, docs/operations.md): the agent sends
@@ -221,7 +222,7 @@ func (r *probeRun) sourceCellStep() cellapi.TraceStep {
 	s := cellapi.TraceStep{Step: "source_cell"}
 	rec := r.local.Record
 	switch {
-	case r.local.Seen && rec.Verdict == policy.Accept.String() && rec.Direction == "outbound":
+	case r.local.Seen && rec.Verdict == engine.Accept.String() && rec.Direction == "outbound":
 		s.OK = true
 		s.Detail = "this cell's engine passed the probe to WireGuard"
 		if r.peer != nil {
@@ -229,7 +230,7 @@ func (r *probeRun) sourceCellStep() cellapi.TraceStep {
 		}
 	case r.hairpinned():
 		s.Step = "destination_cell"
-		s.OK = rec.Verdict == policy.Accept.String()
+		s.OK = rec.Verdict == engine.Accept.String()
 		s.Detail = fmt.Sprintf("the destination is on this cell: its engine's verdict %s", rec.Verdict)
 		if rec.Rule != "" {
 			s.Detail += " by rule " + rec.Rule
@@ -256,7 +257,7 @@ func (r *probeRun) remoteSteps() []cellapi.TraceStep {
 	s := cellapi.TraceStep{Step: "destination_cell"}
 	rec := r.remote.Record
 	switch {
-	case r.remote.Seen && rec.Verdict == policy.Accept.String():
+	case r.remote.Seen && rec.Verdict == engine.Accept.String():
 		s.OK = true
 		s.Detail = fmt.Sprintf("cell %s's engine accepted the probe", name)
 		if rec.Rule != "" {

@@ -18,6 +18,7 @@ import (
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
 // leasedAgent is an agent with a real mesh that holds a subnet lease and an
@@ -37,7 +38,7 @@ func leasedAgent(t *testing.T) (*Agent, *cellapi.Client, netip.Prefix) {
 	mcfg.OperatorKey, mcfg.TrustedOperators = priv, []ed25519.PublicKey{pub}
 	ready := make(chan struct{})
 	close(ready)
-	a := &Agent{cfg: Config{Name: "c1"}, log: mcfg.Logger, engine: policy.NewEngine(policy.DefaultConfig()), ready: ready}
+	a := &Agent{cfg: Config{Name: "c1"}, log: mcfg.Logger, engine: engine.NewEngine(engine.DefaultConfig()), ready: ready}
 	m, err := mesh.New(mcfg, nil)
 	if err != nil {
 		t.Fatal(err)
