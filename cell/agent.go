@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/internal/buildinfo"
 	"github.com/weft-net/weft/mesh"
@@ -455,7 +456,7 @@ func (a *Agent) syncGuardLocked() {
 	}
 	var want []overlay.GuardEntry
 	for _, e := range a.localContainers() {
-		want = append(want, overlay.GuardEntry{Veth: overlay.HostVethName(e.Name), IP: e.IP})
+		want = append(want, overlay.GuardEntry{Veth: attach.HostVethName(e.Name), IP: e.IP})
 	}
 	if _, err := a.ov.SyncGuard(want); err != nil {
 		a.log.Error("container source binding (nftables) not applied", "err", err)

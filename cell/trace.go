@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
@@ -114,7 +115,7 @@ func (a *Agent) traceView() *traceView {
 		if e.Cell != v.self {
 			continue
 		}
-		if l, err := netlink.LinkByName(overlay.HostVethName(e.Name)); err == nil {
+		if l, err := netlink.LinkByName(attach.HostVethName(e.Name)); err == nil {
 			v.vethMTU[e.Name] = l.Attrs().MTU
 		}
 	}
@@ -300,7 +301,7 @@ func (v *traceView) antiSpoofing(srcs []mesh.Endpoint) cellapi.TraceStep {
 			elsewhere = append(elsewhere, e.Cell)
 			continue
 		}
-		want := overlay.GuardEntry{Veth: overlay.HostVethName(e.Name), IP: e.IP}
+		want := overlay.GuardEntry{Veth: attach.HostVethName(e.Name), IP: e.IP}
 		if v.overlayUp && v.guardErr == nil && !slices.Contains(v.guard, want) {
 			missing = append(missing, fmt.Sprintf("%v on %s", e.IP, want.Veth))
 		} else {

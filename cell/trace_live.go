@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
@@ -22,7 +23,7 @@ import (
 
 // Live traces (`weft trace --live`, docs/operations.md): the agent sends
 // one real packet from a source container on this cell, inside the
-// container's network namespace (overlay.InContainer), so that it meets
+// container's network namespace (attach.InContainer), so that it meets
 // the guard, this cell's engine, the tunnel and the destination cell's
 // engine as the container's own traffic does. Where it went is learned
 // from what each cell already keeps:
@@ -120,7 +121,7 @@ func (a *Agent) liveTrace(ctx context.Context, req cellapi.TraceRequest) (cellap
 
 	// Where the packet should be judged: a peer cell, this one, or the
 	// guard's egress chain (outside the overlay).
-	run := &probeRun{p: p, veth: overlay.HostVethName(src.Name), inOverlay: a.cfg.OverlayCIDR.Contains(dst), dstKnown: dstEP.IP.IsValid()}
+	run := &probeRun{p: p, veth: attach.HostVethName(src.Name), inOverlay: a.cfg.OverlayCIDR.Contains(dst), dstKnown: dstEP.IP.IsValid()}
 	if run.inOverlay {
 		for _, m := range a.mesh.Members() {
 			if m.Subnet.IsValid() && m.Subnet.Contains(dst) && !m.Self {

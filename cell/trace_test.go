@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
@@ -176,7 +177,7 @@ func TestTraceView(t *testing.T) {
 			rules:       []policy.Rule{tcpRule("appA", "appB", 8080, 8080)},
 			enforcing:   true,
 			overlayUp:   true,
-			guard:       []overlay.GuardEntry{{Veth: overlay.HostVethName("ca"), IP: ip("10.255.1.2")}},
+			guard:       []overlay.GuardEntry{{Veth: attach.HostVethName("ca"), IP: ip("10.255.1.2")}},
 			peers:       []cellapi.Peer{{PublicKey: key2, Endpoint: "198.18.0.12:51820", LastHandshake: now.Add(-7 * time.Second)}},
 			overlayMTU:  1420,
 			underlayMTU: 1500,

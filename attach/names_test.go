@@ -1,4 +1,4 @@
-package overlay
+package attach
 
 import (
 	"errors"
@@ -33,10 +33,9 @@ func TestParseLabel(t *testing.T) {
 }
 
 func TestLabelTooLong(t *testing.T) {
-	o := &Overlay{}
-	err := o.LabelAttachment(strings.Repeat("c", 200), strings.Repeat("a", 128))
+	err := Label(strings.Repeat("c", 200), strings.Repeat("a", 128))
 	if !errors.Is(err, ErrLabelTooLong) {
-		t.Fatalf("LabelAttachment of a 345-byte label: %v, want ErrLabelTooLong", err)
+		t.Fatalf("Label of a 345-byte label: %v, want ErrLabelTooLong", err)
 	}
 }
 

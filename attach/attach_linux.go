@@ -1,4 +1,4 @@
-package overlay
+package attach
 
 import (
 	"errors"
@@ -18,11 +18,11 @@ import (
 // the cell owns the veth pair. One container may have several interfaces,
 // even on one network, so an attachment is named by all three, as the CNI
 // spec keys it: AttachmentName "NETWORK/ID/IFNAME". Its host veth is named
-// after that (HostVethName) like the ones of AttachContainer after the
+// after that (HostVethName) as the ones of [Container] are after the
 // container name, and so are its registry entry, its guard binding and its
 // label.
 
-// ErrInterfaceExists is returned by AttachNetns when the namespace already
+// ErrInterfaceExists is returned by [Netns] when the namespace already
 // has an interface of the requested name.
 var ErrInterfaceExists = errors.New("interface already exists in the network namespace")
 
@@ -110,28 +110,10 @@ func ValidIfName(name string) error {
 	return nil
 }
 
-// AttachNetns connects the existing network namespace at nsPath (e.g.
-// /proc/PID/ns/net or /run/netns/NAME) to the cell as AttachContainer does
-// for a namespace it makes: a veth pair named after name (an
-// AttachmentName), the container end named ifname with ip/32 and a default
-// route via Gateway, ip/32 in the delivery table. On error nothing is left
-// behind; the namespace itself is never removed.
-func (o *Overlay) AttachNetns(name, nsPath, ifname string, ip netip.Addr) (Attachment, error) {
-	return attachNetns(name, nsPath, ifname, ip, o.cfg.MTU, o.cfg.DeliveryTable)
-}
-
-// DetachNetns removes the veth pair of attachment name (and with it its
-// delivery route). The namespace is the runtime's and stays. A missing veth
-// is not an error, so DEL can be repeated.
-func (o *Overlay) DetachNetns(name string) error {
-	o.drift.forgetContainer(name)
-	return deleteHostVeth(name)
-}
-
-// CheckNetns verifies that attachment name is still as AttachNetns left
+// CheckNetns verifies that attachment name is still as [Netns] left
 // it: the cell end of the veth is up, and inside nsPath ifname is up with
 // ip/32 and a default route via Gateway.
-func (o *Overlay) CheckNetns(name, nsPath, ifname string, ip netip.Addr) error {
+func CheckNetns(name, nsPath, ifname string, ip netip.Addr) error {
 	host, err := netlink.LinkByName(HostVethName(name))
 	if err != nil {
 		return fmt.Errorf("cell end of the veth %s: %w", HostVethName(name), err)
@@ -178,7 +160,13 @@ func (o *Overlay) CheckNetns(name, nsPath, ifname string, ip netip.Addr) error {
 	})
 }
 
-func attachNetns(name, nsPath, ifname string, ip netip.Addr, mtu, table int) (att Attachment, err error) {
+// Netns connects the existing network namespace at nsPath (e.g.
+// /proc/PID/ns/net or /run/netns/NAME) to the cell as [Container] does
+// for a namespace it makes: a veth pair named after name (an
+// AttachmentName), the container end named ifname with ip/32 and a default
+// route via Gateway, ip/32 in the delivery table. On error nothing is left
+// behind; the namespace itself is never removed.
+func Netns(cfg Config, name, nsPath, ifname string, ip netip.Addr) (att Attachment, err error) {
 	if err := validRegisteredName(name); err != nil {
 		return Attachment{}, err
 	}
@@ -194,10 +182,10 @@ func attachNetns(name, nsPath, ifname string, ip netip.Addr, mtu, table int) (at
 		}
 		defer func() {
 			if err != nil {
-				deleteHostVeth(name)
+				DetachNetns(name)
 			}
 		}()
-		att, err = attachVeth(vethSpec{id: name, ns: ns, ifname: ifname, ip: ip, mtu: mtu, table: table})
+		att, err = attachVeth(vethSpec{id: name, ns: ns, ifname: ifname, ip: ip, mtu: cfg.MTU, table: cfg.DeliveryTable})
 		return err
 	})
 	return att, err

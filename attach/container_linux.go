@@ -1,4 +1,4 @@
-package overlay
+package attach
 
 import (
 	"crypto/sha256"
@@ -52,22 +52,19 @@ func peerVethName(name string) string {
 	return "wp" + hex.EncodeToString(sum[:5])
 }
 
-// AttachContainer creates network namespace name (visible in `ip netns
+// Config says how the cell end of every attachment is made. It is not
+// changed after the first attach.
+type Config struct {
+	MTU           int          // of both ends of every veth
+	DeliveryTable int          // the routing table that holds each container's /32
+	LocalSubnet   netip.Prefix // the cell's subnet: its /32s in DeliveryTable are containers'
+}
+
+// Container creates network namespace name (visible in `ip netns
 // list`), a veth pair between it and the cell, gives the container ip/32 with
 // a default route via Gateway, and adds ip/32 to the delivery table. On error
 // nothing is left behind.
-func (o *Overlay) AttachContainer(name string, ip netip.Addr) error {
-	return attachContainer(name, ip, o.cfg.MTU, o.cfg.DeliveryTable)
-}
-
-// DetachContainer removes what AttachContainer made. Missing parts are not an
-// error, so it can finish an interrupted attach or detach.
-func (o *Overlay) DetachContainer(name string) error {
-	o.drift.forgetContainer(name)
-	return detachContainer(name)
-}
-
-func attachContainer(name string, ip netip.Addr, mtu, table int) (err error) {
+func Container(cfg Config, name string, ip netip.Addr) (err error) {
 	if err := ValidContainerName(name); err != nil {
 		return err
 	}
@@ -81,10 +78,10 @@ func attachContainer(name string, ip netip.Addr, mtu, table int) (err error) {
 	defer ns.Close()
 	defer func() {
 		if err != nil {
-			detachContainer(name)
+			DetachContainer(name)
 		}
 	}()
-	_, err = attachVeth(vethSpec{id: name, ns: ns, ifname: "eth0", ip: ip, mtu: mtu, table: table})
+	_, err = attachVeth(vethSpec{id: name, ns: ns, ifname: "eth0", ip: ip, mtu: cfg.MTU, table: cfg.DeliveryTable})
 	return err
 }
 
@@ -99,7 +96,7 @@ type vethSpec struct {
 }
 
 // attachVeth is the part of an attach shared by named namespaces
-// (AttachContainer) and the runtime's namespaces (AttachNetns): a veth pair
+// ([Container]) and the runtime's namespaces ([Netns]): a veth pair
 // between the cell and s.ns, the container end configured as s.ifname with
 // s.ip/32 and a default route via Gateway, the cell end with Gateway, a
 // static neighbour entry and the /32 in the delivery table. On error the
@@ -138,7 +135,7 @@ func attachVeth(s vethSpec) (Attachment, error) {
 
 	// Cell side: the gateway address, a static neighbour entry for the
 	// container and its /32 in the delivery table.
-	if err := netlink.AddrAdd(host, gatewayAddr()); err != nil {
+	if err := netlink.AddrAdd(host, GatewayAddr()); err != nil {
 		return Attachment{}, fmt.Errorf("address %v on %s: %w", Gateway, hostName, err)
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
@@ -150,7 +147,7 @@ func attachVeth(s vethSpec) (Attachment, error) {
 	}); err != nil {
 		return Attachment{}, fmt.Errorf("neighbour %v on %s: %w", s.ip, hostName, err)
 	}
-	if err := netlink.RouteReplace(containerRoute(host.Attrs().Index, s.ip, s.table)); err != nil {
+	if err := netlink.RouteReplace(ContainerRoute(host.Attrs().Index, s.ip, s.table)); err != nil {
 		return Attachment{}, fmt.Errorf("route %v dev %s table %d: %w", s.ip, hostName, s.table, err)
 	}
 	return Attachment{
@@ -159,14 +156,14 @@ func attachVeth(s vethSpec) (Attachment, error) {
 	}, nil
 }
 
-// gatewayAddr is the address of the cell end of every container's veth.
-func gatewayAddr() *netlink.Addr {
+// GatewayAddr is the address of the cell end of every container's veth.
+func GatewayAddr() *netlink.Addr {
 	return &netlink.Addr{IPNet: hostNet(Gateway), Scope: unix.RT_SCOPE_LINK}
 }
 
-// containerRoute is a container's /32 in the delivery table, through the
+// ContainerRoute is a container's /32 in the delivery table, through the
 // cell end of its veth (link: its index).
-func containerRoute(link int, ip netip.Addr, table int) *netlink.Route {
+func ContainerRoute(link int, ip netip.Addr, table int) *netlink.Route {
 	return &netlink.Route{LinkIndex: link, Dst: hostNet(ip), Scope: netlink.SCOPE_LINK, Table: table}
 }
 
@@ -264,8 +261,10 @@ func configureContainerSide(ns netns.NsHandle, peerName, ifname string, ip netip
 	return eth.Attrs().HardwareAddr, nil
 }
 
-func detachContainer(name string) error {
-	errs := deleteHostVeth(name)
+// DetachContainer removes what [Container] made. Missing parts are not an
+// error, so it can finish an interrupted attach or detach.
+func DetachContainer(name string) error {
+	errs := DetachNetns(name)
 	if _, err := os.Stat(filepath.Join(NetnsDir, name)); err == nil {
 		if err := netns.DeleteNamed(name); err != nil {
 			errs = errors.Join(errs, fmt.Errorf("delete network namespace %s: %w", name, err))
@@ -274,10 +273,11 @@ func detachContainer(name string) error {
 	return errs
 }
 
-// deleteHostVeth deletes the cell end of container id's veth pair, which
+// DetachNetns deletes the cell end of container id's veth pair, which
 // takes the container end, the neighbour entry and the delivery route with
-// it. A missing veth is not an error.
-func deleteHostVeth(id string) error {
+// it (attachment id of [Netns]: its namespace is the runtime's and
+// stays). A missing veth is not an error, so it can be repeated.
+func DetachNetns(id string) error {
 	link, err := netlink.LinkByName(HostVethName(id))
 	var notFound netlink.LinkNotFoundError
 	if errors.As(err, &notFound) {

@@ -1,4 +1,4 @@
-package overlay
+package attach
 
 import (
 	"errors"
@@ -23,7 +23,7 @@ const labelPrefix = "weft:app="
 // maxAliasLen is the longest interface alias the kernel keeps (IFALIASZ-1).
 const maxAliasLen = 255
 
-// ErrLabelTooLong is returned by LabelAttachment when the app and container
+// ErrLabelTooLong is returned by [Label] when the app and container
 // id do not fit in an interface alias.
 var ErrLabelTooLong = errors.New("app and container id too long for the veth label")
 
@@ -36,9 +36,9 @@ type Found struct {
 	App, Name string
 }
 
-// LabelAttachment records app and container id on the cell end of id's
-// veth (its interface alias), where FindAttachments reads them back.
-func (o *Overlay) LabelAttachment(id, app string) error {
+// Label records app and container id on the cell end of id's
+// veth (its interface alias), where [Find] reads them back.
+func Label(id, app string) error {
 	label := labelPrefix + app + ",name=" + id
 	if len(label) > maxAliasLen {
 		return fmt.Errorf("%w: %d bytes, at most %d", ErrLabelTooLong, len(label), maxAliasLen)
@@ -70,8 +70,8 @@ func parseLabel(alias, hostVeth string) (app, id string, ok bool) {
 // DeliveryAddrs returns the addresses of the local subnet that have a /32
 // route in the delivery table: they belong to attached containers (or to
 // something else an operator routed there) and must not be handed out.
-func (o *Overlay) DeliveryAddrs() ([]netip.Addr, error) {
-	routes, err := o.deliveryRoutes()
+func DeliveryAddrs(cfg Config) ([]netip.Addr, error) {
+	routes, err := deliveryRoutes(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -82,11 +82,11 @@ func (o *Overlay) DeliveryAddrs() ([]netip.Addr, error) {
 	return out, nil
 }
 
-// FindAttachments returns the addresses of the local subnet routed in the
+// Find returns the addresses of the local subnet routed in the
 // delivery table, each with its device and, for a labelled weft veth, the
 // app and container id of its label.
-func (o *Overlay) FindAttachments() ([]Found, error) {
-	routes, err := o.deliveryRoutes()
+func Find(cfg Config) ([]Found, error) {
+	routes, err := deliveryRoutes(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -119,11 +119,11 @@ type deliveryRoute struct {
 
 // deliveryRoutes lists the /32 routes of the delivery table inside the
 // local subnet.
-func (o *Overlay) deliveryRoutes() ([]deliveryRoute, error) {
+func deliveryRoutes(cfg Config) ([]deliveryRoute, error) {
 	routes, err := netlink.RouteListFiltered(unix.AF_INET,
-		&netlink.Route{Table: o.cfg.DeliveryTable}, netlink.RT_FILTER_TABLE)
+		&netlink.Route{Table: cfg.DeliveryTable}, netlink.RT_FILTER_TABLE)
 	if err != nil {
-		return nil, fmt.Errorf("list routes of table %d: %w", o.cfg.DeliveryTable, err)
+		return nil, fmt.Errorf("list routes of table %d: %w", cfg.DeliveryTable, err)
 	}
 	var out []deliveryRoute
 	for _, r := range routes {
@@ -132,7 +132,7 @@ func (o *Overlay) deliveryRoutes() ([]deliveryRoute, error) {
 		}
 		ones, bits := r.Dst.Mask.Size()
 		ip, ok := netip.AddrFromSlice(r.Dst.IP)
-		if !ok || ones != bits || !o.cfg.LocalSubnet.Contains(ip.Unmap()) {
+		if !ok || ones != bits || !cfg.LocalSubnet.Contains(ip.Unmap()) {
 			continue
 		}
 		out = append(out, deliveryRoute{ip: ip.Unmap(), link: r.LinkIndex})

@@ -1,4 +1,4 @@
-package overlay
+package attach
 
 import (
 	"errors"
@@ -12,7 +12,7 @@ import (
 )
 
 // InContainer runs f on a thread inside the network namespace of the
-// container attached as name (AttachContainer or AttachNetns), so that the
+// container attached as name ([Container] or [Netns]), so that the
 // sockets f opens are the container's: their packets leave by its veth
 // and meet the guard and the engine as its own traffic does. f must not
 // start goroutines that expect that namespace. A socket stays in the
