@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 GO      ?= go
 BIN     := bin
-PKGS_RACE := ./policy/... ./mesh/... ./overlay/... ./cell/... ./cellapi/... ./cmd/...
+PKGS_RACE := ./policy/... ./mesh/... ./overlay/... ./attach/... ./cell/... ./cellapi/... ./cmd/...
 # `weft version`, weft_build_info and `weft status` show this.
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -X github.com/weft-net/weft/internal/buildinfo.version=$(VERSION)

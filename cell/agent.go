@@ -26,6 +26,7 @@ import (
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
 // Config configures an agent. Not modified after Run starts.
@@ -90,7 +91,7 @@ type Agent struct {
 	cfg    Config
 	log    *slog.Logger
 	keys   *Keys
-	engine *policy.Engine
+	engine *engine.Engine
 	mesh   *mesh.Mesh
 	flows  flowLogs    // where the engine's flow log goes (flowlog.go)
 	live   liveWatches // probe watches of live traces (trace_live.go)
@@ -147,12 +148,12 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg:       cfg,
 		log:       cfg.Logger.With("cell", cfg.Name),
 		keys:      keys,
-		engine:    policy.NewEngine(policy.DefaultConfig()),
+		engine:    engine.NewEngine(engine.DefaultConfig()),
 		membersCh: make(chan struct{}, 1),
 		stateCh:   make(chan struct{}, 1),
 		ready:     make(chan struct{}),
 	}
-	a.engine.SetTable(policy.Compile(policy.TableConfig{}))
+	a.engine.SetTable(engine.Compile(engine.TableConfig{}))
 
 	mcfg := mesh.DefaultConfig()
 	mcfg.Name = cfg.Name
@@ -358,7 +359,7 @@ func (a *Agent) egressAccepted() (egress, ingress uint64) {
 // tableInputs are what a policy table is compiled from.
 type tableInputs struct {
 	rules     []policy.Rule
-	eps       []policy.Endpoint
+	eps       []engine.Endpoint
 	hostRules []policy.IngressRule
 	subnet    netip.Prefix
 }

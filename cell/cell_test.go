@@ -16,6 +16,7 @@ import (
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
 func TestFreeIP(t *testing.T) {
@@ -145,7 +146,7 @@ func TestTableInputsEqual(t *testing.T) {
 	mk := func() *tableInputs {
 		return &tableInputs{
 			rules: []policy.Rule{{Source: "a", Destination: "b", Protocol: policy.ProtoTCP, Ports: policy.PortRange{Start: 8080, End: 8080}}},
-			eps: []policy.Endpoint{
+			eps: []engine.Endpoint{
 				{IP: netip.MustParseAddr("10.255.1.2"), App: "a", Local: true},
 				{IP: netip.MustParseAddr("10.255.2.2"), App: "b"},
 			},

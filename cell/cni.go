@@ -7,9 +7,9 @@ import (
 	"slices"
 	"time"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
-	"github.com/weft-net/weft/overlay"
 )
 
 // Attachments: containers whose network namespace a container runtime made,
@@ -17,7 +17,7 @@ import (
 // registers them like `weft container create` does, and connects the
 // runtime's namespace with a veth pair. An attachment is keyed as the CNI
 // spec keys it, by network name, container id and interface name; it is
-// registered as overlay.AttachmentName "NETWORK/ID/IFNAME".
+// registered as attach.AttachmentName "NETWORK/ID/IFNAME".
 //
 //	POST   /v1/attachments        AttachRequest -> Attachment (201)
 //	GET    /v1/attachments/{id}?network=NET&ifname=NAME[&netns=PATH] ->
@@ -36,7 +36,7 @@ func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 	if !validApp(w, req.App) {
 		return
 	}
-	name, err := overlay.AttachmentName(req.Network, req.ContainerID, req.IfName)
+	name, err := attach.AttachmentName(req.Network, req.ContainerID, req.IfName)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
@@ -76,7 +76,7 @@ func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 	}
 	att, err := a.ov.AttachNetns(name, req.Netns, req.IfName, ip)
 	switch {
-	case errors.Is(err, overlay.ErrContainerExists), errors.Is(err, overlay.ErrInterfaceExists):
+	case errors.Is(err, attach.ErrContainerExists), errors.Is(err, attach.ErrInterfaceExists):
 		writeError(w, http.StatusConflict, "attach %s: %v", name, err)
 		return
 	case err != nil:
@@ -102,7 +102,7 @@ func (a *Agent) handleAttach(w http.ResponseWriter, r *http.Request) {
 // names: the container id in the path, network and ifname in the query.
 func attachmentName(w http.ResponseWriter, r *http.Request) (string, bool) {
 	q := r.URL.Query()
-	name, err := overlay.AttachmentName(q.Get("network"), r.PathValue("id"), q.Get("ifname"))
+	name, err := attach.AttachmentName(q.Get("network"), r.PathValue("id"), q.Get("ifname"))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "%v (an attachment is named by its network, container id and interface)", err)
 		return "", false
@@ -110,10 +110,10 @@ func attachmentName(w http.ResponseWriter, r *http.Request) (string, bool) {
 	return name, true
 }
 
-func (a *Agent) attachmentOf(name, app string, att overlay.Attachment) cellapi.Attachment {
-	_, id, ifname, _ := overlay.ParseAttachmentName(name)
+func (a *Agent) attachmentOf(name, app string, att attach.Attachment) cellapi.Attachment {
+	_, id, ifname, _ := attach.ParseAttachmentName(name)
 	out := cellapi.Attachment{
-		Name: name, ContainerID: id, App: app, IP: att.IP.String(), Gateway: overlay.Gateway.String(),
+		Name: name, ContainerID: id, App: app, IP: att.IP.String(), Gateway: attach.Gateway.String(),
 		IfName: ifname, HostVeth: att.HostVeth,
 	}
 	if a.cfg.DNSAddr.IsValid() {
@@ -141,13 +141,13 @@ func (a *Agent) handleGetAttachment(w http.ResponseWriter, r *http.Request) {
 		if e.Name != name {
 			continue
 		}
-		att := overlay.Attachment{HostVeth: overlay.HostVethName(name), IP: e.IP}
+		att := attach.Attachment{HostVeth: attach.HostVethName(name), IP: e.IP}
 		if nsPath != "" {
 			if a.ov == nil {
 				writeError(w, http.StatusServiceUnavailable, "cell %s has no data plane yet", a.cfg.Name)
 				return
 			}
-			_, _, ifname, _ := overlay.ParseAttachmentName(name)
+			_, _, ifname, _ := attach.ParseAttachmentName(name)
 			if err := a.ov.CheckNetns(name, nsPath, ifname, e.IP); err != nil {
 				writeError(w, http.StatusConflict, "%s: %v", name, err)
 				return
@@ -206,14 +206,14 @@ func (a *Agent) handleGC(w http.ResponseWriter, r *http.Request) {
 	}
 	valid := map[string]bool{}
 	for _, v := range req.Valid {
-		name, err := overlay.AttachmentName(req.Network, v.ContainerID, v.IfName)
+		name, err := attach.AttachmentName(req.Network, v.ContainerID, v.IfName)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, "valid attachment %q %q: %v", v.ContainerID, v.IfName, err)
 			return
 		}
 		valid[name] = true
 	}
-	if _, err := overlay.AttachmentName(req.Network, "x", "x"); err != nil {
+	if _, err := attach.AttachmentName(req.Network, "x", "x"); err != nil {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
@@ -236,7 +236,7 @@ func (a *Agent) handleGC(w http.ResponseWriter, r *http.Request) {
 	}
 	res := cellapi.GCResult{Removed: []string{}}
 	for name := range stale {
-		network, _, _, ok := overlay.ParseAttachmentName(name)
+		network, _, _, ok := attach.ParseAttachmentName(name)
 		if !ok || network != req.Network || valid[name] {
 			continue
 		}

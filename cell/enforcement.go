@@ -13,7 +13,7 @@ import (
 // Cilium's PolicyEnforcement=never does). Off, the data path passes every
 // packet (overlay.OpenFilter) and tracks no flows; on again, every flow
 // opened meanwhile is judged against the rules on its next packet, in
-// either direction (policy.Engine.ResumeTracking), so a flow no rule
+// either direction (engine.Engine.ResumeTracking), so a flow no rule
 // allows is cut at once, whichever end sends first. The switch is not
 // persisted: a restarted agent enforces again unless it was started with
 // --policy=off, and judges the flows under way the same way. While it is

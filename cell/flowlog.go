@@ -14,9 +14,10 @@ import (
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
-// Flow logs: the engine's flow-log records (policy/flowlog.go: one per
+// Flow logs: the engine's flow-log records (policy/engine/flowlog.go: one per
 // denied packet and per new allowed flow, rate-limited in the engine
 // before anything is looked up) are formatted as JSON lines once and go
 //
@@ -114,7 +115,7 @@ func (s *flowSink) Handle(ctx context.Context, r slog.Record) error {
 		}
 		return true
 	})
-	v, _ := policy.ParseVerdict(l.verdict)
+	v, _ := engine.ParseVerdict(l.verdict)
 	l.allowed = v.Allowed() || l.verdict == overlay.GuardEgressAccepted // egresslog.go
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -241,7 +242,7 @@ func (a *Agent) handleTailFlowLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	switch _, ok := policy.ParseVerdict(f.verdict); {
+	switch _, ok := engine.ParseVerdict(f.verdict); {
 	case ok, f.verdict == "", f.verdict == "allowed", f.verdict == "denied",
 		f.verdict == overlay.GuardEgress, f.verdict == overlay.GuardEgressAccepted:
 	default:

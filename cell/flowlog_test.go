@@ -16,7 +16,7 @@ import (
 
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
-	"github.com/weft-net/weft/policy/pkttest"
+	"github.com/weft-net/weft/policy/engine/pkttest"
 )
 
 // waitUntil polls cond until it holds or 5 s pass.

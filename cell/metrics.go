@@ -23,7 +23,7 @@ import (
 
 // Prometheus metrics (`weft agent --metrics-addr IP:PORT`, off by default).
 // Everything is read at scrape time from counters the data path keeps
-// anyway (policy.Engine.Counters, wgctrl, the mesh): the hot path makes no
+// anyway (engine.Engine.Counters, wgctrl, the mesh): the hot path makes no
 // metric calls.
 //
 //	weft_packets_allowed_total{verdict}      packets passed: accept (inbound/outbound), accept_local (hair-pin)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/overlay"
 )
 
@@ -100,7 +101,7 @@ func (c collector) collectGuardDrops(ch chan<- prometheus.Metric) bool {
 	}
 	apps := map[string]string{}
 	for _, e := range a.mesh.LocalEndpoints() {
-		apps[overlay.HostVethName(e.Name)] = e.App
+		apps[attach.HostVethName(e.Name)] = e.App
 	}
 	for k, n := range a.gdrops.update(read, func(veth string) string { return apps[veth] }) {
 		ch <- prometheus.MustNewConstMetric(descGuardDrops, prometheus.CounterValue, float64(n), k.app, k.reason)

@@ -3,7 +3,7 @@ package cell
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
 // deniedPairsTop is how many app pairs get series of their own in
@@ -14,7 +14,7 @@ const deniedPairsTop = 20
 
 // Label values for app pairs that are not one app.
 const (
-	pairOther        = "(other)"        // pairs beyond the top (policy.PairDenials.Other)
+	pairOther        = "(other)"        // pairs beyond the top (engine.PairDenials.Other)
 	pairUnregistered = "(unregistered)" // an address not in the endpoint registry
 )
 
@@ -23,7 +23,7 @@ var descDeniedPairs = prometheus.NewDesc("weft_packets_denied_by_pair_total",
 	[]string{"source_app", "destination_app", "reason"}, nil)
 
 // collectDeniedPairs reports the engine's denials by app pair. The counts
-// only grow, the "other" pair's too (policy.Engine.DeniedPairs).
+// only grow, the "other" pair's too (engine.Engine.DeniedPairs).
 func (c collector) collectDeniedPairs(ch chan<- prometheus.Metric) {
 	for _, p := range c.a.engine.DeniedPairs(deniedPairsTop) {
 		src, dst := pairLabel(p.Source), pairLabel(p.Destination)
@@ -32,7 +32,7 @@ func (c collector) collectDeniedPairs(ch chan<- prometheus.Metric) {
 		}
 		for v, n := range p.Verdicts {
 			if n > 0 {
-				ch <- prometheus.MustNewConstMetric(descDeniedPairs, prometheus.CounterValue, float64(n), src, dst, policy.Verdict(v).String())
+				ch <- prometheus.MustNewConstMetric(descDeniedPairs, prometheus.CounterValue, float64(n), src, dst, engine.Verdict(v).String())
 			}
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
 // TestInitOperators: the first cell makes and trusts an operator key;
@@ -87,7 +88,7 @@ func testAgent(t *testing.T, priv ed25519.PrivateKey, trusted ed25519.PublicKey)
 	mcfg.Logger = slog.New(slog.DiscardHandler)
 	mcfg.OperatorKey, mcfg.TrustedOperators = priv, []ed25519.PublicKey{trusted}
 	mcfg.Version = testVersion
-	a := &Agent{cfg: Config{Name: "c1", Version: testVersion, OverlayCIDR: mcfg.OverlayCIDR}, log: mcfg.Logger, engine: policy.NewEngine(policy.DefaultConfig()), ready: make(chan struct{})}
+	a := &Agent{cfg: Config{Name: "c1", Version: testVersion, OverlayCIDR: mcfg.OverlayCIDR}, log: mcfg.Logger, engine: engine.NewEngine(engine.DefaultConfig()), ready: make(chan struct{})}
 	m, err := mesh.New(mcfg, nil)
 	if err != nil {
 		t.Fatal(err)

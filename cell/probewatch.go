@@ -22,7 +22,7 @@ const probeWatchTime = 10 * time.Second
 const maxProbeWatches = 32
 
 // probeMatch selects a probe's flow-log records: the fields as the
-// record writes them (policy/flowlog.go).
+// record writes them (policy/engine/flowlog.go).
 type probeMatch struct {
 	Protocol    string `json:"protocol"`
 	Source      string `json:"source"`      // IP:PORT, or IP for icmp

@@ -10,10 +10,12 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/discovery"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
 // The agent's reconcile loop, as tailscale's wgengine Reconfig: the whole
@@ -85,7 +87,7 @@ func (a *Agent) desiredState() desired {
 		dns:     dnsRecords{routes: a.routes(), local: map[netip.Addr]bool{}},
 	}
 	live := map[string]bool{a.cfg.Name: true}
-	var hosts []policy.Endpoint
+	var hosts []engine.Endpoint
 	for _, m := range members {
 		if m.State == mesh.NodeAlive || m.State == mesh.NodeSuspect {
 			live[m.Name] = true
@@ -94,7 +96,7 @@ func (a *Agent) desiredState() desired {
 		// reaches another cell's containers from it, with an ingress
 		// rule from the cell hosts (docs/policy.md).
 		if m.Subnet.IsValid() {
-			hosts = append(hosts, policy.Endpoint{IP: overlay.CellAddr(m.Subnet), App: policy.HostApp, Local: m.Self})
+			hosts = append(hosts, engine.Endpoint{IP: overlay.CellAddr(m.Subnet), App: engine.HostApp, Local: m.Self})
 		}
 		if m.Self || !m.Subnet.IsValid() || !live[m.Name] {
 			continue
@@ -111,7 +113,7 @@ func (a *Agent) desiredState() desired {
 	}
 	for _, e := range a.mesh.Endpoints() {
 		local := e.Cell == a.cfg.Name
-		d.table.eps = append(d.table.eps, policy.Endpoint{IP: e.IP, App: e.App, Local: local})
+		d.table.eps = append(d.table.eps, engine.Endpoint{IP: e.IP, App: e.App, Local: local})
 		if local {
 			d.dns.local[e.IP] = true
 		}
@@ -126,7 +128,7 @@ func (a *Agent) desiredState() desired {
 		}
 	}
 	for _, e := range a.localContainers() {
-		d.guard = append(d.guard, overlay.GuardEntry{Veth: overlay.HostVethName(e.Name), IP: e.IP})
+		d.guard = append(d.guard, overlay.GuardEntry{Veth: attach.HostVethName(e.Name), IP: e.IP})
 		d.appIPs[e.App] = append(d.appIPs[e.App], e.IP)
 	}
 	return d
@@ -195,7 +197,7 @@ func (a *Agent) applyLocked(d desired) {
 		// next packet. An unchanged table is not compiled again (50 ms
 		// and 34 MB of garbage for 100k rules, and a new generation that
 		// sends every tracked flow through revalidation).
-		a.engine.SetTable(policy.Compile(policy.TableConfig{
+		a.engine.SetTable(engine.Compile(engine.TableConfig{
 			Rules:       d.table.rules,
 			Endpoints:   d.table.eps,
 			HostRules:   d.table.hostRules,

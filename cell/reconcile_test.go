@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/weft-net/weft/mesh"
-	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
 // TestReconcileAppliesDifference: a pass over an unchanged mesh compiles
@@ -46,8 +46,8 @@ func TestReconcileAppliesDifference(t *testing.T) {
 		len(d.appIPs["appB"]) != 1 || d.appIPs["appB"][0] != ip {
 		t.Fatalf("desired state with one local container: %+v", d)
 	}
-	// The endpoints first, then the cell host (policy.HostApp at .1).
-	want := []policy.Endpoint{{IP: ip, App: "appB", Local: true}, {IP: subnet.Addr().Next(), App: policy.HostApp, Local: true}}
+	// The endpoints first, then the cell host (engine.HostApp at .1).
+	want := []engine.Endpoint{{IP: ip, App: "appB", Local: true}, {IP: subnet.Addr().Next(), App: engine.HostApp, Local: true}}
 	if len(d.table.eps) != 2 || d.table.eps[0] != want[0] || d.table.eps[1] != want[1] {
 		t.Fatalf("table endpoints %+v, want %+v", d.table.eps, want)
 	}

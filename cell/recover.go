@@ -6,8 +6,8 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/mesh"
-	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -33,7 +33,7 @@ func (a *Agent) waitRecovered(ctx context.Context) {
 // Needs a.mu.
 func (a *Agent) labelLocked(id, app string) error {
 	err := a.ov.LabelAttachment(id, app)
-	if errors.Is(err, overlay.ErrLabelTooLong) {
+	if errors.Is(err, attach.ErrLabelTooLong) {
 		a.log.Warn("container attached without a label: it cannot be recovered if state.json is lost",
 			"container", id, "app", app, "err", err)
 		return nil

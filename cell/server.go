@@ -10,6 +10,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
@@ -244,7 +245,7 @@ func (a *Agent) handleCreateContainer(w http.ResponseWriter, r *http.Request) {
 	if !validApp(w, req.App) {
 		return
 	}
-	if err := overlay.ValidContainerName(req.Name); err != nil {
+	if err := attach.ValidContainerName(req.Name); err != nil {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
@@ -277,7 +278,7 @@ func (a *Agent) handleCreateContainer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := a.ov.AttachContainer(req.Name, ip); err != nil {
-		if errors.Is(err, overlay.ErrContainerExists) {
+		if errors.Is(err, attach.ErrContainerExists) {
 			writeError(w, http.StatusConflict, "container name %q already in use: %v", req.Name, err)
 			return
 		}

@@ -11,10 +11,12 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
 // Reason codes of a trace that are not engine verdicts.
@@ -34,7 +36,7 @@ type traceView struct {
 	endpoints []mesh.Endpoint
 	members   []mesh.Node
 	rules     []policy.Rule
-	table     *policy.Table // this cell's compiled table
+	table     *engine.Table // this cell's compiled table
 	enforcing bool
 
 	overlayUp   bool
@@ -113,7 +115,7 @@ func (a *Agent) traceView() *traceView {
 		if e.Cell != v.self {
 			continue
 		}
-		if l, err := netlink.LinkByName(overlay.HostVethName(e.Name)); err == nil {
+		if l, err := netlink.LinkByName(attach.HostVethName(e.Name)); err == nil {
 			v.vethMTU[e.Name] = l.Attrs().MTU
 		}
 	}
@@ -190,7 +192,7 @@ func traceFlow(req cellapi.TraceRequest, v *traceView) (cellapi.TraceResult, err
 		res.Sources = append(res.Sources, traceEndpoint(e))
 	}
 	if len(srcs) == 0 {
-		addStep(&res, cellapi.TraceStep{Step: "source", Code: policy.DropUnknownSource.String(),
+		addStep(&res, cellapi.TraceStep{Step: "source", Code: engine.DropUnknownSource.String(),
 			Detail: fmt.Sprintf("no container of app %s is registered on any cell: its cell drops what it sends (spoofed), and no other cell knows its address (unknown_source)", srcApp)})
 	} else {
 		addStep(&res, cellapi.TraceStep{Step: "source", OK: true,
@@ -207,7 +209,7 @@ func traceFlow(req cellapi.TraceRequest, v *traceView) (cellapi.TraceResult, err
 			dsts = []mesh.Endpoint{v.endpoints[i]}
 			dstApp = dsts[0].App
 		} else {
-			addStep(&res, cellapi.TraceStep{Step: "destination", Code: policy.DropUnknownDestination.String(),
+			addStep(&res, cellapi.TraceStep{Step: "destination", Code: engine.DropUnknownDestination.String(),
 				Detail: fmt.Sprintf("%v is not registered: %s; the cell that owns the address drops packets for it (unknown_destination)", ip, v.subnetOwner(ip))})
 		}
 	} else {
@@ -221,7 +223,7 @@ func traceFlow(req cellapi.TraceRequest, v *traceView) (cellapi.TraceResult, err
 			}
 		}
 		if len(dsts) == 0 {
-			addStep(&res, cellapi.TraceStep{Step: "destination", Code: policy.DropUnknownDestination.String(),
+			addStep(&res, cellapi.TraceStep{Step: "destination", Code: engine.DropUnknownDestination.String(),
 				Detail: fmt.Sprintf("no container of app %s is registered on any cell", dstApp)})
 		}
 	}
@@ -299,7 +301,7 @@ func (v *traceView) antiSpoofing(srcs []mesh.Endpoint) cellapi.TraceStep {
 			elsewhere = append(elsewhere, e.Cell)
 			continue
 		}
-		want := overlay.GuardEntry{Veth: overlay.HostVethName(e.Name), IP: e.IP}
+		want := overlay.GuardEntry{Veth: attach.HostVethName(e.Name), IP: e.IP}
 		if v.overlayUp && v.guardErr == nil && !slices.Contains(v.guard, want) {
 			missing = append(missing, fmt.Sprintf("%v on %s", e.IP, want.Veth))
 		} else {
@@ -309,7 +311,7 @@ func (v *traceView) antiSpoofing(srcs []mesh.Endpoint) cellapi.TraceStep {
 	var parts []string
 	switch {
 	case len(missing) > 0:
-		s.OK, s.Code = false, policy.DropSpoofed.String()
+		s.OK, s.Code = false, engine.DropSpoofed.String()
 		parts = append(parts, "not bound in table inet weft, so dropped as spoofed: "+strings.Join(missing, ", "))
 	case len(here) > 0 && !v.overlayUp:
 		s.OK = false
@@ -354,7 +356,7 @@ func (v *traceView) policyStep(srcApp, dstApp string, proto policy.Protocol, por
 		s.OK = true
 		s.Detail = fmt.Sprintf("rule %s allows %s -> %s %s", s.RuleID, srcApp, dstApp, flow)
 	} else {
-		s.Code = policy.DropNoPolicy.String()
+		s.Code = engine.DropNoPolicy.String()
 		answer := "a TCP RST"
 		switch proto {
 		case policy.ProtoUDP:
@@ -378,7 +380,7 @@ func (v *traceView) policyStep(srcApp, dstApp string, proto policy.Protocol, por
 		}
 		for _, src := range srcs {
 			if got := v.table.Allowed(src.IP, d.IP, proto, port); got != s.OK {
-				s.OK, s.Code = false, policy.DropNoPolicy.String()
+				s.OK, s.Code = false, engine.DropNoPolicy.String()
 				s.Detail += fmt.Sprintf("; but this cell's compiled table says allowed=%v for %v -> %v (not compiled yet?)", got, src.IP, d.IP)
 				return s
 			}

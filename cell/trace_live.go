@@ -13,15 +13,17 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
 // Live traces (`weft trace --live`, docs/operations.md): the agent sends
 // one real packet from a source container on this cell, inside the
-// container's network namespace (overlay.InContainer), so that it meets
+// container's network namespace (attach.InContainer), so that it meets
 // the guard, this cell's engine, the tunnel and the destination cell's
 // engine as the container's own traffic does. Where it went is learned
 // from what each cell already keeps:
@@ -119,7 +121,7 @@ func (a *Agent) liveTrace(ctx context.Context, req cellapi.TraceRequest) (cellap
 
 	// Where the packet should be judged: a peer cell, this one, or the
 	// guard's egress chain (outside the overlay).
-	run := &probeRun{p: p, veth: overlay.HostVethName(src.Name), inOverlay: a.cfg.OverlayCIDR.Contains(dst), dstKnown: dstEP.IP.IsValid()}
+	run := &probeRun{p: p, veth: attach.HostVethName(src.Name), inOverlay: a.cfg.OverlayCIDR.Contains(dst), dstKnown: dstEP.IP.IsValid()}
 	if run.inOverlay {
 		for _, m := range a.mesh.Members() {
 			if m.Subnet.IsValid() && m.Subnet.Contains(dst) && !m.Self {
@@ -221,7 +223,7 @@ func (r *probeRun) sourceCellStep() cellapi.TraceStep {
 	s := cellapi.TraceStep{Step: "source_cell"}
 	rec := r.local.Record
 	switch {
-	case r.local.Seen && rec.Verdict == policy.Accept.String() && rec.Direction == "outbound":
+	case r.local.Seen && rec.Verdict == engine.Accept.String() && rec.Direction == "outbound":
 		s.OK = true
 		s.Detail = "this cell's engine passed the probe to WireGuard"
 		if r.peer != nil {
@@ -229,7 +231,7 @@ func (r *probeRun) sourceCellStep() cellapi.TraceStep {
 		}
 	case r.hairpinned():
 		s.Step = "destination_cell"
-		s.OK = rec.Verdict == policy.Accept.String()
+		s.OK = rec.Verdict == engine.Accept.String()
 		s.Detail = fmt.Sprintf("the destination is on this cell: its engine's verdict %s", rec.Verdict)
 		if rec.Rule != "" {
 			s.Detail += " by rule " + rec.Rule
@@ -256,7 +258,7 @@ func (r *probeRun) remoteSteps() []cellapi.TraceStep {
 	s := cellapi.TraceStep{Step: "destination_cell"}
 	rec := r.remote.Record
 	switch {
-	case r.remote.Seen && rec.Verdict == policy.Accept.String():
+	case r.remote.Seen && rec.Verdict == engine.Accept.String():
 		s.OK = true
 		s.Detail = fmt.Sprintf("cell %s's engine accepted the probe", name)
 		if rec.Rule != "" {

@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/weft-net/weft/overlay"
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -38,7 +38,7 @@ type probeOutcome struct {
 // waits for what comes back.
 func sendProbe(p *liveProbe) probeOutcome {
 	var out probeOutcome
-	err := overlay.InContainer(p.container, func() error {
+	err := attach.InContainer(p.container, func() error {
 		switch p.proto {
 		case policy.ProtoTCP:
 			out = probeTCP(p)

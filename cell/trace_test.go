@@ -14,10 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
 // leasedAgent is an agent with a real mesh that holds a subnet lease and an
@@ -37,7 +39,7 @@ func leasedAgent(t *testing.T) (*Agent, *cellapi.Client, netip.Prefix) {
 	mcfg.OperatorKey, mcfg.TrustedOperators = priv, []ed25519.PublicKey{pub}
 	ready := make(chan struct{})
 	close(ready)
-	a := &Agent{cfg: Config{Name: "c1"}, log: mcfg.Logger, engine: policy.NewEngine(policy.DefaultConfig()), ready: ready}
+	a := &Agent{cfg: Config{Name: "c1"}, log: mcfg.Logger, engine: engine.NewEngine(engine.DefaultConfig()), ready: ready}
 	m, err := mesh.New(mcfg, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -175,7 +177,7 @@ func TestTraceView(t *testing.T) {
 			rules:       []policy.Rule{tcpRule("appA", "appB", 8080, 8080)},
 			enforcing:   true,
 			overlayUp:   true,
-			guard:       []overlay.GuardEntry{{Veth: overlay.HostVethName("ca"), IP: ip("10.255.1.2")}},
+			guard:       []overlay.GuardEntry{{Veth: attach.HostVethName("ca"), IP: ip("10.255.1.2")}},
 			peers:       []cellapi.Peer{{PublicKey: key2, Endpoint: "198.18.0.12:51820", LastHandshake: now.Add(-7 * time.Second)}},
 			overlayMTU:  1420,
 			underlayMTU: 1500,

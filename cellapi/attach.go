@@ -35,7 +35,7 @@ type Attachment struct {
 	ContainerID string   `json:"container_id"`
 	App         string   `json:"app"`
 	IP          string   `json:"ip"`      // the container's overlay address (a /32)
-	Gateway     string   `json:"gateway"` // its default gateway, overlay.Gateway
+	Gateway     string   `json:"gateway"` // its default gateway, attach.Gateway
 	IfName      string   `json:"ifname,omitempty"`
 	MAC         string   `json:"mac,omitempty"`
 	HostVeth    string   `json:"host_veth"`

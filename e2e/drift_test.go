@@ -14,6 +14,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/overlay"
 )
@@ -48,7 +49,7 @@ func TestDriftRepair(t *testing.T) {
 	}
 	subnet := netip.MustParsePrefix(st.Subnet)
 	cellAddr := overlay.CellAddr(subnet)
-	veth := overlay.HostVethName(ctB)
+	veth := attach.HostVethName(ctB)
 	table := overlay.DefaultConfig().DeliveryTable
 	prio := overlay.DefaultConfig().RulePriority
 	overlayCIDR := overlay.DefaultConfig().OverlayCIDR
@@ -163,8 +164,8 @@ func TestDriftRepair(t *testing.T) {
 			ipCmd("addr", "del", cellAddr.String()+"/32", "dev", c2.Interface),
 			inCell(hasAddr(c2.Interface, cellAddr))},
 		{"ip addr del veth", overlay.DriftAddress,
-			ipCmd("addr", "del", overlay.Gateway.String()+"/32", "dev", veth),
-			inCell(hasAddr(veth, overlay.Gateway))},
+			ipCmd("addr", "del", attach.Gateway.String()+"/32", "dev", veth),
+			inCell(hasAddr(veth, attach.Gateway))},
 		{"nft delete table", overlay.DriftNFTables, func() error {
 			// What `nft delete table inet weft` sends.
 			return lab.InNetns(c2.Netns, func() error {

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/internal/lab"
-	"github.com/weft-net/weft/overlay"
 )
 
 // TestRecoverContainersWithoutState: `rm state.json` and a restart do not
@@ -101,7 +101,7 @@ func TestNoReuseOfRoutedAddress(t *testing.T) {
 	}
 	// Remove the label: the container cannot be recovered, but its
 	// address is still taken.
-	veth := overlay.HostVethName(x)
+	veth := attach.HostVethName(x)
 	if out, err := exec.Command("ip", "netns", "exec", l.Cells[0].Netns, "ip", "link", "set", "dev", veth, "alias", "").CombinedOutput(); err != nil {
 		t.Fatalf("clear alias: %v: %s", err, out)
 	}

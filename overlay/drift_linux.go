@@ -16,6 +16,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/attach"
 )
 
 // Drift repair: the reconciler puts back what the overlay owns in the
@@ -169,7 +171,7 @@ func (r *reconciler) forgetContainer(id string) {
 		return
 	}
 	r.cmu.Lock()
-	delete(r.containers, HostVethName(id))
+	delete(r.containers, attach.HostVethName(id))
 	r.cmu.Unlock()
 }
 
@@ -401,8 +403,8 @@ func (r *reconciler) netlinkDrift() ([]drift, error) {
 			continue // detached, or not yet attached: not ours to make
 		}
 		links = appendLinkDrift(links, l)
-		addrs = appendAddrDrift(addrs, addrSet, l, gatewayAddr())
-		delivery = append(delivery, containerRoute(l.Attrs().Index, ip, r.cfg.DeliveryTable))
+		addrs = appendAddrDrift(addrs, addrSet, l, attach.GatewayAddr())
+		delivery = append(delivery, attach.ContainerRoute(l.Attrs().Index, ip, r.cfg.DeliveryTable))
 		names[l.Attrs().Index] = veth
 	}
 	routes, err = appendRouteDrift(routes, r.cfg.DeliveryTable, delivery, names)

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/internal/lab"
 )
 
@@ -42,7 +43,7 @@ func TestKernelDriftRepaired(t *testing.T) {
 	cfg.Interface = "wd0"
 	cfg.LocalSubnet = netip.MustParsePrefix("10.255.1.0/24")
 	cfg.DriftInterval = time.Hour
-	veth := HostVethName("drift-c1")
+	veth := attach.HostVethName("drift-c1")
 	ctrIP := netip.MustParseAddr("10.255.1.2")
 	entries := []GuardEntry{{Veth: veth, IP: ctrIP}}
 	g := newGuard(cfg.Interface, netip.Addr{}, cfg.ListenPort, cfg.OverlayCIDR)
@@ -83,7 +84,7 @@ func TestKernelDriftRepaired(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if err := netlink.AddrAdd(host, gatewayAddr()); err != nil {
+		if err := netlink.AddrAdd(host, attach.GatewayAddr()); err != nil {
 			return err
 		}
 		for _, l := range []netlink.Link{host, peer} {
@@ -91,7 +92,7 @@ func TestKernelDriftRepaired(t *testing.T) {
 				return err
 			}
 		}
-		if err := netlink.RouteReplace(containerRoute(vethIdx, ctrIP, cfg.DeliveryTable)); err != nil {
+		if err := netlink.RouteReplace(attach.ContainerRoute(vethIdx, ctrIP, cfg.DeliveryTable)); err != nil {
 			return err
 		}
 		if err := g.install(); err != nil {
@@ -194,7 +195,7 @@ func TestKernelDriftRepaired(t *testing.T) {
 			func() error { return netlink.RouteDel(overlayRoute(cfg, tunIdx)) },
 			[]func() bool{hasRoute(unix.RT_TABLE_MAIN, tunIdx, overlayDst)}},
 		{"ip route del CONTAINER/32 table DELIVERY", DriftRoute,
-			func() error { return netlink.RouteDel(containerRoute(vethIdx, ctrIP, cfg.DeliveryTable)) },
+			func() error { return netlink.RouteDel(attach.ContainerRoute(vethIdx, ctrIP, cfg.DeliveryTable)) },
 			[]func() bool{hasRoute(cfg.DeliveryTable, vethIdx, ctrDst)}},
 		{"ip rule del iif wd0", DriftRule,
 			func() error { return netlink.RuleDel(rules(cfg)[0]) },
@@ -206,8 +207,8 @@ func TestKernelDriftRepaired(t *testing.T) {
 			func() error { return netlink.AddrDel(link(cfg.Interface), cellAddrOf(cfg)) },
 			[]func() bool{hasAddr(cfg.Interface, CellAddr(cfg.LocalSubnet))}},
 		{"ip addr del GATEWAY dev VETH", DriftAddress,
-			func() error { return netlink.AddrDel(link(veth), gatewayAddr()) },
-			[]func() bool{hasAddr(veth, Gateway)}},
+			func() error { return netlink.AddrDel(link(veth), attach.GatewayAddr()) },
+			[]func() bool{hasAddr(veth, attach.Gateway)}},
 		{"ip link set wd0 down", DriftLink,
 			func() error { return netlink.LinkSetDown(link(cfg.Interface)) },
 			[]func() bool{isUp(cfg.Interface), hasRoute(unix.RT_TABLE_MAIN, tunIdx, overlayDst)}},

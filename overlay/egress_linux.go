@@ -168,7 +168,7 @@ func (g *guard) buildEgressLocked(c *nftables.Conn, t *nftables.Table, fwd *nfta
 			[]expr.Any{&expr.Masq{}})})
 		// The cell host's own packets into the overlay leave from weft0's
 		// address, the cell's address that the other cells know
-		// (policy.HostApp), whatever source they were given (the
+		// (engine.HostApp), whatever source they were given (the
 		// underlay's, a bound socket's). Packets forwarded from outside
 		// never get here: the forward chain refuses them (guard_linux.go).
 		c.AddRule(&nftables.Rule{Table: t, Chain: nat, Exprs: slices.Concat(

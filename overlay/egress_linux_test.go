@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/policy"
 )
@@ -27,7 +28,7 @@ func newEgressLab(t *testing.T) egressLab {
 	t.Helper()
 	lab.RequireRoot(t)
 	p := lab.RunPrefix()
-	l := egressLab{cell: p + "-egc", ctr: p + "-egk", inet: p + "-egi", veth: HostVethName("egress")}
+	l := egressLab{cell: p + "-egc", ctr: p + "-egk", inet: p + "-egi", veth: attach.HostVethName("egress")}
 	for _, ns := range []string{l.cell, l.ctr, l.inet} {
 		exec.Command("ip", "netns", "del", ns).Run() // a leftover of this pid
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })

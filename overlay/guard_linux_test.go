@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/nftables"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/internal/lab"
 )
 
@@ -33,8 +34,8 @@ func TestGuardSyncAndRepair(t *testing.T) {
 			t.Fatalf("install: %v", err)
 		}
 		want := []GuardEntry{
-			{Veth: HostVethName("b"), IP: netip.MustParseAddr("10.255.1.3")},
-			{Veth: HostVethName("a"), IP: netip.MustParseAddr("10.255.1.2")},
+			{Veth: attach.HostVethName("b"), IP: netip.MustParseAddr("10.255.1.3")},
+			{Veth: attach.HostVethName("a"), IP: netip.MustParseAddr("10.255.1.2")},
 		}
 		if changed, err := g.Sync(want); err != nil || !changed {
 			t.Fatalf("first Sync: changed %v, err %v; want a change", changed, err)

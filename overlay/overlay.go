@@ -1,7 +1,9 @@
 // Package overlay owns a cell's data plane: the TUN device, the embedded
 // wireguard-go device with the filtering wrapper between them, the WireGuard
 // peers, the routes and rules that steer container traffic through the TUN,
-// and the attachment of containers (network namespace + veth).
+// and the guard that binds each container's source address to its veth. The
+// plumbing of a container's network namespace and veth is package attach's,
+// called with this overlay's settings (containers_linux.go).
 //
 // It does not know about the mesh: the agent tells it which peers exist.
 package overlay

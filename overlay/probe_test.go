@@ -6,7 +6,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
 // udp4 builds an IPv4 UDP packet without options.
@@ -75,8 +75,8 @@ func TestProbeFilter(t *testing.T) {
 // and still drops the same datagram from a container.
 func TestWrapperPassesProbes(t *testing.T) {
 	local := netip.MustParsePrefix("10.255.1.0/24")
-	eng := policy.NewEngine(policy.DefaultConfig())
-	eng.SetTable(policy.Compile(policy.TableConfig{LocalSubnet: local}))
+	eng := engine.NewEngine(engine.DefaultConfig())
+	eng.SetTable(engine.Compile(engine.TableConfig{LocalSubnet: local}))
 	dev := &fakeTUN{}
 	w := NewWrapper(dev, eng)
 	w.probe = newProbeFilter(local)

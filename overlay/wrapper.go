@@ -7,10 +7,10 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun"
 
-	"github.com/weft-net/weft/policy"
+	"github.com/weft-net/weft/policy/engine"
 )
 
-// Filter decides the fate of one IP packet. *policy.Engine implements it.
+// Filter decides the fate of one IP packet. *engine.Engine implements it.
 //
 // All methods are called concurrently: Outbound from the TUN reader
 // goroutine, Inbound from wireguard-go's UDP receivers (per-peer receive
@@ -19,15 +19,15 @@ import (
 // duration of the call.
 type Filter interface {
 	// Outbound judges a packet that a local container sent (read from the TUN).
-	Outbound(pkt []byte) policy.Verdict
+	Outbound(pkt []byte) engine.Verdict
 	// Inbound judges a packet that a peer cell sent (decrypted by WireGuard).
-	Inbound(pkt []byte) policy.Verdict
+	Inbound(pkt []byte) engine.Verdict
 	// Reject writes the answer to a denied packet (TCP RST or ICMP
 	// unreachable) into out and returns its length, or 0 for none.
 	Reject(pkt []byte, out []byte) int
 }
 
-var _ Filter = (*policy.Engine)(nil)
+var _ Filter = (*engine.Engine)(nil)
 
 // rejectHeadroom is room in front of a synthesized reject packet for the
 // virtio-net header the TUN device prepends on Write.
@@ -136,13 +136,13 @@ func (w *Wrapper) Stats() *WrapperStats { return &w.stats }
 func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := w.Device.Read(bufs, sizes, offset)
 	f := w.Filter()
-	// The engine judges a batch as a run (policy.Run). It is called
+	// The engine judges a batch as a run (engine.Run). It is called
 	// through its concrete type, not the Filter interface, so that run
 	// stays on the stack: through an interface, &run would escape and
 	// every batch would allocate one.
-	eng, _ := f.(*policy.Engine)
+	eng, _ := f.(*engine.Engine)
 	gate := w.gate.Load()
-	var run policy.Run
+	var run engine.Run
 	hairpin := w.hairpin[:0]
 	passed := 0
 	for i := 0; i < n; i++ {
@@ -150,23 +150,23 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			continue
 		}
 		pkt := bufs[i][offset : offset+sizes[i]]
-		var v policy.Verdict
+		var v engine.Verdict
 		switch {
 		case w.probe.outbound(pkt):
-			v = policy.Accept
+			v = engine.Accept
 		case eng != nil:
 			v = eng.OutboundRun(pkt, &run)
 		default:
 			v = f.Outbound(pkt)
 		}
 		switch {
-		case v == policy.Accept:
+		case v == engine.Accept:
 			if gate == nil || gate.allow(pkt) {
 				passed++
 				continue
 			}
 			w.stats.DroppedNoSession.Add(1)
-		case v == policy.AcceptLocal:
+		case v == engine.AcceptLocal:
 			hairpin = append(hairpin, bufs[i][:offset+sizes[i]])
 		case v.Reject():
 			w.stats.DroppedRead.Add(1)
@@ -197,14 +197,14 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 func (w *Wrapper) Write(bufs [][]byte, offset int) (int, error) {
 	var keep *[][]byte
 	f := w.Filter()
-	eng, _ := f.(*policy.Engine) // a run, as in Read
-	var run policy.Run
+	eng, _ := f.(*engine.Engine) // a run, as in Read
+	var run engine.Run
 	for i, b := range bufs {
 		pkt := b[offset:]
-		var v policy.Verdict
+		var v engine.Verdict
 		switch {
 		case w.probe.inbound(pkt):
-			v = policy.Accept
+			v = engine.Accept
 		case eng != nil:
 			v = eng.InboundRun(pkt, &run)
 		default:
@@ -283,17 +283,17 @@ type OpenFilter struct {
 var _ Filter = OpenFilter{}
 
 // Outbound accepts; packets for the local subnet are hair-pinned.
-func (f OpenFilter) Outbound(pkt []byte) policy.Verdict {
+func (f OpenFilter) Outbound(pkt []byte) engine.Verdict {
 	if len(pkt) >= 20 && pkt[0]>>4 == 4 {
 		if dst := netip.AddrFrom4([4]byte(pkt[16:20])); f.LocalSubnet.Contains(dst) {
-			return policy.AcceptLocal
+			return engine.AcceptLocal
 		}
 	}
-	return policy.Accept
+	return engine.Accept
 }
 
 // Inbound accepts.
-func (OpenFilter) Inbound([]byte) policy.Verdict { return policy.Accept }
+func (OpenFilter) Inbound([]byte) engine.Verdict { return engine.Accept }
 
 // Reject never answers (nothing is denied).
 func (OpenFilter) Reject([]byte, []byte) int { return 0 }

@@ -11,7 +11,8 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/weft-net/weft/policy"
-	"github.com/weft-net/weft/policy/pkttest"
+	"github.com/weft-net/weft/policy/engine"
+	"github.com/weft-net/weft/policy/engine/pkttest"
 )
 
 // fakeTUN is an in-memory tun.Device: Read hands out queued packets, Write
@@ -46,10 +47,10 @@ func (f *fakeTUN) Close() error             { return nil }
 func (f *fakeTUN) BatchSize() int           { return 128 }
 
 // fakeFilter judges a packet by its first byte.
-type fakeFilter map[byte]policy.Verdict
+type fakeFilter map[byte]engine.Verdict
 
-func (f fakeFilter) Outbound(p []byte) policy.Verdict { return f[p[0]] }
-func (f fakeFilter) Inbound(p []byte) policy.Verdict  { return f[p[0]] }
+func (f fakeFilter) Outbound(p []byte) engine.Verdict { return f[p[0]] }
+func (f fakeFilter) Inbound(p []byte) engine.Verdict  { return f[p[0]] }
 func (f fakeFilter) Reject(p []byte, out []byte) int {
 	n := copy(out, "reject:")
 	out[n] = p[0]
@@ -64,10 +65,10 @@ const (
 )
 
 var filter = fakeFilter{
-	pAccept:  policy.Accept,
-	pLocal:   policy.AcceptLocal,
-	pDeny:    policy.DropNoPolicy,
-	pSpoofed: policy.DropSpoofed,
+	pAccept:  engine.Accept,
+	pLocal:   engine.AcceptLocal,
+	pDeny:    engine.DropNoPolicy,
+	pSpoofed: engine.DropSpoofed,
 }
 
 const off = 16
@@ -178,7 +179,7 @@ func (discardTUN) Write(bufs [][]byte, offset int) (int, error) { return len(buf
 func TestWrapperSetFilter(t *testing.T) {
 	inner := &fakeTUN{}
 	w := NewWrapper(inner, filter)
-	open := fakeFilter{pDeny: policy.Accept}
+	open := fakeFilter{pDeny: engine.Accept}
 	for i, c := range []struct {
 		f         Filter
 		delivered int
@@ -259,16 +260,16 @@ func BenchmarkWrapperReadWrite(b *testing.B) {
 }
 
 // TestWrapperEngineRuns: with the policy engine as its filter, the wrapper
-// judges each batch as a run (policy.Run): a denied packet inside a run of
+// judges each batch as a run (engine.Run): a denied packet inside a run of
 // an allowed flow is still dropped and answered, and every packet is
 // counted.
 func TestWrapperEngineRuns(t *testing.T) {
 	a, b := netip.MustParseAddr("10.255.2.10"), netip.MustParseAddr("10.255.1.20")
 	d := netip.MustParseAddr("10.255.2.40")
-	e := policy.NewEngine(policy.DefaultConfig())
-	e.SetTable(policy.Compile(policy.TableConfig{
+	e := engine.NewEngine(engine.DefaultConfig())
+	e.SetTable(engine.Compile(engine.TableConfig{
 		Rules:       []policy.Rule{{Source: "appA", Destination: "appB", Protocol: policy.ProtoTCP, Ports: policy.PortRange{Start: 8080, End: 8080}}},
-		Endpoints:   []policy.Endpoint{{IP: a, App: "appA"}, {IP: b, App: "appB", Local: true}, {IP: d, App: "appD"}},
+		Endpoints:   []engine.Endpoint{{IP: a, App: "appA"}, {IP: b, App: "appB", Local: true}, {IP: d, App: "appD"}},
 		LocalSubnet: netip.MustParsePrefix("10.255.1.0/24"),
 	}))
 	data := pkttest.TCP(netip.AddrPortFrom(a, 40000), netip.AddrPortFrom(b, 8080), pkttest.ACK, 1, 1, []byte("data"))
@@ -292,7 +293,7 @@ func TestWrapperEngineRuns(t *testing.T) {
 		t.Fatalf("inner got %d packets, want the reject and 5", len(inner.written))
 	}
 	c := e.Counters()
-	if c.Verdicts[policy.Accept] != 5 || c.Verdicts[policy.DropNoPolicy] != 1 {
-		t.Fatalf("counters: %d accepted, %d no_policy; want 5 and 1", c.Verdicts[policy.Accept], c.Verdicts[policy.DropNoPolicy])
+	if c.Verdicts[engine.Accept] != 5 || c.Verdicts[engine.DropNoPolicy] != 1 {
+		t.Fatalf("counters: %d accepted, %d no_policy; want 5 and 1", c.Verdicts[engine.Accept], c.Verdicts[engine.DropNoPolicy])
 	}
 }

@@ -106,13 +106,13 @@ func ParseEgressRule(app, destination, protocol, ports string, overlay netip.Pre
 		return fail(err)
 	}
 	switch {
-	case ports != "" && !r.Protocol.hasPorts():
+	case ports != "" && !r.Protocol.HasPorts():
 		return fail(fmt.Errorf("icmp rules take no ports"))
 	case ports != "":
 		if r.Ports, err = ParsePorts(ports); err != nil {
 			return fail(err)
 		}
-	case r.Protocol.hasPorts():
+	case r.Protocol.HasPorts():
 		r.Ports = PortRange{1, 65535}
 	}
 	if err := r.Validate(overlay); err != nil {
@@ -193,7 +193,7 @@ func (r EgressRule) String() string {
 		app = "(all apps)"
 	}
 	s := app + " -> " + r.Destination() + " " + r.Protocol.String()
-	if r.Protocol.hasPorts() || r.Ports != (PortRange{}) {
+	if r.Protocol.HasPorts() || r.Ports != (PortRange{}) {
 		s += " " + r.Ports.String()
 	}
 	return s
@@ -244,7 +244,7 @@ func overlapsEgress(a, b EgressRule) bool {
 	if a.Protocol != b.Protocol && a.Protocol != ProtoAll && b.Protocol != ProtoAll {
 		return false
 	}
-	if !a.Protocol.hasPorts() || !b.Protocol.hasPorts() {
+	if !a.Protocol.HasPorts() || !b.Protocol.HasPorts() {
 		return true // icmp meets icmp, or icmp meets all
 	}
 	return a.Ports.Start <= b.Ports.End && b.Ports.Start <= a.Ports.End
@@ -481,7 +481,7 @@ func MarshalYAMLFile(rules []Rule, egress []EgressRule, ingress []IngressRule) (
 		doc.Egress = make([]yamlRule, 0, len(egress))
 		for _, r := range egress {
 			y := yamlRule{App: r.App, Destination: r.Destination(), Protocol: r.Protocol.String()}
-			if r.Protocol.hasPorts() {
+			if r.Protocol.HasPorts() {
 				y.Ports = r.Ports.String()
 			}
 			doc.Egress = append(doc.Egress, y)

@@ -239,7 +239,7 @@ func MarshalYAML(rules []Rule) ([]byte, error) {
 	}{Policies: make([]yamlRule, 0, len(rules))}
 	for _, r := range rules {
 		y := yamlRule{Source: r.Source, Destination: r.Destination, Protocol: r.Protocol.String()}
-		if r.Protocol.hasPorts() {
+		if r.Protocol.HasPorts() {
 			y.Ports = r.Ports.String()
 		}
 		doc.Policies = append(doc.Policies, y)
@@ -371,7 +371,7 @@ func ParseCFJSON(name string, data []byte) ([]Rule, error) {
 			}
 			return PortRange{uint16(pp.Start), uint16(pp.End)}, nil
 		})
-		if err == nil && pp != nil && r.Protocol.hasPorts() && r.Ports == (PortRange{}) {
+		if err == nil && pp != nil && r.Protocol.HasPorts() && r.Ports == (PortRange{}) {
 			err = errors.New("invalid ports 0-0: ports must be within 1-65535")
 		}
 		if err != nil {
@@ -585,7 +585,7 @@ func MarshalCFJSON(rules []Rule) ([]byte, error) {
 	for i, r := range rules {
 		p := cfPolicy{Source: &cfSource{ID: &r.Source},
 			Destination: &cfDestination{ID: &r.Destination, Protocol: new(r.Protocol.String())}}
-		if r.Protocol.hasPorts() {
+		if r.Protocol.HasPorts() {
 			p.Destination.Ports = &cfPorts{Start: int(r.Ports.Start), End: int(r.Ports.End)}
 		}
 		b, err := json.Marshal(p)
@@ -617,10 +617,10 @@ func DiffRules(have, want []Rule) Diff {
 	i, j := 0, 0
 	for i < len(h) || j < len(w) {
 		switch {
-		case j == len(w) || i < len(h) && compareRules(h[i], w[j]) < 0:
+		case j == len(w) || i < len(h) && CompareRules(h[i], w[j]) < 0:
 			d.Remove = append(d.Remove, h[i])
 			i++
-		case i == len(h) || compareRules(h[i], w[j]) > 0:
+		case i == len(h) || CompareRules(h[i], w[j]) > 0:
 			d.Add = append(d.Add, w[j])
 			j++
 		default:

@@ -206,7 +206,7 @@ func fuzzRoundTrip(t *testing.T, rules []Rule) {
 		if err := r.Validate(); err != nil {
 			t.Fatalf("parsed an invalid rule %v: %v", r, err)
 		}
-		if i > 0 && compareRules(rules[i-1], r) >= 0 {
+		if i > 0 && CompareRules(rules[i-1], r) >= 0 {
 			t.Fatalf("not sorted and deduplicated: %v", rules)
 		}
 	}

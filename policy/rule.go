@@ -1,15 +1,11 @@
-// Package policy decides, for every packet between containers, whether it may
-// pass: app-pair rules (Cloud Foundry c2c semantics: allow-only, directional,
-// default deny), an endpoint registry (overlay IP -> app), a compiled rule
-// table, a bounded connection tracker and the synthesis of reject packets
-// (TCP RST, ICMP unreachable) for denied flows.
-//
-// The data path is [Engine.Outbound] (packets read from the TUN, leaving a
-// local container) and [Engine.Inbound] (decrypted packets from a peer cell).
-// Neither allocates, logs nor formats strings. Rules and endpoints are
-// compiled off the packet path into an immutable [Table] that is swapped in
-// atomically with [Engine.SetTable]; tracked flows survive the swap and
-// flows that the new table no longer allows are cut on their next packet.
+// Package policy holds weft's rules and what is done with them off the
+// packet path: app-pair rules (Cloud Foundry c2c semantics: allow-only,
+// directional, default deny), egress and ingress rules and their checks,
+// the policy files (YAML, Cloud Foundry policy-server JSON, CF application
+// security groups) and the difference of two rule sets. The mesh
+// replicates these types and the CLI reads and writes them; neither needs
+// the engine that enforces them (package policy/engine), which the
+// agent alone links (seam_test.go checks it).
 package policy
 
 import (
@@ -39,10 +35,6 @@ const (
 	// applies to tcp and udp, icmp ignores it.
 	ProtoAll Protocol = 255
 )
-
-// protoICMPv6 is the IPv6 next-header value of ICMPv6. The parser maps it to
-// ProtoICMP so that one icmp rule covers both families.
-const protoICMPv6 = 58
 
 // ParseProtocol parses "tcp", "udp", "icmp" or "all" (case-insensitive).
 func ParseProtocol(s string) (Protocol, error) {
@@ -79,9 +71,9 @@ func (p Protocol) valid() bool {
 	return p == ProtoTCP || p == ProtoUDP || p == ProtoICMP || p == ProtoAll
 }
 
-// hasPorts reports whether rules (or packets) of this protocol carry a
+// HasPorts reports whether rules (or packets) of this protocol carry a
 // port range.
-func (p Protocol) hasPorts() bool { return p == ProtoTCP || p == ProtoUDP || p == ProtoAll }
+func (p Protocol) HasPorts() bool { return p == ProtoTCP || p == ProtoUDP || p == ProtoAll }
 
 // PortRange is an inclusive range of destination ports. The zero value means
 // "no ports" and is what ICMP rules carry.
@@ -249,7 +241,7 @@ func (r Rule) Validate() error {
 	if !r.Protocol.valid() {
 		return fmt.Errorf("invalid protocol %s: must be tcp, udp, icmp or all", r.Protocol)
 	}
-	if !r.Protocol.hasPorts() {
+	if !r.Protocol.HasPorts() {
 		if r.Ports != (PortRange{}) {
 			return fmt.Errorf("invalid ports %d-%d: icmp rules take no ports", r.Ports.Start, r.Ports.End)
 		}
@@ -277,13 +269,15 @@ func (r Rule) Key() string {
 // "appA -> appB icmp".
 func (r Rule) String() string {
 	s := r.Source + " -> " + r.Destination + " " + r.Protocol.String()
-	if r.Protocol.hasPorts() || r.Ports != (PortRange{}) {
+	if r.Protocol.HasPorts() || r.Ports != (PortRange{}) {
 		s += " " + r.Ports.String()
 	}
 	return s
 }
 
-func compareRules(a, b Rule) int {
+// CompareRules orders rules by Source, Destination, Protocol and Ports
+// (the order of [SortRules]; the engine checks a rule set against it).
+func CompareRules(a, b Rule) int {
 	return cmp.Or(
 		cmp.Compare(a.Source, b.Source),
 		cmp.Compare(a.Destination, b.Destination),
@@ -294,4 +288,4 @@ func compareRules(a, b Rule) int {
 }
 
 // SortRules sorts rules by Source, Destination, Protocol and Ports.
-func SortRules(rs []Rule) { slices.SortFunc(rs, compareRules) }
+func SortRules(rs []Rule) { slices.SortFunc(rs, CompareRules) }

@@ -5,7 +5,7 @@
 // the rounds. A host whose speed drifts moves both runs of a round
 // alike; the paired difference keeps what the change did.
 //
-//	go run ./bench/cmd/benchab -old HEAD~1 -pkg ./policy \
+//	go run ./bench/cmd/benchab -old HEAD~1 -pkg ./policy/engine \
 //		-bench 'BenchmarkVerdict/new/rules=10000$' -rounds 16
 //
 // -new is a revision too, or "" (the default) for the working tree.
