@@ -83,7 +83,7 @@ type PolicyChangesResponse struct {
 
 // KeyringRequest is the body of POST /v1/cluster-keys: an operator-signed
 // keyring operation, or an unsigned one (no Sig) for the agent to sign with
-// its own operator key. It has mesh.KeyringOp's fields, so that the agent
+// its own operator key. It has store.KeyringOp's fields (mesh/store), so that the agent
 // and the CLI's signer convert between the two (a field added to one alone
 // fails to compile there).
 type KeyringRequest struct {

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/weft-net/weft/mesh/store"
 )
 
 // Subnet leases: OverlayCIDR is split into /SubnetBits subnets; index 0 is
@@ -189,7 +191,7 @@ func (m *Mesh) claimsLocked() map[netip.Prefix]subnetClaims {
 			add(mb.meta.Subnet, c)
 		}
 	}
-	for name, r := range m.st.leases {
+	for name, r := range m.st.Leases() {
 		if name == m.cfg.Name {
 			continue
 		}
@@ -248,7 +250,7 @@ func (m *Mesh) checkLease() {
 	}
 	m.kick(m.kickMeta)
 	if rec.Subnet.IsValid() {
-		b := leaseBroadcast(rec)
+		b := bcast(store.LeaseMsg(rec))
 		m.queue.QueueBroadcast(b)
 		m.sendDirect(b) // a fresh claim must not wait behind a joiner's full queue
 	}
@@ -284,14 +286,14 @@ func (m *Mesh) leaseStepLocked() bool {
 			m.leaseChangedLocked()
 			m.log.Info("subnet leased", "subnet", cur, "settled_in", time.Since(m.ls.picked).Round(time.Millisecond))
 			return true
-		case m.leaseFinal && m.st.hasLocalEndpoints():
+		case m.leaseFinal && m.st.HasLocalEndpoints():
 			m.logRateLimitedLocked("SUBNET CONFLICT: another cell holds an older lease of this cell's subnet; "+
 				"this cell's containers in it are not served and new ones are refused; remove them and the cell re-picks a free subnet",
 				"subnet", cur, "holder", c.node, "holder_lease", time.Unix(0, c.time), "our_lease", time.Unix(0, m.lease.Time))
 			return false
 		}
 		m.log.Warn("subnet lease lost to an older lease; re-picking", "subnet", cur, "holder", c.node, "tentative", !m.leaseFinal)
-		m.lease = leaseRec{Node: m.cfg.Name}
+		m.lease = store.LeaseRec{Node: m.cfg.Name}
 		m.leaseFinal = false
 		m.ls.lost++
 		m.ls.gen++ // a pending confirmation was for the lost lease
@@ -301,9 +303,9 @@ func (m *Mesh) leaseStepLocked() bool {
 		return dropped
 	}
 	first := len(m.cfg.Join) == 0
-	pick, t, final := netip.Prefix{}, m.st.now().UnixNano(), first
+	pick, t, final := netip.Prefix{}, m.st.Now().UnixNano(), first
 	var takeover int64
-	if h, ok := m.st.leases[m.cfg.Name]; ok && m.validSubnet(h.Subnet) {
+	if h, ok := m.st.Lease(m.cfg.Name); ok && m.validSubnet(h.Subnet) {
 		if _, taken := claims[h.Subnet]; !taken {
 			pick, t, final = h.Subnet, h.Time, true // the lease this cell held before
 			takeover = h.Takeover
@@ -480,8 +482,8 @@ wait:
 }
 
 func (m *Mesh) setLeaseLocked(p netip.Prefix, t, takeover int64, final bool) {
-	m.lease = leaseRec{Node: m.cfg.Name, Subnet: p, Time: t, Takeover: takeover, Seq: m.st.nextSeq()}
-	m.st.leases[m.cfg.Name] = m.lease
+	m.lease = store.LeaseRec{Node: m.cfg.Name, Subnet: p, Time: t, Takeover: takeover, Seq: m.st.NextSeq()}
+	m.st.PutLease(m.lease)
 	m.leaseFinal = final
 	m.ls.gen++
 	m.ls.picked, m.ls.wait, m.ls.timer, m.ls.confirm = time.Now(), m.settleTime(int(m.numAlive.Load())), false, confirmNone

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weft-net/weft/mesh/store"
 )
 
 // sameSubnetNames returns n node names whose preferred subnet index in a
@@ -122,14 +124,14 @@ func TestTentativeLeaseConfirmedByPushPull(t *testing.T) {
 	waitMembers(t, []*Mesh{a, m}, 2)
 	pool := a.numSubnets() - 1
 	name := nameWithIndex(t, 200, pool)
-	ghost := leaseRec{Node: "ghost", Subnet: a.subnetAt(200), Time: 1, Seq: 1}
+	ghost := store.LeaseRec{Node: "ghost", Subnet: a.subnetAt(200), Time: 1, Seq: 1}
 	m.mu.Lock()
-	var res mergeResult
+	var res store.Result
 	m.mergeLeaseLocked(ghost, false, &res) // not relayed: a never hears of it
 	m.mu.Unlock()
 
 	a.mu.Lock()
-	_, aKnows := a.st.leases["ghost"]
+	_, aKnows := a.st.Lease("ghost")
 	a.mu.Unlock()
 	if aKnows {
 		t.Fatal("cell-a has the ghost record before the joiner started")

@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/weft-net/weft/mesh/store"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -226,17 +227,15 @@ type Mesh struct {
 	queue *memberlist.TransmitLimitedQueue
 	local netip.AddrPort // gossip address, read from memberlist once (see LocalAddr)
 
-	numAlive    atomic.Int32 // alive nodes incl. self, for the broadcast queue
-	leaving     atomic.Bool  // Shutdown began: no more metadata updates
-	rejected    atomic.Uint64
-	rejectedPol atomic.Uint64
-	aeSent      atomic.Uint64 // policy registers sent in batches (antientropy.go)
-	aeSkipped   atomic.Uint64 // anti-entropy sends skipped: the peer's outbox was busy
-	aeMaxMsg    atomic.Uint64 // the most registers one batch message carried
-	sweeps      atomic.Uint64 // isolation sweeps: every peer pinged (isolation.go)
-	viewPulls   atomic.Uint64 // push/pulls started because views differed (views.go)
-	viewMu      sync.Mutex    // guards view; taken under mu, never the other way
-	view        struct {      // this cell's alive set, for probe acks (views.go)
+	numAlive  atomic.Int32  // alive nodes incl. self, for the broadcast queue
+	leaving   atomic.Bool   // Shutdown began: no more metadata updates
+	aeSent    atomic.Uint64 // policy registers sent in batches (antientropy.go)
+	aeSkipped atomic.Uint64 // anti-entropy sends skipped: the peer's outbox was busy
+	aeMaxMsg  atomic.Uint64 // the most registers one batch message carried
+	sweeps    atomic.Uint64 // isolation sweeps: every peer pinged (isolation.go)
+	viewPulls atomic.Uint64 // push/pulls started because views differed (views.go)
+	viewMu    sync.Mutex    // guards view; taken under mu, never the other way
+	view      struct {      // this cell's alive set, for probe acks (views.go)
 		digest   uint64
 		alive    int
 		since    time.Time // when digest last changed
@@ -244,12 +243,9 @@ type Mesh struct {
 		lastPull time.Time
 		spacing  time.Duration // least time from lastPull to the next
 	}
-	trusted map[string]bool // string(ed25519.PublicKey) of trusted operators; read-only
 	keyring *memberlist.Keyring
 
-	rejMu         sync.Mutex // guards rejPolLog
-	rejPolLog     time.Time  // last "rejected policy change" log
-	features      Features   // announced in the node metadata; guarded by mu
+	features      Features // announced in the node metadata; guarded by mu
 	notifyMembers atomic.Bool
 	notifyState   atomic.Bool
 	mlDown        atomic.Bool // memberlist has been shut down
@@ -269,13 +265,12 @@ type Mesh struct {
 
 	mu          sync.Mutex
 	joined      bool
-	lease       leaseRec      // own lease; Subnet invalid when none
-	leaseWait   chan struct{} // closed and replaced when the lease changes
-	leaseFinal  bool          // the lease has settled: Subnet reports it, endpoints may use it
-	ls          leaseSettle   // settling of a tentative lease (lease.go)
+	lease       store.LeaseRec // own lease; Subnet invalid when none
+	leaseWait   chan struct{}  // closed and replaced when the lease changes
+	leaseFinal  bool           // the lease has settled: Subnet reports it, endpoints may use it
+	ls          leaseSettle    // settling of a tentative lease (lease.go)
 	nodes       map[string]*member
-	st          state
-	rejectLog   map[string]time.Time // owner -> last rejection log
+	st          *store.Store         // the replicated state (package store)
 	conflictLog time.Time            // last "refuse to renumber" / exhaustion log
 	leaseErr    string               // why no lease could be taken, "" if none
 	recSeen     map[string]time.Time // lease records of unseen nodes: when first known
@@ -313,9 +308,10 @@ func New(cfg Config, l Listener) (*Mesh, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("mesh: state dir: %w", err)
 	}
+	log := cfg.Logger.With("component", "mesh")
 	m := &Mesh{
 		cfg:         cfg,
-		log:         cfg.Logger.With("component", "mesh"),
+		log:         log,
 		l:           l,
 		kickNotify:  make(chan struct{}, 1),
 		kickLease:   make(chan struct{}, 1),
@@ -325,19 +321,14 @@ func New(cfg Config, l Listener) (*Mesh, error) {
 		done:        make(chan struct{}),
 		leaseWait:   make(chan struct{}),
 		nodes:       make(map[string]*member),
-		st:          newState(cfg.Name),
-		rejectLog:   make(map[string]time.Time),
+		st:          store.New(cfg.Name, cfg.TrustedOperators, log),
 		recSeen:     make(map[string]time.Time),
 		outboxes:    make(map[string]*outbox),
 		aeDone:      make(map[string]time.Time),
-		trusted:     make(map[string]bool),
 	}
-	for _, k := range cfg.TrustedOperators {
-		m.trusted[string(k)] = true
-	}
-	if len(m.trusted) == 0 {
+	if m.st.NumTrusted() == 0 {
 		m.log.Warn("no trusted operator keys: every policy change will be refused (weft init writes operators.pub)")
-	} else if cfg.OperatorKey != nil && !m.trusted[string(cfg.OperatorKey.Public().(ed25519.PublicKey))] {
+	} else if cfg.OperatorKey != nil && !m.st.Trusted(cfg.OperatorKey.Public().(ed25519.PublicKey)) {
 		m.log.Warn("this cell's operator key is not among its trusted keys: its own changes will be refused")
 	}
 	if err := m.load(); err != nil {
@@ -641,7 +632,7 @@ func (m *Mesh) Members() []Node {
 
 // RejectedEndpoints counts endpoint entries received from peers and
 // rejected because their IP was outside the owner's subnet.
-func (m *Mesh) RejectedEndpoints() uint64 { return m.rejected.Load() }
+func (m *Mesh) RejectedEndpoints() uint64 { return m.st.RejectedEndpoints() }
 
 // Endpoints returns the live endpoints of all cells whose IP is inside the
 // owner's current subnet, sorted by IP (then cell). When two cells hold the
@@ -660,7 +651,7 @@ func (m *Mesh) Endpoints() []Endpoint {
 func (m *Mesh) Policies() []policy.Rule {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.st.rules()
+	return m.st.Rules()
 }
 
 // LocalEndpoints returns this cell's own live endpoints, sorted by IP,
@@ -718,7 +709,7 @@ func (m *Mesh) conflictLocked() (SubnetConflict, bool) {
 func (m *Mesh) EgressRules() []policy.EgressRule {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.st.egressRules()
+	return m.st.EgressRules()
 }
 
 // IngressRules returns the current ingress rules, sorted. The slice is
@@ -726,7 +717,7 @@ func (m *Mesh) EgressRules() []policy.EgressRule {
 func (m *Mesh) IngressRules() []policy.IngressRule {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.st.ingressRules()
+	return m.st.IngressRules()
 }
 
 // AddEndpoint registers a local container. e.IP must be inside Subnet();
@@ -748,25 +739,25 @@ func (m *Mesh) AddEndpoint(e Endpoint) error {
 		return fmt.Errorf("mesh: endpoint %v refused: %w: cell %s holds an older lease of %v; "+
 			"remove this cell's containers in it and the cell re-picks a free subnet", e.IP, ErrSubnetConflict, c.Holder, c.Subnet)
 	}
-	ent, changed := m.st.setLocalEndpoint(e.IP, e.App, e.Name, false)
+	ent, changed := m.st.SetLocalEndpoint(e.IP, e.App, e.Name, false)
 	m.mu.Unlock()
 	if !changed {
 		return nil
 	}
-	return m.localChange(endpointBroadcast(ent))
+	return m.localChange(bcast(store.EndpointMsg(ent)))
 }
 
 // RemoveEndpoint unregisters a local container. Removing an unknown IP is a
 // no-op.
 func (m *Mesh) RemoveEndpoint(ip netip.Addr) error {
 	m.mu.Lock()
-	ent, changed := m.st.setLocalEndpoint(ip.Unmap(), "", "", true)
+	ent, changed := m.st.SetLocalEndpoint(ip.Unmap(), "", "", true)
 	m.mu.Unlock()
 	if !changed {
 		return nil
 	}
 	m.kick(m.kickLease) // the last container of a lost subnet gone: re-pick now
-	return m.localChange(endpointBroadcast(ent))
+	return m.localChange(bcast(store.EndpointMsg(ent)))
 }
 
 // AddPolicy adds r to the replicated policy set; added is false if it was
@@ -788,23 +779,23 @@ func (m *Mesh) setPolicy(r policy.Rule, present bool) (bool, error) {
 	}
 	key := m.cfg.OperatorKey
 	if key == nil {
-		return false, ErrNoOperatorKey
+		return false, store.ErrNoOperatorKey
 	}
-	if !m.trusted[string(key.Public().(ed25519.PublicKey))] {
-		return false, fmt.Errorf("policy change refused: signed by an untrusted key %s", Fingerprint(key.Public().(ed25519.PublicKey)))
+	if !m.st.Trusted(key.Public().(ed25519.PublicKey)) {
+		return false, fmt.Errorf("policy change refused: signed by an untrusted key %s", store.Fingerprint(key.Public().(ed25519.PublicKey)))
 	}
-	probe := polEntry{Rule: toWire(r), Present: true, Stamp: math.MaxUint64, Origin: m.cfg.Name,
+	probe := store.PolicyReg{Rule: store.ToWire(r), Present: true, Stamp: math.MaxUint64, Origin: m.cfg.Name,
 		Signer: make([]byte, ed25519.PublicKeySize), Sig: make([]byte, ed25519.SignatureSize)}
-	if len(encode(msgPolicy, probe)) > maxMsg {
+	if len(store.Encode(store.MsgPolicy, probe)) > store.MaxMsg {
 		return false, errors.New("mesh: rule too long for a gossip message")
 	}
 	m.mu.Lock()
-	ent, changed := m.st.setLocalPolicy(r, present, key)
+	ent, changed := m.st.SetLocalPolicy(r, present, key)
 	m.mu.Unlock()
 	if !changed {
 		return false, nil
 	}
-	return true, m.localChange(policyBroadcast(ent))
+	return true, m.localChange(bcast(store.PolicyMsg(ent)))
 }
 
 // localChange broadcasts and persists a change made by this cell.
