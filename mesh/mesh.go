@@ -101,10 +101,10 @@ func DefaultConfig() Config {
 const MaxVersionLen = 64
 
 const (
-	maxNameLen      = 253             // node, app and container names
-	leaveTimeout    = 2 * time.Second // Shutdown waits this long for the leave broadcast
-	updateTimeout   = time.Second     // UpdateNode waits this long for the broadcast
-	tombstoneTTL    = time.Hour       // endpoint tombstones are pruned after this
+	maxNameLen      = store.MaxNameLen // node, app and container names
+	leaveTimeout    = 2 * time.Second  // Shutdown waits this long for the leave broadcast
+	updateTimeout   = time.Second      // UpdateNode waits this long for the broadcast
+	tombstoneTTL    = time.Hour        // endpoint tombstones are pruned after this
 	housekeepPeriod = time.Minute
 	logEvery        = 5 * time.Second // rate limit of repeated warnings
 )
