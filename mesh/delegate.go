@@ -390,7 +390,7 @@ func (m *Mesh) mergeLeave(l leaveMsg, res *store.Result) {
 // ends an earlier leave.
 func (m *Mesh) setMember(n *memberlist.Node, st NodeState, joined bool) {
 	meta := parseMeta(n.Meta)
-	if !m.validSubnet(meta.Subnet) {
+	if !m.pool().Valid(meta.Subnet) {
 		meta.Subnet, meta.Time, meta.Over = netip.Prefix{}, 0, 0
 	}
 	m.mu.Lock()

@@ -20,7 +20,8 @@
 //   - Joining: New returns at once; a goroutine joins Config.Join with
 //     exponential backoff (1s, 2s, ... JoinRetryMax), logging every failure,
 //     until it succeeds, another cell joins this one, or Shutdown.
-//   - Leases (lease.go): OverlayCIDR split into /SubnetBits, index 0
+//   - Leases (lease.go; the rules in package lease): OverlayCIDR split
+//     into /SubnetBits, index 0
 //     reserved. A persisted lease (lease.json) is taken at once;
 //     otherwise the first cell takes index 1
 //     at once, a joining cell, after its first successful join (push/pull

@@ -30,7 +30,7 @@ func fuzzMesh(dir string) *Mesh {
 // have sent it.
 func checkStored(t *testing.T, m *Mesh) {
 	t.Helper()
-	if err := m.st.Check(m.validSubnet); err != nil {
+	if err := m.st.Check(m.pool().Valid); err != nil {
 		t.Fatalf("stored %v", err)
 	}
 	for _, op := range m.kr.ops {

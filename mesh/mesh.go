@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/weft-net/weft/mesh/lease"
 	"github.com/weft-net/weft/mesh/store"
 	"github.com/weft-net/weft/policy"
 )
@@ -589,19 +590,19 @@ func (m *Mesh) Members() []Node {
 	// When several nodes claim one subnet (a conflict not yet resolved),
 	// only the winner is reported with it, so that every cell routes the
 	// subnet to the same peer.
-	winner := make(map[netip.Prefix]claim)
-	consider := func(p netip.Prefix, c claim) {
-		if w, ok := winner[p]; p.IsValid() && (!ok || older(c, w)) {
+	winner := make(map[netip.Prefix]lease.Claim)
+	consider := func(p netip.Prefix, c lease.Claim) {
+		if w, ok := winner[p]; p.IsValid() && (!ok || lease.Older(c, w)) {
 			winner[p] = c
 		}
 	}
-	consider(m.lease.Subnet, claim{node: m.cfg.Name, time: m.lease.Time, takeover: m.lease.Takeover})
+	consider(m.lease.Subnet, lease.Claim{Node: m.cfg.Name, Time: m.lease.Time, Takeover: m.lease.Takeover})
 	for name, mb := range m.nodes {
 		if name != m.cfg.Name {
-			consider(mb.meta.Subnet, claim{node: name, time: mb.meta.Time, takeover: mb.meta.Over})
+			consider(mb.meta.Subnet, lease.Claim{Node: name, Time: mb.meta.Time, Takeover: mb.meta.Over})
 		}
 	}
-	if w, ok := winner[self.Subnet]; ok && w.node != m.cfg.Name {
+	if w, ok := winner[self.Subnet]; ok && w.Node != m.cfg.Name {
 		out[0].Subnet = netip.Prefix{} // a conflict this cell lost: see Conflict
 	}
 	for name, mb := range m.nodes {
@@ -621,7 +622,7 @@ func (m *Mesh) Members() []Node {
 		if m.isolated && n.State == NodeAlive {
 			n.State = NodeDead
 		}
-		if w, ok := winner[n.Subnet]; ok && w.node != name {
+		if w, ok := winner[n.Subnet]; ok && w.Node != name {
 			n.Subnet = netip.Prefix{}
 		}
 		out = append(out, n)
@@ -697,9 +698,9 @@ func (m *Mesh) conflictLocked() (SubnetConflict, bool) {
 	if !m.leaseFinal || !cur.IsValid() {
 		return SubnetConflict{}, false
 	}
-	self := claim{node: m.cfg.Name, time: m.lease.Time, takeover: m.lease.Takeover}
-	if sc, taken := m.claimsLocked()[cur]; taken && !older(self, sc.win) {
-		return SubnetConflict{Subnet: cur, Holder: sc.win.node}, true
+	self := lease.Claim{Node: m.cfg.Name, Time: m.lease.Time, Takeover: m.lease.Takeover}
+	if sc, taken := m.claimsLocked()[cur]; taken && !lease.Older(self, sc.Win) {
+		return SubnetConflict{Subnet: cur, Holder: sc.Win.Node}, true
 	}
 	return SubnetConflict{}, false
 }

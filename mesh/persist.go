@@ -34,7 +34,7 @@ type leaseFileData struct {
 // fine, corrupt ones are an error (fail closed rather than run without the
 // policy).
 func (m *Mesh) load() error {
-	leases, restored, err := m.st.Load(m.cfg.StateDir, m.validSubnet)
+	leases, restored, err := m.st.Load(m.cfg.StateDir, m.pool().Valid)
 	if err != nil {
 		return err
 	}
@@ -52,7 +52,7 @@ func (m *Mesh) load() error {
 	if !ok || !lf.Subnet.IsValid() {
 		return nil
 	}
-	if !m.validSubnet(lf.Subnet) {
+	if !m.pool().Valid(lf.Subnet) {
 		m.log.Warn("persisted lease does not fit the overlay; picking a new one",
 			"subnet", lf.Subnet, "overlay", m.cfg.OverlayCIDR, "subnet_bits", m.cfg.SubnetBits)
 		return nil

@@ -27,7 +27,7 @@ func (m *Mesh) mergeEndpointLocked(e store.EndpointRec, relay bool, res *store.R
 
 // mergeLeaseLocked applies a lease record from a peer.
 func (m *Mesh) mergeLeaseLocked(r store.LeaseRec, relay bool, res *store.Result) {
-	if r.Node == "" || len(r.Node) > maxNameLen || !m.validSubnet(r.Subnet) {
+	if r.Node == "" || len(r.Node) > maxNameLen || !m.pool().Valid(r.Subnet) {
 		return
 	}
 	have, ok := m.st.Lease(r.Node)

@@ -67,27 +67,6 @@ func TestOwnerAuthoritativeState(t *testing.T) {
 	}
 }
 
-func TestSubnets(t *testing.T) {
-	m := bareMesh("n")
-	for i, want := range map[int]string{0: "10.255.0.0/24", 1: "10.255.1.0/24", 255: "10.255.255.0/24"} {
-		if got := m.subnetAt(i).String(); got != want {
-			t.Errorf("subnetAt(%d) = %s, want %s", i, got, want)
-		}
-	}
-	if m.numSubnets() != 256 || m.validSubnet(m.subnetAt(0)) || !m.validSubnet(m.subnetAt(1)) ||
-		m.validSubnet(netip.MustParsePrefix("10.254.1.0/24")) || m.validSubnet(netip.MustParsePrefix("10.255.1.0/25")) {
-		t.Error("validSubnet wrong")
-	}
-	m.cfg.OverlayCIDR, m.cfg.SubnetBits = netip.MustParsePrefix("fd00:1::/48"), 64
-	if got := m.subnetAt(3).String(); got != "fd00:1:0:3::/64" {
-		t.Errorf("IPv6 subnetAt(3) = %s", got)
-	}
-	m.cfg.SubnetBits = 56
-	if got := m.subnetAt(2).String(); got != "fd00:1:0:200::/56" {
-		t.Errorf("IPv6 /56 subnetAt(2) = %s", got)
-	}
-}
-
 func TestConfigValidation(t *testing.T) {
 	good := Config{Name: "n", ClusterKey: testKey, StateDir: "x"}
 	if _, err := good.withDefaults(); err != nil {

@@ -21,8 +21,9 @@ import (
 // the local API, state.json). A host that holds the cluster key but no
 // operator key can join the gossip, but cannot change policy.
 
-// ErrNoOperatorKey is returned by AddPolicy and RemovePolicy on a cell that
-// holds no operator private key.
+// ErrNoOperatorKey is returned (by package mesh's AddPolicy, RemovePolicy,
+// MapRoute, SignPolicyChanges and SignKeyringOp) on a cell that holds no
+// operator private key.
 var ErrNoOperatorKey = errors.New("this cell holds no operator key: sign with --operator-key")
 
 // Reasons a signed change is refused.
@@ -303,9 +304,6 @@ func (s *Store) Verify(signer, sig, msg []byte) error {
 	}
 	return nil
 }
-
-// VerifyPolicy checks the signature of policy register p.
-func (s *Store) VerifyPolicy(p PolicyReg) error { return s.verifyPolicy(p) }
 
 func (s *Store) verifyPolicy(p PolicyReg) error {
 	return s.Verify(p.Signer, p.Sig, policySignedBytes(p.Rule, p.Present, p.Stamp, p.Origin))
