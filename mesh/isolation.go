@@ -5,8 +5,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/hashicorp/memberlist"
 )
 
 // Isolation. memberlist probes one peer per probe interval, and a probe
@@ -56,12 +54,29 @@ func (m *Mesh) isolationLoop() {
 	}
 }
 
-// probeTargets are the peers memberlist holds alive or suspect.
-func (m *Mesh) probeTargets() []*memberlist.Node {
-	var out []*memberlist.Node
-	for _, n := range m.ml.Members() {
-		if n.Name != m.cfg.Name {
-			out = append(out, n)
+// probeTarget is a peer to ping.
+type probeTarget struct {
+	name string
+	addr *net.UDPAddr
+}
+
+// probeTargets are the peers memberlist holds alive or suspect, at the
+// addresses of the Mesh's own member records, which the event delegate
+// copies under memberlist's lock: memberlist's *Node records are rewritten
+// by its packet handler (Addr, Port) while a sweep read them, a data race
+// that TestNoFlapUnderCPULoad caught (direct.go does the same). Must not be
+// called with mu held.
+func (m *Mesh) probeTargets() []probeTarget {
+	members := m.ml.Members()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []probeTarget
+	for _, n := range members {
+		if n.Name == m.cfg.Name {
+			continue
+		}
+		if mb := m.nodes[n.Name]; mb != nil && mb.addr.IsValid() {
+			out = append(out, probeTarget{n.Name, &net.UDPAddr{IP: mb.addr.AsSlice(), Port: int(mb.port)}})
 		}
 	}
 	return out
@@ -69,13 +84,13 @@ func (m *Mesh) probeTargets() []*memberlist.Node {
 
 // sweep pings every peer at once and reports whether any answered within
 // memberlist's ProbeTimeout.
-func (m *Mesh) sweep(peers []*memberlist.Node) bool {
+func (m *Mesh) sweep(peers []probeTarget) bool {
 	m.sweeps.Add(1)
 	var answered atomic.Bool
 	var wg sync.WaitGroup
-	for _, n := range peers {
+	for _, p := range peers {
 		wg.Go(func() {
-			if _, err := m.ml.Ping(n.Name, &net.UDPAddr{IP: n.Addr, Port: int(n.Port)}); err == nil {
+			if _, err := m.ml.Ping(p.name, p.addr); err == nil {
 				answered.Store(true)
 			}
 		})
