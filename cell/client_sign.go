@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/cellapi"
-	"github.com/weft-net/weft/mesh"
+	"github.com/weft-net/weft/mesh/store"
 )
 
 // The client calls that sign a change with an operator key: signing needs
@@ -83,9 +83,9 @@ func ChangeRoute(ctx context.Context, c *cellapi.Client, priv ed25519.PrivateKey
 	var above uint64
 	for try := 0; ; try++ {
 		if priv != nil {
-			ch := mesh.RouteChange{Route: meshRoute(rt), Present: present,
+			ch := store.RouteChange{Route: meshRoute(rt), Present: present,
 				Stamp: max(uint64(time.Now().UnixNano()), above+1), Origin: cellapi.CLIOrigin()}
-			mesh.SignRouteChange(&ch, priv)
+			store.SignRouteChange(&ch, priv)
 			req.Stamp, req.Origin, req.Signer, req.Sig = ch.Stamp, ch.Origin, ch.Signer, ch.Sig
 		}
 		err := c.RouteChange(ctx, req)
@@ -102,9 +102,9 @@ func ChangeRoute(ctx context.Context, c *cellapi.Client, priv ed25519.PrivateKey
 // when it is not nil, else signed by the agent with its own operator key.
 func ClusterKeyOp(ctx context.Context, c *cellapi.Client, priv ed25519.PrivateKey, op cellapi.KeyringRequest) (*cellapi.KeyringStatus, error) {
 	if priv != nil {
-		kop := mesh.KeyringOp(op)
+		kop := store.KeyringOp(op)
 		kop.Stamp = uint64(time.Now().UnixNano())
-		mesh.SignKeyringOp(&kop, priv)
+		store.SignKeyringOp(&kop, priv)
 		op = cellapi.KeyringRequest(kop)
 	} else if len(op.Sig) > 0 {
 		return nil, errors.New("ClusterKeyOp: op is already signed")

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/cellapi"
-	"github.com/weft-net/weft/mesh"
+	"github.com/weft-net/weft/mesh/store"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -23,8 +23,8 @@ import (
 // SignEgressChange makes a change of egress rule r signed by priv, stamped
 // with the wall clock (or just above minStamp).
 func SignEgressChange(r policy.EgressRule, present bool, origin string, minStamp uint64, priv ed25519.PrivateKey) cellapi.SignedPolicyChange {
-	c := mesh.PolicyChange{Egress: r, Present: present, Stamp: max(uint64(time.Now().UnixNano()), minStamp+1), Origin: origin}
-	mesh.SignPolicyChange(&c, priv)
+	c := store.PolicyChange{Egress: r, Present: present, Stamp: max(uint64(time.Now().UnixNano()), minStamp+1), Origin: origin}
+	store.SignPolicyChange(&c, priv)
 	e := cellapi.FromEgressRule(r)
 	return cellapi.SignedPolicyChange{Egress: &e, Present: present, Stamp: c.Stamp, Origin: origin, Signer: c.Signer, Sig: c.Sig}
 }
@@ -40,7 +40,7 @@ func (a *Agent) handleListEgressRules(w http.ResponseWriter, r *http.Request) {
 // checkEgressSet refuses a batch whose egress additions would leave the
 // set with overlapping rules (policy.CheckEgressRules); the error names
 // both rules.
-func (a *Agent) checkEgressSet(cs []mesh.PolicyChange) error {
+func (a *Agent) checkEgressSet(cs []store.PolicyChange) error {
 	set := map[string]policy.EgressRule{}
 	for _, r := range a.mesh.EgressRules() {
 		set[r.Key()] = r
@@ -104,9 +104,9 @@ func (a *Agent) applyEgressDefault() error {
 	if mode := strings.TrimSpace(string(b)); mode != "public" {
 		return fmt.Errorf("%s: %q: want public", path, mode)
 	}
-	var cs []mesh.PolicyChange
+	var cs []store.PolicyChange
 	for _, r := range policy.PublicEgress() {
-		cs = append(cs, mesh.PolicyChange{Egress: r, Present: true})
+		cs = append(cs, store.PolicyChange{Egress: r, Present: true})
 	}
 	if err := a.mesh.SignPolicyChanges(cs); err != nil {
 		return fmt.Errorf("%s: %w", path, err)

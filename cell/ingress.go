@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/cellapi"
-	"github.com/weft-net/weft/mesh"
+	"github.com/weft-net/weft/mesh/store"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -19,8 +19,8 @@ import (
 // SignIngressChange makes a change of ingress rule r signed by priv,
 // stamped with the wall clock (or just above minStamp).
 func SignIngressChange(r policy.IngressRule, present bool, origin string, minStamp uint64, priv ed25519.PrivateKey) cellapi.SignedPolicyChange {
-	c := mesh.PolicyChange{Ingress: r, Present: present, Stamp: max(uint64(time.Now().UnixNano()), minStamp+1), Origin: origin}
-	mesh.SignPolicyChange(&c, priv)
+	c := store.PolicyChange{Ingress: r, Present: present, Stamp: max(uint64(time.Now().UnixNano()), minStamp+1), Origin: origin}
+	store.SignPolicyChange(&c, priv)
 	e := cellapi.FromIngressRule(r)
 	return cellapi.SignedPolicyChange{Ingress: &e, Present: present, Stamp: c.Stamp, Origin: origin, Signer: c.Signer, Sig: c.Sig}
 }
@@ -35,7 +35,7 @@ func (a *Agent) handleListIngressRules(w http.ResponseWriter, r *http.Request) {
 
 // checkIngressSet checks the ingress rules as they would be after cs, as
 // checkEgressSet does for egress rules: an error names two overlapping rules.
-func (a *Agent) checkIngressSet(cs []mesh.PolicyChange) error {
+func (a *Agent) checkIngressSet(cs []store.PolicyChange) error {
 	set := map[string]policy.IngressRule{}
 	for _, r := range a.mesh.IngressRules() {
 		set[r.Key()] = r

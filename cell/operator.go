@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/cellapi"
-	"github.com/weft-net/weft/mesh"
+	"github.com/weft-net/weft/mesh/store"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -107,7 +107,7 @@ func InitOperators(stateDir, clusterKeyFile, operatorPubFile string) (*OperatorI
 		}
 	}
 	for _, k := range trusted {
-		res.Trusted = append(res.Trusted, mesh.Fingerprint(k))
+		res.Trusted = append(res.Trusted, store.Fingerprint(k))
 	}
 	return res, nil
 }
@@ -217,8 +217,8 @@ func saysNoOperators(path string) bool {
 // SignPolicyChange makes a change of r signed by priv, stamped with the
 // wall clock (or just above minStamp).
 func SignPolicyChange(r policy.Rule, present bool, origin string, minStamp uint64, priv ed25519.PrivateKey) cellapi.SignedPolicyChange {
-	c := mesh.PolicyChange{Rule: r, Present: present, Stamp: max(uint64(time.Now().UnixNano()), minStamp+1), Origin: origin}
-	mesh.SignPolicyChange(&c, priv)
+	c := store.PolicyChange{Rule: r, Present: present, Stamp: max(uint64(time.Now().UnixNano()), minStamp+1), Origin: origin}
+	store.SignPolicyChange(&c, priv)
 	return cellapi.SignedPolicyChange{Rule: cellapi.FromRule(r), Present: present, Stamp: c.Stamp, Origin: origin, Signer: c.Signer, Sig: c.Sig}
 }
 
@@ -249,10 +249,10 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 	res := cellapi.PolicyChangesResponse{Results: make([]cellapi.PolicyChangeResult, len(req.Changes))}
 	// The valid changes go to the mesh in one batch: it applies them under
 	// one lock and writes state.json once for all of them.
-	var cs, unsigned []mesh.PolicyChange
+	var cs, unsigned []store.PolicyChange
 	var at, unsignedAt []int // index in req.Changes of each of cs, unsigned
 	for i, c := range req.Changes {
-		mc := mesh.PolicyChange{Present: c.Present, Stamp: c.Stamp, Origin: c.Origin, Signer: c.Signer, Sig: c.Sig}
+		mc := store.PolicyChange{Present: c.Present, Stamp: c.Stamp, Origin: c.Origin, Signer: c.Signer, Sig: c.Sig}
 		var err error
 		switch {
 		case c.Egress != nil && c.Ingress != nil:
@@ -308,7 +308,7 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 		if err := a.mesh.SignPolicyChanges(unsigned); err != nil {
 			code := http.StatusForbidden
 			msg := err.Error()
-			if errors.Is(err, mesh.ErrNoOperatorKey) {
+			if errors.Is(err, store.ErrNoOperatorKey) {
 				msg = fmt.Sprintf("cell %s cannot sign: %v (or WEFT_OPERATOR_KEY)", a.cfg.Name, err)
 			}
 			for _, i := range unsignedAt {
@@ -332,7 +332,7 @@ func (a *Agent) handlePolicyChanges(w http.ResponseWriter, r *http.Request) {
 
 // removals counts the changes of cs that remove a rule of the current set
 // (each rule once) and returns it with the size of the set.
-func (a *Agent) removals(cs []mesh.PolicyChange) (n, have int) {
+func (a *Agent) removals(cs []store.PolicyChange) (n, have int) {
 	gone := map[string]bool{} // keys of rules removed by cs: found in the set?
 	for _, c := range cs {
 		switch {
@@ -366,8 +366,8 @@ func (a *Agent) removals(cs []mesh.PolicyChange) (n, have int) {
 
 // policyChangeResult is the answer to change c that the mesh applied
 // (changed) or refused (err).
-func (a *Agent) policyChangeResult(c mesh.PolicyChange, changed bool, err error) cellapi.PolicyChangeResult {
-	var stale *mesh.StaleChangeError
+func (a *Agent) policyChangeResult(c store.PolicyChange, changed bool, err error) cellapi.PolicyChangeResult {
+	var stale *store.StaleChangeError
 	switch {
 	case errors.As(err, &stale):
 		return cellapi.PolicyChangeResult{Code: http.StatusConflict, Error: err.Error(), CurrentStamp: stale.Current}
@@ -384,7 +384,7 @@ func (a *Agent) policyChangeResult(c mesh.PolicyChange, changed bool, err error)
 	}
 	switch {
 	case changed:
-		a.log.Info("policy "+verb, "rule", c.RuleString(), "origin", c.Origin, "signer", mesh.Fingerprint(c.Signer))
+		a.log.Info("policy "+verb, "rule", c.RuleString(), "origin", c.Origin, "signer", store.Fingerprint(c.Signer))
 		if c.Present {
 			return cellapi.PolicyChangeResult{Code: http.StatusCreated, Warnings: a.egressWarnings(c)}
 		}
@@ -399,7 +399,7 @@ func (a *Agent) policyChangeResult(c mesh.PolicyChange, changed bool, err error)
 	return cellapi.PolicyChangeResult{Code: http.StatusNotFound, Error: "Policy does not exist."}
 }
 
-func (a *Agent) egressWarnings(c mesh.PolicyChange) []string {
+func (a *Agent) egressWarnings(c store.PolicyChange) []string {
 	if !c.IsEgress() {
 		return nil
 	}
@@ -428,9 +428,9 @@ func (a *Agent) handleClusterKeyOp(w http.ResponseWriter, r *http.Request) {
 	if len(op.Sig) == 0 {
 		apply = a.mesh.SignKeyringOp // with this cell's operator key
 	}
-	if err := apply(mesh.KeyringOp(op)); err != nil {
+	if err := apply(store.KeyringOp(op)); err != nil {
 		code := http.StatusBadRequest
-		if errors.Is(err, mesh.ErrNoOperatorKey) || strings.Contains(err.Error(), "refused") {
+		if errors.Is(err, store.ErrNoOperatorKey) || strings.Contains(err.Error(), "refused") {
 			code = http.StatusForbidden
 		}
 		writeError(w, code, "%v", err)

@@ -6,12 +6,12 @@ import (
 	"strings"
 
 	"github.com/weft-net/weft/cellapi"
-	"github.com/weft-net/weft/mesh"
+	"github.com/weft-net/weft/mesh/store"
 )
 
 // meshRoute is the mesh form of r.
-func meshRoute(r cellapi.InternalRoute) mesh.Route {
-	return mesh.Route{Host: r.Host, Domain: strings.TrimSuffix(r.Domain, "."), App: r.App}
+func meshRoute(r cellapi.InternalRoute) store.Route {
+	return store.Route{Host: r.Host, Domain: strings.TrimSuffix(r.Domain, "."), App: r.App}
 }
 
 func (a *Agent) handleListRoutes(w http.ResponseWriter, r *http.Request) {
@@ -40,12 +40,12 @@ func (a *Agent) handleRouteChange(w http.ResponseWriter, r *http.Request) {
 	if len(req.Signer) == 0 && len(req.Sig) == 0 {
 		changed, err = a.mesh.MapRoute(rt, req.Present)
 	} else {
-		changed, err = a.mesh.ApplyRouteChange(mesh.RouteChange{Route: rt, Present: req.Present,
+		changed, err = a.mesh.ApplyRouteChange(store.RouteChange{Route: rt, Present: req.Present,
 			Stamp: req.Stamp, Origin: req.Origin, Signer: req.Signer, Sig: req.Sig})
 	}
-	var stale *mesh.StaleChangeError
+	var stale *store.StaleChangeError
 	switch {
-	case errors.Is(err, mesh.ErrNoOperatorKey):
+	case errors.Is(err, store.ErrNoOperatorKey):
 		writeError(w, http.StatusForbidden, "cell %s cannot sign: %v (or WEFT_OPERATOR_KEY)", a.cfg.Name, err)
 		return
 	case errors.As(err, &stale):

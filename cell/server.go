@@ -13,6 +13,7 @@ import (
 	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/cellapi"
 	"github.com/weft-net/weft/mesh"
+	"github.com/weft-net/weft/mesh/store"
 	"github.com/weft-net/weft/overlay"
 	"github.com/weft-net/weft/policy"
 )
@@ -404,7 +405,7 @@ func (a *Agent) changePolicy(w http.ResponseWriter, r *http.Request, present boo
 	}
 	changed, err := change(rule)
 	switch {
-	case errors.Is(err, mesh.ErrNoOperatorKey):
+	case errors.Is(err, store.ErrNoOperatorKey):
 		writeError(w, http.StatusForbidden, "cell %s cannot sign: %v (or WEFT_OPERATOR_KEY)", a.cfg.Name, err)
 		return
 	case err != nil:

@@ -20,8 +20,8 @@ import (
 // and its kin in cell/client_sign.go, which need the mesh's signatures) or
 // sent unsigned for the agent to sign with its own operator key.
 
-// SignedPolicyChange is the JSON form of mesh.PolicyChange: a change of an
-// app rule (Rule) or, with Egress set, of an egress rule.
+// SignedPolicyChange is the JSON form of store.PolicyChange (mesh/store):
+// a change of an app rule (Rule) or, with Egress set, of an egress rule.
 type SignedPolicyChange struct {
 	Rule    PolicyRule   `json:"rule"`
 	Egress  *EgressRule  `json:"egress,omitempty"`
@@ -83,9 +83,9 @@ type PolicyChangesResponse struct {
 
 // KeyringRequest is the body of POST /v1/cluster-keys: an operator-signed
 // keyring operation, or an unsigned one (no Sig) for the agent to sign with
-// its own operator key. It has mesh.KeyringOp's fields, so that the agent
-// and the CLI's signer convert between the two (a field added to one alone
-// fails to compile there).
+// its own operator key. It has store.KeyringOp's fields (mesh/store), so
+// that the agent and the CLI's signer convert between the two (a field
+// added to one alone fails to compile there).
 type KeyringRequest struct {
 	Op     string            `json:"op"`
 	Key    []byte            `json:"key,omitempty"`    // install, use: 32 bytes

@@ -61,7 +61,8 @@ func FromIngressRule(r policy.IngressRule) IngressRule {
 	return IngressRule{App: r.App, Source: r.Source(), Protocol: r.Protocol.String(), Ports: r.Ports.String()}
 }
 
-// InternalRoute is the JSON form of mesh.Route: HOST.DOMAIN -> APP.
+// InternalRoute is the JSON form of store.Route (mesh/store):
+// HOST.DOMAIN -> APP.
 type InternalRoute struct {
 	Host   string `json:"host"`
 	Domain string `json:"domain"`

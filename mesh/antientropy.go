@@ -3,19 +3,19 @@ package mesh
 import (
 	"math/rand/v2"
 	"net"
-	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/weft-net/weft/mesh/store"
 )
 
 // Policy registers also travel in batches over memberlist's TCP user
-// messages (msgPolSet), besides one gossip message per change:
+// messages (store.MsgPolSet), besides one gossip message per change:
 //
 //   - anti-entropy: a periodic push/pull carries the policy digest, and a
 //     cell whose digest differs sends the peer its registers of the
-//     differing buckets (sendPolicyBuckets; see fullState);
+//     differing buckets (sendPolicyBuckets; see store.FullState);
 //   - batches: a batch of at least bulkPolicies changes (a policy push)
 //     goes to directFanout random live members as one message instead of
 //     a gossip message per change (spreadPolicies). memberlist gossips a
@@ -55,11 +55,11 @@ const maxOutbox = 400_000
 // drains it while it is not empty.
 type outbox struct {
 	to *memberlist.Node
-	ps []polEntry
+	ps []store.PolicyReg
 }
 
 // sendPolicyBuckets sends peer the policy registers of this cell that fall
-// in the digest buckets differ (see fullState), unless registers for peer
+// in the digest buckets differ (see store.FullState), unless registers for peer
 // are still waiting or being sent, or the last were sent less than
 // aeCooldown ago (the peer may still be merging them): every push/pull
 // until they are merged would queue the same registers again. With a
@@ -68,7 +68,7 @@ type outbox struct {
 // 10 s. The first push/pull after that compares the digests again. Must
 // not be called with mu held.
 func (m *Mesh) sendPolicyBuckets(peer string, differ []int) {
-	in := make([]bool, polBuckets)
+	in := make([]bool, store.DigestBuckets)
 	for _, i := range differ {
 		in[i] = true
 	}
@@ -79,18 +79,12 @@ func (m *Mesh) sendPolicyBuckets(peer string, differ []int) {
 		return
 	}
 	delete(m.aeDone, peer)
-	var ps []polEntry
-	for k, p := range m.st.pols {
-		if in[polBucket(k)] {
-			ps = append(ps, p)
-		}
-	}
-	m.queuePoliciesLocked(peer, ps)
+	m.queuePoliciesLocked(peer, m.st.PoliciesIn(in))
 }
 
 // spreadPolicies sends ps to directFanout random live members. Must not be
 // called with mu held.
-func (m *Mesh) spreadPolicies(ps []polEntry) {
+func (m *Mesh) spreadPolicies(ps []store.PolicyReg) {
 	if len(ps) == 0 {
 		return
 	}
@@ -110,9 +104,9 @@ func (m *Mesh) spreadPolicies(ps []polEntry) {
 
 // queuePoliciesLocked adds ps to peer's outbox and starts its sender if
 // none runs. The sender sends the outbox in messages of at most
-// policyBatch registers (compressed above zipAbove), one at a time, until
+// policyBatch registers (compressed above store.ZipAbove), one at a time, until
 // it is empty.
-func (m *Mesh) queuePoliciesLocked(peer string, ps []polEntry) {
+func (m *Mesh) queuePoliciesLocked(peer string, ps []store.PolicyReg) {
 	mb := m.nodes[peer]
 	if len(ps) == 0 || m.closing || mb == nil || mb.state != NodeAlive || !mb.addr.IsValid() {
 		return
@@ -151,9 +145,9 @@ func (m *Mesh) drainOutbox(peer string, ob *outbox) {
 			return
 		}
 		m.mu.Unlock()
-		msg := encode(msgPolSet, ps)
-		if len(msg) > zipAbove {
-			msg = zipMsg(msgPolSetZ, msg)
+		msg := store.Encode(store.MsgPolSet, ps)
+		if len(msg) > store.ZipAbove {
+			msg = store.Zip(store.MsgPolSetZ, msg)
 		}
 		if err := m.ml.SendReliable(to, msg); err != nil {
 			m.log.Debug("policy batch send failed", "to", peer, "rules", len(ps), "err", err)
@@ -166,16 +160,4 @@ func (m *Mesh) drainOutbox(peer string, ob *outbox) {
 			}
 		}
 	}
-}
-
-// differingBucketsLocked returns the buckets in which digest sum differs
-// from this cell's.
-func (m *Mesh) differingBucketsLocked(sum []uint64) []int {
-	var differ []int
-	for i, x := range sum {
-		if x != m.st.polSum[i] {
-			differ = append(differ, i)
-		}
-	}
-	return slices.Clip(differ)
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -20,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/mesh/store"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -34,13 +34,13 @@ func TestPolicySignatures(t *testing.T) {
 	waitMembers(t, all, 3)
 
 	// A cell without the private key cannot change policy itself.
-	if _, err := c.AddPolicy(rule("x", "y", 1)); !errors.Is(err, ErrNoOperatorKey) {
-		t.Fatalf("AddPolicy without an operator key: %v, want ErrNoOperatorKey", err)
+	if _, err := c.AddPolicy(rule("x", "y", 1)); !errors.Is(err, store.ErrNoOperatorKey) {
+		t.Fatalf("AddPolicy without an operator key: %v, want store.ErrNoOperatorKey", err)
 	}
 	// ... but it accepts a change signed elsewhere (the CLI) and spreads it.
 	r := rule("appA", "appB", 8080)
-	ch := PolicyChange{Rule: r, Present: true, Stamp: uint64(time.Now().UnixNano()), Origin: "cli@test"}
-	SignPolicyChange(&ch, testOperator)
+	ch := store.PolicyChange{Rule: r, Present: true, Stamp: uint64(time.Now().UnixNano()), Origin: "cli@test"}
+	store.SignPolicyChange(&ch, testOperator)
 	if changed, err := c.ApplyPolicyChange(ch); !changed || err != nil {
 		t.Fatalf("ApplyPolicyChange = %v, %v", changed, err)
 	}
@@ -50,27 +50,27 @@ func TestPolicySignatures(t *testing.T) {
 	waitPolicies(t, all, r)
 
 	// A removal stamped before the add is stale.
-	old := PolicyChange{Rule: r, Present: false, Stamp: ch.Stamp - 1, Origin: "cli@test"}
-	SignPolicyChange(&old, testOperator)
-	var stale *StaleChangeError
+	old := store.PolicyChange{Rule: r, Present: false, Stamp: ch.Stamp - 1, Origin: "cli@test"}
+	store.SignPolicyChange(&old, testOperator)
+	var stale *store.StaleChangeError
 	if _, err := c.ApplyPolicyChange(old); !errors.As(err, &stale) || stale.Current != ch.Stamp {
-		t.Fatalf("stale removal: %v, want StaleChangeError with current %d", err, ch.Stamp)
+		t.Fatalf("stale removal: %v, want store.StaleChangeError with current %d", err, ch.Stamp)
 	}
 
 	// Refused through the API: unsigned, untrusted, tampered.
 	_, stranger, _ := ed25519.GenerateKey(nil)
-	untrusted := PolicyChange{Rule: rule("evil", "appB", 22), Present: true, Stamp: ch.Stamp + 10, Origin: "cli@evil"}
-	SignPolicyChange(&untrusted, stranger)
-	tampered := PolicyChange{Rule: rule("appA", "appB", 8080), Present: false, Stamp: ch.Stamp + 10, Origin: "cli@test"}
-	SignPolicyChange(&tampered, testOperator)
+	untrusted := store.PolicyChange{Rule: rule("evil", "appB", 22), Present: true, Stamp: ch.Stamp + 10, Origin: "cli@evil"}
+	store.SignPolicyChange(&untrusted, stranger)
+	tampered := store.PolicyChange{Rule: rule("appA", "appB", 8080), Present: false, Stamp: ch.Stamp + 10, Origin: "cli@test"}
+	store.SignPolicyChange(&tampered, testOperator)
 	tampered.Rule.Ports.End = 8081 // signature no longer matches
 	tampered.Rule.Ports.Start = 8081
 	for _, tc := range []struct {
-		c    PolicyChange
+		c    store.PolicyChange
 		want string
 	}{
-		{PolicyChange{Rule: r, Stamp: ch.Stamp + 10, Origin: "cli@x"}, "not signed"},
-		{untrusted, "signed by an untrusted key " + Fingerprint(stranger.Public().(ed25519.PublicKey))},
+		{store.PolicyChange{Rule: r, Stamp: ch.Stamp + 10, Origin: "cli@x"}, "not signed"},
+		{untrusted, "signed by an untrusted key " + store.Fingerprint(stranger.Public().(ed25519.PublicKey))},
 		{tampered, "bad signature"},
 	} {
 		if _, err := a.ApplyPolicyChange(tc.c); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -82,19 +82,19 @@ func TestPolicySignatures(t *testing.T) {
 	}
 
 	// Refused by gossip and push/pull on a cell that has the cluster key.
-	forged := polEntry{Rule: toWire(rule("evil", "appB", 22)), Present: true, Stamp: ch.Stamp + 20, Origin: "cell-c"}
-	(*delegate)(b).NotifyMsg(encode(msgPolicy, forged))
-	(*delegate)(b).MergeRemoteState(encode(msgFull, fullState{From: "cell-c", Policies: []polEntry{forged}}), false)
+	forged := store.PolicyReg{Rule: store.ToWire(rule("evil", "appB", 22)), Present: true, Stamp: ch.Stamp + 20, Origin: "cell-c"}
+	(*delegate)(b).NotifyMsg(store.Encode(store.MsgPolicy, forged))
+	(*delegate)(b).MergeRemoteState(store.Encode(store.MsgFull, store.FullState{From: "cell-c", Policies: []store.PolicyReg{forged}}), false)
 	if n := b.RejectedPolicies(); n != 2 {
 		t.Fatalf("RejectedPolicies on b = %d, want 2", n)
 	}
 	// A forged removal of an existing rule is refused too.
-	del := polEntry{Rule: toWire(r), Present: false, Stamp: ch.Stamp + 30, Origin: "cell-c"}
-	(*delegate)(b).NotifyMsg(encode(msgPolicy, del))
+	del := store.PolicyReg{Rule: store.ToWire(r), Present: false, Stamp: ch.Stamp + 30, Origin: "cell-c"}
+	(*delegate)(b).NotifyMsg(store.Encode(store.MsgPolicy, del))
 	waitPolicies(t, all, r)
 
 	// c, which holds no key, logs the rejection of anything forged.
-	(*delegate)(c).NotifyMsg(encode(msgPolicy, forged))
+	(*delegate)(c).NotifyMsg(store.Encode(store.MsgPolicy, forged))
 	eventually(t, time.Second, "rejection logged", func() error {
 		if len(h.matching("WARN", "rejected policy change: not signed")) == 0 {
 			return errors.New("not logged")
@@ -113,8 +113,8 @@ func TestPersistedPoliciesVerified(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Forge an entry into state.json.
-	var sf stateFileData
-	path := filepath.Join(dir, stateFileName)
+	var sf store.StateFile
+	path := filepath.Join(dir, store.StateFileName)
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -122,7 +122,7 @@ func TestPersistedPoliciesVerified(t *testing.T) {
 	if err := json.Unmarshal(b, &sf); err != nil {
 		t.Fatal(err)
 	}
-	sf.Policies = append(sf.Policies, polEntry{Rule: toWire(rule("evil", "appB", 2)), Present: true, Stamp: 1, Origin: "x"})
+	sf.Policies = append(sf.Policies, store.PolicyReg{Rule: store.ToWire(rule("evil", "appB", 2)), Present: true, Stamp: 1, Origin: "x"})
 	b, _ = json.Marshal(sf)
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
@@ -148,13 +148,13 @@ func TestUnverifiedKeptAside(t *testing.T) {
 	dir := t.TempDir()
 	a := startNode(t, "cell-a", nodeOpts{dir: dir})
 	mustAdd(t, a, rule("appA", "appB", 1))
-	if _, err := a.MapRoute(Route{Host: "api", Domain: "apps.internal", App: "appB"}, true); err != nil {
+	if _, err := a.MapRoute(store.Route{Host: "api", Domain: "apps.internal", App: "appB"}, true); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	orig, err := os.ReadFile(filepath.Join(dir, stateFileName))
+	orig, err := os.ReadFile(filepath.Join(dir, store.StateFileName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestUnverifiedKeptAside(t *testing.T) {
 	if len(b.Policies()) != 0 || len(b.Routes()) != 0 {
 		t.Fatalf("unverified changes applied: %v %v", b.Policies(), b.Routes())
 	}
-	aside, _ := filepath.Glob(filepath.Join(dir, stateFileName+asideSuffix+"*"))
+	aside, _ := filepath.Glob(filepath.Join(dir, store.StateFileName+".unverified-*"))
 	if len(aside) != 1 {
 		t.Fatalf("kept aside: %v, want one file", aside)
 	}
@@ -347,11 +347,11 @@ func TestKeyRotation(t *testing.T) {
 
 	newKey := bytes.Repeat([]byte{42}, 32)
 	stamp := uint64(time.Now().UnixNano())
-	op := func(m *Mesh, o KeyringOp) {
+	op := func(m *Mesh, o store.KeyringOp) {
 		t.Helper()
 		stamp++
 		o.Stamp = stamp
-		SignKeyringOp(&o, testOperator)
+		store.SignKeyringOp(&o, testOperator)
 		if err := m.ApplyKeyringOp(o); err != nil {
 			t.Fatalf("%s %s: %v", m.cfg.Name, o.Op, err)
 		}
@@ -360,7 +360,7 @@ func TestKeyRotation(t *testing.T) {
 		t.Helper()
 		var fps []string
 		for _, k := range want {
-			fps = append(fps, Fingerprint(k))
+			fps = append(fps, store.Fingerprint(k))
 		}
 		eventually(t, 5*time.Second, "keyrings "+strings.Join(fps, ","), func() error {
 			for _, m := range ms {
@@ -371,11 +371,11 @@ func TestKeyRotation(t *testing.T) {
 			return nil
 		})
 	}
-	op(a, KeyringOp{Op: KeyInstall, Key: newKey})
+	op(a, store.KeyringOp{Op: store.KeyInstall, Key: newKey})
 	waitKeys(testKey, newKey)
-	op(b, KeyringOp{Op: KeyUse, Key: newKey})
+	op(b, store.KeyringOp{Op: store.KeyUse, Key: newKey})
 	waitKeys(newKey, testKey)
-	op(c, KeyringOp{Op: KeyRemove, KeyID: Fingerprint(testKey)})
+	op(c, store.KeyringOp{Op: store.KeyRemove, KeyID: store.Fingerprint(testKey)})
 	waitKeys(newKey)
 
 	// Policy still flows after the rotation.
@@ -392,13 +392,13 @@ func TestKeyRotation(t *testing.T) {
 		t.Fatalf("cluster key file: %v %x", err, k)
 	}
 	// A replayed (old) operation is refused.
-	replay := KeyringOp{Op: KeyUse, Key: testKey, Stamp: stamp - 1}
-	SignKeyringOp(&replay, testOperator)
+	replay := store.KeyringOp{Op: store.KeyUse, Key: testKey, Stamp: stamp - 1}
+	store.SignKeyringOp(&replay, testOperator)
 	if err := a.ApplyKeyringOp(replay); err == nil || !strings.Contains(err.Error(), "not newer") {
 		t.Fatalf("replayed op: %v", err)
 	}
 	// An unsigned one too.
-	if err := a.ApplyKeyringOp(KeyringOp{Op: KeyUse, Key: testKey, Stamp: stamp + 100}); err == nil || !strings.Contains(err.Error(), "not signed") {
+	if err := a.ApplyKeyringOp(store.KeyringOp{Op: store.KeyUse, Key: testKey, Stamp: stamp + 100}); err == nil || !strings.Contains(err.Error(), "not signed") {
 		t.Fatalf("unsigned op: %v", err)
 	}
 
@@ -419,7 +419,7 @@ func TestKeyRotation(t *testing.T) {
 	b.Shutdown()
 	b2 := startNode(t, "cell-b", nodeOpts{dir: dirs[1], join: a.joinAddr()}) // Config.ClusterKey is the old one
 	waitMembers(t, []*Mesh{a, c, fresh, b2}, 4)
-	if got := b2.Keyring(); !slices.Equal(got, []string{Fingerprint(newKey)}) {
+	if got := b2.Keyring(); !slices.Equal(got, []string{store.Fingerprint(newKey)}) {
 		t.Fatalf("restarted b keyring %v", got)
 	}
 }
@@ -431,13 +431,13 @@ func TestApplyPolicyChanges(t *testing.T) {
 	ms := cluster(t, 2)
 	a := ms[0]
 	stamp := uint64(time.Now().UnixNano())
-	sign := func(r policy.Rule, present bool) PolicyChange {
+	sign := func(r policy.Rule, present bool) store.PolicyChange {
 		stamp++
-		c := PolicyChange{Rule: r, Present: present, Stamp: stamp, Origin: "cli@test"}
-		SignPolicyChange(&c, testOperator)
+		c := store.PolicyChange{Rule: r, Present: present, Stamp: stamp, Origin: "cli@test"}
+		store.SignPolicyChange(&c, testOperator)
 		return c
 	}
-	var cs []PolicyChange
+	var cs []store.PolicyChange
 	var want []policy.Rule
 	for i := range 500 {
 		r := rule(fmt.Sprintf("src%d", i), "dst", uint16(1+i))
@@ -465,8 +465,8 @@ func TestApplyPolicyChanges(t *testing.T) {
 	slices.SortFunc(want, func(x, y policy.Rule) int { return strings.Compare(x.Key(), y.Key()) })
 	waitPolicies(t, ms, want...)
 
-	var sf stateFileData
-	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, stateFileName))
+	var sf store.StateFile
+	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, store.StateFileName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,7 +482,7 @@ func TestApplyPolicyChanges(t *testing.T) {
 // merges as the plain one does; the list of 100k signed rules, as a cell of
 // an earlier build sent it, is over memberlist's 20 MiB push/pull limit
 // as JSON and under it compressed, and now refused (more than
-// maxStatePolicies).
+// store.MaxStatePolicies).
 func TestFullStateCompressed(t *testing.T) {
 	defer func(l int64) { joinPolicyList.Store(l) }(joinPolicyList.Load())
 	joinPolicyList.Store(2000)
@@ -490,7 +490,7 @@ func TestFullStateCompressed(t *testing.T) {
 	cs := applyRules(t, a, 2000)
 	stamp := cs[len(cs)-1].Stamp
 	st := (*delegate)(a).LocalState(true) // a join's: with the policies
-	if st[0] != msgFullZ {
+	if st[0] != store.MsgFullZ {
 		t.Fatalf("a %d-byte state goes as %q, want compressed", len(st), st[0])
 	}
 	b := startNode(t, "cell-b", nodeOpts{}) // not joined: only this merge
@@ -501,24 +501,24 @@ func TestFullStateCompressed(t *testing.T) {
 
 	// 100k rules, each with its own signature: over the limit as JSON,
 	// under it compressed.
-	fs := fullState{From: "cell-a"}
+	fs := store.FullState{From: "cell-a"}
 	sig := make([]byte, ed25519.SignatureSize)
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range 100000 {
 		for j := 0; j < len(sig); j += 8 {
 			binary.LittleEndian.PutUint64(sig[j:], rng.Uint64())
 		}
-		fs.Policies = append(fs.Policies, polEntry{Rule: toWire(rule(fmt.Sprintf("app%05d", i/2), fmt.Sprintf("app%05d", i%997), uint16(1+i%60000))),
+		fs.Policies = append(fs.Policies, store.PolicyReg{Rule: store.ToWire(rule(fmt.Sprintf("app%05d", i/2), fmt.Sprintf("app%05d", i%997), uint16(1+i%60000))),
 			Present: true, Stamp: stamp + uint64(i), Origin: "cli@ops-host", Signer: testOperator.Public().(ed25519.PublicKey), Sig: slices.Clone(sig)})
 	}
 	const limit = 20 << 20 // memberlist's maxPushStateBytes
-	full := encode(msgFull, fs)
-	z := zipState(full)
+	full := store.Encode(store.MsgFull, fs)
+	z := store.ZipState(full)
 	t.Logf("100k rules: %.1f MB of JSON, %.1f MB compressed", float64(len(full))/1e6, float64(len(z))/1e6)
 	if len(full) <= limit || len(z) > limit {
 		t.Errorf("JSON %d bytes, compressed %d: want over and under %d", len(full), len(z), limit)
 	}
-	// A cell of this build lists at most maxStatePolicies (a join's
+	// A cell of this build lists at most store.MaxStatePolicies (a join's
 	// list): a state listing more is refused whole, and counted.
 	before := b.RejectedPolicies()
 	(*delegate)(b).MergeRemoteState(z, false)
@@ -526,10 +526,10 @@ func TestFullStateCompressed(t *testing.T) {
 		t.Errorf("a state of 100k rules: %d rules after merging it (want %d), %d rejections (want 1)",
 			n, len(cs), b.RejectedPolicies()-before)
 	}
-	fs.Policies = fs.Policies[:maxStatePolicies]
-	got, err := decodeFullState(zipState(encode(msgFull, fs)), stateRejects{})
-	if err != nil || len(got.Policies) != maxStatePolicies {
-		t.Errorf("a state of %d rules: %d decoded, %v", maxStatePolicies, len(got.Policies), err)
+	fs.Policies = fs.Policies[:store.MaxStatePolicies]
+	got, err := store.DecodeFullState(store.ZipState(store.Encode(store.MsgFull, fs)), store.Rejects{})
+	if err != nil || len(got.Policies) != store.MaxStatePolicies {
+		t.Errorf("a state of %d rules: %d decoded, %v", store.MaxStatePolicies, len(got.Policies), err)
 	}
 }
 
@@ -547,18 +547,18 @@ func TestPolicyAntiEntropy(t *testing.T) {
 	// as if all their gossip had been lost.
 	stamp := uint64(time.Now().UnixNano())
 	for _, m := range []*Mesh{a, b} {
-		var ps []polEntry
+		var ps []store.PolicyReg
 		for i := range 1500 {
 			stamp++
-			ps = append(ps, signed(polEntry{Rule: toWire(rule(m.cfg.Name, fmt.Sprintf("dst%d", i), 8080)), Present: true, Stamp: stamp, Origin: "cli@test"}))
+			ps = append(ps, signed(store.PolicyReg{Rule: store.ToWire(rule(m.cfg.Name, fmt.Sprintf("dst%d", i), 8080)), Present: true, Stamp: stamp, Origin: "cli@test"}))
 		}
-		var res mergeResult
+		var res store.Result
 		m.mu.Lock()
 		for _, p := range ps {
-			m.mergePolicyLocked(p, false, &res)
+			m.st.MergePolicy(p, false, &res)
 		}
 		m.mu.Unlock()
-		if len(res.out) != 0 {
+		if len(res.Out) != 0 {
 			t.Fatal("merge without relay queued gossip")
 		}
 	}
@@ -571,10 +571,10 @@ func TestPolicyAntiEntropy(t *testing.T) {
 	})
 	took := time.Since(start)
 	a.mu.Lock()
-	sa := a.st.polSum
+	sa := a.st.Digest()
 	a.mu.Unlock()
 	b.mu.Lock()
-	sb := b.st.polSum
+	sb := b.st.Digest()
 	b.mu.Unlock()
 	if sa != sb {
 		t.Error("same policies, digests differ")
@@ -596,13 +596,13 @@ func TestPolicyAntiEntropy(t *testing.T) {
 
 	// The periodic state carries the digest, not the 3000 registers.
 	st := (*delegate)(a).LocalState(false)
-	var fs fullState
-	if st[0] != msgFull || json.Unmarshal(st[1:], &fs) != nil {
+	var fs store.FullState
+	if st[0] != store.MsgFull || json.Unmarshal(st[1:], &fs) != nil {
 		t.Fatalf("periodic state: type %q, %d bytes; want plain JSON", st[0], len(st))
 	}
-	if len(fs.Policies) != 0 || len(fs.PolSum) != polBuckets || len(st) > 16<<10 {
+	if len(fs.Policies) != 0 || len(fs.PolSum) != store.DigestBuckets || len(st) > 16<<10 {
 		t.Errorf("periodic state: %d policies, %d digest buckets, %d bytes; want 0, %d, at most 16 KiB",
-			len(fs.Policies), len(fs.PolSum), len(st), polBuckets)
+			len(fs.Policies), len(fs.PolSum), len(st), store.DigestBuckets)
 	}
 }
 
@@ -652,9 +652,9 @@ func TestLargeSetJoin(t *testing.T) {
 	quiet := func(c *Config) { c.PushPullInterval = time.Hour }
 	a := startNode(t, "cell-a", nodeOpts{mutate: quiet})
 	applyRules(t, a, 1000)
-	var fs fullState
-	if st := (*delegate)(a).LocalState(true); st[0] != msgFull || json.Unmarshal(st[1:], &fs) != nil || len(fs.Policies) != 0 || len(fs.PolSum) != polBuckets {
-		t.Fatalf("join state of 1000 rules: %d listed, %d digest buckets; want 0 and %d", len(fs.Policies), len(fs.PolSum), polBuckets)
+	var fs store.FullState
+	if st := (*delegate)(a).LocalState(true); st[0] != store.MsgFull || json.Unmarshal(st[1:], &fs) != nil || len(fs.Policies) != 0 || len(fs.PolSum) != store.DigestBuckets {
+		t.Fatalf("join state of 1000 rules: %d listed, %d digest buckets; want 0 and %d", len(fs.Policies), len(fs.PolSum), store.DigestBuckets)
 	}
 	b := startNode(t, "cell-b", nodeOpts{mutate: quiet, join: a.joinAddr()})
 	eventually(t, 20*time.Second, "cell-b holds the 1000 rules", func() error {
@@ -703,9 +703,9 @@ func TestRestartedCellJoinsWithoutLists(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := (*delegate)(a).LocalState(true)
-	fs, err := decodeFullState(st, stateRejects{})
-	if err != nil || len(fs.Policies) != 0 || len(fs.PolSum) != polBuckets {
-		t.Fatalf("join state of 2000 rules (%d bytes): %d listed, %d digest buckets (%v); want 0 and %d", len(st), len(fs.Policies), len(fs.PolSum), err, polBuckets)
+	fs, err := store.DecodeFullState(st, store.Rejects{})
+	if err != nil || len(fs.Policies) != 0 || len(fs.PolSum) != store.DigestBuckets {
+		t.Fatalf("join state of 2000 rules (%d bytes): %d listed, %d digest buckets (%v); want 0 and %d", len(st), len(fs.Policies), len(fs.PolSum), err, store.DigestBuckets)
 	}
 	b = startNode(t, "cell-b", nodeOpts{mutate: quiet, dir: dir, join: a.joinAddr()})
 	if n := len(b.Policies()); n != 2000 {
@@ -726,50 +726,20 @@ func TestRestartedCellJoinsWithoutLists(t *testing.T) {
 
 // applyRules applies n signed adds of rules src<i> -> dst on m and
 // returns them.
-func applyRules(t *testing.T, m *Mesh, n int) []PolicyChange {
+func applyRules(t *testing.T, m *Mesh, n int) []store.PolicyChange {
 	t.Helper()
 	stamp := uint64(time.Now().UnixNano())
-	var cs []PolicyChange
+	var cs []store.PolicyChange
 	for i := range n {
 		stamp++
-		c := PolicyChange{Rule: rule(fmt.Sprintf("src%d", i), "dst", 8080), Present: true, Stamp: stamp, Origin: "cli@test"}
-		SignPolicyChange(&c, testOperator)
+		c := store.PolicyChange{Rule: rule(fmt.Sprintf("src%d", i), "dst", 8080), Present: true, Stamp: stamp, Origin: "cli@test"}
+		store.SignPolicyChange(&c, testOperator)
 		cs = append(cs, c)
 	}
 	if _, errs := m.ApplyPolicyChanges(cs); errors.Join(errs...) != nil {
 		t.Fatal(errors.Join(errs...))
 	}
 	return cs
-}
-
-// TestFutureStampWording: a change stamped far in the future is refused
-// with how far ahead it is, never a negative duration (issue 22: a stamp
-// near 2^64 read "-499014h ahead").
-func TestFutureStampWording(t *testing.T) {
-	now := time.Unix(1_800_000_000, 0)
-	ns := uint64(now.UnixNano())
-	for _, tt := range []struct {
-		stamp uint64
-		want  string
-	}{
-		{ns + uint64(6*time.Minute), "6m0s"},
-		{ns + uint64(50*time.Hour), "2 days"},
-		{ns + uint64(3*8766*time.Hour), "3 years"},
-		{ns + math.MaxInt64, "292 years"},
-		{math.MaxUint64, "more than 292 years"},
-		{ns - 1, "0s"},
-	} {
-		if got := aheadBy(tt.stamp, now); got != tt.want {
-			t.Errorf("aheadBy(now+%d) = %q, want %q", tt.stamp-ns, got, tt.want)
-		}
-	}
-	m := startNode(t, "cell-0", nodeOpts{})
-	c := PolicyChange{Rule: rule("a", "b", 1), Present: true, Stamp: math.MaxUint64, Origin: "cli@test"}
-	SignPolicyChange(&c, testOperator)
-	_, err := m.ApplyPolicyChange(c)
-	if want := "policy change refused: its stamp is more than 292 years ahead of this cell's clock"; err == nil || !strings.Contains(err.Error(), want) {
-		t.Fatalf("ApplyPolicyChange(stamp 2^64-1) = %v, want %q", err, want)
-	}
 }
 
 // TestPolicyBatchAppliedWhole: a batch that replaces rule tcp 8082 by
@@ -783,13 +753,13 @@ func TestPolicyBatchAppliedWhole(t *testing.T) {
 	old, repl, other := rule("appA", "appB", 8082), rule("appA", "appB", 8081), rule("appC", "appB", 53)
 	repl.Ports.End = 8090
 	stamp := uint64(time.Now().UnixNano())
-	sign := func(r policy.Rule, present bool) PolicyChange {
+	sign := func(r policy.Rule, present bool) store.PolicyChange {
 		stamp++
-		c := PolicyChange{Rule: r, Present: present, Stamp: stamp, Origin: "cli@test"}
-		SignPolicyChange(&c, testOperator)
+		c := store.PolicyChange{Rule: r, Present: present, Stamp: stamp, Origin: "cli@test"}
+		store.SignPolicyChange(&c, testOperator)
 		return c
 	}
-	if _, errs := a.ApplyPolicyChanges([]PolicyChange{sign(old, true), sign(other, true)}); errors.Join(errs...) != nil {
+	if _, errs := a.ApplyPolicyChanges([]store.PolicyChange{sign(old, true), sign(other, true)}); errors.Join(errs...) != nil {
 		t.Fatal(errors.Join(errs...))
 	}
 	// Loaded test machines (load 15 on 2 cores) need more than waitPolicies' 3 s.
@@ -821,11 +791,11 @@ func TestPolicyBatchAppliedWhole(t *testing.T) {
 		m.afterChange.Store(&record)
 	}
 	for range 5 { // back and forth: each direction is a replacement
-		if _, errs := a.ApplyPolicyChanges([]PolicyChange{sign(old, false), sign(repl, true)}); errors.Join(errs...) != nil {
+		if _, errs := a.ApplyPolicyChanges([]store.PolicyChange{sign(old, false), sign(repl, true)}); errors.Join(errs...) != nil {
 			t.Fatal(errors.Join(errs...))
 		}
 		wait(repl, other)
-		if _, errs := a.ApplyPolicyChanges([]PolicyChange{sign(repl, false), sign(old, true)}); errors.Join(errs...) != nil {
+		if _, errs := a.ApplyPolicyChanges([]store.PolicyChange{sign(repl, false), sign(old, true)}); errors.Join(errs...) != nil {
 			t.Fatal(errors.Join(errs...))
 		}
 		wait(old, other)

@@ -1,9 +1,7 @@
 package mesh
 
 import (
-	"bytes"
 	"cmp"
-	"compress/flate"
 	"encoding/json"
 	"net/netip"
 	"slices"
@@ -12,44 +10,17 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/weft-net/weft/mesh/store"
 )
 
-// Messages are JSON with a one-byte type prefix. One change is one gossip
-// message (endpoint, policy or lease record); the full state travels in
-// memberlist's TCP push/pull.
-const (
-	msgEndpoint byte = 'e'
-	msgPolicy   byte = 'p'
-	msgLease    byte = 'l'
-	msgLeave    byte = 'x'
-	msgFull     byte = 'S'
-	msgFullZ    byte = 'Z' // msgFull's JSON, DEFLATE-compressed (zipState)
-	msgPolSet   byte = 'P' // policy registers a peer may lack (anti-entropy), over TCP
-	msgPolSetZ  byte = 'Q' // msgPolSet's JSON, DEFLATE-compressed
-)
+// msgLeave is the gossip message of a leave (leaveMsg): membership's own
+// message type; the replicated state's are store.Msg*, and must not use
+// this byte.
+const msgLeave byte = 'x'
 
-// Memberlist refuses a push/pull state or a user message over 20 MiB. A
-// full state above zipAbove bytes travels compressed (a join's list of 20k
-// signed rules is some 5 MB of JSON), and so does a policy batch. How far
-// a message may expand, and how many entries it may hold, is in wire.go.
-const zipAbove = 64 << 10
-
-// zipState compresses a msgFull message into a msgFullZ one.
-func zipState(full []byte) []byte { return zipMsg(msgFullZ, full) }
-
-// zipMsg compresses the JSON of message msg into a message of type typ.
-func zipMsg(typ byte, msg []byte) []byte {
-	var b bytes.Buffer
-	b.WriteByte(typ)
-	w, _ := flate.NewWriter(&b, flate.BestSpeed) // a valid level: no error
-	w.Write(msg[1:])                             // a bytes.Buffer does not fail
-	w.Close()
-	return b.Bytes()
-}
-
-// maxMsg bounds one gossip message; memberlist packs them into UDP packets
-// of 1400 bytes.
-const maxMsg = 1024
+// The push/pull state (store.FullState) and policy batches travel
+// compressed above store.ZipAbove bytes: memberlist refuses either over
+// 20 MiB.
 
 // joinGrace lets the push/pull of a peer that joined us finish before this
 // cell counts itself joined and picks a lease.
@@ -69,31 +40,6 @@ const joinGrace = 500 * time.Millisecond
 var joinPolicyList atomic.Int64
 
 func init() { joinPolicyList.Store(1000) }
-
-// fullState is the push/pull payload. From's own endpoints are
-// authoritative: entries of From not listed and not newer than Seq are gone.
-//
-// Every state carries PolSum, the digest of the sender's policy set. Only
-// a join's lists the policies too (PolList), and only up to
-// joinPolicyList of them. A cell whose own digest differs from the
-// sender's sends the sender the registers of the differing buckets
-// (msgPolSet) unless both sides listed theirs; the sender, comparing the
-// other way, does the same. At 100k rules the periodic push/pull is thus
-// 2 KB of digest instead of 9 MB compressed (26 MB of JSON to build,
-// compress, parse and merge on both sides), which kept idle agents busy.
-// A state without PolSum comes from a cell of an earlier build and lists
-// all its policies.
-type fullState struct {
-	From      string       `json:"f"`
-	Seq       uint64       `json:"q"`
-	Leases    []leaseRec   `json:"l"`
-	Endpoints []epEntry    `json:"e"`
-	Policies  []polEntry   `json:"p"`
-	PolSum    []uint64     `json:"ps,omitempty"` // polDigest
-	PolList   bool         `json:"pl,omitempty"` // Policies lists them all (a join's, small set)
-	Routes    []routeEntry `json:"r,omitempty"`
-	Keyring   []KeyringOp  `json:"k,omitempty"` // recent keyring operations
-}
 
 // leaveMsg announces a graceful leave. memberlist v0.7.0 reports left and
 // dead nodes alike (Node.State is never set), so a cell says it is leaving
@@ -121,14 +67,6 @@ func parseMeta(b []byte) nodeMeta {
 	}
 	nm.Ver = clipVersion(nm.Ver)
 	return nm
-}
-
-func encode(typ byte, v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err) // plain structs; cannot happen
-	}
-	return append([]byte{typ}, b...)
 }
 
 // broadcast is one queued gossip message. A newer message about the same
@@ -174,40 +112,30 @@ func (sentinel) Finished()                             {}
 // pendingBroadcasts is the number of queued gossip messages.
 func (m *Mesh) pendingBroadcasts() int { return m.queue.NumQueued() - 1 }
 
-func endpointBroadcast(e epEntry) *broadcast {
-	return &broadcast{name: "e/" + e.Owner + "/" + e.IP.String(), msg: encode(msgEndpoint, e)}
-}
+func leaveBroadcast(l leaveMsg) *broadcast { return bcast(l.msg()) }
 
-func policyBroadcast(p polEntry) *broadcast {
-	return &broadcast{name: "p/" + p.Rule.key(), msg: encode(msgPolicy, p)}
-}
-
-func leaseBroadcast(r leaseRec) *broadcast {
-	return &broadcast{name: "l/" + r.Node, msg: encode(msgLease, r)}
-}
-
-func leaveBroadcast(l leaveMsg) *broadcast {
-	return &broadcast{name: "x/" + l.Node, msg: encode(msgLeave, l)}
+func (l leaveMsg) msg() store.Msg {
+	return store.Msg{Name: "x/" + l.Node, Body: store.Encode(msgLeave, l)}
 }
 
 // finish acts on a merge outside mu: queue, notify, persist, lease check.
-func (m *Mesh) finish(res mergeResult) {
-	for _, b := range res.out {
-		m.queue.QueueBroadcast(b)
+func (m *Mesh) finish(res store.Result) {
+	for _, msg := range res.Out {
+		m.queue.QueueBroadcast(bcast(msg))
 	}
-	if res.visible {
+	if res.Visible {
 		m.signal(&m.notifyState)
 		if f := m.afterChange.Load(); f != nil {
 			(*f)()
 		}
 	}
-	if res.stored {
+	if res.Stored {
 		m.kick(m.kickPersist)
 	}
-	if res.lease {
+	if res.Lease {
 		m.kick(m.kickLease)
 	}
-	if res.keyring {
+	if res.Keyring {
 		if err := m.persistKeyring(); err != nil {
 			m.log.Error("persisting keyring failed", "err", err)
 		}
@@ -236,7 +164,7 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return b
 }
 
-// NotifyMsg applies one gossip message (or TCP user message: msgPolSet).
+// NotifyMsg applies one gossip message (or TCP user message: store.MsgPolSet).
 // A message carrying signed changes (policy, route, keyring) that is not
 // well formed is counted in RejectedPolicies, an endpoint one in
 // RejectedEndpoints. borrowed: b is only read here.
@@ -246,59 +174,59 @@ func (d *delegate) NotifyMsg(b []byte) {
 		return
 	}
 	var (
-		res mergeResult
+		res store.Result
 		err error
 	)
 	switch b[0] {
-	case msgEndpoint:
-		var e epEntry
+	case store.MsgEndpoint:
+		var e store.EndpointRec
 		if err = json.Unmarshal(b[1:], &e); err == nil {
-			if err = e.wellFormed(); err != nil {
-				m.rejected.Add(1)
+			if err = e.WellFormed(); err != nil {
+				m.st.CountRejectedEndpoint()
 				break
 			}
 			m.mu.Lock()
 			m.mergeEndpointLocked(e, true, &res)
 			m.mu.Unlock()
 		}
-	case msgPolicy:
-		var p polEntry
+	case store.MsgPolicy:
+		var p store.PolicyReg
 		if err = json.Unmarshal(b[1:], &p); err == nil {
-			err = p.wellFormed()
+			err = p.WellFormed()
 		}
 		if err != nil {
-			m.rejectSigned("policy change", "gossip", err)
+			m.st.RejectSigned("policy change", "gossip", err)
 			return
 		}
 		m.mu.Lock()
-		m.mergePolicyLocked(p, true, &res)
+		m.st.MergePolicy(p, true, &res)
 		m.mu.Unlock()
-	case msgLease:
-		var r leaseRec
+	case store.MsgLease:
+		var r store.LeaseRec
 		if err = json.Unmarshal(b[1:], &r); err == nil {
 			m.mu.Lock()
 			m.mergeLeaseLocked(r, true, &res)
 			m.mu.Unlock()
 		}
-	case msgRoute:
-		var e routeEntry
+	case store.MsgRoute:
+		var e store.RouteReg
 		if err = json.Unmarshal(b[1:], &e); err == nil {
-			err = e.wellFormed()
+			err = e.WellFormed()
 		}
 		if err != nil {
-			m.rejectSigned("route change", "gossip", err)
+			m.st.RejectSigned("route change", "gossip", err)
 			return
 		}
 		m.mu.Lock()
-		m.mergeRouteLocked(e, true, &res)
+		m.st.MergeRoute(e, true, &res)
 		m.mu.Unlock()
-	case msgKeyring:
-		var op KeyringOp
+	case store.MsgKeyring:
+		var op store.KeyringOp
 		if err = json.Unmarshal(b[1:], &op); err == nil {
-			err = op.wellFormed()
+			err = op.WellFormed()
 		}
 		if err != nil {
-			m.rejectSigned("keyring operation", "gossip", err)
+			m.st.RejectSigned("keyring operation", "gossip", err)
 			return
 		}
 		m.mu.Lock()
@@ -309,14 +237,14 @@ func (d *delegate) NotifyMsg(b []byte) {
 		if err = json.Unmarshal(b[1:], &l); err == nil {
 			m.mergeLeave(l, &res)
 		}
-	case msgPolSet, msgPolSetZ:
-		ps, err := decodePolicyBatch(b, func(p polEntry, err error) { m.rejectSigned("policy change", p.Origin, err) })
+	case store.MsgPolSet, store.MsgPolSetZ:
+		ps, err := store.DecodePolicyBatch(b, func(p store.PolicyReg, err error) { m.st.RejectSigned("policy change", p.Origin, err) })
 		if err != nil {
-			m.rejectSigned("policy batch", "gossip", err)
+			m.st.RejectSigned("policy batch", "gossip", err)
 			return
 		}
 		m.mu.Lock()
-		news := m.mergePoliciesLocked(ps, &res)
+		news := m.st.MergePolicies(ps, &res)
 		m.mu.Unlock()
 		m.spreadPolicies(news) // news to this cell may be news to others
 	default:
@@ -337,34 +265,12 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 func (d *delegate) LocalState(join bool) []byte {
 	m := (*Mesh)(d)
 	m.mu.Lock()
-	fs := fullState{
-		From:      m.cfg.Name,
-		Seq:       m.st.seq,
-		Leases:    make([]leaseRec, 0, len(m.st.leases)),
-		Endpoints: make([]epEntry, 0, len(m.st.eps)),
-		Policies:  []polEntry{},
-	}
-	for _, r := range m.st.leases {
-		fs.Leases = append(fs.Leases, r)
-	}
-	for _, e := range m.st.eps {
-		fs.Endpoints = append(fs.Endpoints, e)
-	}
-	fs.PolSum = slices.Clone(m.st.polSum[:])
-	if fs.PolList = join && len(m.st.pols) <= int(joinPolicyList.Load()); fs.PolList {
-		fs.Policies = slices.Grow(fs.Policies, len(m.st.pols))
-		for _, p := range m.st.pols {
-			fs.Policies = append(fs.Policies, p)
-		}
-	}
-	for _, e := range m.st.routes {
-		fs.Routes = append(fs.Routes, e)
-	}
+	fs := m.st.State(join, int(joinPolicyList.Load()))
 	fs.Keyring = m.keyringOpsLocked()
 	m.mu.Unlock()
-	b := encode(msgFull, fs)
-	if len(b) > zipAbove {
-		b = zipState(b)
+	b := store.Encode(store.MsgFull, fs)
+	if len(b) > store.ZipAbove {
+		b = store.ZipState(b)
 	}
 	return b
 }
@@ -375,20 +281,20 @@ func (d *delegate) LocalState(join bool) []byte {
 // RejectedEndpoints). borrowed: buf is only read.
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	m := (*Mesh)(d)
-	if len(buf) < 2 || buf[0] != msgFull && buf[0] != msgFullZ {
+	if len(buf) < 2 || buf[0] != store.MsgFull && buf[0] != store.MsgFullZ {
 		return
 	}
-	fs, err := decodeFullState(buf, stateRejects{
-		policy:   func(p polEntry, err error) { m.rejectSigned("policy change", p.Origin, err) },
-		endpoint: func(epEntry, error) { m.rejected.Add(1) },
-		route:    func(e routeEntry, err error) { m.rejectSigned("route change", e.Origin, err) },
-		keyring:  func(_ KeyringOp, err error) { m.rejectSigned("keyring operation", "push/pull", err) },
+	fs, err := store.DecodeFullState(buf, store.Rejects{
+		Policy:   func(p store.PolicyReg, err error) { m.st.RejectSigned("policy change", p.Origin, err) },
+		Endpoint: func(store.EndpointRec, error) { m.st.CountRejectedEndpoint() },
+		Route:    func(e store.RouteReg, err error) { m.st.RejectSigned("route change", e.Origin, err) },
+		Keyring:  func(_ store.KeyringOp, err error) { m.st.RejectSigned("keyring operation", "push/pull", err) },
 	})
 	if err != nil {
-		m.rejectSigned("push/pull state", "push/pull", err)
+		m.st.RejectSigned("push/pull state", "push/pull", err)
 		return
 	}
-	var res mergeResult
+	var res store.Result
 	listed := make(map[netip.Addr]bool)
 	m.mu.Lock()
 	for _, r := range fs.Leases {
@@ -401,22 +307,22 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 		}
 	}
 	if fs.From != "" {
-		m.expireOwnerLocked(fs.From, fs.Seq, listed, &res)
+		m.st.ExpireOwner(fs.From, fs.Seq, listed, &res)
 	}
 	// Did this cell list its policies in its own state of this exchange
 	// (LocalState ran before this, on either side of a push/pull)? If
 	// both did, each has everything; otherwise the digests say what
 	// either side lacks.
-	bothListed := fs.PolList && join && len(m.st.pols) <= int(joinPolicyList.Load())
-	m.mergePoliciesLocked(fs.Policies, &res)
+	bothListed := fs.PolList && join && m.st.NumPolicies() <= int(joinPolicyList.Load())
+	m.st.MergePolicies(fs.Policies, &res)
 	var differ []int
-	if len(fs.PolSum) == polBuckets && !bothListed {
-		differ = m.differingBucketsLocked(fs.PolSum)
+	if len(fs.PolSum) == store.DigestBuckets && !bothListed {
+		differ = m.st.DifferingBuckets(fs.PolSum)
 	}
 	for _, e := range fs.Routes {
-		m.mergeRouteLocked(e, false, &res)
+		m.st.MergeRoute(e, false, &res)
 	}
-	slices.SortFunc(fs.Keyring, func(a, b KeyringOp) int { return cmp.Compare(a.Stamp, b.Stamp) })
+	slices.SortFunc(fs.Keyring, func(a, b store.KeyringOp) int { return cmp.Compare(a.Stamp, b.Stamp) })
 	for _, op := range fs.Keyring {
 		m.mergeKeyringLocked(op, false, &res)
 	}
@@ -461,7 +367,7 @@ func (ev *events) NotifyUpdate(n *memberlist.Node) {
 }
 
 // mergeLeave records that a node announced its graceful leave.
-func (m *Mesh) mergeLeave(l leaveMsg, res *mergeResult) {
+func (m *Mesh) mergeLeave(l leaveMsg, res *store.Result) {
 	m.mu.Lock()
 	mb := m.nodes[l.Node]
 	if l.Node == m.cfg.Name || mb == nil || l.Seq <= mb.leaveSeq {
@@ -474,7 +380,7 @@ func (m *Mesh) mergeLeave(l leaveMsg, res *mergeResult) {
 		mb.state = NodeLeft
 	}
 	m.mu.Unlock()
-	res.send(leaveBroadcast(l))
+	res.Send(l.msg())
 	if changed {
 		m.signal(&m.notifyMembers)
 	}
@@ -484,7 +390,7 @@ func (m *Mesh) mergeLeave(l leaveMsg, res *mergeResult) {
 // ends an earlier leave.
 func (m *Mesh) setMember(n *memberlist.Node, st NodeState, joined bool) {
 	meta := parseMeta(n.Meta)
-	if !m.validSubnet(meta.Subnet) {
+	if !m.pool().Valid(meta.Subnet) {
 		meta.Subnet, meta.Time, meta.Over = netip.Prefix{}, 0, 0
 	}
 	m.mu.Lock()

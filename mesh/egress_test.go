@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/mesh/store"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -24,9 +25,9 @@ func egressRule(t *testing.T, app, dst, proto, ports string) policy.EgressRule {
 	return r
 }
 
-func egressChange(r policy.EgressRule, present bool, stamp uint64, key ed25519.PrivateKey) PolicyChange {
-	c := PolicyChange{Egress: r, Present: present, Stamp: stamp, Origin: "cli@test"}
-	SignPolicyChange(&c, key)
+func egressChange(r policy.EgressRule, present bool, stamp uint64, key ed25519.PrivateKey) store.PolicyChange {
+	c := store.PolicyChange{Egress: r, Present: present, Stamp: stamp, Origin: "cli@test"}
+	store.SignPolicyChange(&c, key)
 	return c
 }
 
@@ -65,8 +66,8 @@ func TestEgressReplicated(t *testing.T) {
 	stamp := uint64(time.Now().UnixNano())
 	web := egressRule(t, "web", "198.18.0.0/24", "tcp", "80")
 	app := rule("web", "db", 5432)
-	cs := []PolicyChange{egressChange(web, true, stamp, testOperator), {Rule: app, Present: true, Stamp: stamp, Origin: "cli@test"}}
-	SignPolicyChange(&cs[1], testOperator)
+	cs := []store.PolicyChange{egressChange(web, true, stamp, testOperator), {Rule: app, Present: true, Stamp: stamp, Origin: "cli@test"}}
+	store.SignPolicyChange(&cs[1], testOperator)
 	changed, errs := b.ApplyPolicyChanges(cs)
 	if !changed[0] || !changed[1] || errs[0] != nil || errs[1] != nil {
 		t.Fatalf("ApplyPolicyChanges = %v, %v", changed, errs)
@@ -81,10 +82,10 @@ func TestEgressReplicated(t *testing.T) {
 	overlay := egressChange(policy.EgressRule{App: "web", Start: netip.MustParseAddr("10.255.1.0"),
 		End: netip.MustParseAddr("10.255.1.255"), Protocol: policy.ProtoTCP, Ports: policy.PortRange{Start: 80, End: 80}}, true, stamp+1, testOperator)
 	for _, tc := range []struct {
-		c    PolicyChange
+		c    store.PolicyChange
 		want string
 	}{
-		{PolicyChange{Egress: web, Present: false, Stamp: stamp + 1, Origin: "cli@x"}, "not signed"},
+		{store.PolicyChange{Egress: web, Present: false, Stamp: stamp + 1, Origin: "cli@x"}, "not signed"},
 		{tampered, "bad signature"},
 		{egressChange(web, false, stamp+1, stranger), "untrusted key"},
 		{overlay, "inside the overlay"},
@@ -94,9 +95,9 @@ func TestEgressReplicated(t *testing.T) {
 		}
 	}
 	// A forged removal by gossip is refused too.
-	forged := egressChange(web, false, stamp+2, stranger).entry()
+	forged := egressChange(web, false, stamp+2, stranger).Reg()
 	before := b.RejectedPolicies()
-	(*delegate)(b).NotifyMsg(encode(msgPolicy, forged))
+	(*delegate)(b).NotifyMsg(store.Encode(store.MsgPolicy, forged))
 	if b.RejectedPolicies() != before+1 {
 		t.Fatalf("forged egress removal by gossip not counted as rejected")
 	}
@@ -113,11 +114,11 @@ func TestEgressReplicated(t *testing.T) {
 	if err := a.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile(filepath.Join(dir, stateFileName))
+	raw, err := os.ReadFile(filepath.Join(dir, store.StateFileName))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sf stateFileData
+	var sf store.StateFile
 	if err := json.Unmarshal(raw, &sf); err != nil {
 		t.Fatal(err)
 	}
@@ -136,9 +137,9 @@ func TestEgressReplicated(t *testing.T) {
 	if changed, err := a2.ApplyPolicyChange(egressChange(web, false, a2.EgressStamp(web)+1, testOperator)); !changed || err != nil {
 		t.Fatalf("removal: %v, %v", changed, err)
 	}
-	var stale *StaleChangeError
+	var stale *store.StaleChangeError
 	if _, err := a2.ApplyPolicyChange(egressChange(web, true, stamp, testOperator)); !errors.As(err, &stale) {
-		t.Fatalf("re-add below the removal's stamp: %v, want StaleChangeError", err)
+		t.Fatalf("re-add below the removal's stamp: %v, want store.StaleChangeError", err)
 	}
 	if got := a2.EgressRules(); len(got) != 0 {
 		t.Fatalf("egress rules after removal: %v", got)

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/weft-net/weft/mesh/store"
 )
 
 // Fuzz targets, one per gossip message type: whatever a peer sends must
@@ -29,37 +30,14 @@ func fuzzMesh(dir string) *Mesh {
 // have sent it.
 func checkStored(t *testing.T, m *Mesh) {
 	t.Helper()
-	for k, p := range m.st.pols {
-		if err := p.wellFormed(); err != nil || p.Rule.key() != k {
-			t.Fatalf("stored a policy register that is not well formed: %+v: %v", p, err)
-		}
-		if err := m.verifyPolicy(p); err != nil {
-			t.Fatalf("stored an unverified policy register: %+v: %v", p, err)
-		}
-	}
-	for k, e := range m.st.routes {
-		if err := e.wellFormed(); err != nil || e.route().key() != k {
-			t.Fatalf("stored a route that is not well formed: %+v: %v", e, err)
-		}
-		if err := m.verifySig(e.Signer, e.Sig, routeSignedBytes(e)); err != nil {
-			t.Fatalf("stored an unverified route: %+v: %v", e, err)
-		}
-	}
-	for k, e := range m.st.eps {
-		if err := e.wellFormed(); err != nil || k.owner != e.Owner || k.ip != e.IP || e.IP != e.IP.Unmap() {
-			t.Fatalf("stored an endpoint that is not well formed: %+v: %v", e, err)
-		}
-	}
-	for n, r := range m.st.leases {
-		if r.Node != n || !m.validSubnet(r.Subnet) {
-			t.Fatalf("stored a lease record that is not valid: %+v", r)
-		}
+	if err := m.st.Check(m.pool().Valid); err != nil {
+		t.Fatalf("stored %v", err)
 	}
 	for _, op := range m.kr.ops {
-		if err := op.wellFormed(); err != nil {
+		if err := op.WellFormed(); err != nil {
 			t.Fatalf("applied a keyring operation that is not well formed: %+v: %v", op, err)
 		}
-		if err := m.verifySig(op.Signer, op.Sig, op.signedBytes()); err != nil {
+		if err := m.st.Verify(op.Signer, op.Sig, op.SignedBytes()); err != nil {
 			t.Fatalf("applied an unverified keyring operation: %+v: %v", op, err)
 		}
 	}
@@ -68,7 +46,7 @@ func checkStored(t *testing.T, m *Mesh) {
 // fuzzGossip fuzzes the body of NotifyMsg messages of type typ.
 func fuzzGossip(f *testing.F, typ byte, seeds ...any) {
 	for _, s := range seeds {
-		f.Add(encode(typ, s)[1:])
+		f.Add(store.Encode(typ, s)[1:])
 	}
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -79,39 +57,39 @@ func fuzzGossip(f *testing.F, typ byte, seeds ...any) {
 }
 
 func FuzzEndpointMsg(f *testing.F) {
-	fuzzGossip(f, msgEndpoint, seedState().Endpoints[0],
-		epEntry{Owner: "cell-b", IP: netip.MustParseAddr("10.255.2.6"), Seq: 9, Deleted: true})
+	fuzzGossip(f, store.MsgEndpoint, seedState().Endpoints[0],
+		store.EndpointRec{Owner: "cell-b", IP: netip.MustParseAddr("10.255.2.6"), Seq: 9, Deleted: true})
 }
 
 func FuzzPolicyMsg(f *testing.F) {
 	p := seedState().Policies[0]
-	rm := signed(polEntry{Rule: p.Rule, Stamp: 9, Origin: "cell-b"})
-	fuzzGossip(f, msgPolicy, p, rm)
+	rm := signed(store.PolicyReg{Rule: p.Rule, Stamp: 9, Origin: "cell-b"})
+	fuzzGossip(f, store.MsgPolicy, p, rm)
 }
 
-func FuzzLeaseMsg(f *testing.F) { fuzzGossip(f, msgLease, seedState().Leases[0]) }
+func FuzzLeaseMsg(f *testing.F) { fuzzGossip(f, store.MsgLease, seedState().Leases[0]) }
 
 func FuzzLeaveMsg(f *testing.F) { fuzzGossip(f, msgLeave, leaveMsg{Node: "cell-b", Seq: 9}) }
 
-func FuzzRouteMsg(f *testing.F) { fuzzGossip(f, msgRoute, seedState().Routes[0]) }
+func FuzzRouteMsg(f *testing.F) { fuzzGossip(f, store.MsgRoute, seedState().Routes[0]) }
 
-func FuzzKeyringMsg(f *testing.F) { fuzzGossip(f, msgKeyring, seedState().Keyring[0]) }
+func FuzzKeyringMsg(f *testing.F) { fuzzGossip(f, store.MsgKeyring, seedState().Keyring[0]) }
 
-// fuzzList fuzzes messages of type typ (msgPolSet or msgFull) and of its
+// fuzzList fuzzes messages of type typ (store.MsgPolSet or store.MsgFull) and of its
 // compressed form z: with raw, body is the compressed stream; else it is
 // the JSON, compressed here, so that the fuzzer explores the JSON behind
 // the compression.
 func fuzzList(f *testing.F, typ, z byte, seed any, apply func(*Mesh, []byte)) {
-	js := encode(typ, seed)
+	js := store.Encode(typ, seed)
 	f.Add(js[1:], false)
-	f.Add(zipMsg(z, js)[1:], true)
+	f.Add(store.Zip(z, js)[1:], true)
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, body []byte, raw bool) {
 		msg := append([]byte{typ}, body...)
 		if raw {
 			msg[0] = z
 		} else if len(body) > 0 && body[0]&1 == 1 { // the JSON, both ways
-			msg = zipMsg(z, msg)
+			msg = store.Zip(z, msg)
 		}
 		m := fuzzMesh(dir)
 		apply(m, msg)
@@ -121,12 +99,12 @@ func fuzzList(f *testing.F, typ, z byte, seed any, apply func(*Mesh, []byte)) {
 
 func FuzzPolicyBatch(f *testing.F) {
 	s := seedState()
-	ps := []polEntry{s.Policies[0], signed(polEntry{Rule: toWire(rule("a", "b", 1)), Stamp: 4, Origin: "cli@x"})}
-	fuzzList(f, msgPolSet, msgPolSetZ, ps, func(m *Mesh, msg []byte) { (*delegate)(m).NotifyMsg(msg) })
+	ps := []store.PolicyReg{s.Policies[0], signed(store.PolicyReg{Rule: store.ToWire(rule("a", "b", 1)), Stamp: 4, Origin: "cli@x"})}
+	fuzzList(f, store.MsgPolSet, store.MsgPolSetZ, ps, func(m *Mesh, msg []byte) { (*delegate)(m).NotifyMsg(msg) })
 }
 
 func FuzzFullState(f *testing.F) {
-	fuzzList(f, msgFull, msgFullZ, seedState(), func(m *Mesh, msg []byte) {
+	fuzzList(f, store.MsgFull, store.MsgFullZ, seedState(), func(m *Mesh, msg []byte) {
 		(*delegate)(m).MergeRemoteState(msg, len(msg) > 1 && msg[1]&1 == 1)
 	})
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/mesh/store"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -24,15 +25,15 @@ var testKey = bytes.Repeat([]byte{7}, 32)
 var testOperator = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, 32))
 
 // signed returns p signed by the test operator.
-func signed(p polEntry) polEntry {
-	c := PolicyChange{Present: p.Present, Stamp: p.Stamp, Origin: p.Origin}
-	if p.Rule.isEgress() {
-		c.Egress = p.Rule.egressRule()
+func signed(p store.PolicyReg) store.PolicyReg {
+	c := store.PolicyChange{Present: p.Present, Stamp: p.Stamp, Origin: p.Origin}
+	if p.Rule.IsEgress() {
+		c.Egress = p.Rule.EgressRule()
 	} else {
-		c.Rule = p.Rule.rule()
+		c.Rule = p.Rule.Rule()
 	}
-	SignPolicyChange(&c, testOperator)
-	return c.entry()
+	store.SignPolicyChange(&c, testOperator)
+	return c.Reg()
 }
 
 // captureHandler records log records; safe for concurrent use.

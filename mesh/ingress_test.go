@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/mesh/store"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -39,12 +40,12 @@ func TestIngressReplicated(t *testing.T) {
 		t.Fatal(err)
 	}
 	stamp := uint64(time.Now().UnixNano())
-	sign := func(r policy.IngressRule, present bool, stamp uint64) PolicyChange {
-		c := PolicyChange{Ingress: r, Present: present, Stamp: stamp, Origin: "cli@test"}
-		SignPolicyChange(&c, testOperator)
+	sign := func(r policy.IngressRule, present bool, stamp uint64) store.PolicyChange {
+		c := store.PolicyChange{Ingress: r, Present: present, Stamp: stamp, Origin: "cli@test"}
+		store.SignPolicyChange(&c, testOperator)
 		return c
 	}
-	changed, errs := b.ApplyPolicyChanges([]PolicyChange{sign(host, true, stamp), sign(lan, true, stamp)})
+	changed, errs := b.ApplyPolicyChanges([]store.PolicyChange{sign(host, true, stamp), sign(lan, true, stamp)})
 	if !changed[0] || !changed[1] || errs[0] != nil || errs[1] != nil {
 		t.Fatalf("ApplyPolicyChanges = %v, %v", changed, errs)
 	}
@@ -72,7 +73,7 @@ func TestIngressReplicated(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		c    PolicyChange
+		c    store.PolicyChange
 		want string
 	}{
 		{asEgress, "bad signature"},

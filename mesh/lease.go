@@ -1,15 +1,16 @@
 package mesh
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/weft-net/weft/mesh/lease"
+	"github.com/weft-net/weft/mesh/store"
 )
 
 // Subnet leases: OverlayCIDR is split into /SubnetBits subnets; index 0 is
@@ -24,6 +25,10 @@ import (
 // number of picks it lost, so that losers of one collision do not collide
 // again) unless it has local endpoints, in which case it keeps the subnet
 // until they are gone, complains loudly and refuses new ones (Conflict).
+// Those rules (the pool, the preferred index, which claim wins, the free
+// subnet and the takeover picked) are package lease's; here is their life,
+// bound to membership: claims come from the node metadata and the lease
+// records, and a claim is announced, settled, held and defended.
 //
 // A fresh pick is tentative until it has settled (see leaseStepLocked): for
 // settleTime (LeaseSettle, or a few gossip rounds × log N) no older claim
@@ -67,129 +72,34 @@ const (
 )
 
 // settleTime is the gossip wait of a fresh lease: LeaseSettle if set, else
-// GossipInterval × (2 + ⌈log4 N⌉) for N alive cells. memberlist gossips each
-// message to 3 random members per round, so a rumour reaches about 4^r cells
-// after r rounds; two rounds more cover the tail and the wake-up delays.
+// lease.SettleTime for alive cells.
 func (m *Mesh) settleTime(alive int) time.Duration {
 	if m.cfg.LeaseSettle > 0 {
 		return m.cfg.LeaseSettle
 	}
-	rounds := 2
-	for n := 1; n < alive; n *= 4 {
-		rounds++
-	}
-	return m.cfg.GossipInterval * time.Duration(rounds)
+	return lease.SettleTime(m.cfg.GossipInterval, alive)
 }
 
-// preferredIndex is where a joining cell starts looking for a free subnet
-// in a pool of subnets 1..pool: FNV-1a of its name (and of the number of
-// picks it lost) mod the pool.
-func preferredIndex(name string, lost, pool int) int {
-	h := fnv.New64a()
-	h.Write([]byte(name))
-	if lost > 0 {
-		fmt.Fprintf(h, "#%d", lost)
-	}
-	return 1 + int(h.Sum64()%uint64(pool))
-}
-
-func (m *Mesh) numSubnets() int { return 1 << (m.cfg.SubnetBits - m.cfg.OverlayCIDR.Bits()) }
-
-// subnetAt returns the i-th subnet of the overlay.
-func (m *Mesh) subnetAt(i int) netip.Prefix {
-	base := m.cfg.OverlayCIDR.Addr()
-	b := base.As16()
-	hi, lo := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
-	shift := uint(base.BitLen() - m.cfg.SubnetBits) // < 64 for IPv4; may exceed for IPv6
-	v := uint64(i)
-	switch {
-	case shift >= 64:
-		hi += v << (shift - 64)
-	default:
-		add := v << shift
-		carry := uint64(0)
-		if shift > 0 && v>>(64-shift) != 0 {
-			carry = v >> (64 - shift)
-		}
-		nlo := lo + add
-		if nlo < lo {
-			carry++
-		}
-		lo, hi = nlo, hi+carry
-	}
-	binary.BigEndian.PutUint64(b[:8], hi)
-	binary.BigEndian.PutUint64(b[8:], lo)
-	a := netip.AddrFrom16(b)
-	if base.Is4() {
-		a = a.Unmap()
-	}
-	return netip.PrefixFrom(a, m.cfg.SubnetBits)
-}
-
-// validSubnet reports whether p is a leasable subnet of the overlay.
-func (m *Mesh) validSubnet(p netip.Prefix) bool {
-	return p.IsValid() && p.Bits() == m.cfg.SubnetBits && p.Masked() == p &&
-		m.cfg.OverlayCIDR.Contains(p.Addr()) && p != m.subnetAt(0)
-}
-
-type claim struct {
-	node     string
-	time     int64
-	takeover int64     // lease time of a dead cell's lease this claim replaced
-	dead     time.Time // when its holder was last seen dead or left; zero: alive
-}
-
-// older reports whether claim a beats claim b: a claim that took over b's
-// lease beats it, else the older lease wins (tie: the smaller name).
-func older(a, b claim) bool {
-	switch {
-	case a.takeover != 0 && a.takeover >= b.time:
-		return true
-	case b.takeover != 0 && b.takeover >= a.time:
-		return false
-	case a.time != b.time:
-		return a.time < b.time
-	}
-	return a.node < b.node
-}
-
-// subnetClaims is what other nodes claim of one subnet.
-type subnetClaims struct {
-	win       claim     // the winning claim
-	allDead   bool      // every claimant is dead or left
-	deadSince time.Time // with allDead: when the last of them died
+// pool is the overlay's pool of subnets.
+func (m *Mesh) pool() lease.Pool {
+	return lease.Pool{Overlay: m.cfg.OverlayCIDR, Bits: m.cfg.SubnetBits}
 }
 
 // claimsLocked returns, per subnet, the claims of the other nodes: from
 // their metadata (alive, suspect, dead or left), else their last lease
 // record.
-func (m *Mesh) claimsLocked() map[netip.Prefix]subnetClaims {
-	out := make(map[netip.Prefix]subnetClaims)
-	add := func(p netip.Prefix, c claim) {
-		have, ok := out[p]
-		if !ok {
-			out[p] = subnetClaims{win: c, allDead: !c.dead.IsZero(), deadSince: c.dead}
-			return
-		}
-		if older(c, have.win) {
-			have.win = c
-		}
-		have.allDead = have.allDead && !c.dead.IsZero()
-		if c.dead.After(have.deadSince) {
-			have.deadSince = c.dead
-		}
-		out[p] = have
-	}
+func (m *Mesh) claimsLocked() lease.Claims {
+	out := make(lease.Claims)
 	for name, mb := range m.nodes {
 		if name != m.cfg.Name && mb.meta.Subnet.IsValid() {
-			c := claim{node: name, time: mb.meta.Time, takeover: mb.meta.Over}
+			c := lease.Claim{Node: name, Time: mb.meta.Time, Takeover: mb.meta.Over}
 			if mb.state == NodeDead || mb.state == NodeLeft {
-				c.dead = mb.since
+				c.Dead = mb.since
 			}
-			add(mb.meta.Subnet, c)
+			out.Add(mb.meta.Subnet, c)
 		}
 	}
-	for name, r := range m.st.leases {
+	for name, r := range m.st.Leases() {
 		if name == m.cfg.Name {
 			continue
 		}
@@ -202,7 +112,7 @@ func (m *Mesh) claimsLocked() map[netip.Prefix]subnetClaims {
 		if seen.IsZero() {
 			seen = time.Now()
 		}
-		add(r.Subnet, claim{node: name, time: r.Time, takeover: r.Takeover, dead: seen})
+		out.Add(r.Subnet, lease.Claim{Node: name, Time: r.Time, Takeover: r.Takeover, Dead: seen})
 	}
 	return out
 }
@@ -248,7 +158,7 @@ func (m *Mesh) checkLease() {
 	}
 	m.kick(m.kickMeta)
 	if rec.Subnet.IsValid() {
-		b := leaseBroadcast(rec)
+		b := bcast(store.LeaseMsg(rec))
 		m.queue.QueueBroadcast(b)
 		m.sendDirect(b) // a fresh claim must not wait behind a joiner's full queue
 	}
@@ -269,14 +179,14 @@ func (m *Mesh) checkLease() {
 func (m *Mesh) leaseStepLocked() bool {
 	claims := m.claimsLocked()
 	dropped := false
-	self := claim{node: m.cfg.Name, time: m.lease.Time, takeover: m.lease.Takeover}
+	self := lease.Claim{Node: m.cfg.Name, Time: m.lease.Time, Takeover: m.lease.Takeover}
 	if cur := m.lease.Subnet; cur.IsValid() {
 		sc, taken := claims[cur]
-		c := sc.win
+		c := sc.Win
 		switch {
-		case (!taken || older(self, c)) && m.leaseFinal:
+		case (!taken || lease.Older(self, c)) && m.leaseFinal:
 			return false
-		case !taken || older(self, c):
+		case !taken || lease.Older(self, c):
 			if !m.settledLocked() {
 				return false
 			}
@@ -284,14 +194,14 @@ func (m *Mesh) leaseStepLocked() bool {
 			m.leaseChangedLocked()
 			m.log.Info("subnet leased", "subnet", cur, "settled_in", time.Since(m.ls.picked).Round(time.Millisecond))
 			return true
-		case m.leaseFinal && m.st.hasLocalEndpoints():
+		case m.leaseFinal && m.st.HasLocalEndpoints():
 			m.logRateLimitedLocked("SUBNET CONFLICT: another cell holds an older lease of this cell's subnet; "+
 				"this cell's containers in it are not served and new ones are refused; remove them and the cell re-picks a free subnet",
-				"subnet", cur, "holder", c.node, "holder_lease", time.Unix(0, c.time), "our_lease", time.Unix(0, m.lease.Time))
+				"subnet", cur, "holder", c.Node, "holder_lease", time.Unix(0, c.Time), "our_lease", time.Unix(0, m.lease.Time))
 			return false
 		}
-		m.log.Warn("subnet lease lost to an older lease; re-picking", "subnet", cur, "holder", c.node, "tentative", !m.leaseFinal)
-		m.lease = leaseRec{Node: m.cfg.Name}
+		m.log.Warn("subnet lease lost to an older lease; re-picking", "subnet", cur, "holder", c.Node, "tentative", !m.leaseFinal)
+		m.lease = store.LeaseRec{Node: m.cfg.Name}
 		m.leaseFinal = false
 		m.ls.lost++
 		m.ls.gen++ // a pending confirmation was for the lost lease
@@ -301,9 +211,9 @@ func (m *Mesh) leaseStepLocked() bool {
 		return dropped
 	}
 	first := len(m.cfg.Join) == 0
-	pick, t, final := netip.Prefix{}, m.st.now().UnixNano(), first
+	pick, t, final := netip.Prefix{}, m.st.Now().UnixNano(), first
 	var takeover int64
-	if h, ok := m.st.leases[m.cfg.Name]; ok && m.validSubnet(h.Subnet) {
+	if h, ok := m.st.Lease(m.cfg.Name); ok && m.pool().Valid(h.Subnet) {
 		if _, taken := claims[h.Subnet]; !taken {
 			pick, t, final = h.Subnet, h.Time, true // the lease this cell held before
 			takeover = h.Takeover
@@ -311,42 +221,30 @@ func (m *Mesh) leaseStepLocked() bool {
 	}
 	// The first free subnet from the preferred index upward (index 1 for
 	// the first cell), wrapping past the end of the pool.
-	start, pool := 1, m.numSubnets()-1
+	start := 1
 	if !first {
-		start = preferredIndex(m.cfg.Name, m.ls.lost, pool)
+		start = lease.PreferredIndex(m.cfg.Name, m.ls.lost, m.pool().Len()-1)
 	}
-	for k := 0; !pick.IsValid() && k < pool; k++ {
-		p := m.subnetAt(1 + (start-1+k)%pool)
-		if _, taken := claims[p]; !taken {
-			pick = p
-		}
+	if !pick.IsValid() {
+		pick = m.pool().FirstFree(start, claims)
 	}
 	if !pick.IsValid() {
 		// No free subnet: a dead cell's lease whose hold has passed, else
 		// (the pool is exhausted) the longest-dead one.
-		var best netip.Prefix
-		var bestDead time.Time
-		for p, sc := range claims {
-			if sc.allDead && (!best.IsValid() || sc.deadSince.Before(bestDead) ||
-				(sc.deadSince.Equal(bestDead) && p.Addr().Less(best.Addr()))) {
-				best, bestDead = p, sc.deadSince
-			}
-		}
-		if best.IsValid() {
-			sc := claims[best]
-			pick, takeover = best, sc.win.time
-			if dead := time.Since(bestDead); dead < m.cfg.LeaseHold {
+		if best, sc, ok := claims.LongestDead(); ok {
+			pick, takeover = best, sc.Win.Time
+			if dead := time.Since(sc.DeadSince); dead < m.cfg.LeaseHold {
 				m.log.Warn("subnet pool exhausted: taking over the lease of a dead cell before its hold has passed",
-					"subnet", best, "holder", sc.win.node, "dead_for", dead.Round(time.Second), "lease_hold", m.cfg.LeaseHold)
+					"subnet", best, "holder", sc.Win.Node, "dead_for", dead.Round(time.Second), "lease_hold", m.cfg.LeaseHold)
 			} else {
 				m.log.Info("taking over the lease of a cell dead longer than the lease hold",
-					"subnet", best, "holder", sc.win.node, "dead_for", dead.Round(time.Second), "lease_hold", m.cfg.LeaseHold)
+					"subnet", best, "holder", sc.Win.Node, "dead_for", dead.Round(time.Second), "lease_hold", m.cfg.LeaseHold)
 			}
 		}
 	}
 	if !pick.IsValid() {
 		m.leaseErr = fmt.Sprintf("no free subnet: all %d subnets of %s (/%d) are held by live cells",
-			m.numSubnets()-1, m.cfg.OverlayCIDR, m.cfg.SubnetBits)
+			m.pool().Len()-1, m.cfg.OverlayCIDR, m.cfg.SubnetBits)
 		m.logRateLimitedLocked("SUBNET POOL EXHAUSTED: "+m.leaseErr, "overlay", m.cfg.OverlayCIDR, "subnet_bits", m.cfg.SubnetBits)
 		return dropped
 	}
@@ -480,8 +378,8 @@ wait:
 }
 
 func (m *Mesh) setLeaseLocked(p netip.Prefix, t, takeover int64, final bool) {
-	m.lease = leaseRec{Node: m.cfg.Name, Subnet: p, Time: t, Takeover: takeover, Seq: m.st.nextSeq()}
-	m.st.leases[m.cfg.Name] = m.lease
+	m.lease = store.LeaseRec{Node: m.cfg.Name, Subnet: p, Time: t, Takeover: takeover, Seq: m.st.NextSeq()}
+	m.st.PutLease(m.lease)
 	m.leaseFinal = final
 	m.ls.gen++
 	m.ls.picked, m.ls.wait, m.ls.timer, m.ls.confirm = time.Now(), m.settleTime(int(m.numAlive.Load())), false, confirmNone
@@ -515,7 +413,7 @@ func (m *Mesh) LeaseError() string {
 // keeps its records (it refuses to renumber a cell that has containers)
 // but they are not served while the winner holds the subnet.
 func (m *Mesh) leaseHoldersLocked(eps []Endpoint) []Endpoint {
-	var claims map[netip.Prefix]subnetClaims
+	var claims lease.Claims
 	holder := func(owner string) bool {
 		sub, ok := m.ownerSubnetLocked(owner)
 		if !ok {
@@ -524,14 +422,14 @@ func (m *Mesh) leaseHoldersLocked(eps []Endpoint) []Endpoint {
 		if claims == nil {
 			claims = m.claimsLocked()
 			if m.lease.Subnet.IsValid() {
-				self := claim{node: m.cfg.Name, time: m.lease.Time, takeover: m.lease.Takeover}
-				if sc, taken := claims[m.lease.Subnet]; !taken || older(self, sc.win) {
-					claims[m.lease.Subnet] = subnetClaims{win: self}
+				self := lease.Claim{Node: m.cfg.Name, Time: m.lease.Time, Takeover: m.lease.Takeover}
+				if sc, taken := claims[m.lease.Subnet]; !taken || lease.Older(self, sc.Win) {
+					claims[m.lease.Subnet] = lease.Subnet{Win: self}
 				}
 			}
 		}
 		sc, ok := claims[sub]
-		return !ok || sc.win.node == owner
+		return !ok || sc.Win.Node == owner
 	}
 	out := eps[:0]
 	for _, e := range eps {

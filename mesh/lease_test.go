@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weft-net/weft/mesh/lease"
+	"github.com/weft-net/weft/mesh/store"
 )
 
 // sameSubnetNames returns n node names whose preferred subnet index in a
@@ -18,7 +21,7 @@ func sameSubnetNames(t *testing.T, n, pool int) []string {
 	byIndex := map[int][]string{}
 	for i := 0; i < 100000; i++ {
 		name := fmt.Sprintf("cell-%d", i)
-		idx := preferredIndex(name, 0, pool)
+		idx := lease.PreferredIndex(name, 0, pool)
 		if idx == 1 {
 			continue
 		}
@@ -35,7 +38,7 @@ func sameSubnetNames(t *testing.T, n, pool int) []string {
 func nameWithIndex(t *testing.T, idx, pool int) string {
 	t.Helper()
 	for i := 0; i < 100000; i++ {
-		if name := fmt.Sprintf("cell-%d", i); preferredIndex(name, 0, pool) == idx {
+		if name := fmt.Sprintf("cell-%d", i); lease.PreferredIndex(name, 0, pool) == idx {
 			return name
 		}
 	}
@@ -43,36 +46,12 @@ func nameWithIndex(t *testing.T, idx, pool int) string {
 	return ""
 }
 
-func TestPreferredIndexSpreads(t *testing.T) {
-	const pool = 255
-	hits := map[int]int{}
-	for i := range 1000 {
-		idx := preferredIndex(fmt.Sprintf("cell-%d", i), 0, pool)
-		if idx < 1 || idx > pool {
-			t.Fatalf("index %d outside 1..%d", idx, pool)
-		}
-		hits[idx]++
-	}
-	// 1000 names into 255 slots: a uniform hash fills nearly all of them.
-	if len(hits) < 230 {
-		t.Fatalf("1000 names hit only %d of %d indexes", len(hits), pool)
-	}
-	if preferredIndex("cell-7", 1, pool) == preferredIndex("cell-7", 0, pool) &&
-		preferredIndex("cell-7", 2, pool) == preferredIndex("cell-7", 0, pool) {
-		t.Fatal("lost picks do not move the preferred index")
-	}
-}
-
+// TestSettleTime: LeaseSettle, if set, replaces the gossip wait
+// (lease.SettleTime).
 func TestSettleTime(t *testing.T) {
 	m := &Mesh{cfg: DefaultConfig()}
-	for alive, want := range map[int]time.Duration{
-		2: 300 * time.Millisecond, 4: 300 * time.Millisecond, 5: 400 * time.Millisecond,
-		16: 400 * time.Millisecond, 17: 500 * time.Millisecond, 51: 500 * time.Millisecond,
-		65: 600 * time.Millisecond, 201: 600 * time.Millisecond, 257: 700 * time.Millisecond,
-	} {
-		if got := m.settleTime(alive); got != want {
-			t.Errorf("settleTime(%d) = %v, want %v", alive, got, want)
-		}
+	if got, want := m.settleTime(17), lease.SettleTime(m.cfg.GossipInterval, 17); got != want || got != 500*time.Millisecond {
+		t.Errorf("settleTime(17) = %v, want %v", got, want)
 	}
 	m.cfg.LeaseSettle = 2 * time.Second
 	if got := m.settleTime(50); got != 2*time.Second {
@@ -85,14 +64,14 @@ func TestSettleTime(t *testing.T) {
 // of the pool.
 func TestJoinerPicksHashedSubnet(t *testing.T) {
 	a := startNode(t, "cell-a", nodeOpts{})
-	if got := a.Subnet(); got != a.subnetAt(1) {
-		t.Fatalf("first cell has %v, want %v", got, a.subnetAt(1))
+	if got := a.Subnet(); got != a.pool().At(1) {
+		t.Fatalf("first cell has %v, want %v", got, a.pool().At(1))
 	}
-	pool := a.numSubnets() - 1
+	pool := a.pool().Len() - 1
 	name := nameWithIndex(t, 77, pool)
 	b := startNode(t, name, nodeOpts{join: a.joinAddr()})
-	if p := waitLease(t, b); p != a.subnetAt(77) {
-		t.Fatalf("%s has %v, want its preferred %v", name, p, a.subnetAt(77))
+	if p := waitLease(t, b); p != a.pool().At(77) {
+		t.Fatalf("%s has %v, want its preferred %v", name, p, a.pool().At(77))
 	}
 
 	// 3 subnets: a holds 1, b holds 3 (persisted); a joiner preferring 3
@@ -100,12 +79,12 @@ func TestJoinerPicksHashedSubnet(t *testing.T) {
 	small := smallOverlay(24 * time.Hour)
 	a2 := startNode(t, "small-a", nodeOpts{mutate: small})
 	dirB := t.TempDir()
-	writeLease(t, dirB, a2.subnetAt(3).String(), time.Now().UnixNano())
+	writeLease(t, dirB, a2.pool().At(3).String(), time.Now().UnixNano())
 	b2 := startNode(t, "small-b", nodeOpts{dir: dirB, join: a2.joinAddr(), mutate: small})
 	waitMembers(t, []*Mesh{a2, b2}, 2)
 	c2 := startNode(t, nameWithIndex(t, 3, 3), nodeOpts{join: a2.joinAddr(), mutate: small})
-	if p := waitLease(t, c2); p != a2.subnetAt(2) {
-		t.Fatalf("joiner preferring index 3 took %v, want %v (a %v, b %v)", p, a2.subnetAt(2), a2.Subnet(), b2.Subnet())
+	if p := waitLease(t, c2); p != a2.pool().At(2) {
+		t.Fatalf("joiner preferring index 3 took %v, want %v (a %v, b %v)", p, a2.pool().At(2), a2.Subnet(), b2.Subnet())
 	}
 }
 
@@ -120,16 +99,16 @@ func TestTentativeLeaseConfirmedByPushPull(t *testing.T) {
 	a := startNode(t, "cell-a", nodeOpts{mutate: quiet})
 	m := startNode(t, "cell-m", nodeOpts{join: a.joinAddr(), mutate: quiet})
 	waitMembers(t, []*Mesh{a, m}, 2)
-	pool := a.numSubnets() - 1
+	pool := a.pool().Len() - 1
 	name := nameWithIndex(t, 200, pool)
-	ghost := leaseRec{Node: "ghost", Subnet: a.subnetAt(200), Time: 1, Seq: 1}
+	ghost := store.LeaseRec{Node: "ghost", Subnet: a.pool().At(200), Time: 1, Seq: 1}
 	m.mu.Lock()
-	var res mergeResult
+	var res store.Result
 	m.mergeLeaseLocked(ghost, false, &res) // not relayed: a never hears of it
 	m.mu.Unlock()
 
 	a.mu.Lock()
-	_, aKnows := a.st.leases["ghost"]
+	_, aKnows := a.st.Lease("ghost")
 	a.mu.Unlock()
 	if aKnows {
 		t.Fatal("cell-a has the ghost record before the joiner started")

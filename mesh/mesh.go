@@ -18,6 +18,8 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/weft-net/weft/mesh/lease"
+	"github.com/weft-net/weft/mesh/store"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -100,10 +102,10 @@ func DefaultConfig() Config {
 const MaxVersionLen = 64
 
 const (
-	maxNameLen      = 253             // node, app and container names
-	leaveTimeout    = 2 * time.Second // Shutdown waits this long for the leave broadcast
-	updateTimeout   = time.Second     // UpdateNode waits this long for the broadcast
-	tombstoneTTL    = time.Hour       // endpoint tombstones are pruned after this
+	maxNameLen      = store.MaxNameLen // node, app and container names
+	leaveTimeout    = 2 * time.Second  // Shutdown waits this long for the leave broadcast
+	updateTimeout   = time.Second      // UpdateNode waits this long for the broadcast
+	tombstoneTTL    = time.Hour        // endpoint tombstones are pruned after this
 	housekeepPeriod = time.Minute
 	logEvery        = 5 * time.Second // rate limit of repeated warnings
 )
@@ -226,17 +228,15 @@ type Mesh struct {
 	queue *memberlist.TransmitLimitedQueue
 	local netip.AddrPort // gossip address, read from memberlist once (see LocalAddr)
 
-	numAlive    atomic.Int32 // alive nodes incl. self, for the broadcast queue
-	leaving     atomic.Bool  // Shutdown began: no more metadata updates
-	rejected    atomic.Uint64
-	rejectedPol atomic.Uint64
-	aeSent      atomic.Uint64 // policy registers sent in batches (antientropy.go)
-	aeSkipped   atomic.Uint64 // anti-entropy sends skipped: the peer's outbox was busy
-	aeMaxMsg    atomic.Uint64 // the most registers one batch message carried
-	sweeps      atomic.Uint64 // isolation sweeps: every peer pinged (isolation.go)
-	viewPulls   atomic.Uint64 // push/pulls started because views differed (views.go)
-	viewMu      sync.Mutex    // guards view; taken under mu, never the other way
-	view        struct {      // this cell's alive set, for probe acks (views.go)
+	numAlive  atomic.Int32  // alive nodes incl. self, for the broadcast queue
+	leaving   atomic.Bool   // Shutdown began: no more metadata updates
+	aeSent    atomic.Uint64 // policy registers sent in batches (antientropy.go)
+	aeSkipped atomic.Uint64 // anti-entropy sends skipped: the peer's outbox was busy
+	aeMaxMsg  atomic.Uint64 // the most registers one batch message carried
+	sweeps    atomic.Uint64 // isolation sweeps: every peer pinged (isolation.go)
+	viewPulls atomic.Uint64 // push/pulls started because views differed (views.go)
+	viewMu    sync.Mutex    // guards view; taken under mu, never the other way
+	view      struct {      // this cell's alive set, for probe acks (views.go)
 		digest   uint64
 		alive    int
 		since    time.Time // when digest last changed
@@ -244,12 +244,9 @@ type Mesh struct {
 		lastPull time.Time
 		spacing  time.Duration // least time from lastPull to the next
 	}
-	trusted map[string]bool // string(ed25519.PublicKey) of trusted operators; read-only
 	keyring *memberlist.Keyring
 
-	rejMu         sync.Mutex // guards rejPolLog
-	rejPolLog     time.Time  // last "rejected policy change" log
-	features      Features   // announced in the node metadata; guarded by mu
+	features      Features // announced in the node metadata; guarded by mu
 	notifyMembers atomic.Bool
 	notifyState   atomic.Bool
 	mlDown        atomic.Bool // memberlist has been shut down
@@ -269,13 +266,12 @@ type Mesh struct {
 
 	mu          sync.Mutex
 	joined      bool
-	lease       leaseRec      // own lease; Subnet invalid when none
-	leaseWait   chan struct{} // closed and replaced when the lease changes
-	leaseFinal  bool          // the lease has settled: Subnet reports it, endpoints may use it
-	ls          leaseSettle   // settling of a tentative lease (lease.go)
+	lease       store.LeaseRec // own lease; Subnet invalid when none
+	leaseWait   chan struct{}  // closed and replaced when the lease changes
+	leaseFinal  bool           // the lease has settled: Subnet reports it, endpoints may use it
+	ls          leaseSettle    // settling of a tentative lease (lease.go)
 	nodes       map[string]*member
-	st          state
-	rejectLog   map[string]time.Time // owner -> last rejection log
+	st          *store.Store         // the replicated state (package store)
 	conflictLog time.Time            // last "refuse to renumber" / exhaustion log
 	leaseErr    string               // why no lease could be taken, "" if none
 	recSeen     map[string]time.Time // lease records of unseen nodes: when first known
@@ -313,9 +309,10 @@ func New(cfg Config, l Listener) (*Mesh, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("mesh: state dir: %w", err)
 	}
+	log := cfg.Logger.With("component", "mesh")
 	m := &Mesh{
 		cfg:         cfg,
-		log:         cfg.Logger.With("component", "mesh"),
+		log:         log,
 		l:           l,
 		kickNotify:  make(chan struct{}, 1),
 		kickLease:   make(chan struct{}, 1),
@@ -325,19 +322,14 @@ func New(cfg Config, l Listener) (*Mesh, error) {
 		done:        make(chan struct{}),
 		leaseWait:   make(chan struct{}),
 		nodes:       make(map[string]*member),
-		st:          newState(cfg.Name),
-		rejectLog:   make(map[string]time.Time),
+		st:          store.New(cfg.Name, cfg.TrustedOperators, log),
 		recSeen:     make(map[string]time.Time),
 		outboxes:    make(map[string]*outbox),
 		aeDone:      make(map[string]time.Time),
-		trusted:     make(map[string]bool),
 	}
-	for _, k := range cfg.TrustedOperators {
-		m.trusted[string(k)] = true
-	}
-	if len(m.trusted) == 0 {
+	if m.st.NumTrusted() == 0 {
 		m.log.Warn("no trusted operator keys: every policy change will be refused (weft init writes operators.pub)")
-	} else if cfg.OperatorKey != nil && !m.trusted[string(cfg.OperatorKey.Public().(ed25519.PublicKey))] {
+	} else if cfg.OperatorKey != nil && !m.st.Trusted(cfg.OperatorKey.Public().(ed25519.PublicKey)) {
 		m.log.Warn("this cell's operator key is not among its trusted keys: its own changes will be refused")
 	}
 	if err := m.load(); err != nil {
@@ -598,19 +590,19 @@ func (m *Mesh) Members() []Node {
 	// When several nodes claim one subnet (a conflict not yet resolved),
 	// only the winner is reported with it, so that every cell routes the
 	// subnet to the same peer.
-	winner := make(map[netip.Prefix]claim)
-	consider := func(p netip.Prefix, c claim) {
-		if w, ok := winner[p]; p.IsValid() && (!ok || older(c, w)) {
+	winner := make(map[netip.Prefix]lease.Claim)
+	consider := func(p netip.Prefix, c lease.Claim) {
+		if w, ok := winner[p]; p.IsValid() && (!ok || lease.Older(c, w)) {
 			winner[p] = c
 		}
 	}
-	consider(m.lease.Subnet, claim{node: m.cfg.Name, time: m.lease.Time, takeover: m.lease.Takeover})
+	consider(m.lease.Subnet, lease.Claim{Node: m.cfg.Name, Time: m.lease.Time, Takeover: m.lease.Takeover})
 	for name, mb := range m.nodes {
 		if name != m.cfg.Name {
-			consider(mb.meta.Subnet, claim{node: name, time: mb.meta.Time, takeover: mb.meta.Over})
+			consider(mb.meta.Subnet, lease.Claim{Node: name, Time: mb.meta.Time, Takeover: mb.meta.Over})
 		}
 	}
-	if w, ok := winner[self.Subnet]; ok && w.node != m.cfg.Name {
+	if w, ok := winner[self.Subnet]; ok && w.Node != m.cfg.Name {
 		out[0].Subnet = netip.Prefix{} // a conflict this cell lost: see Conflict
 	}
 	for name, mb := range m.nodes {
@@ -630,7 +622,7 @@ func (m *Mesh) Members() []Node {
 		if m.isolated && n.State == NodeAlive {
 			n.State = NodeDead
 		}
-		if w, ok := winner[n.Subnet]; ok && w.node != name {
+		if w, ok := winner[n.Subnet]; ok && w.Node != name {
 			n.Subnet = netip.Prefix{}
 		}
 		out = append(out, n)
@@ -641,7 +633,7 @@ func (m *Mesh) Members() []Node {
 
 // RejectedEndpoints counts endpoint entries received from peers and
 // rejected because their IP was outside the owner's subnet.
-func (m *Mesh) RejectedEndpoints() uint64 { return m.rejected.Load() }
+func (m *Mesh) RejectedEndpoints() uint64 { return m.st.RejectedEndpoints() }
 
 // Endpoints returns the live endpoints of all cells whose IP is inside the
 // owner's current subnet, sorted by IP (then cell). When two cells hold the
@@ -660,7 +652,7 @@ func (m *Mesh) Endpoints() []Endpoint {
 func (m *Mesh) Policies() []policy.Rule {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.st.rules()
+	return m.st.Rules()
 }
 
 // LocalEndpoints returns this cell's own live endpoints, sorted by IP,
@@ -706,9 +698,9 @@ func (m *Mesh) conflictLocked() (SubnetConflict, bool) {
 	if !m.leaseFinal || !cur.IsValid() {
 		return SubnetConflict{}, false
 	}
-	self := claim{node: m.cfg.Name, time: m.lease.Time, takeover: m.lease.Takeover}
-	if sc, taken := m.claimsLocked()[cur]; taken && !older(self, sc.win) {
-		return SubnetConflict{Subnet: cur, Holder: sc.win.node}, true
+	self := lease.Claim{Node: m.cfg.Name, Time: m.lease.Time, Takeover: m.lease.Takeover}
+	if sc, taken := m.claimsLocked()[cur]; taken && !lease.Older(self, sc.Win) {
+		return SubnetConflict{Subnet: cur, Holder: sc.Win.Node}, true
 	}
 	return SubnetConflict{}, false
 }
@@ -718,7 +710,7 @@ func (m *Mesh) conflictLocked() (SubnetConflict, bool) {
 func (m *Mesh) EgressRules() []policy.EgressRule {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.st.egressRules()
+	return m.st.EgressRules()
 }
 
 // IngressRules returns the current ingress rules, sorted. The slice is
@@ -726,7 +718,7 @@ func (m *Mesh) EgressRules() []policy.EgressRule {
 func (m *Mesh) IngressRules() []policy.IngressRule {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.st.ingressRules()
+	return m.st.IngressRules()
 }
 
 // AddEndpoint registers a local container. e.IP must be inside Subnet();
@@ -748,25 +740,25 @@ func (m *Mesh) AddEndpoint(e Endpoint) error {
 		return fmt.Errorf("mesh: endpoint %v refused: %w: cell %s holds an older lease of %v; "+
 			"remove this cell's containers in it and the cell re-picks a free subnet", e.IP, ErrSubnetConflict, c.Holder, c.Subnet)
 	}
-	ent, changed := m.st.setLocalEndpoint(e.IP, e.App, e.Name, false)
+	ent, changed := m.st.SetLocalEndpoint(e.IP, e.App, e.Name, false)
 	m.mu.Unlock()
 	if !changed {
 		return nil
 	}
-	return m.localChange(endpointBroadcast(ent))
+	return m.localChange(bcast(store.EndpointMsg(ent)))
 }
 
 // RemoveEndpoint unregisters a local container. Removing an unknown IP is a
 // no-op.
 func (m *Mesh) RemoveEndpoint(ip netip.Addr) error {
 	m.mu.Lock()
-	ent, changed := m.st.setLocalEndpoint(ip.Unmap(), "", "", true)
+	ent, changed := m.st.SetLocalEndpoint(ip.Unmap(), "", "", true)
 	m.mu.Unlock()
 	if !changed {
 		return nil
 	}
 	m.kick(m.kickLease) // the last container of a lost subnet gone: re-pick now
-	return m.localChange(endpointBroadcast(ent))
+	return m.localChange(bcast(store.EndpointMsg(ent)))
 }
 
 // AddPolicy adds r to the replicated policy set; added is false if it was
@@ -788,23 +780,23 @@ func (m *Mesh) setPolicy(r policy.Rule, present bool) (bool, error) {
 	}
 	key := m.cfg.OperatorKey
 	if key == nil {
-		return false, ErrNoOperatorKey
+		return false, store.ErrNoOperatorKey
 	}
-	if !m.trusted[string(key.Public().(ed25519.PublicKey))] {
-		return false, fmt.Errorf("policy change refused: signed by an untrusted key %s", Fingerprint(key.Public().(ed25519.PublicKey)))
+	if !m.st.Trusted(key.Public().(ed25519.PublicKey)) {
+		return false, fmt.Errorf("policy change refused: signed by an untrusted key %s", store.Fingerprint(key.Public().(ed25519.PublicKey)))
 	}
-	probe := polEntry{Rule: toWire(r), Present: true, Stamp: math.MaxUint64, Origin: m.cfg.Name,
+	probe := store.PolicyReg{Rule: store.ToWire(r), Present: true, Stamp: math.MaxUint64, Origin: m.cfg.Name,
 		Signer: make([]byte, ed25519.PublicKeySize), Sig: make([]byte, ed25519.SignatureSize)}
-	if len(encode(msgPolicy, probe)) > maxMsg {
+	if len(store.Encode(store.MsgPolicy, probe)) > store.MaxMsg {
 		return false, errors.New("mesh: rule too long for a gossip message")
 	}
 	m.mu.Lock()
-	ent, changed := m.st.setLocalPolicy(r, present, key)
+	ent, changed := m.st.SetLocalPolicy(r, present, key)
 	m.mu.Unlock()
 	if !changed {
 		return false, nil
 	}
-	return true, m.localChange(policyBroadcast(ent))
+	return true, m.localChange(bcast(store.PolicyMsg(ent)))
 }
 
 // localChange broadcasts and persists a change made by this cell.

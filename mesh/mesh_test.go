@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/weft-net/weft/mesh/store"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -82,7 +83,7 @@ func TestLeasePersisted(t *testing.T) {
 	if err := b.Shutdown(); err != nil {
 		t.Fatalf("second Shutdown: %v", err)
 	}
-	for _, f := range []string{leaseFileName, stateFileName} {
+	for _, f := range []string{leaseFileName, store.StateFileName} {
 		st, err := os.Stat(filepath.Join(dir, f))
 		if err != nil || st.Mode().Perm() != 0o600 {
 			t.Fatalf("%s: %v mode %v, want 0600", f, err, st.Mode())
@@ -178,7 +179,7 @@ func TestPolicyPartitionResolves(t *testing.T) {
 		if t.Failed() {
 			for _, m := range all {
 				m.mu.Lock()
-				t.Logf("%s: %+v", m.cfg.Name, m.st.pols)
+				t.Logf("%s: %+v", m.cfg.Name, m.st.Snapshot().Policies)
 				m.mu.Unlock()
 			}
 		}
@@ -215,14 +216,14 @@ func TestEndpointsReplicate(t *testing.T) {
 	waitEndpoints(t, ms, want)
 
 	// A crafted entry claiming to be b's, outside b's subnet: rejected.
-	bad := epEntry{Owner: "cell-1", IP: ipIn(a.Subnet(), 9), App: "evil", Seq: 1 << 62}
-	(*delegate)(ms[2]).NotifyMsg(encode(msgEndpoint, bad))
+	bad := store.EndpointRec{Owner: "cell-1", IP: ipIn(a.Subnet(), 9), App: "evil", Seq: 1 << 62}
+	(*delegate)(ms[2]).NotifyMsg(store.Encode(store.MsgEndpoint, bad))
 	if ms[2].RejectedEndpoints() != 1 {
 		t.Fatalf("rejected = %d, want 1", ms[2].RejectedEndpoints())
 	}
 	// The same path accepts a well-formed entry.
-	good := epEntry{Owner: "cell-1", IP: ipIn(b.Subnet(), 9), App: "appB", Seq: 1}
-	(*delegate)(ms[2]).NotifyMsg(encode(msgEndpoint, good))
+	good := store.EndpointRec{Owner: "cell-1", IP: ipIn(b.Subnet(), 9), App: "appB", Seq: 1}
+	(*delegate)(ms[2]).NotifyMsg(store.Encode(store.MsgEndpoint, good))
 	if got := endpointSet(ms[2].Endpoints()); !strings.Contains(got, good.IP.String()) || strings.Contains(got, "evil") {
 		t.Fatalf("endpoints after crafted messages: %s", got)
 	}
@@ -479,7 +480,7 @@ func TestLeaveThenLateUpdate(t *testing.T) {
 	ev := (*events)(a)
 	n := &memberlist.Node{Name: "ghost", Addr: net.ParseIP("198.18.0.99"), Port: 7946}
 	ev.NotifyJoin(n)
-	a.mergeLeave(leaveMsg{Node: "ghost", Seq: 1}, &mergeResult{})
+	a.mergeLeave(leaveMsg{Node: "ghost", Seq: 1}, &store.Result{})
 	ev.NotifyUpdate(n)
 	ev.NotifyLeave(n)
 	state := func() NodeState {

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/weft-net/weft/mesh/store"
 )
 
 // peersFileName holds the gossip addresses of the last known live members,
@@ -28,7 +30,7 @@ type peersFileData struct {
 func (m *Mesh) loadPeers() {
 	path := filepath.Join(m.cfg.StateDir, peersFileName)
 	var pf peersFileData
-	ok, err := readJSON(path, &pf)
+	ok, err := store.ReadJSON(path, &pf)
 	if err == nil && ok && pf.Version != 1 {
 		err = fmt.Errorf("%s: unsupported version %d", path, pf.Version)
 	}
@@ -84,7 +86,7 @@ func (m *Mesh) savePeers() {
 	}
 	b, err := json.Marshal(peersFileData{Version: 1, Addrs: addrs})
 	if err == nil {
-		err = writeFileAtomic(filepath.Join(m.cfg.StateDir, peersFileName), b)
+		err = store.WriteFileAtomic(filepath.Join(m.cfg.StateDir, peersFileName), b)
 	}
 	if err != nil {
 		m.log.Error("writing the known peers file failed", "err", err)

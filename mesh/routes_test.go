@@ -7,9 +7,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weft-net/weft/mesh/store"
 )
 
-func routeList(rs []Route) string {
+func routeList(rs []store.Route) string {
 	var b strings.Builder
 	for _, r := range rs {
 		b.WriteString(r.String() + ";")
@@ -26,14 +28,14 @@ func TestRoutesReplicateAndPersist(t *testing.T) {
 	b := startNode(t, "cell-b", nodeOpts{join: a.joinAddr()})
 	waitMembers(t, []*Mesh{a, b}, 2)
 
-	r := Route{Host: "backend", Domain: "apps.internal", App: "appB"}
+	r := store.Route{Host: "backend", Domain: "apps.internal", App: "appB"}
 	if changed, err := a.MapRoute(r, true); err != nil || !changed {
 		t.Fatalf("MapRoute: %v %v", changed, err)
 	}
 	if changed, _ := a.MapRoute(r, true); changed {
 		t.Fatal("mapping twice reported a change")
 	}
-	want := routeList([]Route{r})
+	want := routeList([]store.Route{r})
 	eventually(t, 5*time.Second, "route on b", func() error {
 		if got := routeList(b.Routes()); got != want {
 			return fmt.Errorf("b has %q", got)
@@ -43,15 +45,15 @@ func TestRoutesReplicateAndPersist(t *testing.T) {
 
 	// Unsigned or signed by a stranger: refused, nothing changes.
 	_, stranger, _ := ed25519.GenerateKey(rand.Reader)
-	bad := RouteChange{Route: Route{Host: "evil", Domain: "apps.internal", App: "x"}, Present: true, Stamp: uint64(time.Now().UnixNano()), Origin: "cli"}
+	bad := store.RouteChange{Route: store.Route{Host: "evil", Domain: "apps.internal", App: "x"}, Present: true, Stamp: uint64(time.Now().UnixNano()), Origin: "cli"}
 	if _, err := b.ApplyRouteChange(bad); err == nil || !strings.Contains(err.Error(), "not signed") {
 		t.Fatalf("unsigned route change: %v", err)
 	}
-	SignRouteChange(&bad, stranger)
+	store.SignRouteChange(&bad, stranger)
 	if _, err := b.ApplyRouteChange(bad); err == nil || !strings.Contains(err.Error(), "untrusted key") {
 		t.Fatalf("route change signed by a stranger: %v", err)
 	}
-	if _, err := a.MapRoute(Route{Host: "no good", Domain: "apps.internal", App: "x"}, true); err == nil {
+	if _, err := a.MapRoute(store.Route{Host: "no good", Domain: "apps.internal", App: "x"}, true); err == nil {
 		t.Fatal("a hostname with a space was accepted")
 	}
 

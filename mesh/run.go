@@ -28,7 +28,7 @@ func (m *Mesh) announceLeave() {
 		return
 	}
 	m.mu.Lock()
-	l := leaveMsg{Node: m.cfg.Name, Seq: m.st.nextSeq()}
+	l := leaveMsg{Node: m.cfg.Name, Seq: m.st.NextSeq()}
 	m.mu.Unlock()
 	b := leaveBroadcast(l)
 	b.done = make(chan struct{})
@@ -102,7 +102,7 @@ func (m *Mesh) maintainLoop() {
 			}
 		case <-tick.C:
 			m.mu.Lock()
-			m.st.prune(time.Now().Add(-tombstoneTTL))
+			m.st.Prune(time.Now().Add(-tombstoneTTL))
 			m.mu.Unlock()
 			m.checkLease() // retries after exhaustion
 		}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/weft-net/weft/cell"
 	"github.com/weft-net/weft/cellapi"
-	"github.com/weft-net/weft/mesh"
+	"github.com/weft-net/weft/mesh/store"
 )
 
 // clusterKeyCmd rotates the gossip encryption key without downtime:
@@ -54,12 +54,12 @@ or the agent's own operator.key) and applied by every cell.`,
 					return err
 				}
 				if out == "" {
-					out = "cluster-" + mesh.Fingerprint(key) + ".key"
+					out = "cluster-" + store.Fingerprint(key) + ".key"
 				}
 				if err := writeNewKey(out, key); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "generated cluster key %s in %s\n", mesh.Fingerprint(key), out)
+				fmt.Fprintf(cmd.OutOrStdout(), "generated cluster key %s in %s\n", store.Fingerprint(key), out)
 			case !generate && len(args) == 1:
 				var err error
 				if key, err = readKeyFile(args[0]); err != nil {
@@ -68,7 +68,7 @@ or the agent's own operator.key) and applied by every cell.`,
 			default:
 				return errors.New("give a key FILE or --generate, not both")
 			}
-			return keyringOp(cmd, cellapi.KeyringRequest{Op: mesh.KeyInstall, Key: key})
+			return keyringOp(cmd, cellapi.KeyringRequest{Op: store.KeyInstall, Key: key})
 		},
 	}
 	install.Flags().BoolVar(&generate, "generate", false, "make a new random key")
@@ -82,7 +82,7 @@ or the agent's own operator.key) and applied by every cell.`,
 			if err != nil {
 				return err
 			}
-			return keyringOp(cmd, cellapi.KeyringRequest{Op: mesh.KeyUse, Key: key})
+			return keyringOp(cmd, cellapi.KeyringRequest{Op: store.KeyUse, Key: key})
 		},
 	}
 	remove := &cobra.Command{
@@ -94,7 +94,7 @@ or the agent's own operator.key) and applied by every cell.`,
 			if err != nil {
 				return err
 			}
-			return keyringOp(cmd, cellapi.KeyringRequest{Op: mesh.KeyRemove, KeyID: mesh.Fingerprint(key)})
+			return keyringOp(cmd, cellapi.KeyringRequest{Op: store.KeyRemove, KeyID: store.Fingerprint(key)})
 		},
 	}
 	list := &cobra.Command{
