@@ -179,7 +179,7 @@ func (e flowEntry) local(isA bool) bool { return e.flags&sideFlag(isA) != 0 }
 // New IPv4 flows first go to the shard's nursery, a few cache-resident
 // slots that lookups check after t4, each with its t4 slot reserved
 // (nurseOpenLocked); when it is full, all of them move into their slots at
-// once, with plain stores, when the shard's next new flow comes. The slots'
+// once, when the shard's next new flow comes. The slots'
 // cache lines are prefetched for writing when the nursery becomes full, so
 // that by then they are in cache.
 // A new flow's slot in t4 is a random cache line, mostly not in cache on a
@@ -554,9 +554,8 @@ func (t *ctTable) setEntryLocked(base int, e flowEntry) {
 }
 
 // fill writes key and entry into the empty slot at base, meta next, and
-// the control byte for hash h last. The stores are plain (see storeWord):
-// an atomic store, a locked instruction on amd64, would wait for the
-// slot's cache line. A lock-free reader that sees the tag before the
+// the control byte for hash h last (atomic stores, see storeWord). A
+// lock-free reader that sees the tag before the
 // rest of the slot reads each word as zero or as its new value: a zero
 // meta or key word is a miss, a zero lastSeen an expired entry that the
 // locked path looks at again; neither is a false hit.
