@@ -213,7 +213,8 @@ type ctShard struct {
 	ntags  [2]uint64              // control bytes of the nurse entries, as in ctTable
 	// opened counts the new flows fast4 opened, which it counts here,
 	// holding the shard, with a plain add, instead of in the engine's
-	// verdict counters (a locked add). Guarded by seq; Counters loads it.
+	// verdict counters (a locked add). Guarded by seq: Counters takes the
+	// shard to read it.
 	opened uint64
 	n      int32 // entries in t4, t6 and nurse; guarded by seq
 	limit  int32

@@ -233,7 +233,10 @@ func (e *Engine) Counters() Counters {
 		}
 	}
 	for i := range e.ct.shards {
-		c.Verdicts[Accept] += atomic.LoadUint64(&e.ct.shards[i].opened)
+		sh := &e.ct.shards[i]
+		sh.lock() // opened is guarded by the shard (seq), not atomic
+		c.Verdicts[Accept] += sh.opened
+		sh.unlock()
 	}
 	c.RejectsSent = e.rejectsSent.Load()
 	c.RejectsLimited = e.rejectsLimited.Load()

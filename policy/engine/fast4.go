@@ -164,7 +164,7 @@ func (e *Engine) fast4(b []byte, s *snapshot, now int64, out, open bool) (v Verd
 			if !sh.nurseOpenLocked(k0, k1, h, tw, ent) { // tw: see fromHome
 				ct.insertLocked(sh, &ctKey{w: [5]uint64{k0, k1}, h: h}, ent, now)
 			}
-			storeWord(&sh.opened, sh.opened+1) // counted here, not in e.stats
+			sh.opened++ // counted here, not in e.stats; guarded by seq
 			releaseSeq(&sh.seq)
 			return Accept, fastHit
 		}
