@@ -52,11 +52,24 @@ const aeCooldown = time.Second
 const maxOutbox = 400_000
 
 // outbox holds the registers waiting to be sent to one peer; a goroutine
-// drains it while it is not empty.
+// drains it while it is not empty. waiting holds ps's registers, so that
+// one queued twice (the differing buckets of an anti-entropy send, and
+// the same registers relayed back by spreadPolicies to the cell they came
+// from) waits once and no message carries a register twice.
 type outbox struct {
-	to *memberlist.Node
-	ps []store.PolicyReg
+	to      *memberlist.Node
+	ps      []store.PolicyReg
+	waiting map[regID]struct{}
 }
+
+// regID identifies one version of a policy register.
+type regID struct {
+	rule    store.WireRule
+	stamp   uint64
+	present bool
+}
+
+func idOf(p store.PolicyReg) regID { return regID{p.Rule, p.Stamp, p.Present} }
 
 // sendPolicyBuckets sends peer the policy registers of this cell that fall
 // in the digest buckets differ (see store.FullState), unless registers for peer
@@ -124,8 +137,18 @@ func (m *Mesh) queuePoliciesLocked(peer string, ps []store.PolicyReg) {
 		return
 	}
 	ob.to = &memberlist.Node{Name: peer, Addr: net.IP(mb.addr.AsSlice()), Port: mb.port}
-	ob.ps = append(ob.ps, ps...)
+	if ob.waiting == nil {
+		ob.waiting = make(map[regID]struct{}, len(ps))
+	}
+	for _, p := range ps {
+		if id := idOf(p); !hasKey(ob.waiting, id) {
+			ob.waiting[id] = struct{}{}
+			ob.ps = append(ob.ps, p)
+		}
+	}
 }
+
+func hasKey[K comparable, V any](m map[K]V, k K) bool { _, ok := m[k]; return ok }
 
 func (m *Mesh) drainOutbox(peer string, ob *outbox) {
 	defer m.wg.Done()
@@ -137,6 +160,9 @@ func (m *Mesh) drainOutbox(peer string, ob *outbox) {
 			ps = ps[:batch:batch]
 		} else {
 			ob.ps = nil
+		}
+		for _, p := range ps {
+			delete(ob.waiting, idOf(p))
 		}
 		if len(ps) == 0 || m.closing {
 			delete(m.outboxes, peer)

@@ -806,3 +806,28 @@ func TestPolicyBatchAppliedWhole(t *testing.T) {
 		t.Fatalf("%d states held neither tcp 8082 nor 8081-8090, e.g. %s", len(bad), bad[0])
 	}
 }
+
+// TestOutboxQueuesARegisterOnce: registers queued for a peer while the same
+// ones still wait (an anti-entropy send, then the same registers relayed
+// back by spreadPolicies) wait once, so that no message carries one twice
+// (CI saw TestPolicyAntiEntropy's bound broken by 4492 in one message).
+func TestOutboxQueuesARegisterOnce(t *testing.T) {
+	a := startNode(t, "cell-a", nodeOpts{})
+	b := startNode(t, "cell-b", nodeOpts{join: a.joinAddr()})
+	waitMembers(t, []*Mesh{a, b}, 2)
+	stamp := uint64(time.Now().UnixNano())
+	var ps []store.PolicyReg
+	for i := range 50 {
+		stamp++
+		ps = append(ps, signed(store.PolicyReg{Rule: store.ToWire(rule("cell-a", fmt.Sprintf("dst%d", i), 8080)), Present: true, Stamp: stamp, Origin: "cli@test"}))
+	}
+	// Holding mu, the outbox's sender cannot take anything yet.
+	a.mu.Lock()
+	a.queuePoliciesLocked("cell-b", ps)
+	a.queuePoliciesLocked("cell-b", ps[10:])
+	waiting := len(a.outboxes["cell-b"].ps)
+	a.mu.Unlock()
+	if waiting != len(ps) {
+		t.Errorf("%d registers waiting after queueing %d and %d of them again; want %d", waiting, len(ps), len(ps)-10, len(ps))
+	}
+}
