@@ -55,7 +55,9 @@ type NativeTun struct {
 	pending  int                           // weft: bytes of a packet left in readBuff by readDrain
 	rawConn  syscall.RawConn               // weft: tunFile's, for readDrain
 
-	writeOpMu   sync.Mutex // writeOpMu guards toWrite, tcpGROTable
+	writeOpMu   sync.Mutex      // writeOpMu guards toWrite, tcpGROTable, writeConn
+	writeConn   syscall.RawConn // weft: tunFile's, for writeRaw
+	rawWrites   atomic.Bool     // weft: set with the read drain (SetReadDrain)
 	toWrite     []int
 	tcpGROTable *tcpGROTable
 	udpGROTable *udpGROTable
@@ -362,6 +364,9 @@ func (tun *NativeTun) Write(bufs [][]byte, offset int) (int, error) {
 			tun.toWrite = append(tun.toWrite, i)
 		}
 	}
+	if tun.rawWrites.Load() {
+		return tun.writeRaw(bufs, offset)
+	}
 	for _, bufsI := range tun.toWrite {
 		n, err := tun.tunFile.Write(bufs[bufsI][offset:])
 		if errors.Is(err, syscall.EBADFD) {
@@ -372,6 +377,69 @@ func (tun *NativeTun) Write(bufs [][]byte, offset int) (int, error) {
 		} else {
 			total += n
 		}
+	}
+	return total, errs
+}
+
+// rawRead and rawWrite are read(2) and write(2) on the TUN's non-blocking
+// descriptor without entersyscall/exitsyscall (weft). Neither can block
+// (EAGAIN instead), so the goroutine keeps its P through the call; the
+// runtime's syscall path instead wakes sysmon on entry when it sleeps and
+// may hand the P to another thread, which on weft's cells (one TUN read or
+// write per small packet) cost several per cent of the whole machine:
+// docs/performance.md.
+func rawRead(fd uintptr, b []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+func rawWrite(fd uintptr, b []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// writeRaw writes tun.toWrite's packets with rawWrite in one hold of the
+// descriptor (weft, with SetReadDrain). A full queue (EAGAIN, which a TUN
+// does not return today) waits in the runtime's poller as os.File.Write
+// would.
+func (tun *NativeTun) writeRaw(bufs [][]byte, offset int) (int, error) {
+	if tun.writeConn == nil {
+		rc, err := tun.tunFile.SyscallConn()
+		if err != nil {
+			return 0, err
+		}
+		tun.writeConn = rc
+	}
+	var (
+		errs  error
+		total int
+		next  int // index into tun.toWrite
+	)
+	err := tun.writeConn.Write(func(fd uintptr) bool {
+		for next < len(tun.toWrite) {
+			n, err := rawWrite(fd, bufs[tun.toWrite[next]][offset:])
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return false
+			case err != nil:
+				errs = errors.Join(errs, &os.PathError{Op: "write", Path: tun.tunFile.Name(), Err: err})
+			default:
+				total += n
+			}
+			next++
+		}
+		return true
+	})
+	if err != nil || errors.Is(errs, syscall.EBADFD) || errors.Is(errs, unix.EBADF) {
+		return total, os.ErrClosed
 	}
 	return total, errs
 }
@@ -405,7 +473,9 @@ func SetPartialTCPChecksums(dev Device, trust bool, elide func(dst []byte) bool)
 
 // SetReadDrain turns weft's read drain on or off (readDrain): with it,
 // Read returns every packet the kernel has queued, up to len(bufs), not
-// one read(2)'s worth. It reports whether dev supports it (a *NativeTun
+// one read(2)'s worth, and Write writes a batch in one hold of the
+// descriptor (writeRaw); both without the runtime's syscall entry and exit
+// (rawRead, rawWrite). It reports whether dev supports it (a *NativeTun
 // with offloads, whose batch size is above 1).
 func SetReadDrain(dev Device, on bool) bool {
 	t, ok := dev.(*NativeTun)
@@ -415,6 +485,7 @@ func SetReadDrain(dev Device, on bool) bool {
 	t.readOpMu.Lock()
 	t.drain = on
 	t.readOpMu.Unlock()
+	t.rawWrites.Store(on)
 	return true
 }
 
@@ -588,7 +659,7 @@ func (tun *NativeTun) readDrain(bufs [][]byte, sizes []int, offset int) (int, er
 	}
 	err := tun.rawConn.Read(func(fd uintptr) bool {
 		for {
-			n, err := unix.Read(int(fd), tun.readBuff[:])
+			n, err := rawRead(fd, tun.readBuff[:])
 			switch {
 			case err == unix.EINTR:
 				continue
