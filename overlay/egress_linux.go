@@ -39,7 +39,7 @@ import (
 //	  meta nfproto ipv4 ip saddr OVERLAY ip daddr != OVERLAY oifname != WEFT0  masquerade
 //	  oifname WEFT0 meta nfproto ipv4 ip saddr != OVERLAY  masquerade   # the cell host's own
 //	}
-//	chain egress_return { type filter hook prerouting priority filter
+//	chain route_mark { type filter hook prerouting priority filter   # with ingress's mark (guard_linux.go)
 //	  ct direction reply ct status snat ip daddr OVERLAY  meta mark set EgressReplyMark
 //	}   # + ip rule fwmark EgressReplyMark lookup DELIVERY
 //
@@ -146,7 +146,7 @@ func egressRefusal() [][]expr.Any {
 
 // buildEgressLocked queues the egress chain, the jump to it and the NAT
 // chain; buildLocked calls it before the forward chain's to_cell drop.
-func (g *guard) buildEgressLocked(c *nftables.Conn, t *nftables.Table, fwd *nftables.Chain) {
+func (g *guard) buildEgressLocked(c *nftables.Conn, t *nftables.Table, fwd, mark *nftables.Chain) {
 	ok := c.AddChain(&nftables.Chain{Name: egressAcceptChain, Table: t})
 	c.AddRule(&nftables.Rule{Table: t, Chain: ok, Exprs: egressLog(egressLogAccepted)})
 	c.AddRule(&nftables.Rule{Table: t, Chain: ok, Exprs: accept()})
@@ -180,9 +180,7 @@ func (g *guard) buildEgressLocked(c *nftables.Conn, t *nftables.Table, fwd *nfta
 		// the kernel has undone the NAT (at dstnat), but the main table
 		// routes the overlay into weft0: mark them for the delivery table
 		// (the ip rule "fwmark EgressReplyMark", routes_linux.go).
-		ret := c.AddChain(&nftables.Chain{Name: "egress_return", Table: t, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityFilter})
-		c.AddRule(&nftables.Rule{Table: t, Chain: ret, Exprs: slices.Concat(
+		c.AddRule(&nftables.Rule{Table: t, Chain: mark, Exprs: slices.Concat(
 			[]expr.Any{
 				&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}}, // IP_CT_DIR_REPLY

@@ -189,12 +189,14 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 		&expr.Lookup{SourceRegister: 8, SetName: set.Name, SetID: set.ID, Invert: true},
 	}, countDrop(GuardSpoofed))
 	// Only overlay destinations skip conntrack: egress needs it for NAT.
+	// The overlay's packets end the chain here (accept ends this base
+	// chain only): every packet between containers passes it.
 	if g.overlay.IsValid() {
-		rule(pre, fromContainer(), nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4), inPrefix(16, g.overlay, expr.CmpOpEq), notLocalDst(), notrack())
+		rule(pre, fromContainer(), nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4), inPrefix(16, g.overlay, expr.CmpOpEq), notLocalDst(), notrack(), accept())
 	} else {
-		rule(pre, fromContainer(), notLocalDst(), notrack())
+		rule(pre, fromContainer(), notLocalDst(), notrack(), accept())
 	}
-	rule(pre, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, g.iface), notLocalDst(), notrack())
+	rule(pre, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, g.iface), notLocalDst(), notrack(), accept())
 	if g.wgPort != 0 {
 		rule(pre, udpPort(2, g.wgPort), notrack())
 		out := chain("output", nftables.ChainHookOutput, nftables.ChainPriorityRaw)
@@ -225,8 +227,20 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 
 	fwd := chain("forward", nftables.ChainHookForward, nftables.ChainPriorityFilter)
 	rule(fwd, mssClamp()) // pmtu_linux.go
-	g.buildIngressLocked(c, t, fwd)
-	g.buildEgressLocked(c, t, fwd)
+	// Between a container and weft0, both ways, nothing below applies
+	// (the engine judges these packets): accept before the ingress and
+	// egress rules, which every packet would otherwise walk.
+	rule(fwd, fromContainer(), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, g.iface), accept())
+	rule(fwd, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, g.iface), toContainer(), accept())
+	var mark *nftables.Chain
+	if g.overlay.IsValid() {
+		// One prerouting chain at filter priority (after DNAT) for the
+		// marks that route to the delivery table: a base chain costs
+		// every packet a hook call.
+		mark = chain(markChain, nftables.ChainHookPrerouting, nftables.ChainPriorityFilter)
+		g.buildIngressLocked(c, t, fwd, mark)
+	}
+	g.buildEgressLocked(c, t, fwd, mark)
 	rule(fwd, fromContainer(), ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, g.iface), countDrop(GuardToCell))
 	return nil
 }
@@ -235,7 +249,7 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 // port that portmap DNATs, a router on the underlay, the cell host) passes
 // only when an ingress rule of the container's app allows it:
 //
-//	chain ingress_route { type filter hook prerouting priority filter   # after DNAT
+//	chain route_mark { type filter hook prerouting priority filter   # after DNAT
 //	  iifname != "wc*" iifname != WEFT0 ip daddr OVERLAY  meta mark set EgressReplyMark
 //	}   # the ip rule "fwmark EgressReplyMark lookup DELIVERY" sends it to the veth
 //	chain forward { ...
@@ -268,6 +282,7 @@ const (
 const (
 	ingressChain     = "ingress"
 	ingressHostChain = "ingress_host"
+	markChain        = "route_mark" // the delivery-table marks of ingress and of egress replies
 )
 
 // SyncIngress makes the ingress chains allow exactly rules, for the
@@ -310,21 +325,17 @@ func (g *guard) SyncIngress(rules []policy.IngressRule, appIPs map[string][]neti
 	return nil
 }
 
-// buildIngressLocked queues the ingress chains, the jumps to them and the
-// mark that routes packets from outside the overlay to the delivery
-// table; buildLocked calls it before the egress jump.
-func (g *guard) buildIngressLocked(c *nftables.Conn, t *nftables.Table, fwd *nftables.Chain) {
-	if !g.overlay.IsValid() {
-		return
-	}
+// buildIngressLocked queues the ingress chains, the jumps to them and, in
+// mark, the mark that routes packets from outside the overlay to the
+// delivery table; buildLocked calls it, with an overlay, before the egress
+// jump.
+func (g *guard) buildIngressLocked(c *nftables.Conn, t *nftables.Table, fwd, mark *nftables.Chain) {
 	in := c.AddChain(&nftables.Chain{Name: ingressChain, Table: t})
 	g.addIngressRules(c, in, g.ingress)
 	host := c.AddChain(&nftables.Chain{Name: ingressHostChain, Table: t})
 	g.addIngressRules(c, host, g.ingressHost)
 
-	route := c.AddChain(&nftables.Chain{Name: "ingress_route", Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityFilter})
-	c.AddRule(&nftables.Rule{Table: t, Chain: route, Exprs: slices.Concat(
+	c.AddRule(&nftables.Rule{Table: t, Chain: mark, Exprs: slices.Concat(
 		notFromContainer(),
 		ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, g.iface),
 		nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
