@@ -27,16 +27,20 @@ import (
 //	  set containers { type ifname . ipv4_addr }   # host veth . container IP
 //	  set drops { ... }  # every counter ... drop also counts under its veth: guard_drops_linux.go
 //	  chain prerouting { type filter hook prerouting priority raw
-//	    iifname "wc*" meta nfproto != ipv4              counter not_ipv4 drop
-//	    iifname "wc*" iifname . ip saddr != @containers counter spoofed  drop
-//	    iifname "wc*" ip daddr OVERLAY fib daddr type != local notrack
-//	    iifname WEFT0  fib daddr type != local          notrack
+//	    iifname WEFT0  ip daddr != CELL_ADDR            notrack accept   # weft0's .1
+//	    iifname "wc*"                                   jump from_container
 //	    udp dport WG_PORT                               notrack
+//	  }
+//	  chain from_container {
+//	    meta nfproto != ipv4                            counter not_ipv4 drop
+//	    iifname . ip saddr != @containers               counter spoofed  drop
+//	    ip daddr OVERLAY ip daddr != CELL_ADDR          notrack accept
 //	  }
 //	  chain output { type filter hook output priority raw
 //	    udp sport WG_PORT                               notrack
 //	  }
 //	  chain input { type filter hook input priority filter
+//	    iifname != "wc*"                                accept
 //	    iifname "wc*" ip daddr DNS udp dport 53 accept
 //	    iifname "wc*" ip daddr DNS tcp dport 53 accept
 //	    iifname "wc*" ct state established,related accept
@@ -44,6 +48,9 @@ import (
 //	  }
 //	  chain forward { type filter hook forward priority filter
 //	    tcp flags syn tcp option maxseg size set rt mtu  # pmtu_linux.go
+//	    iifname "wc*" oifname WEFT0                     accept   # the engine judges these
+//	    iifname WEFT0 oifname "wc*"                     accept
+//	    ...                                             # ingress: below
 //	    iifname "wc*" oifname != WEFT0 ip daddr != OVERLAY jump egress  # egress_linux.go
 //	    iifname "wc*" oifname != WEFT0                  counter to_cell drop
 //	  }
@@ -109,6 +116,7 @@ type guard struct {
 	dns     netip.Addr // the cell's DNS service address (invalid: none)
 	wgPort  uint16
 	overlay netip.Prefix // the whole overlay (invalid: no egress chain)
+	cell    netip.Addr   // weft0's address, the cell's one local address in the overlay (invalid: ask the FIB)
 	table   *nftables.Table
 	setType nftables.SetDatatype
 
@@ -180,23 +188,27 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: slices.Concat(exprs...)})
 	}
 
+	// Raw prerouting: the overlay's packets from weft0 first, then every
+	// packet of a container through one jump (a rule that fails costs
+	// each packet that walks past it). An overlay packet ends the chain at
+	// its notrack (accept ends this base chain only).
 	pre := chain("prerouting", nftables.ChainHookPrerouting, nftables.ChainPriorityRaw)
-	rule(pre, fromContainer(), nfproto(expr.CmpOpNeq, unix.NFPROTO_IPV4), countDrop(GuardNotIPv4))
-	rule(pre, fromContainer(), []expr.Any{
+	rule(pre, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, g.iface), g.notLocalOverlayDst(), notrack(), accept())
+	fromCt := c.AddChain(&nftables.Chain{Name: fromContainerChain, Table: t})
+	rule(pre, fromContainer(), []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: fromCt.Name}})
+	rule(fromCt, nfproto(expr.CmpOpNeq, unix.NFPROTO_IPV4), countDrop(GuardNotIPv4))
+	rule(fromCt, []expr.Any{
 		// iifname . ip saddr: ifname in registers 8-11, saddr in 12.
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 8},
 		&expr.Payload{DestRegister: 12, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
 		&expr.Lookup{SourceRegister: 8, SetName: set.Name, SetID: set.ID, Invert: true},
 	}, countDrop(GuardSpoofed))
 	// Only overlay destinations skip conntrack: egress needs it for NAT.
-	// The overlay's packets end the chain here (accept ends this base
-	// chain only): every packet between containers passes it.
 	if g.overlay.IsValid() {
-		rule(pre, fromContainer(), nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4), inPrefix(16, g.overlay, expr.CmpOpEq), notLocalDst(), notrack(), accept())
+		rule(fromCt, inPrefix(16, g.overlay, expr.CmpOpEq), g.notLocalOverlayDst(), notrack(), accept())
 	} else {
-		rule(pre, fromContainer(), notLocalDst(), notrack(), accept())
+		rule(fromCt, notLocalDst(), notrack(), accept())
 	}
-	rule(pre, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, g.iface), notLocalDst(), notrack(), accept())
 	if g.wgPort != 0 {
 		rule(pre, udpPort(2, g.wgPort), notrack())
 		out := chain("output", nftables.ChainHookOutput, nftables.ChainPriorityRaw)
@@ -204,6 +216,7 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 	}
 
 	in := chain("input", nftables.ChainHookInput, nftables.ChainPriorityFilter)
+	rule(in, notFromContainer(), accept()) // every rule below is about containers
 	if g.dns.Is4() {
 		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
 			rule(in, fromContainer(), []expr.Any{
@@ -280,9 +293,10 @@ const (
 )
 
 const (
-	ingressChain     = "ingress"
-	ingressHostChain = "ingress_host"
-	markChain        = "route_mark" // the delivery-table marks of ingress and of egress replies
+	ingressChain       = "ingress"
+	ingressHostChain   = "ingress_host"
+	markChain          = "route_mark"     // the delivery-table marks of ingress and of egress replies
+	fromContainerChain = "from_container" // raw prerouting's checks of a container's packets
 )
 
 // SyncIngress makes the ingress chains allow exactly rules, for the
@@ -640,6 +654,23 @@ func nfproto(op expr.CmpOp, proto byte) []expr.Any {
 }
 
 // notLocalDst: the destination is not an address of this cell.
+// notLocalOverlayDst matches an IPv4 packet to an overlay address that is
+// not the cell's own: the packets from weft0 (the engine let through only
+// those to a local container or the cell) and those of containers to the
+// overlay. In the overlay the cell's one local address is weft0's, so a
+// comparison does what notLocalDst's route lookup (a FIB lookup through
+// the policy rules, per packet) does. Without the cell's address,
+// notLocalDst.
+func (g *guard) notLocalOverlayDst() []expr.Any {
+	if !g.cell.Is4() {
+		return notLocalDst()
+	}
+	return slices.Concat(nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4), []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: g.cell.AsSlice()},
+	})
+}
+
 func notLocalDst() []expr.Any {
 	return []expr.Any{
 		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},

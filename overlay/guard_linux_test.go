@@ -87,7 +87,7 @@ func TestGuardSyncAndRepair(t *testing.T) {
 			}
 		}
 		slices.Sort(names)
-		if !slices.Equal(names, []string{"egress", "egress_accept", "forward", "ingress", "ingress_host", "input", "output", "output_ingress", "postrouting", "prerouting", "route_mark"}) {
+		if !slices.Equal(names, []string{"egress", "egress_accept", "forward", "from_container", "ingress", "ingress_host", "input", "output", "output_ingress", "postrouting", "prerouting", "route_mark"}) {
 			t.Fatalf("chains after repair: %v", names)
 		}
 		if cnt, err := g2.Counters(); err != nil || cnt != (GuardCounters{}) {
