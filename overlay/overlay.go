@@ -165,6 +165,7 @@ func New(cfg Config) (*Overlay, error) {
 		return fail(fmt.Errorf("routing for %s: %w", cfg.Interface, err))
 	}
 	o.guard = newGuard(cfg.Interface, cfg.DNS, cfg.ListenPort, cfg.OverlayCIDR)
+	o.guard.cell = CellAddr(cfg.LocalSubnet)
 	if err := o.guard.install(); err != nil {
 		return fail(err)
 	}
