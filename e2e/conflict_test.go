@@ -210,6 +210,39 @@ func testSubnetConflict(t *testing.T, winnerSmaller bool) {
 	if err := l.DeleteContainer(4, lC); err != nil {
 		t.Fatal(err)
 	}
+	// Until its data plane is on the new subnet the loser refuses a new
+	// container with a reason (503, refuseWhileRenumberingLocked): one
+	// attached meanwhile would get an address nothing routes and keep the
+	// cell from moving in place. Asked from the moment the old container
+	// is gone, it answers "lost its subnet" (the old lease), then "moving
+	// from subnet" while the re-pick settles (a few gossip rounds), then
+	// gives an address in the new subnet.
+	var refused []string
+	var ip4 netip.Addr
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		ip, err := l.CreateContainer(4, "appW", l.Name("srv4"))
+		if err == nil {
+			ip4 = ip
+			break
+		}
+		refused = append(refused, err.Error())
+		if time.Now().After(deadline) {
+			t.Fatalf("no container on the loser within 30 s: %d refusals, last %q", len(refused), refused[len(refused)-1])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	moving := 0
+	for _, r := range refused {
+		if strings.Contains(r, "is moving from subnet "+contested) {
+			moving++
+		} else if !strings.Contains(r, "lost its subnet") {
+			t.Errorf("new container on the loser refused for another reason: %s", r)
+		}
+	}
+	t.Logf("new container on the loser: %d refusals while it moved, %d in all", moving, len(refused))
+	if moving == 0 {
+		t.Errorf("no new container refused while the loser moved to a new subnet (%d refusals: %q)", len(refused), refused)
+	}
 	var st4 lab.Status
 	took := waitStatus(t, l, 4, 15*time.Second, "the loser holds a new subnet", func(st lab.Status) bool {
 		st4 = st
@@ -226,10 +259,6 @@ func testSubnetConflict(t *testing.T, winnerSmaller bool) {
 	}
 	if raw, err := os.ReadFile(cell4.LogPath); err == nil {
 		t.Logf("loser's log:\n%s", grep(string(raw), "data plane rebuilt"))
-	}
-	ip4, err := l.CreateContainer(4, "appW", l.Name("srv4"))
-	if err != nil {
-		t.Fatal(err)
 	}
 	if !renumbered.Contains(ip4) {
 		t.Fatalf("new container on the loser at %v, outside its subnet %v", ip4, renumbered)
