@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/netip"
@@ -113,6 +114,23 @@ func TestTopology(t *testing.T) {
 	if c1.UnderlayIP.String() != "198.18.0.11" || c1.GossipAddr != "198.18.0.11:7946" ||
 		c1.Interface != l.Run+"c1" || c1.Netns != l.Run+"-c1" {
 		t.Fatalf("cell 1: %+v", c1)
+	}
+
+	// The underlay's bridge hands no frame to netfilter (br_netfilter,
+	// where the kernel has it).
+	if err := InNetns(l.Underlay, func() error {
+		for _, f := range bridgeNetfilter {
+			b, err := os.ReadFile(f)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err != nil || strings.TrimSpace(string(b)) != "0" {
+				return fmt.Errorf("%s = %q (%v), want 0", f, b, err)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("underlay: %v", err)
 	}
 
 	// lo is up and forwarding is on in every cell.

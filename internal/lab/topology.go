@@ -23,6 +23,9 @@ func (l *Lab) createUnderlay() error {
 	if err := newNamedNetns(l.Underlay, false); err != nil {
 		return err
 	}
+	if err := InNetns(l.Underlay, bridgeWithoutNetfilter); err != nil {
+		return fmt.Errorf("lab: underlay %s: %w", l.Underlay, err)
+	}
 	return withHandle(l.Underlay, func(h *netlink.Handle) error {
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: l.bridge}}
 		if err := h.LinkAdd(br); err != nil {
@@ -30,6 +33,28 @@ func (l *Lab) createUnderlay() error {
 		}
 		return h.LinkSetUp(br)
 	})
+}
+
+// bridgeNetfilter are the sysctls by which br_netfilter, where it is
+// loaded, hands every bridged frame to the IP, IPv6 and ARP hooks of the
+// bridge's namespace (1 by default in every new namespace).
+var bridgeNetfilter = []string{
+	"/proc/sys/net/bridge/bridge-nf-call-iptables",
+	"/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+	"/proc/sys/net/bridge/bridge-nf-call-arptables",
+}
+
+// bridgeWithoutNetfilter turns br_netfilter off in the calling thread's
+// namespace: the underlay stands for a switch, which runs no host
+// firewall, and the ladder compares weft with rungs over a plain veth
+// (docs/performance.md). Without br_netfilter there is nothing to turn off.
+func bridgeWithoutNetfilter() error {
+	for _, f := range bridgeNetfilter {
+		if err := os.WriteFile(f, []byte("0"), 0); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // createCell makes the cell's namespace and its veth to the bridge, and
