@@ -10,13 +10,17 @@ import (
 
 // defaultMemoryLimit is the agent's soft Go memory limit unless GOMEMLIMIT
 // is set (adaptMemoryLimit raises it above a large live heap). An agent's
-// live heap is 10-15 MB with 10k rules, but the heap goal of GOGC=100 let
-// transients (a fresh cell merging 10k rules, a policy push) grow the
-// heap to twice the live heap, and the resident pages stayed: a fresh
-// cell peaked at 62 MB of RSS with a 96 MiB limit, 52 with 40 MiB. The
-// message buffers are outside the heap (overlay/bufpool.go) and outside
-// the limit.
-const defaultMemoryLimit = 40 << 20
+// live heap is 8-10 MB with 10k rules, 17-19 MB with 100k flows tracked as
+// well, but the heap goal of GOGC=100 let transients (a fresh cell merging
+// 10k rules, a policy push) grow the heap to twice the live heap, and the
+// resident pages stayed: a fresh cell peaked at 62 MB of RSS with a 96 MiB
+// limit, 52 with 40 MiB. Under the ladder's load (rung d, 100k flows) the
+// heap stayed at the 40 MiB limit's goal, ~30 MB, 10 MB above the live
+// heap; at 32 MiB its goal is ~22 MB, for about one collection more every
+// 5 s (the data path allocates ~3 MB/s, most of it wireguard-go's
+// per-datagram endpoint in conn.StdNetBind.receiveIP). The message buffers
+// are outside the heap (overlay/bufpool.go) and outside the limit.
+const defaultMemoryLimit = 32 << 20
 
 // setMemoryLimit applies limit (bytes; 0 = none) unless GOMEMLIMIT is set,
 // and keeps it above the live heap until ctx ends (adaptMemoryLimit).
@@ -25,7 +29,7 @@ func setMemoryLimit(ctx context.Context, limit int64) {
 		return
 	}
 	debug.SetMemoryLimit(limit)
-	go adaptMemoryLimit(ctx, limit, 2*time.Second)
+	go adaptMemoryLimit(ctx, limit, time.Second)
 }
 
 // memoryLimitFor is the soft limit for a live heap of live bytes when the
@@ -64,10 +68,12 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 	for _, name := range overheadMetrics {
 		sample = append(sample, metrics.Sample{Name: name})
 	}
+	sample = append(sample, metrics.Sample{Name: "/gc/cycles/total:gc-cycles"})
 	tick := time.NewTicker(period)
 	defer tick.Stop()
 	limit := base
 	var lastTrim time.Time
+	var lastCycles uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -75,21 +81,27 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 		case <-tick.C:
 		}
 		metrics.Read(sample)
-		var v [5]int64
+		var v [6]int64
 		for i, s := range sample {
 			if s.Value.Kind() != metrics.KindUint64 {
 				return
 			}
 			v[i] = int64(s.Value.Uint64())
 		}
+		cycles := uint64(v[5])
+		quiet := cycles == lastCycles // no collection since the last tick
+		lastCycles = cycles
 		live, overhead := v[0], v[1]-v[2]-v[3]-v[4]
 		if want := memoryLimitFor(base, live, max(overhead, 0)); want != limit {
 			debug.SetMemoryLimit(want)
 			limit = want
 		}
-		if now := time.Now(); shouldTrim(v[3], now.Sub(lastTrim)) {
+		if now := time.Now(); shouldTrim(v[3], now.Sub(lastTrim), quiet) {
 			debug.FreeOSMemory()
+			dropExecutablePages()
 			lastTrim = now
+			metrics.Read(sample[5:])
+			lastCycles = sample[5].Value.Uint64()
 		}
 	}
 }
@@ -97,19 +109,32 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 // Trimming the heap. The runtime keeps freed heap pages resident and gives
 // them back slowly (its background scavenger aims at the memory limit, far
 // above an idle agent's heap). An agent's heap is a few MB in steady
-// state, but loading 10k rules from state.json, a policy push or a burst
-// of new flows leaves tens of MB free and resident: an idle cell with 10k
-// rules showed 31-39 MB of anonymous RSS for a 10 MB live heap. So when
-// more than trimAbove is free and resident, the agent returns it
-// (debug.FreeOSMemory: a collection, then every free page), at most once
-// per trimEvery: on a 10 MB heap a collection is a few milliseconds.
+// state, but loading 10k rules from state.json, a policy push, a peer's
+// full state or a burst of new flows leaves tens of MB free and resident:
+// an idle cell with 10k rules showed 31-39 MB of anonymous RSS for a 10 MB
+// live heap. So when more than trimAbove is free and resident, the agent
+// returns it (debug.FreeOSMemory: a collection, then every free page): at
+// most once per trimEvery while it collects, and already trimQuiet after
+// the last trim once a whole tick has passed without a collection (a
+// transient is over and nothing allocates much: a collection of a 10 MB
+// heap is a few milliseconds). On a 2 s tick and only every 30 s, the
+// ladder's agents measured 3 s after start kept what a peer's full state
+// (10k rules) left free: 36-39 MB against 27-33 when the tick fell after
+// it.
+//
+// A trim also drops the page-table entries of the executable's read-only
+// mappings (dropExecutablePages): the kernel maps the agent's whole text
+// and rodata, ~15 MB, at start-up (fault-around over the page cache), of
+// which an agent at rest uses about a third.
 const (
 	trimAbove = 4 << 20
 	trimEvery = 30 * time.Second
+	trimQuiet = 3 * time.Second
 )
 
 // shouldTrim says whether to return free heap to the kernel, given the
-// free and resident heap bytes and the time since the last trim.
-func shouldTrim(free int64, since time.Duration) bool {
-	return free > trimAbove && since >= trimEvery
+// free and resident heap bytes, the time since the last trim and whether
+// the runtime has been quiet (no collection) since the last tick.
+func shouldTrim(free int64, since time.Duration, quiet bool) bool {
+	return free > trimAbove && (since >= trimEvery || quiet && since >= trimQuiet)
 }

@@ -65,15 +65,20 @@ func TestShouldTrim(t *testing.T) {
 	for _, c := range []struct {
 		free  int64
 		since time.Duration
+		quiet bool
 		want  bool
 	}{
-		{0, time.Hour, false},
-		{trimAbove, time.Hour, false},
-		{trimAbove + 1, trimEvery, true},
-		{64 << 20, trimEvery - time.Millisecond, false},
+		{0, time.Hour, true, false},
+		{trimAbove, time.Hour, true, false},
+		{trimAbove + 1, trimEvery, false, true},
+		{64 << 20, trimEvery - time.Millisecond, false, false},
+		// Quiet: no collection for a tick, a transient is over.
+		{64 << 20, trimQuiet, true, true},
+		{64 << 20, trimQuiet - time.Millisecond, true, false},
+		{trimAbove, trimQuiet, true, false},
 	} {
-		if got := shouldTrim(c.free, c.since); got != c.want {
-			t.Errorf("free %d, %v since the last trim: %v, want %v", c.free, c.since, got, c.want)
+		if got := shouldTrim(c.free, c.since, c.quiet); got != c.want {
+			t.Errorf("free %d, %v since the last trim, quiet %v: %v, want %v", c.free, c.since, c.quiet, got, c.want)
 		}
 	}
 }
@@ -111,5 +116,55 @@ func TestAdaptMemoryLimitTrims(t *testing.T) {
 			t.Fatalf("%d MiB free and resident 5 s after the loop started", free[0].Value.Uint64()>>20)
 		}
 		time.Sleep(10 * time.Millisecond) // polling, with a deadline
+	}
+}
+
+// TestAdaptMemoryLimitTrimsWhenQuiet: garbage freed after a trim goes back
+// to the kernel once a tick passes without a collection, trimQuiet after
+// that trim, not trimEvery.
+func TestAdaptMemoryLimitTrimsWhenQuiet(t *testing.T) {
+	old := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(old)
+	free := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+	// freeGarbage leaves 32 MiB free and resident, and reports whether
+	// the runtime kept it (else there is nothing to check).
+	freeGarbage := func() bool {
+		garbage := make([][]byte, 32)
+		for i := range garbage {
+			garbage[i] = make([]byte, 1<<20)
+			for j := range garbage[i] {
+				garbage[i][j] = 1 // resident
+			}
+		}
+		garbage = nil
+		runtime.GC()
+		metrics.Read(free)
+		return free[0].Value.Uint64() > trimAbove
+	}
+	// waitTrimmed waits up to d for the free heap to go back.
+	waitTrimmed := func(d time.Duration) bool {
+		for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			metrics.Read(free)
+			if free[0].Value.Uint64() <= trimAbove {
+				return true
+			}
+		}
+		return false
+	}
+	if !freeGarbage() {
+		t.Skip("the runtime released the garbage itself: nothing to check")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { adaptMemoryLimit(ctx, 96<<20, 10*time.Millisecond); close(done) }()
+	defer func() { cancel(); <-done }()
+	if !waitTrimmed(5 * time.Second) { // the first trim
+		t.Fatalf("%d MiB free and resident 5 s after the loop started", free[0].Value.Uint64()>>20)
+	}
+	if !freeGarbage() {
+		t.Skip("the runtime released the garbage itself: nothing to check")
+	}
+	if !waitTrimmed(trimQuiet + 2*time.Second) {
+		t.Fatalf("%d MiB free and resident %v after a collection, the loop quiet since", free[0].Value.Uint64()>>20, trimQuiet+2*time.Second)
 	}
 }
