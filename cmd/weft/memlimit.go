@@ -72,7 +72,7 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 	tick := time.NewTicker(period)
 	defer tick.Stop()
 	limit := base
-	var lastTrim time.Time
+	var lastTrim, lastDrop time.Time
 	var lastCycles uint64
 	for {
 		select {
@@ -96,45 +96,54 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 			debug.SetMemoryLimit(want)
 			limit = want
 		}
-		if now := time.Now(); shouldTrim(v[3], now.Sub(lastTrim), quiet) {
+		free, garbage := v[3], max(v[4]-live, 0)
+		now := time.Now()
+		switch {
+		case shouldTrim(free, garbage, now.Sub(lastTrim), quiet):
 			debug.FreeOSMemory()
-			dropExecutablePages()
 			lastTrim = now
 			metrics.Read(sample[5:])
 			lastCycles = sample[5].Value.Uint64()
+			fallthrough
+		case quiet && now.Sub(lastDrop) >= trimEvery:
+			dropExecutablePages()
+			lastDrop = now
 		}
 	}
 }
 
 // Trimming the heap. The runtime keeps freed heap pages resident and gives
 // them back slowly (its background scavenger aims at the memory limit, far
-// above an idle agent's heap). An agent's heap is a few MB in steady
-// state, but loading 10k rules from state.json, a policy push, a peer's
-// full state or a burst of new flows leaves tens of MB free and resident:
-// an idle cell with 10k rules showed 31-39 MB of anonymous RSS for a 10 MB
-// live heap. So when more than trimAbove is free and resident, the agent
-// returns it (debug.FreeOSMemory: a collection, then every free page): at
-// most once per trimEvery while it collects, and already trimQuiet after
-// the last trim once a whole tick has passed without a collection (a
-// transient is over and nothing allocates much: a collection of a 10 MB
-// heap is a few milliseconds). On a 2 s tick and only every 30 s, the
-// ladder's agents measured 3 s after start kept what a peer's full state
-// (10k rules) left free: 36-39 MB against 27-33 when the tick fell after
-// it.
+// above an idle agent's heap). An agent's heap is 8-10 MB at rest with
+// 10k rules, but loading them from state.json, a peer's full state, a
+// policy push or a burst of new flows leaves tens of MB free and resident,
+// or garbage not yet collected (the heap goal of GOGC=100 is twice the
+// live heap): in the ladder an agent held 15-21 MB of heap 3 s after start,
+// 33-43 MB of RSS at 10 s. So the agent returns it (debug.FreeOSMemory: a
+// collection, then every free page): while it collects, at most every
+// trimEvery and when more than trimAbove is free; once a whole tick has
+// passed without a collection (the transient is over; a collection of a
+// 10 MB heap takes a few milliseconds), trimQuiet after the last trim when
+// more than trimAbove is free or garbage.
 //
-// A trim also drops the page-table entries of the executable's read-only
-// mappings (dropExecutablePages): the kernel maps the agent's whole text
-// and rodata, ~15 MB, at start-up (fault-around over the page cache), of
-// which an agent at rest uses about a third.
+// A trim, and a quiet tick trimEvery after the last, also drops the
+// page-table entries of the executable's read-only mappings
+// (dropExecutablePages): the kernel maps nearly all of the agent's 15 MB
+// of text and rodata at start-up (fault-around over the page cache); an
+// agent at rest touches 8-10 MB of it again, one under load 12-14.
 const (
 	trimAbove = 4 << 20
 	trimEvery = 30 * time.Second
 	trimQuiet = 3 * time.Second
 )
 
-// shouldTrim says whether to return free heap to the kernel, given the
-// free and resident heap bytes, the time since the last trim and whether
-// the runtime has been quiet (no collection) since the last tick.
-func shouldTrim(free int64, since time.Duration, quiet bool) bool {
-	return free > trimAbove && (since >= trimEvery || quiet && since >= trimQuiet)
+// shouldTrim says whether to return the heap's free pages and garbage to
+// the kernel, given its free and resident bytes, its garbage (heap objects
+// less the live heap), the time since the last trim, and whether the
+// runtime has been quiet (no collection) since the last tick.
+func shouldTrim(free, garbage int64, since time.Duration, quiet bool) bool {
+	if quiet {
+		return since >= trimQuiet && free+garbage > trimAbove
+	}
+	return since >= trimEvery && free > trimAbove
 }
