@@ -68,12 +68,12 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 	for _, name := range overheadMetrics {
 		sample = append(sample, metrics.Sample{Name: name})
 	}
-	sample = append(sample, metrics.Sample{Name: "/gc/cycles/total:gc-cycles"})
+	sample = append(sample, metrics.Sample{Name: "/gc/cycles/total:gc-cycles"}, metrics.Sample{Name: "/gc/heap/allocs:bytes"})
 	tick := time.NewTicker(period)
 	defer tick.Stop()
 	limit := base
 	var lastTrim, lastDrop time.Time
-	var lastCycles uint64
+	var lastCycles, lastAllocs uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -81,16 +81,18 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 		case <-tick.C:
 		}
 		metrics.Read(sample)
-		var v [6]int64
+		var v [7]int64
 		for i, s := range sample {
 			if s.Value.Kind() != metrics.KindUint64 {
 				return
 			}
 			v[i] = int64(s.Value.Uint64())
 		}
-		cycles := uint64(v[5])
-		quiet := cycles == lastCycles // no collection since the last tick
-		lastCycles = cycles
+		// Quiet: no collection and less than quietAllocs allocated since
+		// the last tick.
+		cycles, allocs := uint64(v[5]), uint64(v[6])
+		quiet := cycles == lastCycles && allocs-lastAllocs < quietAllocs
+		lastCycles, lastAllocs = cycles, allocs
 		live, overhead := v[0], v[1]-v[2]-v[3]-v[4]
 		if want := memoryLimitFor(base, live, max(overhead, 0)); want != limit {
 			debug.SetMemoryLimit(want)
@@ -103,7 +105,7 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 			debug.FreeOSMemory()
 			lastTrim = now
 			metrics.Read(sample[5:])
-			lastCycles = sample[5].Value.Uint64()
+			lastCycles, lastAllocs = sample[5].Value.Uint64(), sample[6].Value.Uint64()
 			fallthrough
 		case quiet && now.Sub(lastDrop) >= trimEvery:
 			dropExecutablePages()
@@ -122,9 +124,11 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 // 33-43 MB of RSS at 10 s. So the agent returns it (debug.FreeOSMemory: a
 // collection, then every free page): while it collects, at most every
 // trimEvery and when more than trimAbove is free; once a whole tick has
-// passed without a collection (the transient is over; a collection of a
-// 10 MB heap takes a few milliseconds), trimQuiet after the last trim when
-// more than trimAbove is free or garbage.
+// passed without a collection and with less than quietAllocs allocated
+// (the transient is over; under the ladder's load the data path allocates
+// 3 MB/s and more; a collection of a 10 MB heap takes a few
+// milliseconds), trimQuiet after the last trim when more than trimAbove is
+// free or garbage.
 //
 // A trim, and a quiet tick trimEvery after the last, also drops the
 // page-table entries of the executable's read-only mappings
@@ -135,6 +139,8 @@ const (
 	trimAbove = 4 << 20
 	trimEvery = 30 * time.Second
 	trimQuiet = 3 * time.Second
+
+	quietAllocs = 1 << 20 // per tick
 )
 
 // shouldTrim says whether to return the heap's free pages and garbage to
