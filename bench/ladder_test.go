@@ -68,14 +68,16 @@ import (
 )
 
 var (
-	ladderProfile  = flag.String("ladder.profile", "", "write agent CPU/block profiles of rungs c and d into this directory")
-	ladderTCPTime  = flag.Duration("ladder.tcptime", 3*time.Second, "measuring time of each TCP test (after 0.5 s warm-up)")
-	ladderUDPTime  = flag.Duration("ladder.udptime", 2*time.Second, "measuring time of each UDP test")
-	ladderRules    = flag.Int("ladder.rules", 10000, "rules loaded for rungs d-f")
-	ladderFlows    = flag.Int("ladder.flows", 100000, "flows tracked for rungs d-f")
-	ladderAgentEnv = flag.String("ladder.agentenv", "", "comma-separated K=V environment for the weft agents (e.g. GOGC=200)")
-	ladderPairs    = flag.Int("ladder.pairs", 3, "rounds of TCP tests of rungs b, d and c in turn for d2-paired (0: skip it)")
-	ladderToggles  = flag.Int("ladder.toggles", 24, "blocks of four half-second phases (policy on, off, off, on) under one running TCP test for d3-toggled (0: skip it)")
+	ladderProfile   = flag.String("ladder.profile", "", "write agent CPU/block profiles of rungs c and d into this directory")
+	ladderTCPTime   = flag.Duration("ladder.tcptime", 3*time.Second, "measuring time of each TCP test (after 0.5 s warm-up)")
+	ladderUDPTime   = flag.Duration("ladder.udptime", 2*time.Second, "measuring time of each UDP test")
+	ladderRules     = flag.Int("ladder.rules", 10000, "rules loaded for rungs d-f")
+	ladderFlows     = flag.Int("ladder.flows", 100000, "flows tracked for rungs d-f")
+	ladderAgentEnv  = flag.String("ladder.agentenv", "", "comma-separated K=V environment for the weft agents (e.g. GOGC=200)")
+	ladderWeft      = flag.String("ladder.weft", "", "run this weft binary instead of the one built from the tree (before/after comparisons)")
+	ladderAgentArgs = flag.String("ladder.agentargs", "", "space-separated extra flags of the weft agents (e.g. --memory-limit=32)")
+	ladderPairs     = flag.Int("ladder.pairs", 3, "rounds of TCP tests of rungs b, d and c in turn for d2-paired (0: skip it)")
+	ladderToggles   = flag.Int("ladder.toggles", 24, "blocks of four half-second phases (policy on, off, off, on) under one running TCP test for d3-toggled (0: skip it)")
 )
 
 const (
@@ -128,7 +130,11 @@ func BenchmarkLadder(b *testing.B) {
 	})
 
 	// One lab for the weft rungs: agents are restarted with other flags.
-	l := lab.Setup(b, lab.Config{Cells: 2, WeftBin: weftBin})
+	bin := weftBin
+	if *ladderWeft != "" {
+		bin = *ladderWeft
+	}
+	l := lab.Setup(b, lab.Config{Cells: 2, WeftBin: bin})
 	ctA, ctB, ctC := l.Name("ladA"), l.Name("ladB"), l.Name("ladC")
 	if _, err := l.CreateContainer(1, "ladA", ctA); err != nil {
 		b.Fatal(err)
@@ -154,6 +160,8 @@ func BenchmarkLadder(b *testing.B) {
 		if *ladderProfile != "" {
 			args = append(args, "--pprof-addr", pprofAt)
 		}
+		args = append(args, memArgs()...)
+		args = append(args, strings.Fields(*ladderAgentArgs)...)
 		for i := 1; i <= 2; i++ {
 			if err := l.StartCellWith(i, env, args...); err != nil {
 				b.Fatal(err)
@@ -174,7 +182,8 @@ func BenchmarkLadder(b *testing.B) {
 
 	b.Run("c-weft-policy-off", func(b *testing.B) {
 		restart(b, "--policy=off")
-		idle := idleMem(l)
+		start, idle := idleMem(b, l)
+		b.ReportMetric(float64(start.rss)/(1<<20), "MB-rss-start")
 		b.ReportMetric(float64(idle.rss)/(1<<20), "MB-rss-idle")
 		settle(b)
 		measureRungProfiled(b, l, base, ctA, ctB, ipB, false, "c")
@@ -184,11 +193,16 @@ func BenchmarkLadder(b *testing.B) {
 	dReady := false // d2 runs on d's agents, rules and flows
 	b.Run("d-weft-10k-rules-100k-flows", func(b *testing.B) {
 		restart(b)
-		idle := idleMem(l)
+		start, idle := idleMem(b, l)
+		b.ReportMetric(float64(start.rss)/(1<<20), "MB-rss-start")
 		b.ReportMetric(float64(idle.rss)/(1<<20), "MB-rss-idle")
+		logMem(b, l, "d-idle")
 		flows := loadFlows(b, l, ctA, ctB, ipB, *ladderFlows)
 		b.ReportMetric(float64(agentMem(l).rss)/(1<<20), "MB-rss-flows")
+		logMem(b, l, "d-flows")
+		memPoint = func(p string) { logMem(b, l, "d-after-"+p) }
 		measureRungProfiled(b, l, base, ctA, ctB, ipB, true, "d")
+		memPoint = nil
 		m := agentMem(l)
 		b.ReportMetric(float64(m.hwm)/(1<<20), "MB-rss-peak")
 		after := minFlows(b, l)
@@ -570,10 +584,19 @@ func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst neti
 	if afterTCP1 != nil {
 		afterTCP1()
 	}
+	point := func(p string) {
+		if memPoint != nil {
+			memPoint(p)
+		}
+	}
+	point("tcp1")
 	r["tcp4"], cores4 = tcpStreams(b, client, server, netip.AddrPortFrom(dst, tcpPort+1), 4)
+	point("tcp4")
 	var coresU64, coresU1400 float64
 	r["udp64"], coresU64 = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort), 64, tag)
+	point("udp64")
 	r["udp1400"], coresU1400 = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort+1), 1400, "")
+	point("udp1400")
 	b.ReportMetric(r["tcp1"], "Gbit/s-tcp1")
 	b.ReportMetric(r["tcp4"], "Gbit/s-tcp4")
 	// The whole machine's busy cores while the TCP streams ran: at all of
@@ -595,6 +618,7 @@ func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst neti
 		b.ReportMetric(p50, "us-rtt-p50")
 		b.ReportMetric(p99, "us-rtt-p99")
 		r["us-rtt-p50"], r["us-rtt-p99"] = p50, p99
+		point("pingpong")
 		measureRR(b, r, client, server, dst, tag)
 	}
 	return r
@@ -1129,17 +1153,26 @@ func waitPeers(b *testing.B, l *lab.Lab) {
 	}
 }
 
-// idleMem is agentMem of agents at rest: 3 s after they started, past
-// their first memory tick (cmd/weft/memlimit.go, every 2 s), which
-// returns what loading the 10k rules left free. Read at once, it showed
-// the start-up's transient, not an agent at rest.
-func idleMem(l *lab.Lab) mem {
+// idleMem is agentMem of agents 3 s after they started (start), past
+// their first memory tick (cmd/weft/memlimit.go, every second), and 10 s
+// after (idle). At 3 s the agents are still exchanging their full state
+// (the 10k rules) over the mesh: in a trace (-ladder.mem) the first agent
+// held 20 MB of heap in use at 3 s and 37 MB of RSS, then trimmed to 15-20
+// MB at 4.5 s; at rest, 10 s after start, both held 22-23 MB.
+func idleMem(b *testing.B, l *lab.Lab) (start, idle mem) {
 	time.Sleep(3 * time.Second)
-	return agentMem(l)
+	start = agentMem(l)
+	logMem(b, l, strings.TrimPrefix(b.Name(), "BenchmarkLadder/")[:1]+"-start")
+	if *ladderMem != "" {
+		traceMem(b, l, "trace", 7*time.Second)
+	} else {
+		time.Sleep(7 * time.Second)
+	}
+	return start, agentMem(l)
 }
 
 // mem is an agent's resident memory in bytes.
-type mem struct{ rss, hwm int64 }
+type mem struct{ rss, hwm, anon, file int64 }
 
 // agentMem is the larger VmRSS and VmHWM over the two agents.
 func agentMem(l *lab.Lab) mem {
@@ -1169,6 +1202,10 @@ func procMem(pid int) mem {
 			m.rss = kb << 10
 		case "VmHWM:":
 			m.hwm = kb << 10
+		case "RssAnon:":
+			m.anon = kb << 10
+		case "RssFile:":
+			m.file = kb << 10
 		}
 	}
 	return m

@@ -10,13 +10,17 @@ import (
 
 // defaultMemoryLimit is the agent's soft Go memory limit unless GOMEMLIMIT
 // is set (adaptMemoryLimit raises it above a large live heap). An agent's
-// live heap is 10-15 MB with 10k rules, but the heap goal of GOGC=100 let
-// transients (a fresh cell merging 10k rules, a policy push) grow the
-// heap to twice the live heap, and the resident pages stayed: a fresh
-// cell peaked at 62 MB of RSS with a 96 MiB limit, 52 with 40 MiB. The
-// message buffers are outside the heap (overlay/bufpool.go) and outside
-// the limit.
-const defaultMemoryLimit = 40 << 20
+// live heap is 8-10 MB with 10k rules, 17-19 MB with 100k flows tracked as
+// well, but the heap goal of GOGC=100 let transients (a fresh cell merging
+// 10k rules, a policy push) grow the heap to twice the live heap, and the
+// resident pages stayed: a fresh cell peaked at 62 MB of RSS with a 96 MiB
+// limit, 52 with 40 MiB. Under the ladder's load (rung d, 100k flows) the
+// heap stayed at the 40 MiB limit's goal, ~30 MB, 10 MB above the live
+// heap; at 32 MiB its goal is ~22 MB, for about one collection more every
+// 5 s (the data path allocates ~3 MB/s, most of it wireguard-go's
+// per-datagram endpoint in conn.StdNetBind.receiveIP). The message buffers
+// are outside the heap (overlay/bufpool.go) and outside the limit.
+const defaultMemoryLimit = 32 << 20
 
 // setMemoryLimit applies limit (bytes; 0 = none) unless GOMEMLIMIT is set,
 // and keeps it above the live heap until ctx ends (adaptMemoryLimit).
@@ -25,7 +29,7 @@ func setMemoryLimit(ctx context.Context, limit int64) {
 		return
 	}
 	debug.SetMemoryLimit(limit)
-	go adaptMemoryLimit(ctx, limit, 2*time.Second)
+	go adaptMemoryLimit(ctx, limit, time.Second)
 }
 
 // memoryLimitFor is the soft limit for a live heap of live bytes when the
@@ -64,10 +68,12 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 	for _, name := range overheadMetrics {
 		sample = append(sample, metrics.Sample{Name: name})
 	}
+	sample = append(sample, metrics.Sample{Name: "/gc/cycles/total:gc-cycles"}, metrics.Sample{Name: "/gc/heap/allocs:bytes"})
 	tick := time.NewTicker(period)
 	defer tick.Stop()
 	limit := base
-	var lastTrim time.Time
+	var lastTrim, lastDrop time.Time
+	var lastCycles, lastAllocs uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -75,41 +81,75 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 		case <-tick.C:
 		}
 		metrics.Read(sample)
-		var v [5]int64
+		var v [7]int64
 		for i, s := range sample {
 			if s.Value.Kind() != metrics.KindUint64 {
 				return
 			}
 			v[i] = int64(s.Value.Uint64())
 		}
+		// Quiet: no collection and less than quietAllocs allocated since
+		// the last tick.
+		cycles, allocs := uint64(v[5]), uint64(v[6])
+		quiet := cycles == lastCycles && allocs-lastAllocs < quietAllocs
+		lastCycles, lastAllocs = cycles, allocs
 		live, overhead := v[0], v[1]-v[2]-v[3]-v[4]
 		if want := memoryLimitFor(base, live, max(overhead, 0)); want != limit {
 			debug.SetMemoryLimit(want)
 			limit = want
 		}
-		if now := time.Now(); shouldTrim(v[3], now.Sub(lastTrim)) {
+		free, garbage := v[3], max(v[4]-live, 0)
+		now := time.Now()
+		switch {
+		case shouldTrim(free, garbage, now.Sub(lastTrim), quiet):
 			debug.FreeOSMemory()
 			lastTrim = now
+			metrics.Read(sample[5:])
+			lastCycles, lastAllocs = sample[5].Value.Uint64(), sample[6].Value.Uint64()
+			fallthrough
+		case quiet && now.Sub(lastDrop) >= trimEvery:
+			dropExecutablePages()
+			lastDrop = now
 		}
 	}
 }
 
 // Trimming the heap. The runtime keeps freed heap pages resident and gives
 // them back slowly (its background scavenger aims at the memory limit, far
-// above an idle agent's heap). An agent's heap is a few MB in steady
-// state, but loading 10k rules from state.json, a policy push or a burst
-// of new flows leaves tens of MB free and resident: an idle cell with 10k
-// rules showed 31-39 MB of anonymous RSS for a 10 MB live heap. So when
-// more than trimAbove is free and resident, the agent returns it
-// (debug.FreeOSMemory: a collection, then every free page), at most once
-// per trimEvery: on a 10 MB heap a collection is a few milliseconds.
+// above an idle agent's heap). An agent's heap is 8-10 MB at rest with
+// 10k rules, but loading them from state.json, a peer's full state, a
+// policy push or a burst of new flows leaves tens of MB free and resident,
+// or garbage not yet collected (the heap goal of GOGC=100 is twice the
+// live heap): in the ladder an agent held 15-21 MB of heap 3 s after start,
+// 33-43 MB of RSS at 10 s. So the agent returns it (debug.FreeOSMemory: a
+// collection, then every free page): while it collects, at most every
+// trimEvery and when more than trimAbove is free; once a whole tick has
+// passed without a collection and with less than quietAllocs allocated
+// (the transient is over; under the ladder's load the data path allocates
+// 3 MB/s and more; a collection of a 10 MB heap takes a few
+// milliseconds), trimQuiet after the last trim when more than trimAbove is
+// free or garbage.
+//
+// A trim, and a quiet tick trimEvery after the last, also drops the
+// page-table entries of the executable's read-only mappings
+// (dropExecutablePages): the kernel maps nearly all of the agent's 15 MB
+// of text and rodata at start-up (fault-around over the page cache); an
+// agent at rest touches 8-10 MB of it again, one under load 12-14.
 const (
 	trimAbove = 4 << 20
 	trimEvery = 30 * time.Second
+	trimQuiet = 3 * time.Second
+
+	quietAllocs = 1 << 20 // per tick
 )
 
-// shouldTrim says whether to return free heap to the kernel, given the
-// free and resident heap bytes and the time since the last trim.
-func shouldTrim(free int64, since time.Duration) bool {
-	return free > trimAbove && since >= trimEvery
+// shouldTrim says whether to return the heap's free pages and garbage to
+// the kernel, given its free and resident bytes, its garbage (heap objects
+// less the live heap), the time since the last trim, and whether the
+// runtime has been quiet (no collection) since the last tick.
+func shouldTrim(free, garbage int64, since time.Duration, quiet bool) bool {
+	if quiet {
+		return since >= trimQuiet && free+garbage > trimAbove
+	}
+	return since >= trimEvery && free > trimAbove
 }

@@ -63,17 +63,25 @@ func TestAdaptMemoryLimit(t *testing.T) {
 
 func TestShouldTrim(t *testing.T) {
 	for _, c := range []struct {
-		free  int64
-		since time.Duration
-		want  bool
+		free, garbage int64
+		since         time.Duration
+		quiet         bool
+		want          bool
 	}{
-		{0, time.Hour, false},
-		{trimAbove, time.Hour, false},
-		{trimAbove + 1, trimEvery, true},
-		{64 << 20, trimEvery - time.Millisecond, false},
+		{0, 0, time.Hour, false, false},
+		{trimAbove, 0, time.Hour, false, false},
+		{trimAbove + 1, 0, trimEvery, false, true},
+		{64 << 20, 0, trimEvery - time.Millisecond, false, false},
+		{0, 64 << 20, time.Hour, false, false}, // collecting: garbage goes by itself
+		// Quiet: no collection for a tick, a transient is over.
+		{64 << 20, 0, trimQuiet, true, true},
+		{0, 64 << 20, trimQuiet, true, true},
+		{trimAbove / 2, trimAbove/2 + 1, trimQuiet, true, true},
+		{64 << 20, 64 << 20, trimQuiet - time.Millisecond, true, false},
+		{trimAbove / 2, trimAbove / 2, time.Hour, true, false},
 	} {
-		if got := shouldTrim(c.free, c.since); got != c.want {
-			t.Errorf("free %d, %v since the last trim: %v, want %v", c.free, c.since, got, c.want)
+		if got := shouldTrim(c.free, c.garbage, c.since, c.quiet); got != c.want {
+			t.Errorf("free %d, garbage %d, %v since the last trim, quiet %v: %v, want %v", c.free, c.garbage, c.since, c.quiet, got, c.want)
 		}
 	}
 }
@@ -109,6 +117,94 @@ func TestAdaptMemoryLimitTrims(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d MiB free and resident 5 s after the loop started", free[0].Value.Uint64()>>20)
+		}
+		time.Sleep(10 * time.Millisecond) // polling, with a deadline
+	}
+}
+
+// TestAdaptMemoryLimitTrimsWhenQuiet: garbage freed after a trim goes back
+// to the kernel once a tick passes without a collection, trimQuiet after
+// that trim, not trimEvery.
+func TestAdaptMemoryLimitTrimsWhenQuiet(t *testing.T) {
+	old := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(old)
+	free := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+	// freeGarbage leaves 32 MiB free and resident, and reports whether
+	// the runtime kept it (else there is nothing to check).
+	freeGarbage := func() bool {
+		garbage := make([][]byte, 32)
+		for i := range garbage {
+			garbage[i] = make([]byte, 1<<20)
+			for j := range garbage[i] {
+				garbage[i][j] = 1 // resident
+			}
+		}
+		garbage = nil
+		runtime.GC()
+		metrics.Read(free)
+		return free[0].Value.Uint64() > trimAbove
+	}
+	// waitTrimmed waits up to d for the free heap to go back.
+	waitTrimmed := func(d time.Duration) bool {
+		for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			metrics.Read(free)
+			if free[0].Value.Uint64() <= trimAbove {
+				return true
+			}
+		}
+		return false
+	}
+	if !freeGarbage() {
+		t.Skip("the runtime released the garbage itself: nothing to check")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { adaptMemoryLimit(ctx, 96<<20, 10*time.Millisecond); close(done) }()
+	defer func() { cancel(); <-done }()
+	if !waitTrimmed(5 * time.Second) { // the first trim
+		t.Fatalf("%d MiB free and resident 5 s after the loop started", free[0].Value.Uint64()>>20)
+	}
+	if !freeGarbage() {
+		t.Skip("the runtime released the garbage itself: nothing to check")
+	}
+	if !waitTrimmed(trimQuiet + 2*time.Second) {
+		t.Fatalf("%d MiB free and resident %v after a collection, the loop quiet since", free[0].Value.Uint64()>>20, trimQuiet+2*time.Second)
+	}
+}
+
+// TestAdaptMemoryLimitCollectsWhenQuiet: 32 MiB of garbage that no
+// collection has reclaimed (collections off) is collected and its pages
+// returned once the loop has been quiet for a tick.
+func TestAdaptMemoryLimitCollectsWhenQuiet(t *testing.T) {
+	oldLimit := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(oldLimit)
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/free:bytes"}}
+	runtime.GC() // a live heap of the test's own, before the garbage
+	metrics.Read(s)
+	before := s[0].Value.Uint64()
+	garbage := make([][]byte, 32)
+	for i := range garbage {
+		garbage[i] = make([]byte, 1<<20)
+		for j := range garbage[i] {
+			garbage[i][j] = 1 // resident
+		}
+	}
+	garbage = nil
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { adaptMemoryLimit(ctx, 96<<20, 10*time.Millisecond); close(done) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(trimQuiet + 2*time.Second)
+	for {
+		metrics.Read(s)
+		objects, free := s[0].Value.Uint64(), s[1].Value.Uint64()
+		if objects < before+trimAbove && free <= trimAbove {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("heap objects %d MiB (%d MiB before the garbage), %d MiB free and resident, the loop quiet for %v",
+				objects>>20, before>>20, free>>20, trimQuiet+2*time.Second)
 		}
 		time.Sleep(10 * time.Millisecond) // polling, with a deadline
 	}

@@ -75,13 +75,21 @@ type tcpGROTable struct {
 	trustTCP bool
 }
 
+// groItemsCap is the capacity each flow's item slice starts with (weft,
+// WEFT-PATCHES.md). Upstream gave each of the IdealBatchSize slices of a
+// table room for IdealBatchSize items: 128×128 items, 1 MiB per TCP and
+// UDP table of every TUN device, resident all the time, though a batch
+// holds at most IdealBatchSize items in all. A slice that needs more grows
+// by append and keeps its capacity in the pool (reset).
+const groItemsCap = 4
+
 func newTCPGROTable() *tcpGROTable {
 	t := &tcpGROTable{
 		itemsByFlow: make(map[tcpFlowKey][]tcpGROItem, conn.IdealBatchSize),
 		itemsPool:   make([][]tcpGROItem, conn.IdealBatchSize),
 	}
 	for i := range t.itemsPool {
-		t.itemsPool[i] = make([]tcpGROItem, 0, conn.IdealBatchSize)
+		t.itemsPool[i] = make([]tcpGROItem, 0, groItemsCap)
 	}
 	return t
 }
@@ -189,7 +197,7 @@ func newUDPGROTable() *udpGROTable {
 		itemsPool:   make([][]udpGROItem, conn.IdealBatchSize),
 	}
 	for i := range u.itemsPool {
-		u.itemsPool[i] = make([]udpGROItem, 0, conn.IdealBatchSize)
+		u.itemsPool[i] = make([]udpGROItem, 0, groItemsCap)
 	}
 	return u
 }
