@@ -72,7 +72,7 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 	tick := time.NewTicker(period)
 	defer tick.Stop()
 	limit := base
-	var lastTrim, lastDrop time.Time
+	var lastTrim time.Time
 	var lastCycles, lastAllocs uint64
 	for {
 		select {
@@ -100,16 +100,11 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 		}
 		free, garbage := v[3], max(v[4]-live, 0)
 		now := time.Now()
-		switch {
-		case shouldTrim(free, garbage, now.Sub(lastTrim), quiet):
+		if shouldTrim(free, garbage, now.Sub(lastTrim), quiet) {
 			debug.FreeOSMemory()
 			lastTrim = now
 			metrics.Read(sample[5:])
 			lastCycles, lastAllocs = sample[5].Value.Uint64(), sample[6].Value.Uint64()
-			fallthrough
-		case quiet && now.Sub(lastDrop) >= trimEvery:
-			dropExecutablePages()
-			lastDrop = now
 		}
 	}
 }
@@ -130,11 +125,10 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 // milliseconds), trimQuiet after the last trim when more than trimAbove is
 // free or garbage.
 //
-// A trim, and a quiet tick trimEvery after the last, also drops the
-// page-table entries of the executable's read-only mappings
-// (dropExecutablePages): the kernel maps nearly all of the agent's 15 MB
-// of text and rodata at start-up (fault-around over the page cache); an
-// agent at rest touches 8-10 MB of it again, one under load 12-14.
+// The executable's pages (15 MB of text and rodata, nearly all mapped at
+// start-up by fault-around) are left alone: they are clean page cache,
+// shared and reclaimable, and dropping their page-table entries would
+// lower VmRSS without freeing memory (docs/memory.md).
 const (
 	trimAbove = 4 << 20
 	trimEvery = 30 * time.Second
