@@ -37,12 +37,9 @@ func memArgs() []string {
 
 // logMem logs both agents' memory at point (with -ladder.mem).
 func logMem(b *testing.B, l *lab.Lab, point string) {
-	if *ladderMem == "" {
+	out := openMemLog(b)
+	if out == nil {
 		return
-	}
-	out, err := os.OpenFile(*ladderMem, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		b.Fatal(err)
 	}
 	defer out.Close()
 	for _, c := range l.Cells[:2] {
@@ -78,12 +75,9 @@ func logMem(b *testing.B, l *lab.Lab, point string) {
 // traceMem appends both agents' VmRSS and RssFile every half second for
 // d to the -ladder.mem file: how an agent's memory settles after start.
 func traceMem(b *testing.B, l *lab.Lab, point string, d time.Duration) {
-	if *ladderMem == "" {
+	out := openMemLog(b)
+	if out == nil {
 		return
-	}
-	out, err := os.OpenFile(*ladderMem, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		b.Fatal(err)
 	}
 	defer out.Close()
 	start := time.Now()
@@ -213,4 +207,17 @@ func bufDepths(pid int, lo, hi uint64) string {
 		}
 	}
 	return s.String()
+}
+
+// openMemLog opens the -ladder.mem file for appending, or returns nil
+// without the flag.
+func openMemLog(b *testing.B) *os.File {
+	if *ladderMem == "" {
+		return nil
+	}
+	out, err := os.OpenFile(*ladderMem, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return out
 }

@@ -93,14 +93,7 @@ func TestAdaptMemoryLimitTrims(t *testing.T) {
 	old := debug.SetMemoryLimit(-1)
 	defer debug.SetMemoryLimit(old)
 	free := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
-	garbage := make([][]byte, 32)
-	for i := range garbage {
-		garbage[i] = make([]byte, 1<<20)
-		for j := range garbage[i] {
-			garbage[i][j] = 1 // resident
-		}
-	}
-	garbage = nil
+	makeResidentGarbage(32)
 	runtime.GC()
 	metrics.Read(free)
 	if f := free[0].Value.Uint64(); f <= trimAbove {
@@ -132,14 +125,7 @@ func TestAdaptMemoryLimitTrimsWhenQuiet(t *testing.T) {
 	// freeGarbage leaves 32 MiB free and resident, and reports whether
 	// the runtime kept it (else there is nothing to check).
 	freeGarbage := func() bool {
-		garbage := make([][]byte, 32)
-		for i := range garbage {
-			garbage[i] = make([]byte, 1<<20)
-			for j := range garbage[i] {
-				garbage[i][j] = 1 // resident
-			}
-		}
-		garbage = nil
+		makeResidentGarbage(32)
 		runtime.GC()
 		metrics.Read(free)
 		return free[0].Value.Uint64() > trimAbove
@@ -183,14 +169,7 @@ func TestAdaptMemoryLimitCollectsWhenQuiet(t *testing.T) {
 	runtime.GC() // a live heap of the test's own, before the garbage
 	metrics.Read(s)
 	before := s[0].Value.Uint64()
-	garbage := make([][]byte, 32)
-	for i := range garbage {
-		garbage[i] = make([]byte, 1<<20)
-		for j := range garbage[i] {
-			garbage[i][j] = 1 // resident
-		}
-	}
-	garbage = nil
+	makeResidentGarbage(32)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { adaptMemoryLimit(ctx, 96<<20, 10*time.Millisecond); close(done) }()
@@ -207,5 +186,17 @@ func TestAdaptMemoryLimitCollectsWhenQuiet(t *testing.T) {
 				objects>>20, before>>20, free>>20, trimQuiet+2*time.Second)
 		}
 		time.Sleep(10 * time.Millisecond) // polling, with a deadline
+	}
+}
+
+// makeResidentGarbage allocates mib MiB, writes every byte (so the pages
+// are resident) and drops it: garbage for the next collection.
+func makeResidentGarbage(mib int) {
+	garbage := make([][]byte, mib)
+	for i := range garbage {
+		garbage[i] = make([]byte, 1<<20)
+		for j := range garbage[i] {
+			garbage[i][j] = 1
+		}
 	}
 }
