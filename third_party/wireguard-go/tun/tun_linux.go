@@ -49,15 +49,15 @@ type NativeTun struct {
 	nameCache string    // name of interface
 	nameErr   error
 
-	readOpMu sync.Mutex                    // readOpMu guards readBuff, pending, rawConn
+	readOpMu sync.Mutex                    // readOpMu guards readBuff, pending
 	readBuff [virtioNetHdrLen + 65535]byte // if vnetHdr every read() is prefixed by virtioNetHdr
 	drain    bool                          // weft: see readDrain
 	pending  int                           // weft: bytes of a packet left in readBuff by readDrain
-	rawConn  syscall.RawConn               // weft: tunFile's, for readDrain
 
-	writeOpMu   sync.Mutex      // writeOpMu guards toWrite, tcpGROTable, writeConn
-	writeConn   syscall.RawConn // weft: tunFile's, for writeRaw
-	rawWrites   atomic.Bool     // weft: set with the read drain (SetReadDrain)
+	rc syscall.RawConn // weft: tunFile's, for readDrain and writeRaw; set at creation
+
+	writeOpMu   sync.Mutex  // writeOpMu guards toWrite, tcpGROTable
+	rawWrites   atomic.Bool // weft: set with the read drain (SetReadDrain)
 	toWrite     []int
 	tcpGROTable *tcpGROTable
 	udpGROTable *udpGROTable
@@ -409,19 +409,12 @@ func rawWrite(fd uintptr, b []byte) (int, error) {
 // does not return today) waits in the runtime's poller as os.File.Write
 // would.
 func (tun *NativeTun) writeRaw(bufs [][]byte, offset int) (int, error) {
-	if tun.writeConn == nil {
-		rc, err := tun.tunFile.SyscallConn()
-		if err != nil {
-			return 0, err
-		}
-		tun.writeConn = rc
-	}
 	var (
 		errs  error
 		total int
 		next  int // index into tun.toWrite
 	)
-	err := tun.writeConn.Write(func(fd uintptr) bool {
+	err := tun.rc.Write(func(fd uintptr) bool {
 		for next < len(tun.toWrite) {
 			n, err := rawWrite(fd, bufs[tun.toWrite[next]][offset:])
 			switch {
@@ -626,13 +619,6 @@ func (tun *NativeTun) elide() func([]byte) bool {
 // the next call. It never waits once it holds a packet: the latency of a
 // lone packet is one read(2), as upstream's.
 func (tun *NativeTun) readDrain(bufs [][]byte, sizes []int, offset int) (int, error) {
-	if tun.rawConn == nil {
-		rc, err := tun.tunFile.SyscallConn()
-		if err != nil {
-			return 0, err
-		}
-		tun.rawConn = rc
-	}
 	elide := tun.elide()
 	total := 0
 	var rerr error
@@ -657,7 +643,7 @@ func (tun *NativeTun) readDrain(bufs [][]byte, sizes []int, offset int) (int, er
 			return total, rerr
 		}
 	}
-	err := tun.rawConn.Read(func(fd uintptr) bool {
+	err := tun.rc.Read(func(fd uintptr) bool {
 		for {
 			n, err := rawRead(fd, tun.readBuff[:])
 			switch {
@@ -822,6 +808,11 @@ func CreateTUNFromFile(file *os.File, mtu int) (Device, error) {
 		udpGROTable:             newUDPGROTable(),
 		toWrite:                 make([]int, 0, conn.IdealBatchSize),
 	}
+	rc, err := file.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	tun.rc = rc
 
 	name, err := tun.Name()
 	if err != nil {
@@ -878,6 +869,11 @@ func CreateUnmonitoredTUNFromFD(fd int) (Device, string, error) {
 		udpGROTable: newUDPGROTable(),
 		toWrite:     make([]int, 0, conn.IdealBatchSize),
 	}
+	rc, err := file.SyscallConn()
+	if err != nil {
+		return nil, "", err
+	}
+	tun.rc = rc
 	name, err := tun.Name()
 	if err != nil {
 		return nil, "", err
