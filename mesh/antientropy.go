@@ -141,14 +141,13 @@ func (m *Mesh) queuePoliciesLocked(peer string, ps []store.PolicyReg) {
 		ob.waiting = make(map[regID]struct{}, len(ps))
 	}
 	for _, p := range ps {
-		if id := idOf(p); !hasKey(ob.waiting, id) {
+		id := idOf(p)
+		if _, queued := ob.waiting[id]; !queued {
 			ob.waiting[id] = struct{}{}
 			ob.ps = append(ob.ps, p)
 		}
 	}
 }
-
-func hasKey[K comparable, V any](m map[K]V, k K) bool { _, ok := m[k]; return ok }
 
 func (m *Mesh) drainOutbox(peer string, ob *outbox) {
 	defer m.wg.Done()
