@@ -653,7 +653,6 @@ func nfproto(op expr.CmpOp, proto byte) []expr.Any {
 	}
 }
 
-// notLocalDst: the destination is not an address of this cell.
 // notLocalOverlayDst matches an IPv4 packet to an overlay address that is
 // not the cell's own: the packets from weft0 (the engine let through only
 // those to a local container or the cell) and those of containers to the
@@ -671,6 +670,7 @@ func (g *guard) notLocalOverlayDst() []expr.Any {
 	})
 }
 
+// notLocalDst: the destination is not an address of this cell.
 func notLocalDst() []expr.Any {
 	return []expr.Any{
 		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
