@@ -584,19 +584,14 @@ func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst neti
 	if afterTCP1 != nil {
 		afterTCP1()
 	}
-	point := func(p string) {
-		if memPoint != nil {
-			memPoint(p)
-		}
-	}
-	point("tcp1")
+	markMem("tcp1")
 	r["tcp4"], cores4 = tcpStreams(b, client, server, netip.AddrPortFrom(dst, tcpPort+1), 4)
-	point("tcp4")
+	markMem("tcp4")
 	var coresU64, coresU1400 float64
 	r["udp64"], coresU64 = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort), 64, tag)
-	point("udp64")
+	markMem("udp64")
 	r["udp1400"], coresU1400 = udpRate(b, client, server, netip.AddrPortFrom(dst, udpPort+1), 1400, "")
-	point("udp1400")
+	markMem("udp1400")
 	b.ReportMetric(r["tcp1"], "Gbit/s-tcp1")
 	b.ReportMetric(r["tcp4"], "Gbit/s-tcp4")
 	// The whole machine's busy cores while the TCP streams ran: at all of
@@ -618,7 +613,7 @@ func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst neti
 		b.ReportMetric(p50, "us-rtt-p50")
 		b.ReportMetric(p99, "us-rtt-p99")
 		r["us-rtt-p50"], r["us-rtt-p99"] = p50, p99
-		point("pingpong")
+		markMem("pingpong")
 		measureRR(b, r, client, server, dst, tag)
 	}
 	return r

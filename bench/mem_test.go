@@ -27,6 +27,13 @@ const metricsAt = "127.0.0.1:9465"
 // memPoint, when set, logs the agents' memory after each test of a rung.
 var memPoint func(point string)
 
+// markMem calls memPoint, if set, at point.
+func markMem(point string) {
+	if memPoint != nil {
+		memPoint(point)
+	}
+}
+
 // memArgs are the agent flags -ladder.mem needs.
 func memArgs() []string {
 	if *ladderMem == "" {

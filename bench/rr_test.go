@@ -81,9 +81,7 @@ func measureRR(b *testing.B, r rungResult, client, server string, dst netip.Addr
 		b.ReportMetric(res.tps, t.unit)
 		b.ReportMetric(res.cores, "cores-"+t.key)
 		reportCostPerRate(b, res.cores, res.tps/1e6, "cores-per-Mtrans-"+t.key)
-		if memPoint != nil {
-			memPoint(t.key)
-		}
+		markMem(t.key)
 	}
 }
 
