@@ -126,6 +126,10 @@ func attachVeth(s vethSpec) (Attachment, error) {
 	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+hostName+"/accept_local", []byte("1"), 0o644); err != nil {
 		return Attachment{}, fmt.Errorf("accept_local on %s: %w", hostName, err)
 	}
+	// The guard tells containers' veths by this group (overlay/guard_linux.go).
+	if err := netlink.LinkSetGroup(host, int(HostVethGroup)); err != nil {
+		return Attachment{}, fmt.Errorf("group of %s: %w", hostName, err)
+	}
 	peer, err := netlink.LinkByName(peerName)
 	if err != nil {
 		return Attachment{}, err
@@ -160,6 +164,11 @@ func attachVeth(s vethSpec) (Attachment, error) {
 		IfName: s.ifname, MAC: ctrMAC, IP: s.ip,
 	}, nil
 }
+
+// HostVethGroup is the interface group of every container's cell-side
+// veth ("weft"): the guard's rules match it (a 4-byte compare per rule,
+// where the name prefix "wc" is a 16-byte copy).
+const HostVethGroup = 0x77656674
 
 // GatewayAddr is the address of the cell end of every container's veth.
 func GatewayAddr() *netlink.Addr {

@@ -154,7 +154,7 @@ func (g *guard) buildEgressLocked(c *nftables.Conn, t *nftables.Table, fwd, mark
 	g.addEgressRules(c, ch, g.egress)
 	if g.overlay.IsValid() {
 		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: slices.Concat(fromContainer(),
-			ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, g.iface),
+			g.onIface(expr.MetaKeyOIF, expr.CmpOpNeq),
 			nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
 			inPrefix(16, g.overlay, expr.CmpOpNeq),
 			[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: egressChain}})})
@@ -164,7 +164,7 @@ func (g *guard) buildEgressLocked(c *nftables.Conn, t *nftables.Table, fwd, mark
 			nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
 			inPrefix(12, g.overlay, expr.CmpOpEq),
 			inPrefix(16, g.overlay, expr.CmpOpNeq),
-			ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, g.iface),
+			g.onIface(expr.MetaKeyOIF, expr.CmpOpNeq),
 			[]expr.Any{&expr.Masq{}})})
 		// The cell host's own packets into the overlay leave from weft0's
 		// address, the cell's address that the other cells know
@@ -172,7 +172,7 @@ func (g *guard) buildEgressLocked(c *nftables.Conn, t *nftables.Table, fwd, mark
 		// underlay's, a bound socket's). Packets forwarded from outside
 		// never get here: the forward chain refuses them (guard_linux.go).
 		c.AddRule(&nftables.Rule{Table: t, Chain: nat, Exprs: slices.Concat(
-			ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, g.iface),
+			g.onIface(expr.MetaKeyOIF, expr.CmpOpEq),
 			nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
 			inPrefix(12, g.overlay, expr.CmpOpNeq),
 			[]expr.Any{&expr.Masq{}})})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -12,8 +13,10 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/policy"
 )
 
@@ -23,12 +26,16 @@ import (
 // veth it entered by, as WireGuard binds a peer's source addresses to its
 // key, and keeps containers off the cell's own addresses and the underlay:
 //
+// Below, "wc*" stands for `iifgroup/oifgroup CONTAINERS` (the group
+// attach gives every container's veth) and WEFT0 for weft0's index.
+//
 //	table inet weft {
 //	  set containers { type ifname . ipv4_addr }   # host veth . container IP
 //	  set drops { ... }  # every counter ... drop also counts under its veth: guard_drops_linux.go
 //	  chain prerouting { type filter hook prerouting priority raw
 //	    iifname WEFT0  ip daddr != CELL_ADDR            notrack accept   # weft0's .1
 //	    iifname "wc*"                                   jump from_container
+//	    iifgroup != CONTAINERS iifname "wc*"            jump from_container  # before its first Sync
 //	    udp dport WG_PORT                               notrack
 //	  }
 //	  chain from_container {
@@ -85,7 +92,9 @@ var guardCounters = []string{GuardSpoofed, GuardToCell, GuardNotIPv4, GuardEgres
 	GuardIngress, GuardIngressAccepted}
 
 // containerVethPrefix is what every container's host veth name starts with
-// (HostVethName).
+// (HostVethName). The rules tell a container's veth by its interface group
+// (attach.HostVethGroup: one 4-byte load, where a name is a 16-byte copy);
+// raw prerouting also checks a veth with the prefix and without the group.
 const containerVethPrefix = "wc"
 
 // GuardEntry binds a container's overlay address to its host-side veth.
@@ -119,10 +128,12 @@ type guard struct {
 	cell    netip.Addr   // weft0's address, the cell's one local address in the overlay (invalid: ask the FIB)
 	table   *nftables.Table
 	setType nftables.SetDatatype
+	ifindex uint32 // weft0's, when the table was last built (0: match by name)
 
-	mu     sync.Mutex
-	last   []GuardEntry // guarded by mu: the set as last written, sorted
-	egress [][]expr.Any // guarded by mu: the egress chain's accept rules as last written
+	mu      sync.Mutex
+	grouped map[string]bool // guarded by mu: veths of the set given attach.HostVethGroup
+	last    []GuardEntry    // guarded by mu: the set as last written, sorted
+	egress  [][]expr.Any    // guarded by mu: the egress chain's accept rules as last written
 
 	reinstalled func() // called when Sync found the table gone and built it again; set before use
 	// guarded by mu: the ingress chains' accept rules as last written
@@ -170,6 +181,11 @@ func (g *guard) install() error {
 
 // buildLocked queues the whole table with entries in the set.
 func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
+	g.ifindex = 0
+	if ifi, err := net.InterfaceByName(g.iface); err == nil {
+		g.ifindex = uint32(ifi.Index)
+	}
+	g.groupLocked(entries)
 	t := c.AddTable(g.table)
 	for _, name := range guardCounters {
 		c.AddObj(&nftables.CounterObj{Table: t, Name: name})
@@ -193,9 +209,16 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 	// each packet that walks past it). An overlay packet ends the chain at
 	// its notrack (accept ends this base chain only).
 	pre := chain("prerouting", nftables.ChainHookPrerouting, nftables.ChainPriorityRaw)
-	rule(pre, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, g.iface), g.notLocalOverlayDst(), notrack(), accept())
+	rule(pre, g.onIface(expr.MetaKeyIIF, expr.CmpOpEq), g.notLocalOverlayDst(), notrack(), accept())
 	fromCt := c.AddChain(&nftables.Chain{Name: fromContainerChain, Table: t})
 	rule(pre, fromContainer(), []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: fromCt.Name}})
+	// A container veth without the group (before its first Sync): the
+	// same checks, found by its name.
+	rule(pre, notFromContainer(), []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(containerVethPrefix)},
+		&expr.Verdict{Kind: expr.VerdictJump, Chain: fromCt.Name},
+	})
 	rule(fromCt, nfproto(expr.CmpOpNeq, unix.NFPROTO_IPV4), countDrop(GuardNotIPv4))
 	rule(fromCt, []expr.Any{
 		// iifname . ip saddr: ifname in registers 8-11, saddr in 12.
@@ -243,8 +266,8 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 	// Between a container and weft0, both ways, nothing below applies
 	// (the engine judges these packets): accept before the ingress and
 	// egress rules, which every packet would otherwise walk.
-	rule(fwd, fromContainer(), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, g.iface), accept())
-	rule(fwd, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, g.iface), toContainer(), accept())
+	rule(fwd, fromContainer(), g.onIface(expr.MetaKeyOIF, expr.CmpOpEq), accept())
+	rule(fwd, g.onIface(expr.MetaKeyIIF, expr.CmpOpEq), toContainer(), accept())
 	var mark *nftables.Chain
 	if g.overlay.IsValid() {
 		// One prerouting chain at filter priority (after DNAT) for the
@@ -254,7 +277,7 @@ func (g *guard) buildLocked(c *nftables.Conn, entries []GuardEntry) error {
 		g.buildIngressLocked(c, t, fwd, mark)
 	}
 	g.buildEgressLocked(c, t, fwd, mark)
-	rule(fwd, fromContainer(), ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, g.iface), countDrop(GuardToCell))
+	rule(fwd, fromContainer(), g.onIface(expr.MetaKeyOIF, expr.CmpOpNeq), countDrop(GuardToCell))
 	return nil
 }
 
@@ -351,7 +374,7 @@ func (g *guard) buildIngressLocked(c *nftables.Conn, t *nftables.Table, fwd, mar
 
 	c.AddRule(&nftables.Rule{Table: t, Chain: mark, Exprs: slices.Concat(
 		notFromContainer(),
-		ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, g.iface),
+		g.onIface(expr.MetaKeyIIF, expr.CmpOpNeq),
 		nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
 		inPrefix(16, g.overlay, expr.CmpOpEq),
 		[]expr.Any{
@@ -360,9 +383,9 @@ func (g *guard) buildIngressLocked(c *nftables.Conn, t *nftables.Table, fwd, mar
 		})})
 
 	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: slices.Concat(fromContainer(),
-		ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, g.iface), ctReply(), accept())})
+		g.onIface(expr.MetaKeyOIF, expr.CmpOpNeq), ctReply(), accept())})
 	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: slices.Concat(toContainer(),
-		ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, g.iface), nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
+		g.onIface(expr.MetaKeyIIF, expr.CmpOpNeq), nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
 		[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: ingressChain}})})
 	// From outside the overlay to a container of another cell (a router
 	// on the underlay routing the overlay to this cell): no ingress rule
@@ -370,7 +393,7 @@ func (g *guard) buildIngressLocked(c *nftables.Conn, t *nftables.Table, fwd, mar
 	// and the engine would count it as spoofed.
 	for _, e := range ingressRefusal(false) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: slices.Concat(notFromContainer(),
-			ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, g.iface), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, g.iface), e)})
+			g.onIface(expr.MetaKeyIIF, expr.CmpOpNeq), g.onIface(expr.MetaKeyOIF, expr.CmpOpEq), e)})
 	}
 	out := c.AddChain(&nftables.Chain{Name: "output_ingress", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter})
@@ -493,6 +516,7 @@ func (g *guard) Sync(want []GuardEntry) (changed bool, err error) {
 		}
 		return true, nil
 	}
+	g.groupLocked(want)
 	if slices.Equal(have, want) {
 		g.last = want
 		return false, nil
@@ -610,25 +634,57 @@ func sortEntries(es []GuardEntry) []GuardEntry {
 // Expression helpers. Register 1 is scratch; the concatenation above uses
 // 8-12.
 
-func fromContainer() []expr.Any {
+func fromContainer() []expr.Any    { return ifGroup(expr.MetaKeyIIFGROUP, expr.CmpOpEq) }
+func notFromContainer() []expr.Any { return ifGroup(expr.MetaKeyIIFGROUP, expr.CmpOpNeq) }
+func toContainer() []expr.Any      { return ifGroup(expr.MetaKeyOIFGROUP, expr.CmpOpEq) }
+
+// ifGroup compares the input or output interface's group with the group
+// of containers' veths.
+func ifGroup(key expr.MetaKey, op expr.CmpOp) []expr.Any {
 	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(containerVethPrefix)},
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: op, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, attach.HostVethGroup)},
 	}
 }
 
-func notFromContainer() []expr.Any {
+// onIface compares the input (MetaKeyIIF) or output interface with weft0:
+// by index, or by name if weft0 had none when the table was built.
+func (g *guard) onIface(key expr.MetaKey, op expr.CmpOp) []expr.Any {
+	if g.ifindex == 0 {
+		if key == expr.MetaKeyIIF {
+			return ifname(expr.MetaKeyIIFNAME, op, g.iface)
+		}
+		return ifname(expr.MetaKeyOIFNAME, op, g.iface)
+	}
 	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte(containerVethPrefix)},
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: op, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, g.ifindex)},
 	}
 }
 
-func toContainer() []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(containerVethPrefix)},
+// groupLocked gives the veths of entries the containers' interface group
+// (attach gives it to new ones; this covers veths of an older agent, and
+// any whose group was changed) and forgets veths no longer in entries.
+// A veth that is gone is skipped: its entry will go too.
+func (g *guard) groupLocked(entries []GuardEntry) {
+	grouped := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		if g.grouped[e.Veth] {
+			grouped[e.Veth] = true
+			continue
+		}
+		l, err := netlink.LinkByName(e.Veth)
+		if err != nil {
+			continue
+		}
+		if uint32(l.Attrs().Group) != attach.HostVethGroup {
+			if err := netlink.LinkSetGroup(l, int(attach.HostVethGroup)); err != nil {
+				continue
+			}
+		}
+		grouped[e.Veth] = true
 	}
+	g.grouped = grouped
 }
 
 // ctReply: the packet goes in the reply direction of its connection.

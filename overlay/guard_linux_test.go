@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 
 	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/internal/lab"
@@ -92,6 +93,57 @@ func TestGuardSyncAndRepair(t *testing.T) {
 		}
 		if cnt, err := g2.Counters(); err != nil || cnt != (GuardCounters{}) {
 			t.Fatalf("counters: %+v, %v; want zeros", cnt, err)
+		}
+		return nil
+	})
+}
+
+// TestGuardGroupsVeths: the rules tell containers' veths by their
+// interface group. Sync gives it to the veths it binds, and install to
+// the veths of the bindings it keeps (an agent upgraded from one that
+// matched names), so that no container is cut off.
+func TestGuardGroupsVeths(t *testing.T) {
+	inScratchNetns(t, func() error {
+		veth := func(id string) string {
+			name := attach.HostVethName(id)
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "p" + name[2:]}); err != nil {
+				t.Fatalf("veth %s: %v", name, err)
+			}
+			return name
+		}
+		group := func(name string) uint32 {
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return l.Attrs().Group
+		}
+		a, b := veth("a"), veth("b")
+		g := newGuard("weftg0", netip.MustParseAddr("169.254.0.2"), 51820, netip.MustParsePrefix("10.255.0.0/16"))
+		if err := g.install(); err != nil {
+			t.Fatalf("install: %v", err)
+		}
+		want := []GuardEntry{{Veth: a, IP: netip.MustParseAddr("10.255.1.2")}}
+		if _, err := g.Sync(want); err != nil {
+			t.Fatal(err)
+		}
+		if got := group(a); got != attach.HostVethGroup {
+			t.Errorf("%s after Sync: group %#x, want %#x", a, got, uint32(attach.HostVethGroup))
+		}
+		if got := group(b); got != 0 {
+			t.Errorf("%s, not bound: group %#x, want 0", b, got)
+		}
+		// An older agent's veth: bound, without the group.
+		l, _ := netlink.LinkByName(a)
+		if err := netlink.LinkSetGroup(l, 0); err != nil {
+			t.Fatal(err)
+		}
+		g2 := newGuard("weftg0", netip.MustParseAddr("169.254.0.2"), 51820, netip.MustParsePrefix("10.255.0.0/16"))
+		if err := g2.install(); err != nil {
+			t.Fatalf("second install: %v", err)
+		}
+		if got := group(a); got != attach.HostVethGroup {
+			t.Errorf("%s after a new agent's install: group %#x, want %#x", a, got, uint32(attach.HostVethGroup))
 		}
 		return nil
 	})
