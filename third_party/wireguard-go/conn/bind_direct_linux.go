@@ -5,11 +5,10 @@
 
 package conn
 
-// weft's direct bind (WEFT-PATCHES.md, "Direct bind"): UDP sockets that
-// Go's netpoller never sees. A ReceiveFunc waits in the kernel, in one
-// blocking recvmmsg(MSG_WAITFORONE), on its own thread, as nebula's
-// reader does; Send is one blocking sendmmsg. No epoll registration, no
-// netpoller wake-ups, no per-datagram allocations.
+// weft's direct bind (WEFT-PATCHES.md, "Direct bind"): UDP sockets of its
+// own, read and written by raw recvmmsg and sendmmsg on a non-blocking
+// descriptor in the runtime's poller, with no x/net layer and no
+// allocation per datagram.
 
 import (
 	"encoding/binary"
@@ -20,12 +19,13 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// DirectBind is a Bind on blocking UDP sockets of its own (one IPv4, one
+// DirectBind is a Bind on UDP sockets of its own (one IPv4, one
 // IPv6 with IPV6_V6ONLY, on the same port), with UDP GSO on send and
 // UDP GRO on receive where the kernel has them, as StdNetBind.
 //
@@ -51,7 +51,7 @@ var (
 // NewDirectBind returns a DirectBind (Linux); elsewhere a StdNetBind.
 func NewDirectBind() Bind {
 	return &DirectBind{
-		tx: sync.Pool{New: func() any { return new(directTx) }},
+		tx: sync.Pool{New: func() any { return newDirectTx() }},
 	}
 }
 
@@ -61,9 +61,11 @@ type directState struct {
 	rx4, rx6 *directRx // their receivers (for tests)
 }
 
-// directSock is one blocking UDP socket.
+// directSock is one non-blocking UDP socket in the runtime's poller.
 type directSock struct {
 	fd     int
+	file   *os.File // owns fd
+	rc     syscall.RawConn
 	is6    bool
 	laddr  string
 	rxGRO  bool
@@ -85,13 +87,13 @@ func (*DirectBind) ParseEndpoint(s string) (Endpoint, error) {
 
 func (*DirectBind) BatchSize() int { return IdealBatchSize }
 
-// openDirectSock opens a blocking UDP socket bound to port (0: any).
+// openDirectSock opens a UDP socket bound to port (0: any).
 func openDirectSock(is6 bool, port int) (*directSock, int, error) {
 	family := unix.AF_INET
 	if is6 {
 		family = unix.AF_INET6
 	}
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.IPPROTO_UDP)
 	if err != nil {
 		return nil, 0, os.NewSyscallError("socket", err)
 	}
@@ -123,6 +125,12 @@ func openDirectSock(is6 bool, port int) (*directSock, int, error) {
 		return nil, 0, os.NewSyscallError("getsockname", err)
 	}
 	s := &directSock{fd: fd, is6: is6}
+	// Non-blocking: os.NewFile registers it with the runtime's poller.
+	s.file = os.NewFile(uintptr(fd), "udp")
+	if s.rc, err = s.file.SyscallConn(); err != nil {
+		s.file.Close()
+		return nil, 0, err
+	}
 	switch la := la.(type) {
 	case *unix.SockaddrInet4:
 		port = la.Port
@@ -139,18 +147,15 @@ func openDirectSock(is6 bool, port int) (*directSock, int, error) {
 	return s, port, nil
 }
 
-// close wakes the socket's receivers (and senders blocked on a full send
-// buffer), waits until they have left fd, and closes it.
+// close ends the waits of the socket's receivers and senders in the
+// poller and closes it; the runtime closes the descriptor once no
+// RawConn call holds it, so its number is never reused under one.
 func (s *directSock) close() error {
 	if s == nil || s.closed.Swap(true) {
 		return nil
 	}
-	// On an unconnected UDP socket shutdown fails with ENOTCONN but
-	// still marks it shut down and wakes its waiters: a blocked
-	// recvmmsg returns, a later one does not block.
-	_ = unix.Shutdown(s.fd, unix.SHUT_RDWR)
-	s.inuse.Lock()
-	err := unix.Close(s.fd)
+	err := s.file.Close()
+	s.inuse.Lock() // no SetMark on the descriptor any more
 	s.fd = -1
 	s.inuse.Unlock()
 	if err != nil {
@@ -260,6 +265,13 @@ type directRx struct {
 	oob   [IdealBatchSize][directOOBSize]byte
 	eps   directEndpoints
 	read  int // messages the last recvmmsg returned (for tests)
+
+	// readFn is the RawConn.Read callback, made once so that a
+	// call allocates nothing; pmsgs its input, pgot and perrno its result.
+	readFn func(fd uintptr) bool
+	pmsgs  []mmsghdr
+	pgot   uintptr
+	perrno unix.Errno
 }
 
 func newDirectRx(s *directSock) *directRx {
@@ -272,6 +284,20 @@ func newDirectRx(s *directSock) *directRx {
 		h.Control = &r.oob[i][0]
 	}
 	r.eps.m = make(map[directKey]*StdNetEndpoint)
+	r.readFn = func(fd uintptr) bool {
+		for {
+			got, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd,
+				uintptr(unsafe.Pointer(&r.pmsgs[0])), uintptr(len(r.pmsgs)), 0, 0, 0)
+			switch errno {
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return false
+			}
+			r.pgot, r.perrno = got, errno
+			return true
+		}
+	}
 	return r
 }
 
@@ -320,16 +346,13 @@ func (r *directRx) receive(bufs [][]byte, sizes []int, eps []Endpoint) (int, err
 		got   uintptr
 		errno unix.Errno
 	)
-	for {
-		// Syscall6, not RawSyscall6: the runtime must know that this
-		// thread may block, and hand its P on.
-		got, _, errno = unix.Syscall6(unix.SYS_RECVMMSG, uintptr(s.fd),
-			uintptr(unsafe.Pointer(&r.msgs[readAt])), uintptr(len(bufs)-readAt),
-			unix.MSG_WAITFORONE, 0, 0)
-		if errno != unix.EINTR {
-			break
-		}
+	r.pmsgs = r.msgs[readAt:len(bufs)]
+	if err := s.rc.Read(r.readFn); err != nil {
+		errno = unix.EBADF // the poller ends a wait only when the socket closes
+	} else {
+		got, errno = r.pgot, r.perrno
 	}
+	r.pmsgs = nil
 	s.inuse.RUnlock()
 	if s.closed.Load() {
 		return 0, net.ErrClosed
@@ -441,6 +464,12 @@ type directTx struct {
 	iov  [IdealBatchSize]unix.Iovec
 	oob  [IdealBatchSize][directOOBSize]byte
 	name unix.RawSockaddrInet6
+
+	// writeFn is the RawConn.Write callback, made once.
+	writeFn func(fd uintptr) bool
+	wmsgs   []mmsghdr
+	wstart  int
+	werrno  unix.Errno
 }
 
 // setName writes ap into tx.name and returns its length.
@@ -573,30 +602,56 @@ func (b *DirectBind) Send(bufs [][]byte, endpoint Endpoint) error {
 		return net.ErrClosed
 	}
 	gso := s.txGSO.Load()
-	err = s.sendmmsg(tx.msgs[:tx.build(bufs, nameLen, gso, maxPayloadLen)])
+	err = s.sendmmsg(tx, tx.msgs[:tx.build(bufs, nameLen, gso, maxPayloadLen)])
 	if err != nil && gso && errShouldDisableUDPGSO(err) {
 		s.txGSO.Store(false)
-		err = s.sendmmsg(tx.msgs[:tx.build(bufs, nameLen, false, maxPayloadLen)])
+		err = s.sendmmsg(tx, tx.msgs[:tx.build(bufs, nameLen, false, maxPayloadLen)])
 		return ErrUDPGSODisabled{onLaddr: s.laddr, RetryErr: err}
 	}
 	return err
 }
 
-// sendmmsg sends msgs on the blocking socket; the caller holds s.inuse.
-func (s *directSock) sendmmsg(msgs []mmsghdr) error {
-	for start := 0; start < len(msgs); {
-		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(s.fd),
-			uintptr(unsafe.Pointer(&msgs[start])), uintptr(len(msgs)-start), 0, 0, 0)
-		if errno == unix.EINTR {
-			continue
+// sendmmsg sends msgs in one RawConn.Write, waiting in the poller while
+// the send buffer is full; the caller holds s.inuse.
+func (s *directSock) sendmmsg(tx *directTx, msgs []mmsghdr) error {
+	tx.wmsgs, tx.wstart, tx.werrno = msgs, 0, 0
+	err := s.rc.Write(tx.writeFn)
+	errno := tx.werrno
+	tx.wmsgs = nil
+	if err != nil {
+		return net.ErrClosed
+	}
+	if errno != 0 {
+		if s.closed.Load() {
+			return net.ErrClosed
 		}
-		if errno != 0 {
-			if s.closed.Load() {
-				return net.ErrClosed
-			}
-			return os.NewSyscallError("sendmmsg", errno)
-		}
-		start += int(n)
+		return os.NewSyscallError("sendmmsg", errno)
 	}
 	return nil
+}
+
+func newDirectTx() *directTx {
+	tx := new(directTx)
+	tx.writeFn = func(fd uintptr) bool {
+		for tx.wstart < len(tx.wmsgs) {
+			// Syscall6, not RawSyscall6: a sendmmsg runs the receiving
+			// stack inline (softirq) and may be long, so the runtime
+			// may hand the P on (raw: BenchmarkAB UDP 64 B 0.76).
+			n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd,
+				uintptr(unsafe.Pointer(&tx.wmsgs[tx.wstart])), uintptr(len(tx.wmsgs)-tx.wstart), 0, 0, 0)
+			switch e {
+			case 0:
+				tx.wstart += int(n)
+				continue
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return false
+			}
+			tx.werrno = e
+			return true
+		}
+		return true
+	}
+	return tx
 }
