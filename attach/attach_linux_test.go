@@ -4,9 +4,11 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -57,6 +59,10 @@ func TestAttachLifecycle(t *testing.T) {
 		}
 		if att.HostVeth != HostVethName(cni) || att.IfName != "eth0" || att.IP != ipRT || len(att.MAC) != 6 || len(att.HostMAC) != 6 {
 			t.Errorf("Netns attachment %+v", att)
+		}
+		// The guard binds the source: no reverse-path lookup on the veth.
+		if v, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + att.HostVeth + "/accept_local"); err != nil || strings.TrimSpace(string(v)) != "1" {
+			t.Errorf("accept_local on %s: %q, %v; want 1", att.HostVeth, v, err)
 		}
 		if _, err := Netns(cfg, cni, rtPath, "eth1", ipRT2); !errors.Is(err, ErrContainerExists) {
 			t.Errorf("Netns of an attached name: %v, want ErrContainerExists", err)

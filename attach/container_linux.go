@@ -121,6 +121,11 @@ func attachVeth(s vethSpec) (Attachment, error) {
 	if err != nil {
 		return Attachment{}, err
 	}
+	// The guard binds the container's source to this veth: no second
+	// FIB lookup for the reverse path (docs/architecture.md).
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+hostName+"/accept_local", []byte("1"), 0o644); err != nil {
+		return Attachment{}, fmt.Errorf("accept_local on %s: %w", hostName, err)
+	}
 	peer, err := netlink.LinkByName(peerName)
 	if err != nil {
 		return Attachment{}, err

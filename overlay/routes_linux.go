@@ -46,10 +46,14 @@ func setupRouting(cfg Config) error {
 		optional    bool // absent on some kernels: skipped
 	}{
 		{"ipv4/ip_forward", "1", false},
-		// Rejects for remote senders are written into the TUN with a
-		// local container's source address and routed back out of it:
-		// loose reverse-path filtering and no redirects on weft0.
-		{"ipv4/conf/" + cfg.Interface + "/rp_filter", "2", false},
+		// No reverse-path lookup for packets from the TUN (WireGuard's
+		// allowed IPs have checked their sources): without it the
+		// kernel makes a second FIB lookup per packet, as weft's ip
+		// rules count as custom ones (docs/architecture.md). Rejects
+		// for remote senders are written into the TUN with a local
+		// container's source and routed back out of it: no redirects.
+		{"ipv4/conf/" + cfg.Interface + "/rp_filter", "0", false},
+		{"ipv4/conf/" + cfg.Interface + "/accept_local", "1", false},
 		{"ipv4/conf/" + cfg.Interface + "/send_redirects", "0", false},
 		{"ipv4/conf/" + cfg.Interface + "/accept_redirects", "0", false},
 		// The overlay is IPv4. Without this the kernel sends router
