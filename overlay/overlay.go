@@ -143,7 +143,13 @@ func New(cfg Config) (*Overlay, error) {
 		// of small packets leaves in one sendmmsg (WEFT-PATCHES.md).
 		tun.SetReadDrain(tdev, true)
 	}
-	nbufs := o.startDevice(conn.NewDefaultBind(), messageBuffers(cfg),
+	// Run to completion reads the UDP sockets through weft's own bind:
+	// raw recvmmsg/sendmmsg, no allocation per datagram (WEFT-PATCHES.md).
+	bind := conn.NewDefaultBind()
+	if dataPath == DataPathInline {
+		bind = conn.NewDirectBind()
+	}
+	nbufs := o.startDevice(bind, messageBuffers(cfg),
 		device.Options{RunToCompletion: dataPath == DataPathInline})
 
 	fail := func(err error) (*Overlay, error) {

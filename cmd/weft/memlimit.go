@@ -17,8 +17,8 @@ import (
 // limit, 52 with 40 MiB. Under the ladder's load (rung d, 100k flows) the
 // heap stayed at the 40 MiB limit's goal, ~30 MB, 10 MB above the live
 // heap; at 32 MiB its goal is ~22 MB, for about one collection more every
-// 5 s (the data path allocates ~3 MB/s, most of it wireguard-go's
-// per-datagram endpoint in conn.StdNetBind.receiveIP). The message buffers
+// 5 s (the data path allocated ~3 MB/s, most of it StdNetBind's endpoint
+// per datagram; weft's DirectBind allocates none). The message buffers
 // are outside the heap (overlay/bufpool.go) and outside the limit.
 const defaultMemoryLimit = 32 << 20
 

@@ -153,7 +153,7 @@ func genTestPair(tb testing.TB, realSocket bool) (pair testPair) {
 	cfg, endpointCfg := genConfigs(tb)
 	var binds [2]conn.Bind
 	if realSocket {
-		binds[0], binds[1] = conn.NewDefaultBind(), conn.NewDefaultBind()
+		binds[0], binds[1] = newRealBind(), newRealBind()
 	} else {
 		binds = bindtest.NewChannelBinds()
 	}

@@ -25,12 +25,17 @@ import (
 
 // genModePair is genTestPair with the Options of each device.
 func genModePair(tb testing.TB, opts [2]Options) (pair testPair) {
+	return genModePairBinds(tb, opts, [2]func() conn.Bind{newRealBind, newRealBind})
+}
+
+// genModePairBinds is genModePair with the bind of each device.
+func genModePairBinds(tb testing.TB, opts [2]Options, newBind [2]func() conn.Bind) (pair testPair) {
 	cfg, endpointCfg := genConfigs(tb)
 	for i := range pair {
 		p := &pair[i]
 		p.tun = tuntest.NewChannelTUN()
 		p.ip = netip.AddrFrom4([4]byte{1, 0, 0, byte(i + 1)})
-		p.dev = NewDeviceWithOptions(p.tun.TUN(), conn.NewDefaultBind(), NewLogger(LogLevelError, fmt.Sprintf("dev%d: ", i)), opts[i])
+		p.dev = NewDeviceWithOptions(p.tun.TUN(), newBind[i](), NewLogger(LogLevelError, fmt.Sprintf("dev%d: ", i)), opts[i])
 		tb.Cleanup(p.dev.Close)
 		if err := p.dev.IpcSet(cfg[i]); err != nil {
 			tb.Fatalf("configure device %d: %v", i, err)
