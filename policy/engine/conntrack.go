@@ -3,8 +3,8 @@ package engine
 import (
 	"encoding/binary"
 	"github.com/weft-net/weft/policy"
+	"math"
 	"math/bits"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -154,40 +154,33 @@ func sideFlag(isA bool) uint8 {
 // local reports whether side a (isA) or b of the flow is a local endpoint.
 func (e flowEntry) local(isA bool) bool { return e.flags&sideFlag(isA) != 0 }
 
-// conntrack is a bounded flow table split into shards chosen by a seeded
-// hash of the key. Each shard holds two open-addressing tables (linear
-// probing, backward-shift deletion) of pointer-free words: one for IPv4
-// keys (4 words a slot: key, key, meta, lastSeen) and one for IPv6 (7
-// words). The shard limits add up to MaxFlows and a table's capacity never
-// exceeds 8/5 of its shard's limit, so memory is bounded by MaxFlows:
-// at most 51 bytes per IPv4 flow (32 B a slot at 5/8 load).
+// conntrack is a bounded flow table split into shards chosen by the low
+// bits of a seeded hash of the key. Each shard holds two open-addressing
+// tables of pointer-free words (linear probing, backward-shift deletion):
+// one for IPv4 keys, whose slots are 4 words (key, key, meta, lastSeen),
+// two to a 64-byte line, and one for IPv6, whose slots are 8 words (5 key
+// words, meta, lastSeen, padding), a line each. The hash's high bits pick
+// the key's home line, whose first slot its probe starts at: a lookup
+// mostly reads that line and no other, and a new flow goes into the empty
+// slot that ended its lookup's probe, on the line the lookup has just
+// brought into cache. A slot is empty when its meta word is zero.
 //
-// Concurrency: the shard's sequence counter is its writers' lock. A writer
-// makes it odd with a compare-and-swap from an even value, changes the
-// shard, and makes it even again (lock, unlock). Readers of the fast path
-// take no lock: they read the words with atomic loads between two loads of
-// the counter (seqlock), and a reader that sees it odd or changed falls
-// back to the lock. A new IPv4 flow's packet, which found its flow absent
-// at sequence s, takes the shard with a single compare-and-swap from s
-// (tryLock): if that succeeds, nothing has changed since the miss, so the
-// flow joins the nursery without a second look, and without the mutex.
-// Every other writer first takes the shard's mutex (so that writers that
-// may run long, a sweep or a table's growth, make the others sleep rather
-// than spin), then the counter. A reader refreshes lastSeen with an
-// atomic store, at most once per tick of the coarse clock.
+// The shard limits add up to MaxFlows and a table's capacity never exceeds
+// 8/5 of its shard's limit, so memory is bounded by MaxFlows: at most 51
+// bytes per IPv4 flow (32 B a slot at 5/8 load). Tables start small and
+// double when 5/8 full.
 //
-// New IPv4 flows first go to the shard's nursery, a few cache-resident
-// slots that lookups check after t4, each with its t4 slot reserved
-// (nurseOpenLocked); when it is full, all of them move into their slots at
-// once, when the shard's next new flow comes. The slots'
-// cache lines are prefetched for writing when the nursery becomes full, so
-// that by then they are in cache.
-// A new flow's slot in t4 is a random cache line, mostly not in cache on a
-// big table: written one at a time, each would stall the next locked
-// instruction (the mutex) for a memory round trip; written in a batch, the
-// round trips overlap. A key is never in both t4 and the nursery; a locked
-// lookup that finds its key in the nursery moves the nursery into t4
-// first, so everything else works on t4's slots only.
+// Concurrency: a shard's writers take its mutex, then make its sequence
+// counter odd, change the shard, and make the counter even again (lock,
+// unlock); the fields marked "guarded by the lock" change only so.
+// Readers take no lock: they load the counter, the words (atomic loads),
+// and the counter again (a seqlock), and one that sees it odd or changed
+// takes the lock and looks again. A reader refreshes lastSeen with an
+// atomic store, at most once per tick of the coarse clock. A reader that
+// found its flow absent keeps where (ctMiss): if the counter, once it
+// holds the lock, is one more than the reader saw (no writer between), the
+// flow is still absent and the slot still empty, and it goes there without
+// a second probe (unchangedLocked).
 //
 // A full shard first drops its expired entries (at most once a second) and
 // otherwise evicts the least recently seen of a few sampled entries, so it
@@ -200,99 +193,78 @@ type conntrack struct {
 	evictions atomic.Uint64
 }
 
+// ctShard is one cache line (TestShardLayout): shards share no line.
 type ctShard struct {
-	// The first cache line holds all that a packet of a new IPv4 flow
-	// touches besides its nursery entry and slot (nslot) and t4's control
-	// byte (lock included): t4's control bytes, slots and capacity are repeated here
-	// (view4) so that lock-free IPv4 readers do not load the table header.
-	seq    atomic.Uint32          // odd while a writer holds the shard; see conntrack
-	nurseN int32                  // entries in nurse; guarded by seq (readers use ntags)
-	cap4   atomic.Uint64          // t4.cap, 0 without a t4; stored after tags4 and w4
-	tags4  atomic.Pointer[uint64] // &t4.tags[0]
-	w4     atomic.Pointer[uint64] // &t4.w[0]
-	ntags  [2]uint64              // control bytes of the nurse entries, as in ctTable
-	// opened counts the new flows fast4 opened, which it counts here,
-	// holding the shard, with a plain add, instead of in the engine's
-	// verdict counters (a locked add). Guarded by seq: Counters takes the
-	// shard to read it.
-	opened uint64
-	n      int32 // entries in t4, t6 and nurse; guarded by seq
-	limit  int32
-
+	seq       atomic.Uint32 // odd while a writer holds the shard; see conntrack
+	n         int32         // entries in t4 and t6; guarded by the lock
 	t4, t6    atomic.Pointer[ctTable]
-	lastSweep int64      // guarded by seq
-	rnd       uint64     // eviction sampling state; guarded by seq
-	maxCap    int        // capacity bound of each table
-	mu        sync.Mutex // orders the writers that take the shard with lock
-	_         [16]byte   // the nursery on lines of its own; shards share no line (TestShardLayout)
-
-	// nurse holds the newest IPv4 flows, not yet in t4: 4 words each (key,
-	// key, meta, lastSeen). See conntrack.
-	nurse [nurseryCap * 4]uint64
-	// nslot is the t4 slot reserved for each nursery entry: its control
-	// byte is set when the entry joins (while the flow's control-byte
-	// word is in cache from its lookup), the slot's words when the
-	// nursery moves into t4. See nurseOpenLocked.
-	nslot [nurseryCap]int32
+	limit     int32      // at most n entries
+	maxCap    int        // capacity bound of each table (slots)
+	lastSweep int64      // guarded by the lock
+	rnd       uint64     // eviction sampling state; guarded by the lock
+	mu        sync.Mutex // orders the writers; see lock
 }
 
-// nurseCap is the shard's nursery size: nurseryCap, or less for a small
-// shard (none below 8 entries).
-func (sh *ctShard) nurseCap() int32 { return min(nurseryCap, sh.limit>>3) } // limit > 0: a shift, not a signed division
-
-// lock takes the shard for a writer: the mutex, then the sequence counter
-// (odd). The counter's only other holder, tryLock, keeps it for a few
-// instructions (a nursery entry; now and then a flush, or making room in a
-// full shard), so lock spins for it, yielding after a while.
+// lock takes the shard for a writer: the mutex (a writer that runs long, a
+// sweep or a table's growth, makes the others sleep), then the sequence
+// counter, made odd.
 func (sh *ctShard) lock() {
 	sh.mu.Lock()
-	for spins := 0; ; spins++ {
-		if s := sh.seq.Load(); s&1 == 0 && sh.seq.CompareAndSwap(s, s+1) {
-			return
-		}
-		if spins >= 64 {
-			runtime.Gosched()
-		}
-	}
+	sh.seq.Add(1)
 }
 
 // unlock releases a shard taken with lock.
 func (sh *ctShard) unlock() {
-	releaseSeq(&sh.seq)
+	sh.seq.Add(1)
 	sh.mu.Unlock()
 }
 
-// tryLock takes the shard without the mutex if its sequence counter is
-// still seq, the even value a lock-free lookup read: then nothing in the
-// shard has changed since that lookup. Release it with releaseSeq.
-func (sh *ctShard) tryLock(seq uint32) bool { return sh.seq.CompareAndSwap(seq, seq+1) }
+// ctMiss is where a lock-free lookup found its key absent: the table it
+// probed (nil: none, or no lookup), the word offset of the empty slot that
+// ended the probe, and the shard's sequence counter as it read it.
+type ctMiss struct {
+	t    *ctTable
+	base int
+	seq  uint32
+}
+
+// unchangedLocked reports whether nothing in the shard changed between
+// the lock-free miss m and the caller's lock, which it must call right
+// after lock: the key is then still absent and m's slot still empty.
+// Otherwise it clears m.
+func (sh *ctShard) unchangedLocked(m *ctMiss) bool {
+	if m.t != nil && sh.seq.Load() == m.seq+1 {
+		return true
+	}
+	*m = ctMiss{}
+	return false
+}
 
 // ctTable is one open-addressing table. Slot i occupies
-// w[i*stride : (i+1)*stride]: kw key words, meta, lastSeen. Its control
-// byte, byte i%8 of tags[i/8], is 0 for an empty slot and otherwise 0x80
-// plus 7 bits of the key's hash. The control bytes (1 byte a slot, 1/32 of
-// the slots' size) stay in cache where the slots do not: a probe scans 8 of
-// them at a time and reads a slot only on a tag match, so a lookup of an
-// untracked flow, every new flow, usually reads no slot at all, and a hit
-// reads one. The capacity is a multiple of 8.
+// w[i*stride : (i+1)*stride]: kw key words, meta, lastSeen (and a pad
+// word for IPv6), its first word at the start of a cache line for IPv6
+// and of every other slot for IPv4. Only the lock holder changes a table
+// (lock-free readers store lastSeen words) and its n; a new table, made
+// by growLocked, replaces it.
 type ctTable struct {
-	v6     bool
-	kw     int
-	stride int
-	cap    uint64
-	n      int // guarded by the shard's mu
 	w      []uint64
-	tags   []uint64
+	cap    uint64 // slots, even
+	lines  uint64 // cap >> shift: the home lines
+	shift  uint   // log2 of the slots a line: 1 (IPv4) or 0 (IPv6)
+	kw     int    // key words: 2 or 5
+	stride int    // words a slot: 4 or 8
+	v6     bool
+	n      int // entries; guarded by the shard's lock
+	growAt int // n at which an insert doubles the table first
 }
 
 const (
 	maxShards     = 256
-	nurseryCap    = 16
 	evictSamples  = 8
 	sweepInterval = int64(time.Second)
 	minTableCap   = 16
-	// A table is at most 5/8 full: linear probing then averages under
-	// 2 probes for a hit and about 4 for a miss.
+	// A table is at most 5/8 full: a miss then mostly reads the home line
+	// only (it holds two IPv4 slots).
 	maxLoadNum, maxLoadDen = 5, 8
 )
 
@@ -312,11 +284,11 @@ func newConntrack(cfg *Config, seed uint64) *conntrack {
 	ct := &conntrack{shards: make([]ctShard, n), mask: uint64(n - 1), seed: seed | 1}
 	for i := range ct.shards {
 		sh := &ct.shards[i]
-		sh.limit = int32(cfg.MaxFlows / n)
+		limit := cfg.MaxFlows / n
 		if i < cfg.MaxFlows%n {
-			sh.limit++
+			limit++
 		}
-		sh.maxCap = (int(sh.limit)*maxLoadDen/maxLoadNum + 1 + 7) &^ 7
+		sh.setLimit(limit)
 		sh.rnd = mix(seed ^ uint64(i+1))
 	}
 	ct.timeouts = [5]int64{
@@ -327,66 +299,31 @@ func newConntrack(cfg *Config, seed uint64) *conntrack {
 	return ct
 }
 
-func newCTTable(v6 bool, capacity int) *ctTable {
-	t := &ctTable{v6: v6, kw: 2, cap: uint64(capacity)}
+// setLimit bounds the shard to limit entries, and so its tables to 8/5 of
+// that (and at least one slot more), a multiple of 8 slots.
+func (sh *ctShard) setLimit(limit int) {
+	sh.limit = int32(limit)
+	sh.maxCap = (limit*maxLoadDen/maxLoadNum + 1 + 7) &^ 7
+}
+
+// newCTTable returns an empty table of capacity slots (even), with its
+// words on a 64-byte boundary, that grows at 5/8 full unless it is at
+// maxCap.
+func newCTTable(v6 bool, capacity, maxCap int) *ctTable {
+	t := &ctTable{v6: v6, kw: 2, stride: 4, shift: 1, cap: uint64(capacity), growAt: math.MaxInt}
 	if v6 {
-		t.kw = 5
+		t.kw, t.stride, t.shift = 5, 8, 0
 	}
-	t.stride = t.kw + 2
-	t.w = make([]uint64, capacity*t.stride)
-	t.tags = make([]uint64, capacity/8)
+	t.lines = t.cap >> t.shift
+	if capacity < maxCap {
+		t.growAt = capacity * maxLoadNum / maxLoadDen
+	}
+	n := capacity * t.stride
+	w := make([]uint64, n+7)
+	off := int(-uintptr(unsafe.Pointer(&w[0])) % 64 / 8) // the address only: the GC does not move heap objects
+	t.w = w[off : off+n : off+n]
 	return t
 }
-
-// SWAR constants for the control bytes.
-const (
-	bytesLSB = 0x0101010101010101
-	bytesMSB = 0x8080808080808080
-	bytesLow = 0x7f7f7f7f7f7f7f7f
-)
-
-// zeroBytes returns 0x80 in each byte of x that is zero and 0 in the
-// others, with no carries between bytes. Applied to control bytes XOR a
-// tag repeated in every byte (tagOf(h) * bytesLSB), it marks the bytes
-// that match the tag.
-func zeroBytes(x uint64) uint64 { return ^((x&bytesLow + bytesLow) | x | bytesLow) }
-
-// tagOf is the control byte of a key with hash h: bits the shard (low
-// bits) and the home slot (high bits) do not use, and the high bit set.
-func tagOf(h uint64) uint64 { return h>>8&0x7f | 0x80 }
-
-// tagAt returns the control byte of slot i.
-func (t *ctTable) tagAt(i uint64) uint64 {
-	return atomic.LoadUint64(&t.tags[i>>3]) >> (i & 7 * 8) & 0xff
-}
-
-// setTagLocked sets the control byte of slot i.
-func (t *ctTable) setTagLocked(i, tag uint64) { storeTag(&t.tags[i>>3], i&7, tag) }
-
-// probe scans the control bytes from the home slot of h for the run of
-// slots a key with hash h can occupy. It returns the tag matches up to
-// the run's end (0x80 in each matching byte) of the 8-slot group starting
-// at slot i, and the slot that ends the run (or -1 if not in this group).
-// i is the slot to scan from; next is where the scan goes on.
-func (t *ctTable) probe(i, want uint64) (match uint64, end int, next uint64) {
-	off := i & 7 * 8
-	tw := atomic.LoadUint64(&t.tags[i>>3]) >> off
-	valid := ^uint64(0) >> off
-	empty := ^tw & bytesMSB & valid
-	x := tw ^ want
-	match = zeroBytes(x) & valid
-	end = -1
-	if empty != 0 {
-		match &= empty&-empty - 1
-		end = int(i) + bits.TrailingZeros64(empty)>>3
-	}
-	next = i + 8 - i&7
-	if next == t.cap {
-		next = 0
-	}
-	return match, end, next
-}
-
 func mix(h uint64) uint64 {
 	h *= 0x9e3779b97f4a7c15
 	return h ^ h>>29
@@ -418,7 +355,7 @@ func mum(a, b uint64) uint64 {
 	return hi ^ lo
 }
 
-// shard picks the shard of k by its keyed hash (low bits; slots use the
+// shard picks the shard of k by its keyed hash (low bits; lines use the
 // high bits), so that a sender cannot aim its flows at someone else's
 // shard.
 func (ct *conntrack) shard(k *ctKey) *ctShard { return &ct.shards[k.h&ct.mask] }
@@ -430,105 +367,38 @@ func (sh *ctShard) table(v6 bool) *ctTable {
 	return sh.t4.Load()
 }
 
-// home is the first slot probed for hash h.
+// home is the first slot probed for hash h: the first of its home line.
 func (t *ctTable) home(h uint64) uint64 {
-	hi, _ := bits.Mul64(h, t.cap)
-	return hi
+	hi, _ := bits.Mul64(h, t.lines)
+	return hi << t.shift
 }
 
 // find probes for k. It returns the slot's word offset and meta if found,
-// or the offset of the empty slot that ends the probe. It is used both
-// under the lock and by lock-free readers (whose result the sequence
-// counter validates); the probe is bounded so a reader racing a writer
-// cannot loop forever.
+// or the offset of the empty slot that ends the probe. It is the one
+// lookup, under the lock and lock-free (the sequence counter validates the
+// result): the probe is bounded so that a reader racing a writer cannot
+// loop forever, and then returns -1.
 func (t *ctTable) find(k *ctKey) (base int, meta uint64, found bool) {
-	if t.kw == 2 {
-		return t.find4(k.h, k.w[0], k.w[1])
-	}
-	want := tagOf(k.h) * bytesLSB
 	i := t.home(k.h)
-	if t.tagAt(i) == want&0xff { // most keys sit in their home slot
+	for range t.cap {
 		base = int(i) * t.stride
-		if meta = atomic.LoadUint64(&t.w[base+t.kw]); meta != 0 && t.eq6(base, k) {
+		s := t.w[base : base+t.stride : base+t.stride]
+		if meta = atomic.LoadUint64(&s[t.kw]); meta == 0 {
+			return base, 0, false
+		}
+		if atomic.LoadUint64(&s[0]) == k.w[0] && atomic.LoadUint64(&s[1]) == k.w[1] && (t.kw == 2 || eq6(s, k)) {
 			return base, meta, true
 		}
-	}
-	for range len(t.tags) + 1 {
-		match, end, next := t.probe(i, want)
-		for ; match != 0; match &= match - 1 {
-			base = (int(i) + bits.TrailingZeros64(match)>>3) * t.stride
-			if meta = atomic.LoadUint64(&t.w[base+t.kw]); meta != 0 && t.eq6(base, k) {
-				return base, meta, true
-			}
-		}
-		if end >= 0 {
-			return end * t.stride, 0, false
-		}
-		i = next
-	}
-	return -1, 0, false
-}
-
-// find4 is find for an IPv4 key (k0, k1) with hash h. See view4.find4.
-func (t *ctTable) find4(h, k0, k1 uint64) (base int, meta uint64, found bool) {
-	return view4{cap: t.cap, tags: unsafe.Pointer(&t.tags[0]), w: unsafe.Pointer(&t.w[0])}.find4(h, k0, k1)
-}
-
-// find4 probes an IPv4 table for the key (k0, k1) with hash h, scanning
-// the control bytes as probe does, inline: this is the fast path's lookup.
-// It returns what find does.
-func (v view4) find4(h, k0, k1 uint64) (base int, meta uint64, found bool) {
-	want := tagOf(h) * bytesLSB
-	i := v.home(h)
-	for range v.cap/8 + 1 {
-		off := i & 7 * 8
-		tw := v.tagWord(i) >> off
-		valid := ^uint64(0) >> off
-		empty := ^tw & bytesMSB & valid
-		x := tw ^ want
-		match := zeroBytes(x) & valid
-		if empty != 0 {
-			match &= empty&-empty - 1
-		}
-		for ; match != 0; match &= match - 1 {
-			base = (int(i) + bits.TrailingZeros64(match)>>3) * 4
-			s := v.slot(base)
-			if meta = atomic.LoadUint64(&s[2]); meta != 0 && atomic.LoadUint64(&s[0]) == k0 && atomic.LoadUint64(&s[1]) == k1 {
-				return base, meta, true
-			}
-		}
-		if empty != 0 {
-			return (int(i) + bits.TrailingZeros64(empty)>>3) * 4, 0, false
-		}
-		if i += 8 - i&7; i == v.cap {
+		if i++; i == t.cap {
 			i = 0
 		}
 	}
 	return -1, 0, false
 }
 
-// free4 returns the first empty slot of the probe run of hash h.
-func (v view4) free4(h uint64) uint64 {
-	i := v.home(h)
-	for {
-		off := i & 7 * 8
-		if empty := ^(v.tagWord(i) >> off) & bytesMSB & (^uint64(0) >> off); empty != 0 {
-			return i + uint64(bits.TrailingZeros64(empty)>>3)
-		}
-		if i += 8 - i&7; i == v.cap {
-			i = 0
-		}
-	}
-}
-
-func (t *ctTable) eq6(base int, k *ctKey) bool {
-	w := t.w[base : base+5]
-	for j := range 5 {
-		if atomic.LoadUint64(&w[j]) != k.w[j] {
-			return false
-		}
-	}
-	return true
+// eq6 compares the last three key words of an IPv6 slot s with k's.
+func eq6(s []uint64, k *ctKey) bool {
+	return atomic.LoadUint64(&s[2]) == k.w[2] && atomic.LoadUint64(&s[3]) == k.w[3] && atomic.LoadUint64(&s[4]) == k.w[4]
 }
 
 // word loads one word. Lock-free readers may store lastSeen words at any
@@ -537,11 +407,7 @@ func (t *ctTable) word(i int) uint64 { return atomic.LoadUint64(&t.w[i]) }
 
 // hashSlot returns the hash of the key stored at base.
 func (t *ctTable) hashSlot(ct *conntrack, base int) uint64 {
-	var w [5]uint64
-	for j := range t.kw {
-		w[j] = t.word(base + j)
-	}
-	return ct.hashWords(w[:t.kw], t.v6)
+	return ct.hashWords(t.w[base:base+t.kw], t.v6)
 }
 
 func (t *ctTable) seen(base int) int64 {
@@ -550,134 +416,18 @@ func (t *ctTable) seen(base int) int64 {
 
 // setEntryLocked updates the entry in the slot at base in place.
 func (t *ctTable) setEntryLocked(base int, e flowEntry) {
-	atomic.StoreUint64(&t.w[base+t.kw+1], uint64(e.lastSeen))
-	atomic.StoreUint64(&t.w[base+t.kw], e.meta())
-}
-
-// fill writes key and entry into the empty slot at base, meta next, and
-// the control byte for hash h last (atomic stores, see storeWord). A
-// lock-free reader that sees the tag before the
-// rest of the slot reads each word as zero or as its new value: a zero
-// meta or key word is a miss, a zero lastSeen an expired entry that the
-// locked path looks at again; neither is a false hit.
-func (t *ctTable) fill(base int, kw []uint64, e flowEntry, h uint64) {
-	for j, v := range kw {
-		storeWord(&t.w[base+j], v)
-	}
 	storeWord(&t.w[base+t.kw+1], uint64(e.lastSeen))
 	storeWord(&t.w[base+t.kw], e.meta())
-	t.setTagLocked(uint64(base/t.stride), tagOf(h))
 }
 
-// nurseFind returns the index of the nursery entry of the IPv4 key
-// (k0, k1) with hash h and its meta, or -1. Lock-free readers validate the
-// result with the sequence counter.
-func (sh *ctShard) nurseFind(h, k0, k1 uint64) (int, uint64) {
-	want := tagOf(h) * bytesLSB
-	for g := range sh.ntags {
-		x := atomic.LoadUint64(&sh.ntags[g]) ^ want
-		for m := zeroBytes(x); m != 0; m &= m - 1 {
-			j := g*8 + bits.TrailingZeros64(m)>>3
-			s := sh.nurse[j*4 : j*4+4 : j*4+4]
-			if atomic.LoadUint64(&s[0]) == k0 && atomic.LoadUint64(&s[1]) == k1 {
-				if meta := atomic.LoadUint64(&s[2]); meta != 0 {
-					return j, meta
-				}
-			}
-		}
+// fillLocked writes key and entry into the empty slot at base, meta (which
+// marks the slot full) last.
+func (t *ctTable) fillLocked(base int, k *ctKey, e flowEntry) {
+	for j := range t.kw {
+		storeWord(&t.w[base+j], k.w[j])
 	}
-	return -1, 0
-}
-
-// reservedAt returns the nursery entry whose reserved t4 slot is i; the
-// caller knows that slot i is reserved (full, meta 0).
-func (sh *ctShard) reservedAt(i uint64) int {
-	for n := range sh.nurseN {
-		if sh.nslot[n] == int32(i) {
-			return int(n)
-		}
-	}
-	panic("policy: a reserved t4 slot without its nursery entry")
-}
-
-// nurseOpenLocked makes the new IPv4 flow (k0, k1) with hash h and entry
-// e a nursery entry, with its t4 slot reserved, when the nursery, the
-// shard and t4 each have room for one more (t4 counted conservatively:
-// every entry of the shard); otherwise it reports false and does nothing.
-//
-// The reserved slot is the one the flow takes when the nursery moves into
-// t4: the first empty slot of its probe run, whose control byte is set
-// now, while the word is in cache from the flow's lookup, so that the
-// flush writes only the slot. A reserved slot is full to probes but holds
-// zeros (meta 0), which no lookup takes for a flow. When a deletion
-// shifts a reserved slot back, its nursery entry learns the new slot
-// (deleteLocked). growLocked moves the nursery into t4 first (flushLocked,
-// which moves no slot), as it copies written slots only, and so does
-// makeRoomLocked before it samples slots for a victim (a reserved slot's
-// last-seen is 0).
-//
-// tw is t4's control bytes from the home slot of h to the end of its word
-// (fromHome), as the caller read them with nothing changed since, or
-// unknownTags: an empty slot in tw saves free4's look.
-func (sh *ctShard) nurseOpenLocked(k0, k1, h, tw uint64, e flowEntry) bool {
-	v := sh.view4()
-	n := sh.nurseN
-	if n >= sh.nurseCap() || sh.n >= sh.limit || uint64(sh.n+1)*maxLoadDen > v.cap*maxLoadNum {
-		return false // no t4 (cap 0) fails the last test too
-	}
-	var i uint64
-	if empty := ^tw & bytesMSB; empty != 0 {
-		i = v.home(h) + uint64(bits.TrailingZeros64(empty)>>3)
-	} else {
-		i = v.free4(h)
-	}
-	tag := tagOf(h)
-	storeTag((*uint64)(unsafe.Add(v.tags, i>>3*8)), i&7, tag)
-	j := uint(n) % nurseryCap
-	sh.nslot[j] = int32(i)
-	ent := (*[4]uint64)(sh.nurse[j*4:])
-	storeWord(&ent[0], k0)
-	storeWord(&ent[1], k1)
-	storeWord(&ent[3], uint64(e.lastSeen))
-	storeWord(&ent[2], e.meta())
-	storeTag(&sh.ntags[j>>3], uint64(j&7), tag)
-	sh.nurseN = n + 1
-	sh.n++
-	if n+1 == sh.nurseCap() {
-		// Full: the next new flow of the shard flushes it (flushLocked),
-		// on average after ~256 of the engine's. Fetch the reserved
-		// slots' lines meanwhile, without waiting for them.
-		prefetchwSlots(v.w, &sh.nslot[0], int(n+1))
-	}
-	return true
-}
-
-// unknownTags is nurseOpenLocked's tw when the caller has not read t4's
-// control bytes: all full, so that it looks itself.
-const unknownTags = ^uint64(0)
-
-// flushLocked moves the nursery into t4, into the slots reserved for its
-// entries. Their cache lines are mostly in cache already: nurseOpenLocked
-// prefetched them for writing when the nursery filled up, one new flow of
-// the shard (~256 of the engine) earlier.
-func (ct *conntrack) flushLocked(sh *ctShard) {
-	n := int(sh.nurseN)
-	if n == 0 {
-		return
-	}
-	t := sh.t4.Load() // there is one: the entries have slots reserved in it
-	v := sh.view4()
-	for j, i := range sh.nslot[:n] {
-		d, s := v.slot(int(i)*4), (*[4]uint64)(sh.nurse[j*4:])
-		storeWord(&d[0], s[0])
-		storeWord(&d[1], s[1])
-		storeWord(&d[3], s[3])
-		storeWord(&d[2], s[2])
-	}
-	t.n += n
-	storeWord(&sh.ntags[0], 0)
-	storeWord(&sh.ntags[1], 0)
-	sh.nurseN = 0
+	t.setEntryLocked(base, e)
+	t.n++
 }
 
 func (ct *conntrack) timeout(proto policy.Protocol, flags uint8) int64 {
@@ -710,7 +460,6 @@ func (ct *conntrack) expired(proto policy.Protocol, e flowEntry, now int64) bool
 // lookupLocked returns the live entry of k and its slot; an expired one is
 // removed and reported absent.
 func (ct *conntrack) lookupLocked(sh *ctShard, k *ctKey, now int64) (base int, e flowEntry, ok bool) {
-	ct.settleNurseLocked(sh, k)
 	t := sh.table(k.v6)
 	if t == nil {
 		return -1, flowEntry{}, false
@@ -727,15 +476,6 @@ func (ct *conntrack) lookupLocked(sh *ctShard, k *ctKey, now int64) (base int, e
 	return base, e, true
 }
 
-// settleNurseLocked moves the nursery into t4 if it holds k.
-func (ct *conntrack) settleNurseLocked(sh *ctShard, k *ctKey) {
-	if !k.v6 && sh.nurseN != 0 {
-		if j, _ := sh.nurseFind(k.h, k.w[0], k.w[1]); j >= 0 {
-			ct.flushLocked(sh)
-		}
-	}
-}
-
 // updateLocked stores e in the slot of k found by lookupLocked.
 func (ct *conntrack) updateLocked(sh *ctShard, k *ctKey, base int, e flowEntry) {
 	sh.table(k.v6).setEntryLocked(base, e)
@@ -746,137 +486,63 @@ func (ct *conntrack) removeLocked(sh *ctShard, k *ctKey, base int) {
 	ct.deleteLocked(sh, sh.table(k.v6), base)
 }
 
-// insertLocked inserts the entry of k, which the shard does not hold (in
-// its tables or its nursery), making room first if the shard is at its
-// limit: a new IPv4 flow joins the nursery, emptied first if full.
-// fast4 calls it when its tryLock found the nursery or the shard full:
-// nothing in the shard had changed since its lock-free miss.
-func (ct *conntrack) insertLocked(sh *ctShard, k *ctKey, e flowEntry, now int64) {
-	full := sh.n >= sh.limit
-	nurse := !k.v6 && sh.nurseCap() > 0
-	if nurse && sh.nurseN >= sh.nurseCap() {
-		ct.flushLocked(sh)
-	}
-	if full {
+// insertLocked inserts the entry of k, which the shard does not hold,
+// making room first if the shard is at its limit and growing (or making)
+// its table if that is 5/8 full. m is where a lock-free lookup found k
+// absent, with nothing changed since (unchangedLocked), or zero: then, or
+// once room was made or the table grown, it probes for k's slot itself.
+func (ct *conntrack) insertLocked(sh *ctShard, k *ctKey, e flowEntry, now int64, m ctMiss) {
+	if sh.n >= sh.limit {
 		ct.makeRoomLocked(sh, now)
-	}
-	// A new IPv4 flow joins the nursery; when t4 has no room for it, t4
-	// is created or grown (growLocked moves the nursery into t4 first),
-	// unless it is at its bound: then the nursery is empty, and the flow
-	// goes into t4 directly, below.
-	for nurse && !sh.nurseOpenLocked(k.w[0], k.w[1], k.h, unknownTags, e) {
-		if t := sh.t4.Load(); t == nil {
-			sh.publish(newCTTable(false, min(minTableCap, sh.maxCap)))
-		} else if ct.growLocked(sh, t) == t {
-			nurse = false
-		}
-	}
-	if nurse {
-		return
+		m.t = nil
 	}
 	t := sh.table(k.v6)
-	if t == nil {
-		t = newCTTable(k.v6, min(minTableCap, sh.maxCap))
-		sh.publish(t)
+	if t == nil || t.n >= t.growAt {
+		t = ct.growLocked(sh, t, k.v6)
 	}
-	if uint64(t.n+1)*maxLoadDen > t.cap*maxLoadNum || t.n+1 >= int(t.cap) {
-		t = ct.growLocked(sh, t)
+	base := m.base
+	if m.t != t {
+		base, _, _ = t.find(k)
 	}
-	base, _, _ := t.find(k)
-	t.fill(base, k.w[:t.kw], e, k.h)
-	t.n++
+	t.fillLocked(base, k, e)
 	sh.n++
 }
 
-// publish makes t the shard's table. For t4 it also sets view4's fields,
-// the capacity last: see view4.
-func (sh *ctShard) publish(t *ctTable) {
-	if t.v6 {
-		sh.t6.Store(t)
-		return
+// growLocked replaces t (nil: none yet) by a table of twice its capacity,
+// up to the shard's bound, holding its entries, and returns it.
+func (ct *conntrack) growLocked(sh *ctShard, t *ctTable, v6 bool) *ctTable {
+	c := minTableCap
+	if t != nil {
+		c = 2 * int(t.cap)
 	}
-	if t.cap < sh.cap4.Load() {
-		panic("policy: t4 replaced by a smaller table") // view4's bounds need tables that only grow
-	}
-	sh.t4.Store(t)
-	sh.tags4.Store(&t.tags[0])
-	sh.w4.Store(&t.w[0])
-	sh.cap4.Store(t.cap)
-}
-
-// view4 is t4 as lock-free IPv4 readers see it, from the shard's first
-// cache line: its capacity (0: no t4 yet), control bytes and slots. The
-// three are loaded separately and may come from different tables while a
-// writer swaps t4; the sequence counter, which such a writer holds odd,
-// makes the reader discard what it read. Indexing stays in bounds all
-// the same: tables only grow, publish stores the capacity after the
-// pointers, and view4 loads it before them, so every index below the
-// capacity loaded is inside both arrays.
-type view4 struct {
-	cap  uint64
-	tags unsafe.Pointer // *uint64, cap/8 words
-	w    unsafe.Pointer // *uint64, cap*4 words
-}
-
-func (sh *ctShard) view4() view4 {
-	c := sh.cap4.Load()
-	return view4{cap: c, tags: unsafe.Pointer(sh.tags4.Load()), w: unsafe.Pointer(sh.w4.Load())}
-}
-
-// tagWord returns the control-byte word holding slot i's.
-func (v view4) tagWord(i uint64) uint64 {
-	return atomic.LoadUint64((*uint64)(unsafe.Add(v.tags, i>>3*8)))
-}
-
-// slot returns the slot at word offset base.
-func (v view4) slot(base int) *[4]uint64 { return (*[4]uint64)(unsafe.Add(v.w, base*8)) }
-
-// home is the first slot probed for hash h.
-func (v view4) home(h uint64) uint64 {
-	hi, _ := bits.Mul64(h, v.cap)
-	return hi
-}
-
-// growLocked doubles t (up to the shard's capacity bound) and returns the
-// new table.
-func (ct *conntrack) growLocked(sh *ctShard, t *ctTable) *ctTable {
-	if !t.v6 {
-		ct.flushLocked(sh) // a growth copies written slots only
-	}
-	newCap := min(int(t.cap)*2, sh.maxCap)
-	if newCap <= int(t.cap) {
-		return t // at the bound, which the shard limit keeps at most 5/8 full
-	}
-	nt := newCTTable(t.v6, newCap)
-	for base := 0; base < len(t.w); base += t.stride {
-		meta := t.word(base + t.kw)
-		if meta == 0 {
-			continue
+	nt := newCTTable(v6, min(c, sh.maxCap), sh.maxCap)
+	if t != nil {
+		for base := 0; base < len(t.w); base += t.stride {
+			if t.word(base+t.kw) == 0 {
+				continue
+			}
+			k := ctKey{v6: v6}
+			for j := range t.kw {
+				k.w[j] = t.word(base + j)
+			}
+			k.h = ct.hashWords(k.w[:t.kw], v6)
+			nb, _, _ := nt.find(&k)
+			for j := range t.stride {
+				nt.w[nb+j] = t.word(base + j) // nt is not published yet
+			}
 		}
-		var k ctKey
-		k.v6 = t.v6
-		for j := range t.kw {
-			k.w[j] = t.word(base + j)
-		}
-		k.h = ct.hashWords(k.w[:], t.v6)
-		nb, _, _ := nt.find(&k)
-		for j := range t.stride {
-			nt.w[nb+j] = t.word(base + j) // nt is not published yet
-		}
-		nt.setTagLocked(uint64(nb/nt.stride), tagOf(k.h))
+		nt.n = t.n
 	}
-	nt.n = t.n
-	sh.publish(nt)
+	if v6 {
+		sh.t6.Store(nt)
+	} else {
+		sh.t4.Store(nt)
+	}
 	return nt
 }
 
 // deleteLocked empties the slot at base and shifts the following entries
-// of its probe run back. The caller holds the sequence counter odd.
-// A slot reserved for a nursery entry (nurseOpenLocked) shifts like the
-// others, by the hash of the nursery entry's key, and the entry is told
-// its new slot: a deletion does not move the nursery into t4, so that
-// the new flows' slot writes stay with the packets that made them
-// (BenchmarkVerdict/new counts them).
+// of its probe run back (no tombstones).
 func (ct *conntrack) deleteLocked(sh *ctShard, t *ctTable, base int) {
 	i := uint64(base / t.stride)
 	j := i
@@ -885,42 +551,28 @@ func (ct *conntrack) deleteLocked(sh *ctShard, t *ctTable, base int) {
 			j = 0
 		}
 		jb := int(j) * t.stride
-		tag := t.tagAt(j)
-		if tag == 0 {
+		if t.word(jb+t.kw) == 0 {
 			break
 		}
-		var h uint64
-		n := -1
-		if !t.v6 && sh.nurseN != 0 && t.word(jb+t.kw) == 0 {
-			n = sh.reservedAt(j)
-			h = t.home(ct.hashWords(sh.nurse[n*4:n*4+2], false))
-		} else {
-			h = t.home(t.hashSlot(ct, jb))
-		}
-		// The entry at j may move to i if i lies cyclically in [h, j).
+		// The entry at j may move to i if i lies cyclically in [home, j).
+		h := t.home(t.hashSlot(ct, jb))
 		if (j-h+t.cap)%t.cap >= (j-i+t.cap)%t.cap {
 			ib := int(i) * t.stride
-			for x := 0; x < t.stride; x++ {
+			for x := range t.stride {
 				storeWord(&t.w[ib+x], t.word(jb+x))
-			}
-			t.setTagLocked(i, tag)
-			if n >= 0 {
-				sh.nslot[n] = int32(i)
 			}
 			i = j
 		}
 	}
 	ib := int(i) * t.stride
-	t.setTagLocked(i, 0)
-	for x := 0; x < t.stride; x++ {
+	for x := range t.stride {
 		storeWord(&t.w[ib+x], 0)
 	}
 	t.n--
 	sh.n--
 }
 
-// makeRoomLocked frees at least one entry of a full shard. The caller
-// holds the sequence counter odd.
+// makeRoomLocked frees at least one entry of a full shard.
 func (ct *conntrack) makeRoomLocked(sh *ctShard, now int64) {
 	if now-sh.lastSweep >= sweepInterval {
 		sh.lastSweep = now
@@ -930,22 +582,20 @@ func (ct *conntrack) makeRoomLocked(sh *ctShard, now int64) {
 		}
 	}
 	// Sample a few entries from a random slot on and evict the one seen
-	// least recently (an approximate LRU). The nursery moves first: it
-	// may not hold reservations while t4's slots move (nurseOpenLocked).
-	ct.flushLocked(sh)
+	// least recently (an approximate LRU).
 	sh.rnd = mix(sh.rnd + 0x9e3779b97f4a7c15)
 	t := sh.t4.Load()
 	if t6 := sh.t6.Load(); t6 != nil && (t == nil || t6.n > 0 && sh.rnd&1 == 0 || t.n == 0) {
 		t = t6
 	}
 	if t == nil || t.n == 0 {
-		return // the nursery, just emptied into t4, held nothing either
+		return
 	}
 	i := t.home(sh.rnd)
 	victim, oldest, n := -1, int64(0), 0
 	for range t.cap {
 		base := int(i) * t.stride
-		if t.tagAt(i) != 0 {
+		if t.word(base+t.kw) != 0 {
 			if s := t.seen(base); n == 0 || s < oldest {
 				victim, oldest = base, s
 			}
@@ -963,28 +613,21 @@ func (ct *conntrack) makeRoomLocked(sh *ctShard, now int64) {
 	}
 }
 
-// sweepLocked removes the expired entries of the shard. The caller holds
-// the sequence counter odd.
+// sweepLocked removes the expired entries of the shard.
 func (ct *conntrack) sweepLocked(sh *ctShard, now int64) int {
-	ct.flushLocked(sh) // so that idle flows still in the nursery expire too
 	n := 0
 	for _, t := range []*ctTable{sh.t4.Load(), sh.t6.Load()} {
 		if t == nil {
 			continue
 		}
-		for i := uint64(0); i < t.cap; {
-			base := int(i) * t.stride
-			if t.tagAt(i) == 0 {
-				i++
-				continue
-			}
+		for base := 0; base < len(t.w); {
 			meta := t.word(base + t.kw)
 			if meta != 0 && ct.expired(slotProto(t, base), entryOf(meta, t.seen(base)), now) {
-				ct.deleteLocked(sh, t, base) // another entry may shift into i
+				ct.deleteLocked(sh, t, base) // another entry may shift into this slot
 				n++
 				continue
 			}
-			i++
+			base += t.stride
 		}
 	}
 	return n
@@ -1012,3 +655,11 @@ func (ct *conntrack) len() int {
 	}
 	return n
 }
+
+// storeWord writes a conntrack word while holding the shard. Lock-free
+// readers load words atomically and validate what they read with the
+// sequence counter. The store is atomic in every build, so that the
+// variant that ships is the one the race detector checks: a plain store
+// racing with those loads is outside the Go memory model, whatever x86
+// does with it.
+func storeWord(p *uint64, v uint64) { atomic.StoreUint64(p, v) }

@@ -232,12 +232,6 @@ func (e *Engine) Counters() Counters {
 			c.Verdicts[v] += e.stats[i].n[v].Load()
 		}
 	}
-	for i := range e.ct.shards {
-		sh := &e.ct.shards[i]
-		sh.lock() // opened is guarded by the shard (seq), not atomic
-		c.Verdicts[Accept] += sh.opened
-		sh.unlock()
-	}
 	c.RejectsSent = e.rejectsSent.Load()
 	c.RejectsLimited = e.rejectsLimited.Load()
 	c.Evictions = e.ct.evictions.Load()
@@ -257,28 +251,26 @@ func (e *Engine) count(p *packet, v Verdict, out bool) Verdict {
 // pkt is borrowed for the duration of the call.
 func (e *Engine) Outbound(pkt []byte) Verdict {
 	s, now := e.snap.Load(), e.clk.now()
-	var v Verdict
-	hint := fastUntried
-	if len(pkt) > 0 && pkt[0]>>4 == 4 {
-		if v, hint = e.fast4(pkt, s, now, true, false); hint == fastHit {
-			return v
-		}
-	}
 	var p packet
 	if !parse(pkt, &p) {
 		return e.count(&p, DropMalformed, true)
 	}
-	v = e.outbound(&p, s, now, hint)
+	return e.judgeOut(&p, s, now)
+}
+
+// judgeOut is Outbound for the parsed packet p.
+func (e *Engine) judgeOut(p *packet, s *snapshot, now int64) Verdict {
+	v := e.outbound(p, s, now)
 	if !v.Allowed() {
 		dir := dirOutbound
 		if s.t.inSubnet(&p.dst, p.v6) {
 			dir = dirLocal
 		}
-		e.deny(v, &p, s.t, dir)
+		e.deny(v, p, s.t, dir)
 	} else if p.firstFrag {
-		e.frags.remember(&p, now) // whichever path accepted it: see fragCache
+		e.frags.remember(p, now) // whichever path accepted it: see fragCache
 	}
-	return e.count(&p, v, true)
+	return e.count(p, v, true)
 }
 
 // Inbound judges a decrypted packet from a peer cell, whose destination
@@ -287,24 +279,22 @@ func (e *Engine) Outbound(pkt []byte) Verdict {
 // established packets a call level (~0.5 ns of 22, BenchmarkVerdict).
 func (e *Engine) Inbound(pkt []byte) Verdict {
 	s, now := e.snap.Load(), e.clk.now()
-	var v Verdict
-	hint := fastUntried
-	if len(pkt) > 0 && pkt[0]>>4 == 4 {
-		if v, hint = e.fast4(pkt, s, now, false, true); hint == fastHit {
-			return v
-		}
-	}
 	var p packet
 	if !parse(pkt, &p) {
 		return e.count(&p, DropMalformed, false)
 	}
-	v = e.inbound(&p, s, now, hint)
+	return e.judgeIn(&p, s, now)
+}
+
+// judgeIn is Inbound for the parsed packet p.
+func (e *Engine) judgeIn(p *packet, s *snapshot, now int64) Verdict {
+	v := e.inbound(p, s, now)
 	if !v.Allowed() {
-		e.deny(v, &p, s.t, dirInbound)
+		e.deny(v, p, s.t, dirInbound)
 	} else if p.firstFrag {
-		e.frags.remember(&p, now) // whichever path accepted it: see fragCache
+		e.frags.remember(p, now) // whichever path accepted it: see fragCache
 	}
-	return e.count(&p, v, false)
+	return e.count(p, v, false)
 }
 
 // Results of fast.
@@ -314,53 +304,42 @@ const (
 	fastHit           // a live flow, verified at this generation, with the local sides the direction needs
 )
 
-// fast looks the flow of p up without a lock. It accepts a packet of a
+// fast looks the flow k of p up without a lock. It accepts a packet of a
 // flow tracked and verified at the current generation whose local side(s)
 // are as the direction requires (the source for outbound, the destination
 // for inbound and hairpin) and whose TCP flags change nothing; it then
-// refreshes the flow's last-seen time, at most once per clock tick.
-func (e *Engine) fast(proto policy.Protocol, tcpFlags uint8, k *ctKey, srcIsA bool, s *snapshot, now int64, srcLocal, dstLocal bool) int {
+// refreshes the flow's last-seen time, at most once per clock tick. A flow
+// it found absent (fastAbsent) it leaves in miss, for insertLocked.
+func (e *Engine) fast(p *packet, k *ctKey, srcIsA bool, s *snapshot, now int64, srcLocal, dstLocal bool, miss *ctMiss) int {
 	sh := e.ct.shard(k)
 	seq := sh.seq.Load()
 	if seq&1 != 0 {
 		return fastSlow
 	}
-	var base int
-	var meta uint64
-	var found bool
-	var seenp *uint64
 	t := sh.table(k.v6)
+	base, meta, found := -1, uint64(0), false
+	var seen int64
 	if t != nil {
 		if base, meta, found = t.find(k); found {
-			seenp = &t.w[base+t.kw+1]
+			seen = t.seen(base)
 		}
 	}
-	if !found && !k.v6 && base >= 0 {
-		if j, m := sh.nurseFind(k.h, k.w[0], k.w[1]); j >= 0 {
-			meta, found, seenp = m, true, &sh.nurse[j*4+3]
-		}
-	}
-	var seen int64
-	if found {
-		seen = int64(atomic.LoadUint64(seenp))
-	}
-	if sh.seq.Load() != seq || base < 0 {
+	if sh.seq.Load() != seq || t != nil && base < 0 {
 		return fastSlow
 	}
 	if !found {
+		*miss = ctMiss{t: t, base: base, seq: seq}
 		return fastAbsent
 	}
 	ent := entryOf(meta, seen)
 	if ent.gen != s.gen || ent.flags&flRevoked != 0 ||
 		srcLocal && !ent.local(srcIsA) || dstLocal && !ent.local(!srcIsA) ||
-		e.ct.expired(proto, ent, now) {
-		return fastSlow
-	}
-	if proto == policy.ProtoTCP && tcpFlagsChange(tcpFlags, ent.flags, srcIsA) {
+		e.ct.expired(p.proto, ent, now) ||
+		p.proto == policy.ProtoTCP && tcpFlagsChange(p.tcpFlags, ent.flags, srcIsA) {
 		return fastSlow
 	}
 	if now > seen {
-		atomic.StoreUint64(seenp, uint64(now))
+		atomic.StoreUint64(&t.w[base+t.kw+1], uint64(now))
 	}
 	return fastHit
 }
@@ -399,7 +378,7 @@ func touch(ent flowEntry, p *packet, srcIsA bool, now int64) flowEntry {
 	return ent
 }
 
-func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
+func (e *Engine) outbound(p *packet, s *snapshot, now int64) Verdict {
 	t := s.t
 	if p.kind == kindNotIP {
 		return DropUnsupported
@@ -407,12 +386,10 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	hairpin := t.inSubnet(&p.dst, p.v6)
 	var k ctKey
 	var srcIsA bool
-	fr := fastSlow
+	var miss ctMiss
 	if p.kind == kindFlow {
 		srcIsA = e.ct.setKey(&k, &p.src, &p.dst, p.sport, p.dport, p.proto, p.v6)
-		if hint == fastAbsent {
-			fr = fastAbsent
-		} else if fr = e.fast(p.proto, p.tcpFlags, &k, srcIsA, s, now, true, hairpin); fr == fastHit {
+		if e.fast(p, &k, srcIsA, s, now, true, hairpin, &miss) == fastHit {
 			if hairpin {
 				return AcceptLocal
 			}
@@ -423,7 +400,7 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 		return DropSpoofed
 	}
 	if hairpin {
-		v := e.inbound(p, s, now, fastUntried)
+		v := e.inbound(p, s, now)
 		if v == Accept {
 			v = AcceptLocal
 		}
@@ -440,21 +417,23 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	case kindUnsupported, kindICMPOther:
 		return DropUnsupported
 	}
-	// Looked up under the lock even after a lock-free miss (fr ==
-	// fastAbsent): the other direction may have opened the flow since.
+	// Looked up under the lock unless nothing changed since a lock-free
+	// miss: the other direction may have opened the flow since.
 	sh := e.ct.shard(&k)
 	sh.lock()
-	if v, ok := e.trackedLocked(sh, &k, srcIsA, p, s, now); ok {
-		// Our own flow, or a reply of a flow allowed inbound.
-		sh.unlock()
-		if v == DropRevoked && p.proto == policy.ProtoTCP && p.tcpFlags&tcpRST != 0 {
-			// The RST that cuts a revoked flow (ours, from Reject,
-			// written into the TUN and routed back out) must reach the
-			// remote end. A RST opens nothing, and the receiving cell
-			// judges it again.
-			return Accept
+	if !sh.unchangedLocked(&miss) {
+		if v, ok := e.trackedLocked(sh, &k, srcIsA, p, s, now); ok {
+			// Our own flow, or a reply of a flow allowed inbound.
+			sh.unlock()
+			if v == DropRevoked && p.proto == policy.ProtoTCP && p.tcpFlags&tcpRST != 0 {
+				// The RST that cuts a revoked flow (ours, from Reject,
+				// written into the TUN and routed back out) must reach the
+				// remote end. A RST opens nothing, and the receiving cell
+				// judges it again.
+				return Accept
+			}
+			return v
 		}
-		return v
 	}
 	isNew := false
 	if !(p.proto == policy.ProtoTCP && p.tcpFlags&tcpRST != 0 || p.proto == policy.ProtoICMP && !p.echoRequest()) {
@@ -486,7 +465,7 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 		if p.proto == policy.ProtoTCP && p.tcpFlags&tcpFIN != 0 {
 			ent.flags |= flClosing
 		}
-		e.ct.insertLocked(sh, &k, ent, now)
+		e.ct.insertLocked(sh, &k, ent, now, miss)
 		isNew = true
 	}
 	sh.unlock()
@@ -496,19 +475,18 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	return Accept
 }
 
-func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
+func (e *Engine) inbound(p *packet, s *snapshot, now int64) Verdict {
 	t := s.t
 	if p.kind == kindNotIP {
 		return DropUnsupported
 	}
 	var k ctKey
 	var srcIsA bool
+	var miss ctMiss
 	fr := fastSlow
 	if p.kind == kindFlow {
 		srcIsA = e.ct.setKey(&k, &p.src, &p.dst, p.sport, p.dport, p.proto, p.v6)
-		if hint == fastAbsent {
-			fr = fastAbsent
-		} else if fr = e.fast(p.proto, p.tcpFlags, &k, srcIsA, s, now, false, true); fr == fastHit {
+		if fr = e.fast(p, &k, srcIsA, s, now, false, true, &miss); fr == fastHit {
 			return Accept
 		}
 	}
@@ -576,12 +554,15 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	}
 	sh.lock()
 	// Either direction may have opened the flow since the lookup above
-	// (or the lock-free miss): then this packet is one of that flow's.
-	if v, ok := e.trackedLocked(sh, &k, srcIsA, p, s, now); ok {
-		sh.unlock()
-		return v
+	// (or the lock-free miss, unless nothing changed since): then this
+	// packet is one of that flow's.
+	if !sh.unchangedLocked(&miss) {
+		if v, ok := e.trackedLocked(sh, &k, srcIsA, p, s, now); ok {
+			sh.unlock()
+			return v
+		}
 	}
-	e.ct.insertLocked(sh, &k, ent, now)
+	e.ct.insertLocked(sh, &k, ent, now, miss)
 	sh.unlock()
 	if src.local {
 		e.logFlow(Accept, p, t, dirLocal)
