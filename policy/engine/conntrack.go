@@ -5,7 +5,7 @@ import (
 	"github.com/weft-net/weft/policy"
 	"math"
 	"math/bits"
-	"sync"
+	"runtime"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -128,20 +128,42 @@ const (
 	flAnswered                   // tcp: the side that did not open the flow sent a packet
 )
 
-// flowEntry is the state of one tracked flow, as stored in two words of a
-// slot: meta (used bit, flags, generation) and lastSeen.
+// flowEntry is the state of one tracked flow. A slot keeps the flags in
+// its last key word (bits 8-15, above the protocol, with slotUsed) and the
+// generation and last-seen time in its state word (state).
 type flowEntry struct {
-	lastSeen int64  // clock nanoseconds
+	lastSeen uint32 // clock time, in units of 2^seenShift ns (stamp)
 	gen      uint32 // table generation at which the flags were verified
 	flags    uint8
 }
 
-const metaUsed = 1 << 16 // a slot's meta word is zero when the slot is empty
+// seenShift: last-seen times are kept in 32 bits, in units of 2^24 ns
+// (16.8 ms, a third of the coarse clock's tick), and compared modulo 2^32
+// (age): an age is right up to 2^31 units (1.14 years), which bounds the
+// timeouts (timeoutUnits). An entry is removed long before: by a lookup,
+// a full shard's sweep or ExpireFlows, once its timeout has passed.
+const seenShift = 24
 
-func (e flowEntry) meta() uint64 { return uint64(e.gen)<<32 | metaUsed | uint64(e.flags) }
+// stamp is the clock time now (ns) in last-seen units.
+func stamp(now int64) uint32 { return uint32(now >> seenShift) }
 
-func entryOf(meta uint64, seen int64) flowEntry {
-	return flowEntry{lastSeen: seen, gen: uint32(meta >> 32), flags: uint8(meta)}
+// age is the time from last seen s to now, in last-seen units; 0 if s is
+// later (a packet judged on another core may have stored a later time).
+func age(now, s uint32) int32 { return max(0, int32(now-s)) }
+
+// timeoutUnits converts a timeout (ns) to last-seen units, at most 2^30.
+func timeoutUnits(d int64) int32 { return int32(min(d>>seenShift, 1<<30)) }
+
+const (
+	slotUsed  = 1 << 16   // set in the last key word of every full slot: a zero word is an empty slot
+	slotFlags = 0xff << 8 // the entry's flags in the last key word
+)
+
+func (e flowEntry) state() uint64 { return uint64(e.gen)<<32 | uint64(e.lastSeen) }
+
+// entryOf unpacks the entry of a slot from its last key word and state.
+func entryOf(last, state uint64) flowEntry {
+	return flowEntry{lastSeen: uint32(state), gen: uint32(state >> 32), flags: uint8(last >> 8)}
 }
 
 func sideFlag(isA bool) uint8 {
@@ -156,23 +178,23 @@ func (e flowEntry) local(isA bool) bool { return e.flags&sideFlag(isA) != 0 }
 
 // conntrack is a bounded flow table split into shards chosen by the low
 // bits of a seeded hash of the key. Each shard holds two open-addressing
-// tables of pointer-free words (linear probing, backward-shift deletion):
-// one for IPv4 keys, whose slots are 4 words (key, key, meta, lastSeen),
-// two to a 64-byte line, and one for IPv6, whose slots are 8 words (5 key
-// words, meta, lastSeen, padding), a line each. The hash's high bits pick
-// the key's home line, whose first slot its probe starts at: a lookup
-// mostly reads that line and no other, and a new flow goes into the empty
-// slot that ended its lookup's probe, on the line the lookup has just
-// brought into cache. A slot is empty when its meta word is zero.
+// tables of pointer-free words (linear probing, backward-shift deletion,
+// no tombstones), one for IPv4 keys and one for IPv6, of 128-byte buckets
+// (ctTable). The hash's high bits pick the key's home bucket, whose first
+// slot its probe starts at: a lookup mostly reads that bucket and no
+// other, and a new flow goes into the empty slot that ended its lookup's
+// probe, in the bucket the lookup has just brought into cache. A slot is
+// empty when its last key word is zero.
 //
 // The shard limits add up to MaxFlows and a table's capacity never exceeds
-// 8/5 of its shard's limit, so memory is bounded by MaxFlows: at most 51
-// bytes per IPv4 flow (32 B a slot at 5/8 load). Tables start small and
-// double when 5/8 full.
+// 5/4 of its shard's limit (and a bucket), so memory is bounded by
+// MaxFlows: at most 32 bytes per IPv4 flow and 80 per IPv6 flow (25.6 and
+// 64 B a slot at 4/5 load). Tables start small and double when 4/5 full.
 //
-// Concurrency: a shard's writers take its mutex, then make its sequence
-// counter odd, change the shard, and make the counter even again (lock,
-// unlock); the fields marked "guarded by the lock" change only so.
+// Concurrency: a shard's sequence counter is its writers' lock: a writer
+// makes it odd with a compare-and-swap from an even value, changes the
+// shard, and makes it even again (lock, unlock); the fields marked
+// "guarded by the lock" change only so.
 // Readers take no lock: they load the counter, the words (atomic loads),
 // and the counter again (a seqlock), and one that sees it odd or changed
 // takes the lock and looks again. A reader refreshes lastSeen with an
@@ -189,7 +211,7 @@ type conntrack struct {
 	shards    []ctShard
 	mask      uint64
 	seed      uint64
-	timeouts  [5]int64 // by timeout class
+	timeouts  [5]int32 // by timeout class, in last-seen units
 	evictions atomic.Uint64
 }
 
@@ -198,26 +220,30 @@ type ctShard struct {
 	seq       atomic.Uint32 // odd while a writer holds the shard; see conntrack
 	n         int32         // entries in t4 and t6; guarded by the lock
 	t4, t6    atomic.Pointer[ctTable]
-	limit     int32      // at most n entries
-	maxCap    int        // capacity bound of each table (slots)
-	lastSweep int64      // guarded by the lock
-	rnd       uint64     // eviction sampling state; guarded by the lock
-	mu        sync.Mutex // orders the writers; see lock
+	limit     int32  // at most n entries
+	maxCap    int    // capacity bound of each table (slots)
+	lastSweep int64  // guarded by the lock
+	rnd       uint64 // eviction sampling state; guarded by the lock
+	_         uint64
 }
 
-// lock takes the shard for a writer: the mutex (a writer that runs long, a
-// sweep or a table's growth, makes the others sleep), then the sequence
-// counter, made odd.
+// lock takes the shard for a writer: it makes the sequence counter odd,
+// spinning while another writer holds it, and yielding after a while (a
+// sweep or a table's growth holds it for microseconds). A mutex in front
+// of the counter cost a new flow 12 ns (two more locked instructions).
 func (sh *ctShard) lock() {
-	sh.mu.Lock()
-	sh.seq.Add(1)
+	for spins := 0; ; spins++ {
+		if s := sh.seq.Load(); s&1 == 0 && sh.seq.CompareAndSwap(s, s+1) {
+			return
+		}
+		if spins >= 64 {
+			runtime.Gosched()
+		}
+	}
 }
 
 // unlock releases a shard taken with lock.
-func (sh *ctShard) unlock() {
-	sh.seq.Add(1)
-	sh.mu.Unlock()
-}
+func (sh *ctShard) unlock() { sh.seq.Add(1) }
 
 // ctMiss is where a lock-free lookup found its key absent: the table it
 // probed (nil: none, or no lookup), the word offset of the empty slot that
@@ -240,32 +266,38 @@ func (sh *ctShard) unchangedLocked(m *ctMiss) bool {
 	return false
 }
 
-// ctTable is one open-addressing table. Slot i occupies
-// w[i*stride : (i+1)*stride]: kw key words, meta, lastSeen (and a pad
-// word for IPv6), its first word at the start of a cache line for IPv6
-// and of every other slot for IPv4. Only the lock holder changes a table
-// (lock-free readers store lastSeen words) and its n; a new table, made
-// by growLocked, replaces it.
+// ctTable is one open-addressing table of buckets of 16 words (128
+// bytes, two cache lines, the first on a 128-byte boundary): 5 IPv4 slots
+// of 3 words (2 key words, state) or 2 IPv6 slots of 6 (5 key words,
+// state), and padding. Slot i is slot i%per of bucket i/per. A key's home
+// is the first slot of the bucket its hash picks, and its probe goes on
+// slot by slot, bucket after bucket, round the table. Only the lock holder
+// changes a table and its n (lock-free readers store state words, with a
+// compare-and-swap); a new table, made by growLocked, replaces it.
 type ctTable struct {
-	w      []uint64
-	cap    uint64 // slots, even
-	lines  uint64 // cap >> shift: the home lines
-	shift  uint   // log2 of the slots a line: 1 (IPv4) or 0 (IPv6)
-	kw     int    // key words: 2 or 5
-	stride int    // words a slot: 4 or 8
-	v6     bool
-	n      int // entries; guarded by the shard's lock
-	growAt int // n at which an insert doubles the table first
+	w       []uint64
+	buckets uint64
+	cap     uint64 // slots: buckets*per
+	per     uint64 // slots a bucket: 5 or 2
+	kw      int    // key words: 2 or 5
+	stride  int    // words a slot: kw+1
+	used    int    // words of a bucket that hold slots: per*stride
+	v6      bool
+	n       int // entries; guarded by the shard's lock
+	growAt  int // n at which an insert first doubles the table
 }
 
 const (
 	maxShards     = 256
+	bucketWords   = 16
 	evictSamples  = 8
 	sweepInterval = int64(time.Second)
-	minTableCap   = 16
-	// A table is at most 5/8 full: a miss then mostly reads the home line
-	// only (it holds two IPv4 slots).
-	maxLoadNum, maxLoadDen = 5, 8
+	// A table starts with 4 buckets: 128 IPv4 buckets (640 slots, 16 KiB)
+	// then hold 512 flows, a shard's share of 128k.
+	minBuckets = 4
+	// A table is at most 4/5 full (it grows then, up to 5/4 of its
+	// shard's limit): a probe mostly ends in its home bucket.
+	maxLoadNum, maxLoadDen = 4, 5
 )
 
 const (
@@ -291,39 +323,43 @@ func newConntrack(cfg *Config, seed uint64) *conntrack {
 		sh.setLimit(limit)
 		sh.rnd = mix(seed ^ uint64(i+1))
 	}
-	ct.timeouts = [5]int64{
-		toTCP: int64(cfg.TCPTimeout), toTCPClosing: int64(cfg.TCPClosing),
-		toUDP: int64(cfg.UDPTimeout), toICMP: int64(cfg.ICMPTimeout),
-		toTCPUnanswered: int64(min(cfg.TCPUnanswered, cfg.TCPTimeout)),
+	for c, d := range [5]time.Duration{
+		toTCP: cfg.TCPTimeout, toTCPClosing: cfg.TCPClosing, toUDP: cfg.UDPTimeout, toICMP: cfg.ICMPTimeout,
+		toTCPUnanswered: min(cfg.TCPUnanswered, cfg.TCPTimeout),
+	} {
+		ct.timeouts[c] = timeoutUnits(int64(d))
 	}
 	return ct
 }
 
-// setLimit bounds the shard to limit entries, and so its tables to 8/5 of
-// that (and at least one slot more), a multiple of 8 slots.
+// setLimit bounds the shard to limit entries, and so its tables to 5/4 of
+// that and one slot more (maxCap), so that a table at its bound always
+// has an empty slot.
 func (sh *ctShard) setLimit(limit int) {
 	sh.limit = int32(limit)
-	sh.maxCap = (limit*maxLoadDen/maxLoadNum + 1 + 7) &^ 7
+	sh.maxCap = limit*maxLoadDen/maxLoadNum + 1
 }
 
-// newCTTable returns an empty table of capacity slots (even), with its
-// words on a 64-byte boundary, that grows at 5/8 full unless it is at
-// maxCap.
-func newCTTable(v6 bool, capacity, maxCap int) *ctTable {
-	t := &ctTable{v6: v6, kw: 2, stride: 4, shift: 1, cap: uint64(capacity), growAt: math.MaxInt}
+// newCTTable returns an empty table of the given number of buckets, that
+// grows at 4/5 full unless it holds maxCap slots or more.
+func newCTTable(v6 bool, buckets uint64, maxCap int) *ctTable {
+	t := &ctTable{v6: v6, kw: 2, per: 5, buckets: buckets, growAt: math.MaxInt}
 	if v6 {
-		t.kw, t.stride, t.shift = 5, 8, 0
+		t.kw, t.per = 5, 2
 	}
-	t.lines = t.cap >> t.shift
-	if capacity < maxCap {
-		t.growAt = capacity * maxLoadNum / maxLoadDen
+	t.stride = t.kw + 1
+	t.used = int(t.per) * t.stride
+	t.cap = buckets * t.per
+	if int(t.cap) < maxCap {
+		t.growAt = int(t.cap) * maxLoadNum / maxLoadDen
 	}
-	n := capacity * t.stride
-	w := make([]uint64, n+7)
-	off := int(-uintptr(unsafe.Pointer(&w[0])) % 64 / 8) // the address only: the GC does not move heap objects
+	n := int(buckets) * bucketWords
+	w := make([]uint64, n+bucketWords-1)
+	off := int(-uintptr(unsafe.Pointer(&w[0])) % (8 * bucketWords) / 8) // the address only: the GC does not move heap objects
 	t.w = w[off : off+n : off+n]
 	return t
 }
+
 func mix(h uint64) uint64 {
 	h *= 0x9e3779b97f4a7c15
 	return h ^ h>>29
@@ -367,70 +403,93 @@ func (sh *ctShard) table(v6 bool) *ctTable {
 	return sh.t4.Load()
 }
 
-// home is the first slot probed for hash h: the first of its home line.
+// home is the bucket of hash h, whose first slot is the first probed.
 func (t *ctTable) home(h uint64) uint64 {
-	hi, _ := bits.Mul64(h, t.lines)
-	return hi << t.shift
+	hi, _ := bits.Mul64(h, t.buckets)
+	return hi
 }
 
-// find probes for k. It returns the slot's word offset and meta if found,
-// or the offset of the empty slot that ends the probe. It is the one
-// lookup, under the lock and lock-free (the sequence counter validates the
-// result): the probe is bounded so that a reader racing a writer cannot
-// loop forever, and then returns -1.
-func (t *ctTable) find(k *ctKey) (base int, meta uint64, found bool) {
-	i := t.home(k.h)
-	for range t.cap {
-		base = int(i) * t.stride
-		s := t.w[base : base+t.stride : base+t.stride]
-		if meta = atomic.LoadUint64(&s[t.kw]); meta == 0 {
-			return base, 0, false
+// off returns the word offset of slot i.
+func (t *ctTable) off(i uint64) int {
+	return int(i/t.per)*bucketWords + int(i%t.per)*t.stride
+}
+
+// slotAt returns the slot at word offset base.
+func (t *ctTable) slotAt(base int) uint64 {
+	return uint64(base/bucketWords)*t.per + uint64(base%bucketWords/t.stride)
+}
+
+// find probes for k. It returns the word offset of k's slot and its last
+// key word (flags) if found, or the offset of the empty slot that ends the
+// probe. It is the one lookup, under the lock and lock-free (the sequence
+// counter validates the result): the probe is bounded so that a reader
+// racing a writer cannot loop forever, and then returns -1.
+func (t *ctTable) find(k *ctKey) (base int, last uint64, found bool) {
+	want := k.w[t.kw-1]
+	b := t.home(k.h)
+	for range t.buckets {
+		o := int(b) * bucketWords
+		s := t.w[o : o+bucketWords : o+bucketWords]
+		for j := 0; j < t.used; j += t.stride {
+			if last = atomic.LoadUint64(&s[j+t.kw-1]); last == 0 {
+				return o + j, 0, false
+			}
+			if last&^(slotUsed|slotFlags) == want && atomic.LoadUint64(&s[j]) == k.w[0] && (t.kw == 2 || eq6(s[j:j+4], k)) {
+				return o + j, last, true
+			}
 		}
-		if atomic.LoadUint64(&s[0]) == k.w[0] && atomic.LoadUint64(&s[1]) == k.w[1] && (t.kw == 2 || eq6(s, k)) {
-			return base, meta, true
-		}
-		if i++; i == t.cap {
-			i = 0
+		if b++; b == t.buckets {
+			b = 0
 		}
 	}
 	return -1, 0, false
 }
 
-// eq6 compares the last three key words of an IPv6 slot s with k's.
+// eq6 compares key words 1-3 of an IPv6 slot s with k's.
 func eq6(s []uint64, k *ctKey) bool {
-	return atomic.LoadUint64(&s[2]) == k.w[2] && atomic.LoadUint64(&s[3]) == k.w[3] && atomic.LoadUint64(&s[4]) == k.w[4]
+	return atomic.LoadUint64(&s[1]) == k.w[1] && atomic.LoadUint64(&s[2]) == k.w[2] && atomic.LoadUint64(&s[3]) == k.w[3]
 }
 
-// word loads one word. Lock-free readers may store lastSeen words at any
+// word loads one word. Lock-free readers may store state words at any
 // time, so even the lock holder reads atomically (a plain MOV on amd64).
 func (t *ctTable) word(i int) uint64 { return atomic.LoadUint64(&t.w[i]) }
 
-// hashSlot returns the hash of the key stored at base.
-func (t *ctTable) hashSlot(ct *conntrack, base int) uint64 {
-	return ct.hashWords(t.w[base:base+t.kw], t.v6)
-}
-
-func (t *ctTable) seen(base int) int64 {
-	return int64(atomic.LoadUint64(&t.w[base+t.kw+1]))
-}
-
-// setEntryLocked updates the entry in the slot at base in place.
-func (t *ctTable) setEntryLocked(base int, e flowEntry) {
-	storeWord(&t.w[base+t.kw+1], uint64(e.lastSeen))
-	storeWord(&t.w[base+t.kw], e.meta())
-}
-
-// fillLocked writes key and entry into the empty slot at base, meta (which
-// marks the slot full) last.
-func (t *ctTable) fillLocked(base int, k *ctKey, e flowEntry) {
+// keyOf returns the key stored at base, with its hash.
+func (t *ctTable) keyOf(ct *conntrack, base int) ctKey {
+	k := ctKey{v6: t.v6}
 	for j := range t.kw {
+		k.w[j] = t.word(base + j)
+	}
+	k.w[t.kw-1] &^= slotUsed | slotFlags
+	k.h = ct.hashWords(k.w[:t.kw], t.v6)
+	return k
+}
+
+// entry returns the entry in the slot at base.
+func (t *ctTable) entry(base int) flowEntry {
+	return entryOf(t.word(base+t.kw-1), t.word(base+t.kw))
+}
+
+// setEntryLocked updates the entry in the full slot at base in place.
+func (t *ctTable) setEntryLocked(base int, e flowEntry) {
+	storeWord(&t.w[base+t.kw], e.state())
+	last := t.word(base+t.kw-1)&^slotFlags | uint64(e.flags)<<8
+	storeWord(&t.w[base+t.kw-1], last)
+}
+
+// fillLocked writes key and entry into the empty slot at base, the last
+// key word (which marks the slot full) last.
+func (t *ctTable) fillLocked(base int, k *ctKey, e flowEntry) {
+	for j := range t.kw - 1 {
 		storeWord(&t.w[base+j], k.w[j])
 	}
-	t.setEntryLocked(base, e)
+	storeWord(&t.w[base+t.kw], e.state())
+	storeWord(&t.w[base+t.kw-1], k.w[t.kw-1]|slotUsed|uint64(e.flags)<<8)
 	t.n++
 }
 
-func (ct *conntrack) timeout(proto policy.Protocol, flags uint8) int64 {
+// timeout returns the idle timeout of an entry, in last-seen units.
+func (ct *conntrack) timeout(proto policy.Protocol, flags uint8) int32 {
 	if flags&flRevoked != 0 {
 		return ct.timeouts[toTCPClosing]
 	}
@@ -449,12 +508,8 @@ func (ct *conntrack) timeout(proto policy.Protocol, flags uint8) int64 {
 	return ct.timeouts[toICMP]
 }
 
-func slotProto(t *ctTable, base int) policy.Protocol {
-	return policy.Protocol(atomic.LoadUint64(&t.w[base+t.kw-1]))
-}
-
 func (ct *conntrack) expired(proto policy.Protocol, e flowEntry, now int64) bool {
-	return now-e.lastSeen > ct.timeout(proto, e.flags)
+	return age(stamp(now), e.lastSeen) > ct.timeout(proto, e.flags)
 }
 
 // lookupLocked returns the live entry of k and its slot; an expired one is
@@ -464,11 +519,11 @@ func (ct *conntrack) lookupLocked(sh *ctShard, k *ctKey, now int64) (base int, e
 	if t == nil {
 		return -1, flowEntry{}, false
 	}
-	base, meta, ok := t.find(k)
+	base, _, ok = t.find(k)
 	if !ok {
 		return -1, flowEntry{}, false
 	}
-	e = entryOf(meta, t.seen(base))
+	e = t.entry(base)
 	if ct.expired(policy.Protocol(k.w[k.keyWords()-1]), e, now) {
 		ct.deleteLocked(sh, t, base)
 		return -1, flowEntry{}, false
@@ -488,7 +543,7 @@ func (ct *conntrack) removeLocked(sh *ctShard, k *ctKey, base int) {
 
 // insertLocked inserts the entry of k, which the shard does not hold,
 // making room first if the shard is at its limit and growing (or making)
-// its table if that is 5/8 full. m is where a lock-free lookup found k
+// its table if that is 4/5 full. m is where a lock-free lookup found k
 // absent, with nothing changed since (unchangedLocked), or zero: then, or
 // once room was made or the table grown, it probes for k's slot itself.
 func (ct *conntrack) insertLocked(sh *ctShard, k *ctKey, e flowEntry, now int64, m ctMiss) {
@@ -508,24 +563,25 @@ func (ct *conntrack) insertLocked(sh *ctShard, k *ctKey, e flowEntry, now int64,
 	sh.n++
 }
 
-// growLocked replaces t (nil: none yet) by a table of twice its capacity,
+// growLocked replaces t (nil: none yet) by a table of twice its buckets,
 // up to the shard's bound, holding its entries, and returns it.
 func (ct *conntrack) growLocked(sh *ctShard, t *ctTable, v6 bool) *ctTable {
-	c := minTableCap
-	if t != nil {
-		c = 2 * int(t.cap)
+	per := uint64(5)
+	if v6 {
+		per = 2
 	}
-	nt := newCTTable(v6, min(c, sh.maxCap), sh.maxCap)
+	b := uint64(minBuckets)
 	if t != nil {
-		for base := 0; base < len(t.w); base += t.stride {
-			if t.word(base+t.kw) == 0 {
+		b = 2 * t.buckets
+	}
+	nt := newCTTable(v6, min(b, (uint64(sh.maxCap)+per-1)/per), sh.maxCap)
+	if t != nil {
+		for i := range t.cap {
+			base := t.off(i)
+			if t.word(base+t.kw-1) == 0 {
 				continue
 			}
-			k := ctKey{v6: v6}
-			for j := range t.kw {
-				k.w[j] = t.word(base + j)
-			}
-			k.h = ct.hashWords(k.w[:t.kw], v6)
+			k := t.keyOf(ct, base)
 			nb, _, _ := nt.find(&k)
 			for j := range t.stride {
 				nt.w[nb+j] = t.word(base + j) // nt is not published yet
@@ -544,27 +600,28 @@ func (ct *conntrack) growLocked(sh *ctShard, t *ctTable, v6 bool) *ctTable {
 // deleteLocked empties the slot at base and shifts the following entries
 // of its probe run back (no tombstones).
 func (ct *conntrack) deleteLocked(sh *ctShard, t *ctTable, base int) {
-	i := uint64(base / t.stride)
+	i := t.slotAt(base)
 	j := i
 	for {
 		if j++; j == t.cap {
 			j = 0
 		}
-		jb := int(j) * t.stride
-		if t.word(jb+t.kw) == 0 {
+		jb := t.off(j)
+		if t.word(jb+t.kw-1) == 0 {
 			break
 		}
 		// The entry at j may move to i if i lies cyclically in [home, j).
-		h := t.home(t.hashSlot(ct, jb))
+		k := t.keyOf(ct, jb)
+		h := t.home(k.h) * t.per
 		if (j-h+t.cap)%t.cap >= (j-i+t.cap)%t.cap {
-			ib := int(i) * t.stride
+			ib := t.off(i)
 			for x := range t.stride {
 				storeWord(&t.w[ib+x], t.word(jb+x))
 			}
 			i = j
 		}
 	}
-	ib := int(i) * t.stride
+	ib := t.off(i)
 	for x := range t.stride {
 		storeWord(&t.w[ib+x], 0)
 	}
@@ -591,13 +648,13 @@ func (ct *conntrack) makeRoomLocked(sh *ctShard, now int64) {
 	if t == nil || t.n == 0 {
 		return
 	}
-	i := t.home(sh.rnd)
-	victim, oldest, n := -1, int64(0), 0
+	i := t.home(sh.rnd) * t.per
+	victim, oldest, n := -1, int32(0), 0
 	for range t.cap {
-		base := int(i) * t.stride
-		if t.word(base+t.kw) != 0 {
-			if s := t.seen(base); n == 0 || s < oldest {
-				victim, oldest = base, s
+		base := t.off(i)
+		if t.word(base+t.kw-1) != 0 {
+			if a := age(stamp(now), t.entry(base).lastSeen); n == 0 || a > oldest {
+				victim, oldest = base, a
 			}
 			if n++; n == evictSamples {
 				break
@@ -620,14 +677,15 @@ func (ct *conntrack) sweepLocked(sh *ctShard, now int64) int {
 		if t == nil {
 			continue
 		}
-		for base := 0; base < len(t.w); {
-			meta := t.word(base + t.kw)
-			if meta != 0 && ct.expired(slotProto(t, base), entryOf(meta, t.seen(base)), now) {
+		for i := uint64(0); i < t.cap; {
+			base := t.off(i)
+			last := t.word(base + t.kw - 1)
+			if last != 0 && ct.expired(policy.Protocol(last), t.entry(base), now) {
 				ct.deleteLocked(sh, t, base) // another entry may shift into this slot
 				n++
 				continue
 			}
-			base += t.stride
+			i++
 		}
 	}
 	return n

@@ -53,7 +53,9 @@ func TestEvictionPrefersIdle(t *testing.T) {
 	e.Outbound(open)
 	lost := 0
 	for i := range 40000 {
-		e.clk.advance(time.Microsecond)
+		// 20 s in all, under TCPUnanswered; the busy flow is refreshed
+		// every 50 ms, three last-seen units (16.8 ms).
+		e.clk.advance(500 * time.Microsecond)
 		e.Outbound(syn(ap(ipB, uint16(2+i%60000)), ap(ipD, uint16(81+i/60000))))
 		if i%100 == 0 {
 			if e.Outbound(live) != Accept {
@@ -372,7 +374,7 @@ func TestSlotMoves(t *testing.T) {
 		e := newTestEngine(t, Config{MaxFlows: max})
 		for p := range uint16(4 * max) {
 			e.Outbound(syn(ap(ipB, 1+p), ap(ipD, 8080)))
-			e.clk.advance(time.Microsecond)
+			e.clk.advance(time.Millisecond) // 16 s in all, under TCPUnanswered
 		}
 		if got := e.Flows(); got != max {
 			t.Errorf("Flows = %d, want %d", got, max)
@@ -530,9 +532,9 @@ func testTableModel(t *testing.T, limit int) {
 		ct.setKey(&pool[i], &src, &dst, uint16(i), 53, policy.ProtoUDP, v6)
 	}
 	udp := ct.timeouts[toUDP]
-	model := map[int]int64{} // pool index -> last seen
+	model := map[int]uint32{} // pool index -> last seen
 	now := int64(0)
-	expired := func(i int) bool { return now-model[i] > udp }
+	expired := func(i int) bool { return age(stamp(now), model[i]) > udp }
 	// gone drops from the model the keys the table no longer holds: those
 	// that expired, and those evicted (evicted says how many: expired or
 	// not).
@@ -563,13 +565,14 @@ func testTableModel(t *testing.T, limit int) {
 			}
 			full := 0
 			for i := uint64(0); i < tab.cap; i++ {
-				base := int(i) * tab.stride
-				if tab.word(base+tab.kw) == 0 {
+				base := tab.off(i)
+				if tab.word(base+tab.kw-1) == 0 {
 					continue
 				}
 				full++
-				for j := tab.home(tab.hashSlot(ct, base)); j != i; j = (j + 1) % tab.cap {
-					if tab.word(int(j)*tab.stride+tab.kw) == 0 {
+				k := tab.keyOf(ct, base)
+				for j := tab.home(k.h) * tab.per; j != i; j = (j + 1) % tab.cap {
+					if tab.word(tab.off(j)+tab.kw-1) == 0 {
 						t.Fatalf("%s: slot %d is empty in the probe run of slot %d", step, j, i)
 					}
 				}
@@ -585,8 +588,8 @@ func testTableModel(t *testing.T, limit int) {
 		for i, seen := range model {
 			tab := sh.table(pool[i].v6)
 			base, _, ok := tab.find(&pool[i])
-			if !ok || tab.seen(base) != seen {
-				t.Fatalf("%s: key %d: found %v, last seen %d, want %d", step, i, ok, tab.seen(base), seen)
+			if !ok || tab.entry(base).lastSeen != seen {
+				t.Fatalf("%s: key %d: found %v, last seen %d, want %d", step, i, ok, tab.entry(base).lastSeen, seen)
 			}
 		}
 	}
@@ -619,14 +622,14 @@ func testTableModel(t *testing.T, limit int) {
 			}
 			ev := ct.evictions.Load()
 			full := sh.n >= sh.limit
-			ct.insertLocked(sh, k, flowEntry{lastSeen: now, flags: flOrigA}, now, m)
+			ct.insertLocked(sh, k, flowEntry{lastSeen: stamp(now), flags: flOrigA}, now, m)
 			sh.unlock()
 			if full {
 				gone(name, ct.evictions.Load()-ev)
 			} else {
 				gone(name, 0) // lookupLocked may have dropped it expired
 			}
-			model[i] = now
+			model[i] = stamp(now)
 		case op < 6: // look up, refresh
 			sh.lock()
 			base, ent, ok := ct.lookupLocked(sh, k, now)
@@ -637,9 +640,9 @@ func testTableModel(t *testing.T, limit int) {
 				t.Fatalf("%s: last seen %d, want %d", name, ent.lastSeen, model[i])
 			}
 			if ok && op == 5 {
-				ent.lastSeen = now
+				ent.lastSeen = stamp(now)
 				ct.updateLocked(sh, k, base, ent)
-				model[i] = now
+				model[i] = stamp(now)
 			}
 			sh.unlock()
 			gone(name, 0)
@@ -651,7 +654,7 @@ func testTableModel(t *testing.T, limit int) {
 			sh.unlock()
 			delete(model, i)
 		case op == 8:
-			now += rng.Int64N(udp / 4)
+			now += rng.Int64N(int64(udp) << seenShift / 4)
 		default:
 			if rng.IntN(20) == 0 {
 				want := 0

@@ -91,6 +91,7 @@ type Engine struct {
 	flowLogState
 	pairs deniedPairs
 
+	udpTimeout int64 // Config.UDPTimeout, ns
 	// unseenUDP: until then (clock nanoseconds), a UDP datagram of an
 	// untracked flow may belong to a flow under way (ResumeTracking).
 	unseenUDP atomic.Int64
@@ -132,9 +133,10 @@ func stripeOf(out bool, x byte) int {
 func NewEngine(cfg Config) *Engine {
 	cfg = cfg.withDefaults()
 	e := &Engine{
-		ct:  newConntrack(&cfg, rand.Uint64()),
-		rl:  newRateLimiter(cfg.RejectsPerSecond, rand.Uint64()),
-		clk: sharedClock,
+		ct:         newConntrack(&cfg, rand.Uint64()),
+		udpTimeout: int64(cfg.UDPTimeout),
+		rl:         newRateLimiter(cfg.RejectsPerSecond, rand.Uint64()),
+		clk:        sharedClock,
 	}
 	e.frags.seed = rand.Uint64()
 	e.flogInterval = int64(time.Second) / int64(cfg.FlowLogRate)
@@ -164,7 +166,7 @@ func (e *Engine) SetTable(t *Table) {
 // say which end is the client: see unseen. Call it before the engine
 // judges the first packet of the data path.
 func (e *Engine) ResumeTracking() {
-	e.unseenUDP.Store(e.clk.now() + e.ct.timeout(policy.ProtoUDP, 0))
+	e.unseenUDP.Store(e.clk.now() + e.udpTimeout)
 }
 
 // unseen reports whether p, of a flow the engine does not track, may
@@ -317,11 +319,11 @@ func (e *Engine) fast(p *packet, k *ctKey, srcIsA bool, s *snapshot, now int64, 
 		return fastSlow
 	}
 	t := sh.table(k.v6)
-	base, meta, found := -1, uint64(0), false
-	var seen int64
+	base, last, found := -1, uint64(0), false
+	var state uint64
 	if t != nil {
-		if base, meta, found = t.find(k); found {
-			seen = t.seen(base)
+		if base, last, found = t.find(k); found {
+			state = t.word(base + t.kw)
 		}
 	}
 	if sh.seq.Load() != seq || t != nil && base < 0 {
@@ -331,15 +333,18 @@ func (e *Engine) fast(p *packet, k *ctKey, srcIsA bool, s *snapshot, now int64, 
 		*miss = ctMiss{t: t, base: base, seq: seq}
 		return fastAbsent
 	}
-	ent := entryOf(meta, seen)
+	ent := entryOf(last, state)
 	if ent.gen != s.gen || ent.flags&flRevoked != 0 ||
 		srcLocal && !ent.local(srcIsA) || dstLocal && !ent.local(!srcIsA) ||
 		e.ct.expired(p.proto, ent, now) ||
 		p.proto == policy.ProtoTCP && tcpFlagsChange(p.tcpFlags, ent.flags, srcIsA) {
 		return fastSlow
 	}
-	if now > seen {
-		atomic.StoreUint64(&t.w[base+t.kw+1], uint64(now))
+	if st := stamp(now); age(st, ent.lastSeen) > 0 {
+		// A compare-and-swap: a plain store could overwrite the state
+		// of another entry that a writer moved into the slot meanwhile.
+		ent.lastSeen = st
+		atomic.CompareAndSwapUint64(&t.w[base+t.kw], state, ent.state())
 	}
 	return fastHit
 }
@@ -374,7 +379,9 @@ func touch(ent flowEntry, p *packet, srcIsA bool, now int64) flowEntry {
 			ent.flags &^= flClosing // the tuple is being reused by a new connection
 		}
 	}
-	ent.lastSeen = max(ent.lastSeen, now)
+	if st := stamp(now); age(st, ent.lastSeen) > 0 {
+		ent.lastSeen = st
+	}
 	return ent
 }
 
@@ -439,7 +446,7 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64) Verdict {
 	if !(p.proto == policy.ProtoTCP && p.tcpFlags&tcpRST != 0 || p.proto == policy.ProtoICMP && !p.echoRequest()) {
 		// A new flow; neither a RST nor an echo reply opens one. The
 		// local container's own, unless it may be under way (unseen).
-		ent := flowEntry{lastSeen: now, gen: s.gen, flags: sideFlag(srcIsA)}
+		ent := flowEntry{lastSeen: stamp(now), gen: s.gen, flags: sideFlag(srcIsA)}
 		if srcIsA {
 			ent.flags |= flOrigA
 		}
@@ -542,7 +549,7 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64) Verdict {
 	if p.proto == policy.ProtoTCP && p.tcpFlags&tcpRST != 0 {
 		return Accept // allowed, but a RST opens nothing
 	}
-	ent := flowEntry{lastSeen: now, gen: s.gen, flags: fl | sideFlag(!srcIsA)}
+	ent := flowEntry{lastSeen: stamp(now), gen: s.gen, flags: fl | sideFlag(!srcIsA)}
 	if src.local {
 		ent.flags |= sideFlag(srcIsA)
 	}
@@ -631,8 +638,8 @@ func (e *Engine) settleLocked(sh *ctShard, k *ctKey, base int, ent *flowEntry, s
 		e.ct.updateLocked(sh, k, base, *ent)
 	}
 	if ent.flags&flRevoked != 0 {
-		if now > ent.lastSeen {
-			ent.lastSeen = now
+		if st := stamp(now); age(st, ent.lastSeen) > 0 {
+			ent.lastSeen = st
 			e.ct.updateLocked(sh, k, base, *ent)
 		}
 		return DropRevoked, true
