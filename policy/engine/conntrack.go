@@ -224,7 +224,7 @@ type ctShard struct {
 	maxCap    int    // capacity bound of each table (slots)
 	lastSweep int64  // guarded by the lock
 	rnd       uint64 // eviction sampling state; guarded by the lock
-	_         uint64
+	opened    uint64 // accepted packets that opened a flow (Engine.Counters); guarded by the lock
 }
 
 // lock takes the shard for a writer: it makes the sequence counter odd,

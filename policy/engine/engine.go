@@ -234,6 +234,12 @@ func (e *Engine) Counters() Counters {
 			c.Verdicts[v] += e.stats[i].n[v].Load()
 		}
 	}
+	for i := range e.ct.shards {
+		sh := &e.ct.shards[i]
+		sh.lock() // opened is guarded by the lock, not atomic
+		c.Verdicts[Accept] += sh.opened
+		sh.unlock()
+	}
 	c.RejectsSent = e.rejectsSent.Load()
 	c.RejectsLimited = e.rejectsLimited.Load()
 	c.Evictions = e.ct.evictions.Load()
@@ -263,6 +269,10 @@ func (e *Engine) Outbound(pkt []byte) Verdict {
 // judgeOut is Outbound for the parsed packet p.
 func (e *Engine) judgeOut(p *packet, s *snapshot, now int64) Verdict {
 	v := e.outbound(p, s, now)
+	opened := v == acceptOpened
+	if opened {
+		v = Accept
+	}
 	if !v.Allowed() {
 		dir := dirOutbound
 		if s.t.inSubnet(&p.dst, p.v6) {
@@ -271,6 +281,9 @@ func (e *Engine) judgeOut(p *packet, s *snapshot, now int64) Verdict {
 		e.deny(v, p, s.t, dir)
 	} else if p.firstFrag {
 		e.frags.remember(p, now) // whichever path accepted it: see fragCache
+	}
+	if opened {
+		return v
 	}
 	return e.count(p, v, true)
 }
@@ -290,14 +303,26 @@ func (e *Engine) Inbound(pkt []byte) Verdict {
 
 // judgeIn is Inbound for the parsed packet p.
 func (e *Engine) judgeIn(p *packet, s *snapshot, now int64) Verdict {
-	v := e.inbound(p, s, now)
+	v := e.inbound(p, s, now, false)
+	opened := v == acceptOpened
+	if opened {
+		v = Accept
+	}
 	if !v.Allowed() {
 		e.deny(v, p, s.t, dirInbound)
 	} else if p.firstFrag {
 		e.frags.remember(p, now) // whichever path accepted it: see fragCache
 	}
+	if opened {
+		return v
+	}
 	return e.count(p, v, false)
 }
+
+// acceptOpened is what outbound and inbound return instead of Accept for
+// a packet that opened a flow: they counted it under the shard's lock
+// (ctShard.opened, a plain add where e.count takes a locked one).
+const acceptOpened = numVerdicts
 
 // Results of fast.
 const (
@@ -407,7 +432,7 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64) Verdict {
 		return DropSpoofed
 	}
 	if hairpin {
-		v := e.inbound(p, s, now)
+		v := e.inbound(p, s, now, true)
 		if v == Accept {
 			v = AcceptLocal
 		}
@@ -473,16 +498,21 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64) Verdict {
 			ent.flags |= flClosing
 		}
 		e.ct.insertLocked(sh, &k, ent, now, miss)
+		sh.opened++
 		isNew = true
 	}
 	sh.unlock()
 	if isNew {
 		e.logFlow(Accept, p, t, dirOutbound)
+		return acceptOpened
 	}
 	return Accept
 }
 
-func (e *Engine) inbound(p *packet, s *snapshot, now int64) Verdict {
+// inbound judges p as inbound, or as an outbound packet hair-pinned to a
+// local container (hairpin: a new flow's Accept is then left to the
+// caller to count, as AcceptLocal).
+func (e *Engine) inbound(p *packet, s *snapshot, now int64, hairpin bool) Verdict {
 	t := s.t
 	if p.kind == kindNotIP {
 		return DropUnsupported
@@ -570,11 +600,17 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64) Verdict {
 		}
 	}
 	e.ct.insertLocked(sh, &k, ent, now, miss)
+	if !hairpin {
+		sh.opened++
+	}
 	sh.unlock()
 	if src.local {
 		e.logFlow(Accept, p, t, dirLocal)
 	} else {
 		e.logFlow(Accept, p, t, dirInbound)
+	}
+	if !hairpin {
+		return acceptOpened
 	}
 	return Accept
 }
