@@ -275,16 +275,18 @@ func (sh *ctShard) unchangedLocked(m *ctMiss) bool {
 // changes a table and its n (lock-free readers store state words, with a
 // compare-and-swap); a new table, made by growLocked, replaces it.
 type ctTable struct {
+	// What find reads, on the struct's first line.
 	w       []uint64
 	buckets uint64
-	cap     uint64 // slots: buckets*per
 	per     uint64 // slots a bucket: 5 or 2
 	kw      int    // key words: 2 or 5
 	stride  int    // words a slot: kw+1
 	used    int    // words of a bucket that hold slots: per*stride
-	v6      bool
-	n       int // entries; guarded by the shard's lock
-	growAt  int // n at which an insert first doubles the table
+
+	v6     bool
+	cap    uint64 // slots: buckets*per
+	n      int    // entries; guarded by the shard's lock
+	growAt int    // n at which an insert first doubles the table
 }
 
 const (
