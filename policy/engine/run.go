@@ -10,16 +10,17 @@ import "github.com/weft-net/weft/policy"
 // decrypted), and in a bulk transfer most of a batch is one flow: the same
 // addresses, ports and protocol, packet after packet. Judged one by one,
 // each pays the whole lookup, and the first of a batch its cache misses:
-// the flow's control byte, slot and shard line have mostly left the cache
-// since the last batch, pushed out by 64 KiB buffers and the crypto. A
-// Run remembers the last packet it saw accepted as an established or newly
-// opened IPv4 TCP or UDP flow, and accepts the next one without a lookup
-// when it is of the same flow and the same table generation, is neither a
-// fragment nor malformed, and for TCP has none of SYN, FIN and RST (the
-// flags that can change a flow's state). Those are exactly the packets the
-// lookup would accept the same way: same key, same entry, same generation,
-// flags that change nothing. Anything else goes through the lookup and
-// becomes the remembered packet if it qualifies.
+// the flow's bucket and shard line have mostly left the cache since the
+// last batch, pushed out by 64 KiB buffers and the crypto. A Run parses
+// every packet (parse, the one parser) and remembers the last one it saw
+// accepted as an established or newly opened TCP or UDP flow; it accepts
+// the next one without a lookup when it is of the same flow, direction and
+// table generation, is neither a fragment nor a first fragment, and for
+// TCP has none of SYN, FIN and RST (the flags that can change a flow's
+// state). Those are exactly the packets the lookup would accept the same
+// way: same key, same entry, same generation, flags that change nothing.
+// Anything else goes through the lookup and becomes the remembered packet
+// if it qualifies.
 //
 // A Run is for one goroutine and one batch: the zero value is ready, and
 // End adds the packets it accepted to the engine's counters. The verdicts,
@@ -28,10 +29,10 @@ import "github.com/weft-net/weft/policy"
 // first packet of each batch refreshes (once per 50 ms tick at most
 // anyway).
 type Run struct {
-	src, dst     [16]byte // 0: nothing remembered (proto)
+	src, dst     [16]byte
 	sport, dport uint16
-	proto        policy.Protocol
-	gen          uint32 // table generation of the remembered verdict
+	proto        policy.Protocol // 0: nothing remembered
+	gen          uint32          // table generation of the remembered verdict
 	v            Verdict
 	n            uint32 // packets accepted from memory, not yet counted
 	out          bool
