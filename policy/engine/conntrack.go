@@ -187,10 +187,10 @@ func (e flowEntry) local(isA bool) bool { return e.flags&sideFlag(isA) != 0 }
 // empty when its last key word is zero.
 //
 // The shard limits add up to MaxFlows and a table's capacity never exceeds
-// 5/4 of its shard's limit (and a bucket), so memory is bounded by
-// MaxFlows: at most 32 bytes per IPv4 flow and 80 per IPv6 flow (25.6 and
-// 64 B a slot at 4/5 load) in a full table. Tables start at 4 buckets and
-// double when 4/5 full; they never shrink.
+// 8/5 of its shard's limit (and a bucket), so memory is bounded by
+// MaxFlows: at most 41 bytes per IPv4 flow and 102 per IPv6 flow (25.6 and
+// 64 B a slot at 5/8 load) in a full table. Tables start at 4 buckets and
+// double when 4/5 full (5/8 for one that may fill up); they never shrink.
 //
 // Concurrency: a shard's sequence counter is its writers' lock: a writer
 // makes it odd with a compare-and-swap from an even value, changes the
@@ -300,9 +300,13 @@ const (
 	// A table starts with 4 buckets: 128 IPv4 buckets (640 slots, 16 KiB)
 	// then hold 512 flows, a shard's share of 128k.
 	minBuckets = 4
-	// A table is at most 4/5 full (it grows then, up to 5/4 of its
-	// shard's limit): a probe mostly ends in its home bucket.
-	maxLoadNum, maxLoadDen = 4, 5
+	// A growing table is at most 4/5 full: it doubles then, a probe
+	// mostly ending in its home bucket. A table that may fill up (one
+	// whose 4/5 is the shard's limit or more) is at most 5/8 full, up to
+	// 8/5 of the limit: the probes of a full table (a SYN flood) end
+	// sooner, and deletions shift fewer slots back.
+	growNum, growDen = 4, 5
+	fullNum, fullDen = 5, 8
 )
 
 const (
@@ -337,17 +341,18 @@ func newConntrack(cfg *Config, seed uint64) *conntrack {
 	return ct
 }
 
-// setLimit bounds the shard to limit entries, and so its tables to 5/4 of
+// setLimit bounds the shard to limit entries, and so its tables to 8/5 of
 // that and one slot more (maxCap), so that a table at its bound always
 // has an empty slot.
 func (sh *ctShard) setLimit(limit int) {
 	sh.limit = int32(limit)
-	sh.maxCap = limit*maxLoadDen/maxLoadNum + 1
+	sh.maxCap = limit*fullDen/fullNum + 1
 }
 
-// newCTTable returns an empty table of the given number of buckets, that
-// grows at 4/5 full unless it holds maxCap slots or more.
-func newCTTable(v6 bool, buckets uint64, maxCap int) *ctTable {
+// newCTTable returns an empty table of the given number of buckets, for a
+// shard of the given limit and maxCap: it grows at 4/5 full, or at 5/8 if
+// 4/5 is the limit or more, unless it holds maxCap slots or more.
+func newCTTable(v6 bool, buckets uint64, limit, maxCap int) *ctTable {
 	t := &ctTable{v6: v6, kw: 2, per: 5, buckets: buckets, growAt: math.MaxInt}
 	if v6 {
 		t.kw, t.per = 5, 2
@@ -356,7 +361,9 @@ func newCTTable(v6 bool, buckets uint64, maxCap int) *ctTable {
 	t.used = int(t.per) * t.stride
 	t.cap = buckets * t.per
 	if int(t.cap) < maxCap {
-		t.growAt = int(t.cap) * maxLoadNum / maxLoadDen
+		if t.growAt = int(t.cap) * growNum / growDen; t.growAt >= limit {
+			t.growAt = int(t.cap) * fullNum / fullDen
+		}
 	}
 	n := int(buckets) * bucketWords
 	w := make([]uint64, n+bucketWords-1)
@@ -548,7 +555,7 @@ func (ct *conntrack) removeLocked(sh *ctShard, k *ctKey, base int) {
 
 // insertLocked inserts the entry of k, which the shard does not hold,
 // making room first if the shard is at its limit and growing (or making)
-// its table if that is 4/5 full. m is where a lock-free lookup found k
+// its table if that is full enough (growAt). m is where a lock-free lookup found k
 // absent, with nothing changed since (unchangedLocked), or zero: then, or
 // once room was made or the table grown, it probes for k's slot itself.
 func (ct *conntrack) insertLocked(sh *ctShard, k *ctKey, e flowEntry, now int64, m ctMiss) {
@@ -579,7 +586,7 @@ func (ct *conntrack) growLocked(sh *ctShard, t *ctTable, v6 bool) *ctTable {
 	if t != nil {
 		b = 2 * t.buckets
 	}
-	nt := newCTTable(v6, min(b, (uint64(sh.maxCap)+per-1)/per), sh.maxCap)
+	nt := newCTTable(v6, min(b, (uint64(sh.maxCap)+per-1)/per), int(sh.limit), sh.maxCap)
 	if t != nil {
 		for i := range t.cap {
 			base := t.off(i)
