@@ -53,7 +53,9 @@ func TestEvictionPrefersIdle(t *testing.T) {
 	e.Outbound(open)
 	lost := 0
 	for i := range 40000 {
-		e.clk.advance(time.Microsecond)
+		// 20 s in all, under TCPUnanswered; the busy flow is refreshed
+		// every 50 ms, three last-seen units (16.8 ms).
+		e.clk.advance(500 * time.Microsecond)
 		e.Outbound(syn(ap(ipB, uint16(2+i%60000)), ap(ipD, uint16(81+i/60000))))
 		if i%100 == 0 {
 			if e.Outbound(live) != Accept {
@@ -197,11 +199,11 @@ func TestTableBasics(t *testing.T) {
 	}
 }
 
-// TestNurseryConcurrent opens flows from several goroutines into shards
-// with nurseries, so that nurseries fill and move into the tables while
-// other goroutines look flows up: every flow stays tracked throughout
+// TestOpenConcurrent opens flows from several goroutines, so that tables
+// grow while other goroutines look flows up and insert at the slots their
+// lock-free misses found (ctMiss): every flow stays tracked throughout
 // (the replies pass only if it is) and none is counted twice.
-func TestNurseryConcurrent(t *testing.T) {
+func TestOpenConcurrent(t *testing.T) {
 	e := newTestEngine(t, Config{})
 	const goroutines, flows = 4, 4000
 	var wg sync.WaitGroup
@@ -246,7 +248,7 @@ func TestNurseryConcurrent(t *testing.T) {
 	if ev := e.Counters().Evictions; ev != 0 {
 		t.Errorf("%d evictions", ev)
 	}
-	// Expiry moves the nurseries into the tables and finds nothing idle.
+	// Expiry finds nothing idle.
 	if n := e.ExpireFlows(e.clk.epoch.Add(time.Duration(e.clk.now()))); n != 0 {
 		t.Errorf("expired %d", n)
 	}
@@ -255,19 +257,12 @@ func TestNurseryConcurrent(t *testing.T) {
 	}
 }
 
-// TestShardLayout keeps what a new IPv4 flow touches in the shard (besides
-// its nursery entry) on the first cache line, and shards a whole number of
-// lines long, so that neighbouring shards share no line.
+// TestShardLayout keeps a shard one cache line long, so that what a
+// lookup reads of it (the sequence counter, the table) is one line and
+// neighbouring shards share no line.
 func TestShardLayout(t *testing.T) {
-	var sh ctShard
-	if end := unsafe.Offsetof(sh.limit) + unsafe.Sizeof(sh.limit); end > 64 {
-		t.Errorf("the first line's fields end at byte %d", end)
-	}
-	if off := unsafe.Offsetof(sh.nurse); off%64 != 0 {
-		t.Errorf("nurse at byte %d, not on a line of its own", off)
-	}
-	if size := unsafe.Sizeof(sh); size%64 != 0 {
-		t.Errorf("ctShard is %d bytes, not a whole number of cache lines", size)
+	if size := unsafe.Sizeof(ctShard{}); size != 64 {
+		t.Errorf("ctShard is %d bytes, not one cache line", size)
 	}
 }
 
@@ -315,48 +310,12 @@ func TestOpenSameFlowConcurrent(t *testing.T) {
 	}
 }
 
-// TestMayHold checks fast4's short cut past the home slot against a scan
-// of the control bytes one by one, on random words with runs of full and
-// empty slots, every home position and every tag.
-func TestMayHold(t *testing.T) {
-	rnd := rand.New(rand.NewPCG(1, 2))
-	for range 20000 {
-		var w uint64
-		for j := range 8 {
-			if rnd.IntN(3) != 0 { // 2/3 full: long runs too
-				w |= (0x80 | uint64(rnd.IntN(4))) << (j * 8) // few tags: many matches
-			}
-		}
-		for off := range 8 {
-			for _, tag := range []uint64{0x80, 0x81, 0x82, 0x83, 0xff} {
-				// An empty home slot ends the run (fast4 does not ask then);
-				// with no empty slot after the home one in this word the run
-				// may go on.
-				want := w>>(off*8)&0xff != 0
-				for j := off + 1; j < 8 && want; j++ {
-					b := w >> (j * 8) & 0xff
-					if b == 0 {
-						want = false
-						break
-					}
-					if b == tag {
-						break
-					}
-				}
-				if got := mayHold(fromHome(w, uint64(off)), tag*bytesLSB); got != want {
-					t.Fatalf("mayHold(word %#016x from slot %d, tag %#x) = %v, want %v", w, off, tag, got, want)
-				}
-			}
-		}
-	}
-}
-
-// TestReservationsAcrossSlotMoves: t4's slots move (a deletion's backward
-// shift when a flow has expired and when a table allows a cut flow again,
-// and the evictions of a full table) while nurseries hold new flows whose
-// t4 slots are reserved (nurseOpenLocked). Every new flow stays tracked: its
-// reply, which only tracking lets in, is accepted.
-func TestReservationsAcrossSlotMoves(t *testing.T) {
+// TestSlotMoves: slots move (a deletion's backward shift when a flow has
+// expired and when a table allows a cut flow again, and the evictions of a
+// full table) while new flows go into the slots their lock-free misses
+// found. Every new flow stays tracked: its reply, which only tracking lets
+// in, is accepted.
+func TestSlotMoves(t *testing.T) {
 	const n = 3000
 	reply := func(e *Engine, p uint16) Verdict { return e.Inbound(ack(ap(ipD, 8080), ap(ipB, p))) }
 	t.Run("expiry", func(t *testing.T) {
@@ -366,7 +325,7 @@ func TestReservationsAcrossSlotMoves(t *testing.T) {
 				t.Fatalf("udp %d: %v", 1+p, v)
 			}
 		}
-		e.clk.advance(61 * time.Second) // every UDP flow expired, still in t4
+		e.clk.advance(61 * time.Second) // every UDP flow expired, still in the table
 		for p := range uint16(n) {
 			if v := e.Outbound(syn(ap(ipB, 1+p), ap(ipD, 8080))); v != Accept {
 				t.Fatalf("open %d: %v", 1+p, v)
@@ -411,11 +370,11 @@ func TestReservationsAcrossSlotMoves(t *testing.T) {
 		}
 	})
 	t.Run("evictions", func(t *testing.T) {
-		const max = 1 << 12 // 16 a shard: a nursery of 2
+		const max = 1 << 12 // 16 a shard
 		e := newTestEngine(t, Config{MaxFlows: max})
 		for p := range uint16(4 * max) {
 			e.Outbound(syn(ap(ipB, 1+p), ap(ipD, 8080)))
-			e.clk.advance(time.Microsecond)
+			e.clk.advance(time.Millisecond) // 16 s in all, under TCPUnanswered
 		}
 		if got := e.Flows(); got != max {
 			t.Errorf("Flows = %d, want %d", got, max)
@@ -538,4 +497,178 @@ func TestOpenBothWaysConcurrent(t *testing.T) {
 		}
 	}
 	t.Logf("%d flows opened by the rule, %d by B", byRule, flows-byRule)
+}
+
+// TestTableModel drives one shard's tables directly, against a map: random
+// inserts (after a lock-free miss, or not), lookups, deletions, refreshes,
+// expiry (lazy and swept) and evictions of IPv4 and IPv6 keys, on shards
+// small enough that tables grow from the smallest, probe runs wrap around
+// the end and deletions shift long runs back. After every step every entry
+// the map holds is found with its last-seen time, the counts agree, and
+// every entry sits in the probe run from its home slot (no empty slot
+// between), which backward-shift deletion must keep.
+func TestTableModel(t *testing.T) {
+	for _, limit := range []int{1, 5, 40, 300} {
+		t.Run(fmt.Sprint(limit), func(t *testing.T) { testTableModel(t, limit) })
+	}
+}
+
+func testTableModel(t *testing.T, limit int) {
+	cfg := Config{MaxFlows: 1}.withDefaults() // one shard
+	ct := newConntrack(&cfg, uint64(limit))
+	sh := &ct.shards[0]
+	sh.setLimit(limit)
+	rng := rand.New(rand.NewPCG(uint64(limit), 5))
+	pool := make([]ctKey, 3*limit+4)
+	for i := range pool {
+		var src, dst [16]byte
+		v6 := i%3 == 0
+		if v6 {
+			src, dst = [16]byte{0: 0xfd, 15: byte(i)}, [16]byte{0: 0xfd, 14: byte(i >> 8), 15: 1}
+		} else {
+			v4mapped(&src, []byte{10, 0, byte(i >> 8), byte(i)})
+			v4mapped(&dst, []byte{10, 1, 0, 1})
+		}
+		ct.setKey(&pool[i], &src, &dst, uint16(i), 53, policy.ProtoUDP, v6)
+	}
+	udp := ct.timeouts[toUDP]
+	model := map[int]uint32{} // pool index -> last seen
+	now := int64(0)
+	expired := func(i int) bool { return age(stamp(now), model[i]) > udp }
+	// gone drops from the model the keys the table no longer holds: those
+	// that expired, and those evicted (evicted says how many: expired or
+	// not).
+	gone := func(step string, evicted uint64) {
+		t.Helper()
+		lost, missing := uint64(0), uint64(0)
+		for i := range model {
+			tab := sh.table(pool[i].v6)
+			if _, _, ok := tab.find(&pool[i]); ok {
+				continue
+			}
+			if !expired(i) {
+				lost++
+			}
+			missing++
+			delete(model, i)
+		}
+		if lost > evicted || missing < evicted {
+			t.Fatalf("%s: %d entries gone, %d of them live, %d evicted", step, missing, lost, evicted)
+		}
+	}
+	check := func(step string) {
+		t.Helper()
+		n := 0
+		for _, tab := range []*ctTable{sh.t4.Load(), sh.t6.Load()} {
+			if tab == nil {
+				continue
+			}
+			full := 0
+			for i := uint64(0); i < tab.cap; i++ {
+				base := tab.off(i)
+				if tab.word(base+tab.kw-1) == 0 {
+					continue
+				}
+				full++
+				k := tab.keyOf(ct, base)
+				for j := tab.home(k.h) * tab.per; j != i; j = (j + 1) % tab.cap {
+					if tab.word(tab.off(j)+tab.kw-1) == 0 {
+						t.Fatalf("%s: slot %d is empty in the probe run of slot %d", step, j, i)
+					}
+				}
+			}
+			if full != tab.n {
+				t.Fatalf("%s: %d full slots, n %d", step, full, tab.n)
+			}
+			n += full
+		}
+		if n != int(sh.n) || n != len(model) || n > limit {
+			t.Fatalf("%s: %d entries, shard n %d, model %d, limit %d", step, n, sh.n, len(model), limit)
+		}
+		for i, seen := range model {
+			tab := sh.table(pool[i].v6)
+			base, _, ok := tab.find(&pool[i])
+			if !ok || tab.entry(base).lastSeen != seen {
+				t.Fatalf("%s: key %d: found %v, last seen %d, want %d", step, i, ok, tab.entry(base).lastSeen, seen)
+			}
+		}
+	}
+	for step := range 20000 {
+		i := rng.IntN(len(pool))
+		k := &pool[i]
+		name := fmt.Sprintf("step %d key %d", step, i)
+		switch op := rng.IntN(10); {
+		case op < 4: // open, after a lock-free miss or none
+			var m ctMiss
+			if tab := sh.table(k.v6); tab != nil && op < 2 {
+				base, _, ok := tab.find(k)
+				if ok {
+					continue
+				}
+				m = ctMiss{t: tab, base: base, seq: sh.seq.Load()}
+				if op == 0 && len(model) > 0 { // the shard changes in between
+					sh.lock()
+					sh.unlock()
+				}
+			}
+			sh.lock()
+			if !sh.unchangedLocked(&m) {
+				if _, _, ok := ct.lookupLocked(sh, k, now); ok {
+					sh.unlock()
+					continue
+				}
+			} else if op == 0 && len(model) > 0 {
+				t.Fatalf("%s: a miss taken before a change still valid", name)
+			}
+			ev := ct.evictions.Load()
+			full := sh.n >= sh.limit
+			ct.insertLocked(sh, k, flowEntry{lastSeen: stamp(now), flags: flOrigA}, now, m)
+			sh.unlock()
+			if full {
+				gone(name, ct.evictions.Load()-ev)
+			} else {
+				gone(name, 0) // lookupLocked may have dropped it expired
+			}
+			model[i] = stamp(now)
+		case op < 6: // look up, refresh
+			sh.lock()
+			base, ent, ok := ct.lookupLocked(sh, k, now)
+			if _, in := model[i]; ok != (in && !expired(i)) {
+				t.Fatalf("%s: found %v, in the model %v, expired %v", name, ok, in, expired(i))
+			}
+			if ok && ent.lastSeen != model[i] {
+				t.Fatalf("%s: last seen %d, want %d", name, ent.lastSeen, model[i])
+			}
+			if ok && op == 5 {
+				ent.lastSeen = stamp(now)
+				ct.updateLocked(sh, k, base, ent)
+				model[i] = stamp(now)
+			}
+			sh.unlock()
+			gone(name, 0)
+		case op < 8: // delete
+			sh.lock()
+			if base, _, ok := ct.lookupLocked(sh, k, now); ok {
+				ct.removeLocked(sh, k, base)
+			}
+			sh.unlock()
+			delete(model, i)
+		case op == 8:
+			now += rng.Int64N(int64(udp) << seenShift / 4)
+		default:
+			if rng.IntN(20) == 0 {
+				want := 0
+				for j := range model {
+					if expired(j) {
+						want++
+					}
+				}
+				if got := ct.expire(now); got != want {
+					t.Fatalf("%s: swept %d, want %d", name, got, want)
+				}
+				gone(name, 0)
+			}
+		}
+		check(name)
+	}
 }

@@ -91,6 +91,7 @@ type Engine struct {
 	flowLogState
 	pairs deniedPairs
 
+	udpTimeout int64 // Config.UDPTimeout, ns
 	// unseenUDP: until then (clock nanoseconds), a UDP datagram of an
 	// untracked flow may belong to a flow under way (ResumeTracking).
 	unseenUDP atomic.Int64
@@ -132,9 +133,10 @@ func stripeOf(out bool, x byte) int {
 func NewEngine(cfg Config) *Engine {
 	cfg = cfg.withDefaults()
 	e := &Engine{
-		ct:  newConntrack(&cfg, rand.Uint64()),
-		rl:  newRateLimiter(cfg.RejectsPerSecond, rand.Uint64()),
-		clk: sharedClock,
+		ct:         newConntrack(&cfg, rand.Uint64()),
+		udpTimeout: int64(cfg.UDPTimeout),
+		rl:         newRateLimiter(cfg.RejectsPerSecond, rand.Uint64()),
+		clk:        sharedClock,
 	}
 	e.frags.seed = rand.Uint64()
 	e.flogInterval = int64(time.Second) / int64(cfg.FlowLogRate)
@@ -164,7 +166,7 @@ func (e *Engine) SetTable(t *Table) {
 // say which end is the client: see unseen. Call it before the engine
 // judges the first packet of the data path.
 func (e *Engine) ResumeTracking() {
-	e.unseenUDP.Store(e.clk.now() + e.ct.timeout(policy.ProtoUDP, 0))
+	e.unseenUDP.Store(e.clk.now() + e.udpTimeout)
 }
 
 // unseen reports whether p, of a flow the engine does not track, may
@@ -234,7 +236,7 @@ func (e *Engine) Counters() Counters {
 	}
 	for i := range e.ct.shards {
 		sh := &e.ct.shards[i]
-		sh.lock() // opened is guarded by the shard (seq), not atomic
+		sh.lock() // opened is guarded by the lock, not atomic
 		c.Verdicts[Accept] += sh.opened
 		sh.unlock()
 	}
@@ -257,28 +259,33 @@ func (e *Engine) count(p *packet, v Verdict, out bool) Verdict {
 // pkt is borrowed for the duration of the call.
 func (e *Engine) Outbound(pkt []byte) Verdict {
 	s, now := e.snap.Load(), e.clk.now()
-	var v Verdict
-	hint := fastUntried
-	if len(pkt) > 0 && pkt[0]>>4 == 4 {
-		if v, hint = e.fast4(pkt, s, now, true, false); hint == fastHit {
-			return v
-		}
-	}
 	var p packet
 	if !parse(pkt, &p) {
 		return e.count(&p, DropMalformed, true)
 	}
-	v = e.outbound(&p, s, now, hint)
+	return e.judgeOut(&p, s, now)
+}
+
+// judgeOut is Outbound for the parsed packet p.
+func (e *Engine) judgeOut(p *packet, s *snapshot, now int64) Verdict {
+	v := e.outbound(p, s, now)
+	opened := v == acceptOpened
+	if opened {
+		v = Accept
+	}
 	if !v.Allowed() {
 		dir := dirOutbound
 		if s.t.inSubnet(&p.dst, p.v6) {
 			dir = dirLocal
 		}
-		e.deny(v, &p, s.t, dir)
+		e.deny(v, p, s.t, dir)
 	} else if p.firstFrag {
-		e.frags.remember(&p, now) // whichever path accepted it: see fragCache
+		e.frags.remember(p, now) // whichever path accepted it: see fragCache
 	}
-	return e.count(&p, v, true)
+	if opened {
+		return v
+	}
+	return e.count(p, v, true)
 }
 
 // Inbound judges a decrypted packet from a peer cell, whose destination
@@ -287,25 +294,35 @@ func (e *Engine) Outbound(pkt []byte) Verdict {
 // established packets a call level (~0.5 ns of 22, BenchmarkVerdict).
 func (e *Engine) Inbound(pkt []byte) Verdict {
 	s, now := e.snap.Load(), e.clk.now()
-	var v Verdict
-	hint := fastUntried
-	if len(pkt) > 0 && pkt[0]>>4 == 4 {
-		if v, hint = e.fast4(pkt, s, now, false, true); hint == fastHit {
-			return v
-		}
-	}
 	var p packet
 	if !parse(pkt, &p) {
 		return e.count(&p, DropMalformed, false)
 	}
-	v = e.inbound(&p, s, now, hint)
-	if !v.Allowed() {
-		e.deny(v, &p, s.t, dirInbound)
-	} else if p.firstFrag {
-		e.frags.remember(&p, now) // whichever path accepted it: see fragCache
-	}
-	return e.count(&p, v, false)
+	return e.judgeIn(&p, s, now)
 }
+
+// judgeIn is Inbound for the parsed packet p.
+func (e *Engine) judgeIn(p *packet, s *snapshot, now int64) Verdict {
+	v := e.inbound(p, s, now, false)
+	opened := v == acceptOpened
+	if opened {
+		v = Accept
+	}
+	if !v.Allowed() {
+		e.deny(v, p, s.t, dirInbound)
+	} else if p.firstFrag {
+		e.frags.remember(p, now) // whichever path accepted it: see fragCache
+	}
+	if opened {
+		return v
+	}
+	return e.count(p, v, false)
+}
+
+// acceptOpened is what outbound and inbound return instead of Accept for
+// a packet that opened a flow: they counted it under the shard's lock
+// (ctShard.opened, a plain add where e.count takes a locked one).
+const acceptOpened = numVerdicts
 
 // Results of fast.
 const (
@@ -314,53 +331,45 @@ const (
 	fastHit           // a live flow, verified at this generation, with the local sides the direction needs
 )
 
-// fast looks the flow of p up without a lock. It accepts a packet of a
+// fast looks the flow k of p up without a lock. It accepts a packet of a
 // flow tracked and verified at the current generation whose local side(s)
 // are as the direction requires (the source for outbound, the destination
 // for inbound and hairpin) and whose TCP flags change nothing; it then
-// refreshes the flow's last-seen time, at most once per clock tick.
-func (e *Engine) fast(proto policy.Protocol, tcpFlags uint8, k *ctKey, srcIsA bool, s *snapshot, now int64, srcLocal, dstLocal bool) int {
+// refreshes the flow's last-seen time, at most once per clock tick. A flow
+// it found absent (fastAbsent) it leaves in miss, for insertLocked.
+func (e *Engine) fast(p *packet, k *ctKey, srcIsA bool, s *snapshot, now int64, srcLocal, dstLocal bool, miss *ctMiss) int {
 	sh := e.ct.shard(k)
 	seq := sh.seq.Load()
 	if seq&1 != 0 {
 		return fastSlow
 	}
-	var base int
-	var meta uint64
-	var found bool
-	var seenp *uint64
 	t := sh.table(k.v6)
+	base, last, found := -1, uint64(0), false
+	var state uint64
 	if t != nil {
-		if base, meta, found = t.find(k); found {
-			seenp = &t.w[base+t.kw+1]
+		if base, last, found = t.find(k); found {
+			state = t.word(base + t.kw)
 		}
 	}
-	if !found && !k.v6 && base >= 0 {
-		if j, m := sh.nurseFind(k.h, k.w[0], k.w[1]); j >= 0 {
-			meta, found, seenp = m, true, &sh.nurse[j*4+3]
-		}
-	}
-	var seen int64
-	if found {
-		seen = int64(atomic.LoadUint64(seenp))
-	}
-	if sh.seq.Load() != seq || base < 0 {
+	if sh.seq.Load() != seq || t != nil && base < 0 {
 		return fastSlow
 	}
 	if !found {
+		*miss = ctMiss{t: t, base: base, seq: seq}
 		return fastAbsent
 	}
-	ent := entryOf(meta, seen)
+	ent := entryOf(last, state)
 	if ent.gen != s.gen || ent.flags&flRevoked != 0 ||
 		srcLocal && !ent.local(srcIsA) || dstLocal && !ent.local(!srcIsA) ||
-		e.ct.expired(proto, ent, now) {
+		e.ct.expired(p.proto, ent, now) ||
+		p.proto == policy.ProtoTCP && tcpFlagsChange(p.tcpFlags, ent.flags, srcIsA) {
 		return fastSlow
 	}
-	if proto == policy.ProtoTCP && tcpFlagsChange(tcpFlags, ent.flags, srcIsA) {
-		return fastSlow
-	}
-	if now > seen {
-		atomic.StoreUint64(seenp, uint64(now))
+	if st := stamp(now); age(st, ent.lastSeen) > 0 {
+		// A compare-and-swap: a plain store could overwrite the state
+		// of another entry that a writer moved into the slot meanwhile.
+		ent.lastSeen = st
+		atomic.CompareAndSwapUint64(&t.w[base+t.kw], state, ent.state())
 	}
 	return fastHit
 }
@@ -395,11 +404,13 @@ func touch(ent flowEntry, p *packet, srcIsA bool, now int64) flowEntry {
 			ent.flags &^= flClosing // the tuple is being reused by a new connection
 		}
 	}
-	ent.lastSeen = max(ent.lastSeen, now)
+	if st := stamp(now); age(st, ent.lastSeen) > 0 {
+		ent.lastSeen = st
+	}
 	return ent
 }
 
-func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
+func (e *Engine) outbound(p *packet, s *snapshot, now int64) Verdict {
 	t := s.t
 	if p.kind == kindNotIP {
 		return DropUnsupported
@@ -407,12 +418,10 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	hairpin := t.inSubnet(&p.dst, p.v6)
 	var k ctKey
 	var srcIsA bool
-	fr := fastSlow
+	var miss ctMiss
 	if p.kind == kindFlow {
 		srcIsA = e.ct.setKey(&k, &p.src, &p.dst, p.sport, p.dport, p.proto, p.v6)
-		if hint == fastAbsent {
-			fr = fastAbsent
-		} else if fr = e.fast(p.proto, p.tcpFlags, &k, srcIsA, s, now, true, hairpin); fr == fastHit {
+		if e.fast(p, &k, srcIsA, s, now, true, hairpin, &miss) == fastHit {
 			if hairpin {
 				return AcceptLocal
 			}
@@ -423,7 +432,7 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 		return DropSpoofed
 	}
 	if hairpin {
-		v := e.inbound(p, s, now, fastUntried)
+		v := e.inbound(p, s, now, true)
 		if v == Accept {
 			v = AcceptLocal
 		}
@@ -440,27 +449,29 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	case kindUnsupported, kindICMPOther:
 		return DropUnsupported
 	}
-	// Looked up under the lock even after a lock-free miss (fr ==
-	// fastAbsent): the other direction may have opened the flow since.
+	// Looked up under the lock unless nothing changed since a lock-free
+	// miss: the other direction may have opened the flow since.
 	sh := e.ct.shard(&k)
 	sh.lock()
-	if v, ok := e.trackedLocked(sh, &k, srcIsA, p, s, now); ok {
-		// Our own flow, or a reply of a flow allowed inbound.
-		sh.unlock()
-		if v == DropRevoked && p.proto == policy.ProtoTCP && p.tcpFlags&tcpRST != 0 {
-			// The RST that cuts a revoked flow (ours, from Reject,
-			// written into the TUN and routed back out) must reach the
-			// remote end. A RST opens nothing, and the receiving cell
-			// judges it again.
-			return Accept
+	if !sh.unchangedLocked(&miss) {
+		if v, ok := e.trackedLocked(sh, &k, srcIsA, p, s, now); ok {
+			// Our own flow, or a reply of a flow allowed inbound.
+			sh.unlock()
+			if v == DropRevoked && p.proto == policy.ProtoTCP && p.tcpFlags&tcpRST != 0 {
+				// The RST that cuts a revoked flow (ours, from Reject,
+				// written into the TUN and routed back out) must reach the
+				// remote end. A RST opens nothing, and the receiving cell
+				// judges it again.
+				return Accept
+			}
+			return v
 		}
-		return v
 	}
 	isNew := false
 	if !(p.proto == policy.ProtoTCP && p.tcpFlags&tcpRST != 0 || p.proto == policy.ProtoICMP && !p.echoRequest()) {
 		// A new flow; neither a RST nor an echo reply opens one. The
 		// local container's own, unless it may be under way (unseen).
-		ent := flowEntry{lastSeen: now, gen: s.gen, flags: sideFlag(srcIsA)}
+		ent := flowEntry{lastSeen: stamp(now), gen: s.gen, flags: sideFlag(srcIsA)}
 		if srcIsA {
 			ent.flags |= flOrigA
 		}
@@ -486,29 +497,33 @@ func (e *Engine) outbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 		if p.proto == policy.ProtoTCP && p.tcpFlags&tcpFIN != 0 {
 			ent.flags |= flClosing
 		}
-		e.ct.insertLocked(sh, &k, ent, now)
+		e.ct.insertLocked(sh, &k, ent, now, miss)
+		sh.opened++
 		isNew = true
 	}
 	sh.unlock()
 	if isNew {
 		e.logFlow(Accept, p, t, dirOutbound)
+		return acceptOpened
 	}
 	return Accept
 }
 
-func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
+// inbound judges p as inbound, or as an outbound packet hair-pinned to a
+// local container (hairpin: a new flow's Accept is then left to the
+// caller to count, as AcceptLocal).
+func (e *Engine) inbound(p *packet, s *snapshot, now int64, hairpin bool) Verdict {
 	t := s.t
 	if p.kind == kindNotIP {
 		return DropUnsupported
 	}
 	var k ctKey
 	var srcIsA bool
+	var miss ctMiss
 	fr := fastSlow
 	if p.kind == kindFlow {
 		srcIsA = e.ct.setKey(&k, &p.src, &p.dst, p.sport, p.dport, p.proto, p.v6)
-		if hint == fastAbsent {
-			fr = fastAbsent
-		} else if fr = e.fast(p.proto, p.tcpFlags, &k, srcIsA, s, now, false, true); fr == fastHit {
+		if fr = e.fast(p, &k, srcIsA, s, now, false, true, &miss); fr == fastHit {
 			return Accept
 		}
 	}
@@ -564,7 +579,7 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	if p.proto == policy.ProtoTCP && p.tcpFlags&tcpRST != 0 {
 		return Accept // allowed, but a RST opens nothing
 	}
-	ent := flowEntry{lastSeen: now, gen: s.gen, flags: fl | sideFlag(!srcIsA)}
+	ent := flowEntry{lastSeen: stamp(now), gen: s.gen, flags: fl | sideFlag(!srcIsA)}
 	if src.local {
 		ent.flags |= sideFlag(srcIsA)
 	}
@@ -576,17 +591,26 @@ func (e *Engine) inbound(p *packet, s *snapshot, now int64, hint int) Verdict {
 	}
 	sh.lock()
 	// Either direction may have opened the flow since the lookup above
-	// (or the lock-free miss): then this packet is one of that flow's.
-	if v, ok := e.trackedLocked(sh, &k, srcIsA, p, s, now); ok {
-		sh.unlock()
-		return v
+	// (or the lock-free miss, unless nothing changed since): then this
+	// packet is one of that flow's.
+	if !sh.unchangedLocked(&miss) {
+		if v, ok := e.trackedLocked(sh, &k, srcIsA, p, s, now); ok {
+			sh.unlock()
+			return v
+		}
 	}
-	e.ct.insertLocked(sh, &k, ent, now)
+	e.ct.insertLocked(sh, &k, ent, now, miss)
+	if !hairpin {
+		sh.opened++
+	}
 	sh.unlock()
 	if src.local {
 		e.logFlow(Accept, p, t, dirLocal)
 	} else {
 		e.logFlow(Accept, p, t, dirInbound)
+	}
+	if !hairpin {
+		return acceptOpened
 	}
 	return Accept
 }
@@ -650,8 +674,8 @@ func (e *Engine) settleLocked(sh *ctShard, k *ctKey, base int, ent *flowEntry, s
 		e.ct.updateLocked(sh, k, base, *ent)
 	}
 	if ent.flags&flRevoked != 0 {
-		if now > ent.lastSeen {
-			ent.lastSeen = now
+		if st := stamp(now); age(st, ent.lastSeen) > 0 {
+			ent.lastSeen = st
 			e.ct.updateLocked(sh, k, base, *ent)
 		}
 		return DropRevoked, true

@@ -522,10 +522,16 @@ func (m *engineModel) timeout(k mKey, f *mFlow) int64 {
 	return m.timeouts[toICMP]
 }
 
+// idle reports whether the flow has been idle for longer than its
+// timeout, both counted in the engine's last-seen units (16.8 ms).
+func (m *engineModel) idle(k mKey, f *mFlow) bool {
+	return age(stamp(m.now), stamp(f.seen)) > timeoutUnits(m.timeout(k, f))
+}
+
 // lookup returns the live flow of k; an idle one is forgotten.
 func (m *engineModel) lookup(k mKey) (*mFlow, bool) {
 	f, ok := m.flows[k]
-	if ok && m.now-f.seen > m.timeout(k, f) {
+	if ok && m.idle(k, f) {
 		delete(m.flows, k)
 		return nil, false
 	}
@@ -536,7 +542,7 @@ func (m *engineModel) lookup(k mKey) (*mFlow, bool) {
 func (m *engineModel) expire() int {
 	n := 0
 	for k, f := range m.flows {
-		if m.now-f.seen > m.timeout(k, f) {
+		if m.idle(k, f) {
 			delete(m.flows, k)
 			n++
 		}
