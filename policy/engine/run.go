@@ -39,39 +39,32 @@ type Run struct {
 }
 
 // InboundRun is Inbound for the packets of a batch, in order, with run r.
-func (e *Engine) InboundRun(pkt []byte, r *Run) Verdict {
-	s := e.snap.Load()
-	var p packet
-	if !parse(pkt, &p) {
-		e.flushRun(r)
-		r.proto = 0
-		return e.count(&p, DropMalformed, false)
-	}
-	if r.same(&p, s.gen, false) {
-		r.n++
-		return r.v
-	}
-	v := e.judgeIn(&p, s, e.clk.now())
-	r.remember(e, &p, v, s.gen, false)
-	return v
-}
+func (e *Engine) InboundRun(pkt []byte, r *Run) Verdict { return e.runVerdict(pkt, r, false) }
 
 // OutboundRun is Outbound for the packets of a batch, in order, with run
 // r.
-func (e *Engine) OutboundRun(pkt []byte, r *Run) Verdict {
+func (e *Engine) OutboundRun(pkt []byte, r *Run) Verdict { return e.runVerdict(pkt, r, true) }
+
+// runVerdict is InboundRun (out false) and OutboundRun.
+func (e *Engine) runVerdict(pkt []byte, r *Run, out bool) Verdict {
 	s := e.snap.Load()
 	var p packet
 	if !parse(pkt, &p) {
 		e.flushRun(r)
 		r.proto = 0
-		return e.count(&p, DropMalformed, true)
+		return e.count(&p, DropMalformed, out)
 	}
-	if r.same(&p, s.gen, true) {
+	if r.same(&p, s.gen, out) {
 		r.n++
 		return r.v
 	}
-	v := e.judgeOut(&p, s, e.clk.now())
-	r.remember(e, &p, v, s.gen, true)
+	var v Verdict
+	if out {
+		v = e.judgeOut(&p, s, e.clk.now())
+	} else {
+		v = e.judgeIn(&p, s, e.clk.now())
+	}
+	r.remember(e, &p, v, s.gen, out)
 	return v
 }
 
