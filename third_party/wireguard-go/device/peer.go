@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/crypto/chacha20poly1305"
 	"golang.zx2c4.com/wireguard/conn"
 )
 
@@ -62,6 +63,11 @@ type Peer struct {
 		send struct {
 			sync.Mutex          // nonce order is send order
 			bufs       [][]byte // guarded by the mutex
+			// seal's scratch, guarded by the mutex (on the stack the
+			// nonce escaped through the AEAD interface: an allocation a
+			// batch)
+			zeros [PaddingMultiple]byte
+			nonce [chacha20poly1305.NonceSize]byte
 		}
 		recv sync.Mutex // replay filter, timers and endpoint of received batches
 	}

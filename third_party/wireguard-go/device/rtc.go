@@ -81,10 +81,6 @@ func (peer *Peer) sendKeypair() *Keypair {
 // are consumed.
 func (peer *Peer) sealAndSendLocked(keypair *Keypair, elems []*QueueOutboundElement) (int, error) {
 	device := peer.device
-	var (
-		paddingZeros [PaddingMultiple]byte
-		nonce        [chacha20poly1305.NonceSize]byte
-	)
 	s := &peer.inline.send
 	n := len(elems)
 	for i, elem := range elems {
@@ -96,7 +92,7 @@ func (peer *Peer) sealAndSendLocked(keypair *Keypair, elems []*QueueOutboundElem
 		}
 		elem.peer = peer
 		elem.keypair = keypair
-		device.seal(elem, &paddingZeros, &nonce)
+		device.seal(elem, &s.zeros, &s.nonce)
 	}
 	if n == 0 {
 		return 0, nil

@@ -56,6 +56,14 @@ type NativeTun struct {
 
 	rc syscall.RawConn // weft: tunFile's, for readDrain and writeRaw; set at creation
 
+	// weft: readDrain's and writeRaw's state and their RawConn callbacks,
+	// made once (a closure passed to RawConn escapes: an allocation per
+	// call); guarded by readOpMu and writeOpMu.
+	rd      drainState
+	readFn  func(fd uintptr) bool
+	wr      writeState
+	writeFn func(fd uintptr) bool
+
 	writeOpMu   sync.Mutex  // writeOpMu guards toWrite, tcpGROTable
 	rawWrites   atomic.Bool // weft: set with the read drain (SetReadDrain)
 	toWrite     []int
@@ -409,32 +417,44 @@ func rawWrite(fd uintptr, b []byte) (int, error) {
 // does not return today) waits in the runtime's poller as os.File.Write
 // would.
 func (tun *NativeTun) writeRaw(bufs [][]byte, offset int) (int, error) {
-	var (
-		errs  error
-		total int
-		next  int // index into tun.toWrite
-	)
-	err := tun.rc.Write(func(fd uintptr) bool {
-		for next < len(tun.toWrite) {
-			n, err := rawWrite(fd, bufs[tun.toWrite[next]][offset:])
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				return false
-			case err != nil:
-				errs = errors.Join(errs, &os.PathError{Op: "write", Path: tun.tunFile.Name(), Err: err})
-			default:
-				total += n
-			}
-			next++
-		}
-		return true
-	})
+	w := &tun.wr
+	*w = writeState{bufs: bufs, offset: offset}
+	defer func() { tun.wr = writeState{} }()
+	err := tun.rc.Write(tun.writeFn)
+	total, errs := w.total, w.errs
 	if err != nil || errors.Is(errs, syscall.EBADFD) || errors.Is(errs, unix.EBADF) {
 		return total, os.ErrClosed
 	}
 	return total, errs
+}
+
+// writeState is one writeRaw call's arguments and progress.
+type writeState struct {
+	bufs   [][]byte
+	offset int
+	errs   error
+	total  int
+	next   int // index into tun.toWrite
+}
+
+// writeFD is writeRaw's RawConn.Write callback (tun.writeFn).
+func (tun *NativeTun) writeFD(fd uintptr) bool {
+	w := &tun.wr
+	for w.next < len(tun.toWrite) {
+		n, err := rawWrite(fd, w.bufs[tun.toWrite[w.next]][w.offset:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return false
+		case err != nil:
+			w.errs = errors.Join(w.errs, &os.PathError{Op: "write", Path: tun.tunFile.Name(), Err: err})
+		default:
+			w.total += n
+		}
+		w.next++
+	}
+	return true
 }
 
 // SetPartialTCPChecksums sets what dev, if it is a NativeTun with
@@ -619,49 +639,17 @@ func (tun *NativeTun) elide() func([]byte) bool {
 // the next call. It never waits once it holds a packet: the latency of a
 // lone packet is one read(2), as upstream's.
 func (tun *NativeTun) readDrain(bufs [][]byte, sizes []int, offset int) (int, error) {
-	elide := tun.elide()
-	total := 0
-	var rerr error
-	// take splits the packet in readBuff[:n] into bufs[total:], or keeps
-	// it pending when it does not fit; it reports whether to go on.
-	take := func(n int) bool {
-		if total > 0 && virtioSegments(tun.readBuff[:n]) > len(bufs)-total {
-			tun.pending = n
-			return false
-		}
-		k, err := handleVirtioRead(tun.readBuff[:n], bufs[total:], sizes[total:], offset, elide)
-		total += k
-		if err != nil {
-			rerr = err
-			return false
-		}
-		return total < len(bufs)
-	}
+	d := &tun.rd
+	*d = drainState{bufs: bufs, sizes: sizes, offset: offset, elide: tun.elide()}
+	defer func() { tun.rd = drainState{} }()
 	if n := tun.pending; n > 0 {
 		tun.pending = 0
-		if !take(n) {
-			return total, rerr
+		if !tun.take(n) {
+			return d.total, d.rerr
 		}
 	}
-	err := tun.rc.Read(func(fd uintptr) bool {
-		for {
-			n, err := rawRead(fd, tun.readBuff[:])
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				return total > 0 // nothing yet: wait in the poller
-			case err != nil:
-				if total == 0 {
-					rerr = err
-				}
-				return true
-			}
-			if !take(n) {
-				return true
-			}
-		}
-	})
+	err := tun.rc.Read(tun.readFn)
+	total, rerr := d.total, d.rerr
 	if total > 0 {
 		return total, rerr
 	}
@@ -674,6 +662,57 @@ func (tun *NativeTun) readDrain(bufs [][]byte, sizes []int, offset int) (int, er
 		rerr = os.ErrClosed
 	}
 	return 0, rerr
+}
+
+// drainState is one readDrain call's arguments and results.
+type drainState struct {
+	bufs   [][]byte
+	sizes  []int
+	offset int
+	elide  func([]byte) bool
+	total  int
+	rerr   error
+}
+
+// take splits the packet in readBuff[:n] into rd.bufs[rd.total:], or
+// keeps it pending when it does not fit; it reports whether to go on.
+func (tun *NativeTun) take(n int) bool {
+	d := &tun.rd
+	if d.total > 0 && virtioSegments(tun.readBuff[:n]) > len(d.bufs)-d.total {
+		tun.pending = n
+		return false
+	}
+	k, err := handleVirtioRead(tun.readBuff[:n], d.bufs[d.total:], d.sizes[d.total:], d.offset, d.elide)
+	d.total += k
+	if err != nil {
+		d.rerr = err
+		return false
+	}
+	return d.total < len(d.bufs)
+}
+
+// drainFD is readDrain's RawConn.Read callback (tun.readFn): it reads
+// until the queue is empty or the batch full; false (wait in the poller)
+// only while it holds nothing.
+func (tun *NativeTun) drainFD(fd uintptr) bool {
+	d := &tun.rd
+	for {
+		n, err := rawRead(fd, tun.readBuff[:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return d.total > 0 // nothing yet: wait in the poller
+		case err != nil:
+			if d.total == 0 {
+				d.rerr = err
+			}
+			return true
+		}
+		if !tun.take(n) {
+			return true
+		}
+	}
 }
 
 // virtioSegments is how many packets handleVirtioRead makes of in (a
@@ -813,6 +852,7 @@ func CreateTUNFromFile(file *os.File, mtu int) (Device, error) {
 		return nil, err
 	}
 	tun.rc = rc
+	tun.readFn, tun.writeFn = tun.drainFD, tun.writeFD
 
 	name, err := tun.Name()
 	if err != nil {

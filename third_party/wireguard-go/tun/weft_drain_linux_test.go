@@ -228,3 +228,41 @@ func TestWeftVirtioSegments(t *testing.T) {
 		}
 	}
 }
+
+// TestWeftDrainAllocs: with the drain, a Read and a Write allocate nothing
+// (their RawConn callbacks are made once, not per call).
+func TestWeftDrainAllocs(t *testing.T) {
+	l := newDrainLab(t)
+	SetReadDrain(l.tun, true)
+	bufs, sizes := drainBufs(1)
+	const runs = 50
+	l.send(t, runs+10, 9006) // one packet a Read (batch of 1)
+	readAllocs := testing.AllocsPerRun(runs, func() {
+		if _, err := l.tun.Read(bufs, sizes, 16); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if readAllocs != 0 {
+		t.Errorf("Read with the drain: %v allocations per call, want 0", readAllocs)
+	}
+	// A UDP datagram to a port nothing listens on, written into the TUN.
+	pkt := make([]byte, 16+28+8)
+	ip := pkt[16:]
+	ip[0], ip[8], ip[9] = 0x45, 64, unix.IPPROTO_UDP
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	copy(ip[12:16], []byte{10, 255, 77, 2})
+	copy(ip[16:20], []byte{10, 255, 77, 1})
+	binary.BigEndian.PutUint16(ip[10:], ^checksum(ip[:20], 0))
+	binary.BigEndian.PutUint16(ip[20:], 9999)
+	binary.BigEndian.PutUint16(ip[22:], 9007)
+	binary.BigEndian.PutUint16(ip[24:], uint16(len(ip)-20))
+	wbufs := [][]byte{pkt}
+	writeAllocs := testing.AllocsPerRun(runs, func() {
+		if _, err := l.tun.Write(wbufs, 16); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if writeAllocs != 0 {
+		t.Errorf("Write with the drain: %v allocations per call, want 0", writeAllocs)
+	}
+}
