@@ -63,18 +63,13 @@ type directState struct {
 
 // directSock is one non-blocking UDP socket in the runtime's poller.
 type directSock struct {
-	fd     int
-	file   *os.File // owns fd
+	file   *os.File // owns the descriptor; its RawConn calls hold it open
 	rc     syscall.RawConn
 	is6    bool
 	laddr  string
 	rxGRO  bool
 	txGSO  atomic.Bool
 	closed atomic.Bool
-	// inuse is held shared by every receiver and sender while it uses
-	// fd, and exclusively by close, so that fd is never closed (and its
-	// number reused) under a system call.
-	inuse sync.RWMutex
 }
 
 func (*DirectBind) ParseEndpoint(s string) (Endpoint, error) {
@@ -124,7 +119,7 @@ func openDirectSock(is6 bool, port int) (*directSock, int, error) {
 		unix.Close(fd)
 		return nil, 0, os.NewSyscallError("getsockname", err)
 	}
-	s := &directSock{fd: fd, is6: is6}
+	s := &directSock{is6: is6}
 	// Non-blocking: os.NewFile registers it with the runtime's poller.
 	s.file = os.NewFile(uintptr(fd), "udp")
 	if s.rc, err = s.file.SyscallConn(); err != nil {
@@ -154,11 +149,7 @@ func (s *directSock) close() error {
 	if s == nil || s.closed.Swap(true) {
 		return nil
 	}
-	err := s.file.Close()
-	s.inuse.Lock() // no SetMark on the descriptor any more
-	s.fd = -1
-	s.inuse.Unlock()
-	if err != nil {
+	if err := s.file.Close(); err != nil {
 		return os.NewSyscallError("close", err)
 	}
 	return nil
@@ -237,9 +228,12 @@ func (b *DirectBind) SetMark(mark uint32) error {
 		if s == nil {
 			continue
 		}
-		s.inuse.RLock()
-		err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark))
-		s.inuse.RUnlock()
+		var err error
+		if cerr := s.rc.Control(func(fd uintptr) {
+			err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+		}); cerr != nil {
+			return net.ErrClosed
+		}
 		if err != nil {
 			return os.NewSyscallError("setsockopt", err)
 		}
@@ -337,9 +331,7 @@ func (r *directRx) receive(bufs [][]byte, sizes []int, eps []Endpoint) (int, err
 		r.msgs[i].n = 0
 	}
 	s := r.s
-	s.inuse.RLock()
 	if s.closed.Load() {
-		s.inuse.RUnlock()
 		return 0, net.ErrClosed
 	}
 	var (
@@ -353,7 +345,6 @@ func (r *directRx) receive(bufs [][]byte, sizes []int, eps []Endpoint) (int, err
 		got, errno = r.pgot, r.perrno
 	}
 	r.pmsgs = nil
-	s.inuse.RUnlock()
 	if s.closed.Load() {
 		return 0, net.ErrClosed
 	}
@@ -596,8 +587,6 @@ func (b *DirectBind) Send(bufs [][]byte, endpoint Endpoint) error {
 		return err
 	}
 
-	s.inuse.RLock()
-	defer s.inuse.RUnlock()
 	if s.closed.Load() {
 		return net.ErrClosed
 	}
@@ -612,7 +601,7 @@ func (b *DirectBind) Send(bufs [][]byte, endpoint Endpoint) error {
 }
 
 // sendmmsg sends msgs in one RawConn.Write, waiting in the poller while
-// the send buffer is full; the caller holds s.inuse.
+// the send buffer is full.
 func (s *directSock) sendmmsg(tx *directTx, msgs []mmsghdr) error {
 	tx.wmsgs, tx.wstart, tx.werrno = msgs, 0, 0
 	err := s.rc.Write(tx.writeFn)

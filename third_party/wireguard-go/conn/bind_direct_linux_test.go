@@ -169,7 +169,9 @@ func TestDirectBindExchange(t *testing.T) {
 			}
 			sa.v4.txGSO.Store(mode.gso)
 			if !mode.gro && sb.v4.rxGRO {
-				if err := unix.SetsockoptInt(sb.v4.fd, unix.IPPROTO_UDP, unix.UDP_GRO, 0); err != nil {
+				var err error
+				sb.v4.rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 0) })
+				if err != nil {
 					t.Fatal(err)
 				}
 				sb.v4.rxGRO = false
