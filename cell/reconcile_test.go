@@ -2,6 +2,7 @@ package cell
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/weft-net/weft/mesh"
@@ -64,5 +65,35 @@ func TestReconcileAppliesDifference(t *testing.T) {
 	a.mu.Unlock()
 	if a.engine.Table() != third {
 		t.Fatal("a pass without a settled subnet compiled a table")
+	}
+}
+
+// TestRenumberWithContainersExits: a lease that moves while a container
+// is attached (the mesh re-picks only an empty cell, so this is a race
+// with an attach) is not followed in process: renumberLocked leaves the
+// data plane alone and returns the error on which the agent exits, so
+// that its service manager restarts it on the new subnet (lease.json).
+// Without containers it goes on to rebuild, which needs the overlay: not
+// reached here (e2e TestSubnetConflict covers it).
+func TestRenumberWithContainersExits(t *testing.T) {
+	a, _, subnet := leasedAgent(t)
+	ip := subnet.Addr().Next().Next()
+	if err := a.mesh.AddEndpoint(mesh.Endpoint{IP: ip, App: "appB", Name: "cb"}); err != nil {
+		t.Fatal(err)
+	}
+	to := netip.MustParsePrefix("10.255.99.0/24")
+	a.mu.Lock()
+	err := a.renumberLocked(to)
+	a.mu.Unlock()
+	if err == nil {
+		t.Fatal("renumbered with a container attached, want an error to exit on")
+	}
+	for _, want := range []string{"1 containers attached", to.String(), "restarts"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if a.applied != nil || a.ov != nil {
+		t.Errorf("renumberLocked touched the data plane: applied %v, overlay %v", a.applied != nil, a.ov != nil)
 	}
 }

@@ -289,8 +289,14 @@ func (o *Overlay) configure(cfg wgtypes.Config) error {
 	return o.wg.ConfigureDevice(o.cfg.Interface, cfg)
 }
 
-// LocalSubnet is this cell's subnet, as configured.
-func (o *Overlay) LocalSubnet() netip.Prefix { return o.cfg.LocalSubnet }
+// LocalSubnet is the cell's subnet the data plane is built on (the zero
+// Prefix on a nil Overlay: none built).
+func (o *Overlay) LocalSubnet() netip.Prefix {
+	if o == nil {
+		return netip.Prefix{}
+	}
+	return o.cfg.LocalSubnet
+}
 
 // Wrapper returns the filtering TUN wrapper (its counters, its filter).
 func (o *Overlay) Wrapper() *Wrapper { return o.wrap }
