@@ -122,17 +122,21 @@ func adaptMemoryLimit(ctx context.Context, base int64, period time.Duration) {
 // passed without a collection and with less than quietAllocs allocated
 // (the transient is over; under the ladder's load the data path allocates
 // 3 MB/s and more; a collection of a 10 MB heap takes a few
-// milliseconds), trimQuiet after the last trim when more than trimAbove is
-// free or garbage.
+// milliseconds), trimQuiet after the last trim when more than
+// trimQuietAbove is free or garbage: an agent at rest then holds its live
+// heap and at most ~1 MiB more (the garbage of gossip and timers, ~0.1
+// MB/s: one trim every ten seconds or so, a few milliseconds each), not
+// the 4 MiB more a busy one may keep between trims.
 //
 // The executable's pages (15 MB of text and rodata, nearly all mapped at
 // start-up by fault-around) are left alone: they are clean page cache,
 // shared and reclaimable, and dropping their page-table entries would
 // lower VmRSS without freeing memory (docs/memory.md).
 const (
-	trimAbove = 4 << 20
-	trimEvery = 30 * time.Second
-	trimQuiet = 3 * time.Second
+	trimAbove      = 4 << 20
+	trimEvery      = 30 * time.Second
+	trimQuiet      = 3 * time.Second
+	trimQuietAbove = 1 << 20
 
 	quietAllocs = 1 << 20 // per tick
 )
@@ -143,7 +147,7 @@ const (
 // runtime has been quiet (no collection) since the last tick.
 func shouldTrim(free, garbage int64, since time.Duration, quiet bool) bool {
 	if quiet {
-		return since >= trimQuiet && free+garbage > trimAbove
+		return since >= trimQuiet && free+garbage > trimQuietAbove
 	}
 	return since >= trimEvery && free > trimAbove
 }

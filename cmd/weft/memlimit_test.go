@@ -76,9 +76,11 @@ func TestShouldTrim(t *testing.T) {
 		// Quiet: no collection for a tick, a transient is over.
 		{64 << 20, 0, trimQuiet, true, true},
 		{0, 64 << 20, trimQuiet, true, true},
-		{trimAbove / 2, trimAbove/2 + 1, trimQuiet, true, true},
+		{trimQuietAbove / 2, trimQuietAbove/2 + 1, trimQuiet, true, true},
 		{64 << 20, 64 << 20, trimQuiet - time.Millisecond, true, false},
-		{trimAbove / 2, trimAbove / 2, time.Hour, true, false},
+		{trimQuietAbove / 2, trimQuietAbove / 2, time.Hour, true, false},
+		{trimAbove / 2, 0, trimQuiet, true, true}, // at rest the bar is lower than when busy
+		{trimAbove / 2, 0, time.Hour, false, false},
 	} {
 		if got := shouldTrim(c.free, c.garbage, c.since, c.quiet); got != c.want {
 			t.Errorf("free %d, garbage %d, %v since the last trim, quiet %v: %v, want %v", c.free, c.garbage, c.since, c.quiet, got, c.want)
