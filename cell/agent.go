@@ -48,6 +48,7 @@ type Config struct {
 	// packet (overlay.OpenFilter). For measuring what the policy costs.
 	PolicyOff  bool
 	TUNBackend string // overlay.TUNAuto (""), TUNWireGuard or TUNWater
+	Queues     int    // overlay.Config.Queues: TUN queues and sockets (0: one per CPU)
 	// PartialTCPChecksums: leave the checksums of TCP segments partial
 	// toward cells that accept them, and announce that this one does
 	// (overlay.Config.PartialTCPChecksums, mesh.FeatPartialTCPChecksum).
@@ -254,6 +255,7 @@ func (a *Agent) startOverlayLocked(subnet netip.Prefix) error {
 		ocfg.Filter = overlay.OpenFilter{LocalSubnet: subnet}
 	}
 	ocfg.TUNBackend = a.cfg.TUNBackend
+	ocfg.Queues = a.cfg.Queues
 	ocfg.PartialTCPChecksums = a.cfg.PartialTCPChecksums
 	ocfg.DNS = a.cfg.DNSAddr
 	ocfg.Logger = a.log

@@ -6,12 +6,15 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/overlay"
 )
 
 // TestGigabyteInOrder: the run-to-completion path keeps each flow in order
@@ -27,6 +30,20 @@ import (
 func TestGigabyteInOrder(t *testing.T) {
 	lab.RequireRoot(t)
 	l := lab.Setup(t, lab.Config{Cells: 2, WeftBin: weftBin})
+	// The data path runs one TUN queue per CPU (up to overlay.MaxQueues),
+	// each with its reader, and as many sockets: what this test checks.
+	queues := min(runtime.NumCPU(), overlay.MaxQueues)
+	for i := 1; i <= 2; i++ {
+		c, _ := l.Cell(i)
+		out, err := exec.Command("ip", "-n", c.Netns, "-d", "link", "show", c.Interface).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip -d link show %s: %v: %s", c.Interface, err, out)
+		}
+		mq := strings.Contains(string(out), fmt.Sprintf("multi_queue numqueues %d ", queues))
+		if queues > 1 && !mq || queues == 1 && strings.Contains(string(out), "multi_queue") {
+			t.Fatalf("cell %d's %s, want %d queues: %s", i, c.Interface, queues, out)
+		}
+	}
 	ctA, ctB := l.Name("ordA"), l.Name("ordB")
 	if _, err := l.CreateContainer(1, "orda", ctA); err != nil {
 		t.Fatal(err)

@@ -123,20 +123,31 @@ func (p *msgPool) close() {
 	}
 }
 
-// messageBuffers is the bound to use: cfg's value, 0 meaning the default,
-// overridden by WEFT_WG_BUFFERS; negative (or WEFT_WG_BUFFERS=0) means
-// wireguard-go's own unbounded pool.
-func messageBuffers(cfg Config) int {
+// messageBuffers is the bound on the message buffers of a device with
+// queues TUN queues (and as many sockets per family): WEFT_WG_BUFFERS if
+// set, else cfg.MessageBuffers, 0 meaning DefaultMessageBuffers plus 3×128
+// for each queue after the first (its TUN reader and its two receivers
+// hold a batch each, for good). It is at least the readers' batches plus
+// 128 (newMsgPool).
+func messageBuffers(cfg Config, queues int) int {
+	n := cfg.MessageBuffers
+	if n == 0 {
+		n = DefaultMessageBuffers + readerBuffers*(max(queues, 1)-1)
+	}
 	if s := os.Getenv(messageBuffersEnv); s != "" {
-		if n, err := strconv.Atoi(s); err == nil {
-			return maxInt(n, 0)
+		if v, err := strconv.Atoi(s); err == nil {
+			n = v
 		}
 	}
-	if cfg.MessageBuffers == 0 {
-		return DefaultMessageBuffers
+	if n = maxInt(n, 0); n > 0 {
+		n = maxInt(n, readerBuffers*max(queues, 1)+128)
 	}
-	return maxInt(cfg.MessageBuffers, 0)
+	return n
 }
+
+// readerBuffers is what one queue's readers hold: a batch of 128 for the
+// TUN reader and for each family's UDP receiver.
+const readerBuffers = 3 * 128
 
 func maxInt(a, b int) int {
 	if a > b {

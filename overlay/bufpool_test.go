@@ -126,20 +126,26 @@ func TestMsgPoolPagesResidentOnlyWhenWritten(t *testing.T) {
 
 func TestMessageBuffersConfig(t *testing.T) {
 	for _, tc := range []struct {
-		env  string
-		cfg  int
-		want int
+		env    string
+		cfg    int
+		queues int
+		want   int
 	}{
-		{"", 0, DefaultMessageBuffers},
-		{"", 1000, 1000},
-		{"", -1, 0},
-		{"0", 1000, 0},
-		{"2048", 0, 2048},
-		{"junk", 700, 700},
+		{"", 0, 1, DefaultMessageBuffers},
+		{"", 1000, 1, 1000},
+		{"", -1, 1, 0},
+		{"0", 1000, 1, 0},
+		{"2048", 0, 1, 2048},
+		{"junk", 700, 1, 700},
+		// Each more queue's readers hold 3 batches of 128 for good.
+		{"", 0, 2, DefaultMessageBuffers + 384},
+		{"", 0, 4, DefaultMessageBuffers + 3*384},
+		{"", 600, 4, 4*384 + 128}, // a bound below the readers' batches is raised
+		{"", -1, 4, 0},
 	} {
 		t.Setenv(messageBuffersEnv, tc.env) // "" counts as unset
-		if got := messageBuffers(Config{MessageBuffers: tc.cfg}); got != tc.want {
-			t.Errorf("env %q cfg %d: %d buffers, want %d", tc.env, tc.cfg, got, tc.want)
+		if got := messageBuffers(Config{MessageBuffers: tc.cfg}, tc.queues); got != tc.want {
+			t.Errorf("env %q cfg %d, %d queues: %d buffers, want %d", tc.env, tc.cfg, tc.queues, got, tc.want)
 		}
 	}
 }

@@ -3,6 +3,10 @@ package overlay
 import (
 	"fmt"
 	"os"
+	"runtime"
+	"strconv"
+
+	"golang.zx2c4.com/wireguard/tun"
 )
 
 // Data paths of the WireGuard device (Config.DataPath).
@@ -35,4 +39,62 @@ func dataPathOf(cfg Config) (string, error) {
 		return DataPathQueued, nil
 	}
 	return "", fmt.Errorf("overlay: %s %q: want %q or %q", from, dp, DataPathInline, DataPathQueued)
+}
+
+// Queues (Config.Queues). The kernel gives each TUN queue the packets of
+// some inner flows (by their hash) and each socket the datagrams of some
+// peers (by source address and port): one flow, and one peer's traffic
+// inbound, stays on one queue, so its packets keep their order and one
+// core's worth of crypto; many flows and peers spread over the cores.
+const (
+	// MaxQueues bounds the default: each queue is a goroutine and a
+	// batch of message buffers (128 x 64 KiB of address space, pages
+	// touched only as packets arrive).
+	MaxQueues = 8
+	queuesEnv = "WEFT_TUN_QUEUES"
+)
+
+// queuesOf is the number of TUN queues and sockets per family to open:
+// WEFT_TUN_QUEUES if set, else cfg.Queues, 0 meaning one per CPU up to
+// MaxQueues; always 1 on the queued data path (upstream's one reader)
+// and with the water backend (no IFF_MULTI_QUEUE there).
+func queuesOf(cfg Config, dataPath string) (int, error) {
+	n, from := cfg.Queues, "Config.Queues"
+	if s := os.Getenv(queuesEnv); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil {
+			return 0, fmt.Errorf("overlay: %s %q: want a number of queues", queuesEnv, s)
+		}
+		n, from = v, queuesEnv
+	}
+	if n < 0 || n > 64 {
+		return 0, fmt.Errorf("overlay: %s %d: want 0 (one per CPU) to 64 queues", from, n)
+	}
+	if n == 0 {
+		n = min(runtime.NumCPU(), MaxQueues)
+	}
+	if dataPath != DataPathInline || cfg.TUNBackend == TUNWater {
+		n = 1
+	}
+	return n, nil
+}
+
+// moreQueues opens the n-1 queues of dev after its first; none when dev
+// is not a multi-queue TUN (water, or the auto backend fell back to it).
+func moreQueues(dev tun.Device, n int) ([]tun.Device, error) {
+	if _, ok := dev.(*tun.NativeTun); !ok || n <= 1 {
+		return nil, nil
+	}
+	var more []tun.Device
+	for range n - 1 {
+		q, err := tun.NewQueue(dev)
+		if err != nil {
+			for _, q := range more {
+				q.Close()
+			}
+			return nil, err
+		}
+		more = append(more, q)
+	}
+	return more, nil
 }

@@ -56,6 +56,12 @@ type Config struct {
 	// (upstream wireguard-go's crypto workers and per-peer routines);
 	// WEFT_WG_DATAPATH overrides. See datapath.go.
 	DataPath string
+	// Queues is the number of TUN queues on the inline data path, each
+	// read by its own goroutine that runs to completion, and of UDP
+	// sockets per family on the WireGuard port (SO_REUSEPORT), each with
+	// its own receiver: 0 is one per CPU, up to MaxQueues; 1 is one.
+	// WEFT_TUN_QUEUES overrides. See datapath.go.
+	Queues int
 	// DriftInterval is how often drift repair compares everything when
 	// no kernel notification came (drift_linux.go); 0: DefaultDriftInterval.
 	DriftInterval time.Duration
@@ -98,6 +104,7 @@ type Overlay struct {
 	wg   *wgctrl.Client // configures the device over uapi (configure)
 
 	backend string // TUN backend in use
+	queues  int    // TUN queues, and UDP sockets per family (datapath.go)
 	guard   *guard // the nftables table that fences containers
 	drift   *reconciler
 	partial partialTCP
@@ -130,7 +137,11 @@ func New(cfg Config) (*Overlay, error) {
 	if err != nil {
 		return nil, err
 	}
-	tdev, backend, err := createTUN(cfg, log)
+	queues, err := queuesOf(cfg, dataPath)
+	if err != nil {
+		return nil, err
+	}
+	tdev, backend, err := createTUN(cfg, queues, log)
 	if err != nil {
 		return nil, err
 	}
@@ -146,11 +157,23 @@ func New(cfg Config) (*Overlay, error) {
 	// Run to completion reads the UDP sockets through weft's own bind:
 	// raw recvmmsg/sendmmsg, no allocation per datagram (WEFT-PATCHES.md).
 	bind := conn.NewDefaultBind()
+	opts := device.Options{RunToCompletion: dataPath == DataPathInline}
 	if dataPath == DataPathInline {
-		bind = conn.NewDirectBind()
+		// More queues of the TUN, each with a reader of its own, and
+		// as many sockets (datapath.go).
+		more, err := moreQueues(tdev, queues)
+		if err != nil {
+			tdev.Close()
+			return nil, err
+		}
+		for _, q := range more {
+			opts.TUNQueues = append(opts.TUNQueues, o.wrap.Queue(q))
+		}
+		o.queues = 1 + len(more)
+		bind = conn.NewDirectBindQueues(o.queues)
+		log.Info("data path inline", "queues", o.queues)
 	}
-	nbufs := o.startDevice(bind, messageBuffers(cfg),
-		device.Options{RunToCompletion: dataPath == DataPathInline})
+	nbufs := o.startDevice(bind, messageBuffers(cfg, o.queues), opts)
 
 	fail := func(err error) (*Overlay, error) {
 		o.Close()

@@ -84,7 +84,7 @@ func probeOffload(name string) error {
 
 // createTUN creates the TUN device for cfg with the configured backend and
 // logs which one it took and why.
-func createTUN(cfg Config, log *slog.Logger) (tun.Device, string, error) {
+func createTUN(cfg Config, queues int, log *slog.Logger) (tun.Device, string, error) {
 	mode, err := ParseTUNBackend(cfg.TUNBackend)
 	if err != nil {
 		return nil, "", err
@@ -102,7 +102,11 @@ func createTUN(cfg Config, log *slog.Logger) (tun.Device, string, error) {
 	case TUNWater:
 		dev, err = newWaterTUN(cfg.Interface, cfg.MTU)
 	default:
-		dev, err = tun.CreateTUN(cfg.Interface, cfg.MTU)
+		if queues > 1 {
+			dev, err = tun.CreateMultiQueueTUN(cfg.Interface, cfg.MTU)
+		} else {
+			dev, err = tun.CreateTUN(cfg.Interface, cfg.MTU)
+		}
 	}
 	if err != nil {
 		return nil, "", fmt.Errorf("create TUN device %s (%s backend): %w", cfg.Interface, backend, err)

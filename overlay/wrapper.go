@@ -54,8 +54,9 @@ type Wrapper struct {
 	tun.Device // the real TUN device
 	filter     atomic.Pointer[filterRef]
 
-	// Read is only ever called by wireguard-go's single TUN reader
-	// goroutine, so its scratch space needs no lock.
+	// Read is only ever called by wireguard-go's TUN reader goroutine
+	// of the first queue (each more queue has its own, Queue), so its
+	// scratch space needs no lock.
 	hairpin [][]byte // borrowed from bufs for one Read call
 
 	rejectMu  sync.Mutex // serialises use of rejectBuf
@@ -134,7 +135,34 @@ func (w *Wrapper) Stats() *WrapperStats { return &w.stats }
 // Read reads packets leaving local containers. Dropped or hair-pinned packets
 // are reported with size 0, which wireguard-go skips.
 func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	n, err := w.Device.Read(bufs, sizes, offset)
+	return w.read(w.Device, &w.hairpin, bufs, sizes, offset)
+}
+
+// Queue returns the Device through which the reader of another queue of
+// the TUN (tun.NewQueue, device.Options.TUNQueues) reads: dev's packets
+// judged as Read judges the first queue's, with this wrapper's filter,
+// gate, probe and counters, hair-pins and rejects written to the first
+// queue; Write judges as Wrapper.Write and writes into dev. Close is
+// dev's.
+func (w *Wrapper) Queue(dev tun.Device) tun.Device {
+	return &queueReader{Device: dev, w: w, hairpin: make([][]byte, 0, dev.BatchSize())}
+}
+
+// queueReader is a reader's view of one more TUN queue (Wrapper.Queue).
+type queueReader struct {
+	tun.Device
+	w       *Wrapper
+	hairpin [][]byte // its reader's scratch, as Wrapper.hairpin
+}
+
+func (q *queueReader) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	return q.w.read(q.Device, &q.hairpin, bufs, sizes, offset)
+}
+
+// read is Read from the TUN queue dev with the scratch *scratch of the
+// goroutine that reads it.
+func (w *Wrapper) read(dev tun.Device, scratch *[][]byte, bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := dev.Read(bufs, sizes, offset)
 	f := w.Filter()
 	// The engine judges a batch as a run (engine.Run). It is called
 	// through its concrete type, not the Filter interface, so that run
@@ -143,7 +171,7 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	eng, _ := f.(*engine.Engine)
 	gate := w.gate.Load()
 	var run engine.Run
-	hairpin := w.hairpin[:0]
+	hairpin := (*scratch)[:0]
 	passed := 0
 	for i := 0; i < n; i++ {
 		if sizes[i] < 1 {
@@ -189,12 +217,25 @@ func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		}
 		clear(hairpin) // do not keep references to wireguard-go's buffers
 	}
-	w.hairpin = hairpin[:0]
+	*scratch = hairpin[:0]
 	return n, err
 }
 
 // Write delivers decrypted packets from peers that the policy allows.
 func (w *Wrapper) Write(bufs [][]byte, offset int) (int, error) {
+	return w.write(w.Device, bufs, offset)
+}
+
+// Write is Wrapper.Write into this queue: the kernel then reads the
+// answers of the flows written here from this queue too (its flow
+// steering learns a flow's queue from writes), so that a peer's flows
+// stay with the reader and receiver of one queue (device.Options.TUNQueues).
+func (q *queueReader) Write(bufs [][]byte, offset int) (int, error) {
+	return q.w.write(q.Device, bufs, offset)
+}
+
+// write is Write into the TUN queue dev.
+func (w *Wrapper) write(dev tun.Device, bufs [][]byte, offset int) (int, error) {
 	var keep *[][]byte
 	f := w.Filter()
 	eng, _ := f.(*engine.Engine) // a run, as in Read
@@ -237,7 +278,7 @@ func (w *Wrapper) Write(bufs [][]byte, offset int) (int, error) {
 	var err error
 	if len(out) > 0 {
 		w.stats.Delivered.Add(uint64(len(out)))
-		if _, err = w.Device.Write(out, offset); err != nil {
+		if _, err = dev.Write(out, offset); err != nil {
 			w.stats.WriteErrors.Add(1)
 		}
 	}

@@ -10,3 +10,6 @@ package conn
 // NewDirectBind returns a StdNetBind: weft's direct bind
 // (bind_direct_linux.go) is Linux only.
 func NewDirectBind() Bind { return NewStdNetBind() }
+
+// NewDirectBindQueues returns a StdNetBind, as NewDirectBind.
+func NewDirectBindQueues(n int) Bind { return NewStdNetBind() }

@@ -39,9 +39,10 @@ import (
 // datagrams from the same address and never modified after they are
 // handed out.
 type DirectBind struct {
-	mu    sync.Mutex // serialises Open, Close and SetMark
-	state atomic.Pointer[directState]
-	tx    sync.Pool // *directTx
+	mu     sync.Mutex // serialises Open, Close and SetMark
+	state  atomic.Pointer[directState]
+	tx     sync.Pool // *directTx
+	queues int       // sockets per family (NewDirectBindQueues)
 }
 
 var (
@@ -49,16 +50,31 @@ var (
 )
 
 // NewDirectBind returns a DirectBind (Linux); elsewhere a StdNetBind.
-func NewDirectBind() Bind {
+func NewDirectBind() Bind { return NewDirectBindQueues(1) }
+
+// NewDirectBindQueues returns a DirectBind with n sockets per family on
+// the same port (SO_REUSEPORT; weft, WEFT-PATCHES.md "TUN queues"): n
+// ReceiveFuncs each, among which the kernel spreads datagrams by their
+// source address and port, so that the receivers of different peers run
+// on different cores. Sends leave by the first. The ReceiveFuncs come
+// family by family, each family's n in order.
+func NewDirectBindQueues(n int) Bind {
 	return &DirectBind{
-		tx: sync.Pool{New: func() any { return newDirectTx() }},
+		tx:     sync.Pool{New: func() any { return newDirectTx() }},
+		queues: max(n, 1),
 	}
 }
 
 // directState is one Open's sockets; nil where the family is missing.
 type directState struct {
 	v4, v6   *directSock
-	rx4, rx6 *directRx // their receivers (for tests)
+	rx4, rx6 *directRx     // their receivers (for tests)
+	more     []*directSock // receive-only sockets on the same port (queues > 1)
+}
+
+// all returns every socket of st.
+func (st *directState) all() []*directSock {
+	return append([]*directSock{st.v4, st.v6}, st.more...)
 }
 
 // directSock is one non-blocking UDP socket in the runtime's poller.
@@ -82,8 +98,9 @@ func (*DirectBind) ParseEndpoint(s string) (Endpoint, error) {
 
 func (*DirectBind) BatchSize() int { return IdealBatchSize }
 
-// openDirectSock opens a UDP socket bound to port (0: any).
-func openDirectSock(is6 bool, port int) (*directSock, int, error) {
+// openDirectSock opens a UDP socket bound to port (0: any), with
+// SO_REUSEPORT if reuse.
+func openDirectSock(is6 bool, port int, reuse bool) (*directSock, int, error) {
 	family := unix.AF_INET
 	if is6 {
 		family = unix.AF_INET6
@@ -109,6 +126,12 @@ func openDirectSock(is6 bool, port int) (*directSock, int, error) {
 	}
 	if major, minor := kernelVersion(); major > 5 || (major == 5 && minor >= 12) {
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1)
+	}
+	if reuse {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			unix.Close(fd)
+			return nil, 0, os.NewSyscallError("setsockopt SO_REUSEPORT", err)
+		}
 	}
 	if err := unix.Bind(fd, sa); err != nil {
 		unix.Close(fd)
@@ -167,15 +190,16 @@ func (b *DirectBind) Open(uport uint16) ([]ReceiveFunc, uint16, error) {
 		port   int
 		err    error
 	)
+	reuse := b.queues > 1
 again:
-	v4, port, err = openDirectSock(false, int(uport))
+	v4, port, err = openDirectSock(false, int(uport), reuse)
 	if err != nil && !errors.Is(err, unix.EAFNOSUPPORT) {
 		return nil, 0, err
 	}
 	if err != nil {
 		port = int(uport)
 	}
-	v6, port, err = openDirectSock(true, port)
+	v6, port, err = openDirectSock(true, port, reuse)
 	if uport == 0 && errors.Is(err, unix.EADDRINUSE) && tries < 100 {
 		v4.close()
 		tries++
@@ -189,14 +213,36 @@ again:
 		return nil, 0, unix.EAFNOSUPPORT
 	}
 	st := &directState{v4: v4, v6: v6}
+	// The receivers family by family, each family's sockets in order
+	// (device.tunQueue gives receiver k of each family queue k).
 	var fns []ReceiveFunc
-	if v4 != nil {
-		st.rx4 = newDirectRx(v4)
-		fns = append(fns, st.rx4.receiveIPv4)
-	}
-	if v6 != nil {
-		st.rx6 = newDirectRx(v6)
-		fns = append(fns, st.rx6.receiveIPv6)
+	for _, first := range []*directSock{v4, v6} {
+		if first == nil {
+			continue
+		}
+		rx := newDirectRx(first)
+		if first.is6 {
+			st.rx6 = rx
+			fns = append(fns, rx.receiveIPv6)
+		} else {
+			st.rx4 = rx
+			fns = append(fns, rx.receiveIPv4)
+		}
+		for range b.queues - 1 {
+			s, _, err := openDirectSock(first.is6, port, true)
+			if err != nil {
+				for _, s := range st.all() {
+					s.close()
+				}
+				return nil, 0, err
+			}
+			st.more = append(st.more, s)
+			if s.is6 {
+				fns = append(fns, newDirectRx(s).receiveIPv6)
+			} else {
+				fns = append(fns, newDirectRx(s).receiveIPv4)
+			}
+		}
 	}
 	b.state.Store(st)
 	return fns, uint16(port), nil
@@ -211,6 +257,9 @@ func (b *DirectBind) Close() error {
 	}
 	err1 := st.v4.close()
 	err2 := st.v6.close()
+	for _, s := range st.more {
+		s.close()
+	}
 	if err1 != nil {
 		return err1
 	}
@@ -224,7 +273,7 @@ func (b *DirectBind) SetMark(mark uint32) error {
 	if st == nil {
 		return nil
 	}
-	for _, s := range []*directSock{st.v4, st.v6} {
+	for _, s := range st.all() {
 		if s == nil {
 			continue
 		}

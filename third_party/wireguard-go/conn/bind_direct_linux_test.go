@@ -413,3 +413,89 @@ func BenchmarkBind64(b *testing.B) {
 		}
 	}
 }
+
+// TestDirectBindQueues: NewDirectBindQueues(2) has two sockets per family
+// on one port (SO_REUSEPORT) and a ReceiveFunc for each; datagrams from 16
+// source ports reach the bind, each once and intact, and the kernel
+// spreads them over both receivers (by source port: all 16 on one of two
+// sockets would be a 1 in 32768 chance). SetMark and Close reach every
+// socket.
+func TestDirectBindQueues(t *testing.T) {
+	b := NewDirectBindQueues(2)
+	fns, port := openBind(t, b)
+	var v4 []ReceiveFunc
+	for _, fn := range fns {
+		if fn.PrettyName() == "v4" {
+			v4 = append(v4, fn)
+		}
+	}
+	if len(v4) != 2 {
+		t.Fatalf("%d IPv4 receivers, want 2 (of %d)", len(v4), len(fns))
+	}
+	st := b.(*DirectBind).state.Load()
+	if err := b.SetMark(0x77); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st.all() {
+		if s == nil {
+			continue
+		}
+		var mark int
+		var err error
+		s.rc.Control(func(fd uintptr) { mark, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) })
+		if err != nil || mark != 0x77 {
+			t.Fatalf("socket %s: mark %#x (%v), want 0x77", s.laddr, mark, err)
+		}
+	}
+	const senders = 16
+	got := make(chan string, senders)
+	for i, rx := range v4 {
+		go func() {
+			bufs, sizes, eps := newRecvBufs()
+			for {
+				n, err := rx(bufs, sizes, eps)
+				if err != nil {
+					return
+				}
+				for k := range n {
+					got <- fmt.Sprintf("%d:%s", i, bufs[k][:sizes[k]])
+				}
+			}
+		}()
+	}
+	for s := range senders {
+		c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(port)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := fmt.Fprintf(c, "datagram %d", s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen, by := map[string]bool{}, map[string]int{}
+	for range senders {
+		select {
+		case m := <-got:
+			rx, msg, _ := strings.Cut(m, ":")
+			if seen[msg] || !strings.HasPrefix(msg, "datagram ") {
+				t.Fatalf("received %q twice or corrupt", msg)
+			}
+			seen[msg] = true
+			by[rx]++
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d of %d datagrams received", len(seen), senders)
+		}
+	}
+	if len(by) != 2 {
+		t.Fatalf("datagrams by receiver %v: the kernel used one socket of two", by)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st.all() {
+		if s != nil && !s.closed.Load() {
+			t.Fatalf("socket %s open after Close", s.laddr)
+		}
+	}
+}

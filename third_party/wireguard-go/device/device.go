@@ -83,6 +83,7 @@ type Device struct {
 
 	tun struct {
 		device tun.Device
+		queues []tun.Device // weft: Options.TUNQueues, read by their own readers (rtc.go)
 		mtu    atomic.Int32
 	}
 
@@ -335,13 +336,38 @@ func NewDeviceWithOptions(tunDevice tun.Device, bind conn.Bind, logger *Logger, 
 	device.state.stopping.Add(1)      // RoutineReadFromTUN
 	device.queue.encryption.wg.Add(1) // RoutineReadFromTUN
 	if device.rtc {
-		go device.RoutineReadFromTUNInline()
+		go device.RoutineReadFromTUNInline(tunDevice)
+		// weft: a reader for each more queue of the TUN (rtc.go).
+		device.tun.queues = opts.TUNQueues
+		for _, q := range device.tun.queues {
+			device.state.stopping.Add(1)
+			device.queue.encryption.wg.Add(1)
+			go device.RoutineReadFromTUNInline(q)
+		}
 	} else {
 		go device.RoutineReadFromTUN()
+		for _, q := range opts.TUNQueues {
+			q.Close()
+		}
 	}
 	go device.RoutineTUNEventReader()
 
 	return device
+}
+
+// tunQueue is the TUN queue the i-th receiver writes into (weft, rtc.go):
+// the first, or with Options.TUNQueues queue i modulo their number, so
+// that with a bind of as many sockets per family, listed family by family
+// (conn.NewDirectBindQueues), each family's receiver k writes into queue
+// k. The kernel reads a flow's answers from the queue its packets were
+// written to, so a peer's flows stay with one queue's reader and
+// receiver.
+func (device *Device) tunQueue(i int) tun.Device {
+	n := 1 + len(device.tun.queues)
+	if k := i % n; k > 0 {
+		return device.tun.queues[k-1]
+	}
+	return device.tun.device
 }
 
 // BatchSize returns the BatchSize for the device as a whole which is the max of
@@ -398,6 +424,9 @@ func (device *Device) Close() {
 	device.log.Verbosef("Device closing")
 
 	device.tun.device.Close()
+	for _, q := range device.tun.queues {
+		q.Close()
+	}
 	device.downLocked()
 
 	// Remove peers before closing queues,
@@ -539,9 +568,9 @@ func (device *Device) BindUpdate() error {
 	device.queue.decryption.wg.Add(len(recvFns)) // each RoutineReceiveIncoming goroutine writes to device.queue.decryption
 	device.queue.handshake.wg.Add(len(recvFns))  // each RoutineReceiveIncoming goroutine writes to device.queue.handshake
 	batchSize := netc.bind.BatchSize()
-	for _, fn := range recvFns {
+	for i, fn := range recvFns {
 		if device.rtc {
-			go device.RoutineReceiveIncomingInline(batchSize, fn)
+			go device.RoutineReceiveIncomingInline(batchSize, fn, device.tunQueue(i))
 		} else {
 			go device.RoutineReceiveIncoming(batchSize, fn)
 		}

@@ -49,6 +49,11 @@ type Options struct {
 	// MessageBuffers, if set, gives the device its message buffers
 	// (pools.go); nil: its own sync.Pool, as upstream.
 	MessageBuffers MessageBuffers
+	// TUNQueues are more queues of the TUN (tun.NewQueue), each read by
+	// a reader of its own that runs to completion, as the first; packets
+	// are written to the first. The device closes them. With
+	// RunToCompletion only (else they are closed at once).
+	TUNQueues []tun.Device
 }
 
 // defaultRunToCompletion is NewDevice's Options.RunToCompletion; tests
@@ -194,7 +199,7 @@ type outBatch struct {
 // peer's packets itself. The batch's buffers stay with it, except those of
 // packets it stages (no session yet): those go with the packets and are
 // replaced from the pool.
-func (device *Device) RoutineReadFromTUNInline() {
+func (device *Device) RoutineReadFromTUNInline(dev tun.Device) {
 	defer func() {
 		device.log.Verbosef("Routine: TUN reader - stopped")
 		device.state.stopping.Done()
@@ -229,7 +234,7 @@ func (device *Device) RoutineReadFromTUNInline() {
 	}()
 
 	for {
-		count, readErr = device.tun.device.Read(bufs, sizes, offset)
+		count, readErr = dev.Read(bufs, sizes, offset)
 		nb := 0
 		last := -1 // batches[last] took the previous packet
 		for i := 0; i < count; i++ {
@@ -354,9 +359,10 @@ type inBatch struct {
 // RoutineReceiveIncomingInline is RoutineReceiveIncoming run to
 // completion: it receives a batch, opens each transport message, passes
 // each peer's messages through upstream's sequential receiver logic
-// (Peer.receive) and writes all the batch's packets to the TUN in one
-// Write. Handshake messages go to the handshake workers as upstream's do.
-func (device *Device) RoutineReceiveIncomingInline(maxBatchSize int, recv conn.ReceiveFunc) {
+// (Peer.receive) and writes all the batch's packets to the TUN queue dev
+// (tunQueue) in one Write. Handshake messages go to the handshake workers
+// as upstream's do.
+func (device *Device) RoutineReceiveIncomingInline(maxBatchSize int, recv conn.ReceiveFunc, dev tun.Device) {
 	recvName := recv.PrettyName()
 	defer func() {
 		device.log.Verbosef("Routine: receive incoming %s - stopped", recvName)
@@ -480,7 +486,7 @@ func (device *Device) RoutineReceiveIncomingInline(maxBatchSize int, recv conn.R
 			b.elems, b.peer = b.elems[:0], nil
 		}
 		if len(tunBufs) > 0 {
-			_, err := device.tun.device.Write(tunBufs, MessageTransportOffsetContent)
+			_, err := dev.Write(tunBufs, MessageTransportOffsetContent)
 			if err != nil && !device.isClosed() {
 				device.log.Errorf("Failed to write packets to TUN device: %v", err)
 			}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 )
 
@@ -285,5 +286,107 @@ func TestRunToCompletionReceiverNeverWaitsForBind(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("staged packet not sent")
+	}
+}
+
+// TestRunToCompletionTUNQueues: a device with a second TUN queue
+// (Options.TUNQueues) reads and sends the packets of both, each queue's in
+// order, to a peer whose DirectBind has two sockets per family on its port
+// (SO_REUSEPORT); with two sockets per family itself, its receiver k
+// writes into queue k, so the answers, all from one socket of the peer,
+// come back in order through one queue; Close stops the second queue's
+// reader and closes it.
+func TestRunToCompletionTUNQueues(t *testing.T) {
+	goroutineLeakCheck(t)
+	q := tuntest.NewChannelTUN()
+	opts := [2]Options{{RunToCompletion: true, TUNQueues: []tun.Device{q.TUN()}}, {RunToCompletion: true}}
+	queues2 := func() conn.Bind { return conn.NewDirectBindQueues(2) }
+	pair := genModePairBinds(t, opts, [2]func() conn.Bind{queues2, queues2})
+	for i, want := range []tun.Device{pair[0].dev.tun.device, q.TUN(), pair[0].dev.tun.device, q.TUN()} {
+		if got := pair[0].dev.tunQueue(i); got != want {
+			t.Fatalf("receiver %d writes into %v, want %v", i, got, want)
+		}
+	}
+	if got := len(pair[0].dev.tun.queues); got != 1 {
+		t.Fatalf("device has %d more TUN queues, want 1", got)
+	}
+	// A session: the handshake and the first packet through the first
+	// queue, the answer through either.
+	pair[0].tun.Outbound <- seqPacket(pair[0].ip, pair[1].ip, 1<<30)
+	select {
+	case <-pair[1].tun.Inbound:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no session")
+	}
+	const n, win = 4096, 64
+	from, to := pair[0], pair[1]
+	queues := []chan<- []byte{from.tun.Outbound, q.Outbound}
+	errs := make(chan error, 2)
+	var wg sync.WaitGroup
+	for qi, ch := range queues {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			base := uint32(qi) << 20
+			for k := range uint32(n) {
+				select {
+				case ch <- seqPacket(from.ip, to.ip, base+k):
+				case <-time.After(10 * time.Second):
+					errs <- fmt.Errorf("queue %d not read at packet %d", qi, k)
+					return
+				}
+				if k%win == win-1 {
+					time.Sleep(time.Millisecond) // windows, so that no queue floods the peer's sockets
+				}
+			}
+		}()
+	}
+	next := [2]uint32{0, 1 << 20}
+	for got := 0; got < 2*n; got++ {
+		select {
+		case pkt := <-to.tun.Inbound:
+			seq := binary.BigEndian.Uint32(pkt[20:])
+			qi := seq >> 20
+			if qi > 1 || seq != next[qi] || !bytes.Equal(pkt, seqPacket(from.ip, to.ip, seq)) {
+				t.Fatalf("packet %d of %d: seq %#x (%d bytes), want %#x or %#x, intact", got, 2*n, seq, len(pkt), next[0], next[1])
+			}
+			next[qi]++
+		case err := <-errs:
+			t.Fatal(err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d packets received; next %#x and %#x", got, 2*n, next[0], next[1])
+		}
+	}
+	wg.Wait()
+	// Answers: all through the queue of the socket they arrive on.
+	var answersOn chan []byte
+	for k := range uint32(win) {
+		pair[1].tun.Outbound <- seqPacket(to.ip, from.ip, 2<<20+k)
+		var pkt []byte
+		select {
+		case pkt = <-from.tun.Inbound:
+			if answersOn == nil {
+				answersOn = from.tun.Inbound
+			}
+			if answersOn != from.tun.Inbound {
+				t.Fatalf("answer %d through the first queue, the others through the second", k)
+			}
+		case pkt = <-q.Inbound:
+			if answersOn == nil {
+				answersOn = q.Inbound
+			}
+			if answersOn != q.Inbound {
+				t.Fatalf("answer %d through the second queue, the others through the first", k)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("answer %d not received", k)
+		}
+		if seq := binary.BigEndian.Uint32(pkt[20:]); seq != 2<<20+k {
+			t.Fatalf("answer %#x, want %#x", seq, 2<<20+k)
+		}
+	}
+	pair[0].dev.Close()
+	if _, err := q.TUN().Read(make([][]byte, 1), make([]int, 1), 0); err == nil {
+		t.Fatal("the second queue is open after Close")
 	}
 }

@@ -51,10 +51,13 @@ type NativeTun struct {
 
 	readOpMu sync.Mutex                    // readOpMu guards readBuff, pending
 	readBuff [virtioNetHdrLen + 65535]byte // if vnetHdr every read() is prefixed by virtioNetHdr
-	drain    bool                          // weft: see readDrain
+	drain    atomic.Bool                   // weft: see readDrain
 	pending  int                           // weft: bytes of a packet left in readBuff by readDrain
 
 	rc syscall.RawConn // weft: tunFile's, for readDrain and writeRaw; set at creation
+
+	multiQueue bool       // weft: IFF_MULTI_QUEUE (CreateMultiQueueTUN, NewQueue)
+	queueOf    *NativeTun // weft: the first queue, for a queue made by NewQueue
 
 	// weft: readDrain's and writeRaw's state and their RawConn callbacks,
 	// made once (a closure passed to RawConn escapes: an allocation per
@@ -361,7 +364,7 @@ func (tun *NativeTun) Write(bufs [][]byte, offset int) (int, error) {
 	)
 	tun.toWrite = tun.toWrite[:0]
 	if tun.vnetHdr {
-		tun.tcpGROTable.trustTCP = tun.trustTCP.Load()
+		tun.tcpGROTable.trustTCP = tun.first().trustTCP.Load()
 		err := handleGRO(bufs, offset, tun.tcpGROTable, tun.udpGROTable, tun.udpGSO, &tun.toWrite)
 		if err != nil {
 			return 0, err
@@ -372,7 +375,7 @@ func (tun *NativeTun) Write(bufs [][]byte, offset int) (int, error) {
 			tun.toWrite = append(tun.toWrite, i)
 		}
 	}
-	if tun.rawWrites.Load() {
+	if tun.first().rawWrites.Load() {
 		return tun.writeRaw(bufs, offset)
 	}
 	for _, bufsI := range tun.toWrite {
@@ -495,9 +498,7 @@ func SetReadDrain(dev Device, on bool) bool {
 	if !ok || !t.vnetHdr {
 		return false
 	}
-	t.readOpMu.Lock()
-	t.drain = on
-	t.readOpMu.Unlock()
+	t.drain.Store(on)
 	t.rawWrites.Store(on)
 	return true
 }
@@ -602,7 +603,7 @@ func (tun *NativeTun) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 		return 0, err
 	default:
 	}
-	if tun.vnetHdr && tun.drain {
+	if tun.vnetHdr && tun.first().drain.Load() {
 		return tun.readDrain(bufs, sizes, offset)
 	}
 	readInto := bufs[0][offset:]
@@ -624,7 +625,7 @@ func (tun *NativeTun) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 }
 
 func (tun *NativeTun) elide() func([]byte) bool {
-	if f := tun.elideTCPChecksum.Load(); f != nil {
+	if f := tun.first().elideTCPChecksum.Load(); f != nil {
 		return *f
 	}
 	return nil
@@ -804,36 +805,152 @@ func (tun *NativeTun) initFromFlags(name string) error {
 
 // CreateTUN creates a Device with the provided name and MTU.
 func CreateTUN(name string, mtu int) (Device, error) {
+	return createTUN(name, mtu, 0)
+}
+
+// CreateMultiQueueTUN is CreateTUN with IFF_MULTI_QUEUE (weft,
+// WEFT-PATCHES.md "TUN queues"): NewQueue opens more queues of the same
+// interface, among which the kernel spreads the packets it sends by flow.
+func CreateMultiQueueTUN(name string, mtu int) (Device, error) {
+	return createTUN(name, mtu, unix.IFF_MULTI_QUEUE)
+}
+
+// openQueue opens /dev/net/tun as the interface name (created if it does
+// not exist), with offloads and extra flags, non-blocking.
+func openQueue(name string, flags uint16) (int, error) {
 	nfd, err := unix.Open(cloneDevicePath, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if os.IsNotExist(err) {
-			return nil, fmt.Errorf("CreateTUN(%q) failed; %s does not exist", name, cloneDevicePath)
+			return -1, fmt.Errorf("CreateTUN(%q) failed; %s does not exist", name, cloneDevicePath)
 		}
-		return nil, err
+		return -1, err
 	}
 
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
-		return nil, err
+		unix.Close(nfd)
+		return -1, err
 	}
 	// IFF_VNET_HDR enables the "tun status hack" via routineHackListener()
 	// where a null write will return EINVAL indicating the TUN is up.
-	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR | flags)
 	err = unix.IoctlIfreq(nfd, unix.TUNSETIFF, ifr)
 	if err != nil {
-		return nil, err
+		unix.Close(nfd)
+		return -1, err
 	}
 
 	err = unix.SetNonblock(nfd, true)
 	if err != nil {
 		unix.Close(nfd)
+		return -1, err
+	}
+	return nfd, nil
+}
+
+func createTUN(name string, mtu int, flags uint16) (Device, error) {
+	nfd, err := openQueue(name, flags)
+	if err != nil {
 		return nil, err
 	}
 
 	// Note that the above -- open,ioctl,nonblock -- must happen prior to handing it to netpoll as below this line.
 
 	fd := os.NewFile(uintptr(nfd), cloneDevicePath)
-	return CreateTUNFromFile(fd, mtu)
+	dev, err := CreateTUNFromFile(fd, mtu)
+	if err == nil && flags&unix.IFF_MULTI_QUEUE != 0 {
+		dev.(*NativeTun).multiQueue = true
+	}
+	return dev, err
+}
+
+// first is the NativeTun whose settings (SetReadDrain,
+// SetPartialTCPChecksums) tun follows: itself, or the first queue of a
+// queue made by NewQueue.
+func (tun *NativeTun) first() *NativeTun {
+	if tun.queueOf != nil {
+		return tun.queueOf
+	}
+	return tun
+}
+
+// sameNetns reports whether the TUN queue nfd's interface is in the same
+// network namespace as t's (TUNGETDEVNETNS).
+func sameNetns(t *NativeTun, nfd int) (bool, error) {
+	nsOf := func(fd int) (unix.Stat_t, error) {
+		var st unix.Stat_t
+		ns, err := unix.IoctlRetInt(fd, unix.TUNGETDEVNETNS)
+		if err != nil {
+			return st, os.NewSyscallError("TUNGETDEVNETNS", err)
+		}
+		defer unix.Close(ns)
+		return st, unix.Fstat(ns, &st)
+	}
+	a, err := nsOf(nfd)
+	if err != nil {
+		return false, err
+	}
+	var b unix.Stat_t
+	var berr error
+	if cerr := t.rc.Control(func(fd uintptr) { b, berr = nsOf(int(fd)) }); cerr != nil {
+		return false, cerr
+	}
+	if berr != nil {
+		return false, berr
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino, nil
+}
+
+// NewQueue opens one more queue of dev, made by CreateMultiQueueTUN (weft),
+// from a thread in dev's network namespace:
+// a Device that reads the packets the kernel gives this queue and writes
+// as any queue does, with dev's settings (read drain, checksums) now and
+// later. It has no events and no MTU of
+// its own (dev's); closing it closes the queue only. dev must outlive it.
+func NewQueue(dev Device) (Device, error) {
+	t, ok := dev.(*NativeTun)
+	if !ok || !t.multiQueue {
+		return nil, errors.New("tun: NewQueue needs a TUN made by CreateMultiQueueTUN")
+	}
+	name, err := t.Name()
+	if err != nil {
+		return nil, err
+	}
+	nfd, err := openQueue(name, unix.IFF_MULTI_QUEUE)
+	if err != nil {
+		return nil, fmt.Errorf("tun: open another queue of %s: %w", name, err)
+	}
+	// By name, TUNSETIFF attaches to the interface of the calling
+	// thread's network namespace, or makes a new one there.
+	if same, err := sameNetns(t, nfd); err != nil || !same {
+		unix.Close(nfd)
+		if err == nil {
+			err = errors.New("the calling thread is in another network namespace")
+		}
+		return nil, fmt.Errorf("tun: open another queue of %s: %w", name, err)
+	}
+	file := os.NewFile(uintptr(nfd), cloneDevicePath)
+	q := &NativeTun{
+		tunFile:     file,
+		events:      make(chan Event), // closed by Close; never written
+		errors:      make(chan error, 1),
+		tcpGROTable: newTCPGROTable(),
+		udpGROTable: newUDPGROTable(),
+		toWrite:     make([]int, 0, conn.IdealBatchSize),
+		multiQueue:  true,
+		queueOf:     t,
+	}
+	if q.rc, err = file.SyscallConn(); err != nil {
+		file.Close()
+		return nil, err
+	}
+	q.readFn, q.writeFn = q.drainFD, q.writeFD
+	if err := q.initFromFlags(name); err != nil {
+		file.Close()
+		return nil, err
+	}
+	q.nameOnce.Do(func() { q.nameCache, q.nameErr = name, nil })
+	return q, nil
 }
 
 // CreateTUNFromFile creates a Device from an os.File with the provided MTU.

@@ -23,9 +23,23 @@ import (
 type drainLab struct {
 	tun  *NativeTun
 	sock int
+	do   chan func() // run on the namespace's thread (in)
+}
+
+// in runs fn on the thread that owns the namespace.
+func (l *drainLab) in(fn func()) {
+	ran := make(chan struct{})
+	l.do <- func() { fn(); close(ran) }
+	<-ran
 }
 
 func newDrainLab(t *testing.T) *drainLab {
+	t.Helper()
+	return newDrainLabWith(t, CreateTUN)
+}
+
+// newDrainLabWith is newDrainLab with the TUN made by create.
+func newDrainLabWith(t *testing.T, create func(name string, mtu int) (Device, error)) *drainLab {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
@@ -49,7 +63,7 @@ func newDrainLab(t *testing.T) *drainLab {
 				return nil, fmt.Errorf("unshare: %w", err)
 			}
 			ns := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
-			dev, err := CreateTUN("wdrain0", 1420)
+			dev, err := create("wdrain0", 1420)
 			if err != nil {
 				return nil, err
 			}
@@ -73,10 +87,20 @@ func newDrainLab(t *testing.T) *drainLab {
 				dev.Close()
 				return nil, err
 			}
-			return &drainLab{tun: nt, sock: sock}, nil
+			return &drainLab{tun: nt, sock: sock, do: make(chan func())}, nil
 		}()
 		res <- result{l, err}
-		<-done
+		if l == nil {
+			return
+		}
+		for {
+			select {
+			case fn := <-l.do:
+				fn()
+			case <-done:
+				return
+			}
+		}
 	}()
 	r := <-res
 	if r.err != nil {
