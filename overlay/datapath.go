@@ -42,10 +42,11 @@ func dataPathOf(cfg Config) (string, error) {
 }
 
 // Queues (Config.Queues). The kernel gives each TUN queue the packets of
-// some inner flows (by their hash) and each socket the datagrams of some
-// peers (by source address and port): one flow, and one peer's traffic
-// inbound, stays on one queue, so its packets keep their order and one
-// core's worth of crypto; many flows and peers spread over the cores.
+// some container pairs (by their addresses: tun's steering program) and
+// each socket the datagrams of some peers (by source address and port):
+// one pair's packets, and one peer's traffic inbound, stay on one queue,
+// in order, with one core's worth of crypto; many pairs and peers spread
+// over the cores.
 const (
 	// MaxQueues bounds the default: each queue is a goroutine and a
 	// batch of message buffers (128 x 64 KiB of address space, pages

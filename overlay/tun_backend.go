@@ -103,8 +103,13 @@ func createTUN(cfg Config, queues int, log *slog.Logger) (tun.Device, string, er
 		dev, err = newWaterTUN(cfg.Interface, cfg.MTU)
 	default:
 		if queues > 1 {
-			dev, err = tun.CreateMultiQueueTUN(cfg.Interface, cfg.MTU)
-		} else {
+			if dev, err = tun.CreateMultiQueueTUN(cfg.Interface, cfg.MTU); err != nil {
+				// No IFF_MULTI_QUEUE or no steering program (bpf(2)):
+				// one queue still works.
+				log.Warn("TUN queues unavailable: one queue", "queues", queues, "err", err)
+			}
+		}
+		if dev == nil {
 			dev, err = tun.CreateTUN(cfg.Interface, cfg.MTU)
 		}
 	}

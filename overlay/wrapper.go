@@ -226,10 +226,8 @@ func (w *Wrapper) Write(bufs [][]byte, offset int) (int, error) {
 	return w.write(w.Device, bufs, offset)
 }
 
-// Write is Wrapper.Write into this queue: the kernel then reads the
-// answers of the flows written here from this queue too (its flow
-// steering learns a flow's queue from writes), so that a peer's flows
-// stay with the reader and receiver of one queue (device.Options.TUNQueues).
+// Write is Wrapper.Write into this queue (the receivers of a device with
+// TUN queues write into one each: device.Options.TUNQueues).
 func (q *queueReader) Write(bufs [][]byte, offset int) (int, error) {
 	return q.w.write(q.Device, bufs, offset)
 }

@@ -359,9 +359,7 @@ func NewDeviceWithOptions(tunDevice tun.Device, bind conn.Bind, logger *Logger, 
 // the first, or with Options.TUNQueues queue i modulo their number, so
 // that with a bind of as many sockets per family, listed family by family
 // (conn.NewDirectBindQueues), each family's receiver k writes into queue
-// k. The kernel reads a flow's answers from the queue its packets were
-// written to, so a peer's flows stay with one queue's reader and
-// receiver.
+// k: receivers do not share one queue's write lock and GRO tables.
 func (device *Device) tunQueue(i int) tun.Device {
 	n := 1 + len(device.tun.queues)
 	if k := i % n; k > 0 {

@@ -810,7 +810,8 @@ func CreateTUN(name string, mtu int) (Device, error) {
 
 // CreateMultiQueueTUN is CreateTUN with IFF_MULTI_QUEUE (weft,
 // WEFT-PATCHES.md "TUN queues"): NewQueue opens more queues of the same
-// interface, among which the kernel spreads the packets it sends by flow.
+// interface, among which the kernel spreads the packets it sends by their
+// pair of addresses (setSteering).
 func CreateMultiQueueTUN(name string, mtu int) (Device, error) {
 	return createTUN(name, mtu, unix.IFF_MULTI_QUEUE)
 }
@@ -856,6 +857,12 @@ func createTUN(name string, mtu int, flags uint16) (Device, error) {
 
 	// Note that the above -- open,ioctl,nonblock -- must happen prior to handing it to netpoll as below this line.
 
+	if flags&unix.IFF_MULTI_QUEUE != 0 {
+		if err := setSteering(nfd); err != nil {
+			unix.Close(nfd)
+			return nil, err
+		}
+	}
 	fd := os.NewFile(uintptr(nfd), cloneDevicePath)
 	dev, err := CreateTUNFromFile(fd, mtu)
 	if err == nil && flags&unix.IFF_MULTI_QUEUE != 0 {

@@ -15,10 +15,11 @@ import (
 )
 
 // TestWeftQueues: a TUN made by CreateMultiQueueTUN with a second queue
-// (NewQueue) that follows the first's read drain: 64 flows (destination
-// ports) of 8 datagrams each are read, every one once, each flow whole
-// from one queue, and both queues carry some (all 64 on one of two would
-// be a 1 in 2^63 chance). Once the second queue is closed, the first
+// (NewQueue) that follows the first's read drain: 64 destinations get 8
+// datagrams each, to 8 ports; every datagram is read once, each
+// destination's whole from one queue (the steering program hashes the
+// address pair, not the ports), and both queues carry some (all 64 on one
+// of two would be a 1 in 2^63 chance). Once the second queue is closed, the first
 // reads every flow. NewQueue refuses a TUN without IFF_MULTI_QUEUE, and
 // outside the TUN's network namespace.
 func TestWeftQueues(t *testing.T) {
@@ -64,16 +65,16 @@ func TestWeftQueues(t *testing.T) {
 	const flows, per, base = 64, 8, 20000
 	send := func() {
 		for f := range flows {
-			to := &unix.SockaddrInet4{Port: base + f, Addr: [4]byte{10, 255, 77, 2}}
-			for range per {
+			for k := range per {
+				to := &unix.SockaddrInet4{Port: base + k, Addr: [4]byte{10, 255, 77, byte(2 + f)}}
 				if err := unix.Sendto(l.sock, make([]byte, 36), 0, to); err != nil {
 					t.Fatal(err)
 				}
 			}
 		}
 	}
-	// Each queue's reader reports the flow (port - base) of every test
-	// datagram it reads, until its queue is closed.
+	// Each queue's reader reports the flow (destination - .2) of every
+	// test datagram it reads, until its queue is closed.
 	type got struct{ queue, flow int }
 	ch := make(chan got, 2*flows*per)
 	for qi, dev := range []Device{l.tun, q} {
@@ -89,8 +90,9 @@ func TestWeftQueues(t *testing.T) {
 					if len(p) < 28 || p[0]>>4 != 4 || p[9] != unix.IPPROTO_UDP {
 						continue
 					}
-					if port := int(binary.BigEndian.Uint16(p[22:24])); port >= base && port < base+flows {
-						ch <- got{qi, port - base}
+					port, f := int(binary.BigEndian.Uint16(p[22:24])), int(p[19])-2
+					if port >= base && port < base+per && p[18] == 77 && f >= 0 && f < flows {
+						ch <- got{qi, f}
 					}
 				}
 			}
