@@ -29,8 +29,10 @@ unit:
 	$(GO) test -race -count=1 $(PKGS_RACE)
 	$(GO) test -count=1 ./bench/...
 	cd third_party/wireguard-go && $(GO) test -count=1 ./tun/
+	cd third_party/wireguard-go && $(GO) test -race -count=1 ./conn/
 	cd third_party/wireguard-go && $(GO) test -race -count=1 ./device/
 	cd third_party/wireguard-go && WG_RUN_TO_COMPLETION=1 $(GO) test -race -count=1 ./device/
+	cd third_party/wireguard-go && WG_RUN_TO_COMPLETION=1 WG_BIND=direct $(GO) test -race -count=1 ./device/
 
 e2e:
 	$(GO) test -count=1 -timeout 30m ./internal/... ./e2e/...
