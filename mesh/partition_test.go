@@ -387,7 +387,21 @@ func TestLostGossipRepaired(t *testing.T) {
 	})
 	t.Logf("cell-0 learned of cell-2 %v after it stopped ignoring it; push/pulls for differing views: %d",
 		time.Since(heard).Round(time.Millisecond), a.viewPulls.Load()+b.viewPulls.Load()+c.viewPulls.Load())
-	// Converged, the digests agree: no further push/pulls.
+	// Converged, the digests agree: no further push/pulls. a seeing
+	// cell-2 is not yet that: another cell's view may still be moving
+	// (a slow probe on a loaded CI machine; one more push/pull seen), so
+	// first all three digests must agree.
+	digest := func(m *Mesh) uint64 {
+		m.viewMu.Lock()
+		defer m.viewMu.Unlock()
+		return m.view.digest
+	}
+	eventually(t, 10*time.Second, "the three views agree", func() error {
+		if da, db, dc := digest(a), digest(b), digest(c); da != db || db != dc {
+			return fmt.Errorf("view digests %x %x %x", da, db, dc)
+		}
+		return nil
+	})
 	before := a.viewPulls.Load() + b.viewPulls.Load() + c.viewPulls.Load()
 	time.Sleep(4 * time.Second)
 	if after := a.viewPulls.Load() + b.viewPulls.Load() + c.viewPulls.Load(); after != before {
