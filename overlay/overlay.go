@@ -141,7 +141,7 @@ func New(cfg Config) (*Overlay, error) {
 	if err != nil {
 		return nil, err
 	}
-	tdev, backend, err := createTUN(cfg, queues, log)
+	tdev, backend, queues, err := createTUN(cfg, queues, log)
 	if err != nil {
 		return nil, err
 	}

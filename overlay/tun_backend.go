@@ -82,22 +82,26 @@ func probeOffload(name string) error {
 	return nil
 }
 
-// createTUN creates the TUN device for cfg with the configured backend and
-// logs which one it took and why.
-func createTUN(cfg Config, queues int, log *slog.Logger) (tun.Device, string, error) {
+// createTUN creates the TUN device for cfg with the configured backend,
+// with queues queues if it can (a multi-queue TUN: the wireguard backend,
+// IFF_MULTI_QUEUE and its steering program), and logs which backend it
+// took and why. It returns the queues the device can have: 1 unless it is
+// multi-queue.
+func createTUN(cfg Config, queues int, log *slog.Logger) (tun.Device, string, int, error) {
 	mode, err := ParseTUNBackend(cfg.TUNBackend)
 	if err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	var probeErr error
 	if mode == TUNAuto {
 		probeErr = probeOffload(cfg.Interface)
 		if errors.Is(probeErr, errNoOffloadProbe) {
-			return nil, "", probeErr
+			return nil, "", 0, probeErr
 		}
 	}
 	backend, reason := chooseBackend(mode, probeErr)
 	var dev tun.Device
+	made := 1
 	switch backend {
 	case TUNWater:
 		dev, err = newWaterTUN(cfg.Interface, cfg.MTU)
@@ -107,6 +111,9 @@ func createTUN(cfg Config, queues int, log *slog.Logger) (tun.Device, string, er
 				// No IFF_MULTI_QUEUE or no steering program (bpf(2)):
 				// one queue still works.
 				log.Warn("TUN queues unavailable: one queue", "queues", queues, "err", err)
+				dev = nil
+			} else {
+				made = queues
 			}
 		}
 		if dev == nil {
@@ -114,12 +121,12 @@ func createTUN(cfg Config, queues int, log *slog.Logger) (tun.Device, string, er
 		}
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("create TUN device %s (%s backend): %w", cfg.Interface, backend, err)
+		return nil, "", 0, fmt.Errorf("create TUN device %s (%s backend): %w", cfg.Interface, backend, err)
 	}
 	if mode == TUNAuto && backend == TUNWater {
 		log.Warn("TUN backend water: no offloads, one packet per system call", "mode", mode, "reason", reason)
 	} else {
 		log.Info("TUN backend "+backend, "mode", mode, "reason", reason, "batch", dev.BatchSize())
 	}
-	return dev, backend, nil
+	return dev, backend, made, nil
 }

@@ -103,7 +103,16 @@ func setSteering(fd int) error {
 	*(*uint32)(unsafe.Pointer(&attr[24])) = 1 // log level
 	*(*uint32)(unsafe.Pointer(&attr[28])) = uint32(len(log))
 	*(*uint64)(unsafe.Pointer(&attr[32])) = uint64(uintptr(unsafe.Pointer(&log[0])))
-	prog, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_LOAD, uintptr(unsafe.Pointer(&attr[0])), unsafe.Sizeof(attr))
+	// EAGAIN: the verifier stopped for a pending signal (the runtime's
+	// preemption signals, say); libbpf retries too.
+	var prog uintptr
+	var errno unix.Errno
+	for range 16 {
+		prog, _, errno = unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_LOAD, uintptr(unsafe.Pointer(&attr[0])), unsafe.Sizeof(attr))
+		if errno != unix.EAGAIN && errno != unix.EINTR {
+			break
+		}
+	}
 	if errno != 0 {
 		return fmt.Errorf("load the TUN steering program: %w: %s", errno, unix.ByteSliceToString(log))
 	}
