@@ -48,7 +48,7 @@ type Config struct {
 	// packet (overlay.OpenFilter). For measuring what the policy costs.
 	PolicyOff  bool
 	TUNBackend string // overlay.TUNAuto (""), TUNWireGuard or TUNWater
-	Queues     int    // overlay.Config.Queues: TUN queues and sockets (0: one per CPU)
+	Queues     int    // overlay.Config.Queues: TUN queues and sockets (0: by the CPUs)
 	// PartialTCPChecksums: leave the checksums of TCP segments partial
 	// toward cells that accept them, and announce that this one does
 	// (overlay.Config.PartialTCPChecksums, mesh.FeatPartialTCPChecksum).

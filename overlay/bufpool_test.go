@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -147,5 +148,34 @@ func TestMessageBuffersConfig(t *testing.T) {
 		if got := messageBuffers(Config{MessageBuffers: tc.cfg}, tc.queues); got != tc.want {
 			t.Errorf("env %q cfg %d, %d queues: %d buffers, want %d", tc.env, tc.cfg, tc.queues, got, tc.want)
 		}
+	}
+}
+
+// TestDefaultQueues: one queue below 3 CPUs (a second measured slower
+// there), one per CPU from 3 up to MaxQueues; the environment overrides
+// the default, and the queued path and the water backend have one.
+func TestDefaultQueues(t *testing.T) {
+	for cpus, want := range map[int]int{1: 1, 2: 1, 3: 3, 4: 4, 8: 8, 64: MaxQueues} {
+		if got := defaultQueues(cpus); got != want {
+			t.Errorf("%d CPUs: %d queues, want %d", cpus, got, want)
+		}
+	}
+	t.Setenv(queuesEnv, "4")
+	if n, err := queuesOf(Config{}, DataPathInline); err != nil || n != 4 {
+		t.Errorf("%s=4: %d queues (%v), want 4", queuesEnv, n, err)
+	}
+	if n, _ := queuesOf(Config{}, DataPathQueued); n != 1 {
+		t.Errorf("queued data path: %d queues, want 1", n)
+	}
+	if n, _ := queuesOf(Config{TUNBackend: TUNWater}, DataPathInline); n != 1 {
+		t.Errorf("water backend: %d queues, want 1", n)
+	}
+	t.Setenv(queuesEnv, "lots")
+	if _, err := queuesOf(Config{}, DataPathInline); err == nil || !strings.Contains(err.Error(), queuesEnv) {
+		t.Errorf("%s=lots: %v, want an error naming it", queuesEnv, err)
+	}
+	t.Setenv(queuesEnv, "")
+	if _, err := queuesOf(Config{Queues: 65}, DataPathInline); err == nil {
+		t.Error("Config.Queues 65: no error")
 	}
 }

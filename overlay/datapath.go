@@ -52,13 +52,20 @@ const (
 	// batch of message buffers (128 x 64 KiB of address space, pages
 	// touched only as packets arrive).
 	MaxQueues = 8
-	queuesEnv = "WEFT_TUN_QUEUES"
+	// minCPUsForQueues: on a cell of fewer CPUs the default is one
+	// queue. There, the TUN reader and the receiver already have a core
+	// each, and a second queue measured 0.86 of one at UDP 64 B (14%
+	// more CPU a packet: the steering program, the mq qdisc), TCP 0.97
+	// and 1.07 (BenchmarkAB, 6 rounds, docs/performance.md).
+	minCPUsForQueues = 3
+	queuesEnv        = "WEFT_TUN_QUEUES"
 )
 
 // queuesOf is the number of TUN queues and sockets per family to open:
 // WEFT_TUN_QUEUES if set, else cfg.Queues, 0 meaning one per CPU up to
-// MaxQueues; always 1 on the queued data path (upstream's one reader)
-// and with the water backend (no IFF_MULTI_QUEUE there).
+// MaxQueues on a cell of minCPUsForQueues CPUs or more, else one; always
+// 1 on the queued data path (upstream's one reader) and with the water
+// backend (no IFF_MULTI_QUEUE there).
 func queuesOf(cfg Config, dataPath string) (int, error) {
 	n, from := cfg.Queues, "Config.Queues"
 	if s := os.Getenv(queuesEnv); s != "" {
@@ -72,7 +79,7 @@ func queuesOf(cfg Config, dataPath string) (int, error) {
 		return 0, fmt.Errorf("overlay: %s %d: want 0 (one per CPU) to 64 queues", from, n)
 	}
 	if n == 0 {
-		n = min(runtime.NumCPU(), MaxQueues)
+		n = defaultQueues(runtime.NumCPU())
 	}
 	if dataPath != DataPathInline || cfg.TUNBackend == TUNWater {
 		n = 1
@@ -98,4 +105,12 @@ func moreQueues(dev tun.Device, n int) ([]tun.Device, error) {
 		more = append(more, q)
 	}
 	return more, nil
+}
+
+// defaultQueues is the number of queues for a cell of cpus CPUs.
+func defaultQueues(cpus int) int {
+	if cpus < minCPUsForQueues {
+		return 1
+	}
+	return min(cpus, MaxQueues)
 }

@@ -59,7 +59,8 @@ type Config struct {
 	// Queues is the number of TUN queues on the inline data path, each
 	// read by its own goroutine that runs to completion, and of UDP
 	// sockets per family on the WireGuard port (SO_REUSEPORT), each with
-	// its own receiver: 0 is one per CPU, up to MaxQueues; 1 is one.
+	// its own receiver: 0 is one per CPU up to MaxQueues, one below 3
+	// CPUs (datapath.go); 1 is one.
 	// WEFT_TUN_QUEUES overrides. See datapath.go.
 	Queues int
 	// DriftInterval is how often drift repair compares everything when

@@ -116,7 +116,7 @@ func agentCmd() *cobra.Command {
 				return fmt.Errorf("--tun-backend: %w", err)
 			}
 			if cfg.Queues < 0 || cfg.Queues > 64 {
-				return fmt.Errorf("--queues %d: want 0 (one per CPU, up to %d) to 64", cfg.Queues, ovl.MaxQueues)
+				return fmt.Errorf("--queues %d: want 0 (the default for this cell's CPUs) to 64", cfg.Queues)
 			}
 			stopProf, err := startProfiling(pprofAddr, cfg.Logger)
 			if err != nil {
@@ -150,7 +150,7 @@ func agentCmd() *cobra.Command {
 	f.StringArrayVar(&dnsUpstreams, "dns-upstream", nil, "resolver IP[:PORT] for other names (repeatable; default: /etc/resolv.conf; \"none\": refuse them)")
 	f.StringVar(&policyMode, "policy", "on", "policy enforcement: on, or off to pass every packet (benchmarks only)")
 	f.StringVar(&cfg.TUNBackend, "tun-backend", "auto", "TUN backend: auto (wireguard, water if the kernel refuses TUN offloads), wireguard or water")
-	f.IntVar(&cfg.Queues, "queues", 0, fmt.Sprintf("TUN queues of the data path, each with its reader, and UDP sockets per family on the WireGuard port (0: one per CPU, up to %d)", ovl.MaxQueues))
+	f.IntVar(&cfg.Queues, "queues", 0, fmt.Sprintf("TUN queues of the data path, each with its reader, and UDP sockets per family on the WireGuard port (0: one per CPU up to %d, one below 3 CPUs)", ovl.MaxQueues))
 	f.BoolVar(&cfg.PartialTCPChecksums, "partial-tcp-checksums", true, "leave the checksums of TCP segments partial toward cells that accept them, and announce that this one does (needs the wireguard TUN backend)")
 	f.Int64Var(&memLimitMiB, "memory-limit", defaultMemoryLimit>>20, "soft Go memory limit in MiB, raised to 4/3 of the live heap plus the runtime's overhead when that is more (0: none; GOMEMLIMIT overrides)")
 	f.StringVar(&pprofAddr, "pprof-addr", "", "serve net/http/pprof on this loopback IP:PORT (in the agent's namespace) and record blocking; also WEFT_CPUPROFILE=FILE writes a CPU profile at exit")
