@@ -87,12 +87,9 @@ func queuesOf(cfg Config, dataPath string) (int, error) {
 	return n, nil
 }
 
-// moreQueues opens the n-1 queues of dev after its first; none when dev
-// is not a multi-queue TUN (water, or the auto backend fell back to it).
+// moreQueues opens the n-1 queues of dev after its first (n: the queues
+// createTUN made dev for).
 func moreQueues(dev tun.Device, n int) ([]tun.Device, error) {
-	if _, ok := dev.(*tun.NativeTun); !ok || n <= 1 {
-		return nil, nil
-	}
 	var more []tun.Device
 	for range n - 1 {
 		q, err := tun.NewQueue(dev)

@@ -223,11 +223,10 @@ again:
 		rx := newDirectRx(first)
 		if first.is6 {
 			st.rx6 = rx
-			fns = append(fns, rx.receiveIPv6)
 		} else {
 			st.rx4 = rx
-			fns = append(fns, rx.receiveIPv4)
 		}
+		fns = append(fns, rx.receiveFunc())
 		for range b.queues - 1 {
 			s, _, err := openDirectSock(first.is6, port, true)
 			if err != nil {
@@ -237,11 +236,7 @@ again:
 				return nil, 0, err
 			}
 			st.more = append(st.more, s)
-			if s.is6 {
-				fns = append(fns, newDirectRx(s).receiveIPv6)
-			} else {
-				fns = append(fns, newDirectRx(s).receiveIPv4)
-			}
+			fns = append(fns, newDirectRx(s).receiveFunc())
 		}
 	}
 	b.state.Store(st)
@@ -344,8 +339,15 @@ func newDirectRx(s *directSock) *directRx {
 	return r
 }
 
-// receiveIPv4 and receiveIPv6 are the ReceiveFuncs (named so that
-// ReceiveFunc.PrettyName says v4 and v6).
+// receiveFunc is r's ReceiveFunc: receiveIPv4 or receiveIPv6 by its
+// socket's family (named so that ReceiveFunc.PrettyName says v4 and v6).
+func (r *directRx) receiveFunc() ReceiveFunc {
+	if r.s.is6 {
+		return r.receiveIPv6
+	}
+	return r.receiveIPv4
+}
+
 func (r *directRx) receiveIPv4(bufs [][]byte, sizes []int, eps []Endpoint) (int, error) {
 	return r.receive(bufs, sizes, eps)
 }
