@@ -564,7 +564,7 @@ func measureRung(b *testing.B, afterTCP1 func(), client, server string, dst neti
 	var cores1, cores4 float64
 	var rec func() (string, error)
 	var observe func()
-	if tag != "" && *ladderPerf != "" {
+	if tag != "" && *ladderPerf != "" && *ladderPerfEvents == "" {
 		// perf takes ~0.1 s to start sampling; it stops before the streams.
 		observe = func() { rec = perfRecorder(b, *ladderPerf, tag, *ladderTCPTime-200*time.Millisecond) }
 	}

@@ -15,7 +15,8 @@ func TestParsePerfReport(t *testing.T) {
     10.25%  [.] golang.org/x/crypto/chacha20poly1305.chacha20Poly1305Seal.abi0
      9.32%  [.] golang.org/x/crypto/chacha20poly1305.chacha20Poly1305Open.abi0
      8.08%  [k] _copy_from_iter
-     7.01%  [k] pv_native_safe_halt
+     5.01%  [k] pv_native_safe_halt
+     2.00%  [k] pvm_safe_halt_hc
      5.36%  [.] runtime.memmove
      0.45%  [.] golang.org/x/crypto/chacha20poly1305.(*chacha20poly1305).seal
     59.53%  [k] handle_softirqs

@@ -16,6 +16,8 @@ import (
 
 var ladderPerf = flag.String("ladder.perf", "", "record the whole machine (perf record -a -g) during the single-stream TCP test of rungs b, c, d and n into this directory and report where its time went, and during their UDP 64 B test (DIR/RUNG-udp64.perf.data) and their request/response tests (DIR/RUNG-rr1, -rr32, -crr.perf.data)")
 
+var ladderPerfEvents = flag.String("ladder.perfevents", "", "with -ladder.perf: record these perf events (comma-separated, e.g. raw_syscalls:sys_enter,sched:sched_switch) instead of CPU samples, and skip the single stream's shares; count them with perf script -F comm,event")
+
 // machineShares is where the whole machine's time went while perf
 // recorded, as fractions of every sample on every CPU (idle included).
 type machineShares struct {
@@ -30,7 +32,7 @@ type machineShares struct {
 var idleSymbols = map[string]bool{
 	"pv_native_safe_halt": true, "native_safe_halt": true, "default_idle": true,
 	"cpu_idle_poll": true, "acpi_safe_halt": true, "mwait_idle_with_hints": true,
-	"intel_idle": true, "acpi_idle_do_entry": true,
+	"intel_idle": true, "acpi_idle_do_entry": true, "pvm_safe_halt_hc": true,
 }
 
 // perfRecorder starts perf recording every CPU into dir/tag.perf.data for
@@ -47,8 +49,15 @@ func perfRecorder(b *testing.B, dir, tag string, d time.Duration) func() (string
 	}
 	out := filepath.Join(dir, tag+".perf.data")
 	var stderr bytes.Buffer
-	cmd := exec.Command(bin, "record", "-a", "-g", "-F", "999", "-o", out, "--",
-		"sleep", strconv.FormatFloat(d.Seconds(), 'f', 3, 64))
+	args := []string{"record", "-a", "-g", "-F", "999"}
+	if *ladderPerfEvents != "" {
+		args = []string{"record", "-a"}
+		for e := range strings.SplitSeq(*ladderPerfEvents, ",") {
+			args = append(args, "-e", e)
+		}
+	}
+	args = append(args, "-o", out, "--", "sleep", strconv.FormatFloat(d.Seconds(), 'f', 3, 64))
+	cmd := exec.Command(bin, args...)
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		b.Logf("-ladder.perf: %v", err)
