@@ -54,10 +54,9 @@ type Wrapper struct {
 	tun.Device // the real TUN device
 	filter     atomic.Pointer[filterRef]
 
-	// Read is only ever called by wireguard-go's TUN reader goroutine
-	// of the first queue (each more queue has its own, Queue), so its
-	// scratch space needs no lock.
-	hairpin [][]byte // borrowed from bufs for one Read call
+	// first reads the first queue (Device) for Read, as the reader of
+	// each more queue reads through its own (Queue).
+	first *queueReader
 
 	rejectMu  sync.Mutex // serialises use of rejectBuf
 	rejectBuf []byte
@@ -107,7 +106,6 @@ var _ tun.Device = (*Wrapper)(nil)
 func NewWrapper(dev tun.Device, filter Filter) *Wrapper {
 	w := &Wrapper{
 		Device:    dev,
-		hairpin:   make([][]byte, 0, dev.BatchSize()),
 		rejectBuf: make([]byte, rejectHeadroom+1500+64),
 		rejectVec: make([][]byte, 1),
 	}
@@ -115,6 +113,7 @@ func NewWrapper(dev tun.Device, filter Filter) *Wrapper {
 		s := make([][]byte, 0, dev.BatchSize())
 		return &s
 	}
+	w.first = w.Queue(dev).(*queueReader)
 	w.SetFilter(filter)
 	return w
 }
@@ -135,7 +134,7 @@ func (w *Wrapper) Stats() *WrapperStats { return &w.stats }
 // Read reads packets leaving local containers. Dropped or hair-pinned packets
 // are reported with size 0, which wireguard-go skips.
 func (w *Wrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	return w.read(w.Device, &w.hairpin, bufs, sizes, offset)
+	return w.first.Read(bufs, sizes, offset)
 }
 
 // Queue returns the Device through which the reader of another queue of
@@ -148,21 +147,20 @@ func (w *Wrapper) Queue(dev tun.Device) tun.Device {
 	return &queueReader{Device: dev, w: w, hairpin: make([][]byte, 0, dev.BatchSize())}
 }
 
-// queueReader is a reader's view of one more TUN queue (Wrapper.Queue).
+// queueReader is a reader's view of one TUN queue: the first
+// (Wrapper.Read) or one more (Wrapper.Queue).
 type queueReader struct {
 	tun.Device
-	w       *Wrapper
-	hairpin [][]byte // its reader's scratch, as Wrapper.hairpin
+	w *Wrapper
+	// Only the queue's one reader goroutine calls Read, so its scratch
+	// needs no lock.
+	hairpin [][]byte // borrowed from bufs for one Read call
 }
 
+// Read is Wrapper.Read from this queue.
 func (q *queueReader) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	return q.w.read(q.Device, &q.hairpin, bufs, sizes, offset)
-}
-
-// read is Read from the TUN queue dev with the scratch *scratch of the
-// goroutine that reads it.
-func (w *Wrapper) read(dev tun.Device, scratch *[][]byte, bufs [][]byte, sizes []int, offset int) (int, error) {
-	n, err := dev.Read(bufs, sizes, offset)
+	w := q.w
+	n, err := q.Device.Read(bufs, sizes, offset)
 	f := w.Filter()
 	// The engine judges a batch as a run (engine.Run). It is called
 	// through its concrete type, not the Filter interface, so that run
@@ -171,7 +169,7 @@ func (w *Wrapper) read(dev tun.Device, scratch *[][]byte, bufs [][]byte, sizes [
 	eng, _ := f.(*engine.Engine)
 	gate := w.gate.Load()
 	var run engine.Run
-	hairpin := (*scratch)[:0]
+	hairpin := q.hairpin[:0]
 	passed := 0
 	for i := 0; i < n; i++ {
 		if sizes[i] < 1 {
@@ -217,7 +215,7 @@ func (w *Wrapper) read(dev tun.Device, scratch *[][]byte, bufs [][]byte, sizes [
 		}
 		clear(hairpin) // do not keep references to wireguard-go's buffers
 	}
-	*scratch = hairpin[:0]
+	q.hairpin = hairpin[:0]
 	return n, err
 }
 
