@@ -250,15 +250,13 @@ func (b *DirectBind) Close() error {
 	if st == nil {
 		return nil
 	}
-	err1 := st.v4.close()
-	err2 := st.v6.close()
-	for _, s := range st.more {
-		s.close()
+	var err error
+	for _, s := range st.all() {
+		if cerr := s.close(); err == nil {
+			err = cerr
+		}
 	}
-	if err1 != nil {
-		return err1
-	}
-	return err2
+	return err
 }
 
 func (b *DirectBind) SetMark(mark uint32) error {

@@ -50,9 +50,10 @@ type Options struct {
 	// (pools.go); nil: its own sync.Pool, as upstream.
 	MessageBuffers MessageBuffers
 	// TUNQueues are more queues of the TUN (tun.NewQueue), each read by
-	// a reader of its own that runs to completion, as the first; packets
-	// are written to the first. The device closes them. With
-	// RunToCompletion only (else they are closed at once).
+	// a reader of its own that runs to completion, as the first; receiver
+	// i writes into queue i modulo their number (Device.tunQueue). The
+	// device closes them. With RunToCompletion only (else they are
+	// closed at once).
 	TUNQueues []tun.Device
 }
 
