@@ -49,6 +49,7 @@ type Config struct {
 	PolicyOff  bool
 	TUNBackend string // overlay.TUNAuto (""), TUNWireGuard or TUNWater
 	Queues     int    // overlay.Config.Queues: TUN queues and sockets (0: by the CPUs)
+	NoFastPath bool   // overlay.Config.FastPath off: the cell's IP stack carries every container packet
 	// PartialTCPChecksums: leave the checksums of TCP segments partial
 	// toward cells that accept them, and announce that this one does
 	// (overlay.Config.PartialTCPChecksums, mesh.FeatPartialTCPChecksum).
@@ -256,6 +257,7 @@ func (a *Agent) startOverlayLocked(subnet netip.Prefix) error {
 	}
 	ocfg.TUNBackend = a.cfg.TUNBackend
 	ocfg.Queues = a.cfg.Queues
+	ocfg.FastPath = !a.cfg.NoFastPath
 	ocfg.PartialTCPChecksums = a.cfg.PartialTCPChecksums
 	ocfg.DNS = a.cfg.DNSAddr
 	ocfg.Logger = a.log

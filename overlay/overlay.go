@@ -63,6 +63,10 @@ type Config struct {
 	// CPUs (datapath.go); 1 is one.
 	// WEFT_TUN_QUEUES overrides. See datapath.go.
 	Queues int
+	// FastPath sends a container's packets to the overlay from its veth
+	// straight to the TUN (an eBPF program per veth, fastpath_linux.go)
+	// when the guard would let them through untouched.
+	FastPath bool
 	// DriftInterval is how often drift repair compares everything when
 	// no kernel notification came (drift_linux.go); 0: DefaultDriftInterval.
 	DriftInterval time.Duration
@@ -104,9 +108,10 @@ type Overlay struct {
 	uapi net.Listener
 	wg   *wgctrl.Client // configures the device over uapi (configure)
 
-	backend string // TUN backend in use
-	queues  int    // TUN queues, and UDP sockets per family (datapath.go)
-	guard   *guard // the nftables table that fences containers
+	backend string    // TUN backend in use
+	queues  int       // TUN queues, and UDP sockets per family (datapath.go)
+	guard   *guard    // the nftables table that fences containers
+	fast    *fastPath // nil: the cell's IP stack carries every container packet
 	drift   *reconciler
 	partial partialTCP
 
@@ -199,6 +204,9 @@ func New(cfg Config) (*Overlay, error) {
 	if err := o.guard.install(); err != nil {
 		return fail(err)
 	}
+	if cfg.FastPath {
+		o.fast = newFastPath(log, cfg.Interface, CellAddr(cfg.LocalSubnet), cfg.OverlayCIDR)
+	}
 	o.drift = newReconciler(cfg, log, o.guard, o.peerDrift)
 	o.guard.reinstalled = func() {
 		o.drift.count(DriftNFTables)
@@ -217,7 +225,14 @@ func New(cfg Config) (*Overlay, error) {
 // the guard's table if something removed it.
 func (o *Overlay) SyncGuard(want []GuardEntry) (bool, error) {
 	o.drift.setContainers(want)
-	return o.guard.Sync(want)
+	changed, err := o.guard.Sync(want)
+	if err == nil && o.fast != nil {
+		// After the guard: a veth's program never runs before its binding.
+		if ferr := o.fast.Sync(want); ferr != nil {
+			o.log.Warn("fast path", "err", ferr)
+		}
+	}
+	return changed, err
 }
 
 // DriftRepairs returns the repairs of drift so far by kind (DriftKinds,
@@ -408,6 +423,9 @@ func (o *Overlay) Close() error {
 	close(o.stop)
 	o.mu.Unlock()
 	o.drift.stop() // before the rules go, or it would put them back
+	if o.fast != nil {
+		o.fast.Close()
+	}
 	err := teardownRouting(o.cfg)
 	if o.wg != nil {
 		o.wg.Close()

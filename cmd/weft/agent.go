@@ -150,6 +150,7 @@ func agentCmd() *cobra.Command {
 	f.StringArrayVar(&dnsUpstreams, "dns-upstream", nil, "resolver IP[:PORT] for other names (repeatable; default: /etc/resolv.conf; \"none\": refuse them)")
 	f.StringVar(&policyMode, "policy", "on", "policy enforcement: on, or off to pass every packet (benchmarks only)")
 	f.StringVar(&cfg.TUNBackend, "tun-backend", "auto", "TUN backend: auto (wireguard, water if the kernel refuses TUN offloads), wireguard or water")
+	f.BoolVar(&cfg.NoFastPath, "no-fast-path", false, "send containers' overlay packets through the cell's IP stack instead of from their veths straight to the TUN (an eBPF program per veth)")
 	f.IntVar(&cfg.Queues, "queues", 0, fmt.Sprintf("TUN queues of the data path, each with its reader, and UDP sockets per family on the WireGuard port (0: one per CPU up to %d, one below 3 CPUs)", ovl.MaxQueues))
 	f.BoolVar(&cfg.PartialTCPChecksums, "partial-tcp-checksums", true, "leave the checksums of TCP segments partial toward cells that accept them, and announce that this one does (needs the wireguard TUN backend)")
 	f.Int64Var(&memLimitMiB, "memory-limit", defaultMemoryLimit>>20, "soft Go memory limit in MiB, raised to 4/3 of the live heap plus the runtime's overhead when that is more (0: none; GOMEMLIMIT overrides)")
