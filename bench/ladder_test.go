@@ -120,13 +120,23 @@ func BenchmarkLadder(b *testing.B) {
 		if *ladderNebula == "" {
 			b.Skip("rung n needs -ladder.nebula DIR, DIR holding nebula and nebula-cert built from github.com/slackhq/nebula at or after edc3c5e0 (docs/performance.md)")
 		}
-		n := startNebula(b, *ladderNebula)
+		n := startNebula(b, *ladderNebula, "aes")
 		measureRungRatioHook(b, base, n.ctA, n.ctB, n.ipB, true, nil, "n")
 		var peak int64
 		for _, pid := range n.pids {
 			peak = max(peak, procMem(pid).hwm)
 		}
 		b.ReportMetric(float64(peak)/(1<<20), "MB-rss-peak")
+	})
+	// (m) rung n with WireGuard's cipher, ChaCha20-Poly1305, in place of
+	// nebula's default AES-GCM: what the cipher costs nebula on this
+	// machine.
+	b.Run("m-nebula-chachapoly", func(b *testing.B) {
+		if *ladderNebula == "" {
+			b.Skip("rung m needs -ladder.nebula DIR (see rung n)")
+		}
+		n := startNebula(b, *ladderNebula, "chachapoly")
+		measureRungRatioHook(b, base, n.ctA, n.ctB, n.ipB, true, nil, "m")
 	})
 
 	// One lab for the weft rungs: agents are restarted with other flags.

@@ -65,7 +65,8 @@ type nebulaRung struct {
 
 // startNebula builds rung n's namespaces, starts nebula from dir on both
 // cells and waits for the tunnel. Everything is removed when b ends.
-func startNebula(b *testing.B, dir string) nebulaRung {
+// cipher is nebula's "cipher" setting: aes (its default) or chachapoly.
+func startNebula(b *testing.B, dir, cipher string) nebulaRung {
 	nebula, cert := filepath.Join(dir, "nebula"), filepath.Join(dir, "nebula-cert")
 	for _, bin := range []string{nebula, cert} {
 		if _, err := os.Stat(bin); err != nil {
@@ -106,7 +107,7 @@ func startNebula(b *testing.B, dir string) nebulaRung {
 		certCmd("sign", "-ca-crt", ca, "-ca-key", caKey, "-name", c.name,
 			"-networks", c.vpn.String(), "-unsafe-networks", c.ctNet.String(), "-out-crt", crt, "-out-key", key)
 		conf := filepath.Join(tmp, c.name+".yml")
-		if err := os.WriteFile(conf, []byte(nebulaConfig(c, peer, ca, crt, key)), 0o644); err != nil {
+		if err := os.WriteFile(conf, []byte(nebulaConfig(c, peer, ca, crt, key, cipher)), 0o644); err != nil {
 			b.Fatal(err)
 		}
 		logPath := filepath.Join(tmp, c.name+".log")
@@ -139,7 +140,7 @@ func startNebula(b *testing.B, dir string) nebulaRung {
 // nebula, and a firewall whose outbound and inbound rules let the ladder's
 // TCP and UDP ports through between the two container subnets, and
 // nothing else but answers (conntrack).
-func nebulaConfig(c, peer nebulaCell, ca, crt, key string) string {
+func nebulaConfig(c, peer nebulaCell, ca, crt, key, cipher string) string {
 	rules := func(remote, local netip.Prefix) string {
 		var sb strings.Builder
 		for _, r := range []struct{ proto, ports string }{
@@ -156,6 +157,7 @@ lighthouse: {am_lighthouse: false, hosts: []}
 listen: {host: 0.0.0.0, port: 4242}
 punchy: {punch: false}
 routines: %d
+cipher: %s
 tun:
   dev: nebula1
   mtu: 1420
@@ -168,7 +170,7 @@ firewall:
   inbound_action: drop
   outbound:
 %s  inbound:
-%s`, ca, crt, key, peer.vpn.Addr(), peer.underlay.Addr(), *ladderNebulaRoutines,
+%s`, ca, crt, key, peer.vpn.Addr(), peer.underlay.Addr(), *ladderNebulaRoutines, cipher,
 		peer.ctNet, peer.vpn.Addr(),
 		rules(peer.ctNet, c.ctNet), rules(peer.ctNet, c.ctNet))
 }
