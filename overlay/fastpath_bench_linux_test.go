@@ -4,7 +4,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -21,14 +20,7 @@ import (
 // sending thread's CPU time (getrusage) per datagram: the veth's receive
 // runs in its softirq.
 func BenchmarkFastPathSend(b *testing.B) {
-	lab.RequireRoot(b)
-	ns := lab.RunPrefix() + "-fpb"
-	exec.Command("ip", "netns", "del", ns).Run()
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		b.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	defer exec.Command("ip", "netns", "del", ns).Run()
-	err := lab.InNetns(ns, func() error {
+	inScratchNetns(b, func() error {
 		const tunName, mtu = "weftb0", 1420
 		tunFile, err := openTestTUN(tunName)
 		if err != nil {
@@ -106,7 +98,4 @@ func BenchmarkFastPathSend(b *testing.B) {
 		}
 		return nil
 	})
-	if err != nil {
-		b.Fatal(err)
-	}
 }

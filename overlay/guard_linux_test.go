@@ -14,7 +14,7 @@ import (
 )
 
 // inScratchNetns runs fn in a new network namespace, removed afterwards.
-func inScratchNetns(t *testing.T, fn func() error) {
+func inScratchNetns(t testing.TB, fn func() error) {
 	t.Helper()
 	lab.RequireRoot(t)
 	ns := lab.RunPrefix() + "-guard"
