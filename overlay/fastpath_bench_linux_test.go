@@ -1,7 +1,6 @@
 package overlay
 
 import (
-	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
@@ -9,7 +8,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/weft-net/weft/attach"
 	"github.com/weft-net/weft/internal/lab"
 )
 
@@ -21,35 +19,18 @@ import (
 // runs in its softirq.
 func BenchmarkFastPathSend(b *testing.B) {
 	inScratchNetns(b, func() error {
-		const tunName, mtu = "weftb0", 1420
-		tunFile, err := openTestTUN(tunName)
-		if err != nil {
-			return err
-		}
-		defer tunFile.Close()
-		cfg := Config{Interface: tunName, MTU: mtu, LocalSubnet: netip.MustParsePrefix("10.255.1.0/24"),
-			OverlayCIDR: netip.MustParsePrefix("10.255.0.0/16"), DeliveryTable: 30565, RulePriority: 100}
-		if err := setupRouting(cfg); err != nil {
-			return err
-		}
-		g := newGuard(tunName, netip.Addr{}, 51820, cfg.OverlayCIDR)
-		g.cell = CellAddr(cfg.LocalSubnet)
+		c := newFastPathCell(b, "weftb0")
+		defer c.close()
+		g := newGuard(c.cfg.Interface, netip.Addr{}, 51820, c.cfg.OverlayCIDR)
+		g.cell = CellAddr(c.cfg.LocalSubnet)
 		if err := g.install(); err != nil {
 			return err
 		}
-		ctr := lab.RunPrefix() + "-fpbc"
-		attach.DetachContainer(ctr)
-		ip := netip.MustParseAddr("10.255.1.2")
-		if err := attach.Container(attach.Config{MTU: mtu, DeliveryTable: cfg.DeliveryTable, LocalSubnet: cfg.LocalSubnet}, ctr, ip); err != nil {
-			return err
-		}
-		defer attach.DetachContainer(ctr)
-		entries := []GuardEntry{{Veth: attach.HostVethName(ctr), IP: ip}}
+		entries := []GuardEntry{{Veth: c.veth, IP: c.ip}}
 		if _, err := g.Sync(entries); err != nil {
 			return err
 		}
-		fp := newFastPath(slog.New(slog.DiscardHandler), tunName, CellAddr(cfg.LocalSubnet), cfg.OverlayCIDR)
-		defer fp.Close()
+		fp, tunFile, ctr := c.fp, c.tun, c.ctr
 		stop := make(chan struct{})
 		defer close(stop)
 		go func() {

@@ -69,6 +69,56 @@ func forwarded(t *testing.T) int {
 	return 0
 }
 
+// fastPathCell is a scratch cell for the fast path's tests: weft0 a plain
+// TUN (no packet information), weft's routing recipe (setupRouting), and
+// one container bound to ip, behind veth, with a fastPath that serves
+// nothing yet. Call it inside inScratchNetns; close undoes it.
+type fastPathCell struct {
+	cfg   Config
+	tun   *os.File
+	ctr   string
+	veth  string
+	ip    netip.Addr
+	fp    *fastPath
+	close func()
+}
+
+func newFastPathCell(t testing.TB, tunName string) *fastPathCell {
+	t.Helper()
+	// Sources other than the binding reach the stack's forwarding (the
+	// tests check which path they take): no reverse-path filter.
+	for _, p := range []string{"all", "default"} {
+		if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+p+"/rp_filter", []byte("0"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tun, err := openTestTUN(tunName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &fastPathCell{tun: tun, ctr: lab.RunPrefix() + "-fpc", ip: netip.MustParseAddr("10.255.1.2"),
+		cfg: Config{Interface: tunName, MTU: 1420, LocalSubnet: netip.MustParsePrefix("10.255.1.0/24"),
+			OverlayCIDR: netip.MustParsePrefix("10.255.0.0/16"), DeliveryTable: 30565, RulePriority: 100}}
+	c.veth = attach.HostVethName(c.ctr)
+	c.close = func() { tun.Close() }
+	if err := setupRouting(c.cfg); err != nil {
+		c.close()
+		t.Fatal(err)
+	}
+	attach.DetachContainer(c.ctr) // a leftover of this pid
+	if err := attach.Container(attach.Config{MTU: c.cfg.MTU, DeliveryTable: c.cfg.DeliveryTable, LocalSubnet: c.cfg.LocalSubnet}, c.ctr, c.ip); err != nil {
+		c.close()
+		t.Fatal(err)
+	}
+	c.fp = newFastPath(slog.New(slog.DiscardHandler), tunName, CellAddr(c.cfg.LocalSubnet), c.cfg.OverlayCIDR)
+	c.close = func() {
+		c.fp.Close()
+		attach.DetachContainer(c.ctr)
+		tun.Close()
+	}
+	return c
+}
+
 // TestFastPath: a container's UDP datagram to the overlay reaches the TUN
 // without the cell forwarding it (its TTL intact), while one with a
 // source that is not the veth's binding, a TCP SYN, and every packet once
@@ -76,40 +126,9 @@ func forwarded(t *testing.T) int {
 // forwarded).
 func TestFastPath(t *testing.T) {
 	inScratchNetns(t, func() error {
-		const tunName, mtu = "weftf0", 1400
-		for _, p := range []string{"all", "default"} {
-			os.WriteFile("/proc/sys/net/ipv4/conf/"+p+"/rp_filter", []byte("0"), 0)
-		}
-		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0); err != nil {
-			t.Fatal(err)
-		}
-		tunFile, err := openTestTUN(tunName)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tunFile.Close()
-		tl, err := netlink.LinkByName(tunName)
-		if err != nil {
-			t.Fatal(err)
-		}
-		netlink.LinkSetMTU(tl, mtu)
-		if err := netlink.LinkSetUp(tl); err != nil {
-			t.Fatal(err)
-		}
-		cell := netip.MustParseAddr("10.255.1.1")
-		overlay := netip.MustParsePrefix("10.255.0.0/16")
-		netlink.AddrAdd(tl, &netlink.Addr{IPNet: &net.IPNet{IP: cell.AsSlice(), Mask: net.CIDRMask(32, 32)}})
-		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: tl.Attrs().Index, Dst: &net.IPNet{IP: net.IP{10, 255, 0, 0}, Mask: net.CIDRMask(16, 32)}}); err != nil {
-			t.Fatal(err)
-		}
-
-		ctr := lab.RunPrefix() + "-fpc"
-		attach.DetachContainer(ctr) // a leftover of this pid
-		ip := netip.MustParseAddr("10.255.1.2")
-		if err := attach.Container(attach.Config{MTU: mtu, DeliveryTable: 200, LocalSubnet: netip.MustParsePrefix("10.255.1.0/24")}, ctr, ip); err != nil {
-			t.Fatal(err)
-		}
-		defer attach.DetachContainer(ctr)
+		c := newFastPathCell(t, "weftf0")
+		defer c.close()
+		ctr, ip, fp := c.ctr, c.ip, c.fp
 		spoof := netip.MustParseAddr("10.255.1.77")
 		if err := lab.InNetns(ctr, func() error {
 			l, err := netlink.LinkByName("eth0")
@@ -121,22 +140,19 @@ func TestFastPath(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		fp := newFastPath(slog.New(slog.DiscardHandler), tunName, cell, overlay)
-		defer fp.Close()
-		if err := fp.Sync([]GuardEntry{{Veth: attach.HostVethName(ctr), IP: ip}}); err != nil {
+		if err := fp.Sync([]GuardEntry{{Veth: c.veth, IP: ip}}); err != nil {
 			t.Fatal(err)
 		}
-		if v := fp.Veths(); len(v) != 1 || v[0] != attach.HostVethName(ctr) {
-			t.Fatalf("fast path serves %v, want [%s]", v, attach.HostVethName(ctr))
+		if v := fp.Veths(); len(v) != 1 || v[0] != c.veth {
+			t.Fatalf("fast path serves %v, want [%s]", v, c.veth)
 		}
 
 		dst := netip.MustParseAddrPort("10.255.2.9:7000")
-		var sendN func(proto string, src netip.Addr, size int) (int, int)
-		// send sends one packet from the container (from src, over proto)
-		// and returns the TTL of the first packet to dst that the TUN
-		// gives, and the cell's forwarded count's change.
-		send := func(proto string, src netip.Addr) (ttl int, fwd int) { return sendN(proto, src, 14) }
-		sendN = func(proto string, src netip.Addr, size int) (ttl int, fwd int) {
+		// send sends one packet from the container (from src, over proto,
+		// a UDP payload of size bytes) and returns the TTL of the first
+		// packet to dst that the TUN gives, and the cell's forwarded
+		// count's change.
+		send := func(proto string, src netip.Addr, size int) (ttl int, fwd int) {
 			t.Helper()
 			before := forwarded(t)
 			err := lab.InNetns(ctr, func() error {
@@ -161,9 +177,9 @@ func TestFastPath(t *testing.T) {
 				t.Fatal(err)
 			}
 			buf := make([]byte, 2048)
-			tunFile.SetReadDeadline(time.Now().Add(2 * time.Second))
+			c.tun.SetReadDeadline(time.Now().Add(2 * time.Second))
 			for {
-				n, err := tunFile.Read(buf)
+				n, err := c.tun.Read(buf)
 				if err != nil {
 					t.Fatalf("%s from %v: nothing on the TUN: %v", proto, src, err)
 				}
@@ -173,19 +189,19 @@ func TestFastPath(t *testing.T) {
 				}
 			}
 		}
-		if ttl, fwd := send("udp", ip); ttl != 64 || fwd != 0 {
+		if ttl, fwd := send("udp", ip, 14); ttl != 64 || fwd != 0 {
 			t.Errorf("UDP from the bound address: TTL %d and %d forwarded, want 64 and 0 (the fast path)", ttl, fwd)
 		}
-		if ttl, fwd := sendN("udp", ip, MinPathMTU-28); ttl != 64 || fwd != 0 {
+		if ttl, fwd := send("udp", ip, MinPathMTU-28); ttl != 64 || fwd != 0 {
 			t.Errorf("UDP of MinPathMTU bytes: TTL %d and %d forwarded, want 64 and 0 (the fast path)", ttl, fwd)
 		}
-		if ttl, fwd := sendN("udp", ip, MinPathMTU-27); ttl != 63 || fwd != 1 {
+		if ttl, fwd := send("udp", ip, MinPathMTU-27); ttl != 63 || fwd != 1 {
 			t.Errorf("UDP of MinPathMTU+1 bytes: TTL %d and %d forwarded, want 63 and 1 (the stack, for path MTU discovery)", ttl, fwd)
 		}
-		if ttl, fwd := send("udp", spoof); ttl != 63 || fwd != 1 {
+		if ttl, fwd := send("udp", spoof, 14); ttl != 63 || fwd != 1 {
 			t.Errorf("UDP from another address: TTL %d and %d forwarded, want 63 and 1 (the stack, where the guard judges it)", ttl, fwd)
 		}
-		if ttl, fwd := send("tcp", ip); ttl != 63 || fwd < 1 {
+		if ttl, fwd := send("tcp", ip, 0); ttl != 63 || fwd < 1 {
 			t.Errorf("TCP SYN: TTL %d and %d forwarded, want 63 and at least 1 (the stack, for the MSS clamp)", ttl, fwd)
 		}
 		if err := fp.Sync(nil); err != nil {
@@ -194,7 +210,7 @@ func TestFastPath(t *testing.T) {
 		if v := fp.Veths(); len(v) != 0 {
 			t.Fatalf("fast path still serves %v after Sync(nil)", v)
 		}
-		if ttl, fwd := send("udp", ip); ttl != 63 || fwd != 1 {
+		if ttl, fwd := send("udp", ip, 14); ttl != 63 || fwd != 1 {
 			t.Errorf("UDP after the binding went: TTL %d and %d forwarded, want 63 and 1 (the stack)", ttl, fwd)
 		}
 		return nil
