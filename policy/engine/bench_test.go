@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"runtime"
 	"slices"
@@ -362,5 +363,31 @@ func BenchmarkDenied(b *testing.B) {
 		if e.Inbound(pkt) != DropNoPolicy {
 			b.Fatal("not denied")
 		}
+	}
+}
+
+// BenchmarkRandomRead is the host's latency of one random read (a chain of
+// dependent loads, one 64-byte line each) within 1, 4 and 8 MiB: the
+// conntrack of BenchmarkVerdict/new holds its 112k-116k flows in 4 MiB,
+// and a new flow's bucket is such a read. Run with the verdict benchmarks,
+// it says how much of `new` the host's caches decided at the time (a
+// neighbour's load moves the 4 MiB figure by 2-3x).
+func BenchmarkRandomRead(b *testing.B) {
+	for _, mib := range []int{1, 4, 8} {
+		lines := mib << 20 / 64
+		next := make([]uint64, lines*8) // word 0 of each line: the next line's word index
+		perm := rand.New(rand.NewPCG(1, 2)).Perm(lines)
+		for i, l := range perm {
+			next[l*8] = uint64(perm[(i+1)%lines] * 8)
+		}
+		b.Run(fmt.Sprintf("%dMiB", mib), func(b *testing.B) {
+			i := uint64(0)
+			for b.Loop() {
+				i = next[i]
+			}
+			if i >= uint64(len(next)) {
+				b.Fatal("chain left the buffer")
+			}
+		})
 	}
 }
